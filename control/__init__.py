@@ -1,0 +1,1 @@
+"""Closed-loop control: setpoint writers with the safety clamp at the last hop."""

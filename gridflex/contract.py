@@ -1,0 +1,457 @@
+"""The MQTT contract, version 1: topics and payload models.
+
+Every message gridflex publishes is one of the models below, serialised as a JSON object
+whose ``schema`` field names the model and its version (``"telemetry/1"``). The JSON Schema
+documents in ``docs/schemas/`` and the AsyncAPI document ``docs/asyncapi.yaml`` are generated
+from these models (``gridflex contract export``); a test keeps them in step.
+
+Sign convention, written once: ``power_w`` is + for import/charging and - for
+export/discharge. Timestamps on the wire are UTC epoch milliseconds.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+__all__ = [
+    "ASSET_ID_PATTERN",
+    "PREFIX",
+    "AssetKind",
+    "AssetStatus",
+    "Capabilities",
+    "CollectorStatus",
+    "ContractError",
+    "DeadLetter",
+    "DispatchAck",
+    "DispatchCommand",
+    "EvChargingNeeds",
+    "Forecast",
+    "ForecastPoint",
+    "GridFrequency",
+    "SiteSummary",
+    "Telemetry",
+    "ack_topic",
+    "collector_topic",
+    "command_topic",
+    "deadletter_topic",
+    "forecast_topic",
+    "grid_frequency_topic",
+    "parse_topic",
+    "status_topic",
+    "summary_topic",
+    "telemetry_topic",
+]
+
+PREFIX = "gridflex/v1"
+ASSET_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+_ASSET_ID_RE = re.compile(ASSET_ID_PATTERN)
+
+AssetKind = Literal["inverter", "evse"]
+AssetId = Annotated[str, Field(pattern=ASSET_ID_PATTERN)]
+SiteId = Annotated[str, Field(pattern=ASSET_ID_PATTERN)]
+EpochMs = Annotated[int, Field(ge=0, description="UTC epoch milliseconds")]
+
+
+class ContractError(ValueError):
+    """A topic or payload that does not follow the contract."""
+
+
+def _check_id(value: str, what: str) -> str:
+    if not _ASSET_ID_RE.match(value):
+        raise ContractError(f"{what} {value!r} does not match {ASSET_ID_PATTERN}")
+    return value
+
+
+# --------------------------------------------------------------------------- topics
+
+
+def telemetry_topic(site: str, kind: str, asset: str) -> str:
+    """Return ``gridflex/v1/{site}/{kind}/{asset}/telemetry``."""
+    return f"{PREFIX}/{_check_id(site, 'site')}/{kind}/{_check_id(asset, 'asset')}/telemetry"
+
+
+def status_topic(site: str, kind: str, asset: str) -> str:
+    """Return ``gridflex/v1/{site}/{kind}/{asset}/status`` (retained)."""
+    return f"{PREFIX}/{_check_id(site, 'site')}/{kind}/{_check_id(asset, 'asset')}/status"
+
+
+def grid_frequency_topic(site: str) -> str:
+    """Return ``gridflex/v1/{site}/grid/frequency``."""
+    return f"{PREFIX}/{_check_id(site, 'site')}/grid/frequency"
+
+
+def forecast_topic(site: str, asset: str) -> str:
+    """Return ``gridflex/v1/{site}/ev/{asset}/forecast``."""
+    return f"{PREFIX}/{_check_id(site, 'site')}/ev/{_check_id(asset, 'asset')}/forecast"
+
+
+def command_topic(site: str, asset: str) -> str:
+    """Return ``gridflex/v1/{site}/dispatch/{asset}/command``."""
+    return f"{PREFIX}/{_check_id(site, 'site')}/dispatch/{_check_id(asset, 'asset')}/command"
+
+
+def ack_topic(site: str, asset: str) -> str:
+    """Return ``gridflex/v1/{site}/dispatch/{asset}/ack``."""
+    return f"{PREFIX}/{_check_id(site, 'site')}/dispatch/{_check_id(asset, 'asset')}/ack"
+
+
+def summary_topic(site: str) -> str:
+    """Return ``gridflex/v1/{site}/summary`` (retained)."""
+    return f"{PREFIX}/{_check_id(site, 'site')}/summary"
+
+
+def collector_topic(site: str, component: str) -> str:
+    """Return ``gridflex/v1/{site}/collector/{component}/status`` (retained, last will).
+
+    MQTT allows one last will per connection, so a collector's death is announced here, once
+    for all its assets; a consumer treats the asset statuses of an offline collector as stale.
+    """
+    component = _check_id(component, "component")
+    return f"{PREFIX}/{_check_id(site, 'site')}/collector/{component}/status"
+
+
+def deadletter_topic(component: str) -> str:
+    """Return ``gridflex/v1/deadletter/{component}``."""
+    return f"{PREFIX}/deadletter/{_check_id(component, 'component')}"
+
+
+def parse_topic(topic: str) -> dict[str, str]:
+    """Split a contract topic into its parts.
+
+    Returns a dict with ``site``, ``kind`` (``inverter``/``evse``/``grid``/``ev``/
+    ``dispatch``/``summary``/``deadletter``), ``asset`` where the topic has one, and
+    ``leaf`` (``telemetry``, ``status``, ``frequency``, ...). Raises ``ContractError`` for a
+    topic outside the tree.
+    """
+    parts = topic.split("/")
+    if len(parts) < 3 or f"{parts[0]}/{parts[1]}" != PREFIX:
+        raise ContractError(f"topic {topic!r} is not under {PREFIX}/")
+    rest = parts[2:]
+    if rest[0] == "deadletter" and len(rest) == 2:
+        return {"kind": "deadletter", "component": rest[1], "leaf": "deadletter"}
+    if len(rest) == 2 and rest[1] == "summary":
+        return {"site": rest[0], "kind": "summary", "leaf": "summary"}
+    if len(rest) == 3 and rest[1:] == ["grid", "frequency"]:
+        return {"site": rest[0], "kind": "grid", "leaf": "frequency"}
+    if len(rest) == 4:
+        site, kind, asset, leaf = rest
+        known = {
+            "inverter": {"telemetry", "status"},
+            "evse": {"telemetry", "status"},
+            "ev": {"forecast"},
+            "dispatch": {"command", "ack"},
+            "collector": {"status"},
+        }
+        if leaf in known.get(kind, set()) and _ASSET_ID_RE.match(asset):
+            return {"site": site, "kind": kind, "asset": asset, "leaf": leaf}
+    raise ContractError(f"topic {topic!r} is not in the gridflex/v1 topic tree")
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+class _Payload(BaseModel):
+    """Base for every payload: strict field names, no extras accepted."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_json(self) -> bytes:
+        """Serialise to compact JSON bytes, leaving out fields that are ``None``."""
+        return self.model_dump_json(exclude_none=True).encode()
+
+
+class EvChargingNeeds(BaseModel):
+    """What the car told the charger it needs (OCPP NotifyEVChargingNeeds / ISO 15118)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    departure_ms: EpochMs | None = None
+    requested_energy_wh: Annotated[float, Field(ge=0)] | None = None
+    max_charge_w: Annotated[float, Field(ge=0)] | None = None
+    max_discharge_w: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="discharge power the car allows, as a positive number"
+    )
+    min_soc_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    target_soc_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    v2x: bool = Field(default=False, description="the car can discharge (ISO 15118-20 V2X)")
+    energy_transfer_mode: str | None = None
+
+
+class Telemetry(_Payload):
+    """One reading of one asset, taken at ``ts_ms``."""
+
+    schema_: Literal["telemetry/1"] = Field(default="telemetry/1", alias="schema")
+    site: SiteId
+    asset: AssetId
+    kind: AssetKind
+    ts_ms: EpochMs
+    seq: Annotated[int, Field(ge=0, description="strictly increasing per asset and boot")]
+    boot: Annotated[str, Field(min_length=1, max_length=64, description="collector run id")]
+    power_w: float = Field(description="+ import/charging, - export/discharge")
+    freq_hz: Annotated[float, Field(gt=0, lt=100)] | None = None
+    voltage_v: Annotated[float, Field(ge=0)] | None = None
+    current_a: float | None = None
+    soc_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    energy_import_wh: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="cumulative meter register, energy taken from the grid"
+    )
+    energy_export_wh: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="cumulative meter register, energy given to the grid"
+    )
+    temp_c: float | None = None
+    setpoint_w: float | None = Field(default=None, description="active power setpoint in force")
+    status: str | None = Field(default=None, description="device or connector state")
+    transaction_id: str | None = None
+    ev: EvChargingNeeds | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json(self) -> bytes:
+        """Serialise with the ``schema`` alias."""
+        return self.model_dump_json(exclude_none=True, by_alias=True).encode()
+
+
+class Capabilities(BaseModel):
+    """What an asset can do, as discovered from the device."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    protocol: str = Field(description="'sunspec' or 'ocpp2.0.1' / 'ocpp2.1'")
+    models: list[int] = Field(default_factory=list, description="SunSpec models found")
+    max_charge_w: Annotated[float, Field(ge=0)] | None = None
+    max_discharge_w: Annotated[float, Field(ge=0)] | None = None
+    capacity_wh: Annotated[float, Field(ge=0)] | None = None
+    v2x: bool = False
+    manufacturer: str | None = None
+    model: str | None = None
+    serial: str | None = None
+    firmware: str | None = None
+
+
+class AssetStatus(_Payload):
+    """Retained status of one asset; the collector's last will sets ``online: false``."""
+
+    schema_: Literal["status/1"] = Field(default="status/1", alias="schema")
+    site: SiteId
+    asset: AssetId
+    kind: AssetKind
+    ts_ms: EpochMs
+    seq: Annotated[int, Field(ge=0)] | None = None
+    boot: str | None = None
+    online: bool
+    state: Literal["online", "offline", "error", "faulted", "unknown"]
+    reason: str | None = None
+    faults: list[str] = Field(default_factory=list)
+    consecutive_failures: Annotated[int, Field(ge=0)] = 0
+    retry_in_ms: Annotated[int, Field(ge=0)] | None = None
+    capabilities: Capabilities | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json(self) -> bytes:
+        """Serialise with the ``schema`` alias."""
+        return self.model_dump_json(exclude_none=True, by_alias=True).encode()
+
+
+class GridFrequency(_Payload):
+    """Grid frequency over one window ``[window_start_ms, window_end_ms)`` at one site."""
+
+    schema_: Literal["grid_frequency/1"] = Field(default="grid_frequency/1", alias="schema")
+    site: SiteId
+    ts_ms: EpochMs = Field(description="end of the window")
+    window_start_ms: EpochMs
+    window_end_ms: EpochMs
+    nominal_hz: float
+    mean_hz: float
+    min_hz: float
+    max_hz: float
+    deviation_hz: float = Field(description="mean_hz - nominal_hz")
+    rocof_hz_per_s: float = Field(description="rate of change of frequency over the window")
+    samples: Annotated[int, Field(ge=1)]
+    assets: Annotated[int, Field(ge=1)] = Field(description="assets that reported a frequency")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json(self) -> bytes:
+        """Serialise with the ``schema`` alias."""
+        return self.model_dump_json(exclude_none=True, by_alias=True).encode()
+
+
+class ForecastPoint(BaseModel):
+    """One point of a state-of-charge forecast."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ts_ms: EpochMs
+    soc_pct: Annotated[float, Field(ge=0, le=100)]
+
+
+class Forecast(_Payload):
+    """SoC forecast and flexibility envelope of one car."""
+
+    schema_: Literal["forecast/1"] = Field(default="forecast/1", alias="schema")
+    site: SiteId
+    asset: AssetId
+    ts_ms: EpochMs
+    seq: Annotated[int, Field(ge=0)]
+    soc_pct: Annotated[float, Field(ge=0, le=100)]
+    departure_ms: EpochMs | None = None
+    energy_to_target_wh: float | None = None
+    flex_charge_w: Annotated[float, Field(ge=0)] = Field(description="extra charge possible")
+    flex_discharge_w: Annotated[float, Field(ge=0)] = Field(description="discharge possible")
+    points: list[ForecastPoint] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json(self) -> bytes:
+        """Serialise with the ``schema`` alias."""
+        return self.model_dump_json(exclude_none=True, by_alias=True).encode()
+
+
+class DispatchCommand(_Payload):
+    """One absolute setpoint for one asset (never a delta)."""
+
+    schema_: Literal["command/1"] = Field(default="command/1", alias="schema")
+    site: SiteId
+    asset: AssetId
+    ts_ms: EpochMs
+    seq: Annotated[int, Field(ge=0)]
+    command_id: Annotated[str, Field(min_length=1, max_length=128)]
+    issued_ms: EpochMs
+    setpoint_w: float = Field(description="+ charge, - discharge")
+    valid_until_ms: EpochMs | None = None
+    source: str | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json(self) -> bytes:
+        """Serialise with the ``schema`` alias."""
+        return self.model_dump_json(exclude_none=True, by_alias=True).encode()
+
+
+class DispatchAck(_Payload):
+    """What the control writer did with a command."""
+
+    schema_: Literal["ack/1"] = Field(default="ack/1", alias="schema")
+    site: SiteId
+    asset: AssetId
+    ts_ms: EpochMs
+    seq: Annotated[int, Field(ge=0)]
+    command_id: Annotated[str, Field(min_length=1, max_length=128)]
+    result: Literal["applied", "rejected", "duplicate"]
+    reason: str | None = None
+    applied_w: float | None = Field(default=None, description="setpoint after clamping")
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json(self) -> bytes:
+        """Serialise with the ``schema`` alias."""
+        return self.model_dump_json(exclude_none=True, by_alias=True).encode()
+
+
+class SiteSummary(_Payload):
+    """Site aggregate for a higher level (retained)."""
+
+    schema_: Literal["summary/1"] = Field(default="summary/1", alias="schema")
+    site: SiteId
+    ts_ms: EpochMs
+    seq: Annotated[int, Field(ge=0)]
+    assets_total: Annotated[int, Field(ge=0)]
+    assets_online: Annotated[int, Field(ge=0)]
+    power_w: float
+    flex_charge_w: Annotated[float, Field(ge=0)]
+    flex_discharge_w: Annotated[float, Field(ge=0)]
+    freq_hz: float | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json(self) -> bytes:
+        """Serialise with the ``schema`` alias."""
+        return self.model_dump_json(exclude_none=True, by_alias=True).encode()
+
+
+class CollectorStatus(_Payload):
+    """Retained presence of one collector process; its last will says ``online: false``."""
+
+    schema_: Literal["collector/1"] = Field(default="collector/1", alias="schema")
+    site: SiteId
+    component: str
+    ts_ms: EpochMs
+    online: bool
+    boot: str | None = None
+    assets: list[str] = Field(default_factory=list)
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json(self) -> bytes:
+        """Serialise with the ``schema`` alias."""
+        return self.model_dump_json(exclude_none=True, by_alias=True).encode()
+
+
+class DeadLetter(_Payload):
+    """A refused input, with why it was refused."""
+
+    schema_: Literal["deadletter/1"] = Field(default="deadletter/1", alias="schema")
+    component: str
+    ts_ms: EpochMs
+    reason: str
+    topic: str | None = Field(default=None, description="where the input came from")
+    payload: str = Field(description="the raw input: UTF-8 text, or base64 when not text")
+    payload_encoding: Literal["utf-8", "base64"] = "utf-8"
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json(self) -> bytes:
+        """Serialise with the ``schema`` alias."""
+        return self.model_dump_json(exclude_none=True, by_alias=True).encode()
+
+
+#: Every payload model, by its ``schema`` value.
+PAYLOADS: dict[str, type[_Payload]] = {
+    "telemetry/1": Telemetry,
+    "status/1": AssetStatus,
+    "grid_frequency/1": GridFrequency,
+    "forecast/1": Forecast,
+    "command/1": DispatchCommand,
+    "ack/1": DispatchAck,
+    "summary/1": SiteSummary,
+    "collector/1": CollectorStatus,
+    "deadletter/1": DeadLetter,
+}
+
+
+def parse_payload(raw: bytes | str) -> _Payload:
+    """Parse and validate a JSON payload by its ``schema`` field.
+
+    Raises ``ContractError`` with a one-line reason when the payload is not JSON, names no
+    known schema, or does not validate.
+    """
+    import json
+
+    try:
+        obj: Any = json.loads(raw)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ContractError(f"not JSON: {exc}") from None
+    if not isinstance(obj, dict):
+        raise ContractError("payload is not a JSON object")
+    schema = obj.get("schema")
+    model = PAYLOADS.get(schema) if isinstance(schema, str) else None
+    if model is None:
+        raise ContractError(f"unknown schema {schema!r}")
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        raise ContractError(describe_validation_error(exc)) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """Turn a pydantic error into one line: ``field: what was expected``."""
+    parts = []
+    for err in exc.errors()[:3]:
+        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
+        parts.append(f"{loc}: {err['msg']}")
+    more = exc.error_count() - len(parts)
+    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")

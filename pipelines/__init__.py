@@ -1,0 +1,1 @@
+"""Stream analytics (Bytewax): validation, grid frequency, history sink."""
