@@ -1,0 +1,176 @@
+"""Start an MQTT broker on a free loopback port: Mosquitto when installed, else embedded amqtt.
+
+Mosquitto is the production broker. The config written here raises
+``max_queued_messages`` (Mosquitto's default of 1000 drops QoS 1 messages for a slow
+subscriber during bursts, NOTES.md) and keeps persistence off (a throw-away broker).
+The embedded amqtt broker is only the no-install convenience default (~4-5k msg/s).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gridflex.net import free_port, wait_for_port
+
+__all__ = ["Broker", "find_mosquitto", "start_broker"]
+
+log = logging.getLogger(__name__)
+
+MOSQUITTO_CONF = """\
+# written by gridflex: a loopback broker for a demo, a test or a benchmark
+listener {port} {host}
+allow_anonymous true
+persistence false
+max_queued_messages 0
+max_inflight_messages 100
+max_keepalive 600
+log_dest stderr
+log_type error
+log_type warning
+"""
+
+
+def find_mosquitto() -> str | None:
+    """Path of the mosquitto binary (PATH, then /usr/sbin), or None."""
+    for candidate in (
+        shutil.which("mosquitto"),
+        "/usr/sbin/mosquitto",
+        "/usr/local/sbin/mosquitto",
+    ):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+@dataclass
+class Broker:
+    """A running broker; ``stop()`` ends it (by PID for Mosquitto)."""
+
+    host: str
+    port: int
+    kind: Literal["mosquitto", "amqtt"]
+    process: subprocess.Popen[bytes] | None = None
+    _thread: threading.Thread | None = None
+    _stop: Any = None
+    _workdir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
+
+    @property
+    def url(self) -> str:
+        """``mqtt://host:port``."""
+        return f"mqtt://{self.host}:{self.port}"
+
+    @property
+    def pid(self) -> int | None:
+        """PID of the Mosquitto process (None for the embedded broker)."""
+        return self.process.pid if self.process else None
+
+    def stop(self) -> None:
+        """Stop the broker and remove its working folder."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        if self._stop is not None:
+            self._stop()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+        if self._workdir is not None:
+            self._workdir.cleanup()
+            self._workdir = None
+
+    def __enter__(self) -> Broker:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop()
+
+
+def _start_mosquitto(binary: str, host: str, port: int) -> Broker:
+    workdir = tempfile.TemporaryDirectory(prefix="gridflex-mosquitto-")
+    conf = Path(workdir.name) / "mosquitto.conf"
+    conf.write_text(MOSQUITTO_CONF.format(host=host, port=port), encoding="utf-8")
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    broker = Broker(host, port, "mosquitto", process=proc, _workdir=workdir)
+    if not wait_for_port(host, port, timeout_s=10):
+        broker.stop()
+        raise RuntimeError(f"mosquitto did not start listening on {host}:{port}")
+    log.info("mosquitto (pid %d) listening on %s:%d", proc.pid, host, port)
+    return broker
+
+
+def _start_amqtt(host: str, port: int) -> Broker:
+    from amqtt.broker import Broker as AmqttBroker
+
+    config = {
+        "listeners": {"default": {"type": "tcp", "bind": f"{host}:{port}"}},
+        "plugins": {"amqtt.plugins.authentication.AnonymousAuthPlugin": {"allow_anonymous": True}},
+    }
+    ready = threading.Event()
+    state: dict[str, Any] = {}
+
+    def _run() -> None:
+        loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
+        state["loop"] = loop
+
+        async def _main() -> None:
+            broker = AmqttBroker(config)
+            await broker.start()
+            state["stop_event"] = asyncio.Event()
+            ready.set()
+            await state["stop_event"].wait()
+            await broker.shutdown()
+
+        try:
+            loop.run_until_complete(_main())
+        except Exception as exc:  # reported to the starting thread below
+            state["error"] = exc
+            ready.set()
+        finally:
+            loop.close()
+
+    thread = threading.Thread(target=_run, name="amqtt-broker", daemon=True)
+    thread.start()
+    if not ready.wait(15) or "error" in state:
+        raise RuntimeError(f"embedded MQTT broker failed to start: {state.get('error')}")
+
+    def _stop() -> None:
+        loop = state["loop"]
+        if not loop.is_closed():
+            loop.call_soon_threadsafe(state["stop_event"].set)
+
+    log.info(
+        "embedded amqtt broker listening on %s:%d (install mosquitto for production)", host, port
+    )
+    return Broker(host, port, "amqtt", _thread=thread, _stop=_stop)
+
+
+def start_broker(
+    prefer: Literal["mosquitto", "amqtt"] = "mosquitto",
+    host: str = "127.0.0.1",
+    port: int | None = None,
+) -> Broker:
+    """Start a broker on ``host`` (a free port unless given) and return once it listens."""
+    port = port or free_port(host)
+    binary = find_mosquitto() if prefer == "mosquitto" else None
+    if binary:
+        return _start_mosquitto(binary, host, port)
+    return _start_amqtt(host, port)

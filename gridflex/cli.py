@@ -1,0 +1,100 @@
+"""The ``gridflex`` command: one entry point, one subcommand per part.
+
+Each subcommand lives in the module of its part, which exposes
+``add_arguments(parser)`` and ``main(args) -> int``; modules are imported only when their
+subcommand runs, so ``gridflex query`` does not pay for Bytewax or OCPP.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Sequence
+
+from gridflex import __version__
+from gridflex.config import ConfigError
+from gridflex.log import setup_logging
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+log = logging.getLogger(__name__)
+
+#: (command words, module, one-line help)
+COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
+    (("check",), "gridflex.check", "validate a site file and summarise it"),
+    (("demo",), "gridflex.demo", "run broker, simulators, collectors and the dataflow together"),
+    (("sim", "inverters"), "simulators.inverter", "simulated SunSpec inverters over Modbus TCP"),
+    (("sim", "chargers"), "simulators.charger", "simulated OCPP charging stations with EVs"),
+    (("collect", "modbus"), "collectors.modbus", "poll SunSpec devices into MQTT"),
+    (("collect", "ocpp"), "collectors.ocpp", "OCPP 2.0.1/2.1 CSMS publishing to MQTT"),
+    (("pipeline",), "pipelines.flow", "the Bytewax dataflow: validation, frequency, history"),
+    (("query",), "gridflex.history", "run SQL over the Parquet history with DuckDB, print CSV"),
+    (("contract", "export"), "gridflex.contract_docs", "write JSON Schemas and AsyncAPI to docs/"),
+]
+
+
+def _chosen(argv: Sequence[str]) -> tuple[str, ...]:
+    words = [a for a in argv if not a.startswith("-")]
+    for command, _module, _help in COMMANDS:
+        if tuple(words[: len(command)]) == command:
+            return command
+    return ()
+
+
+def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
+    """Build the argument parser; only the chosen subcommand's module is imported."""
+    chosen = _chosen(argv)
+    parser = argparse.ArgumentParser(
+        prog="gridflex", description="EVs and inverters as a flexible grid asset."
+    )
+    parser.add_argument("--version", action="version", version=f"gridflex {__version__}")
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING or ERROR")
+    groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
+    top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    group_parsers: dict[str, argparse.ArgumentParser] = {}
+    for words, module_name, help_text in COMMANDS:
+        if len(words) == 1:
+            sub = top.add_parser(words[0], help=help_text, description=help_text)
+        else:
+            head, leaf = words
+            if head not in groups:
+                group_parsers[head] = top.add_parser(head, help=f"{head} subcommands")
+                groups[head] = group_parsers[head].add_subparsers(
+                    dest=f"{head}_command", metavar="SUBCOMMAND", required=True
+                )
+            sub = groups[head].add_parser(leaf, help=help_text, description=help_text)
+        sub.set_defaults(_module=module_name)
+        if words != chosen:
+            continue
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            sub.set_defaults(_unavailable=str(exc))
+            continue
+        module.add_arguments(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``gridflex`` command line; returns the process exit code."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(argv)
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    if getattr(args, "_unavailable", None):
+        log.error("%s is not available: %s", args._module, args._unavailable)
+        return 2
+    module = importlib.import_module(args._module)
+    try:
+        return int(module.main(args) or 0)
+    except ConfigError as exc:
+        sys.stderr.write(f"gridflex: {exc}\n")
+        return 2
+    except KeyboardInterrupt:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

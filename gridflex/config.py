@@ -1,0 +1,280 @@
+"""Site configuration: one TOML file describes one site and its assets.
+
+The file is read and validated once at start-up into frozen, typed objects. Any error names
+the file, the key and what was expected, for example::
+
+    config error in site.toml: assets[2].max_charge_w: expected a number >= 0, got -5
+
+See ``examples/site.toml`` for a complete, commented example.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gridflex.contract import ASSET_ID_PATTERN
+
+__all__ = [
+    "ConfigError",
+    "EvseAsset",
+    "HistoryConfig",
+    "InverterAsset",
+    "ModbusConfig",
+    "MqttConfig",
+    "OcppConfig",
+    "PipelineConfig",
+    "SiteConfig",
+    "load_site",
+    "parse_site",
+]
+
+_AssetId = Annotated[str, Field(pattern=ASSET_ID_PATTERN)]
+_NonNegW = Annotated[float, Field(ge=0)]
+_Pct = Annotated[float, Field(ge=0, le=100)]
+
+
+class ConfigError(ValueError):
+    """A site file that cannot be used; the message names file, key and expectation."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class MqttConfig(_Section):
+    """Broker connection."""
+
+    url: str = "mqtt://127.0.0.1:1883"
+    username: str | None = None
+    password: str | None = None
+    queue_limit: Annotated[int, Field(ge=1)] = 100_000
+    keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+    @field_validator("url")
+    @classmethod
+    def _url_is_mqtt(cls, value: str) -> str:
+        parts = urlsplit(value)
+        if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+            raise ValueError("expected mqtt://host[:port] or mqtts://host[:port]")
+        try:
+            _ = parts.port
+        except ValueError:
+            raise ValueError("expected a port number in the URL") from None
+        return value
+
+
+class HistoryConfig(_Section):
+    """Where the Parquet history lives."""
+
+    dir: Path = Path("data")
+
+
+class ModbusConfig(_Section):
+    """SunSpec Modbus TCP polling."""
+
+    poll_interval_ms: Annotated[int, Field(ge=50, le=60_000)] = 200
+    timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
+    backoff_initial_s: Annotated[float, Field(gt=0, le=600)] = 1.0
+    backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+
+    @model_validator(mode="after")
+    def _backoff_order(self) -> ModbusConfig:
+        if self.backoff_max_s < self.backoff_initial_s:
+            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+        return self
+
+
+class PipelineConfig(_Section):
+    """Stream analytics."""
+
+    window_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 1000
+    allowed_lateness_ms: Annotated[int, Field(ge=0, le=60_000)] = 500
+
+
+class OcppConfig(_Section):
+    """The OCPP CSMS (charging station management system) endpoint."""
+
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=0, le=65535)] = 9000
+    meter_interval_s: Annotated[float, Field(ge=0.2, le=3600)] = 1.0
+    response_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
+    heartbeat_interval_s: Annotated[int, Field(ge=1, le=86_400)] = 300
+    security_profile: Literal[1, 2] = 1
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @model_validator(mode="after")
+    def _tls_paths(self) -> OcppConfig:
+        if self.security_profile == 2 and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError("security_profile 2 needs tls_cert and tls_key")
+        return self
+
+
+class _AssetBase(_Section):
+    id: _AssetId
+    max_charge_w: _NonNegW
+    max_discharge_w: _NonNegW = 0.0
+    capacity_wh: Annotated[float, Field(gt=0)] | None = None
+    soc_min_pct: _Pct = 10.0
+    soc_max_pct: _Pct = 90.0
+
+    @model_validator(mode="after")
+    def _soc_order(self) -> Any:
+        if self.soc_min_pct >= self.soc_max_pct:
+            raise ValueError("soc_min_pct must be below soc_max_pct")
+        return self
+
+
+class InverterAsset(_AssetBase):
+    """A bidirectional inverter (with battery) read over SunSpec Modbus TCP."""
+
+    kind: Literal["inverter"]
+    host: str
+    port: Annotated[int, Field(ge=1, le=65535)] = 502
+    unit_id: Annotated[int, Field(ge=0, le=247)] = 1
+
+
+class EvseAsset(_AssetBase):
+    """A charging station (one EVSE) that connects to gridflex's CSMS over OCPP."""
+
+    kind: Literal["evse"]
+    station_id: Annotated[str, Field(min_length=1, max_length=48)] | None = None
+    password: Annotated[str, Field(min_length=16, max_length=40)] | None = Field(
+        default=None, description="HTTP Basic auth password (OCPP: 16 to 40 characters)"
+    )
+
+    @property
+    def station(self) -> str:
+        """The OCPP station identity (the last path segment of its WebSocket URL)."""
+        return self.station_id or self.id
+
+
+Asset = Annotated[InverterAsset | EvseAsset, Field(discriminator="kind")]
+
+
+class SiteConfig(_Section):
+    """One site: its identity, broker, history and assets."""
+
+    id: _AssetId
+    nominal_frequency_hz: Literal[50, 60] = 50
+    mqtt: MqttConfig = MqttConfig()
+    history: HistoryConfig = HistoryConfig()
+    modbus: ModbusConfig = ModbusConfig()
+    pipeline: PipelineConfig = PipelineConfig()
+    ocpp: OcppConfig = OcppConfig()
+    assets: list[Asset] = Field(default_factory=list)
+    source: Path | None = Field(default=None, exclude=True)
+
+    @model_validator(mode="after")
+    def _unique_ids(self) -> SiteConfig:
+        seen: set[str] = set()
+        for asset in self.assets:
+            if asset.id in seen:
+                raise ValueError(f"asset id {asset.id!r} appears twice")
+            seen.add(asset.id)
+        stations = [a.station for a in self.evses]
+        if len(set(stations)) != len(stations):
+            raise ValueError("two evse assets share a station_id")
+        return self
+
+    @property
+    def inverters(self) -> list[InverterAsset]:
+        """The SunSpec inverters of the site."""
+        return [a for a in self.assets if isinstance(a, InverterAsset)]
+
+    @property
+    def evses(self) -> list[EvseAsset]:
+        """The OCPP charging stations of the site."""
+        return [a for a in self.assets if isinstance(a, EvseAsset)]
+
+
+def _key(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
+    """Render a pydantic location as a TOML key path (``assets[2].max_charge_w``)."""
+    out = ""
+    node: Any = raw
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+            node = node[part] if isinstance(node, list) and part < len(node) else None
+        elif part in ("inverter", "evse") and isinstance(node, dict) and node.get("kind") == part:
+            continue  # discriminator tag inserted by pydantic, not a key in the file
+        else:
+            out += f".{part}" if out else str(part)
+            node = node.get(part) if isinstance(node, dict) else None
+    return out or "(top level)"
+
+
+def _expectation(err: Any) -> str:
+    msg = str(err["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if msg.startswith(prefix):
+            msg = msg[len(prefix) :]
+    if err["type"] == "missing":
+        return "required key is missing"
+    if err["type"] == "extra_forbidden":
+        return "unknown key"
+    msg = msg.replace("Input should be ", "expected ").replace("input should be ", "expected ")
+    msg = msg.replace("greater than or equal to", ">=").replace("less than or equal to", "<=")
+    msg = msg.replace("greater than", ">").replace("less than", "<")
+    text = msg[0].lower() + msg[1:] if msg else msg
+    if "input" in err and err["type"] not in ("model_type",):
+        text += f", got {err['input']!r}"
+    return text
+
+
+def parse_site(raw: dict[str, Any], source: str | Path = "<memory>") -> SiteConfig:
+    """Validate a site from an already parsed TOML/dict document.
+
+    The document has a ``[site]`` table (``id``, ``nominal_frequency_hz``), optional
+    ``[mqtt]``, ``[history]``, ``[modbus]``, ``[pipeline]``, ``[ocpp]`` tables and an
+    ``[[assets]]`` array. Raises ``ConfigError`` naming the source, the key and the expectation.
+    """
+    doc = dict(raw)
+    site_table = doc.pop("site", None)
+    if not isinstance(site_table, dict):
+        raise ConfigError(f"config error in {source}: site: expected a [site] table with an id")
+    merged = {**site_table, **doc}
+    try:
+        site = SiteConfig.model_validate(merged)
+    except ValidationError as exc:
+        lines = []
+        for err in exc.errors():
+            loc = tuple(err["loc"])
+            # Keys of the [site] table are validated at the top level of the model.
+            key = _key(loc, merged)
+            if loc and loc[0] in site_table:
+                key = f"site.{key}"
+            lines.append(f"{key}: {_expectation(err)}")
+        raise ConfigError(f"config error in {source}: " + "; ".join(lines)) from None
+    return site.model_copy(update={"source": Path(source) if source != "<memory>" else None})
+
+
+def load_site(path: str | Path) -> SiteConfig:
+    """Read and validate a site file; relative history/TLS paths resolve against its folder."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(
+            f"config error in {path}: cannot read the file ({exc.strerror})"
+        ) from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"config error in {path}: not valid TOML ({exc})") from None
+    site = parse_site(raw, path)
+    base = path.resolve().parent
+
+    def _abs(p: Path | None) -> Path | None:
+        return p if p is None or p.is_absolute() else base / p
+
+    history = site.history.model_copy(update={"dir": _abs(site.history.dir)})
+    ocpp = site.ocpp.model_copy(
+        update={"tls_cert": _abs(site.ocpp.tls_cert), "tls_key": _abs(site.ocpp.tls_key)}
+    )
+    return site.model_copy(update={"history": history, "ocpp": ocpp})

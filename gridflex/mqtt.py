@@ -1,0 +1,267 @@
+"""MQTT client wrapper over paho-mqtt 2.x with gridflex's delivery rules.
+
+- QoS 1 and a persistent session (``clean_session=False``) by default, so the broker keeps
+  what a subscriber missed while it was away and re-delivers unacknowledged messages.
+- A retained last will (the collector's ``online: false`` presence).
+- Reconnect with exponential backoff (paho's own loop; no home-made reconnect loop).
+- A bounded outgoing queue: while the broker is unreachable messages wait in memory up to
+  ``queue_limit``; past that ``publish`` drops the message, counts it and returns False, so
+  memory never grows without bound.
+- Clean shutdown: ``stop()`` waits for the queue to drain (bounded), then disconnects, which
+  does not fire the last will.
+"""
+
+from __future__ import annotations
+
+import logging
+import ssl
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import urlsplit
+
+import paho.mqtt.client as mqtt
+
+__all__ = ["MessageCallback", "MqttClient", "MqttStats", "parse_url"]
+
+log = logging.getLogger(__name__)
+
+MessageCallback = Callable[[str, bytes], None]
+
+
+@dataclass
+class MqttStats:
+    """Counters of one client, safe to read from any thread."""
+
+    published: int = 0
+    acknowledged: int = 0
+    dropped: int = 0
+    received: int = 0
+    connects: int = 0
+    disconnects: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def as_dict(self) -> dict[str, int]:
+        """Snapshot of the counters."""
+        with self.lock:
+            return {
+                "published": self.published,
+                "acknowledged": self.acknowledged,
+                "dropped": self.dropped,
+                "received": self.received,
+                "connects": self.connects,
+                "disconnects": self.disconnects,
+            }
+
+
+def parse_url(url: str) -> tuple[str, int, bool]:
+    """Split ``mqtt://host:port`` / ``mqtts://host:port`` into host, port and TLS flag."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("mqtt", "mqtts") or not parts.hostname:
+        raise ValueError(f"MQTT URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
+    tls = parts.scheme == "mqtts"
+    return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+class MqttClient:
+    """A paho client configured for gridflex (see the module docstring).
+
+    Parameters
+    ----------
+    url : str
+        ``mqtt://host:port`` or ``mqtts://host:port``.
+    client_id : str
+        Stable id: with a persistent session the broker keeps state per client id.
+    will : tuple of (topic, payload), optional
+        Published retained at QoS 1 by the broker if the connection dies.
+    queue_limit : int
+        Most messages kept while the broker is unreachable or slow.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        *,
+        username: str | None = None,
+        password: str | None = None,
+        will: tuple[str, bytes] | None = None,
+        clean_session: bool = False,
+        queue_limit: int = 100_000,
+        keepalive_s: int = 30,
+        max_inflight: int = 100,
+        reconnect_min_s: float = 0.5,
+        reconnect_max_s: float = 30.0,
+    ) -> None:
+        self.host, self.port, tls = parse_url(url)
+        self.url = url
+        self.client_id = client_id
+        self.stats = MqttStats()
+        self._keepalive_s = keepalive_s
+        self._subs: dict[str, tuple[int, MessageCallback]] = {}
+        self._connected = threading.Event()
+        self._started = False
+        self._client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            clean_session=clean_session,
+            protocol=mqtt.MQTTv311,
+        )
+        if username is not None:
+            self._client.username_pw_set(username, password)
+        if tls:
+            self._client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+        if will is not None:
+            self._client.will_set(will[0], will[1], qos=1, retain=True)
+        self._client.max_inflight_messages_set(max_inflight)
+        self._client.max_queued_messages_set(queue_limit)
+        self._client.reconnect_delay_set(
+            min_delay=max(1, round(reconnect_min_s)), max_delay=max(1, round(reconnect_max_s))
+        )
+        self._client.on_connect = self._on_connect
+        self._client.on_disconnect = self._on_disconnect
+        self._client.on_publish = self._on_publish
+        self._client.on_message = self._on_unmatched
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Connect in the background; returns at once and keeps reconnecting until stop()."""
+        if self._started:
+            return
+        self._started = True
+        self._client.connect_async(self.host, self.port, keepalive=self._keepalive_s)
+        self._client.loop_start()
+
+    def wait_connected(self, timeout_s: float = 10.0) -> bool:
+        """Block until connected (True) or until ``timeout_s`` passes (False)."""
+        return self._connected.wait(timeout_s)
+
+    @property
+    def connected(self) -> bool:
+        """Whether the client is connected right now."""
+        return self._connected.is_set()
+
+    def pending(self) -> int:
+        """Messages published but not yet acknowledged by the broker."""
+        with self.stats.lock:
+            return self.stats.published - self.stats.acknowledged
+
+    def flush(self, timeout_s: float = 2.0) -> bool:
+        """Wait until every published message is acknowledged; False on timeout."""
+        deadline = time.monotonic() + timeout_s
+        while self.pending() > 0:
+            if time.monotonic() >= deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def stop(self, flush_timeout_s: float = 2.0) -> None:
+        """Drain the outgoing queue (bounded by ``flush_timeout_s``) and disconnect cleanly."""
+        if not self._started:
+            return
+        if self.connected and not self.flush(flush_timeout_s):
+            log.warning(
+                "mqtt %s: %d messages not acknowledged at stop", self.client_id, self.pending()
+            )
+        self._client.disconnect()
+        self._client.loop_stop()
+        self._started = False
+        self._connected.clear()
+
+    # ------------------------------------------------------------------ messages
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        """Queue one message; False when the bounded queue is full and it was dropped."""
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
+            with self.stats.lock:
+                self.stats.dropped += 1
+                dropped = self.stats.dropped
+            if dropped == 1 or dropped % 1000 == 0:
+                log.warning(
+                    "mqtt %s: outgoing queue full, %d messages dropped", self.client_id, dropped
+                )
+            return False
+        # MQTT_ERR_NO_CONN with QoS > 0: paho keeps the message and sends it on reconnect.
+        if info.rc == mqtt.MQTT_ERR_NO_CONN and qos == 0:
+            with self.stats.lock:
+                self.stats.dropped += 1
+            return False
+        with self.stats.lock:
+            self.stats.published += 1
+        return True
+
+    def subscribe(self, topic_filter: str, callback: MessageCallback, qos: int = 1) -> None:
+        """Call ``callback(topic, payload)`` for each message on ``topic_filter``.
+
+        The subscription is renewed on every reconnect. Callbacks run on paho's network
+        thread: keep them short (hand work to a queue).
+        """
+
+        def _deliver(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+            with self.stats.lock:
+                self.stats.received += 1
+            callback(msg.topic, bytes(msg.payload))
+
+        self._subs[topic_filter] = (qos, callback)
+        self._client.message_callback_add(topic_filter, _deliver)
+        if self.connected:
+            self._client.subscribe(topic_filter, qos=qos)
+
+    # ------------------------------------------------------------------ paho callbacks
+
+    def _on_connect(
+        self,
+        client: mqtt.Client,
+        _userdata: object,
+        _flags: object,
+        reason_code: mqtt.ReasonCode,
+        _properties: object,
+    ) -> None:
+        if reason_code.is_failure:
+            log.warning(
+                "mqtt %s: connection refused by %s:%d: %s",
+                self.client_id,
+                self.host,
+                self.port,
+                reason_code,
+            )
+            return
+        with self.stats.lock:
+            self.stats.connects += 1
+        log.info("mqtt %s: connected to %s:%d", self.client_id, self.host, self.port)
+        for topic_filter, (qos, _cb) in self._subs.items():
+            client.subscribe(topic_filter, qos=qos)
+        self._connected.set()
+
+    def _on_disconnect(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        _flags: object,
+        reason_code: mqtt.ReasonCode,
+        _properties: object,
+    ) -> None:
+        was_connected = self._connected.is_set()
+        self._connected.clear()
+        if was_connected:
+            with self.stats.lock:
+                self.stats.disconnects += 1
+            if self._started:
+                log.warning("mqtt %s: disconnected (%s); reconnecting", self.client_id, reason_code)
+
+    def _on_publish(
+        self,
+        _client: mqtt.Client,
+        _userdata: object,
+        _mid: int,
+        _reason_code: mqtt.ReasonCode,
+        _properties: object,
+    ) -> None:
+        with self.stats.lock:
+            self.stats.acknowledged += 1
+
+    def _on_unmatched(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
+        log.debug("mqtt %s: message on %s matched no subscription", self.client_id, msg.topic)
