@@ -30,7 +30,7 @@ MOSQUITTO_CONF = """\
 # written by gridflex: a loopback broker for a demo, a test or a benchmark
 listener {port} {host}
 allow_anonymous true
-persistence false
+{persistence}
 max_queued_messages 0
 max_inflight_messages 100
 max_keepalive 600
@@ -98,10 +98,20 @@ class Broker:
         self.stop()
 
 
-def _start_mosquitto(binary: str, host: str, port: int) -> Broker:
+def _start_mosquitto(binary: str, host: str, port: int, persistence_dir: Path | None) -> Broker:
     workdir = tempfile.TemporaryDirectory(prefix="gridflex-mosquitto-")
     conf = Path(workdir.name) / "mosquitto.conf"
-    conf.write_text(MOSQUITTO_CONF.format(host=host, port=port), encoding="utf-8")
+    persistence = (
+        f"persistence true\npersistence_location {persistence_dir}/"
+        if persistence_dir is not None
+        else "persistence false"
+    )
+    text = MOSQUITTO_CONF.format(host=host, port=port, persistence=persistence)
+    if os.geteuid() == 0:
+        # Started as root, Mosquitto would switch to the `mosquitto` user and could not
+        # write its persistence file into our folder; stay the user that started it.
+        text += "user root\n"
+    conf.write_text(text, encoding="utf-8")
     proc = subprocess.Popen(
         [binary, "-c", str(conf)],
         stdout=subprocess.DEVNULL,
@@ -167,10 +177,15 @@ def start_broker(
     prefer: Literal["mosquitto", "amqtt"] = "mosquitto",
     host: str = "127.0.0.1",
     port: int | None = None,
+    persistence_dir: Path | None = None,
 ) -> Broker:
-    """Start a broker on ``host`` (a free port unless given) and return once it listens."""
+    """Start a broker on ``host`` (a free port unless given) and return once it listens.
+
+    ``persistence_dir`` (Mosquitto only) keeps sessions and queued messages across a
+    restart of the broker on the same port.
+    """
     port = port or free_port(host)
     binary = find_mosquitto() if prefer == "mosquitto" else None
     if binary:
-        return _start_mosquitto(binary, host, port)
+        return _start_mosquitto(binary, host, port, persistence_dir)
     return _start_amqtt(host, port)

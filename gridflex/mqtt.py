@@ -165,9 +165,9 @@ class MqttClient:
             log.warning(
                 "mqtt %s: %d messages not acknowledged at stop", self.client_id, self.pending()
             )
+        self._started = False
         self._client.disconnect()
         self._client.loop_stop()
-        self._started = False
         self._connected.clear()
 
     # ------------------------------------------------------------------ messages
