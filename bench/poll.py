@@ -1,0 +1,154 @@
+"""Benchmark: one Modbus collector polling N simulated SunSpec inverters every 200 ms.
+
+Starts Mosquitto (``gridflex.broker``), the inverter simulator in one or more processes,
+and ONE ``gridflex collect modbus`` process; lets it warm up (connect + discover), then
+measures for ``--duration-s`` and prints one row per N: achieved and expected polls/s,
+missed polls, p50/p99 lateness against the schedule (from the collector's own
+``--stats-file``), and the collector's CPU % and RSS (psutil).
+
+    .venv/bin/python bench/poll.py                 # N = 100, 500, 1000, 2000, 20 s each
+    .venv/bin/python bench/poll.py -n 1000 --duration-s 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+from gridflex.broker import start_broker
+from gridflex.net import free_port_block, wait_for_port
+
+ROOT = Path(__file__).resolve().parents[1]
+POLL_INTERVAL_MS = 200
+
+
+def site_toml(n: int, ports: list[int], mqtt_url: str) -> str:
+    lines = [
+        '[site]\nid = "bench"\n',
+        f'[mqtt]\nurl = "{mqtt_url}"\nqueue_limit = 1000000\n',
+        f"[modbus]\npoll_interval_ms = {POLL_INTERVAL_MS}\ntimeout_s = 1.0\n"
+        "backoff_initial_s = 1.0\nbackoff_max_s = 10.0\n",
+    ]
+    for i in range(n):
+        lines.append(
+            f'[[assets]]\nid = "inv{i:05d}"\nkind = "inverter"\nhost = "127.0.0.1"\n'
+            f"port = {ports[i]}\nmax_charge_w = 11000\nmax_discharge_w = 11000\n"
+        )
+    return "\n".join(lines)
+
+
+def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode
+
+
+def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url: str) -> dict:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    python = sys.executable
+    per_proc = -(-n // sim_procs)
+    sims: list[subprocess.Popen[bytes]] = []
+    ports: list[int] = []
+    with tempfile.TemporaryDirectory(prefix="gridflex-bench-") as tmp:
+        try:
+            for k in range(sim_procs):
+                count = min(per_proc, n - k * per_proc)
+                if count <= 0:
+                    break
+                base = free_port_block(count)
+                ports += range(base, base + count)
+                sims.append(
+                    subprocess.Popen(
+                        [python, "-m", "gridflex.cli", "--log-level=WARNING", "sim",
+                         "inverters", "--count", str(count), "--base-port", str(base),
+                         "--seed", str(k)],
+                        cwd=ROOT, env=env,
+                    )
+                )
+                if not wait_for_port("127.0.0.1", base + count - 1, timeout_s=60):
+                    raise RuntimeError(f"simulator {k} did not start")
+            site = Path(tmp) / "site.toml"
+            site.write_text(site_toml(n, ports, mqtt_url), encoding="utf-8")
+            stats_file = Path(tmp) / "stats.json"
+            collector = subprocess.Popen(
+                [python, "-m", "gridflex.cli", "--log-level=WARNING", "collect", "modbus",
+                 "--site", str(site), "--stats-file", str(stats_file),
+                 "--stats-warmup-s", str(warmup_s)],
+                cwd=ROOT, env=env,
+            )
+            proc = psutil.Process(collector.pid)
+            time.sleep(warmup_s)
+            cpu0, t0 = proc.cpu_times(), time.monotonic()
+            time.sleep(duration_s)
+            cpu1, t1 = proc.cpu_times(), time.monotonic()
+            rss_mib = proc.memory_info().rss / 2**20
+            rc = stop_process(collector)
+            stats = json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.exists() else {}
+        finally:
+            for sim in sims:
+                stop_process(sim)
+    cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    elapsed = float(stats.get("elapsed_s") or (t1 - t0))
+    return {
+        "n": n,
+        "polls_per_s": (stats.get("polls", 0) / elapsed) if elapsed else 0.0,
+        "expected_per_s": n * 1000 / POLL_INTERVAL_MS,
+        "missed": stats.get("missed"),
+        "p50_ms": stats.get("lateness_p50_ms"),
+        "p99_ms": stats.get("lateness_p99_ms"),
+        "max_ms": stats.get("lateness_max_ms"),
+        "failures": stats.get("failures"),
+        "cpu_pct": 100 * cpu_s / (t1 - t0),
+        "rss_mib": rss_mib,
+        "exit": rc,
+    }
+
+
+def fmt(value: float | int | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, action="append", help="fleet size (repeatable)")
+    parser.add_argument("--duration-s", type=float, default=20.0, help="measured time per N")
+    parser.add_argument("--warmup-s", type=float, default=8.0, help="connect/discover time")
+    parser.add_argument(
+        "--sim-procs", type=int, default=None, help="simulator processes (default 1 per 500)"
+    )
+    args = parser.parse_args()
+    sizes = args.n or [100, 500, 1000, 2000]
+    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, "
+          f"poll every {POLL_INTERVAL_MS} ms, {args.duration_s:.0f} s measured per N")
+    header = (f"{'N':>5} {'polls/s':>8} {'expected':>8} {'missed':>7} {'p50 ms':>7} "
+              f"{'p99 ms':>7} {'max ms':>7} {'fail':>5} {'CPU %':>6} {'RSS MiB':>8} {'exit':>4}")
+    print(header)
+    print("-" * len(header))
+    with start_broker("mosquitto") as broker:
+        for n in sizes:
+            procs = args.sim_procs or max(1, min(4, -(-n // 500)))
+            r = run_one(n, procs, args.warmup_s, args.duration_s, broker.url)
+            print(f"{r['n']:>5} {r['polls_per_s']:>8.0f} {r['expected_per_s']:>8.0f} "
+                  f"{fmt(r['missed'], 'd'):>7} {fmt(r['p50_ms'], '.1f'):>7} "
+                  f"{fmt(r['p99_ms'], '.1f'):>7} {fmt(r['max_ms'], '.1f'):>7} "
+                  f"{fmt(r['failures'], 'd'):>5} {r['cpu_pct']:>6.0f} {r['rss_mib']:>8.0f} "
+                  f"{r['exit']:>4}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

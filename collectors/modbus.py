@@ -1,0 +1,740 @@
+"""SunSpec Modbus TCP collector: poll every inverter of a site on a fixed schedule, publish MQTT.
+
+``gridflex collect modbus --site FILE``. For each inverter asset one asyncio task:
+
+1. connect (pymodbus async client, one connection per device), discover the SunSpec map
+   (``SunS`` at 40000, else 0, else 50000; walk the model chain), read the scale factors
+   (static points, read once per discovery) and the capabilities;
+2. poll every ``site.modbus.poll_interval_ms``: the n-th poll is due at ``start + n *
+   interval`` (no drift; device ``i`` of ``N`` starts ``i/N`` of an interval later, so the
+   fleet's requests spread evenly instead of bursting). A poll that starts so late that the
+   next slot has already come is counted *missed* and the schedule skips ahead;
+3. each poll reads only the registers it needs (two reads on a 1/701/702/704/713 device:
+   701 ``St..TmpCab``, and 704 ``WSetEna..WSet`` merged with 713), decodes them with the
+   cached scale factors and publishes one ``Telemetry`` (QoS 1) with ``ts_ms`` taken when
+   the answer arrived and a ``seq`` strictly increasing per asset for this ``boot``;
+4. a device that refuses the connection, times out, drops it or answers garbage is marked
+   in its retained ``AssetStatus`` (``online: false``, ``offline``/``error``, reason,
+   consecutive failures, ``retry_in_ms``) and retried with exponential backoff
+   (``backoff_initial_s`` doubling up to ``backoff_max_s``); on its return it is
+   discovered again and marked online.
+
+The retry loop is the collector's own, not pymodbus' reconnect: a returning device must be
+re-discovered (its map or firmware may have changed) and the backoff must be visible in
+its status. pymodbus' client runs with ``retries=0`` and ``reconnect_delay=0`` for that.
+
+The pure part (``PollPlan``, ``decode_reading``, ``to_telemetry``, ``PollSchedule``,
+``LatenessStats``) has no I/O and is unit-tested; ``DevicePoller`` and ``run`` are the I/O.
+Sign: SunSpec 701 ``W`` is + for injection; ``gridflex.sunspec.sign`` turns it into
+``power_w`` (+ import/charging) in ``decode_reading``, the only place here that does it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import logging
+import math
+import signal
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal, Protocol
+
+from pydantic import ValidationError
+from pymodbus.client import AsyncModbusTcpClient
+from pymodbus.exceptions import ModbusException
+
+from gridflex.config import InverterAsset, SiteConfig, load_site
+from gridflex.contract import (
+    AssetStatus,
+    Capabilities,
+    CollectorStatus,
+    Telemetry,
+    collector_topic,
+    status_topic,
+    telemetry_topic,
+)
+from gridflex.mqtt import MqttClient
+from gridflex.sunspec.codec import Value, apply_sf, decode, unscale
+from gridflex.sunspec.discovery import (
+    DiscoveryError,
+    IllegalAddress,
+    ModelMap,
+    ReadRegisters,
+    discover,
+    plan_reads,
+)
+from gridflex.sunspec.sign import power_w_from_sunspec, sunspec_w_from_power_w
+from gridflex.sunspec.tables import ModelTable, load_model
+
+__all__ = [
+    "DeviceError",
+    "DevicePoller",
+    "InverterReading",
+    "LatenessStats",
+    "PollPlan",
+    "PollSchedule",
+    "add_arguments",
+    "backoff_s",
+    "build_plan",
+    "decode_reading",
+    "main",
+    "run",
+    "to_telemetry",
+    "write_setpoint",
+]
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "modbus"
+KIND: Literal["inverter"] = "inverter"
+
+# (reading field, model id, point name): what one poll reads. 701 is required.
+POLLED: tuple[tuple[str, int, str], ...] = (
+    ("status", 701, "InvSt"),
+    ("w", 701, "W"),
+    ("current_a", 701, "A"),
+    ("voltage_v", 701, "LNV"),
+    ("freq_hz", 701, "Hz"),
+    ("energy_export_wh", 701, "TotWhInj"),
+    ("energy_import_wh", 701, "TotWhAbs"),
+    ("temp_c", 701, "TmpCab"),
+    ("wset_ena", 704, "WSetEna"),
+    ("wset", 704, "WSet"),
+    ("soc_pct", 713, "SoC"),
+)
+
+
+class DeviceError(Exception):
+    """A device answered, but not usably (Modbus exception, wrong length, bad map)."""
+
+
+# --------------------------------------------------------------------------- pure: decode
+
+
+@dataclass(frozen=True, slots=True)
+class PlannedPoint:
+    """Where one polled value sits in the blocks a poll reads."""
+
+    field: str
+    type: str
+    block: int
+    offset: int
+    size: int
+    sf: int | None
+    scaled: bool
+    symbols: dict[int, str]
+
+
+@dataclass(frozen=True)
+class PollPlan:
+    """The reads of one poll and how to decode them, fixed at discovery."""
+
+    reads: tuple[tuple[int, int], ...]
+    points: tuple[PlannedPoint, ...]
+    model_map: ModelMap
+    capabilities: Capabilities
+
+
+@dataclass(frozen=True, slots=True)
+class InverterReading:
+    """One decoded poll, in gridflex units and sign (``power_w`` + import/charging)."""
+
+    power_w: float
+    freq_hz: float | None = None
+    voltage_v: float | None = None
+    current_a: float | None = None
+    soc_pct: float | None = None
+    energy_import_wh: float | None = None
+    energy_export_wh: float | None = None
+    temp_c: float | None = None
+    setpoint_w: float | None = None
+    status: str | None = None
+
+
+def build_plan(
+    model_map: ModelMap,
+    tables: dict[int, ModelTable],
+    scale_factors: dict[tuple[int, str], int | None],
+    capabilities: Capabilities,
+) -> PollPlan:
+    """Plan the reads of one poll for a discovered device (pure).
+
+    ``scale_factors`` maps ``(model id, sf point name)`` to the value read at discovery.
+    Points of models the device lacks are left out. Raises ``DeviceError`` without 701.
+    """
+    if model_map.find(701) is None:
+        raise DeviceError(f"no SunSpec model 701 (found {model_map.model_ids})")
+    wanted = []
+    for name, model_id, point_name in POLLED:
+        instance = model_map.find(model_id)
+        if instance is None:
+            continue
+        point = tables[model_id].point(point_name)
+        wanted.append((name, model_id, point, instance.point_address(point.offset)))
+    reads = plan_reads((address, p.size) for _n, _m, p, address in wanted)
+    points = []
+    for name, model_id, point, address in wanted:
+        block = next(i for i, (a, c) in enumerate(reads) if a <= address < a + c)
+        sf = scale_factors.get((model_id, point.sf)) if point.sf else None
+        points.append(
+            PlannedPoint(
+                field=name,
+                type=point.type,
+                block=block,
+                offset=address - reads[block][0],
+                size=point.size,
+                sf=sf,
+                scaled=point.sf is not None,
+                symbols=dict(point.symbols),
+            )
+        )
+    return PollPlan(tuple(reads), tuple(points), model_map, capabilities)
+
+
+def decode_reading(plan: PollPlan, blocks: Sequence[Sequence[int]]) -> InverterReading:
+    """Decode the registers of one poll into an ``InverterReading`` (pure).
+
+    Values the device does not implement come out as None; a missing ``W`` reads as 0 W.
+    The setpoint is reported only while 704 ``WSetEna`` is enabled.
+    """
+    raw: dict[str, Value] = {}
+    for p in plan.points:
+        value = decode(p.type, blocks[p.block], p.offset, p.size)
+        if p.scaled and not isinstance(value, str):
+            value = apply_sf(value, p.sf)
+        elif p.symbols and isinstance(value, int):
+            value = p.symbols.get(value, str(value)).lower()
+        raw[p.field] = value
+    w = raw.get("w")
+    wset = raw.get("wset")
+    setpoint_w = None
+    if raw.get("wset_ena") == "enabled" and isinstance(wset, float):
+        setpoint_w = power_w_from_sunspec(wset)
+    status = raw.get("status")
+    return InverterReading(
+        power_w=power_w_from_sunspec(w) if isinstance(w, float) else 0.0,
+        freq_hz=_float(raw.get("freq_hz")),
+        voltage_v=_float(raw.get("voltage_v")),
+        current_a=_float(raw.get("current_a")),
+        soc_pct=_float(raw.get("soc_pct")),
+        energy_import_wh=_float(raw.get("energy_import_wh")),
+        energy_export_wh=_float(raw.get("energy_export_wh")),
+        temp_c=_float(raw.get("temp_c")),
+        setpoint_w=setpoint_w,
+        status=status if isinstance(status, str) else None,
+    )
+
+
+def _float(value: Value) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def to_telemetry(
+    reading: InverterReading, site: str, asset: str, *, ts_ms: int, seq: int, boot: str
+) -> Telemetry:
+    """The contract message for one reading (validates ranges; raises ``ValidationError``)."""
+    return Telemetry(
+        site=site,
+        asset=asset,
+        kind=KIND,
+        ts_ms=ts_ms,
+        seq=seq,
+        boot=boot,
+        power_w=reading.power_w,
+        freq_hz=reading.freq_hz,
+        voltage_v=reading.voltage_v,
+        current_a=reading.current_a,
+        soc_pct=reading.soc_pct,
+        energy_import_wh=reading.energy_import_wh,
+        energy_export_wh=reading.energy_export_wh,
+        temp_c=reading.temp_c,
+        setpoint_w=reading.setpoint_w,
+        status=reading.status,
+    )
+
+
+# --------------------------------------------------------------------------- pure: timing
+
+
+@dataclass
+class PollSchedule:
+    """Fixed-rate schedule: slot ``n`` is due at ``start_s + n * interval_s``.
+
+    ``begin(now_s)`` is called when a poll starts: if ``now_s`` has reached a later slot,
+    the slots in between are counted missed and skipped; it returns the lateness against
+    the slot being served. ``finish()`` moves to the next slot.
+    """
+
+    start_s: float
+    interval_s: float
+    slot: int = 0
+    missed: int = 0
+
+    def due_s(self) -> float:
+        """When the current slot is due."""
+        return self.start_s + self.slot * self.interval_s
+
+    def begin(self, now_s: float) -> float:
+        """Serve the latest due slot at ``now_s``; returns lateness in seconds (>= 0)."""
+        latest = math.floor((now_s - self.start_s) / self.interval_s + 1e-9)
+        if latest > self.slot:
+            self.missed += latest - self.slot
+            self.slot = latest
+        return max(0.0, now_s - self.due_s())
+
+    def finish(self) -> None:
+        """The current slot was served; the next one is due one interval later."""
+        self.slot += 1
+
+    def resume(self, now_s: float) -> None:
+        """After an outage: continue at the first slot not before ``now_s`` (none missed)."""
+        self.slot = max(self.slot, math.ceil((now_s - self.start_s) / self.interval_s - 1e-9))
+
+
+@dataclass
+class LatenessStats:
+    """Histogram of poll lateness (0.1 ms buckets up to 1 s, then one overflow bucket)."""
+
+    bucket_ms: float = 0.1
+    buckets: int = 10_000
+    counts: list[int] = field(default_factory=list)
+    polls: int = 0
+    max_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.counts = [0] * (self.buckets + 1)
+
+    def record(self, lateness_s: float) -> None:
+        """Count one poll that started ``lateness_s`` after its due time."""
+        ms = lateness_s * 1000.0
+        self.counts[min(int(ms / self.bucket_ms), self.buckets)] += 1
+        self.polls += 1
+        self.max_ms = max(self.max_ms, ms)
+
+    def percentile_ms(self, q: float) -> float | None:
+        """Upper edge of the bucket holding the ``q`` quantile (0..1); None if empty."""
+        if self.polls == 0:
+            return None
+        rank = math.ceil(q * self.polls)
+        seen = 0
+        for i, count in enumerate(self.counts):
+            seen += count
+            if seen >= rank:
+                return (i + 1) * self.bucket_ms if i < self.buckets else self.max_ms
+        return self.max_ms
+
+
+def backoff_s(failures: int, initial_s: float, max_s: float) -> float:
+    """Retry delay after ``failures`` consecutive failures: doubling from ``initial_s``."""
+    return min(initial_s * 2 ** max(failures - 1, 0), max_s)
+
+
+# --------------------------------------------------------------------------- I/O
+
+
+class Publisher(Protocol):
+    """What the collector needs of an MQTT client (``gridflex.mqtt.MqttClient`` fits)."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        """Queue one message."""
+        ...
+
+
+@dataclass
+class CollectorStats:
+    """Counters of one collector run (one asyncio loop, no locking needed)."""
+
+    lateness: LatenessStats = field(default_factory=LatenessStats)
+    missed: int = 0
+    published: int = 0
+    failures: int = 0
+    invalid: int = 0
+    counting: bool = True
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+def _reader(client: AsyncModbusTcpClient, unit_id: int) -> ReadRegisters:
+    async def read(address: int, count: int) -> Sequence[int]:
+        reply = await client.read_holding_registers(address, count=count, device_id=unit_id)
+        if reply.isError():
+            code = getattr(reply, "exception_code", None)
+            if code == 2:
+                raise IllegalAddress(address)
+            raise DeviceError(f"Modbus exception {code} reading {count} at {address}")
+        registers = reply.registers
+        if len(registers) != count:
+            raise DeviceError(f"asked {count} registers at {address}, got {len(registers)}")
+        return registers
+
+    return read
+
+
+async def discover_plan(read: ReadRegisters) -> PollPlan:
+    """Discover a device, read its scale factors and capabilities, and plan its polls."""
+    model_map = await discover(read)
+    tables = {m: load_model(m) for m in (1, 701, 702, 704, 713) if model_map.find(m)}
+    wanted: dict[tuple[int, str], int] = {}
+    for _field, model_id, point_name in POLLED:
+        instance = model_map.find(model_id)
+        sf_name = tables[model_id].point(point_name).sf if instance else None
+        if instance and sf_name:
+            wanted[(model_id, sf_name)] = instance.point_address(
+                tables[model_id].point(sf_name).offset
+            )
+    extra = {
+        (702, "WChaRteMaxRtg"),
+        (702, "WDisChaRteMaxRtg"),
+        (702, "W_SF"),
+        (713, "WHRtg"),
+        (713, "WH_SF"),
+    }
+    for model_id, name in extra:
+        instance = model_map.find(model_id)
+        if instance:
+            wanted[(model_id, name)] = instance.point_address(tables[model_id].point(name).offset)
+    values: dict[tuple[int, str], int | None] = {}
+    for address, count in plan_reads((a, 1) for a in wanted.values()):
+        block = await read(address, count)
+        for key, a in wanted.items():
+            if address <= a < address + count:
+                point = tables[key[0]].point(key[1])
+                raw = decode(point.type, block, a - address)
+                values[key] = raw if isinstance(raw, int) else None
+    common: dict[str, Value] = {}
+    if (instance := model_map.find(1)) is not None:
+        table = tables[1]
+        common = table.decode(await read(instance.address, table.size), ["Mn", "Md", "SN", "Vr"])
+
+    def scaled(model_id: int, name: str, sf: str) -> float | None:
+        return apply_sf(values.get((model_id, name)), values.get((model_id, sf)))
+
+    capabilities = Capabilities(
+        protocol="sunspec",
+        models=model_map.model_ids,
+        max_charge_w=scaled(702, "WChaRteMaxRtg", "W_SF"),
+        max_discharge_w=scaled(702, "WDisChaRteMaxRtg", "W_SF"),
+        capacity_wh=scaled(713, "WHRtg", "WH_SF"),
+        v2x=model_map.find(713) is not None,
+        manufacturer=_text(common.get("Mn")),
+        model=_text(common.get("Md")),
+        serial=_text(common.get("SN")),
+        firmware=_text(common.get("Vr")),
+    )
+    return build_plan(model_map, tables, values, capabilities)
+
+
+def _text(value: Value) -> str | None:
+    return value if isinstance(value, str) else None
+
+
+async def write_setpoint(
+    client: AsyncModbusTcpClient, model_map: ModelMap, power_w: float, unit_id: int = 1
+) -> float:
+    """Write an absolute active-power setpoint (gridflex sign) to 704; idempotent.
+
+    One function-16 write sets ``WSetEna`` = enabled, ``WSetMod`` = watts and ``WSet``
+    (converted to SunSpec's + injection and scaled by ``WSet_SF``), so a repeated call
+    changes nothing. Returns the value written in watts after scaling (gridflex sign).
+    Raises ``DeviceError`` when the device lacks 704 or refuses the write.
+    """
+    instance = model_map.find(704)
+    if instance is None:
+        raise DeviceError("device has no SunSpec model 704 (DER AC controls)")
+    table = load_model(704)
+    read = _reader(client, unit_id)
+    sf_raw = decode("sunssf", await read(instance.point_address(table.point("WSet_SF").offset), 1))
+    sf = sf_raw if isinstance(sf_raw, int) else 0
+    raw = unscale(sunspec_w_from_power_w(power_w), sf)
+    ena = instance.point_address(table.point("WSetEna").offset)
+    assert table.point("WSet").offset == table.point("WSetEna").offset + 2
+    reply = await client.write_registers(
+        ena, [1, 1, (raw >> 16) & 0xFFFF, raw & 0xFFFF], device_id=unit_id
+    )
+    if reply.isError():
+        raise DeviceError(f"setpoint write refused: Modbus exception {reply.exception_code}")
+    return power_w_from_sunspec(raw * 10.0**sf)
+
+
+class DevicePoller:
+    """Poll one inverter forever: discover, poll on schedule, back off on failure."""
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        asset: InverterAsset,
+        mqtt: Publisher,
+        stats: CollectorStats,
+        *,
+        boot: str,
+        phase_s: float = 0.0,
+    ) -> None:
+        self.site = site
+        self.asset = asset
+        self.mqtt = mqtt
+        self.stats = stats
+        self.boot = boot
+        self.phase_s = phase_s
+        self.seq = 0
+        self.failures = 0
+        self.online = False
+        self._telemetry_topic = telemetry_topic(site.id, KIND, asset.id)
+        self._status_topic = status_topic(site.id, KIND, asset.id)
+        self._invalid_logged = False
+
+    def publish_status(
+        self,
+        state: Literal["online", "offline", "error"],
+        reason: str | None = None,
+        retry_in_ms: int | None = None,
+        capabilities: Capabilities | None = None,
+    ) -> None:
+        """Publish this asset's retained status."""
+        self.online = state == "online"
+        status = AssetStatus(
+            site=self.site.id,
+            asset=self.asset.id,
+            kind=KIND,
+            ts_ms=_now_ms(),
+            boot=self.boot,
+            online=self.online,
+            state=state,
+            reason=reason,
+            consecutive_failures=self.failures,
+            retry_in_ms=retry_in_ms,
+            capabilities=capabilities,
+        )
+        self.mqtt.publish(self._status_topic, status.to_json(), qos=1, retain=True)
+
+    async def run(self) -> None:
+        """Connect, discover and poll; on failure report and retry with backoff."""
+        cfg = self.site.modbus
+        loop = asyncio.get_running_loop()
+        schedule = PollSchedule(loop.time() + self.phase_s, cfg.poll_interval_ms / 1000.0)
+        while True:
+            delay_s = cfg.backoff_initial_s
+            client = AsyncModbusTcpClient(
+                self.asset.host,
+                port=self.asset.port,
+                timeout=cfg.timeout_s,
+                retries=0,
+                reconnect_delay=0,
+            )
+            try:
+                if not await client.connect():
+                    raise ConnectionError(f"cannot connect to {self.asset.host}:{self.asset.port}")
+                read = _reader(client, self.asset.unit_id)
+                plan = await discover_plan(read)
+                self.failures = 0
+                self.publish_status("online", capabilities=plan.capabilities)
+                log.info("%s: online, models %s", self.asset.id, plan.model_map.model_ids)
+                schedule.resume(loop.time())
+                await self._poll(read, plan, schedule)
+            except (ModbusException, DeviceError, DiscoveryError, IllegalAddress, OSError) as exc:
+                self.failures += 1
+                self.stats.failures += 1
+                garbage = isinstance(exc, DeviceError | DiscoveryError | IllegalAddress)
+                delay_s = backoff_s(self.failures, cfg.backoff_initial_s, cfg.backoff_max_s)
+                reason = f"{type(exc).__name__}: {exc}"[:200]
+                if self.failures == 1:
+                    log.warning("%s: %s; retry in %.1f s", self.asset.id, reason, delay_s)
+                self.publish_status(
+                    "error" if garbage else "offline", reason, retry_in_ms=round(delay_s * 1000)
+                )
+            finally:
+                client.close()
+            await asyncio.sleep(delay_s)
+
+    async def _poll(self, read: ReadRegisters, plan: PollPlan, schedule: PollSchedule) -> None:
+        loop = asyncio.get_running_loop()
+        stats = self.stats
+        site_id, asset_id, boot = self.site.id, self.asset.id, self.boot
+        while True:
+            delay = schedule.due_s() - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            missed_before = schedule.missed
+            lateness_s = schedule.begin(loop.time())
+            blocks = [await read(address, count) for address, count in plan.reads]
+            ts_ms = _now_ms()
+            if stats.counting:
+                stats.lateness.record(lateness_s)
+                stats.missed += schedule.missed - missed_before
+            schedule.finish()
+            reading = decode_reading(plan, blocks)
+            self.seq += 1
+            try:
+                message = to_telemetry(
+                    reading, site_id, asset_id, ts_ms=ts_ms, seq=self.seq, boot=boot
+                )
+            except ValidationError as exc:
+                stats.invalid += 1
+                if not self._invalid_logged:
+                    self._invalid_logged = True
+                    log.warning(
+                        "%s: reading outside the contract, not published: %s", asset_id, exc
+                    )
+                continue
+            self.mqtt.publish(self._telemetry_topic, message.to_json(), qos=1)
+            stats.published += 1
+
+
+async def run(
+    site: SiteConfig,
+    mqtt: Publisher,
+    stop: asyncio.Event,
+    *,
+    boot: str | None = None,
+    stats: CollectorStats | None = None,
+    warmup_s: float = 0.0,
+) -> CollectorStats:
+    """Poll every inverter of ``site`` until ``stop`` is set; publish statuses on the way out.
+
+    The caller owns the MQTT client (connect before, flush and stop after).
+    """
+    boot = boot or uuid.uuid4().hex[:12]
+    stats = stats or CollectorStats()
+    interval_s = site.modbus.poll_interval_ms / 1000.0
+    inverters = site.inverters
+    topic = collector_topic(site.id, COMPONENT)
+    asset_ids = [a.id for a in inverters]
+    mqtt.publish(
+        topic,
+        CollectorStatus(
+            site=site.id,
+            component=COMPONENT,
+            ts_ms=_now_ms(),
+            online=True,
+            boot=boot,
+            assets=asset_ids,
+        ).to_json(),
+        qos=1,
+        retain=True,
+    )
+    pollers = [
+        DevicePoller(site, asset, mqtt, stats, boot=boot, phase_s=interval_s * i / len(inverters))
+        for i, asset in enumerate(inverters)
+    ]
+    tasks = [asyncio.create_task(p.run(), name=f"poll-{p.asset.id}") for p in pollers]
+    if warmup_s > 0:
+        stats.counting = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), warmup_s)
+        stats.lateness = LatenessStats()
+        stats.missed = 0
+        stats.counting = True
+    await stop.wait()
+    for task in tasks:
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)
+    for poller in pollers:
+        poller.publish_status("offline", "collector stopped")
+    mqtt.publish(
+        topic,
+        CollectorStatus(
+            site=site.id,
+            component=COMPONENT,
+            ts_ms=_now_ms(),
+            online=False,
+            boot=boot,
+            assets=asset_ids,
+        ).to_json(),
+        qos=1,
+        retain=True,
+    )
+    return stats
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``gridflex collect modbus``."""
+    parser.add_argument("--site", type=Path, required=True, help="site file (TOML)")
+    parser.add_argument("--stats-file", type=Path, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--stats-warmup-s", type=float, default=0.0, help=argparse.SUPPRESS)
+
+
+def stats_summary(stats: CollectorStats, elapsed_s: float) -> dict[str, float | int | None]:
+    """The collector's own timing statistics, as logged and written by ``--stats-file``."""
+    return {
+        "polls": stats.lateness.polls,
+        "missed": stats.missed,
+        "published": stats.published,
+        "failures": stats.failures,
+        "invalid": stats.invalid,
+        "elapsed_s": round(elapsed_s, 3),
+        "lateness_p50_ms": stats.lateness.percentile_ms(0.50),
+        "lateness_p99_ms": stats.lateness.percentile_ms(0.99),
+        "lateness_max_ms": round(stats.lateness.max_ms, 3),
+    }
+
+
+def _raise_open_file_limit() -> None:
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``gridflex collect modbus`` until SIGINT/SIGTERM; 0 after a clean shutdown."""
+    site = load_site(args.site)
+    if not site.inverters:
+        log.error("%s has no inverter assets to poll", site.source or args.site)
+        return 2
+    _raise_open_file_limit()
+    boot = uuid.uuid4().hex[:12]
+    will = CollectorStatus(
+        site=site.id,
+        component=COMPONENT,
+        ts_ms=_now_ms(),
+        online=False,
+        boot=boot,
+        assets=[a.id for a in site.inverters],
+    )
+    mqtt = MqttClient(
+        site.mqtt.url,
+        f"gridflex-collect-modbus-{site.id}",
+        username=site.mqtt.username,
+        password=site.mqtt.password,
+        will=(collector_topic(site.id, COMPONENT), will.to_json()),
+        queue_limit=site.mqtt.queue_limit,
+        keepalive_s=site.mqtt.keepalive_s,
+    )
+    mqtt.start()
+    if not mqtt.wait_connected(10.0):
+        log.warning("MQTT broker %s not reachable yet; messages queue until it is", site.mqtt.url)
+
+    async def _main() -> CollectorStats:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        return await run(site, mqtt, stop, boot=boot, warmup_s=args.stats_warmup_s)
+
+    started = time.monotonic()
+    log.info(
+        "polling %d inverters every %d ms (boot %s)",
+        len(site.inverters),
+        site.modbus.poll_interval_ms,
+        boot,
+    )
+    try:
+        stats = asyncio.run(_main())
+    finally:
+        mqtt.stop(flush_timeout_s=5.0)
+    summary = stats_summary(stats, time.monotonic() - started - args.stats_warmup_s)
+    log.info("modbus collector stopped: %s", json.dumps(summary))
+    if args.stats_file is not None:
+        args.stats_file.write_text(json.dumps(summary) + "\n", encoding="utf-8")
+    return 0

@@ -1,0 +1,95 @@
+"""``gridflex collect ocpp --site FILE``: run the CSMS until SIGINT or SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import signal
+
+from collectors.ocpp.csms import Csms, CsmsSettings, collector_will
+from collectors.ocpp.security import KeyFileError, check_private_key_file
+from gridflex.config import ConfigError, load_site
+from gridflex.mqtt import MqttClient
+
+__all__ = ["add_arguments", "main", "run"]
+
+log = logging.getLogger(__name__)
+
+_STATS_EVERY_S = 60.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``gridflex collect ocpp``."""
+    parser.add_argument("--site", required=True, help="site file (TOML)")
+    parser.add_argument("--host", help="listen address (default: site.ocpp.host)")
+    parser.add_argument("--port", type=int, help="listen port (default: site.ocpp.port)")
+
+
+async def run(csms: Csms, stop: asyncio.Event) -> None:
+    """Serve until ``stop`` is set, logging counters every minute, then stop cleanly."""
+    await csms.start()
+    try:
+        last = csms.stats.telemetry_published
+        while not stop.is_set():
+            try:
+                await asyncio.wait_for(stop.wait(), timeout=_STATS_EVERY_S)
+            except TimeoutError:
+                stats = csms.stats
+                log.info(
+                    "ocpp: %d stations connected, %.0f telemetry/min, %d dropped, %d refused",
+                    len(csms.connected_stations),
+                    stats.telemetry_published - last,
+                    stats.telemetry_dropped,
+                    stats.bad_frames,
+                )
+                last = stats.telemetry_published
+    finally:
+        await csms.stop()
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run the CSMS; exit 0 after SIGINT/SIGTERM, 2 for a configuration problem."""
+    site = load_site(args.site)
+    settings = CsmsSettings.from_site(site)
+    overrides = {}
+    if args.host:
+        overrides["host"] = args.host
+    if args.port is not None:
+        overrides["port"] = args.port
+    if overrides:
+        settings = CsmsSettings(**{**settings.__dict__, **overrides})
+    if settings.security_profile == 2 and settings.tls_key is not None:
+        try:
+            check_private_key_file(settings.tls_key)
+        except KeyFileError as exc:
+            raise ConfigError(f"config error in {site.source}: ocpp.tls_key: {exc}") from None
+
+    boot_id = None
+    mqtt = MqttClient(
+        site.mqtt.url,
+        f"gridflex-ocpp-{site.id}",
+        username=site.mqtt.username,
+        password=site.mqtt.password,
+        will=collector_will(site.id),
+        queue_limit=site.mqtt.queue_limit,
+        keepalive_s=site.mqtt.keepalive_s,
+    )
+    mqtt.start()  # no wait: stations are served while the broker is unreachable
+    csms = Csms(settings, mqtt, boot_id=boot_id)
+
+    async def _main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+        await run(csms, stop)
+
+    try:
+        asyncio.run(_main())
+    except KeyFileError as exc:
+        raise ConfigError(f"config error in {site.source}: ocpp.tls_key: {exc}") from None
+    finally:
+        mqtt.stop(flush_timeout_s=5.0)
+    log.info("ocpp collector stopped: %s", csms.stats)
+    return 0

@@ -1,0 +1,415 @@
+"""Pure conversions between OCPP 2.0.1/2.1 payloads and gridflex's telemetry contract.
+
+No I/O here: the CSMS hands in the validated wire payloads (camelCase dicts, exactly as in
+the OCPP specification) and publishes what these functions return.
+
+Measurands to telemetry fields (OCPP 2.0.1/2.1 Part 2, ``MeasurandEnumType``; values are
+scaled by ``10 ** unitOfMeasure.multiplier`` and converted from kW/kWh/kV/kA/...):
+
+====================================  =====================================================
+measurand                              telemetry field
+====================================  =====================================================
+``Power.Active.Import`` (W)            ``power_w`` = import - export (+ charging)
+``Power.Active.Export`` (W)            (subtracted: - discharging)
+``Energy.Active.Import.Register``      ``energy_import_wh`` (cumulative register)
+``Energy.Active.Export.Register``      ``energy_export_wh`` (cumulative register)
+``SoC`` (Percent)                      ``soc_pct``
+``Current.Import`` / ``Current.Export``  ``current_a`` = import - export
+``Voltage`` (V)                        ``voltage_v``
+``Frequency``                          ``freq_hz``
+``Power.Active.Setpoint`` (2.1)        ``setpoint_w``
+====================================  =====================================================
+
+A value without ``phase`` is the total and is preferred. With only per-phase values, powers
+and currents of L1, L2, L3 (or L1-N, L2-N, L3-N) are summed for power and averaged for
+current; phase-to-neutral voltages are averaged. Among several totals of one measurand the
+``Outlet`` location (the default) wins, then the first one sent.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Literal
+
+from gridflex.contract import EvChargingNeeds
+
+__all__ = [
+    "BPT_MODES",
+    "ChargingProfilePlan",
+    "MeterReading",
+    "Refusal",
+    "StationFacts",
+    "charging_needs",
+    "format_ocpp_time",
+    "parse_ocpp_time",
+    "plan_setpoint",
+    "read_meter_value",
+    "telemetry_status",
+]
+
+#: ISO 15118-20 bidirectional power transfer modes (OCPP 2.1 ``EnergyTransferModeEnumType``).
+BPT_MODES = frozenset({"AC_BPT", "AC_BPT_DER", "DC_BPT", "DC_ACDP_BPT"})
+
+_PHASES = {"AC_single_phase": 1, "AC_two_phase": 2, "AC_three_phase": 3}
+
+# --------------------------------------------------------------------------- timestamps
+
+
+def format_ocpp_time(ts: datetime | int) -> str:
+    """RFC 3339 in UTC with a ``Z`` suffix and milliseconds (strict stations refuse ``+00:00``).
+
+    ``ts`` is an aware datetime or UTC epoch milliseconds.
+    """
+    if isinstance(ts, int):
+        ts = datetime.fromtimestamp(ts / 1000, tz=UTC)
+    elif ts.tzinfo is None:
+        raise ValueError("naive datetime: gridflex only handles timezone-aware UTC times")
+    text = ts.astimezone(UTC).isoformat(timespec="milliseconds")
+    return text.removesuffix("+00:00") + "Z"
+
+
+def parse_ocpp_time(text: str) -> int:
+    """Parse an OCPP (RFC 3339) timestamp to UTC epoch milliseconds.
+
+    A timestamp without an offset is read as UTC (OCPP requires UTC). Raises ``ValueError``
+    when the text is not a date-time.
+    """
+    parsed = datetime.fromisoformat(text)
+    if parsed.tzinfo is None:
+        parsed = parsed.replace(tzinfo=UTC)
+    return math.floor(parsed.timestamp() * 1000 + 0.5)
+
+
+# --------------------------------------------------------------------------- meter values
+
+
+@dataclass(frozen=True)
+class MeterReading:
+    """One OCPP ``MeterValueType`` in gridflex units; None where the station sent nothing."""
+
+    ts_ms: int
+    power_w: float | None = None
+    energy_import_wh: float | None = None
+    energy_export_wh: float | None = None
+    soc_pct: float | None = None
+    current_a: float | None = None
+    voltage_v: float | None = None
+    freq_hz: float | None = None
+    setpoint_w: float | None = None
+
+
+# unit -> (quantity, factor to the gridflex unit)
+_UNITS: dict[str, tuple[str, float]] = {
+    "W": ("power", 1.0),
+    "kW": ("power", 1000.0),
+    "Wh": ("energy", 1.0),
+    "kWh": ("energy", 1000.0),
+    "A": ("current", 1.0),
+    "V": ("voltage", 1.0),
+    "kV": ("voltage", 1000.0),
+    "Percent": ("percent", 1.0),
+    "Hz": ("frequency", 1.0),
+}
+
+_DEFAULT_UNIT = {
+    "Power": "W",
+    "Energy": "Wh",
+    "Current": "A",
+    "Voltage": "V",
+    "SoC": "Percent",
+    "Frequency": "Hz",
+}
+
+_FIELDS = {
+    "Power.Active.Import": "power_import",
+    "Power.Active.Export": "power_export",
+    "Energy.Active.Import.Register": "energy_import_wh",
+    "Energy.Active.Export.Register": "energy_export_wh",
+    "SoC": "soc_pct",
+    "Current.Import": "current_import",
+    "Current.Export": "current_export",
+    "Voltage": "voltage_v",
+    "Frequency": "freq_hz",
+    "Power.Active.Setpoint": "setpoint_w",
+}
+
+_AVERAGED = {"current_import", "current_export", "voltage_v", "soc_pct", "freq_hz"}
+_LINE_PHASES = frozenset({"L1", "L2", "L3", "L1-N", "L2-N", "L3-N"})
+
+
+def _scaled(sampled: Mapping[str, Any], measurand: str) -> float:
+    """The value of one ``SampledValueType`` in the gridflex unit of its measurand."""
+    unit_of_measure = sampled.get("unitOfMeasure") or {}
+    family = measurand.split(".", 1)[0]
+    unit = unit_of_measure.get("unit") or _DEFAULT_UNIT.get(family, "Wh")
+    multiplier = int(unit_of_measure.get("multiplier", 0))
+    quantity_factor = _UNITS.get(unit)
+    if quantity_factor is None:
+        raise ValueError(f"{measurand}: unit {unit!r} is not supported")
+    return float(sampled["value"]) * quantity_factor[1] * 10.0**multiplier
+
+
+def read_meter_value(meter_value: Mapping[str, Any]) -> MeterReading:
+    """Convert one OCPP ``MeterValueType`` (``timestamp`` + ``sampledValue``) to a reading.
+
+    Measurands gridflex does not use are ignored. Raises ``ValueError`` for an unreadable
+    timestamp or an unsupported unit of a used measurand.
+    """
+    ts_ms = parse_ocpp_time(meter_value["timestamp"])
+    totals: dict[str, tuple[bool, float]] = {}  # field -> (from Outlet, value)
+    phased: dict[str, list[float]] = {}
+    for sampled in meter_value.get("sampledValue", ()):
+        measurand = sampled.get("measurand", "Energy.Active.Import.Register")
+        name = _FIELDS.get(measurand)
+        if name is None:
+            continue
+        phase = sampled.get("phase")
+        value = _scaled(sampled, measurand)
+        if phase is None:
+            outlet = sampled.get("location", "Outlet") == "Outlet"
+            if name not in totals or (outlet and not totals[name][0]):
+                totals[name] = (outlet, value)
+        elif phase in _LINE_PHASES:
+            phased.setdefault(name, []).append(value)
+    values: dict[str, float] = {name: value for name, (_outlet, value) in totals.items()}
+    for name, phase_values in phased.items():
+        if name in values:
+            continue
+        total = math.fsum(phase_values)
+        values[name] = total / len(phase_values) if name in _AVERAGED else total
+
+    power_w: float | None = None
+    if "power_import" in values or "power_export" in values:
+        power_w = values.get("power_import", 0.0) - values.get("power_export", 0.0)
+    current_a: float | None = None
+    if "current_import" in values or "current_export" in values:
+        current_a = values.get("current_import", 0.0) - values.get("current_export", 0.0)
+    return MeterReading(
+        ts_ms=ts_ms,
+        power_w=power_w,
+        energy_import_wh=values.get("energy_import_wh"),
+        energy_export_wh=values.get("energy_export_wh"),
+        soc_pct=values.get("soc_pct"),
+        current_a=current_a,
+        voltage_v=values.get("voltage_v"),
+        freq_hz=values.get("freq_hz"),
+        setpoint_w=values.get("setpoint_w"),
+    )
+
+
+def telemetry_status(
+    connector_status: str | None, charging_state: str | None, faulted: bool
+) -> str | None:
+    """The telemetry ``status``: ``Faulted``, else the charging state, else the connector status.
+
+    The charging state (``Charging``, ``SuspendedEV``, ``SuspendedEVSE``, ``EVConnected``,
+    ``Idle``) comes from the running transaction; the connector status (``Available``,
+    ``Occupied``, ``Reserved``, ``Unavailable``, ``Faulted``) from StatusNotification.
+    """
+    if faulted or connector_status == "Faulted":
+        return "Faulted"
+    return charging_state or connector_status
+
+
+# --------------------------------------------------------------------------- charging needs
+
+
+def _num(obj: Mapping[str, Any] | None, key: str) -> float | None:
+    if not obj or obj.get(key) is None:
+        return None
+    return float(obj[key])
+
+
+def _pct(value: float | None) -> float | None:
+    return None if value is None else min(100.0, max(0.0, value))
+
+
+def charging_needs(needs: Mapping[str, Any]) -> EvChargingNeeds:
+    """Convert an OCPP ``ChargingNeedsType`` (NotifyEVChargingNeeds) to the contract model.
+
+    - ``v2x`` is true when the requested energy transfer is bidirectional (``*_BPT``, ISO
+      15118-20); an ISO 15118-2 car requests ``AC_*``/``DC`` and is charge-only.
+    - Powers: ``v2xChargingParameters.maxChargePower``/``maxDischargePower`` (2.1), else
+      ``dcChargingParameters.evMaxPower``, else AC ``evMaxCurrent x evMaxVoltage x phases``.
+    - Energy: ``evTargetEnergyRequest`` (2.1), else ``energyAmount`` of the AC/DC parameters.
+    - ``target_soc_pct`` from ``targetSoC`` (2.1), else the DC ``fullSoC``; ``min_soc_pct``
+      derived from ``evMinV2XEnergyRequest`` (energy to the bottom of the V2X range), the
+      present ``stateOfCharge`` and ``evEnergyCapacity`` when all three are known.
+    """
+    mode = str(needs.get("requestedEnergyTransfer", ""))
+    ac = needs.get("acChargingParameters")
+    dc = needs.get("dcChargingParameters")
+    v2x_params = needs.get("v2xChargingParameters")
+    v2x = mode in BPT_MODES
+
+    max_charge_w = _num(v2x_params, "maxChargePower")
+    if max_charge_w is None:
+        max_charge_w = _num(dc, "evMaxPower")
+    if max_charge_w is None and ac:
+        phases = _PHASES.get(mode, 1)
+        max_charge_w = float(ac["evMaxCurrent"]) * float(ac["evMaxVoltage"]) * phases
+    max_discharge_w = _num(v2x_params, "maxDischargePower") if v2x else 0.0
+
+    requested_energy_wh = _num(v2x_params, "evTargetEnergyRequest")
+    if requested_energy_wh is None:
+        requested_energy_wh = _num(ac, "energyAmount")
+    if requested_energy_wh is None:
+        requested_energy_wh = _num(dc, "energyAmount")
+
+    target_soc_pct = _num(v2x_params, "targetSoC")
+    if target_soc_pct is None:
+        target_soc_pct = _num(dc, "fullSoC")
+    min_soc_pct: float | None = None
+    soc_now = _num(dc, "stateOfCharge")
+    capacity_wh = _num(dc, "evEnergyCapacity")
+    min_v2x_wh = _num(v2x_params, "evMinV2XEnergyRequest")
+    if soc_now is not None and capacity_wh and min_v2x_wh is not None:
+        min_soc_pct = soc_now + 100.0 * min_v2x_wh / capacity_wh
+
+    departure = needs.get("departureTime")
+    return EvChargingNeeds(
+        departure_ms=parse_ocpp_time(departure) if departure else None,
+        requested_energy_wh=None if requested_energy_wh is None else max(0.0, requested_energy_wh),
+        max_charge_w=None if max_charge_w is None else max(0.0, max_charge_w),
+        max_discharge_w=None if max_discharge_w is None else max(0.0, max_discharge_w),
+        min_soc_pct=_pct(min_soc_pct),
+        target_soc_pct=_pct(target_soc_pct),
+        v2x=v2x,
+        energy_transfer_mode=mode or None,
+    )
+
+
+# --------------------------------------------------------------------------- setpoints
+
+
+@dataclass(frozen=True)
+class StationFacts:
+    """What the setpoint rules need to know about one station right now."""
+
+    ocpp_version: Literal["2.0.1", "2.1"]
+    transaction_id: str | None
+    needs: EvChargingNeeds | None
+    max_charge_w: float
+    max_discharge_w: float
+
+
+@dataclass(frozen=True)
+class ChargingProfilePlan:
+    """A SetChargingProfile request to send (wire format, camelCase) and what it asks for."""
+
+    request: dict[str, Any]
+    operation_mode: Literal["CentralSetpoint", "ChargingOnly", "TxProfileLimit"]
+    sent_w: float
+    clamped: bool
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A setpoint that is not sent, with the reason."""
+
+    reason: str
+
+
+def _discharge_refusal(facts: StationFacts) -> Refusal | None:
+    if facts.ocpp_version == "2.0.1":
+        return Refusal("OCPP 2.0.1 has no discharge: a TxProfile limit cannot be negative")
+    if facts.needs is None:
+        return Refusal(
+            "the car has not sent its charging needs: discharge needs an ISO 15118-20 V2X car"
+        )
+    if not facts.needs.v2x:
+        mode = facts.needs.energy_transfer_mode or "unknown"
+        return Refusal(
+            f"the car is charge-only (requested energy transfer {mode}, no V2X / ISO 15118-20)"
+        )
+    if facts.max_discharge_w <= 0:
+        return Refusal("the EVSE's max_discharge_w is 0 in the site configuration")
+    if not facts.needs.max_discharge_w:
+        return Refusal("the car reports a maximum discharge power of 0 W")
+    return None
+
+
+def plan_setpoint(
+    facts: StationFacts,
+    power_w: float,
+    *,
+    profile_id: int = 1,
+    stack_level: int = 1,
+    valid_to: str | None = None,
+    max_offline_s: int | None = None,
+) -> ChargingProfilePlan | Refusal:
+    """Decide the SetChargingProfile request for an absolute setpoint of ``power_w``.
+
+    Rules (docs/ocpp.md, "Setpoints"):
+
+    - A TxProfile needs a running transaction; without one the setpoint is refused.
+    - Discharge (``power_w < 0``) is refused for an OCPP 2.0.1 station, for a car whose
+      charging needs show no V2X (ISO 15118-2, or no needs sent), and where the site or the
+      car allows no discharge.
+    - OCPP 2.1 with a V2X car: ``operationMode`` CentralSetpoint, ``setpoint`` = ``power_w``
+      clamped to [-discharge cap, charge cap], ``limit`` = charge cap and ``dischargeLimit``
+      = -discharge cap, where each cap is the smaller of the site's EVSE limit and the car's.
+    - OCPP 2.1 with a charge-only car, and OCPP 2.0.1: a TxProfile ``limit`` in W, never
+      negative (``operationMode`` ChargingOnly on 2.1).
+    - ``valid_to`` (RFC 3339 ``Z``) lets the station fall back to its default when commands
+      stop; ``max_offline_s`` (2.1 only) drops the profile after that long offline.
+    """
+    if facts.transaction_id is None:
+        return Refusal("no transaction is running on the station (a TxProfile needs one)")
+    if power_w < 0:
+        refusal = _discharge_refusal(facts)
+        if refusal is not None:
+            return refusal
+
+    charge_cap_w = facts.max_charge_w
+    if facts.needs is not None and facts.needs.max_charge_w is not None:
+        charge_cap_w = min(charge_cap_w, facts.needs.max_charge_w)
+    v2x = facts.ocpp_version == "2.1" and facts.needs is not None and facts.needs.v2x
+    discharge_cap_w = 0.0
+    if v2x and facts.needs is not None:
+        discharge_cap_w = min(facts.max_discharge_w, facts.needs.max_discharge_w or 0.0)
+    sent_w = min(charge_cap_w, max(-discharge_cap_w, power_w))
+
+    period: dict[str, Any] = {"startPeriod": 0}
+    mode: Literal["CentralSetpoint", "ChargingOnly", "TxProfileLimit"]
+    if v2x:
+        mode = "CentralSetpoint"
+        period.update(
+            operationMode=mode,
+            setpoint=sent_w,
+            limit=charge_cap_w,
+            dischargeLimit=-discharge_cap_w if discharge_cap_w else 0.0,
+        )
+    else:
+        sent_w = max(0.0, sent_w)
+        period["limit"] = sent_w
+        if facts.ocpp_version == "2.1":
+            mode = "ChargingOnly"
+            period["operationMode"] = mode
+        else:
+            mode = "TxProfileLimit"
+
+    profile: dict[str, Any] = {
+        "id": profile_id,
+        "stackLevel": stack_level,
+        "chargingProfilePurpose": "TxProfile",
+        "chargingProfileKind": "Relative",
+        "transactionId": facts.transaction_id,
+        "chargingSchedule": [
+            {"id": profile_id, "chargingRateUnit": "W", "chargingSchedulePeriod": [period]}
+        ],
+    }
+    if valid_to is not None:
+        profile["validTo"] = valid_to
+    if max_offline_s is not None and facts.ocpp_version == "2.1":
+        profile["maxOfflineDuration"] = max_offline_s
+        profile["invalidAfterOfflineDuration"] = True
+    return ChargingProfilePlan(
+        request={"evseId": 1, "chargingProfile": profile},
+        operation_mode=mode,
+        sent_w=sent_w,
+        clamped=sent_w != power_w,
+    )

@@ -1,0 +1,263 @@
+"""The Parquet history: its file layout and schemas, DuckDB views over it, ``gridflex query``.
+
+Layout (hive partitioning by stream and UTC date of the measurement)::
+
+    {data_dir}/telemetry/date=YYYY-MM-DD/part-*.parquet
+    {data_dir}/grid_frequency/date=YYYY-MM-DD/part-*.parquet
+
+Writers (``pipelines.history_sink``) write each file under a hidden temporary name in the
+same directory and rename it into place, so a reader only ever sees whole files; the views
+read ``part-*.parquet`` only and never see the temporary names. The data is
+at-least-once, so the views de-duplicate: ``telemetry`` on ``(site, asset, boot, seq)``,
+``grid_frequency`` on ``(site, window_start_ms)``. See ``docs/history.md``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime as dt
+import logging
+import sys
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Final
+
+import duckdb
+import pyarrow as pa
+
+__all__ = [
+    "GRID_FREQUENCY",
+    "GRID_FREQUENCY_SCHEMA",
+    "SCHEMAS",
+    "STREAMS",
+    "TELEMETRY",
+    "TELEMETRY_SCHEMA",
+    "add_arguments",
+    "connect",
+    "main",
+    "partition_dir",
+    "refresh_views",
+    "utc_date",
+]
+
+log = logging.getLogger(__name__)
+
+TELEMETRY: Final = "telemetry"
+GRID_FREQUENCY: Final = "grid_frequency"
+STREAMS: Final = (TELEMETRY, GRID_FREQUENCY)
+
+#: Glob of the finished files of one stream, relative to ``{data_dir}/{stream}``.
+PART_GLOB: Final = "date=*/part-*.parquet"
+
+TELEMETRY_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("asset", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("ts_ms", pa.int64(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("boot", pa.string(), nullable=False),
+        pa.field("power_w", pa.float64(), nullable=False),
+        pa.field("freq_hz", pa.float64()),
+        pa.field("voltage_v", pa.float64()),
+        pa.field("current_a", pa.float64()),
+        pa.field("soc_pct", pa.float64()),
+        pa.field("energy_import_wh", pa.float64()),
+        pa.field("energy_export_wh", pa.float64()),
+        pa.field("temp_c", pa.float64()),
+        pa.field("setpoint_w", pa.float64()),
+        pa.field("status", pa.string()),
+        pa.field("transaction_id", pa.string()),
+        pa.field("ev_departure_ms", pa.int64()),
+        pa.field("ev_requested_energy_wh", pa.float64()),
+        pa.field("ev_max_charge_w", pa.float64()),
+        pa.field("ev_max_discharge_w", pa.float64()),
+        pa.field("ev_min_soc_pct", pa.float64()),
+        pa.field("ev_target_soc_pct", pa.float64()),
+        pa.field("ev_v2x", pa.bool_()),
+        pa.field("ev_energy_transfer_mode", pa.string()),
+    ]
+)
+
+GRID_FREQUENCY_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("window_start_ms", pa.int64(), nullable=False),
+        pa.field("window_end_ms", pa.int64(), nullable=False),
+        pa.field("nominal_hz", pa.float64(), nullable=False),
+        pa.field("mean_hz", pa.float64(), nullable=False),
+        pa.field("min_hz", pa.float64(), nullable=False),
+        pa.field("max_hz", pa.float64(), nullable=False),
+        pa.field("deviation_hz", pa.float64(), nullable=False),
+        pa.field("rocof_hz_per_s", pa.float64(), nullable=False),
+        pa.field("samples", pa.int64(), nullable=False),
+        pa.field("assets", pa.int64(), nullable=False),
+    ]
+)
+
+SCHEMAS: Final[dict[str, pa.Schema]] = {
+    TELEMETRY: TELEMETRY_SCHEMA,
+    GRID_FREQUENCY: GRID_FREQUENCY_SCHEMA,
+}
+
+_DUCKDB_TYPES: Final = {
+    pa.string(): "VARCHAR",
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+}
+
+
+def utc_date(ts_ms: int) -> dt.date:
+    """Return the UTC calendar date of an epoch-millisecond time."""
+    return (dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(milliseconds=ts_ms)).date()
+
+
+def partition_dir(data_dir: str | Path, stream: str, day: dt.date) -> Path:
+    """Return ``{data_dir}/{stream}/date=YYYY-MM-DD``."""
+    if stream not in SCHEMAS:
+        raise ValueError(f"unknown history stream {stream!r}; expected one of {STREAMS}")
+    return Path(data_dir) / stream / f"date={day.isoformat()}"
+
+
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def _has_parts(data_dir: Path, stream: str) -> bool:
+    return any((data_dir / stream).glob(PART_GLOB))
+
+
+def _source(data_dir: Path, stream: str) -> str:
+    """FROM clause of a stream: its Parquet files, or a typed empty relation."""
+    if _has_parts(data_dir, stream):
+        glob = (data_dir / stream / PART_GLOB).as_posix()
+        return (
+            f"read_parquet({_sql_str(glob)}, hive_partitioning = true, "
+            "hive_types = {'date': DATE})"
+        )
+    columns = [f"CAST(NULL AS {_DUCKDB_TYPES[f.type]}) AS {f.name}" for f in SCHEMAS[stream]] + [
+        "CAST(NULL AS DATE) AS date"
+    ]
+    return f"(SELECT {', '.join(columns)} WHERE false)"
+
+
+_TELEMETRY_VIEW: Final = """
+CREATE OR REPLACE VIEW telemetry AS
+SELECT
+    site, asset, kind, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, seq, boot,
+    power_w, freq_hz, voltage_v, current_a, soc_pct, energy_import_wh, energy_export_wh,
+    temp_c, setpoint_w, status, transaction_id,
+    ev_departure_ms, ev_requested_energy_wh, ev_max_charge_w, ev_max_discharge_w,
+    ev_min_soc_pct, ev_target_soc_pct, ev_v2x, ev_energy_transfer_mode,
+    date
+FROM {source}
+QUALIFY row_number() OVER (PARTITION BY site, asset, boot, seq ORDER BY ts_ms) = 1
+"""
+
+# A window cut by a pipeline restart is written twice (the part before the stop and the
+# part after it); the view keeps the row with the most samples.
+_GRID_FREQUENCY_VIEW: Final = """
+CREATE OR REPLACE VIEW grid_frequency AS
+SELECT
+    site, window_start_ms, make_timestamptz(window_start_ms * 1000) AS window_start,
+    window_end_ms, make_timestamptz(window_end_ms * 1000) AS window_end,
+    nominal_hz, mean_hz, min_hz, max_hz, deviation_hz, rocof_hz_per_s, samples, assets,
+    date
+FROM {source}
+QUALIFY row_number() OVER (
+    PARTITION BY site, window_start_ms ORDER BY samples DESC, window_end_ms DESC
+) = 1
+"""
+
+
+def refresh_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
+    """(Re)create the views ``telemetry`` and ``grid_frequency`` over ``data_dir``.
+
+    A view over a stream with files re-reads the directory on every query, so new files
+    show up by themselves. A stream without files yet gets an empty view with the same
+    columns and types; call this again once files exist (a new :func:`connect` does it).
+    """
+    root = Path(data_dir)
+    con.execute(_TELEMETRY_VIEW.format(source=_source(root, TELEMETRY)))
+    con.execute(_GRID_FREQUENCY_VIEW.format(source=_source(root, GRID_FREQUENCY)))
+
+
+def connect(data_dir: str | Path, *, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+    """Open DuckDB with the history views over ``data_dir``.
+
+    Args:
+        data_dir: The history directory (``site.history.dir``); it may be empty or missing.
+        database: DuckDB database file; the default keeps nothing on disk.
+
+    Returns:
+        A connection whose session time zone is UTC, with the views ``telemetry`` and
+        ``grid_frequency``.
+
+    """
+    con = duckdb.connect(database)
+    con.execute("SET TimeZone = 'UTC'")
+    refresh_views(con, data_dir)
+    return con
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of ``gridflex query``."""
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--data-dir", type=Path, help="history directory")
+    where.add_argument("--site", type=Path, help="site file; its history.dir is used")
+    parser.add_argument("sql", help="one SQL query over the views telemetry, grid_frequency")
+
+
+def _csv_value(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    return value
+
+
+def write_csv(description: Iterable[Any], rows: Iterable[Iterable[Any]], out: Any = None) -> None:
+    """Write a header and rows as CSV to ``out`` (default: standard output)."""
+    writer = csv.writer(out if out is not None else sys.stdout, lineterminator="\n")
+    writer.writerow([column[0] for column in description])
+    for row in rows:
+        writer.writerow([_csv_value(v) for v in row])
+
+
+def _data_dir_of(args: argparse.Namespace) -> Path:
+    if args.data_dir is not None:
+        return Path(args.data_dir)
+    from gridflex.config import load_site  # only needed for --site
+
+    return Path(load_site(args.site).history.dir)
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run one query and print the result as CSV with a header; 2 on a bad query."""
+    try:
+        data_dir = _data_dir_of(args)
+    except Exception as exc:  # a config error is reported, not raised
+        sys.stderr.write(f"gridflex query: {exc}\n")
+        return 2
+    con = connect(data_dir)
+    try:
+        result = con.execute(args.sql)
+        description = result.description
+        if description is None:
+            return 0
+
+        def batches() -> Iterable[tuple[Any, ...]]:
+            while chunk := result.fetchmany(10_000):
+                yield from chunk
+
+        write_csv(description, batches())
+    except duckdb.Error as exc:
+        sys.stderr.write(f"gridflex query: {type(exc).__name__}: {exc}\n")
+        return 2
+    finally:
+        con.close()
+    sys.stdout.flush()
+    return 0

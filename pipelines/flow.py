@@ -1,0 +1,454 @@
+"""The gridflex dataflow: validate telemetry, grid frequency per window, Parquet history.
+
+::
+
+    mqtt_in ─▶ validate ─▶ split_valid
+      valid ──┬─▶ telemetry_row ─▶ history_telemetry (Parquet)
+              └─▶ frequency_sample ─▶ key_site ─▶ frequency_window (event time)
+                    ─▶ frequency_stats ─┬─▶ grid_frequency_row ─▶ history_grid_frequency
+                                        └─▶ grid_frequency_json ─▶ merge_out ─▶ mqtt_out
+      refused ─▶ key_reason ─▶ count_rejected ─▶ unkey_rejected ─▶ dead_letter ─▶ merge_out
+
+Step ids are stable (recovery keys on them). The domain logic lives in
+:mod:`pipelines.validate` and :mod:`pipelines.frequency`; this module only wires it.
+
+``gridflex pipeline --site FILE [--data-dir DIR] [--workers N]`` runs it until SIGINT or
+SIGTERM, then ends the MQTT source, lets the open windows close and the sinks flush, and
+exits 0.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any, Protocol
+
+import bytewax.operators as op
+from bytewax.dataflow import Dataflow, Stream
+from bytewax.inputs import Source
+from bytewax.operators.windowing import TumblingWindower, fold_window
+from bytewax.outputs import Sink
+from bytewax.run import cli_main
+
+from gridflex.contract import (
+    PREFIX,
+    GridFrequency,
+    Telemetry,
+    deadletter_topic,
+    grid_frequency_topic,
+)
+from gridflex.history import GRID_FREQUENCY, TELEMETRY
+from pipelines.clock import WatermarkClock, utc_now
+from pipelines.frequency import (
+    FrequencyAccumulator,
+    FrequencySample,
+    add_sample,
+    merge_accumulators,
+    summarize_window,
+)
+from pipelines.history_sink import HistorySink, frequency_row, telemetry_row
+from pipelines.mqtt_io import MqttSink, MqttSource
+from pipelines.validate import (
+    DEFAULT_MAX_FUTURE_MS,
+    RawMessage,
+    Rejected,
+    to_dead_letter,
+    validate_telemetry,
+)
+
+__all__ = [
+    "COMPONENT",
+    "FLOW_ID",
+    "FlowOptions",
+    "SiteLike",
+    "add_arguments",
+    "build_flow",
+    "main",
+    "run",
+    "telemetry_filter",
+]
+
+log = logging.getLogger(__name__)
+
+FLOW_ID = "gridflex_pipeline"
+COMPONENT = "pipeline"
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
+
+
+# --------------------------------------------------------------------------- site
+
+
+class _MqttSettings(Protocol):
+    @property
+    def url(self) -> str: ...
+    @property
+    def queue_limit(self) -> int: ...
+    @property
+    def username(self) -> str | None: ...
+    @property
+    def password(self) -> str | None: ...
+
+
+class _HistorySettings(Protocol):
+    @property
+    def dir(self) -> Any: ...
+
+
+class _PipelineSettings(Protocol):
+    @property
+    def window_ms(self) -> int: ...
+    @property
+    def allowed_lateness_ms(self) -> int: ...
+
+
+class SiteLike(Protocol):
+    """What the dataflow needs from ``gridflex.config.SiteConfig``."""
+
+    @property
+    def id(self) -> str: ...  # noqa: D102
+    @property
+    def nominal_frequency_hz(self) -> float: ...  # noqa: D102
+    @property
+    def mqtt(self) -> _MqttSettings: ...  # noqa: D102
+    @property
+    def history(self) -> _HistorySettings: ...  # noqa: D102
+    @property
+    def pipeline(self) -> _PipelineSettings: ...  # noqa: D102
+
+
+@dataclass(frozen=True)
+class FlowOptions:
+    """Tuning of the dataflow (defaults suit a live site).
+
+    Attributes:
+        lateness_ms: How far behind the newest reading a reading may arrive and still
+            count in its frequency window, ms; ``None`` = ``site.pipeline.allowed_lateness_ms``.
+        max_future_ms: Readings further ahead of the pipeline clock are refused, ms.
+        history_partitions: Parallel Parquet writers per stream.
+        flush_rows: Rows buffered before a Parquet file is written.
+        flush_interval_s: Longest time a row waits in memory before it is written, s.
+        dedup_capacity: ``(boot, seq)`` keys remembered per asset by the history sink.
+        mqtt_partitions: MQTT subscribers (> 1 uses a shared subscription).
+        client_id: MQTT client id prefix; ``None`` = ``gridflex-pipeline-{site}``. The id
+            names the broker's persistent session: keep it stable across restarts.
+
+    """
+
+    lateness_ms: int | None = None
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS
+    history_partitions: int = 1
+    flush_rows: int = 50_000
+    flush_interval_s: float = 5.0
+    dedup_capacity: int = 1024
+    mqtt_partitions: int = 1
+    client_id: str | None = None
+
+
+def telemetry_filter(site_id: str) -> str:
+    """Return the subscription ``gridflex/v1/{site}/+/+/telemetry``."""
+    return f"{PREFIX}/{site_id}/+/+/telemetry"
+
+
+# --------------------------------------------------------------------------- step functions
+
+
+def _ts_of(sample: FrequencySample) -> datetime:
+    return _EPOCH + timedelta(milliseconds=sample.ts_ms)
+
+
+def _frequency_sample(telemetry: Telemetry) -> FrequencySample | None:
+    if telemetry.freq_hz is None:
+        return None
+    return FrequencySample(telemetry.site, telemetry.asset, telemetry.ts_ms, telemetry.freq_hz)
+
+
+def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejected]:
+    """Count refusals per reason kind; log the first of each kind as a warning."""
+    count = (count or 0) + 1
+    if count == 1:
+        log.warning(
+            "refused telemetry (%s) on %s: %s; further refusals of this kind are counted "
+            "and logged at debug level",
+            rejected.kind,
+            rejected.message.topic,
+            rejected.reason,
+        )
+    else:
+        log.debug("refused telemetry #%d (%s): %s", count, rejected.kind, rejected.reason)
+    return count, rejected
+
+
+def _count_late(count: int | None, late: tuple[int, FrequencySample]) -> tuple[int, None]:
+    """Count samples that came after their window closed; log the first one."""
+    count = (count or 0) + 1
+    _, sample = late
+    if count == 1:
+        log.warning(
+            "frequency sample of %s at ts_ms=%d came after its window closed; late samples "
+            "are kept in history but not in grid frequency",
+            sample.asset,
+            sample.ts_ms,
+        )
+    return count, None
+
+
+def _dead_letter_message(rejected: Rejected) -> tuple[str, bytes]:
+    return deadletter_topic(COMPONENT), to_dead_letter(rejected, component=COMPONENT).to_json()
+
+
+def _is_telemetry(item: Telemetry | Rejected) -> bool:
+    return isinstance(item, Telemetry)
+
+
+# --------------------------------------------------------------------------- flow
+
+
+def build_flow(
+    site: SiteLike,
+    data_dir: str | Path | None = None,
+    *,
+    options: FlowOptions | None = None,
+    source: Source[RawMessage] | None = None,
+    mqtt_sink: Sink[tuple[str, bytes]] | None = None,
+    stop_event: threading.Event | None = None,
+    wall_clock: Callable[[], datetime] = utc_now,
+) -> Dataflow:
+    """Build the pipeline dataflow of one site.
+
+    Args:
+        site: The site configuration (``gridflex.config.SiteConfig``).
+        data_dir: History directory; default ``site.history.dir``.
+        options: Tuning; see :class:`FlowOptions`.
+        source: Input of :class:`RawMessage`; default an :class:`MqttSource` subscribed to
+            the site's telemetry on ``site.mqtt.url``.
+        mqtt_sink: Output of ``(topic, payload)``; default an :class:`MqttSink` on the
+            site's broker.
+        stop_event: Ends the default MQTT source when set (clean shutdown).
+        wall_clock: Wall clock of the window timeout (injectable for tests).
+
+    Returns:
+        The dataflow, for ``bytewax.run.cli_main`` or ``bytewax.testing.run_main``.
+
+    """
+    opts = options or FlowOptions()
+    root = Path(data_dir if data_dir is not None else site.history.dir)
+    client_id = opts.client_id or f"gridflex-pipeline-{site.id}"
+    window_ms = int(site.pipeline.window_ms)
+    lateness_ms = (
+        opts.lateness_ms if opts.lateness_ms is not None else site.pipeline.allowed_lateness_ms
+    )
+    nominal_hz = float(site.nominal_frequency_hz)
+    site_id = site.id
+    if source is None:
+        source = MqttSource(
+            site.mqtt.url,
+            telemetry_filter(site_id),
+            client_id=client_id,
+            stop_event=stop_event or threading.Event(),
+            partitions=opts.mqtt_partitions,
+            username=site.mqtt.username,
+            password=site.mqtt.password,
+        )
+    if mqtt_sink is None:
+        mqtt_sink = MqttSink(
+            site.mqtt.url,
+            client_id=f"{client_id}-out-{os.getpid()}",
+            username=site.mqtt.username,
+            password=site.mqtt.password,
+            queue_limit=site.mqtt.queue_limit,
+        )
+
+    def validate(message: RawMessage) -> Telemetry | Rejected:
+        return validate_telemetry(
+            message,
+            site_id=site_id,
+            nominal_hz=nominal_hz,
+            now_ms=message.received_ms,
+            max_future_ms=opts.max_future_ms,
+        )
+
+    def frequency_stats(
+        item: tuple[str, tuple[int, FrequencyAccumulator]],
+    ) -> tuple[str, GridFrequency] | None:
+        key, (window_id, acc) = item
+        stats = summarize_window(
+            acc, window_start_ms=window_id * window_ms, window_ms=window_ms, nominal_hz=nominal_hz
+        )
+        if stats is None:
+            return None
+        return key, GridFrequency(
+            site=key,
+            ts_ms=stats.window_end_ms,
+            window_start_ms=stats.window_start_ms,
+            window_end_ms=stats.window_end_ms,
+            nominal_hz=stats.nominal_hz,
+            mean_hz=stats.mean_hz,
+            min_hz=stats.min_hz,
+            max_hz=stats.max_hz,
+            deviation_hz=stats.deviation_hz,
+            rocof_hz_per_s=stats.rocof_hz_per_s,
+            samples=stats.samples,
+            assets=stats.assets,
+        )
+
+    flow = Dataflow(FLOW_ID)
+    raw = op.input("mqtt_in", flow, source)
+    checked = op.map("validate", raw, validate)
+    split = op.branch("split_valid", checked, _is_telemetry)
+    valid: Stream[Telemetry] = split.trues  # type: ignore[assignment]
+    refused: Stream[Rejected] = split.falses  # type: ignore[assignment]
+
+    # Error branch: count and log per reason kind, then dead-letter.
+    by_reason = op.key_on("key_reason", refused, lambda r: r.kind)
+    counted = op.stateful_map("count_rejected", by_reason, _count_rejected)
+    dead = op.map("dead_letter", op.key_rm("unkey_rejected", counted), _dead_letter_message)
+
+    # History of every valid reading, keyed by asset so its de-dup memory stays in one place.
+    telemetry_rows = op.map("telemetry_row", valid, lambda t: (t.asset, telemetry_row(t)))
+    op.output(
+        "history_telemetry",
+        telemetry_rows,
+        HistorySink(
+            root,
+            TELEMETRY,
+            partitions=opts.history_partitions,
+            flush_rows=opts.flush_rows,
+            flush_interval_s=opts.flush_interval_s,
+            dedup_capacity=opts.dedup_capacity,
+        ),
+    )
+
+    # Grid frequency per site over epoch-aligned tumbling windows, by event time.
+    samples = op.filter_map("frequency_sample", valid, _frequency_sample)
+    by_site = op.key_on("key_site", samples, lambda s: s.site)
+    windows = fold_window(
+        "frequency_window",
+        by_site,
+        WatermarkClock(
+            ts_getter=_ts_of,
+            lateness=timedelta(milliseconds=lateness_ms),
+            now_getter=wall_clock,
+        ),
+        TumblingWindower(length=timedelta(milliseconds=window_ms), align_to=_EPOCH),
+        FrequencyAccumulator,
+        add_sample,
+        merge_accumulators,
+        ordered=False,
+    )
+    op.stateful_map("count_late", windows.late, _count_late)
+    stats = op.filter_map("frequency_stats", windows.down, frequency_stats)
+    op.output(
+        "history_grid_frequency",
+        op.map("grid_frequency_row", stats, lambda kv: (kv[0], frequency_row(kv[1]))),
+        HistorySink(
+            root,
+            GRID_FREQUENCY,
+            partitions=1,
+            flush_rows=opts.flush_rows,
+            flush_interval_s=opts.flush_interval_s,
+        ),
+    )
+    frequency_out = op.map(
+        "grid_frequency_json", stats, lambda kv: (grid_frequency_topic(kv[0]), kv[1].to_json())
+    )
+
+    op.output("mqtt_out", op.merge("merge_out", dead, frequency_out), mqtt_sink)
+    return flow
+
+
+# --------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of ``gridflex pipeline``."""
+    parser.add_argument("--site", required=True, type=Path, help="site file (TOML)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="history directory (default: history.dir)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="Bytewax workers in this process (default 1)"
+    )
+    parser.add_argument(
+        "--lateness-ms",
+        type=int,
+        default=None,
+        help="allowed lateness of frequency samples, ms (default: pipeline.allowed_lateness_ms)",
+    )
+    parser.add_argument(
+        "--client-id",
+        default=None,
+        help="MQTT client id prefix, names the persistent session "
+        "(default gridflex-pipeline-{site})",
+    )
+
+
+class _StopOnSignal:
+    """Set a stop event on the first SIGINT/SIGTERM; a second one aborts."""
+
+    def __init__(self, stop_event: threading.Event) -> None:
+        self.stop_event = stop_event
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop_event.is_set():
+            log.warning("second %s: aborting", signal.Signals(signum).name)
+            raise KeyboardInterrupt
+        log.info("%s: stopping the pipeline", signal.Signals(signum).name)
+        self.stop_event.set()
+
+    def __enter__(self) -> _StopOnSignal:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def run(
+    site: SiteLike,
+    data_dir: str | Path | None = None,
+    *,
+    workers: int = 1,
+    options: FlowOptions | None = None,
+    stop_event: threading.Event | None = None,
+) -> None:
+    """Run the dataflow in this process until SIGINT/SIGTERM (or ``stop_event``).
+
+    Must be called from the main thread (signal handlers). The first signal ends the MQTT
+    source; the dataflow then drains, closes its windows and flushes its sinks. A second
+    signal aborts.
+    """
+    stop_event = stop_event or threading.Event()
+    flow = build_flow(site, data_dir, options=options, stop_event=stop_event)
+    log.info(
+        "pipeline for site %s: broker %s, history in %s, %d worker(s)",
+        site.id,
+        site.mqtt.url,
+        data_dir if data_dir is not None else site.history.dir,
+        workers,
+    )
+    started_s = time.monotonic()
+    with _StopOnSignal(stop_event):
+        cli_main(flow, workers_per_process=workers)
+    log.info("pipeline stopped cleanly after %.1f s", time.monotonic() - started_s)
+
+
+def main(args: argparse.Namespace) -> int:
+    """``gridflex pipeline``: run until SIGINT/SIGTERM; 0 after a clean shutdown."""
+    from gridflex.config import load_site
+
+    site = load_site(args.site)
+    options = FlowOptions(lateness_ms=args.lateness_ms, client_id=args.client_id)
+    run(site, args.data_dir, workers=args.workers, options=options)
+    return 0

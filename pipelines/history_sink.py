@@ -1,0 +1,368 @@
+"""Parquet history sink: rows buffered per stream, written atomically, de-duplicated.
+
+The file layout and schemas are the history contract in :mod:`gridflex.history`. Here:
+
+* pure row builders (:func:`telemetry_row`, :func:`frequency_row`);
+* :class:`RecentKeys`, a bounded per-asset memory of ``(boot, seq)`` for de-duplication;
+* :func:`write_parquet_atomic` (temporary name in the same directory, fsync, rename,
+  fsync of the directory);
+* :class:`ParquetStreamWriter`, a buffer that flushes every ``flush_rows`` rows or
+  ``flush_interval_s`` seconds, one file per UTC date;
+* :class:`HistorySink`, the Bytewax sink around it. Items are ``(key, row)``; Bytewax
+  routes a key always to the same partition, so keying telemetry by asset keeps an
+  asset's de-duplication memory in one place.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+from zlib import crc32
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
+
+from gridflex.contract import GridFrequency, Telemetry
+from gridflex.history import SCHEMAS, TELEMETRY, partition_dir, utc_date
+
+__all__ = [
+    "HistorySink",
+    "ParquetStreamWriter",
+    "RecentKeys",
+    "frequency_row",
+    "telemetry_row",
+    "write_parquet_atomic",
+]
+
+log = logging.getLogger(__name__)
+
+Row = dict[str, Any]
+
+_EV_FIELDS = (
+    "departure_ms",
+    "requested_energy_wh",
+    "max_charge_w",
+    "max_discharge_w",
+    "min_soc_pct",
+    "target_soc_pct",
+    "v2x",
+    "energy_transfer_mode",
+)
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def telemetry_row(telemetry: Telemetry) -> Row:
+    """Flatten a telemetry reading into a ``telemetry`` history row (EV needs as ``ev_*``)."""
+    row: Row = {
+        "site": telemetry.site,
+        "asset": telemetry.asset,
+        "kind": telemetry.kind,
+        "ts_ms": telemetry.ts_ms,
+        "seq": telemetry.seq,
+        "boot": telemetry.boot,
+        "power_w": telemetry.power_w,
+        "freq_hz": telemetry.freq_hz,
+        "voltage_v": telemetry.voltage_v,
+        "current_a": telemetry.current_a,
+        "soc_pct": telemetry.soc_pct,
+        "energy_import_wh": telemetry.energy_import_wh,
+        "energy_export_wh": telemetry.energy_export_wh,
+        "temp_c": telemetry.temp_c,
+        "setpoint_w": telemetry.setpoint_w,
+        "status": telemetry.status,
+        "transaction_id": telemetry.transaction_id,
+    }
+    ev = telemetry.ev
+    for name in _EV_FIELDS:
+        row[f"ev_{name}"] = getattr(ev, name) if ev is not None else None
+    return row
+
+
+def frequency_row(frequency: GridFrequency) -> Row:
+    """Turn a published window into a ``grid_frequency`` history row."""
+    return {
+        "site": frequency.site,
+        "window_start_ms": frequency.window_start_ms,
+        "window_end_ms": frequency.window_end_ms,
+        "nominal_hz": frequency.nominal_hz,
+        "mean_hz": frequency.mean_hz,
+        "min_hz": frequency.min_hz,
+        "max_hz": frequency.max_hz,
+        "deviation_hz": frequency.deviation_hz,
+        "rocof_hz_per_s": frequency.rocof_hz_per_s,
+        "samples": frequency.samples,
+        "assets": frequency.assets,
+    }
+
+
+# --------------------------------------------------------------------------- de-dup
+
+
+class RecentKeys:
+    """Bounded memory of the last ``capacity`` ``(boot, seq)`` keys seen per asset.
+
+    MQTT QoS 1 redelivers what was in flight around a reconnect, i.e. a few recent
+    messages, so a short per-asset memory catches them; older redeliveries (after a
+    pipeline restart) are removed by the history views.
+    """
+
+    def __init__(self, capacity: int = 1024) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._seen: dict[str, OrderedDict[tuple[str, int], None]] = {}
+
+    def seen_before(self, asset: str, boot: str, seq: int) -> bool:
+        """Record the key; return True when it was already recorded (a duplicate)."""
+        keys = self._seen.get(asset)
+        if keys is None:
+            keys = self._seen[asset] = OrderedDict()
+        key = (boot, seq)
+        if key in keys:
+            return True
+        keys[key] = None
+        if len(keys) > self.capacity:
+            keys.popitem(last=False)
+        return False
+
+
+# --------------------------------------------------------------------------- files
+
+
+def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+    """Write ``table`` to ``path`` so that readers see either no file or the whole file.
+
+    The data goes to a hidden temporary name in the same directory (same file system, so
+    the rename is atomic), is fsynced, renamed into place, and the directory is fsynced so
+    the rename itself survives a power cut. zstd compression.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            pq.write_table(table, fh, compression="zstd")
+            fh.flush()
+            os.fsync(fh.fileno())
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    dir_fd = os.open(path.parent, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+class ParquetStreamWriter:
+    """Buffer rows of one history stream and write them as Parquet files.
+
+    Not thread-safe by itself; :class:`_HistoryPartition` guards it with a lock.
+
+    Args:
+        data_dir: History root.
+        stream: ``"telemetry"`` or ``"grid_frequency"``.
+        ts_column: Column whose UTC date picks the partition.
+        name: Unique writer name, part of every file name (e.g. the sink partition).
+        flush_rows: Flush once this many rows are buffered.
+        flush_interval_s: Flush once the oldest buffered row is this old (wall clock).
+        clock: Monotonic clock in seconds (injectable for tests).
+
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        stream: str,
+        *,
+        ts_column: str,
+        name: str,
+        flush_rows: int = 50_000,
+        flush_interval_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.stream = stream
+        self.schema: pa.Schema = SCHEMAS[stream]
+        self.ts_column = ts_column
+        self.name = name
+        self.flush_rows = flush_rows
+        self.flush_interval_s = flush_interval_s
+        self._clock = clock
+        self._token = uuid.uuid4().hex[:8]
+        self._counter = 0
+        self._rows: list[Row] = []
+        self._oldest_s: float | None = None
+        self.rows_written = 0
+        self.files_written: list[Path] = []
+
+    @property
+    def buffered(self) -> int:
+        """Rows waiting to be written."""
+        return len(self._rows)
+
+    def add(self, rows: Iterable[Row]) -> None:
+        """Buffer rows, flushing when the buffer is full or old."""
+        before = len(self._rows)
+        self._rows.extend(rows)
+        if self._oldest_s is None and len(self._rows) > before:
+            self._oldest_s = self._clock()
+        if self.due():
+            self.flush()
+
+    def due(self) -> bool:
+        """True when the buffer should be written now."""
+        if not self._rows:
+            return False
+        if len(self._rows) >= self.flush_rows:
+            return True
+        return self._oldest_s is not None and (
+            self._clock() - self._oldest_s >= self.flush_interval_s
+        )
+
+    def flush(self) -> list[Path]:
+        """Write every buffered row, one file per UTC date; return the new files."""
+        if not self._rows:
+            return []
+        by_date: dict[Any, list[Row]] = {}
+        for row in self._rows:
+            by_date.setdefault(utc_date(row[self.ts_column]), []).append(row)
+        written = []
+        for day, rows in sorted(by_date.items()):
+            table = pa.Table.from_pylist(rows, schema=self.schema)
+            self._counter += 1
+            file_name = f"part-{self.name}-{self._token}-{self._counter:06d}.parquet"
+            path = partition_dir(self.data_dir, self.stream, day) / file_name
+            write_parquet_atomic(table, path)
+            written.append(path)
+            log.debug("wrote %d %s rows to %s", len(rows), self.stream, path)
+        self.rows_written += len(self._rows)
+        self.files_written.extend(written)
+        self._rows = []
+        self._oldest_s = None
+        return written
+
+
+# --------------------------------------------------------------------------- Bytewax sink
+
+
+class _HistoryPartition(StatefulSinkPartition[Row, None]):
+    """One sink partition: de-dup, buffer, and a timer thread that flushes an idle buffer."""
+
+    def __init__(self, writer: ParquetStreamWriter, dedup: RecentKeys | None) -> None:
+        self._writer = writer
+        self._dedup = dedup
+        self._lock = threading.Lock()
+        self._closed = threading.Event()
+        self.duplicates = 0
+        self._timer = threading.Thread(
+            target=self._flush_when_idle, name=f"history-flush-{writer.name}", daemon=True
+        )
+        self._timer.start()
+
+    def _flush_when_idle(self) -> None:
+        period_s = max(self._writer.flush_interval_s / 4, 0.05)
+        while not self._closed.wait(period_s):
+            with self._lock:
+                if self._writer.due():
+                    self._writer.flush()
+
+    def write_batch(self, values: list[Row]) -> None:
+        """Buffer a batch, dropping rows whose (asset, boot, seq) was seen recently."""
+        if self._dedup is not None:
+            fresh = []
+            for row in values:
+                if self._dedup.seen_before(row["asset"], row["boot"], row["seq"]):
+                    self.duplicates += 1
+                    log.debug("duplicate %s/%s/%s dropped", row["asset"], row["boot"], row["seq"])
+                else:
+                    fresh.append(row)
+            values = fresh
+        with self._lock:
+            self._writer.add(values)
+
+    def snapshot(self) -> None:
+        """No resume state: rows are at-least-once and de-duplicated downstream."""
+        return None
+
+    def close(self) -> None:
+        """Write what is buffered and stop the timer."""
+        self._closed.set()
+        self._timer.join()
+        with self._lock:
+            self._writer.flush()
+        log.info(
+            "history %s/%s closed: %d rows in %d files, %d duplicates dropped",
+            self._writer.stream,
+            self._writer.name,
+            self._writer.rows_written,
+            len(self._writer.files_written),
+            self.duplicates,
+        )
+
+
+class HistorySink(FixedPartitionedSink[Row, None]):
+    """Bytewax sink writing one history stream as Parquet under ``data_dir``.
+
+    Args:
+        data_dir: History root.
+        stream: ``"telemetry"`` (de-duplicated on asset, boot, seq) or ``"grid_frequency"``.
+        partitions: Number of sink partitions (files are written in parallel per partition).
+        flush_rows: Rows per flush.
+        flush_interval_s: Longest time a row waits in memory.
+        dedup_capacity: ``(boot, seq)`` keys remembered per asset (telemetry only).
+
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path,
+        stream: str,
+        *,
+        partitions: int = 1,
+        flush_rows: int = 50_000,
+        flush_interval_s: float = 5.0,
+        dedup_capacity: int = 1024,
+    ) -> None:
+        if stream not in SCHEMAS:
+            raise ValueError(f"unknown history stream {stream!r}")
+        if partitions < 1:
+            raise ValueError(f"partitions must be >= 1, got {partitions}")
+        self.data_dir = Path(data_dir)
+        self.stream = stream
+        self.partitions = partitions
+        self.flush_rows = flush_rows
+        self.flush_interval_s = flush_interval_s
+        self.dedup_capacity = dedup_capacity
+
+    def list_parts(self) -> list[str]:
+        """All partitions are reachable from every worker (a shared directory)."""
+        return [f"{self.stream}-{i}" for i in range(self.partitions)]
+
+    def part_fn(self, item_key: str) -> int:
+        """Route a key (asset or site) to a partition, stably across processes."""
+        return crc32(item_key.encode())
+
+    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _HistoryPartition:
+        """Build the writer of one partition."""
+        ts_column = "ts_ms" if self.stream == TELEMETRY else "window_start_ms"
+        writer = ParquetStreamWriter(
+            self.data_dir,
+            self.stream,
+            ts_column=ts_column,
+            name=for_part,
+            flush_rows=self.flush_rows,
+            flush_interval_s=self.flush_interval_s,
+        )
+        dedup = RecentKeys(self.dedup_capacity) if self.stream == TELEMETRY else None
+        return _HistoryPartition(writer, dedup)

@@ -1,0 +1,211 @@
+"""Validation of raw telemetry messages (pure functions, no I/O).
+
+``validate_telemetry`` turns one MQTT message into either a :class:`~gridflex.contract.Telemetry`
+or a :class:`Rejected` that says why, in one of a few reason kinds:
+
+=================  =====================================================================
+kind               meaning
+=================  =====================================================================
+``bad_topic``      the topic is not ``gridflex/v1/{site}/{inverter|evse}/{asset}/telemetry``
+``not_json``       the payload is not UTF-8 JSON (``NaN``/``Infinity`` are not JSON)
+``wrong_schema``   the JSON is not an object whose ``schema`` is ``"telemetry/1"``
+``invalid``        the object does not validate against the contract (missing field, type)
+``out_of_range``   a value outside its contract bound (``soc_pct`` 0..100, ...) or outside a
+                   plausible band (``freq_hz`` off nominal by more than 10 %, ``ts_ms`` in
+                   the future beyond the allowed clock skew)
+``topic_mismatch`` site, kind or asset in the topic differ from the payload, or the site is
+                   not the one this pipeline serves
+=================  =====================================================================
+
+A future ``ts_ms`` is refused because windows close on event time: one device with a clock
+a minute ahead would push the watermark ahead and make every other asset's readings late.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+from dataclasses import dataclass
+from typing import Any, Final, Literal
+
+from pydantic import ValidationError
+
+from gridflex.contract import (
+    ContractError,
+    DeadLetter,
+    Telemetry,
+    describe_validation_error,
+    parse_topic,
+)
+
+__all__ = [
+    "DEFAULT_FREQ_BAND",
+    "DEFAULT_MAX_FUTURE_MS",
+    "REASON_KINDS",
+    "RawMessage",
+    "Rejected",
+    "to_dead_letter",
+    "validate_telemetry",
+]
+
+REASON_KINDS: Final = (
+    "bad_topic",
+    "not_json",
+    "wrong_schema",
+    "invalid",
+    "out_of_range",
+    "topic_mismatch",
+)
+
+#: A reading more than this far ahead of the pipeline's clock is refused (ms).
+DEFAULT_MAX_FUTURE_MS: Final = 60_000
+#: ``freq_hz`` must lie within ``nominal * (1 ± band)``; 10 % is far outside any grid's
+#: operating range (under-frequency load shedding starts around 2-4 %), so only broken
+#: readings are refused.
+DEFAULT_FREQ_BAND: Final = 0.10
+
+_RANGE_ERROR_TYPES: Final = frozenset(
+    {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
+)
+
+
+@dataclass(frozen=True, slots=True)
+class RawMessage:
+    """One message as it came off the broker.
+
+    Attributes:
+        topic: The MQTT topic.
+        payload: The raw payload bytes.
+        received_ms: When the pipeline received it, UTC epoch ms.
+
+    """
+
+    topic: str
+    payload: bytes
+    received_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Rejected:
+    """A message refused by validation.
+
+    Attributes:
+        kind: One of :data:`REASON_KINDS`.
+        reason: One line saying what is wrong.
+        message: The refused message.
+
+    """
+
+    kind: str
+    reason: str
+    message: RawMessage
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def validate_telemetry(
+    message: RawMessage,
+    *,
+    site_id: str,
+    nominal_hz: float,
+    now_ms: int,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+    freq_band: float = DEFAULT_FREQ_BAND,
+) -> Telemetry | Rejected:
+    """Validate one telemetry message against the contract and plausible ranges.
+
+    Args:
+        message: The raw message.
+        site_id: The site this pipeline serves.
+        nominal_hz: Nominal grid frequency of the site, Hz.
+        now_ms: The pipeline's clock, UTC epoch ms (for the future-timestamp check).
+        max_future_ms: Largest accepted ``ts_ms - now_ms``, ms.
+        freq_band: Accepted relative band of ``freq_hz`` around ``nominal_hz``.
+
+    Returns:
+        The parsed telemetry, or a :class:`Rejected` naming the reason.
+
+    """
+    try:
+        parts = parse_topic(message.topic)
+    except ContractError as exc:
+        return Rejected("bad_topic", str(exc), message)
+    if parts["leaf"] != "telemetry" or parts["kind"] not in ("inverter", "evse"):
+        return Rejected("bad_topic", f"topic {message.topic!r} is not a telemetry topic", message)
+
+    try:
+        obj = json.loads(message.payload, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Rejected("not_json", f"not JSON: {exc}", message)
+    if not isinstance(obj, dict):
+        return Rejected("wrong_schema", "payload is not a JSON object", message)
+    if obj.get("schema") != "telemetry/1":
+        return Rejected(
+            "wrong_schema", f"schema is {obj.get('schema')!r}, expected 'telemetry/1'", message
+        )
+
+    try:
+        telemetry = Telemetry.model_validate(obj)
+    except ValidationError as exc:
+        errors = exc.errors()
+        kind = "out_of_range" if all(e["type"] in _RANGE_ERROR_TYPES for e in errors) else "invalid"
+        return Rejected(kind, describe_validation_error(exc), message)
+
+    mismatches = [
+        f"{name} {parts[name]!r} in topic, {value!r} in payload"
+        for name, value in (
+            ("site", telemetry.site),
+            ("kind", telemetry.kind),
+            ("asset", telemetry.asset),
+        )
+        if parts[name] != value
+    ]
+    if mismatches:
+        return Rejected("topic_mismatch", "; ".join(mismatches), message)
+    if telemetry.site != site_id:
+        return Rejected(
+            "topic_mismatch", f"site {telemetry.site!r} is not this pipeline's {site_id!r}", message
+        )
+
+    if telemetry.freq_hz is not None:
+        low_hz = nominal_hz * (1.0 - freq_band)
+        high_hz = nominal_hz * (1.0 + freq_band)
+        if not low_hz <= telemetry.freq_hz <= high_hz:
+            return Rejected(
+                "out_of_range",
+                f"freq_hz {telemetry.freq_hz} outside [{low_hz:g}, {high_hz:g}] Hz",
+                message,
+            )
+    ahead_ms = telemetry.ts_ms - now_ms
+    if ahead_ms > max_future_ms:
+        return Rejected(
+            "out_of_range",
+            f"ts_ms {telemetry.ts_ms} is {ahead_ms} ms ahead of the pipeline clock "
+            f"(max {max_future_ms} ms)",
+            message,
+        )
+    return telemetry
+
+
+def to_dead_letter(rejected: Rejected, *, component: str = "pipeline") -> DeadLetter:
+    """Build the dead-letter payload for a refused message.
+
+    The reason reads ``"{kind}: {reason}"``; the raw payload is kept as UTF-8 text when it
+    decodes, else base64.
+    """
+    raw = rejected.message.payload
+    encoding: Literal["utf-8", "base64"]
+    try:
+        text, encoding = raw.decode("utf-8"), "utf-8"
+    except UnicodeDecodeError:
+        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+    return DeadLetter(
+        component=component,
+        ts_ms=rejected.message.received_ms,
+        reason=f"{rejected.kind}: {rejected.reason}",
+        topic=rejected.message.topic,
+        payload=text,
+        payload_encoding=encoding,
+    )

@@ -1,0 +1,133 @@
+"""The MQTT source and sink of the dataflow against a real Mosquitto."""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Callable
+
+import bytewax.operators as op
+import pytest
+from bytewax.dataflow import Dataflow
+from bytewax.run import cli_main
+from bytewax.testing import TestingSink
+
+from gridflex.broker import Broker
+from pipelines.mqtt_io import MqttSink, MqttSource
+from pipelines.validate import RawMessage
+from tests.mqtt_helpers import Subscriber
+from tests.pipelines.helpers import create_session, publish_all
+
+pytestmark = pytest.mark.integration
+
+FILTER = "gridflex/v1/mq/+/+/telemetry"
+
+
+def messages(first: int, count: int) -> list[tuple[str, bytes]]:
+    return [
+        (f"gridflex/v1/mq/inverter/inv-{i % 3}/telemetry", b"m%d" % i)
+        for i in range(first, first + count)
+    ]
+
+
+class FlowThread:
+    """Runs a source -> TestingSink flow in a thread until its stop event is set."""
+
+    def __init__(self, url: str, client_id: str, *, partitions: int = 1, workers: int = 1) -> None:
+        self.stop_event = threading.Event()
+        self.out: list[RawMessage] = []
+        self._lock = threading.Lock()
+        self.error: BaseException | None = None
+        flow = Dataflow("mqtt_io_test")
+        source = MqttSource(
+            url, FILTER, client_id=client_id, stop_event=self.stop_event, partitions=partitions
+        )
+        op.output("out", op.input("mqtt_in", flow, source), TestingSink(self.out))
+        self._thread = threading.Thread(target=self._run, args=(flow, workers), daemon=True)
+        self._thread.start()
+
+    def _run(self, flow: Dataflow, workers: int) -> None:
+        try:
+            cli_main(flow, workers_per_process=workers)
+        except BaseException as exc:  # surfaced in stop()
+            self.error = exc
+
+    def wait_for(
+        self, condition: Callable[[list[RawMessage]], bool], timeout_s: float = 20
+    ) -> bool:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if condition(list(self.out)):
+                return True
+            time.sleep(0.02)
+        return False
+
+    def stop(self) -> None:
+        self.stop_event.set()
+        self._thread.join(30)
+        assert not self._thread.is_alive(), "the flow did not end after the stop event"
+        if self.error is not None:
+            raise self.error
+
+
+def test_source_delivers_in_order_and_ends_on_the_stop_event(mosquitto: Broker) -> None:
+    client_id = f"t-src-{uuid.uuid4().hex[:8]}"
+    create_session(mosquitto.url, f"{client_id}-0", FILTER)
+    sent = messages(0, 200)
+    publish_all(mosquitto.url, sent)  # queued by the broker for the session
+
+    flow = FlowThread(mosquitto.url, client_id)
+    assert flow.wait_for(lambda out: len(out) >= len(sent))
+    flow.stop()
+    assert [(m.topic, m.payload) for m in flow.out] == sent
+    assert all(m.received_ms > 0 for m in flow.out)
+
+
+def test_messages_published_while_the_pipeline_is_down_arrive_after_a_restart(
+    mosquitto: Broker,
+) -> None:
+    client_id = f"t-src-{uuid.uuid4().hex[:8]}"
+    create_session(mosquitto.url, f"{client_id}-0", FILTER)
+    first = FlowThread(mosquitto.url, client_id)
+    publish_all(mosquitto.url, messages(0, 10))
+    assert first.wait_for(lambda out: len(out) >= 10)
+    first.stop()
+
+    while_down = messages(10, 50)
+    publish_all(mosquitto.url, while_down)
+
+    second = FlowThread(mosquitto.url, client_id)
+    assert second.wait_for(lambda out: len(out) >= len(while_down))
+    second.stop()
+    assert [(m.topic, m.payload) for m in second.out] == while_down
+
+
+def test_two_partitions_share_the_subscription_without_duplicates(mosquitto: Broker) -> None:
+    client_id = f"t-shr-{uuid.uuid4().hex[:8]}"
+    for i in range(2):
+        create_session(mosquitto.url, f"{client_id}-{i}", f"$share/{client_id}/{FILTER}")
+    sent = messages(0, 300)
+    publish_all(mosquitto.url, sent)
+
+    flow = FlowThread(mosquitto.url, client_id, partitions=2, workers=2)
+    assert flow.wait_for(lambda out: len(out) >= len(sent))
+    flow.stop()
+    assert sorted(m.payload for m in flow.out) == sorted(p for _, p in sent)
+
+
+def test_sink_publishes_every_item_before_close_returns(mosquitto: Broker) -> None:
+    topic = f"gridflex/v1/sink-{uuid.uuid4().hex[:6]}/grid/frequency"
+    with Subscriber(mosquitto.url, topic) as sub:
+        part = MqttSink(mosquitto.url, client_id=f"t-sink-{uuid.uuid4().hex[:8]}").build(
+            "mqtt_out", 0, 1
+        )
+        part.write_batch([(topic, b"%d" % i) for i in range(500)])
+        part.close()
+        assert sub.wait_for(lambda got: len(got) >= 500)
+        assert [p for _, p in sub.messages] == [b"%d" % i for i in range(500)]
+
+
+def test_a_bad_broker_url_fails_at_build_time() -> None:
+    with pytest.raises(ValueError, match="mqtt://"):
+        MqttSink("http://example.org", client_id="x")

@@ -1,0 +1,144 @@
+"""Validation of raw telemetry: what passes, and why each refusal is refused."""
+
+from __future__ import annotations
+
+import base64
+import json
+
+import pytest
+
+from gridflex.contract import DeadLetter, Telemetry, parse_payload
+from pipelines.validate import RawMessage, Rejected, to_dead_letter, validate_telemetry
+from tests.pipelines.helpers import T0_MS, raw, telemetry
+
+
+def check(message: RawMessage, *, now_ms: int | None = None) -> Telemetry | Rejected:
+    return validate_telemetry(
+        message,
+        site_id="s1",
+        nominal_hz=50.0,
+        now_ms=now_ms if now_ms is not None else message.received_ms,
+    )
+
+
+def rejected(message: RawMessage, **kw: int) -> Rejected:
+    result = check(message, **kw)
+    assert isinstance(result, Rejected), result
+    return result
+
+
+def test_valid_telemetry_passes_with_its_values() -> None:
+    payload = telemetry("inv-1", T0_MS, 7, soc_pct=55.5, energy_export_wh=1234.0)
+    result = check(raw(payload))
+    assert isinstance(result, Telemetry)
+    assert (result.asset, result.seq, result.soc_pct, result.freq_hz) == ("inv-1", 7, 55.5, 50.0)
+
+
+def test_evse_telemetry_without_frequency_passes() -> None:
+    payload = telemetry("cs-1", T0_MS, 1, kind="evse", freq_hz=None, transaction_id="tx-9")
+    assert isinstance(check(raw(payload)), Telemetry)
+
+
+def test_not_json_is_refused_as_not_json() -> None:
+    message = raw(b"{not json", topic="gridflex/v1/s1/inverter/inv-1/telemetry", received_ms=T0_MS)
+    result = rejected(message)
+    assert result.kind == "not_json"
+    assert result.message is message
+
+
+def test_nan_is_not_json() -> None:
+    body = json.dumps(telemetry("inv-1", T0_MS, 1)).replace("-1500.0", "NaN").encode()
+    message = raw(body, topic="gridflex/v1/s1/inverter/inv-1/telemetry", received_ms=T0_MS)
+    assert rejected(message).kind == "not_json"
+
+
+def test_a_status_payload_on_a_telemetry_topic_is_the_wrong_schema() -> None:
+    payload = {"schema": "status/1", "site": "s1", "asset": "inv-1", "kind": "inverter"}
+    message = raw(
+        json.dumps(payload).encode(),
+        topic="gridflex/v1/s1/inverter/inv-1/telemetry",
+        received_ms=T0_MS,
+    )
+    result = rejected(message)
+    assert result.kind == "wrong_schema"
+    assert "status/1" in result.reason
+
+
+def test_missing_field_is_invalid() -> None:
+    payload = telemetry("inv-1", T0_MS, 1)
+    del payload["power_w"]
+    result = rejected(raw(payload))
+    assert result.kind == "invalid"
+    assert "power_w" in result.reason
+
+
+def test_soc_above_100_is_out_of_range() -> None:
+    result = rejected(raw(telemetry("inv-1", T0_MS, 1, soc_pct=150.0)))
+    assert result.kind == "out_of_range"
+    assert "soc_pct" in result.reason
+
+
+def test_implausible_frequency_is_out_of_range() -> None:
+    result = rejected(raw(telemetry("inv-1", T0_MS, 1, freq_hz=30.0)))
+    assert result.kind == "out_of_range"
+    assert "freq_hz 30.0" in result.reason
+
+
+def test_a_reading_from_the_future_is_out_of_range() -> None:
+    payload = telemetry("inv-1", T0_MS + 120_000, 1)
+    result = rejected(raw(payload, received_ms=T0_MS))
+    assert result.kind == "out_of_range"
+    assert "ahead of the pipeline clock" in result.reason
+
+
+def test_a_small_clock_skew_is_accepted() -> None:
+    payload = telemetry("inv-1", T0_MS + 2_000, 1)
+    assert isinstance(check(raw(payload, received_ms=T0_MS)), Telemetry)
+
+
+@pytest.mark.parametrize(
+    ("topic", "mismatch"),
+    [
+        ("gridflex/v1/s1/inverter/inv-2/telemetry", "asset"),
+        ("gridflex/v1/s1/evse/inv-1/telemetry", "kind"),
+        ("gridflex/v1/s2/inverter/inv-1/telemetry", "site"),
+    ],
+)
+def test_topic_and_payload_must_agree(topic: str, mismatch: str) -> None:
+    result = rejected(raw(telemetry("inv-1", T0_MS, 1), topic=topic))
+    assert result.kind == "topic_mismatch"
+    assert result.reason.startswith(mismatch)
+
+
+def test_telemetry_of_another_site_is_refused() -> None:
+    result = rejected(raw(telemetry("inv-1", T0_MS, 1, site="s9")))
+    assert result.kind == "topic_mismatch"
+    assert "s9" in result.reason
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["gridflex/v1/s1/inverter/inv-1/status", "other/topic", "gridflex/v1/s1/grid/frequency"],
+)
+def test_a_non_telemetry_topic_is_a_bad_topic(topic: str) -> None:
+    assert rejected(raw(telemetry("inv-1", T0_MS, 1), topic=topic)).kind == "bad_topic"
+
+
+def test_dead_letter_keeps_reason_topic_and_text_payload() -> None:
+    message = raw(b"{not json", topic="gridflex/v1/s1/inverter/inv-1/telemetry", received_ms=T0_MS)
+    letter = to_dead_letter(rejected(message))
+    parsed = parse_payload(letter.to_json())
+    assert isinstance(parsed, DeadLetter)
+    assert parsed.component == "pipeline"
+    assert parsed.reason.startswith("not_json: ")
+    assert parsed.topic == message.topic
+    assert (parsed.payload, parsed.payload_encoding) == ("{not json", "utf-8")
+    assert parsed.ts_ms == T0_MS
+
+
+def test_dead_letter_of_binary_payload_is_base64() -> None:
+    body = b"\xff\xfe\x00garbage"
+    message = raw(body, topic="gridflex/v1/s1/inverter/inv-1/telemetry", received_ms=T0_MS)
+    letter = to_dead_letter(rejected(message))
+    assert letter.payload_encoding == "base64"
+    assert base64.b64decode(letter.payload) == body
