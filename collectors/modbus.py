@@ -489,6 +489,7 @@ class DevicePoller:
         self._telemetry_topic = telemetry_topic(site.id, KIND, asset.id)
         self._status_topic = status_topic(site.id, KIND, asset.id)
         self._invalid_logged = False
+        self.stopping = False
 
     def publish_status(
         self,
@@ -519,7 +520,7 @@ class DevicePoller:
         cfg = self.site.modbus
         loop = asyncio.get_running_loop()
         schedule = PollSchedule(loop.time() + self.phase_s, cfg.poll_interval_ms / 1000.0)
-        while True:
+        while not self.stopping:
             delay_s = cfg.backoff_initial_s
             client = AsyncModbusTcpClient(
                 self.asset.host,
@@ -557,7 +558,7 @@ class DevicePoller:
         loop = asyncio.get_running_loop()
         stats = self.stats
         site_id, asset_id, boot = self.site.id, self.asset.id, self.boot
-        while True:
+        while not self.stopping:
             delay = schedule.due_s() - loop.time()
             if delay > 0:
                 await asyncio.sleep(delay)
@@ -585,6 +586,25 @@ class DevicePoller:
                 continue
             self.mqtt.publish(self._telemetry_topic, message.to_json(), qos=1)
             stats.published += 1
+
+
+async def _stop_pollers(pollers: list[DevicePoller], tasks: list[asyncio.Task[None]]) -> None:
+    """Stop every poller task.
+
+    Python 3.11's ``asyncio.wait_for`` (used inside pymodbus) can swallow a cancellation
+    that races with a reply, so each poller also checks its ``stopping`` flag and the
+    cancellation is repeated until every task has ended.
+    """
+    for poller in pollers:
+        poller.stopping = True
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=0.5)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("poller %s ended with %r", task.get_name(), task.exception())
 
 
 async def run(
@@ -632,9 +652,7 @@ async def run(
         stats.missed = 0
         stats.counting = True
     await stop.wait()
-    for task in tasks:
-        task.cancel()
-    await asyncio.gather(*tasks, return_exceptions=True)
+    await _stop_pollers(pollers, tasks)
     for poller in pollers:
         poller.publish_status("offline", "collector stopped")
     mqtt.publish(

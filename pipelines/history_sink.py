@@ -46,6 +46,8 @@ log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
 
+#: Columns taken as they are from the reading (the ``ev_*`` ones are flattened).
+_TELEMETRY_FIELDS = tuple(n for n in SCHEMAS[TELEMETRY].names if not n.startswith("ev_"))
 _EV_FIELDS = (
     "departure_ms",
     "requested_energy_wh",
@@ -63,25 +65,8 @@ _EV_FIELDS = (
 
 def telemetry_row(telemetry: Telemetry) -> Row:
     """Flatten a telemetry reading into a ``telemetry`` history row (EV needs as ``ev_*``)."""
-    row: Row = {
-        "site": telemetry.site,
-        "asset": telemetry.asset,
-        "kind": telemetry.kind,
-        "ts_ms": telemetry.ts_ms,
-        "seq": telemetry.seq,
-        "boot": telemetry.boot,
-        "power_w": telemetry.power_w,
-        "freq_hz": telemetry.freq_hz,
-        "voltage_v": telemetry.voltage_v,
-        "current_a": telemetry.current_a,
-        "soc_pct": telemetry.soc_pct,
-        "energy_import_wh": telemetry.energy_import_wh,
-        "energy_export_wh": telemetry.energy_export_wh,
-        "temp_c": telemetry.temp_c,
-        "setpoint_w": telemetry.setpoint_w,
-        "status": telemetry.status,
-        "transaction_id": telemetry.transaction_id,
-    }
+    values = telemetry.__dict__
+    row: Row = {name: values[name] for name in _TELEMETRY_FIELDS}
     ev = telemetry.ev
     for name in _EV_FIELDS:
         row[f"ev_{name}"] = getattr(ev, name) if ev is not None else None
@@ -239,7 +224,9 @@ class ParquetStreamWriter:
             by_date.setdefault(utc_date(row[self.ts_column]), []).append(row)
         written = []
         for day, rows in sorted(by_date.items()):
-            table = pa.Table.from_pylist(rows, schema=self.schema)
+            table = pa.Table.from_pydict(
+                {name: [r[name] for r in rows] for name in self.schema.names}, schema=self.schema
+            )
             self._counter += 1
             file_name = f"part-{self.name}-{self._token}-{self._counter:06d}.parquet"
             path = partition_dir(self.data_dir, self.stream, day) / file_name

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from dataclasses import dataclass
 from typing import Any, Final, Literal
 
@@ -63,6 +64,18 @@ DEFAULT_MAX_FUTURE_MS: Final = 60_000
 #: operating range (under-frequency load shedding starts around 2-4 %), so only broken
 #: readings are refused.
 DEFAULT_FREQ_BAND: Final = 0.10
+
+_FLOAT_FIELDS: Final = (
+    "power_w",
+    "freq_hz",
+    "voltage_v",
+    "current_a",
+    "soc_pct",
+    "energy_import_wh",
+    "energy_export_wh",
+    "temp_c",
+    "setpoint_w",
+)
 
 _RANGE_ERROR_TYPES: Final = frozenset(
     {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
@@ -105,29 +118,36 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def validate_telemetry(
-    message: RawMessage,
-    *,
-    site_id: str,
-    nominal_hz: float,
-    now_ms: int,
-    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
-    freq_band: float = DEFAULT_FREQ_BAND,
-) -> Telemetry | Rejected:
-    """Validate one telemetry message against the contract and plausible ranges.
+def _parse_fast(message: RawMessage, site_id: str) -> Telemetry | None:
+    """The common case in one pass: a finite, valid reading on its own topic, else None.
 
-    Args:
-        message: The raw message.
-        site_id: The site this pipeline serves.
-        nominal_hz: Nominal grid frequency of the site, Hz.
-        now_ms: The pipeline's clock, UTC epoch ms (for the future-timestamp check).
-        max_future_ms: Largest accepted ``ts_ms - now_ms``, ms.
-        freq_band: Accepted relative band of ``freq_hz`` around ``nominal_hz``.
-
-    Returns:
-        The parsed telemetry, or a :class:`Rejected` naming the reason.
-
+    pydantic parses the JSON itself (about twice as fast as ``json.loads`` and validating
+    the dict) but accepts ``NaN``/``Infinity``, so non-finite numbers fall back to the
+    explaining path, which refuses them.
     """
+    try:
+        telemetry = Telemetry.model_validate_json(message.payload)
+    except ValidationError:
+        return None
+    values = telemetry.__dict__
+    if not all(math.isfinite(values[name]) for name in _FLOAT_FIELDS if values[name] is not None):
+        return None
+    parts = message.topic.split("/")
+    if (
+        len(parts) == 6
+        and parts[0] == "gridflex"
+        and parts[1] == "v1"
+        and parts[5] == "telemetry"
+        and parts[2] == telemetry.site == site_id
+        and parts[3] == telemetry.kind
+        and parts[4] == telemetry.asset
+    ):
+        return telemetry
+    return None
+
+
+def _parse_explained(message: RawMessage, site_id: str) -> Telemetry | Rejected:
+    """Parse step by step so that a refusal names its first reason."""
     try:
         parts = parse_topic(message.topic)
     except ContractError as exc:
@@ -168,6 +188,38 @@ def validate_telemetry(
         return Rejected(
             "topic_mismatch", f"site {telemetry.site!r} is not this pipeline's {site_id!r}", message
         )
+
+    return telemetry
+
+
+def validate_telemetry(
+    message: RawMessage,
+    *,
+    site_id: str,
+    nominal_hz: float,
+    now_ms: int,
+    max_future_ms: int = DEFAULT_MAX_FUTURE_MS,
+    freq_band: float = DEFAULT_FREQ_BAND,
+) -> Telemetry | Rejected:
+    """Validate one telemetry message against the contract and plausible ranges.
+
+    Args:
+        message: The raw message.
+        site_id: The site this pipeline serves.
+        nominal_hz: Nominal grid frequency of the site, Hz.
+        now_ms: The pipeline's clock, UTC epoch ms (for the future-timestamp check).
+        max_future_ms: Largest accepted ``ts_ms - now_ms``, ms.
+        freq_band: Accepted relative band of ``freq_hz`` around ``nominal_hz``.
+
+    Returns:
+        The parsed telemetry, or a :class:`Rejected` naming the reason.
+
+    """
+    fast = _parse_fast(message, site_id)
+    parsed = fast if fast is not None else _parse_explained(message, site_id)
+    if isinstance(parsed, Rejected):
+        return parsed
+    telemetry = parsed
 
     if telemetry.freq_hz is not None:
         low_hz = nominal_hz * (1.0 - freq_band)
