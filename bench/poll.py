@@ -73,10 +73,22 @@ def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url
                 ports += range(base, base + count)
                 sims.append(
                     subprocess.Popen(
-                        [python, "-m", "gridflex.cli", "--log-level=WARNING", "sim",
-                         "inverters", "--count", str(count), "--base-port", str(base),
-                         "--seed", str(k)],
-                        cwd=ROOT, env=env,
+                        [
+                            python,
+                            "-m",
+                            "gridflex.cli",
+                            "--log-level=WARNING",
+                            "sim",
+                            "inverters",
+                            "--count",
+                            str(count),
+                            "--base-port",
+                            str(base),
+                            "--seed",
+                            str(k),
+                        ],
+                        cwd=ROOT,
+                        env=env,
                     )
                 )
                 if not wait_for_port("127.0.0.1", base + count - 1, timeout_s=60):
@@ -85,10 +97,22 @@ def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url
             site.write_text(site_toml(n, ports, mqtt_url), encoding="utf-8")
             stats_file = Path(tmp) / "stats.json"
             collector = subprocess.Popen(
-                [python, "-m", "gridflex.cli", "--log-level=WARNING", "collect", "modbus",
-                 "--site", str(site), "--stats-file", str(stats_file),
-                 "--stats-warmup-s", str(warmup_s)],
-                cwd=ROOT, env=env,
+                [
+                    python,
+                    "-m",
+                    "gridflex.cli",
+                    "--log-level=WARNING",
+                    "collect",
+                    "modbus",
+                    "--site",
+                    str(site),
+                    "--stats-file",
+                    str(stats_file),
+                    "--stats-warmup-s",
+                    str(warmup_s),
+                ],
+                cwd=ROOT,
+                env=env,
             )
             proc = psutil.Process(collector.pid)
             time.sleep(warmup_s)
@@ -97,7 +121,9 @@ def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url
             cpu1, t1 = proc.cpu_times(), time.monotonic()
             rss_mib = proc.memory_info().rss / 2**20
             rc = stop_process(collector)
-            stats = json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.exists() else {}
+            stats = (
+                json.loads(stats_file.read_text(encoding="utf-8")) if stats_file.exists() else {}
+            )
         finally:
             for sim in sims:
                 stop_process(sim)
@@ -132,21 +158,28 @@ def main() -> int:
     )
     args = parser.parse_args()
     sizes = args.n or [100, 500, 1000, 2000]
-    print(f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, "
-          f"poll every {POLL_INTERVAL_MS} ms, {args.duration_s:.0f} s measured per N")
-    header = (f"{'N':>5} {'polls/s':>8} {'expected':>8} {'missed':>7} {'p50 ms':>7} "
-              f"{'p99 ms':>7} {'max ms':>7} {'fail':>5} {'CPU %':>6} {'RSS MiB':>8} {'exit':>4}")
+    print(
+        f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, "
+        f"poll every {POLL_INTERVAL_MS} ms, {args.duration_s:.0f} s measured per N"
+    )
+    header = (
+        f"{'N':>5} {'polls/s':>8} {'expected':>8} {'missed':>7} {'p50 ms':>7} "
+        f"{'p99 ms':>7} {'max ms':>7} {'fail':>5} {'CPU %':>6} {'RSS MiB':>8} {'exit':>4}"
+    )
     print(header)
     print("-" * len(header))
     with start_broker("mosquitto") as broker:
         for n in sizes:
             procs = args.sim_procs or max(1, min(4, -(-n // 500)))
             r = run_one(n, procs, args.warmup_s, args.duration_s, broker.url)
-            print(f"{r['n']:>5} {r['polls_per_s']:>8.0f} {r['expected_per_s']:>8.0f} "
-                  f"{fmt(r['missed'], 'd'):>7} {fmt(r['p50_ms'], '.1f'):>7} "
-                  f"{fmt(r['p99_ms'], '.1f'):>7} {fmt(r['max_ms'], '.1f'):>7} "
-                  f"{fmt(r['failures'], 'd'):>5} {r['cpu_pct']:>6.0f} {r['rss_mib']:>8.0f} "
-                  f"{r['exit']:>4}", flush=True)
+            print(
+                f"{r['n']:>5} {r['polls_per_s']:>8.0f} {r['expected_per_s']:>8.0f} "
+                f"{fmt(r['missed'], 'd'):>7} {fmt(r['p50_ms'], '.1f'):>7} "
+                f"{fmt(r['p99_ms'], '.1f'):>7} {fmt(r['max_ms'], '.1f'):>7} "
+                f"{fmt(r['failures'], 'd'):>5} {r['cpu_pct']:>6.0f} {r['rss_mib']:>8.0f} "
+                f"{r['exit']:>4}",
+                flush=True,
+            )
     return 0
 
 

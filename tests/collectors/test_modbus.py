@@ -1,0 +1,164 @@
+"""The Modbus collector's pure part: schedule, lateness, backoff, decode, telemetry."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+
+import pytest
+
+from collectors.modbus import (
+    LatenessStats,
+    PollPlan,
+    PollSchedule,
+    backoff_s,
+    decode_reading,
+    discover_plan,
+    to_telemetry,
+)
+from gridflex.contract import Telemetry
+from simulators.inverter import InverterModel, InverterRatings, SimulatedInverter
+
+
+def _fake_read(device: SimulatedInverter):
+    async def read(address: int, count: int) -> Sequence[int]:
+        from gridflex.sunspec.discovery import IllegalAddress
+
+        if address < 40000 or address + count > device.end_address:
+            raise IllegalAddress(address)
+        return device.read(address, count)
+
+    return read
+
+
+def _plan(device: SimulatedInverter) -> PollPlan:
+    return asyncio.run(discover_plan(_fake_read(device)))
+
+
+def _blocks(device: SimulatedInverter, plan: PollPlan) -> list[list[int]]:
+    return [device.read(a, c) for a, c in plan.reads]
+
+
+# --------------------------------------------------------------------------- schedule
+
+
+def test_on_time_polls_are_due_at_start_plus_n_intervals_without_drift() -> None:
+    schedule = PollSchedule(start_s=100.0, interval_s=0.2)
+    dues = []
+    for _n in range(1000):
+        dues.append(schedule.due_s())
+        # each poll starts 3 ms late: the schedule does not drift
+        assert schedule.begin(schedule.due_s() + 0.003) == pytest.approx(0.003)
+        schedule.finish()
+    assert dues[999] == pytest.approx(100.0 + 999 * 0.2)
+    assert schedule.missed == 0
+
+
+def test_a_poll_late_past_its_next_slot_is_missed_and_skipped() -> None:
+    schedule = PollSchedule(start_s=0.0, interval_s=0.2)
+    schedule.begin(0.0)
+    schedule.finish()  # slot 1 due at 0.2
+    lateness = schedule.begin(0.65)  # slots 2 (0.4) and 3 (0.6) have come: serve slot 3
+    assert schedule.missed == 2
+    assert schedule.slot == 3
+    assert lateness == pytest.approx(0.05)
+    schedule.finish()
+    assert schedule.due_s() == pytest.approx(0.8)
+
+
+def test_late_but_before_the_next_slot_is_not_missed() -> None:
+    schedule = PollSchedule(start_s=0.0, interval_s=0.2)
+    assert schedule.begin(0.199) == pytest.approx(0.199)
+    assert schedule.missed == 0
+    assert schedule.slot == 0
+
+
+def test_resume_after_an_outage_counts_nothing_missed() -> None:
+    schedule = PollSchedule(start_s=0.0, interval_s=0.2, slot=5)
+    schedule.resume(10.05)
+    assert schedule.slot == 51
+    assert schedule.missed == 0
+    assert schedule.due_s() == pytest.approx(10.2)
+
+
+def test_lateness_percentiles_from_the_histogram() -> None:
+    stats = LatenessStats()
+    for ms in [1.0] * 98 + [15.0, 250.0]:
+        stats.record(ms / 1000)
+    assert stats.polls == 100
+    assert stats.percentile_ms(0.5) == pytest.approx(1.1)
+    assert stats.percentile_ms(0.99) == pytest.approx(15.1)
+    assert stats.max_ms == pytest.approx(250.0)
+    assert LatenessStats().percentile_ms(0.5) is None
+
+
+def test_backoff_doubles_from_initial_up_to_max() -> None:
+    assert [backoff_s(n, 1.0, 10.0) for n in range(1, 7)] == [1, 2, 4, 8, 10, 10]
+
+
+# --------------------------------------------------------------------------- decode
+
+
+def test_plan_reads_two_blocks_on_the_simulated_layout() -> None:
+    device = SimulatedInverter(InverterModel(), serial="P1")
+    plan = _plan(device)
+    assert plan.model_map.model_ids == [1, 701, 702, 704, 713]
+    assert len(plan.reads) == 2
+    assert all(count <= 125 for _a, count in plan.reads)
+    assert plan.capabilities.max_charge_w == 11_000
+    assert plan.capabilities.capacity_wh == 60_000
+    assert plan.capabilities.serial == "P1"
+
+
+def test_discharging_inverter_reads_as_negative_power_w() -> None:
+    model = InverterModel(
+        ratings=InverterRatings(voltage_v=230.0),
+        soc_pct=61.5,
+        power_w=-4_600.0,
+        energy_import_wh=1_000.4,
+        energy_export_wh=2_000.9,
+        setpoint_enabled=True,
+        setpoint_w=-4_600.0,
+    )
+    device = SimulatedInverter(model, serial="P2")
+    device.refresh(49.987)
+    plan = _plan(device)
+    reading = decode_reading(plan, _blocks(device, plan))
+    assert reading.power_w == -4_600.0  # SunSpec W = +4600 (injection)
+    assert reading.setpoint_w == -4_600.0
+    assert reading.freq_hz == pytest.approx(49.987)
+    assert reading.soc_pct == pytest.approx(61.5)
+    assert reading.voltage_v == pytest.approx(230.0)
+    assert reading.current_a == pytest.approx(20.0)
+    assert reading.energy_import_wh == 1_000.0
+    assert reading.energy_export_wh == 2_000.0
+    assert reading.status == "running"
+
+
+def test_disabled_setpoint_is_not_reported() -> None:
+    device = SimulatedInverter(InverterModel(), serial="P3")
+    plan = _plan(device)
+    reading = decode_reading(plan, _blocks(device, plan))
+    assert reading.setpoint_w is None
+    assert reading.power_w == 0.0
+    assert reading.status == "standby"
+
+
+def test_not_implemented_points_decode_to_none() -> None:
+    device = SimulatedInverter(InverterModel(), serial="P4")
+    plan = _plan(device)
+    blocks = _blocks(device, plan)
+    soc = next(p for p in plan.points if p.field == "soc_pct")
+    blocks[soc.block][soc.offset] = 0xFFFF
+    assert decode_reading(plan, blocks).soc_pct is None
+
+
+def test_telemetry_validates_against_the_contract() -> None:
+    device = SimulatedInverter(InverterModel(power_w=2_000.0), serial="P5")
+    device.refresh(50.01)
+    plan = _plan(device)
+    reading = decode_reading(plan, _blocks(device, plan))
+    message = to_telemetry(reading, "site1", "inv-1", ts_ms=1_700_000_000_000, seq=7, boot="b1")
+    parsed = Telemetry.model_validate_json(message.to_json())
+    assert (parsed.power_w, parsed.seq, parsed.kind) == (2_000.0, 7, "inverter")
+    assert parsed.freq_hz == pytest.approx(50.01)
