@@ -90,7 +90,7 @@ def test_every_message_published_validates_against_the_committed_schemas(
     messages = demo_run["messages"]
     assert isinstance(messages, list)
     seen: Counter[str] = Counter()
-    for topic, payload in messages:
+    for _topic, payload in messages:
         obj = json.loads(payload)
         validators[obj["schema"]].validate(obj)
         seen[obj["schema"]] += 1

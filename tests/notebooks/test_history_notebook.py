@@ -18,7 +18,7 @@ def _run_notebook(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> dict[str, 
     namespace: dict[str, Any] = {}
     for cell in json.loads(NOTEBOOK.read_text("utf-8"))["cells"]:
         if cell["cell_type"] == "code":
-            exec(compile("".join(cell["source"]), str(NOTEBOOK), "exec"), namespace)  # noqa: S102
+            exec(compile("".join(cell["source"]), str(NOTEBOOK), "exec"), namespace)
     return namespace
 
 
