@@ -77,7 +77,7 @@ def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url
                             python,
                             "-m",
                             "gridflex.cli",
-                            "--log-level=WARNING",
+                            "--log-level=ERROR",
                             "sim",
                             "inverters",
                             "--count",
@@ -101,7 +101,7 @@ def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url
                     python,
                     "-m",
                     "gridflex.cli",
-                    "--log-level=WARNING",
+                    "--log-level=ERROR",
                     "collect",
                     "modbus",
                     "--site",
@@ -152,7 +152,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, action="append", help="fleet size (repeatable)")
     parser.add_argument("--duration-s", type=float, default=20.0, help="measured time per N")
-    parser.add_argument("--warmup-s", type=float, default=8.0, help="connect/discover time")
+    parser.add_argument(
+        "--warmup-s", type=float, default=None, help="connect/discover time (5 s + N/200 s)"
+    )
     parser.add_argument(
         "--sim-procs", type=int, default=None, help="simulator processes (default 1 per 500)"
     )
@@ -171,7 +173,8 @@ def main() -> int:
     with start_broker("mosquitto") as broker:
         for n in sizes:
             procs = args.sim_procs or max(1, min(4, -(-n // 500)))
-            r = run_one(n, procs, args.warmup_s, args.duration_s, broker.url)
+            warmup_s = args.warmup_s if args.warmup_s is not None else 5 + n / 200
+            r = run_one(n, procs, warmup_s, args.duration_s, broker.url)
             print(
                 f"{r['n']:>5} {r['polls_per_s']:>8.0f} {r['expected_per_s']:>8.0f} "
                 f"{fmt(r['missed'], 'd'):>7} {fmt(r['p50_ms'], '.1f'):>7} "

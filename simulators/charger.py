@@ -857,8 +857,13 @@ async def run_fleet(
     ssl_context: ssl.SSLContext | None = None,
     ramp_s: float = 0.0,
     response_timeout_s: float = 30.0,
+    grace_s: float = 3.0,
 ) -> list[SimStation]:
-    """Run stations until ``stop`` is set; connections start spread over ``ramp_s``."""
+    """Run stations until ``stop`` is set; connections start spread over ``ramp_s``.
+
+    Returns when every station has ended (refused, or stopped); after ``stop`` at most
+    ``grace_s`` later.
+    """
     stations = [
         SimStation(spec, csms_url, ssl_context=ssl_context, response_timeout_s=response_timeout_s)
         for spec in specs
@@ -869,7 +874,20 @@ async def run_fleet(
             await asyncio.sleep(ramp_s * index / len(stations))
         await station.run(stop)
 
-    await asyncio.gather(*(_start(i, s) for i, s in enumerate(stations)))
+    tasks = [asyncio.ensure_future(_start(i, s)) for i, s in enumerate(stations)]
+    stopper = asyncio.ensure_future(stop.wait())
+    running: set[asyncio.Future[None]] = set(tasks)
+    while running and not stop.is_set():
+        done, _ = await asyncio.wait([*running, stopper], return_when=asyncio.FIRST_COMPLETED)
+        running -= done
+    stopper.cancel()
+    if running:
+        # Connected stations close their connection within a second; stations waiting to
+        # (re)connect would retry forever, so they are cancelled after a grace period.
+        _done, pending = await asyncio.wait(running, timeout=grace_s)
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
     return stations
 
 

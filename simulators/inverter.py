@@ -39,7 +39,12 @@ from gridflex.sunspec.codec import Value, decode, unscale
 from gridflex.sunspec.discovery import SUNS_MARKER
 from gridflex.sunspec.sign import power_w_from_sunspec, sunspec_w_from_power_w
 from gridflex.sunspec.tables import ModelTable, Point, load_model
-from simulators.grid_frequency import FrequencyProfile, FrequencySource, StochasticFrequency
+from simulators.grid_frequency import (
+    FrequencyProfile,
+    FrequencySource,
+    ProfileError,
+    StochasticFrequency,
+)
 
 __all__ = [
     "BASE_ADDRESS",
@@ -62,6 +67,13 @@ ILLEGAL_FUNCTION = 1
 ILLEGAL_DATA_ADDRESS = 2
 ILLEGAL_DATA_VALUE = 3
 GATEWAY_TARGET_FAILED = 0x0B
+
+# Fixed scale factors of the simulated map (W, WH and A scale with the ratings).
+_HZ_SF = -3
+_V_SF = -1
+_TMP_SF = -1
+_PCT_SF = -1
+_WMAXLIMPCT_SF = -1
 
 # 701 InvSt values used by the simulator.
 _INVST_RUNNING = 3
@@ -193,7 +205,7 @@ class InverterModel:
 
 @dataclass(frozen=True)
 class _Slot:
-    """A point placed at an absolute address of the map."""
+    """A model placed at an absolute address of the map."""
 
     table: ModelTable
     address: int  # of the model's ID register
@@ -211,9 +223,11 @@ class SimulatedInverter:
         self.model = model
         self.unit_id = unit_id
         r = model.ratings
+        max_w = max(r.max_charge_w, r.max_discharge_w)
         self.sf: dict[str, int] = {
-            "W_SF": _sf_for(max(r.max_charge_w, r.max_discharge_w), 32_767),
+            "W_SF": _sf_for(max_w, 32_767),
             "WH_SF": _sf_for(r.capacity_wh, 65_534),
+            "A_SF": -2 + _sf_for(100 * max_w / r.voltage_v, 32_767),
         }
         self.freq_hz = 50.0
         self._slots: dict[int, _Slot] = {}
@@ -233,10 +247,8 @@ class SimulatedInverter:
         self._addr = {
             name: 2 * (self.address_of(mid, name) - BASE_ADDRESS)
             for mid, name in (
-                (701, "St"),
                 (701, "InvSt"),
-                (701, "W"),
-                (701, "VA"),
+                (701, "W"),  # W and VA (next register) are written together
                 (701, "A"),
                 (701, "Hz"),
                 (701, "TotWhInj"),
@@ -282,28 +294,28 @@ class SimulatedInverter:
                 "ACType": 0,
                 "St": 1,
                 "ConnSt": 1,
-                "LNV": unscale(r.voltage_v, -1),
-                "A_SF": -2,
-                "V_SF": -1,
-                "Hz_SF": -3,
+                "LNV": unscale(r.voltage_v, _V_SF),
+                "A_SF": self.sf["A_SF"],
+                "V_SF": _V_SF,
+                "Hz_SF": _HZ_SF,
                 "W_SF": w_sf,
                 "VA_SF": w_sf,
                 "TotWh_SF": 0,
-                "Tmp_SF": -1,
+                "Tmp_SF": _TMP_SF,
             }
         if model_id == 702:
             return {
                 "WMaxRtg": unscale(max(r.max_charge_w, r.max_discharge_w), w_sf),
                 "WChaRteMaxRtg": unscale(r.max_charge_w, w_sf),
                 "WDisChaRteMaxRtg": unscale(r.max_discharge_w, w_sf),
-                "VNomRtg": unscale(r.voltage_v, -1),
+                "VNomRtg": unscale(r.voltage_v, _V_SF),
                 "W_SF": w_sf,
-                "V_SF": -1,
+                "V_SF": _V_SF,
             }
         if model_id == 704:
             return {
                 "WMaxLimPctEna": 0,
-                "WMaxLimPct": 1000,
+                "WMaxLimPct": unscale(100.0, _WMAXLIMPCT_SF),
                 "WSetEna": 0,
                 "WSetMod": 1,
                 "WSet": 0,
@@ -311,11 +323,16 @@ class SimulatedInverter:
                 "WSetEnaRvrt": 1,
                 "WSetRvrtTms": 0,
                 "WSetRvrtRem": 0,
-                "WMaxLimPct_SF": -1,
+                "WMaxLimPct_SF": _WMAXLIMPCT_SF,
                 "WSet_SF": w_sf,
             }
         if model_id == 713:
-            return {"WHRtg": unscale(r.capacity_wh, wh_sf), "Sta": 0, "WH_SF": wh_sf, "Pct_SF": -1}
+            return {
+                "WHRtg": unscale(r.capacity_wh, wh_sf),
+                "Sta": 0,
+                "WH_SF": wh_sf,
+                "Pct_SF": _PCT_SF,
+            }
         return {}
 
     # ---------------------------------------------------------------- state <-> image
@@ -328,19 +345,20 @@ class SimulatedInverter:
         sunspec_w = round(sunspec_w_from_power_w(m.power_w) / w_scale)
         struct.pack_into(">H", img, at["InvSt"], _INVST_RUNNING if sunspec_w else _INVST_STANDBY)
         struct.pack_into(">hh", img, at["W"], sunspec_w, abs(sunspec_w))
-        struct.pack_into(">h", img, at["A"], round(100 * abs(m.power_w) / m.ratings.voltage_v))
-        struct.pack_into(">I", img, at["Hz"], round(freq_hz * 1000))
+        amps = abs(m.power_w) / m.ratings.voltage_v
+        struct.pack_into(">h", img, at["A"], round(amps / 10 ** self.sf["A_SF"]))
+        struct.pack_into(">I", img, at["Hz"], unscale(freq_hz, _HZ_SF))
         struct.pack_into(
             ">QQ", img, at["TotWhInj"], int(m.energy_export_wh), int(m.energy_import_wh)
         )
-        struct.pack_into(">h", img, at["TmpCab"], round(10 * m.temp_c))
+        struct.pack_into(">h", img, at["TmpCab"], unscale(m.temp_c, _TMP_SF))
         struct.pack_into(">H", img, at["WSetEna"], _ENABLED if m.setpoint_enabled else 0)
         struct.pack_into(
             ">i", img, at["WSet"], round(sunspec_w_from_power_w(m.setpoint_w) / w_scale)
         )
         struct.pack_into(">I", img, at["WSetRvrtRem"], round(m.revert_remaining_s))
         wh_avail = m.soc_pct / 100.0 * m.ratings.capacity_wh / 10 ** self.sf["WH_SF"]
-        struct.pack_into(">HH", img, at["WHAvail"], round(wh_avail), round(10 * m.soc_pct))
+        struct.pack_into(">HH", img, at["WHAvail"], round(wh_avail), unscale(m.soc_pct, _PCT_SF))
 
     def _controls_from_image(self) -> dict[str, Value]:
         """Decode the writable 704 points from the image."""
@@ -364,7 +382,7 @@ class SimulatedInverter:
         assert isinstance(wset, int) and isinstance(wset_rvrt, int)
         m.wmax_lim_enabled = c["WMaxLimPctEna"] == _ENABLED
         pct = c["WMaxLimPct"]
-        m.wmax_lim_pct = 100.0 if pct is None else float(pct) / 10.0
+        m.wmax_lim_pct = 100.0 if pct is None else float(pct) * 10.0**_WMAXLIMPCT_SF
         m.revert_enabled = c["WSetEnaRvrt"] == _ENABLED
         m.revert_setpoint_w = power_w_from_sunspec(wset_rvrt * w_scale)
         tms = c["WSetRvrtTms"]
@@ -623,12 +641,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ramp-w-per-s", type=float, default=5_000.0, help="power ramp limit")
 
 
-async def _serve(args: argparse.Namespace) -> None:
-    frequency: FrequencySource
-    if args.frequency_profile is not None:
-        frequency = FrequencyProfile.from_csv(args.frequency_profile)
-    else:
-        frequency = StochasticFrequency(nominal_hz=args.nominal_hz, seed=args.seed)
+async def _serve(args: argparse.Namespace, frequency: FrequencySource) -> None:
     ratings = InverterRatings(
         max_charge_w=args.max_power_w,
         max_discharge_w=args.max_power_w,
@@ -662,6 +675,18 @@ async def _serve(args: argparse.Namespace) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``gridflex sim inverters`` until SIGINT/SIGTERM; returns 0 after a clean stop."""
+    if args.count < 1 or not 1 <= args.base_port <= 65536 - args.count:
+        log.error("--count must be >= 1 and ports base-port..base-port+count-1 valid")
+        return 2
+    frequency: FrequencySource
+    if args.frequency_profile is not None:
+        try:
+            frequency = FrequencyProfile.from_csv(args.frequency_profile)
+        except ProfileError as exc:
+            log.error("frequency profile: %s", exc)
+            return 2
+    else:
+        frequency = StochasticFrequency(nominal_hz=args.nominal_hz, seed=args.seed)
     raise_open_file_limit()
-    asyncio.run(_serve(args))
+    asyncio.run(_serve(args, frequency))
     return 0

@@ -178,11 +178,16 @@ def _definition(model_id: int) -> dict[str, Any]:
 
 
 def load_model(model_id: int, repeats: Mapping[str, int] | None = None) -> ModelTable:
-    """Build the register table of a shipped model.
+    """Build the register table of a shipped model (cached; tables are immutable).
 
     ``repeats`` gives the count of each repeating group by name (default 1 each), e.g.
     ``{"Ctl": 1}`` for 711. Fixed groups (no ``count`` in the definition) occur once.
     """
+    return _load(model_id, tuple(sorted((repeats or {}).items())))
+
+
+@cache
+def _load(model_id: int, repeats: tuple[tuple[str, int], ...]) -> ModelTable:
     group = _definition(model_id)["group"]
-    points = _flatten(group, 0, "", repeats or {})
+    points = _flatten(group, 0, "", dict(repeats))
     return ModelTable(model_id=model_id, name=str(group["name"]), points=tuple(points))

@@ -8,22 +8,24 @@ from collections.abc import Sequence
 import pytest
 
 from collectors.modbus import (
+    DeviceError,
     LatenessStats,
     PollPlan,
     PollSchedule,
     backoff_s,
+    build_plan,
     decode_reading,
     discover_plan,
     to_telemetry,
 )
-from gridflex.contract import Telemetry
+from gridflex.contract import Capabilities, Telemetry
+from gridflex.sunspec.discovery import IllegalAddress, ModelInstance, ModelMap
+from gridflex.sunspec.tables import load_model
 from simulators.inverter import InverterModel, InverterRatings, SimulatedInverter
 
 
 def _fake_read(device: SimulatedInverter):
     async def read(address: int, count: int) -> Sequence[int]:
-        from gridflex.sunspec.discovery import IllegalAddress
-
         if address < 40000 or address + count > device.end_address:
             raise IllegalAddress(address)
         return device.read(address, count)
@@ -104,10 +106,28 @@ def test_plan_reads_two_blocks_on_the_simulated_layout() -> None:
     plan = _plan(device)
     assert plan.model_map.model_ids == [1, 701, 702, 704, 713]
     assert len(plan.reads) == 2
+    assert plan.every_poll == 1  # 701 every poll; 704 + 713 are low priority
     assert all(count <= 125 for _a, count in plan.reads)
     assert plan.capabilities.max_charge_w == 11_000
     assert plan.capabilities.capacity_wh == 60_000
     assert plan.capabilities.serial == "P1"
+
+
+def test_points_that_fit_one_read_are_all_read_every_poll() -> None:
+    model_map = ModelMap(
+        base=40000,
+        models=(ModelInstance(713, 40002, 7), ModelInstance(701, 40011, 153)),
+    )
+    tables = {713: load_model(713), 701: load_model(701)}
+    plan = build_plan(model_map, tables, {}, Capabilities(protocol="sunspec"))
+    assert plan.reads == ((40006, 42),)  # 713 SoC .. 701 TmpCab
+    assert plan.every_poll == 1
+
+
+def test_device_without_701_is_refused() -> None:
+    model_map = ModelMap(base=40000, models=(ModelInstance(713, 40002, 7),))
+    with pytest.raises(DeviceError, match="701"):
+        build_plan(model_map, {713: load_model(713)}, {}, Capabilities(protocol="sunspec"))
 
 
 def test_discharging_inverter_reads_as_negative_power_w() -> None:

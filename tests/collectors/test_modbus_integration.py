@@ -17,8 +17,13 @@ from typing import Any, TypeVar
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from collectors.modbus import CollectorStats, discover_plan, run, write_setpoint
-from collectors.modbus import _reader as modbus_reader
+from collectors.modbus import (
+    CollectorStats,
+    discover_plan,
+    register_reader,
+    run,
+    write_setpoint,
+)
 from gridflex.broker import Broker
 from gridflex.config import SiteConfig, parse_site
 from gridflex.contract import AssetStatus, CollectorStatus, Telemetry, parse_payload
@@ -192,6 +197,26 @@ def test_killed_device_goes_offline_others_keep_publishing_and_it_comes_back(
         assert stats.failures >= 1
 
 
+def test_device_with_a_broken_map_is_marked_error(
+    mosquitto: Broker, loop_thread: LoopThread
+) -> None:
+    base = free_port_block(2)
+    site = _site(mosquitto, base, 2)
+    fleet = InverterFleet(2, base, seed=8)
+    fleet.devices[1].image[0:4] = b"\x00\x00\x00\x00"  # no SunS marker
+    with Subscriber(mosquitto.url, f"gridflex/v1/{site.id}/#") as sub:
+        running = Running(loop_thread, site, fleet)
+        try:
+            assert sub.wait_for(lambda _m: len(_statuses(sub, site.id, "inv1")) >= 2)
+            assert sub.wait_for(lambda _m: len(_telemetry(sub, site.id, "inv0")) >= 3)
+        finally:
+            running.stop()
+    first = _statuses(sub, site.id, "inv1")[0]
+    assert (first["online"], first["state"]) == (False, "error")
+    assert "SunSpec marker" in first["reason"]
+    assert _telemetry(sub, site.id, "inv1") == []
+
+
 def test_write_setpoint_is_absolute_and_idempotent(loop_thread: LoopThread) -> None:
     base = free_port_block(1)
     fleet = InverterFleet(1, base, seed=7)
@@ -200,7 +225,7 @@ def test_write_setpoint_is_absolute_and_idempotent(loop_thread: LoopThread) -> N
         async with fleet:
             client = AsyncModbusTcpClient("127.0.0.1", port=base, timeout=2)
             await client.connect()
-            plan = await discover_plan(modbus_reader(client, 1))
+            plan = await discover_plan(register_reader(client, 1))
             written = [await write_setpoint(client, plan.model_map, -2_500.0) for _ in range(2)]
             client.close()
             return written

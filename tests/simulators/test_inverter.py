@@ -185,3 +185,12 @@ def test_read_outside_the_map_and_unknown_function_are_exceptions() -> None:
     assert device.handle_pdu(1, struct.pack(">BHH", 4, BASE_ADDRESS, 2)) == bytes(
         (0x84, ILLEGAL_FUNCTION)
     )
+
+
+def test_wmaxlimpct_write_reaches_the_model_with_its_scale_factor() -> None:
+    device = _device()
+    ena = device.address_of(704, "WMaxLimPctEna")
+    assert device.address_of(704, "WMaxLimPct") == ena + 1
+    assert device.handle_pdu(1, _fc16(ena, [1, 500])) == struct.pack(">BHH", 16, ena, 2)
+    assert device.model.wmax_lim_enabled
+    assert device.model.wmax_lim_pct == pytest.approx(50.0)

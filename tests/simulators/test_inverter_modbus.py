@@ -148,3 +148,29 @@ def test_stopped_device_refuses_connections_and_comes_back() -> None:
             other.close()
 
     asyncio.run(scenario())
+
+
+def test_hz_register_replays_the_frequency_profile_from_the_start() -> None:
+    profile = FrequencyProfile((0.0, 0.3, 0.3), (50.0, 50.0, 49.8))
+
+    async def scenario() -> list[int]:
+        fleet = InverterFleet(1, free_port_block(1), frequency=profile, update_hz=20)
+        async with fleet:
+            device = fleet.devices[0]
+            client = AsyncModbusTcpClient("127.0.0.1", port=fleet.port(0), timeout=2)
+            await client.connect()
+            hz = device.address_of(701, "Hz")
+            seen: list[int] = []
+
+            async def stepped() -> bool:
+                regs = await _read(client, hz, 2)
+                seen.append((regs[0] << 16) | regs[1])
+                return seen[-1] == 49_800
+
+            await _until(stepped)
+            client.close()
+            return seen
+
+    seen = asyncio.run(scenario())
+    assert set(seen) <= {50_000, 49_800}
+    assert seen[-1] == 49_800
