@@ -20,22 +20,23 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import psutil
 
-from gridflex.broker import start_broker
+from gridflex.broker import Broker, start_broker
 from gridflex.net import free_port_block, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
-POLL_INTERVAL_MS = 200
+DEFAULT_INTERVAL_MS = 200
 
 
-def site_toml(n: int, ports: list[int], mqtt_url: str) -> str:
+def site_toml(n: int, ports: list[int], mqtt_url: str, interval_ms: int) -> str:
     lines = [
         '[site]\nid = "bench"\n',
         f'[mqtt]\nurl = "{mqtt_url}"\nqueue_limit = 1000000\n',
-        f"[modbus]\npoll_interval_ms = {POLL_INTERVAL_MS}\ntimeout_s = 1.0\n"
+        f"[modbus]\npoll_interval_ms = {interval_ms}\ntimeout_s = 1.0\n"
         "backoff_initial_s = 1.0\nbackoff_max_s = 10.0\n",
     ]
     for i in range(n):
@@ -57,7 +58,36 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
     return proc.returncode
 
 
-def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url: str) -> dict:
+def busy_s(procs: list[psutil.Process]) -> float:
+    """CPU seconds used so far by ``procs`` (a process that has gone counts 0)."""
+    total = 0.0
+    for proc in procs:
+        try:
+            times = proc.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+def machine_busy_s() -> float:
+    """CPU seconds the whole machine has spent busy (all cores)."""
+    times = psutil.cpu_times()
+    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
+
+
+@dataclass(frozen=True)
+class Case:
+    n: int
+    sim_procs: int
+    warmup_s: float
+    duration_s: float
+    interval_ms: int
+
+
+def run_one(case: Case, broker: Broker) -> dict:
+    n, sim_procs, warmup_s, duration_s = case.n, case.sim_procs, case.warmup_s, case.duration_s
+    broker_pid, mqtt_url = broker.pid, broker.url
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     python = sys.executable
     per_proc = -(-n // sim_procs)
@@ -94,7 +124,7 @@ def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url
                 if not wait_for_port("127.0.0.1", base + count - 1, timeout_s=60):
                     raise RuntimeError(f"simulator {k} did not start")
             site = Path(tmp) / "site.toml"
-            site.write_text(site_toml(n, ports, mqtt_url), encoding="utf-8")
+            site.write_text(site_toml(n, ports, mqtt_url, case.interval_ms), encoding="utf-8")
             stats_file = Path(tmp) / "stats.json"
             collector = subprocess.Popen(
                 [
@@ -115,10 +145,15 @@ def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url
                 env=env,
             )
             proc = psutil.Process(collector.pid)
+            ours = [psutil.Process(p.pid) for p in sims]
+            if broker_pid is not None:
+                ours.append(psutil.Process(broker_pid))
             time.sleep(warmup_s)
             cpu0, t0 = proc.cpu_times(), time.monotonic()
+            ours0, machine0 = busy_s(ours), machine_busy_s()
             time.sleep(duration_s)
             cpu1, t1 = proc.cpu_times(), time.monotonic()
+            ours1, machine1 = busy_s(ours), machine_busy_s()
             rss_mib = proc.memory_info().rss / 2**20
             rc = stop_process(collector)
             stats = (
@@ -128,17 +163,21 @@ def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url
             for sim in sims:
                 stop_process(sim)
     cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
+    rest_s = ours1 - ours0
+    other_s = max(0.0, (machine1 - machine0) - cpu_s - rest_s)
     elapsed = float(stats.get("elapsed_s") or (t1 - t0))
     return {
         "n": n,
         "polls_per_s": (stats.get("polls", 0) / elapsed) if elapsed else 0.0,
-        "expected_per_s": n * 1000 / POLL_INTERVAL_MS,
+        "expected_per_s": n * 1000 / case.interval_ms,
         "missed": stats.get("missed"),
         "p50_ms": stats.get("lateness_p50_ms"),
         "p99_ms": stats.get("lateness_p99_ms"),
         "max_ms": stats.get("lateness_max_ms"),
         "failures": stats.get("failures"),
         "cpu_pct": 100 * cpu_s / (t1 - t0),
+        "rest_pct": 100 * rest_s / (t1 - t0),
+        "other_pct": 100 * other_s / (t1 - t0),
         "rss_mib": rss_mib,
         "exit": rc,
     }
@@ -151,6 +190,9 @@ def fmt(value: float | int | None, spec: str) -> str:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, action="append", help="fleet size (repeatable)")
+    parser.add_argument(
+        "--interval-ms", type=int, default=DEFAULT_INTERVAL_MS, help="poll interval (200)"
+    )
     parser.add_argument("--duration-s", type=float, default=20.0, help="measured time per N")
     parser.add_argument(
         "--warmup-s", type=float, default=None, help="connect/discover time (5 s + N/200 s)"
@@ -162,11 +204,12 @@ def main() -> int:
     sizes = args.n or [100, 500, 1000, 2000]
     print(
         f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, "
-        f"poll every {POLL_INTERVAL_MS} ms, {args.duration_s:.0f} s measured per N"
+        f"poll every {args.interval_ms} ms, {args.duration_s:.0f} s measured per N"
     )
     header = (
         f"{'N':>5} {'polls/s':>8} {'expected':>8} {'missed':>7} {'p50 ms':>7} "
-        f"{'p99 ms':>7} {'max ms':>7} {'fail':>5} {'CPU %':>6} {'RSS MiB':>8} {'exit':>4}"
+        f"{'p99 ms':>7} {'max ms':>7} {'fail':>5} {'CPU %':>6} {'RSS MiB':>8} {'exit':>4} "
+        f"{'sim+mqtt %':>10} {'other %':>7}"
     )
     print(header)
     print("-" * len(header))
@@ -174,13 +217,13 @@ def main() -> int:
         for n in sizes:
             procs = args.sim_procs or max(1, min(4, -(-n // 500)))
             warmup_s = args.warmup_s if args.warmup_s is not None else 5 + n / 200
-            r = run_one(n, procs, warmup_s, args.duration_s, broker.url)
+            r = run_one(Case(n, procs, warmup_s, args.duration_s, args.interval_ms), broker)
             print(
                 f"{r['n']:>5} {r['polls_per_s']:>8.0f} {r['expected_per_s']:>8.0f} "
                 f"{fmt(r['missed'], 'd'):>7} {fmt(r['p50_ms'], '.1f'):>7} "
                 f"{fmt(r['p99_ms'], '.1f'):>7} {fmt(r['max_ms'], '.1f'):>7} "
                 f"{fmt(r['failures'], 'd'):>5} {r['cpu_pct']:>6.0f} {r['rss_mib']:>8.0f} "
-                f"{r['exit']:>4}",
+                f"{r['exit']:>4} {r['rest_pct']:>10.0f} {r['other_pct']:>7.0f}",
                 flush=True,
             )
     return 0

@@ -41,6 +41,7 @@ import contextlib
 import json
 import logging
 import math
+import resource
 import signal
 import struct
 import time
@@ -397,6 +398,7 @@ class CollectorStats:
     failures: int = 0
     invalid: int = 0
     counting: bool = True
+    window_s: float = 0.0  # length of the counting window (set when the run ends)
 
 
 class _HoldingRegistersResponse(ReadHoldingRegistersResponse):
@@ -663,6 +665,18 @@ class DevicePoller:
             stats.published += 1
 
 
+def collector_status(site: SiteConfig, boot: str, *, online: bool) -> CollectorStatus:
+    """Return the collector's retained presence (its last will with ``online=False``)."""
+    return CollectorStatus(
+        site=site.id,
+        component=COMPONENT,
+        ts_ms=_now_ms(),
+        online=online,
+        boot=boot,
+        assets=[a.id for a in site.inverters],
+    )
+
+
 async def _stop_pollers(pollers: list[DevicePoller], tasks: list[asyncio.Task[None]]) -> None:
     """Stop every poller task.
 
@@ -700,20 +714,7 @@ async def run(
     interval_s = site.modbus.poll_interval_ms / 1000.0
     inverters = site.inverters
     topic = collector_topic(site.id, COMPONENT)
-    asset_ids = [a.id for a in inverters]
-    mqtt.publish(
-        topic,
-        CollectorStatus(
-            site=site.id,
-            component=COMPONENT,
-            ts_ms=_now_ms(),
-            online=True,
-            boot=boot,
-            assets=asset_ids,
-        ).to_json(),
-        qos=1,
-        retain=True,
-    )
+    mqtt.publish(topic, collector_status(site, boot, online=True).to_json(), qos=1, retain=True)
     pollers = [
         DevicePoller(site, asset, mqtt, stats, boot=boot, phase_s=interval_s * i / len(inverters))
         for i, asset in enumerate(inverters)
@@ -726,23 +727,13 @@ async def run(
         stats.lateness = LatenessStats()
         stats.missed = 0
         stats.counting = True
+    window_start = asyncio.get_running_loop().time()
     await stop.wait()
+    stats.window_s = asyncio.get_running_loop().time() - window_start
     await _stop_pollers(pollers, tasks)
     for poller in pollers:
         poller.publish_status("offline", "collector stopped")
-    mqtt.publish(
-        topic,
-        CollectorStatus(
-            site=site.id,
-            component=COMPONENT,
-            ts_ms=_now_ms(),
-            online=False,
-            boot=boot,
-            assets=asset_ids,
-        ).to_json(),
-        qos=1,
-        retain=True,
-    )
+    mqtt.publish(topic, collector_status(site, boot, online=False).to_json(), qos=1, retain=True)
     return stats
 
 
@@ -756,7 +747,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--stats-warmup-s", type=float, default=0.0, help=argparse.SUPPRESS)
 
 
-def stats_summary(stats: CollectorStats, elapsed_s: float) -> dict[str, float | int | None]:
+def stats_summary(stats: CollectorStats) -> dict[str, float | int | None]:
     """The collector's own timing statistics, as logged and written by ``--stats-file``."""
     return {
         "polls": stats.lateness.polls,
@@ -764,7 +755,7 @@ def stats_summary(stats: CollectorStats, elapsed_s: float) -> dict[str, float | 
         "published": stats.published,
         "failures": stats.failures,
         "invalid": stats.invalid,
-        "elapsed_s": round(elapsed_s, 3),
+        "elapsed_s": round(stats.window_s, 3),
         "lateness_p50_ms": stats.lateness.percentile_ms(0.50),
         "lateness_p99_ms": stats.lateness.percentile_ms(0.99),
         "lateness_max_ms": round(stats.lateness.max_ms, 3),
@@ -772,8 +763,7 @@ def stats_summary(stats: CollectorStats, elapsed_s: float) -> dict[str, float | 
 
 
 def _raise_open_file_limit() -> None:
-    import resource
-
+    """Raise the soft limit of open files to the hard one (one socket per device)."""
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft < hard:
         resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
@@ -787,14 +777,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     _raise_open_file_limit()
     boot = uuid.uuid4().hex[:12]
-    will = CollectorStatus(
-        site=site.id,
-        component=COMPONENT,
-        ts_ms=_now_ms(),
-        online=False,
-        boot=boot,
-        assets=[a.id for a in site.inverters],
-    )
+    will = collector_status(site, boot, online=False)
     mqtt = MqttClient(
         site.mqtt.url,
         f"gridflex-collect-modbus-{site.id}",
@@ -815,7 +798,6 @@ def main(args: argparse.Namespace) -> int:
             loop.add_signal_handler(sig, stop.set)
         return await run(site, mqtt, stop, boot=boot, warmup_s=args.stats_warmup_s)
 
-    started = time.monotonic()
     log.info(
         "polling %d inverters every %d ms (boot %s)",
         len(site.inverters),
@@ -826,7 +808,7 @@ def main(args: argparse.Namespace) -> int:
         stats = asyncio.run(_main())
     finally:
         mqtt.stop(flush_timeout_s=5.0)
-    summary = stats_summary(stats, time.monotonic() - started - args.stats_warmup_s)
+    summary = stats_summary(stats)
     log.info("modbus collector stopped: %s", json.dumps(summary))
     if args.stats_file is not None:
         args.stats_file.write_text(json.dumps(summary) + "\n", encoding="utf-8")

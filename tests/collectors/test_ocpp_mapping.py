@@ -1,0 +1,362 @@
+"""Pure OCPP -> contract conversions: timestamps, meter values, charging needs, setpoints."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+from typing import Any
+
+import pytest
+from ocpp.messages import MessageType, get_validator
+
+from collectors.ocpp.mapping import (
+    ChargingProfilePlan,
+    Refusal,
+    StationFacts,
+    charging_needs,
+    format_ocpp_time,
+    parse_ocpp_time,
+    plan_setpoint,
+    read_meter_value,
+    telemetry_status,
+)
+from gridflex.contract import EvChargingNeeds
+
+TS = "2025-03-01T10:00:00.250Z"
+TS_MS = 1740823200250
+
+# --------------------------------------------------------------------------- timestamps
+
+
+def test_format_uses_z_suffix_and_milliseconds() -> None:
+    text = format_ocpp_time(datetime(2025, 3, 1, 10, 0, 0, 250_000, tzinfo=UTC))
+    assert text == TS
+
+
+def test_format_converts_other_offsets_to_utc() -> None:
+    cet = timezone(timedelta(hours=1))
+    assert format_ocpp_time(datetime(2025, 3, 1, 11, 0, 0, 250_000, tzinfo=cet)) == TS
+
+
+def test_format_accepts_epoch_milliseconds() -> None:
+    assert format_ocpp_time(TS_MS) == TS
+
+
+def test_format_refuses_naive_datetimes() -> None:
+    with pytest.raises(ValueError, match="naive"):
+        format_ocpp_time(datetime(2025, 3, 1))  # noqa: DTZ001 - the case under test
+
+
+@pytest.mark.parametrize(
+    ("text", "expected_ms"),
+    [
+        (TS, TS_MS),
+        ("2025-03-01T11:00:00.250+01:00", TS_MS),
+        ("2025-03-01T10:00:00.250", TS_MS),  # no offset: read as UTC
+        ("2025-03-01T10:00:00Z", TS_MS - 250),
+    ],
+)
+def test_parse_returns_utc_epoch_ms(text: str, expected_ms: int) -> None:
+    assert parse_ocpp_time(text) == expected_ms
+
+
+def test_parse_refuses_garbage() -> None:
+    with pytest.raises(ValueError):
+        parse_ocpp_time("yesterday")
+
+
+# --------------------------------------------------------------------------- meter values
+
+
+def mv(*values: dict[str, Any]) -> dict[str, Any]:
+    return {"timestamp": TS, "sampledValue": list(values)}
+
+
+def sv(measurand: str, value: float, unit: str | None = None, **extra: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"measurand": measurand, "value": value, **extra}
+    if unit is not None:
+        out["unitOfMeasure"] = {"unit": unit}
+    return out
+
+
+def test_import_minus_export_gives_signed_power() -> None:
+    charging = read_meter_value(mv(sv("Power.Active.Import", 7400), sv("Power.Active.Export", 0)))
+    discharging = read_meter_value(
+        mv(sv("Power.Active.Import", 0), sv("Power.Active.Export", 5000))
+    )
+    assert charging.power_w == 7400
+    assert discharging.power_w == -5000
+
+
+def test_kilo_units_and_multipliers_are_scaled() -> None:
+    reading = read_meter_value(
+        mv(
+            sv("Power.Active.Import", 7.4, "kW"),
+            sv("Energy.Active.Import.Register", 12.5, "kWh"),
+            {
+                "measurand": "Energy.Active.Export.Register",
+                "value": 3,
+                "unitOfMeasure": {"unit": "Wh", "multiplier": 3},
+            },
+        )
+    )
+    assert reading.power_w == pytest.approx(7400)
+    assert reading.energy_import_wh == pytest.approx(12_500)
+    assert reading.energy_export_wh == pytest.approx(3_000)
+
+
+def test_a_value_without_measurand_is_the_energy_import_register_in_wh() -> None:
+    reading = read_meter_value(mv({"value": 1234.5}))
+    assert reading.energy_import_wh == 1234.5
+    assert reading.power_w is None
+
+
+def test_phase_powers_are_summed_and_phase_voltages_averaged() -> None:
+    reading = read_meter_value(
+        mv(
+            sv("Power.Active.Import", 2000, phase="L1"),
+            sv("Power.Active.Import", 2100, phase="L2"),
+            sv("Power.Active.Import", 2200, phase="L3"),
+            sv("Voltage", 229, phase="L1-N"),
+            sv("Voltage", 231, phase="L2-N"),
+            sv("Voltage", 230, phase="L3-N"),
+            sv("Current.Import", 9, phase="L1"),
+            sv("Current.Import", 11, phase="L2"),
+        )
+    )
+    assert reading.power_w == pytest.approx(6300)
+    assert reading.voltage_v == pytest.approx(230)
+    assert reading.current_a == pytest.approx(10)
+
+
+def test_the_total_wins_over_phase_values_and_outlet_over_other_locations() -> None:
+    reading = read_meter_value(
+        mv(
+            sv("Power.Active.Import", 999, phase="L1"),
+            sv("Power.Active.Import", 11_000, location="Inlet"),
+            sv("Power.Active.Import", 7_000),
+        )
+    )
+    assert reading.power_w == 7_000
+
+
+def test_soc_current_voltage_frequency_and_setpoint() -> None:
+    reading = read_meter_value(
+        mv(
+            sv("SoC", 55.5, "Percent", location="EV"),
+            sv("Current.Export", 7.2, "A"),
+            sv("Voltage", 230, "V"),
+            sv("Frequency", 49.98),
+            sv("Power.Active.Setpoint", -5000, "W"),
+        )
+    )
+    assert reading.soc_pct == 55.5
+    assert reading.current_a == pytest.approx(-7.2)  # export current is negative
+    assert reading.voltage_v == 230
+    assert reading.freq_hz == 49.98
+    assert reading.setpoint_w == -5000
+    assert reading.ts_ms == TS_MS
+
+
+def test_unused_measurands_are_ignored() -> None:
+    reading = read_meter_value(mv(sv("Power.Reactive.Import", 5, "var")))
+    assert reading.power_w is None
+
+
+def test_an_unsupported_unit_of_a_used_measurand_is_refused() -> None:
+    with pytest.raises(ValueError, match="unit"):
+        read_meter_value(mv(sv("Power.Active.Import", 5, "furlong")))
+
+
+@pytest.mark.parametrize(
+    ("connector", "charging", "faulted", "expected"),
+    [
+        ("Occupied", "Charging", False, "Charging"),
+        ("Occupied", None, False, "Occupied"),
+        ("Faulted", "Charging", False, "Faulted"),
+        ("Available", None, True, "Faulted"),
+        (None, None, False, None),
+    ],
+)
+def test_telemetry_status(
+    connector: str | None, charging: str | None, faulted: bool, expected: str | None
+) -> None:
+    assert telemetry_status(connector, charging, faulted) == expected
+
+
+# --------------------------------------------------------------------------- charging needs
+
+
+def test_iso15118_20_car_on_21_is_v2x_with_its_limits() -> None:
+    needs = charging_needs(
+        {
+            "requestedEnergyTransfer": "DC_BPT",
+            "departureTime": "2025-03-01T18:00:00Z",
+            "dcChargingParameters": {
+                "evMaxCurrent": 30,
+                "evMaxVoltage": 450,
+                "stateOfCharge": 40,
+                "evEnergyCapacity": 60_000,
+            },
+            "v2xChargingParameters": {
+                "maxChargePower": 11_000,
+                "maxDischargePower": 7_000,
+                "evTargetEnergyRequest": 24_000,
+                "evMinV2XEnergyRequest": -12_000,  # 12 kWh above the V2X floor
+                "targetSoC": 80,
+            },
+        }
+    )
+    assert needs.v2x is True
+    assert needs.max_charge_w == 11_000
+    assert needs.max_discharge_w == 7_000
+    assert needs.requested_energy_wh == 24_000
+    assert needs.target_soc_pct == 80
+    assert needs.min_soc_pct == pytest.approx(20)  # 40 % - 12 kWh / 60 kWh
+    assert needs.departure_ms == parse_ocpp_time("2025-03-01T18:00:00Z")
+    assert needs.energy_transfer_mode == "DC_BPT"
+
+
+def test_iso15118_2_ac_car_is_charge_only_with_power_from_current_and_voltage() -> None:
+    needs = charging_needs(
+        {
+            "requestedEnergyTransfer": "AC_three_phase",
+            "acChargingParameters": {
+                "energyAmount": 20_000,
+                "evMinCurrent": 6,
+                "evMaxCurrent": 16,
+                "evMaxVoltage": 230,
+            },
+        }
+    )
+    assert needs.v2x is False
+    assert needs.max_charge_w == pytest.approx(16 * 230 * 3)
+    assert needs.max_discharge_w == 0
+    assert needs.requested_energy_wh == 20_000
+    assert needs.min_soc_pct is None
+
+
+def test_bpt_parameters_without_a_bpt_request_do_not_make_a_v2x_car() -> None:
+    needs = charging_needs(
+        {
+            "requestedEnergyTransfer": "DC",
+            "v2xChargingParameters": {"maxDischargePower": 7_000},
+        }
+    )
+    assert needs.v2x is False
+    assert needs.max_discharge_w == 0
+
+
+# --------------------------------------------------------------------------- setpoints
+
+V2X = EvChargingNeeds(
+    v2x=True, max_charge_w=11_000, max_discharge_w=6_000, energy_transfer_mode="DC_BPT"
+)
+CHARGE_ONLY = EvChargingNeeds(v2x=False, max_charge_w=11_040, energy_transfer_mode="AC_three_phase")
+
+
+def facts(
+    version: str = "2.1", needs: EvChargingNeeds | None = V2X, tx: str | None = "tx-1"
+) -> StationFacts:
+    return StationFacts(
+        ocpp_version="2.1" if version == "2.1" else "2.0.1",
+        transaction_id=tx,
+        needs=needs,
+        max_charge_w=22_000,
+        max_discharge_w=10_000,
+    )
+
+
+def period(plan: ChargingProfilePlan) -> dict[str, Any]:
+    return plan.request["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]
+
+
+def test_21_v2x_discharge_is_a_central_setpoint_with_discharge_limit() -> None:
+    plan = plan_setpoint(facts(), -5_000)
+    assert isinstance(plan, ChargingProfilePlan)
+    assert plan.operation_mode == "CentralSetpoint"
+    assert period(plan) == {
+        "startPeriod": 0,
+        "operationMode": "CentralSetpoint",
+        "setpoint": -5_000,
+        "limit": 11_000,  # min(site 22 kW, car 11 kW)
+        "dischargeLimit": -6_000,  # min(site 10 kW, car 6 kW), negative
+    }
+    profile = plan.request["chargingProfile"]
+    assert profile["chargingProfilePurpose"] == "TxProfile"
+    assert profile["transactionId"] == "tx-1"
+    assert plan.request["chargingProfile"]["chargingSchedule"][0]["chargingRateUnit"] == "W"
+
+
+def test_21_v2x_discharge_beyond_the_car_is_clamped_and_says_so() -> None:
+    plan = plan_setpoint(facts(), -9_000)
+    assert isinstance(plan, ChargingProfilePlan)
+    assert plan.sent_w == -6_000
+    assert plan.clamped is True
+    assert period(plan)["setpoint"] == -6_000
+
+
+@pytest.mark.parametrize(
+    ("station", "reason_part"),
+    [
+        (facts(version="2.0.1"), "OCPP 2.0.1"),  # 2.0.1 has no discharge
+        (facts(needs=CHARGE_ONLY), "charge-only"),  # ISO 15118-2 car
+        (facts(needs=None), "charging needs"),  # no NotifyEVChargingNeeds yet
+        (facts(tx=None), "no transaction"),
+    ],
+)
+def test_discharge_that_cannot_be_honoured_is_refused(
+    station: StationFacts, reason_part: str
+) -> None:
+    result = plan_setpoint(station, -5_000)
+    assert isinstance(result, Refusal)
+    assert reason_part in result.reason
+
+
+def test_site_without_discharge_refuses_discharge() -> None:
+    station = StationFacts("2.1", "tx-1", V2X, max_charge_w=22_000, max_discharge_w=0)
+    assert isinstance(plan_setpoint(station, -1_000), Refusal)
+
+
+def test_201_charge_is_a_non_negative_tx_profile_limit_without_operation_mode() -> None:
+    plan = plan_setpoint(facts(version="2.0.1", needs=CHARGE_ONLY), 3_000)
+    assert isinstance(plan, ChargingProfilePlan)
+    assert plan.operation_mode == "TxProfileLimit"
+    assert period(plan) == {"startPeriod": 0, "limit": 3_000}
+
+
+def test_21_charge_only_car_gets_a_charging_only_limit() -> None:
+    plan = plan_setpoint(facts(needs=CHARGE_ONLY), 4_000)
+    assert isinstance(plan, ChargingProfilePlan)
+    assert period(plan) == {"startPeriod": 0, "limit": 4_000, "operationMode": "ChargingOnly"}
+
+
+def test_zero_watts_pauses_with_a_zero_limit() -> None:
+    plan = plan_setpoint(facts(version="2.0.1", needs=None), 0)
+    assert isinstance(plan, ChargingProfilePlan)
+    assert period(plan)["limit"] == 0
+
+
+def test_valid_to_and_offline_duration_are_fail_safes() -> None:
+    plan = plan_setpoint(facts(), 1_000, valid_to="2025-03-01T10:05:00.000Z", max_offline_s=60)
+    assert isinstance(plan, ChargingProfilePlan)
+    profile = plan.request["chargingProfile"]
+    assert profile["validTo"] == "2025-03-01T10:05:00.000Z"
+    assert profile["maxOfflineDuration"] == 60
+    assert profile["invalidAfterOfflineDuration"] is True
+    plan_201 = plan_setpoint(facts(version="2.0.1", needs=None), 1_000, max_offline_s=60)
+    assert isinstance(plan_201, ChargingProfilePlan)
+    assert "maxOfflineDuration" not in plan_201.request["chargingProfile"]  # not in 2.0.1
+
+
+@pytest.mark.parametrize(
+    ("version", "needs", "power_w"),
+    [("2.1", V2X, -5_000), ("2.1", CHARGE_ONLY, 2_000), ("2.0.1", None, 7_000), ("2.1", V2X, 1e6)],
+)
+def test_planned_requests_validate_against_the_ocpp_schema(
+    version: str, needs: EvChargingNeeds | None, power_w: float
+) -> None:
+    plan = plan_setpoint(
+        facts(version=version, needs=needs), power_w, valid_to=TS, max_offline_s=30
+    )
+    assert isinstance(plan, ChargingProfilePlan)
+    get_validator(MessageType.Call, "SetChargingProfile", version).validate(plan.request)
