@@ -41,7 +41,6 @@ import contextlib
 import json
 import logging
 import math
-import resource
 import signal
 import struct
 import time
@@ -67,6 +66,7 @@ from gridflex.contract import (
     telemetry_topic,
 )
 from gridflex.mqtt import MqttClient
+from gridflex.net import raise_open_file_limit
 from gridflex.sunspec.codec import Decoder, Value, apply_sf, decode, decoder, unscale
 from gridflex.sunspec.discovery import (
     DiscoveryError,
@@ -762,20 +762,13 @@ def stats_summary(stats: CollectorStats) -> dict[str, float | int | None]:
     }
 
 
-def _raise_open_file_limit() -> None:
-    """Raise the soft limit of open files to the hard one (one socket per device)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-
-
 def main(args: argparse.Namespace) -> int:
     """Run ``gridflex collect modbus`` until SIGINT/SIGTERM; 0 after a clean shutdown."""
     site = load_site(args.site)
     if not site.inverters:
         log.error("%s has no inverter assets to poll", site.source or args.site)
         return 2
-    _raise_open_file_limit()
+    raise_open_file_limit()
     boot = uuid.uuid4().hex[:12]
     will = collector_status(site, boot, online=False)
     mqtt = MqttClient(

@@ -36,8 +36,20 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
 ]
 
 
+#: Top-level options that take a value (their value is not a command word).
+_VALUED_OPTIONS = frozenset({"--log-level"})
+
+
 def _chosen(argv: Sequence[str]) -> tuple[str, ...]:
-    words = [a for a in argv if not a.startswith("-")]
+    words: list[str] = []
+    skip = False
+    for token in argv:
+        if skip:
+            skip = False
+        elif token in _VALUED_OPTIONS:
+            skip = True
+        elif not token.startswith("-"):
+            words.append(token)
     for command, _module, _help in COMMANDS:
         if tuple(words[: len(command)]) == command:
             return command

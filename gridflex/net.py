@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import random
+import resource
 import socket
 
-__all__ = ["free_port", "free_port_block", "wait_for_port"]
+__all__ = ["free_port", "free_port_block", "raise_open_file_limit", "wait_for_port"]
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -47,3 +48,10 @@ def wait_for_port(host: str, port: int, timeout_s: float = 10.0) -> bool:
         except OSError:
             time.sleep(0.05)
     return False
+
+
+def raise_open_file_limit() -> None:
+    """Raise the soft limit of open files to the hard limit (one socket per device)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))

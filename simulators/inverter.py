@@ -29,12 +29,12 @@ import asyncio
 import contextlib
 import logging
 import random
-import resource
 import signal
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gridflex.net import raise_open_file_limit
 from gridflex.sunspec.codec import Value, decode, unscale
 from gridflex.sunspec.discovery import SUNS_MARKER
 from gridflex.sunspec.sign import power_w_from_sunspec, sunspec_w_from_power_w
@@ -616,13 +616,6 @@ class InverterFleet:
 
 
 # --------------------------------------------------------------------------- CLI
-
-
-def raise_open_file_limit() -> None:
-    """Raise the soft limit of open files to the hard limit (one socket per device)."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
