@@ -31,7 +31,7 @@ import psutil
 
 from gridflex.broker import start_broker
 from gridflex.mqtt import MqttClient
-from gridflex.net import free_port, wait_for_port
+from gridflex.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "bench-password-0123456789"
@@ -75,7 +75,9 @@ class LatencyProbe:
         self.count = 0
         self.assets: set[str] = set()
         self.client = MqttClient(url, f"bench-ocpp-{os.getpid()}", clean_session=True)
+        self.collector_online = threading.Event()
         self.client.subscribe(f"gridflex/v1/{SITE}/evse/+/telemetry", self.on_message)
+        self.client.subscribe(f"gridflex/v1/{SITE}/collector/ocpp/status", self.on_collector)
         self.client.start()
         if not self.client.wait_connected(10):
             raise RuntimeError("bench subscriber could not connect")
@@ -87,6 +89,10 @@ class LatencyProbe:
             self.count += 1
             self.latencies_ms.append(now_ms - msg["ts_ms"])
             self.assets.add(msg["asset"])
+
+    def on_collector(self, _topic: str, payload: bytes) -> None:
+        if json.loads(payload).get("online"):
+            self.collector_online.set()
 
     def take(self) -> tuple[int, list[float]]:
         with self.lock:
@@ -138,8 +144,8 @@ def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url
             env=env,
         )
         try:
-            if not wait_for_port("127.0.0.1", port, timeout_s=30):
-                raise RuntimeError("the CSMS did not start listening")
+            if not probe.collector_online.wait(30):
+                raise RuntimeError("the CSMS did not come online")
             for k, (prefix, count) in enumerate(prefixes):
                 sims.append(
                     subprocess.Popen(

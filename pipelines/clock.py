@@ -3,16 +3,16 @@
 The watermark is ``max event time seen - allowed lateness``. While readings keep coming it
 is driven by the stream only, so a backlog (a persistent MQTT session replaying what was
 queued while the pipeline was down) is windowed by its own timestamps however fast or
-slowly it is processed. When no reading arrives, the watermark advances with the wall
-clock from the moment of the last arrival, so the last window still closes: at most
-``lateness`` after its end, in wall time, when device clocks are right.
+slowly it is processed, and a pause of the dataflow itself (a Parquet flush, a GC) does
+not make readings late. When no reading has arrived for ``idle_timeout``, the watermark
+advances with the wall clock, so the last window still closes when data stops: at most
+``idle_timeout + lateness`` after its end, in wall time, when device clocks are right.
 
-Compared with Bytewax's :class:`~bytewax.operators.windowing.EventClock` (which extrapolates
-from the arrival of the newest event, even while older events keep arriving):
+Compared with Bytewax's :class:`~bytewax.operators.windowing.EventClock`, which always
+extrapolates with the wall clock from the arrival of the newest event:
 
-* the extrapolation starts at the last arrival of *any* item, so while readings that lag
-  behind the newest one keep coming, the watermark moves ahead by no more than the gap
-  between two arrivals, not by the wall time since the newest reading;
+* the wall clock only counts after ``idle_timeout`` without any arrival, so readings that
+  lag behind the newest one (a backlog, a stalled worker) are not declared late;
 * :meth:`WatermarkClockLogic.to_system_utc` maps a window's close time to the wall time at
   which the watermark will reach it, so the runtime wakes up once, at the right moment,
   even when device clocks (or replayed data) are far from the pipeline's clock; the stock
@@ -63,6 +63,7 @@ class WatermarkClockLogic(ClockLogic[V, WatermarkState], Generic[V]):
     now_getter: Callable[[], datetime]
     ts_getter: Callable[[V], datetime]
     lateness: timedelta
+    idle_timeout: timedelta
     state: WatermarkState
 
     def __post_init__(self) -> None:
@@ -71,8 +72,8 @@ class WatermarkClockLogic(ClockLogic[V, WatermarkState], Generic[V]):
     def _extrapolated(self) -> datetime:
         if self.state.max_event is None:
             return UTC_MIN
-        idle = max(self._now - self.state.last_arrival, timedelta(0))
-        return self.state.max_event - self.lateness + idle
+        idle = self._now - self.state.last_arrival - self.idle_timeout
+        return self.state.max_event - self.lateness + max(idle, timedelta(0))
 
     def _advance(self, candidate: datetime) -> datetime:
         self.state.watermark = max(self.state.watermark, candidate)
@@ -93,7 +94,7 @@ class WatermarkClockLogic(ClockLogic[V, WatermarkState], Generic[V]):
         return ts, self._advance(self.state.max_event - self.lateness)
 
     def on_notify(self) -> datetime:
-        """Return the watermark now, advanced by the wall time since the last item."""
+        """Return the watermark now (advanced by the wall clock once the input is idle)."""
         self.before_batch()
         return self._advance(self._extrapolated())
 
@@ -106,7 +107,9 @@ class WatermarkClockLogic(ClockLogic[V, WatermarkState], Generic[V]):
         if self.state.max_event is None:
             return None
         wait = timestamp - (self.state.max_event - self.lateness)
-        return self.state.last_arrival + max(wait, timedelta(0))
+        if wait <= timedelta(0):
+            return self.state.last_arrival  # already reached
+        return self.state.last_arrival + self.idle_timeout + wait
 
     def snapshot(self) -> WatermarkState:
         """Return a copy of the state for recovery."""
@@ -120,12 +123,15 @@ class WatermarkClock(Clock[V, WatermarkState], Generic[V]):
     Args:
         ts_getter: Event time of an item, an aware UTC datetime.
         lateness: How far behind the newest event time an item may be and still count.
+        idle_timeout: Wall time without any item after which the watermark advances with
+            the wall clock.
         now_getter: Wall clock (injectable for tests).
 
     """
 
     ts_getter: Callable[[V], datetime]
     lateness: timedelta
+    idle_timeout: timedelta = timedelta(seconds=1)
     now_getter: Callable[[], datetime] = utc_now
 
     def build(self, resume_state: WatermarkState | None) -> WatermarkClockLogic[V]:
@@ -133,4 +139,6 @@ class WatermarkClock(Clock[V, WatermarkState], Generic[V]):
         state = resume_state or WatermarkState(
             max_event=None, last_arrival=self.now_getter(), watermark=UTC_MIN
         )
-        return WatermarkClockLogic(self.now_getter, self.ts_getter, self.lateness, state)
+        return WatermarkClockLogic(
+            self.now_getter, self.ts_getter, self.lateness, self.idle_timeout, state
+        )

@@ -132,6 +132,8 @@ class FlowOptions:
     Attributes:
         lateness_ms: How far behind the newest reading a reading may arrive and still
             count in its frequency window, ms; ``None`` = ``site.pipeline.allowed_lateness_ms``.
+        idle_timeout_ms: Without any reading for this long the windows' watermark advances
+            with the wall clock, so the last window closes when data stops, ms.
         max_future_ms: Readings further ahead of the pipeline clock are refused, ms.
         history_partitions: Parallel Parquet writers per stream.
         flush_rows: Rows buffered before a Parquet file is written.
@@ -144,6 +146,7 @@ class FlowOptions:
     """
 
     lateness_ms: int | None = None
+    idle_timeout_ms: int = 1000
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS
     history_partitions: int = 1
     flush_rows: int = 50_000
@@ -336,6 +339,7 @@ def build_flow(
         WatermarkClock(
             ts_getter=_ts_of,
             lateness=timedelta(milliseconds=lateness_ms),
+            idle_timeout=timedelta(milliseconds=opts.idle_timeout_ms),
             now_getter=wall_clock,
         ),
         TumblingWindower(length=timedelta(milliseconds=window_ms), align_to=_EPOCH),

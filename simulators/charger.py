@@ -749,7 +749,7 @@ class SimStation:
             ),
         )
 
-    def _tx_event(
+    def transaction_event_request(
         self, event_type: str, trigger: str, *, stopped_reason: str | None = None
     ) -> dict[str, Any]:
         """A TransactionEventRequest in wire format (camelCase), with a meter value."""
@@ -776,10 +776,10 @@ class SimStation:
             payload["meterValue"] = [{"timestamp": now, "sampledValue": values}]
         return payload
 
-    async def _plug_in(self, cp: Any) -> None:
-        car = self.spec.car
+    def plug_in(self) -> None:
+        """The car arrives: a new transaction starts (state only; no message sent)."""
         self.ev = replace(
-            initial_state(car, self.thermal),
+            initial_state(self.spec.car, self.thermal),
             energy_import_wh=self.meter_import_wh,
             energy_export_wh=self.meter_export_wh,
         )
@@ -787,21 +787,26 @@ class SimStation:
         self.tx_seq_no = -1
         self.control = None
         self.connector_status = "Occupied"
+
+    async def _plug_in(self, cp: Any) -> None:
+        car = self.spec.car
+        self.plug_in()
         log.info("%s: car plugged in (V2X %s)", self.spec.station_id, car.v2x)
         await self._status(cp)
-        await self._send_wire(cp, "TransactionEvent", self._tx_event("Started", "CablePluggedIn"))
+        await self._send_wire(
+            cp, "TransactionEvent", self.transaction_event_request("Started", "CablePluggedIn")
+        )
         departure = None
         if car.departure_s is not None:
             departure = self._epoch0 + car.departure_s
-        needs = charging_needs_payload(
-            car, self.ev, self.spec.ocpp_version, departure_epoch_s=departure
-        )
+        ev = self.ev if self.ev is not None else initial_state(car, self.thermal)
+        needs = charging_needs_payload(car, ev, self.spec.ocpp_version, departure_epoch_s=departure)
         await self._call(cp, cp._call.NotifyEVChargingNeeds(charging_needs=needs, evse_id=1))
 
     async def _end_transaction(self, cp: Any, trigger: str, reason: str) -> None:
         if self.transaction_id is None:
             return
-        event = self._tx_event("Ended", trigger, stopped_reason=reason)
+        event = self.transaction_event_request("Ended", trigger, stopped_reason=reason)
         await self._send_wire(cp, "TransactionEvent", event)
         self.transaction_id = None
         self.control = None
@@ -857,11 +862,8 @@ class SimStation:
             ),
         )
 
-    async def _send_meter_values(self, cp: Any) -> None:
-        if self.transaction_id is not None:
-            event = self._tx_event("Updated", "MeterValuePeriodic")
-            await self._send_wire(cp, "TransactionEvent", event, periodic=True)
-            return
+    def meter_values_request(self) -> dict[str, Any]:
+        """A MeterValuesRequest in wire format for an idle station (registers, no SoC)."""
         ev = self.ev or EvState(
             soc_pct=0.0,
             energy_import_wh=self.meter_import_wh,
@@ -870,8 +872,14 @@ class SimStation:
         values = [
             v for v in sampled_values(ev, self.measurands) if v["measurand"] != "SoC" or self.ev
         ]
-        payload = {"evseId": 1, "meterValue": [{"timestamp": _ocpp_time(), "sampledValue": values}]}
-        await self._send_wire(cp, "MeterValues", payload, periodic=True)
+        return {"evseId": 1, "meterValue": [{"timestamp": _ocpp_time(), "sampledValue": values}]}
+
+    async def _send_meter_values(self, cp: Any) -> None:
+        if self.transaction_id is not None:
+            event = self.transaction_event_request("Updated", "MeterValuePeriodic")
+            await self._send_wire(cp, "TransactionEvent", event, periodic=True)
+        else:
+            await self._send_wire(cp, "MeterValues", self.meter_values_request(), periodic=True)
 
 
 async def run_fleet(

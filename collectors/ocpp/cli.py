@@ -6,6 +6,8 @@ import argparse
 import asyncio
 import logging
 import signal
+import uuid
+from dataclasses import replace
 
 from collectors.ocpp.csms import Csms, CsmsSettings, collector_will
 from collectors.ocpp.security import KeyFileError, check_private_key_file
@@ -52,26 +54,23 @@ def main(args: argparse.Namespace) -> int:
     """Run the CSMS; exit 0 after SIGINT/SIGTERM, 2 for a configuration problem."""
     site = load_site(args.site)
     settings = CsmsSettings.from_site(site)
-    overrides = {}
     if args.host:
-        overrides["host"] = args.host
+        settings = replace(settings, host=args.host)
     if args.port is not None:
-        overrides["port"] = args.port
-    if overrides:
-        settings = CsmsSettings(**{**settings.__dict__, **overrides})
+        settings = replace(settings, port=args.port)
     if settings.security_profile == 2 and settings.tls_key is not None:
         try:
             check_private_key_file(settings.tls_key)
         except KeyFileError as exc:
             raise ConfigError(f"config error in {site.source}: ocpp.tls_key: {exc}") from None
 
-    boot_id = None
+    boot_id = uuid.uuid4().hex[:12]
     mqtt = MqttClient(
         site.mqtt.url,
         f"gridflex-ocpp-{site.id}",
         username=site.mqtt.username,
         password=site.mqtt.password,
-        will=collector_will(site.id),
+        will=collector_will(site.id, boot_id),
         queue_limit=site.mqtt.queue_limit,
         keepalive_s=site.mqtt.keepalive_s,
     )
@@ -89,6 +88,9 @@ def main(args: argparse.Namespace) -> int:
         asyncio.run(_main())
     except KeyFileError as exc:
         raise ConfigError(f"config error in {site.source}: ocpp.tls_key: {exc}") from None
+    except OSError as exc:
+        log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
+        return 1
     finally:
         mqtt.stop(flush_timeout_s=5.0)
     log.info("ocpp collector stopped: %s", csms.stats)

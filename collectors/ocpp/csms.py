@@ -548,10 +548,6 @@ class Csms:
             self.publish_status(state, "collector stopped")
         self._publish_collector(online=False)
 
-    def offline_will(self) -> tuple[str, bytes]:
-        """The MQTT last will (topic, payload) announcing this collector offline."""
-        return collector_will(self.settings.site_id, self.boot_id)
-
     def station(self, station_id: str) -> StationState | None:
         """The state of one station (read it, do not change it)."""
         return self._states.get(station_id)

@@ -31,6 +31,7 @@ schema keyword              CALLERROR errorCode
 from __future__ import annotations
 
 import json
+import linecache
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -240,7 +241,9 @@ def compile_schema(document: dict[str, Any]) -> Validator:
     namespace = dict(gen.constants)
     # The schemas are the ``ocpp`` package's own files; every name from them enters the
     # source through repr(), so the generated code holds no text that could execute.
-    exec(compile(source, f"<ocpp schema {document.get('$id', '?')}>", "exec"), namespace)
+    filename = f"<ocpp schema {document.get('$id', '?')}>"
+    exec(compile(source, filename, "exec"), namespace)
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
     validator: Validator = namespace["validate_root"]
     return validator
 

@@ -64,6 +64,19 @@ def route(station: RpcChargePoint, *frames: str) -> None:
 
 
 HEARTBEAT = '[2,"ok-1","Heartbeat",{}]'
+SET_VARIABLES_RESULT = (
+    '{"setVariableResult":[{"attributeStatus":"Accepted",'
+    '"component":{"name":"SampledDataCtrlr"},"variable":{"name":"TxUpdatedInterval"}}]}'
+)
+SET_VARIABLES = {
+    "setVariableData": [
+        {
+            "attributeValue": "1",
+            "component": {"name": "SampledDataCtrlr"},
+            "variable": {"name": "TxUpdatedInterval"},
+        }
+    ]
+}
 
 
 @pytest.mark.parametrize("version", ["2.0.1", "2.1"])
@@ -170,15 +183,17 @@ def test_call_payload_returns_the_answer_and_raises_a_callerror() -> None:
 
     async def scenario() -> tuple[dict[str, Any], OCPPError | None]:
         async def answer(reply: str) -> None:
-            while not connection.sent:
+            for _ in range(1000):
+                if connection.sent:
+                    break
                 await asyncio.sleep(0)
             unique_id = connection.sent[-1][1]
             connection.sent.clear()
             await station.route_message(reply.replace("ID", unique_id))
 
-        request = {"setVariableData": []}
+        request = SET_VARIABLES
         ok_task = asyncio.ensure_future(station.call_payload("SetVariables", request))
-        await answer('[3,"ID",{"setVariableResult":[]}]')
+        await answer(f'[3,"ID",{SET_VARIABLES_RESULT}]')
         ok = await ok_task
         bad_task = asyncio.ensure_future(station.call_payload("SetVariables", request))
         await answer('[4,"ID","NotSupported","not here",{}]')
@@ -189,11 +204,11 @@ def test_call_payload_returns_the_answer_and_raises_a_callerror() -> None:
         return ok, None
 
     ok, error = asyncio.run(scenario())
-    assert ok == {"setVariableResult": []}
+    assert ok == json.loads(SET_VARIABLES_RESULT)
     assert isinstance(error, NotSupportedError)
 
 
 def test_call_payload_times_out_when_the_station_does_not_answer() -> None:
     station, _connection, _ = make_station("2.1")
     with pytest.raises(TimeoutError):
-        asyncio.run(station.call_payload("SetVariables", {"setVariableData": []}))
+        asyncio.run(station.call_payload("SetVariables", SET_VARIABLES))

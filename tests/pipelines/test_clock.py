@@ -11,6 +11,7 @@ from pipelines.clock import WatermarkClock, WatermarkClockLogic
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 WALL0 = datetime(2030, 1, 1, tzinfo=UTC)  # wall clock far from the event times on purpose
 LATENESS = timedelta(milliseconds=500)
+IDLE = timedelta(milliseconds=1000)
 
 
 class FakeWall:
@@ -52,42 +53,63 @@ def test_older_items_do_not_move_the_watermark() -> None:
     assert watermark == ev(1500)
 
 
-def test_watermark_advances_with_the_wall_clock_after_the_last_arrival() -> None:
+def test_watermark_advances_with_the_wall_clock_once_the_input_is_idle() -> None:
     logic, wall = make()
     logic.before_batch()
     logic.on_item(1000)
+    wall.advance(1000)  # idle for exactly the timeout: not yet
+    assert logic.on_notify() == ev(500)
     wall.advance(300)
     assert logic.on_notify() == ev(800)
     wall.advance(700)
     assert logic.on_notify() == ev(1500)
 
 
+def test_a_pause_shorter_than_the_idle_timeout_does_not_make_items_late() -> None:
+    logic, wall = make()
+    logic.before_batch()
+    logic.on_item(5000)
+    wall.advance(900)  # the worker stalled (a flush, a GC) while readings queued up
+    logic.before_batch()
+    ts, watermark = logic.on_item(4800)
+    assert watermark == ev(4500)
+    assert ts >= watermark  # still in time
+
+
 def test_a_steady_trickle_of_lagging_items_holds_the_watermark() -> None:
     logic, wall = make()
     logic.before_batch()
     logic.on_item(5000)
-    for ms in range(3000, 3500, 100):  # a backlog that lags the newest reading
-        wall.advance(100)
+    for ms in range(3000, 4000, 100):  # a backlog that lags the newest reading
+        wall.advance(400)
         logic.before_batch()
         logic.on_item(ms)
-    # Only the gaps between arrivals (100 ms) count, not the 500 ms since the newest one
-    # (Bytewax's EventClock would be at 5000 here and call the backlog late).
-    assert logic.on_notify() == ev(4600)
+    # 4 s of wall time since the newest reading; Bytewax's EventClock would be at 8500.
+    assert logic.on_notify() == ev(4500)
 
 
 def test_wake_up_time_is_when_the_watermark_reaches_the_window_end() -> None:
-    logic, _ = make()
+    logic, wall = make()
     logic.before_batch()
     logic.on_item(1200)  # window [1000, 2000) closes when the watermark reaches 2000
-    # watermark now 700: 1300 ms of wall time after this arrival.
-    assert logic.to_system_utc(ev(2000)) == WALL0 + timedelta(milliseconds=1300)
+    # watermark now 700: the idle timeout, then 1300 ms of wall time.
+    assert logic.to_system_utc(ev(2000)) == WALL0 + timedelta(milliseconds=1000 + 1300)
+    wall.advance(2300)
+    assert logic.on_notify() == ev(2000)
+
+
+def test_a_window_end_already_reached_wakes_at_once() -> None:
+    logic, _ = make()
+    logic.before_batch()
+    logic.on_item(3000)
+    assert logic.to_system_utc(ev(2000)) == WALL0
 
 
 def test_the_watermark_never_goes_back() -> None:
     logic, wall = make()
     logic.before_batch()
     logic.on_item(1000)
-    wall.advance(2000)
+    wall.advance(3000)
     advanced = logic.on_notify()
     logic.before_batch()
     _, watermark = logic.on_item(1100)  # fresh item after a pause: no regression
@@ -108,8 +130,8 @@ def test_snapshot_resumes_the_same_watermark() -> None:
     logic, wall = make()
     logic.before_batch()
     logic.on_item(1000)
-    resumed = WatermarkClock(ts_getter=ev, lateness=LATENESS, now_getter=wall).build(
-        logic.snapshot()
-    )
+    resumed = WatermarkClock(
+        ts_getter=ev, lateness=LATENESS, idle_timeout=IDLE, now_getter=wall
+    ).build(logic.snapshot())
     resumed.before_batch()
     assert resumed.on_notify() == ev(500)

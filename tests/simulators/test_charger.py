@@ -1,0 +1,262 @@
+"""Simulated charging stations without sockets: fleets, control rules, payload shapes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from ocpp.charge_point import remove_nones, serialize_as_dict, snake_to_camel_case
+from ocpp.messages import MessageType, get_validator
+from ocpp.v21 import call as call21
+from ocpp.v201 import call as call201
+
+from simulators.charger import (
+    Control,
+    Faults,
+    SimStation,
+    StationSpec,
+    build_fleet,
+    charging_needs_payload,
+    control_from_profile,
+    requested_power_w,
+    sampled_values,
+)
+from simulators.ev import CarSpec, EvState
+
+V2X_CAR = CarSpec(max_charge_w=11_000, max_discharge_w=7_000, v2x=True, target_soc_pct=80)
+CHARGE_ONLY = CarSpec(max_charge_w=11_000, v2x=False, target_soc_pct=80)
+ALL = frozenset(
+    {
+        "Energy.Active.Import.Register",
+        "Energy.Active.Export.Register",
+        "Power.Active.Import",
+        "Power.Active.Export",
+        "SoC",
+        "Current.Import",
+        "Current.Export",
+        "Voltage",
+    }
+)
+
+
+def station(version: str = "2.1", car: CarSpec = V2X_CAR) -> SimStation:
+    spec = StationSpec("cs-1", None, "2.1" if version == "2.1" else "2.0.1", car)
+    return SimStation(spec, "ws://127.0.0.1:1/ocpp")
+
+
+def validate(version: str, action: str, payload: dict[str, Any]) -> None:
+    get_validator(MessageType.Call, action, version).validate(payload)
+
+
+# --------------------------------------------------------------------------- fleets
+
+
+def test_fleet_is_seeded_with_exact_version_and_v2x_shares() -> None:
+    fleet = build_fleet(10, seed=3, v21_fraction=0.3, v2x_fraction=0.6, password="p" * 16)
+    assert fleet == build_fleet(10, seed=3, v21_fraction=0.3, v2x_fraction=0.6, password="p" * 16)
+    assert sum(s.ocpp_version == "2.1" for s in fleet) == 3
+    assert sum(s.car.v2x for s in fleet) == 6
+    assert [s.station_id for s in fleet][:2] == ["sim-cs-0001", "sim-cs-0002"]
+    assert len({s.seed for s in fleet}) == 10
+
+
+def test_single_version_fleet() -> None:
+    assert {s.ocpp_version for s in build_fleet(4, ocpp="2.0.1")} == {"2.0.1"}
+    assert {s.ocpp_version for s in build_fleet(4, ocpp="2.1")} == {"2.1"}
+
+
+def test_faults_go_to_the_first_n_stations_only() -> None:
+    faults = Faults(ground_fault_after_s=5, drop_rate=0.1)
+    fleet = build_fleet(4, faults=faults, faulty=1)
+    assert fleet[0].faults == faults
+    assert all(s.faults == Faults() for s in fleet[1:])
+
+
+def test_drop_rate_outside_0_1_is_refused() -> None:
+    with pytest.raises(ValueError):
+        Faults(drop_rate=1.5)
+
+
+# --------------------------------------------------------------------------- control
+
+
+@pytest.mark.parametrize(
+    ("car", "soc", "control", "expected_w"),
+    [
+        (V2X_CAR, 50, None, 11_000),  # no profile: full power
+        (V2X_CAR, 80, None, 0),  # at its target SoC the car stops
+        (V2X_CAR, 50, Control("TxProfileLimit", limit_w=3_000), 3_000),
+        (V2X_CAR, 50, Control("ChargingOnly", limit_w=-100), 0),  # a limit never discharges
+        (V2X_CAR, 50, Control("CentralSetpoint", 11_000, -5_000, -7_000), -5_000),
+        (V2X_CAR, 50, Control("CentralSetpoint", 11_000, -9_000, -7_000), -7_000),
+        (V2X_CAR, 90, Control("CentralSetpoint", 11_000, 4_000, -7_000), 4_000),  # above target
+        (V2X_CAR, 50, Control("CentralSetpoint", 2_000, 4_000, 0), 2_000),
+    ],
+)
+def test_requested_power(
+    car: CarSpec, soc: float, control: Control | None, expected_w: float
+) -> None:
+    assert requested_power_w(car, soc, control) == expected_w
+
+
+def test_control_from_a_central_setpoint_profile() -> None:
+    profile = {
+        "charging_schedule": [
+            {
+                "charging_rate_unit": "W",
+                "charging_schedule_period": [
+                    {
+                        "start_period": 0,
+                        "operation_mode": "CentralSetpoint",
+                        "setpoint": -5000,
+                        "limit": 11000,
+                        "discharge_limit": -7000,
+                    }
+                ],
+            }
+        ]
+    }
+    assert control_from_profile(profile) == Control("CentralSetpoint", 11000, -5000, -7000)
+
+
+def test_control_in_amperes_is_refused() -> None:
+    profile = {
+        "charging_schedule": [
+            {
+                "charging_rate_unit": "A",
+                "charging_schedule_period": [{"start_period": 0, "limit": 16}],
+            }
+        ]
+    }
+    with pytest.raises(ValueError, match="W"):
+        control_from_profile(profile)
+
+
+def test_station_accepts_a_central_setpoint_for_its_transaction() -> None:
+    sim = station("2.1")
+    sim.plug_in()
+    profile = {
+        "charging_profile_purpose": "TxProfile",
+        "transaction_id": sim.transaction_id,
+        "charging_schedule": [
+            {
+                "charging_rate_unit": "W",
+                "charging_schedule_period": [
+                    {"start_period": 0, "operation_mode": "CentralSetpoint", "setpoint": -5000}
+                ],
+            }
+        ],
+    }
+    assert sim.apply_profile(1, profile) == ("Accepted", None)
+    assert sim.control == Control("CentralSetpoint", None, -5000, None)
+
+
+def test_station_rejects_a_profile_for_another_transaction_or_evse() -> None:
+    sim = station("2.1")
+    profile = {"charging_profile_purpose": "TxProfile", "transaction_id": "other"}
+    assert sim.apply_profile(1, profile) == ("Rejected", "TxNotFound")
+    sim.plug_in()
+    assert sim.apply_profile(2, profile) == ("Rejected", "UnknownEVSE")
+    assert len(sim.received_profiles) == 2
+
+
+def test_set_variables_takes_sub_second_intervals_and_measurands() -> None:
+    sim = station()
+
+    def item(component: str, variable: str, value: str) -> dict[str, Any]:
+        return {
+            "attribute_value": value,
+            "component": {"name": component},
+            "variable": {"name": variable},
+        }
+
+    assert (
+        sim.set_variable(item("SampledDataCtrlr", "TxUpdatedInterval", "0.2"))["attribute_status"]
+        == "Accepted"
+    )
+    assert sim.tx_interval_s == 0.2
+    assert (
+        sim.set_variable(item("SampledDataCtrlr", "TxUpdatedMeasurands", "SoC,Voltage"))[
+            "attribute_status"
+        ]
+        == "Accepted"
+    )
+    assert sim.measurands == {"SoC", "Voltage"}
+    assert (
+        sim.set_variable(item("SampledDataCtrlr", "TxUpdatedMeasurands", "Bogus"))[
+            "attribute_status"
+        ]
+        == "Rejected"
+    )
+    assert (
+        sim.set_variable(item("SampledDataCtrlr", "TxUpdatedInterval", "fast"))["attribute_status"]
+        == "Rejected"
+    )
+    assert (
+        sim.set_variable(item("OCPPCommCtrlr", "Whatever", "1"))["attribute_status"]
+        == "UnknownVariable"
+    )
+
+
+# --------------------------------------------------------------------------- payloads
+
+
+def test_sampled_values_follow_the_measurands_asked_for() -> None:
+    ev = EvState(soc_pct=55, power_w=-5_000, energy_import_wh=10, energy_export_wh=20)
+    values = {v["measurand"]: v["value"] for v in sampled_values(ev, ALL, setpoint_w=-5_000)}
+    assert values["Power.Active.Import"] == 0
+    assert values["Power.Active.Export"] == 5_000
+    assert values["Current.Export"] > 0
+    assert values["Power.Active.Setpoint"] == -5_000
+    only = sampled_values(ev, frozenset({"SoC"}))
+    assert [v["measurand"] for v in only] == ["SoC"]
+
+
+@pytest.mark.parametrize("version", ["2.0.1", "2.1"])
+def test_transaction_events_validate_against_the_ocpp_schema(version: str) -> None:
+    sim = station(version)
+    sim.measurands = ALL
+    sim.plug_in()
+    validate(
+        version, "TransactionEvent", sim.transaction_event_request("Started", "CablePluggedIn")
+    )
+    updated = sim.transaction_event_request("Updated", "MeterValuePeriodic")
+    validate(version, "TransactionEvent", updated)
+    ended = sim.transaction_event_request(
+        "Ended", "AbnormalCondition", stopped_reason="GroundFault"
+    )
+    validate(version, "TransactionEvent", ended)
+    assert [updated["seqNo"], ended["seqNo"]] == [1, 2]
+
+
+@pytest.mark.parametrize("version", ["2.0.1", "2.1"])
+def test_idle_meter_values_validate_and_carry_no_soc(version: str) -> None:
+    sim = station(version)
+    sim.measurands = ALL
+    request = sim.meter_values_request()
+    validate(version, "MeterValues", request)
+    assert "SoC" not in {v["measurand"] for v in request["meterValue"][0]["sampledValue"]}
+
+
+@pytest.mark.parametrize(
+    ("version", "car", "mode"),
+    [
+        ("2.1", V2X_CAR, "DC_BPT"),
+        ("2.1", CHARGE_ONLY, "AC_three_phase"),
+        ("2.0.1", V2X_CAR, "AC_three_phase"),  # 2.0.1 cannot express V2X: charge-only
+    ],
+)
+def test_charging_needs_validate_and_show_v2x_only_where_possible(
+    version: str, car: CarSpec, mode: str
+) -> None:
+    needs = charging_needs_payload(
+        car, EvState(soc_pct=40), "2.1" if version == "2.1" else "2.0.1", departure_epoch_s=1.75e9
+    )
+    module = call21 if version == "2.1" else call201
+    request = module.NotifyEVChargingNeeds(charging_needs=needs, evse_id=1)
+    wire = remove_nones(snake_to_camel_case(serialize_as_dict(request)))  # as the library sends it
+    validate(version, "NotifyEVChargingNeeds", wire)
+    assert wire["chargingNeeds"]["requestedEnergyTransfer"] == mode
+    assert wire["chargingNeeds"]["departureTime"].endswith("Z")
+    if mode == "DC_BPT":
+        assert wire["chargingNeeds"]["v2xChargingParameters"]["maxDischargePower"] == 7_000
