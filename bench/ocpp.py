@@ -8,7 +8,9 @@ MQTT and computes the latency from the station's send (the meter value's timesta
 when the station builds the message) to its arrival on MQTT. After a warm-up (all stations
 connected, sampling interval set, the rate steady) it measures for ``--duration-s`` and
 prints one row per N: telemetry messages/s handled, p50/p99/max latency, the CSMS's CPU %
-(of one core) and RSS, and the simulators' CPU %.
+(of one core) and RSS, the simulators' CPU %, and the whole machine's CPU % (of all cores) and
+load: the simulators, Mosquitto and this subscriber share the machine with the CSMS, so a
+busy machine shows in the latency.
 
     .venv/bin/python bench/ocpp.py                     # N = 200, 500, 1000; 20 s each
     .venv/bin/python bench/ocpp.py -n 1000 --duration-s 60
@@ -76,7 +78,9 @@ class LatencyProbe:
         self.assets: set[str] = set()
         self.client = MqttClient(url, f"bench-ocpp-{os.getpid()}", clean_session=True)
         self.collector_online = threading.Event()
-        self.client.subscribe(f"gridflex/v1/{SITE}/evse/+/telemetry", self.on_message)
+        # QoS 0 on the probe's own leg: the CSMS still publishes at QoS 1; this keeps the
+        # measuring subscriber (on the same 2 cores) from adding PUBACK traffic of its own.
+        self.client.subscribe(f"gridflex/v1/{SITE}/evse/+/telemetry", self.on_message, qos=0)
         self.client.subscribe(f"gridflex/v1/{SITE}/collector/ocpp/status", self.on_collector)
         self.client.start()
         if not self.client.wait_connected(10):
@@ -191,6 +195,7 @@ def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url
             csms_ps = psutil.Process(csms.pid)
             sim_ps = [psutil.Process(p.pid) for p in sims]
             csms_ps.cpu_percent(None)
+            psutil.cpu_percent(None)
             for p in sim_ps:
                 p.cpu_percent(None)
             probe.take()
@@ -200,6 +205,8 @@ def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url
             elapsed = time.monotonic() - started
             csms_cpu = csms_ps.cpu_percent(None)
             sims_cpu = sum(p.cpu_percent(None) for p in sim_ps)
+            machine_cpu = psutil.cpu_percent(None)
+            load_1m = os.getloadavg()[0]
             rss_mb = csms_ps.memory_info().rss / 1e6
         finally:
             for sim in sims:
@@ -216,6 +223,8 @@ def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url
         "csms_cpu_pct": csms_cpu,
         "csms_rss_mb": rss_mb,
         "sims_cpu_pct": sims_cpu,
+        "machine_cpu_pct": machine_cpu,
+        "load_1m": load_1m,
         "csms_exit": code,
     }
 
@@ -244,14 +253,15 @@ def main() -> int:
     print()
     print(
         "| stations | telemetry msg/s (expected) | p50 ms | p99 ms | max ms "
-        "| CSMS CPU % | CSMS RSS MB | sims CPU % |"
+        "| CSMS CPU % | CSMS RSS MB | sims CPU % | machine CPU % | load 1 min |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(
             f"| {r['stations']} | {r['msgs_per_s']:.0f} ({r['expected_per_s']:.0f}) "
             f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} "
-            f"| {r['csms_cpu_pct']:.0f} | {r['csms_rss_mb']:.0f} | {r['sims_cpu_pct']:.0f} |"
+            f"| {r['csms_cpu_pct']:.0f} | {r['csms_rss_mb']:.0f} | {r['sims_cpu_pct']:.0f} "
+            f"| {r['machine_cpu_pct']:.0f} | {r['load_1m']:.1f} |"
         )
     return 0
 

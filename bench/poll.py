@@ -2,12 +2,19 @@
 
 Starts Mosquitto (``gridflex.broker``), the inverter simulator in one or more processes,
 and ONE ``gridflex collect modbus`` process; lets it warm up (connect + discover), then
-measures for ``--duration-s`` and prints one row per N: achieved and expected polls/s,
+measures for ``--duration-s`` and prints one row per run: achieved and expected polls/s,
 missed polls, p50/p99 lateness against the schedule (from the collector's own
 ``--stats-file``), and the collector's CPU % and RSS (psutil).
 
+Each run is one N with one client variant ``MODBUS/MQTT``: the collector's
+``--modbus-client`` (``lean`` or ``pymodbus``) and ``--mqtt-client`` (``asyncio`` or
+``thread``). By default every N runs ``lean/asyncio`` (the collector's defaults) and
+N = 1000 also runs ``pymodbus/thread`` (the collector before issue 2) and the two mixed
+variants, so the table shows what each change buys.
+
     .venv/bin/python bench/poll.py                 # N = 100, 500, 1000, 2000, 20 s each
-    .venv/bin/python bench/poll.py -n 1000 --duration-s 60
+    .venv/bin/python bench/poll.py -n 1000 --duration-s 60 --compare-n 0
+    .venv/bin/python bench/poll.py -n 1000 --variant pymodbus/asyncio --compare-n 0
 """
 
 from __future__ import annotations
@@ -76,6 +83,9 @@ def machine_busy_s() -> float:
     return sum(times) - times.idle - getattr(times, "iowait", 0.0)
 
 
+VARIANTS = ("lean/asyncio", "pymodbus/thread", "pymodbus/asyncio", "lean/thread")
+
+
 @dataclass(frozen=True)
 class Case:
     n: int
@@ -83,10 +93,32 @@ class Case:
     warmup_s: float
     duration_s: float
     interval_ms: int
+    variant: str = "lean/asyncio"
+
+
+def busiest_processes(sample_s: float = 1.0, top: int = 3) -> list[tuple[float, str]]:
+    """The ``top`` processes by CPU % over ``sample_s`` (this one excluded)."""
+    procs = [p for p in psutil.process_iter(["pid", "name", "cmdline"]) if p.pid != os.getpid()]
+    for proc in procs:
+        try:
+            proc.cpu_percent(None)
+        except psutil.Error:
+            continue
+    time.sleep(sample_s)
+    usage = []
+    for proc in procs:
+        try:
+            pct = proc.cpu_percent(None)
+            cmd = " ".join(proc.info["cmdline"] or [proc.info["name"] or "?"])
+        except psutil.Error:
+            continue
+        usage.append((pct, f"{proc.pid} {cmd[:70]}"))
+    return sorted(usage, reverse=True)[:top]
 
 
 def run_one(case: Case, broker: Broker) -> dict:
     n, sim_procs, warmup_s, duration_s = case.n, case.sim_procs, case.warmup_s, case.duration_s
+    modbus_client, mqtt_client = case.variant.split("/")
     broker_pid, mqtt_url = broker.pid, broker.url
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     python = sys.executable
@@ -136,6 +168,10 @@ def run_one(case: Case, broker: Broker) -> dict:
                     "modbus",
                     "--site",
                     str(site),
+                    "--modbus-client",
+                    modbus_client,
+                    "--mqtt-client",
+                    mqtt_client,
                     "--stats-file",
                     str(stats_file),
                     "--stats-warmup-s",
@@ -168,6 +204,7 @@ def run_one(case: Case, broker: Broker) -> dict:
     elapsed = float(stats.get("elapsed_s") or (t1 - t0))
     return {
         "n": n,
+        "variant": case.variant,
         "polls_per_s": (stats.get("polls", 0) / elapsed) if elapsed else 0.0,
         "expected_per_s": n * 1000 / case.interval_ms,
         "missed": stats.get("missed"),
@@ -191,6 +228,18 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, action="append", help="fleet size (repeatable)")
     parser.add_argument(
+        "--variant",
+        action="append",
+        choices=VARIANTS,
+        help="MODBUS/MQTT client variant for every N (repeatable; default lean/asyncio)",
+    )
+    parser.add_argument(
+        "--compare-n",
+        type=int,
+        default=1000,
+        help="also run every other variant at this N (default 1000; 0: none)",
+    )
+    parser.add_argument(
         "--interval-ms", type=int, default=DEFAULT_INTERVAL_MS, help="poll interval (200)"
     )
     parser.add_argument("--duration-s", type=float, default=20.0, help="measured time per N")
@@ -202,24 +251,33 @@ def main() -> int:
     )
     args = parser.parse_args()
     sizes = args.n or [100, 500, 1000, 2000]
+    variants = args.variant or ["lean/asyncio"]
+    runs = [(n, v) for n in sizes for v in variants]
+    if args.compare_n:
+        runs += [(args.compare_n, v) for v in VARIANTS if (args.compare_n, v) not in runs]
     print(
         f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, "
-        f"poll every {args.interval_ms} ms, {args.duration_s:.0f} s measured per N"
+        f"poll every {args.interval_ms} ms, {args.duration_s:.0f} s measured per run"
     )
+    print("busiest processes before the runs (CPU % over 1 s, 100 = one core):")
+    for pct, proc in busiest_processes():
+        print(f"  {pct:5.0f}  {proc}")
     header = (
-        f"{'N':>5} {'polls/s':>8} {'expected':>8} {'missed':>7} {'p50 ms':>7} "
+        f"{'N':>5} {'client':<16} {'polls/s':>8} {'expected':>8} {'missed':>7} {'p50 ms':>7} "
         f"{'p99 ms':>7} {'max ms':>7} {'fail':>5} {'CPU %':>6} {'RSS MiB':>8} {'exit':>4} "
         f"{'sim+mqtt %':>10} {'other %':>7}"
     )
     print(header)
     print("-" * len(header))
     with start_broker("mosquitto") as broker:
-        for n in sizes:
+        for n, variant in runs:
             procs = args.sim_procs or max(1, min(4, -(-n // 500)))
             warmup_s = args.warmup_s if args.warmup_s is not None else 5 + n / 200
-            r = run_one(Case(n, procs, warmup_s, args.duration_s, args.interval_ms), broker)
+            case = Case(n, procs, warmup_s, args.duration_s, args.interval_ms, variant)
+            r = run_one(case, broker)
             print(
-                f"{r['n']:>5} {r['polls_per_s']:>8.0f} {r['expected_per_s']:>8.0f} "
+                f"{r['n']:>5} {r['variant']:<16} {r['polls_per_s']:>8.0f} "
+                f"{r['expected_per_s']:>8.0f} "
                 f"{fmt(r['missed'], 'd'):>7} {fmt(r['p50_ms'], '.1f'):>7} "
                 f"{fmt(r['p99_ms'], '.1f'):>7} {fmt(r['max_ms'], '.1f'):>7} "
                 f"{fmt(r['failures'], 'd'):>5} {r['cpu_pct']:>6.0f} {r['rss_mib']:>8.0f} "

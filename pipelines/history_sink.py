@@ -190,18 +190,25 @@ class ParquetStreamWriter:
         self._oldest_s: float | None = None
         self.rows_written = 0
         self.files_written: list[Path] = []
+        # pyarrow imports pandas on its first Python-to-Arrow conversion, which takes
+        # seconds; pay it at start-up rather than in the middle of the stream.
+        pa.Table.from_pydict({name: [] for name in self.schema.names}, schema=self.schema)
 
     @property
     def buffered(self) -> int:
         """Rows waiting to be written."""
         return len(self._rows)
 
-    def add(self, rows: Iterable[Row]) -> None:
-        """Buffer rows, flushing when the buffer is full or old."""
+    def buffer(self, rows: Iterable[Row]) -> None:
+        """Add rows to the buffer without writing."""
         before = len(self._rows)
         self._rows.extend(rows)
         if self._oldest_s is None and len(self._rows) > before:
             self._oldest_s = self._clock()
+
+    def add(self, rows: Iterable[Row]) -> None:
+        """Buffer rows, and write them when the buffer is full or old (single-threaded use)."""
+        self.buffer(rows)
         if self.due():
             self.flush()
 
@@ -215,57 +222,87 @@ class ParquetStreamWriter:
             self._clock() - self._oldest_s >= self.flush_interval_s
         )
 
-    def flush(self) -> list[Path]:
-        """Write every buffered row, one file per UTC date; return the new files."""
-        if not self._rows:
+    def take(self) -> list[Row]:
+        """Empty the buffer and return its rows (to :meth:`write` them elsewhere)."""
+        rows, self._rows, self._oldest_s = self._rows, [], None
+        return rows
+
+    def write(self, rows: list[Row]) -> list[Path]:
+        """Write rows, one file per UTC date; return the new files."""
+        if not rows:
             return []
         by_date: dict[Any, list[Row]] = {}
-        for row in self._rows:
+        for row in rows:
             by_date.setdefault(utc_date(row[self.ts_column]), []).append(row)
         written = []
-        for day, rows in sorted(by_date.items()):
+        for day, day_rows in sorted(by_date.items()):
             table = pa.Table.from_pydict(
-                {name: [r[name] for r in rows] for name in self.schema.names}, schema=self.schema
+                {name: [r[name] for r in day_rows] for name in self.schema.names},
+                schema=self.schema,
             )
             self._counter += 1
             file_name = f"part-{self.name}-{self._token}-{self._counter:06d}.parquet"
             path = partition_dir(self.data_dir, self.stream, day) / file_name
             write_parquet_atomic(table, path)
             written.append(path)
-            log.debug("wrote %d %s rows to %s", len(rows), self.stream, path)
-        self.rows_written += len(self._rows)
+            log.debug("wrote %d %s rows to %s", len(day_rows), self.stream, path)
+        self.rows_written += len(rows)
         self.files_written.extend(written)
-        self._rows = []
-        self._oldest_s = None
         return written
+
+    def flush(self) -> list[Path]:
+        """Write every buffered row now; return the new files."""
+        return self.write(self.take())
 
 
 # --------------------------------------------------------------------------- Bytewax sink
 
 
 class _HistoryPartition(StatefulSinkPartition[Row, None]):
-    """One sink partition: de-dup, buffer, and a timer thread that flushes an idle buffer."""
+    """One sink partition: de-dup and buffer in the dataflow, write in a background thread.
+
+    The dataflow thread only appends to the buffer (under a lock held for microseconds);
+    a writer thread takes the buffer when it is full or old and writes it, so a flush never
+    stalls the dataflow (a stall longer than the window clock's idle timeout would make
+    readings late). A failed write is raised in the dataflow at the next batch.
+    """
 
     def __init__(self, writer: ParquetStreamWriter, dedup: RecentKeys | None) -> None:
         self._writer = writer
         self._dedup = dedup
         self._lock = threading.Lock()
-        self._closed = threading.Event()
+        self._wake = threading.Event()
+        self._closing = False
+        self._error: BaseException | None = None
         self.duplicates = 0
-        self._timer = threading.Thread(
-            target=self._flush_when_idle, name=f"history-flush-{writer.name}", daemon=True
+        self._thread = threading.Thread(
+            target=self._write_loop, name=f"history-{writer.name}", daemon=True
         )
-        self._timer.start()
+        self._thread.start()
 
-    def _flush_when_idle(self) -> None:
-        period_s = max(self._writer.flush_interval_s / 4, 0.05)
-        while not self._closed.wait(period_s):
-            with self._lock:
-                if self._writer.due():
-                    self._writer.flush()
+    def _write_loop(self) -> None:
+        period_s = min(max(self._writer.flush_interval_s / 4, 0.05), 1.0)
+        try:
+            while True:
+                self._wake.wait(period_s)
+                self._wake.clear()
+                with self._lock:
+                    closing = self._closing
+                    rows = self._writer.take() if closing or self._writer.due() else []
+                self._writer.write(rows)
+                if closing:
+                    return
+        except BaseException as exc:
+            log.exception("history %s: write failed", self._writer.name)
+            self._error = exc
+
+    def _raise_if_failed(self) -> None:
+        if self._error is not None:
+            raise RuntimeError(f"history {self._writer.name}: write failed") from self._error
 
     def write_batch(self, values: list[Row]) -> None:
         """Buffer a batch, dropping rows whose (asset, boot, seq) was seen recently."""
+        self._raise_if_failed()
         if self._dedup is not None:
             fresh = []
             for row in values:
@@ -276,21 +313,24 @@ class _HistoryPartition(StatefulSinkPartition[Row, None]):
                     fresh.append(row)
             values = fresh
         with self._lock:
-            self._writer.add(values)
+            self._writer.buffer(values)
+            full = self._writer.buffered >= self._writer.flush_rows
+        if full:
+            self._wake.set()
 
     def snapshot(self) -> None:
         """No resume state: rows are at-least-once and de-duplicated downstream."""
         return None
 
     def close(self) -> None:
-        """Write what is buffered and stop the timer."""
-        self._closed.set()
-        self._timer.join()
+        """Write what is buffered, stop the writer thread, raise if a write failed."""
         with self._lock:
-            self._writer.flush()
+            self._closing = True
+        self._wake.set()
+        self._thread.join()
+        self._raise_if_failed()
         log.info(
-            "history %s/%s closed: %d rows in %d files, %d duplicates dropped",
-            self._writer.stream,
+            "history %s closed: %d rows in %d files, %d duplicates dropped",
             self._writer.name,
             self._writer.rows_written,
             len(self._writer.files_written),

@@ -515,7 +515,6 @@ class SimStation:
         self.reported_temp_c: float | None = None
         self._t0 = time.monotonic()
         self._epoch0 = time.time()
-        self._cp: _SimChargePoint201 | _SimChargePoint21 | None = None
 
     # -- what the CSMS sets (called from the handlers)
 
@@ -603,7 +602,6 @@ class SimStation:
         ids = itertools.count(1)
         prefix = uuid.uuid4().hex[:8]
         cp._unique_id_generator = lambda: f"{prefix}-{next(ids)}"
-        self._cp = cp
         receiver = asyncio.ensure_future(cp.start())
         behaviour = asyncio.ensure_future(self._behave(cp, stop))
         done, pending = await asyncio.wait(

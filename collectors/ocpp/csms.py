@@ -218,9 +218,14 @@ class StationState:
     seq: int = 0
 
     @property
-    def faulted(self) -> bool:
-        """Whether the connector reported Faulted."""
+    def connector_faulted(self) -> bool:
+        """Whether the connector reported Faulted (StatusNotification)."""
         return self.connector_status == "Faulted"
+
+    @property
+    def faulted(self) -> bool:
+        """Whether the connector is Faulted or a fault code is active."""
+        return self.connector_faulted or bool(self.faults)
 
 
 @dataclass
@@ -313,7 +318,7 @@ class StationSession(RpcChargePoint):
             entries = sampling_variables(interval_s, whole_seconds=whole_seconds)
             try:
                 answer = await self.call_payload("SetVariables", {"setVariableData": entries})
-            except (TimeoutError, OCPPError) as exc:
+            except (TimeoutError, OCPPError, ConnectionClosed) as exc:
                 log.warning("%s: SetVariables for meter values failed: %r", self.id, exc)
                 return
             statuses = {
@@ -357,7 +362,7 @@ class StationSession(RpcChargePoint):
     def on_status_notification(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Track the connector status; leaving Faulted clears the fault codes."""
         status = payload["connectorStatus"]
-        was_faulted = self.state.faulted
+        was_faulted = self.state.connector_faulted
         self.state.connector_status = status
         if was_faulted and status != "Faulted":
             self.state.faults.clear()
@@ -653,7 +658,7 @@ class Csms:
                 setpoint_w=reading.setpoint_w,
                 temp_c=state.temp_c,
                 status=telemetry_status(
-                    state.connector_status, state.charging_state, bool(state.faults)
+                    state.connector_status, state.charging_state, state.faulted
                 ),
                 transaction_id=state.transaction_id,
                 ev=state.needs,
@@ -675,11 +680,10 @@ class Csms:
     def publish_status(self, state: StationState, reason: str, *, ts_ms: int | None = None) -> None:
         """Publish the retained ``AssetStatus`` of one station."""
         config = state.config
-        faulted = state.faulted or bool(state.faults & FAULT_REASONS)
         if not state.connected:
             label: Literal["online", "offline", "faulted"] = "offline"
         else:
-            label = "faulted" if faulted else "online"
+            label = "faulted" if state.faulted else "online"
         capabilities = None
         if state.ocpp_version is not None:
             info = state.station_info
@@ -703,7 +707,9 @@ class Csms:
             online=state.connected,
             state=label,
             reason=reason,
-            faults=sorted(state.faults | ({"ConnectorFaulted"} if state.faulted else set())),
+            faults=sorted(
+                state.faults | ({"ConnectorFaulted"} if state.connector_faulted else set())
+            ),
             capabilities=capabilities,
         )
         topic = status_topic(self.settings.site_id, "evse", config.asset_id)

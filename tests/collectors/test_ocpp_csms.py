@@ -30,7 +30,7 @@ from gridflex.contract import parse_payload
 from gridflex.mqtt import MqttClient
 from gridflex.net import free_port
 from simulators.charger import Faults, SimStation, StationSpec
-from simulators.ev import CarSpec
+from simulators.ev import CarSpec, ThermalSpec
 from tests.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.integration
@@ -68,6 +68,7 @@ class Site:
         specs: list[StationSpec],
         *,
         max_discharge_w: float = 10_000,
+        thermal: ThermalSpec | None = None,
         **settings: Any,
     ) -> None:
         self.lt = lt
@@ -86,6 +87,7 @@ class Site:
         options: dict[str, Any] = {"port": 0, "meter_interval_s": 0.2, "response_timeout_s": 1.0}
         options.update(settings)
         self.csms = Csms(CsmsSettings(site_id=self.id, stations=stations, **options), self.mqtt)
+        self.thermal = thermal
         self.stations: list[SimStation] = []
         self.stop_event: asyncio.Event | None = None
         self.tasks: list[asyncio.Task[None]] = []
@@ -94,7 +96,9 @@ class Site:
         self.lt.run(self.csms.start())
         scheme = "wss" if ssl_context else "ws"
         url = f"{scheme}://127.0.0.1:{self.csms.port}/ocpp"
-        self.stations = [SimStation(s, url, ssl_context=ssl_context) for s in self.specs]
+        self.stations = [
+            SimStation(s, url, ssl_context=ssl_context, thermal=self.thermal) for s in self.specs
+        ]
 
         async def _go() -> None:
             self.stop_event = asyncio.Event()
@@ -500,6 +504,48 @@ def test_ground_fault_shows_in_status_and_telemetry(
     after = [t for t in telemetry(sub, site, "gf") if t.get("status") == "Faulted"]
     assert after[-1]["power_w"] == 0
     assert "transaction_id" not in after[-1]  # the transaction was stopped
+
+
+def test_overheating_connector_derates_power_and_reports_its_temperature(
+    mosquitto: Broker, loop_thread: LoopThread
+) -> None:
+    fast_heat = ThermalSpec(tau_s=0.3)
+    site = Site(loop_thread, mosquitto.url, [spec("hot", "2.1", overtemp=True)], thermal=fast_heat)
+    with Subscriber(mosquitto.url, f"gridflex/v1/{site.id}/#") as sub:
+        site.start()
+        try:
+            assert sub.wait_for(
+                lambda _m: any(
+                    t.get("temp_c", 0) > 70 and 0 < t["power_w"] < 11_000
+                    for t in telemetry(sub, site, "hot")
+                )
+            )
+        finally:
+            site.close()
+    hot = [t for t in telemetry(sub, site, "hot") if t.get("temp_c", 0) > 70]
+    assert all(t["power_w"] < 11_000 for t in hot[1:])  # derated below the car's 11 kW
+    assert statuses(sub, site, "hot")[-1]["faults"] == []  # derating is not a fault
+
+
+def test_dropped_meter_values_are_counted_as_sequence_gaps(loop_thread: LoopThread) -> None:
+    site = Site(
+        loop_thread, f"mqtt://127.0.0.1:{free_port()}", [spec("lossy", "2.0.1", drop_rate=0.5)]
+    )
+    site.start()
+    try:
+
+        async def gaps() -> int:
+            for _ in range(200):
+                if site.csms.stats.missed_transaction_events >= 3:
+                    break
+                await asyncio.sleep(0.05)
+            return site.csms.stats.missed_transaction_events
+
+        missed = loop_thread.run(gaps())
+    finally:
+        site.close()
+    assert missed >= 3
+    assert site.stations[0].counters.messages_dropped >= missed
 
 
 def test_disconnect_publishes_retained_offline_status(
