@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -73,6 +73,7 @@ __all__ = [
     "add_arguments",
     "build_flow",
     "main",
+    "mqtt_source",
     "run",
     "telemetry_filter",
 ]
@@ -140,6 +141,8 @@ class FlowOptions:
         flush_interval_s: Longest time a row waits in memory before it is written, s.
         dedup_capacity: ``(boot, seq)`` keys remembered per asset by the history sink.
         mqtt_partitions: MQTT subscribers (> 1 uses a shared subscription).
+        mqtt_receiver: Where paho runs: ``"process"`` (a child process, so it does not
+            compete with the dataflow for the GIL) or ``"thread"``.
         client_id: MQTT client id prefix; ``None`` = ``gridflex-pipeline-{site}``. The id
             names the broker's persistent session: keep it stable across restarts.
 
@@ -153,12 +156,34 @@ class FlowOptions:
     flush_interval_s: float = 5.0
     dedup_capacity: int = 1024
     mqtt_partitions: int = 1
+    mqtt_receiver: Literal["process", "thread"] = "process"
     client_id: str | None = None
 
 
 def telemetry_filter(site_id: str) -> str:
     """Return the subscription ``gridflex/v1/{site}/+/+/telemetry``."""
     return f"{PREFIX}/{site_id}/+/+/telemetry"
+
+
+def _client_id(site: SiteLike, opts: FlowOptions) -> str:
+    return opts.client_id or f"gridflex-pipeline-{site.id}"
+
+
+def mqtt_source(
+    site: SiteLike, options: FlowOptions | None = None, stop_event: threading.Event | None = None
+) -> MqttSource:
+    """The site's telemetry subscription as a Bytewax source (ends when ``stop_event`` is set)."""
+    opts = options or FlowOptions()
+    return MqttSource(
+        site.mqtt.url,
+        telemetry_filter(site.id),
+        client_id=_client_id(site, opts),
+        stop_event=stop_event or threading.Event(),
+        partitions=opts.mqtt_partitions,
+        username=site.mqtt.username,
+        password=site.mqtt.password,
+        receiver=opts.mqtt_receiver,
+    )
 
 
 # --------------------------------------------------------------------------- step functions
@@ -244,7 +269,7 @@ def build_flow(
     """
     opts = options or FlowOptions()
     root = Path(data_dir if data_dir is not None else site.history.dir)
-    client_id = opts.client_id or f"gridflex-pipeline-{site.id}"
+    client_id = _client_id(site, opts)
     window_ms = int(site.pipeline.window_ms)
     lateness_ms = (
         opts.lateness_ms if opts.lateness_ms is not None else site.pipeline.allowed_lateness_ms
@@ -252,15 +277,7 @@ def build_flow(
     nominal_hz = float(site.nominal_frequency_hz)
     site_id = site.id
     if source is None:
-        source = MqttSource(
-            site.mqtt.url,
-            telemetry_filter(site_id),
-            client_id=client_id,
-            stop_event=stop_event or threading.Event(),
-            partitions=opts.mqtt_partitions,
-            username=site.mqtt.username,
-            password=site.mqtt.password,
-        )
+        source = mqtt_source(site, opts, stop_event)
     if mqtt_sink is None:
         mqtt_sink = MqttSink(
             site.mqtt.url,
@@ -426,15 +443,21 @@ def run(
     workers: int = 1,
     options: FlowOptions | None = None,
     stop_event: threading.Event | None = None,
-) -> None:
+) -> list[str]:
     """Run the dataflow in this process until SIGINT/SIGTERM (or ``stop_event``).
 
     Must be called from the main thread (signal handlers). The first signal ends the MQTT
     source; the dataflow then drains, closes its windows and flushes its sinks. A second
     signal aborts.
+
+    Returns:
+        Why the input ended early, if it did (a receiver process died); empty after a
+        requested stop.
+
     """
     stop_event = stop_event or threading.Event()
-    flow = build_flow(site, data_dir, options=options, stop_event=stop_event)
+    source = mqtt_source(site, options, stop_event)
+    flow = build_flow(site, data_dir, options=options, source=source, stop_event=stop_event)
     log.info(
         "pipeline for site %s: broker %s, history in %s, %d worker(s)",
         site.id,
@@ -445,7 +468,13 @@ def run(
     started_s = time.monotonic()
     with _StopOnSignal(stop_event):
         cli_main(flow, workers_per_process=workers)
-    log.info("pipeline stopped cleanly after %.1f s", time.monotonic() - started_s)
+    if source.failures:
+        log.error(
+            "pipeline stopped after %.1f s: %s", time.monotonic() - started_s, source.failures
+        )
+    else:
+        log.info("pipeline stopped cleanly after %.1f s", time.monotonic() - started_s)
+    return source.failures
 
 
 def main(args: argparse.Namespace) -> int:
@@ -454,5 +483,5 @@ def main(args: argparse.Namespace) -> int:
 
     site = load_site(args.site)
     options = FlowOptions(lateness_ms=args.lateness_ms, client_id=args.client_id)
-    run(site, args.data_dir, workers=args.workers, options=options)
-    return 0
+    failures = run(site, args.data_dir, workers=args.workers, options=options)
+    return 1 if failures else 0

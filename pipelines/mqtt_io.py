@@ -1,17 +1,20 @@
-"""MQTT at the edges of the dataflow: a paho-fed Bytewax source and a publishing sink.
+"""MQTT at the edges of the dataflow: a Bytewax source and a publishing sink.
 
-Source. :class:`MqttSource` is a ``FixedPartitionedSource``; each partition runs one paho
-client (its network loop in paho's thread), which puts messages on a
-``queue.SimpleQueue`` from ``on_message``; ``next_batch`` drains it without blocking.
-Subscriptions are QoS 1 on a persistent session (MQTT 3.1.1 ``clean_session=False`` with a
-stable client id), so the broker keeps what arrives while the pipeline is down. With more
-than one partition each subscribes through a shared subscription
-(``$share/{group}/{filter}``) so the broker spreads messages over them.
+Source. :class:`MqttSource` is a ``FixedPartitionedSource``; each partition runs one
+subscriber (:class:`pipelines.mqtt_receiver.MqttReceiver`: QoS 1 on a persistent session,
+MQTT 3.1.1 ``clean_session=False`` with a stable client id, so the broker keeps what
+arrives while the pipeline is down). By default the subscriber runs in a child process and
+ships batches over a pipe: paho's per-message cost would otherwise compete with the
+dataflow for this process's GIL. ``next_batch`` never blocks; it hands over what arrived
+every ``poll_ms``. With more than one partition each subscribes through a shared
+subscription (``$share/{group}/{filter}``) so the broker spreads messages over them.
 
 Stopping. A ``threading.Event`` (set by the CLI's signal handler) ends the partitions: the
-client disconnects first (nothing more is acknowledged), the queue is drained into the
+subscriber disconnects first (nothing more is acknowledged), what it holds goes into the
 dataflow, then the partition raises ``StopIteration``. The dataflow then completes on
-finite input, so every window closes and every sink is closed (flushed).
+finite input, so every window closes and every sink is closed (flushed). If a receiver
+process dies, its partition ends the same clean way and records why in
+``MqttSource.failures`` (the CLI then exits non-zero).
 
 Sink. :class:`MqttSink` takes ``(topic, payload)`` pairs and publishes them at QoS 1
 through the project's :class:`gridflex.mqtt.MqttClient` (bounded outgoing queue); on close
@@ -19,25 +22,24 @@ it waits (bounded) until the broker has acknowledged them.
 
 The source uses paho directly rather than ``MqttClient``: it needs a shared subscription
 for several partitions (``MqttClient.subscribe`` routes by ``message_callback_add``, which
-does not match ``$share/...`` filters) and control over the disconnect-then-drain order.
+does not match ``$share/...`` filters), control over the disconnect-then-drain order, and
+a module light enough to start in a ``spawn`` child.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
+import multiprocessing
 import threading
-import time
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Literal
 
-import paho.mqtt.client as mqtt
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from gridflex.mqtt import MqttClient, parse_url
 from pipelines.clock import utc_now
+from pipelines.mqtt_receiver import MqttReceiver, ReceiverSettings, receiver_main
 from pipelines.validate import RawMessage
 
 __all__ = ["MqttSink", "MqttSource"]
@@ -45,120 +47,114 @@ __all__ = ["MqttSink", "MqttSource"]
 log = logging.getLogger(__name__)
 
 
-def _new_client(
-    url: str, client_id: str, *, username: str | None, password: str | None
-) -> tuple[mqtt.Client, str, int]:
-    host, port, tls = parse_url(url)
-    client = mqtt.Client(
-        mqtt.CallbackAPIVersion.VERSION2,
-        client_id=client_id,
-        clean_session=False,
-        protocol=mqtt.MQTTv311,
-    )
-    if username is not None:
-        client.username_pw_set(username, password)
-    if tls:
-        client.tls_set()
-    client.reconnect_delay_set(min_delay=1, max_delay=30)
-    return client, host, port
-
-
-def _epoch_ms() -> int:
-    return time.time_ns() // 1_000_000
-
-
 # --------------------------------------------------------------------------- source
 
 
-class _MqttSourcePartition(StatefulSourcePartition[RawMessage, None]):
-    """One paho subscriber feeding the dataflow (see the module docstring)."""
+class _ThreadPartition(StatefulSourcePartition[RawMessage, None]):
+    """A receiver in paho's thread of this process (simple; shares the GIL)."""
 
     def __init__(
-        self,
-        url: str,
-        *,
-        client_id: str,
-        topic_filter: str,
-        qos: int,
-        username: str | None,
-        password: str | None,
-        stop_event: threading.Event,
-        batch_size: int,
-        poll_ms: int,
-        clock_ms: Callable[[], int],
+        self, settings: ReceiverSettings, *, stop_event: threading.Event, poll_ms: int
     ) -> None:
-        self._queue: queue.SimpleQueue[RawMessage] = queue.SimpleQueue()
-        self._topic_filter = topic_filter
-        self._qos = qos
+        self._receiver = MqttReceiver(settings)
         self._stop_event = stop_event
-        self._batch_size = batch_size
         self._poll = timedelta(milliseconds=poll_ms)
-        self._clock_ms = clock_ms
         self._stopped = False
-        self._full = False
         self.received = 0
-        self._client, host, port = _new_client(url, client_id, username=username, password=password)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
-        self._client.connect_async(host, port, keepalive=30)
-        self._client.loop_start()
-        log.info("MQTT source %s subscribing to %s at %s", client_id, topic_filter, url)
-
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
-    ) -> None:
-        if reason.is_failure:
-            log.warning("MQTT source: connection refused: %s", reason)
-            return
-        log.info("MQTT source connected (session present: %s)", flags.session_present)
-        client.subscribe(self._topic_filter, qos=self._qos)
-
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
-    ) -> None:
-        if not self._stopped:
-            log.warning("MQTT source disconnected (%s); paho reconnects", reason)
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        self._queue.put(RawMessage(msg.topic, bytes(msg.payload), self._clock_ms()))
-
-    def _drain(self) -> list[RawMessage]:
-        batch: list[RawMessage] = []
-        try:
-            while len(batch) < self._batch_size:
-                batch.append(self._queue.get_nowait())
-        except queue.Empty:
-            pass
-        return batch
+        self._receiver.start()
 
     def next_batch(self) -> list[RawMessage]:
-        """Return what has arrived; after a stop, the rest of the queue, then the end."""
+        """Return what has arrived; after a stop, the rest, then the end."""
         if self._stop_event.is_set() and not self._stopped:
-            self._shutdown_client()
-        batch = self._drain()
+            # Disconnect before the last take: what paho acknowledged goes into the
+            # dataflow; what it did not stays with the broker's session.
+            self._stopped = True
+            self._receiver.stop()
+        batch = [RawMessage(t, p, r) for t, p, r in self._receiver.take()]
         self.received += len(batch)
-        self._full = len(batch) >= self._batch_size
         if self._stopped and not batch:
-            log.info("MQTT source %s finished after %d messages", self._topic_filter, self.received)
             raise StopIteration
         return batch
 
-    def _shutdown_client(self) -> None:
-        # Disconnect before the last drain: what paho acknowledged is in the queue and
-        # goes into the dataflow; what it did not stays with the broker's session.
-        self._stopped = True
-        self._client.disconnect()
-        self._client.loop_stop()
+    def next_awake(self) -> datetime | None:
+        """Hand over a batch every ``poll_ms`` (low per-batch cost, bounded latency)."""
+        return None if self._stopped else utc_now() + self._poll
+
+    def snapshot(self) -> None:
+        """MQTT cannot seek; the persistent session is the resume mechanism."""
+        return None
+
+    def close(self) -> None:
+        """Disconnect if the dataflow ends for another reason."""
+        self._receiver.stop()
+
+
+class _ProcessPartition(StatefulSourcePartition[RawMessage, None]):
+    """A receiver in a child process, shipping batches over a pipe."""
+
+    def __init__(
+        self,
+        settings: ReceiverSettings,
+        *,
+        stop_event: threading.Event,
+        poll_ms: int,
+        batch_size: int,
+        failures: list[str],
+    ) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child_conn = ctx.Pipe(duplex=False)
+        self._child_stop = ctx.Event()
+        self._process = ctx.Process(
+            target=receiver_main,
+            args=(settings, child_conn, self._child_stop),
+            name=f"mqtt-receiver-{settings.client_id}",
+            daemon=True,
+        )
+        self._process.start()
+        child_conn.close()
+        self._client_id = settings.client_id
+        self._stop_event = stop_event
+        self._poll = timedelta(milliseconds=poll_ms)
+        self._batch_size = batch_size
+        self._failures = failures
+        self._finished = False
+        self._full = False
+        self.received = 0
+
+    def _end(self) -> None:
+        self._process.join(10)
+        log.info("MQTT source %s finished after %d messages", self._client_id, self.received)
+        raise StopIteration
+
+    def next_batch(self) -> list[RawMessage]:
+        """Return the batches shipped so far; after the end marker, the end."""
+        if self._stop_event.is_set() and not self._child_stop.is_set():
+            self._child_stop.set()
+        batch: list[RawMessage] = []
+        while not self._finished and len(batch) < self._batch_size and self._conn.poll():
+            try:
+                chunk = self._conn.recv()
+            except EOFError:
+                chunk = None
+                if not self._child_stop.is_set():
+                    # The receiver died: end the stream cleanly (windows close, sinks
+                    # flush) and let the CLI report the failure.
+                    reason = f"MQTT receiver process exited ({self._process.exitcode})"
+                    log.error("%s; ending the pipeline", reason)
+                    self._failures.append(reason)
+            if chunk is None:
+                self._finished = True
+                break
+            batch.extend(RawMessage(t, p, r) for t, p, r in chunk)
+        self.received += len(batch)
+        self._full = len(batch) >= self._batch_size
+        if self._finished and not batch:
+            self._end()
+        return batch
 
     def next_awake(self) -> datetime | None:
-        """Poll again at once after a full batch, else ``poll_ms`` later.
-
-        Handing the dataflow a batch every few milliseconds rather than whatever arrived
-        since the last call keeps Bytewax's per-batch cost low and leaves the GIL to
-        paho's network thread in between; it adds at most ``poll_ms`` of latency.
-        """
-        if self._full or self._stopped:
+        """Hand over a batch every ``poll_ms`` (low per-batch cost, bounded latency)."""
+        if self._full or self._finished:
             return None
         return utc_now() + self._poll
 
@@ -167,9 +163,13 @@ class _MqttSourcePartition(StatefulSourcePartition[RawMessage, None]):
         return None
 
     def close(self) -> None:
-        """Stop the client if the dataflow ends for another reason."""
-        if not self._stopped:
-            self._shutdown_client()
+        """Stop the child if the dataflow ends for another reason."""
+        self._child_stop.set()
+        self._process.join(10)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+        self._conn.close()
 
 
 class MqttSource(FixedPartitionedSource[RawMessage, None]):
@@ -184,9 +184,13 @@ class MqttSource(FixedPartitionedSource[RawMessage, None]):
         username: Broker user name.
         password: Broker password.
         qos: Subscription QoS.
+        receiver: ``"process"`` (paho in a child process, the default: it leaves this
+            process's GIL to the dataflow) or ``"thread"``.
         batch_size: Most messages handed over per ``next_batch``.
-        poll_ms: Interval between two hand-overs of what arrived, ms.
-        clock_ms: Wall clock for ``received_ms`` (UTC epoch ms).
+        poll_ms: Interval between two hand-overs, ms.
+
+    Attributes:
+        failures: Why partitions ended early (a receiver process died), for the CLI.
 
     """
 
@@ -201,14 +205,15 @@ class MqttSource(FixedPartitionedSource[RawMessage, None]):
         username: str | None = None,
         password: str | None = None,
         qos: int = 1,
+        receiver: Literal["process", "thread"] = "process",
         batch_size: int = 5000,
         poll_ms: int = 10,
-        clock_ms: Callable[[], int] = _epoch_ms,
     ) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
-        parse_url(url)  # fail early on a bad URL
-        self.url = url
+        if receiver not in ("process", "thread"):
+            raise ValueError(f"receiver must be 'process' or 'thread', got {receiver!r}")
+        self.host, self.port, self.tls = parse_url(url)
         self.topic_filter = topic_filter
         self.client_id = client_id
         self.stop_event = stop_event
@@ -216,31 +221,41 @@ class MqttSource(FixedPartitionedSource[RawMessage, None]):
         self.username = username
         self.password = password
         self.qos = qos
+        self.receiver = receiver
         self.batch_size = batch_size
         self.poll_ms = poll_ms
-        self.clock_ms = clock_ms
+        self.failures: list[str] = []
 
     def list_parts(self) -> list[str]:
         """Partition names ``mqtt-0`` ... (each worker can reach the broker)."""
         return [f"mqtt-{i}" for i in range(self.partitions)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: None) -> _MqttSourcePartition:
+    def build_part(
+        self, step_id: str, for_part: str, resume_state: None
+    ) -> StatefulSourcePartition[RawMessage, None]:
         """Start the subscriber of one partition."""
         index = for_part.rsplit("-", 1)[1]
         topic_filter = self.topic_filter
         if self.partitions > 1:
             topic_filter = f"$share/{self.client_id}/{self.topic_filter}"
-        return _MqttSourcePartition(
-            self.url,
+        settings = ReceiverSettings(
+            host=self.host,
+            port=self.port,
+            tls=self.tls,
             client_id=f"{self.client_id}-{index}",
             topic_filter=topic_filter,
             qos=self.qos,
             username=self.username,
             password=self.password,
+        )
+        if self.receiver == "thread":
+            return _ThreadPartition(settings, stop_event=self.stop_event, poll_ms=self.poll_ms)
+        return _ProcessPartition(
+            settings,
             stop_event=self.stop_event,
-            batch_size=self.batch_size,
             poll_ms=self.poll_ms,
-            clock_ms=self.clock_ms,
+            batch_size=self.batch_size,
+            failures=self.failures,
         )
 
 
