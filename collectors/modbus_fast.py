@@ -32,8 +32,12 @@ Implementation Guide V1.0b, section 3.1.3 (MBAP header).
 from __future__ import annotations
 
 import asyncio
+import functools
+import heapq
 import logging
+import math
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from gridflex.sunspec.discovery import MAX_READ_REGISTERS, IllegalAddress, ReadRegisters
@@ -43,8 +47,12 @@ __all__ = [
     "DeviceError",
     "FrameBuffer",
     "LeanModbusClient",
+    "Reply",
+    "ReplyCallback",
+    "Ticker",
     "decode_read_response",
     "encode_read_request",
+    "registers",
 ]
 
 log = logging.getLogger(__name__)
@@ -82,12 +90,12 @@ def encode_read_request(tid: int, unit_id: int, address: int, count: int) -> byt
     return _READ_REQUEST.pack(tid, 0, 6, unit_id, READ_HOLDING_REGISTERS, address, count)
 
 
-def decode_read_response(pdu: bytes | memoryview, address: int, count: int) -> list[int]:
-    """Registers of a function-3 response PDU (function code first) to a read of ``count``.
+def decode_read_response(pdu: bytes, address: int, count: int) -> bytes:
+    """Register data (``2 * count`` big-endian bytes) of a function-3 response PDU.
 
-    Raises ``IllegalAddress`` for Modbus exception 2, ``DeviceError`` (with ``code``) for
-    other exception responses, and ``DeviceError`` for a reply of the wrong function or
-    length.
+    ``pdu`` starts with the function code. Raises ``IllegalAddress`` for Modbus exception
+    2, ``DeviceError`` (with ``code``) for other exception responses, and ``DeviceError``
+    for a reply of the wrong function or length.
     """
     if len(pdu) == 2 and pdu[0] == READ_HOLDING_REGISTERS | _EXCEPTION_BIT:
         code = pdu[1]
@@ -98,7 +106,12 @@ def decode_read_response(pdu: bytes | memoryview, address: int, count: int) -> l
         raise DeviceError(f"unexpected reply (function {pdu[0] if pdu else None}) to a read")
     if pdu[1] != 2 * count or len(pdu) != 2 + 2 * count:
         raise DeviceError(f"asked {count} registers at {address}, got {(len(pdu) - 2) // 2}")
-    return list(_REGISTERS[count].unpack_from(pdu, 2))
+    return pdu[2:]
+
+
+def registers(data: bytes) -> list[int]:
+    """The 16-bit registers in big-endian register ``data``."""
+    return list(_REGISTERS[len(data) // 2].unpack(data))
 
 
 class FrameBuffer:
@@ -135,6 +148,73 @@ class FrameBuffer:
 # --------------------------------------------------------------------------- I/O
 
 
+class Ticker:
+    """Runs callbacks at their due time, batched in ticks, on one event-loop timer.
+
+    asyncio keeps one ``TimerHandle`` per ``call_at`` in a heap compared by a Python
+    ``__lt__``; a poll slot and a request deadline per poll (10,000 a second at 1,000
+    inverters) cost ~8 % of the collector's samples that way. Here an entry is a plain
+    tuple in a ``heapq`` (compared in C), every entry due by the end of the current tick
+    runs in one pass (the polls of the fleet that fall in the same tick go out together),
+    and one loop timer is armed for the earliest entry, at most once per ``tick_s``. An
+    entry runs at most ``tick_s`` after its due time (plus what the loop is busy with).
+
+    There is no cancellation: a callback that is no longer wanted checks its own state
+    and returns (a stale entry costs one tuple until it is due).
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, tick_s: float = 0.001) -> None:
+        self.tick_s = tick_s
+        self._loop = loop
+        self._heap: list[tuple[float, int, Callable[..., object], tuple[object, ...]]] = []
+        self._seq = 0
+        self._timer: asyncio.TimerHandle | None = None
+        self._armed_s = math.inf
+        self._closed = False
+
+    def call_at(self, when_s: float, callback: Callable[..., object], *args: object) -> None:
+        """Run ``callback(*args)`` once ``loop.time()`` reaches ``when_s`` (loop clock)."""
+        self._seq += 1
+        heapq.heappush(self._heap, (when_s, self._seq, callback, args))
+        if when_s < self._armed_s:
+            self._arm(when_s)
+
+    def close(self) -> None:
+        """Drop every entry and the loop timer."""
+        self._closed = True
+        self._heap.clear()
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _arm(self, when_s: float) -> None:
+        if self._closed:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+        self._armed_s = when_s
+        self._timer = self._loop.call_at(when_s, self._run)
+
+    def _run(self) -> None:
+        self._timer = None
+        self._armed_s = -math.inf  # callbacks that schedule more do not re-arm meanwhile
+        heap = self._heap
+        until_s = self._loop.time() + self.tick_s
+        while heap and heap[0][0] <= until_s:
+            _when, _seq, callback, args = heapq.heappop(heap)
+            try:
+                callback(*args)
+            except Exception:  # one broken callback must not stop the others' schedule
+                log.exception("ticker callback %r failed", callback)
+        self._armed_s = math.inf
+        if heap:
+            self._arm(max(heap[0][0], until_s))
+
+
+Reply = bytes | Exception
+ReplyCallback = Callable[[Reply], None]
+
+
 @dataclass(slots=True)
 class _Request:
     """The one request in flight on a connection."""
@@ -143,24 +223,42 @@ class _Request:
     unit_id: int
     address: int
     count: int
-    future: asyncio.Future[list[int]]
-    timer: asyncio.TimerHandle
+    callback: ReplyCallback
+    timer: asyncio.TimerHandle | None
+
+
+def _settle(future: asyncio.Future[list[int]], reply: Reply) -> None:
+    """Resolve ``future`` with the registers of a reply or its exception, unless cancelled."""
+    if future.done():
+        return
+    if isinstance(reply, Exception):
+        future.set_exception(reply)
+    else:
+        future.set_result(registers(reply))
 
 
 class LeanModbusClient(asyncio.Protocol):
     """One Modbus TCP connection reading holding registers (function 3), one request at a time.
 
-    ``await client.connect()`` (raises ``OSError``/``TimeoutError``), then
-    ``await client.read(address, count, unit_id)`` or ``client.reader(unit_id)`` for the
-    collector; ``close()`` ends it. Not thread-safe: use it from its event loop.
+    ``await client.connect()`` (raises ``OSError``/``TimeoutError``), then either
+    ``await client.read(address, count, unit_id)`` (or ``client.reader(unit_id)``, the
+    collector's ``ReadRegisters``) for the registers, or ``client.request(address, count,
+    unit_id, callback)``, which calls ``callback`` with the register data (``bytes``) or
+    the exception straight from the protocol callback: no future, no task wake-up (the
+    poll loop's hot path). Request deadlines go to ``ticker`` when given (one loop timer
+    for the whole fleet), else to a loop timer per request. ``close()`` ends it. Not
+    thread-safe: use it from its event loop.
     """
 
-    def __init__(self, host: str, port: int, *, timeout_s: float = 1.0) -> None:
+    def __init__(
+        self, host: str, port: int, *, timeout_s: float = 1.0, ticker: Ticker | None = None
+    ) -> None:
         self.host = host
         self.port = port
         self.timeout_s = timeout_s
         #: Replies that matched no request in flight (late replies to timed-out requests).
         self.discarded = 0
+        self._ticker = ticker
         self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._frames = FrameBuffer()
@@ -191,27 +289,38 @@ class LeanModbusClient(asyncio.Protocol):
 
     # ---------------------------------------------------------------- requests
 
-    def read(self, address: int, count: int, unit_id: int = 1) -> asyncio.Future[list[int]]:
-        """Send a function-3 request; the future resolves to the ``count`` registers.
+    def request(self, address: int, count: int, unit_id: int, callback: ReplyCallback) -> None:
+        """Send a function-3 request; ``callback`` gets the register data or the error.
 
-        The future fails with ``IllegalAddress``/``DeviceError`` (see
-        ``decode_read_response``), ``TimeoutError`` after ``timeout_s``, or
-        ``ConnectionError`` when the connection is (or gets) lost.
+        The data are the ``2 * count`` big-endian bytes of the registers. Errors:
+        ``IllegalAddress``/``DeviceError`` (see ``decode_read_response``),
+        ``TimeoutError`` after ``timeout_s``, ``ConnectionError`` when the connection is
+        (or gets) lost; an error found before sending is reported on the next loop pass.
         """
         loop = self._loop
         transport = self._transport
         assert loop is not None, "connect() first"
-        future: asyncio.Future[list[int]] = loop.create_future()
         if transport is None or transport.is_closing():
-            future.set_exception(self._lost or ConnectionError("not connected to the device"))
-            return future
+            loop.call_soon(callback, self._lost or ConnectionError("not connected to the device"))
+            return
         if self._request is not None:
             raise RuntimeError("one Modbus request at a time per connection")
         self._tid = tid = (self._tid + 1) & 0xFFFF
         frame = encode_read_request(tid, unit_id, address, count)
-        timer = loop.call_at(loop.time() + self.timeout_s, self._on_timeout, tid)
-        self._request = _Request(tid, unit_id, address, count, future, timer)
+        deadline_s = loop.time() + self.timeout_s
+        timer = None
+        if self._ticker is not None:
+            self._ticker.call_at(deadline_s, self._on_timeout, tid)
+        else:
+            timer = loop.call_at(deadline_s, self._on_timeout, tid)
+        self._request = _Request(tid, unit_id, address, count, callback, timer)
         transport.write(frame)
+
+    def read(self, address: int, count: int, unit_id: int = 1) -> asyncio.Future[list[int]]:
+        """``request`` as a future: resolves to the registers or fails with the error."""
+        assert self._loop is not None, "connect() first"
+        future: asyncio.Future[list[int]] = self._loop.create_future()
+        self.request(address, count, unit_id, functools.partial(_settle, future))
         return future
 
     def reader(self, unit_id: int) -> ReadRegisters:
@@ -239,12 +348,14 @@ class LeanModbusClient(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         """Match each complete reply to the request in flight (called by asyncio)."""
         try:
-            for tid, unit, pdu in self._frames.feed(data):
-                self._on_frame(tid, unit, pdu)
+            frames = self._frames.feed(data)
         except DeviceError as exc:
             self._fail(exc)
             if self._transport is not None:
                 self._transport.abort()
+            return
+        for tid, unit, pdu in frames:
+            self._on_frame(tid, unit, pdu)
 
     def _on_frame(self, tid: int, unit: int, pdu: bytes) -> None:
         request = self._request
@@ -255,33 +366,32 @@ class LeanModbusClient(asyncio.Protocol):
             )
             return
         self._request = None
-        request.timer.cancel()
-        future = request.future
-        if future.done():  # the caller cancelled it
-            return
+        if request.timer is not None:
+            request.timer.cancel()
+        reply: Reply
         try:
-            future.set_result(decode_read_response(pdu, request.address, request.count))
+            reply = decode_read_response(pdu, request.address, request.count)
         except (DeviceError, IllegalAddress) as exc:
-            future.set_exception(exc)
+            reply = exc
+        request.callback(reply)
 
     def _on_timeout(self, tid: int) -> None:
         request = self._request
         if request is None or request.tid != tid:
-            return
+            return  # answered (or failed) in time: a stale deadline
         self._request = None
-        if not request.future.done():
-            request.future.set_exception(
-                TimeoutError(
-                    f"no reply from {self.host}:{self.port} to a read of {request.count} "
-                    f"at {request.address} within {self.timeout_s} s"
-                )
+        request.callback(
+            TimeoutError(
+                f"no reply from {self.host}:{self.port} to a read of {request.count} "
+                f"at {request.address} within {self.timeout_s} s"
             )
+        )
 
     def _fail(self, exc: Exception) -> None:
         request = self._request
         if request is None:
             return
         self._request = None
-        request.timer.cancel()
-        if not request.future.done():
-            request.future.set_exception(exc)
+        if request.timer is not None:
+            request.timer.cancel()
+        request.callback(exc)

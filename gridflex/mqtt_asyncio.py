@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 _MISC_INTERVAL_S = 1.0  # paho's loop_misc: keepalive pings and ping timeouts
 _STOP_CLOSE_TIMEOUT_S = 2.0
+_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
 
 
 class AsyncMqttClient:
@@ -322,7 +323,19 @@ class AsyncMqttClient:
             return
         assert self._loop is not None
         self._writer_fd = sock.fileno()
-        self._loop.add_writer(self._writer_fd, self._client.loop_write)
+        self._loop.add_writer(self._writer_fd, self._write, sock)
+
+    def _write(self, sock: socket.socket) -> None:
+        """Send every queued packet; corked, so a burst leaves as few TCP segments."""
+        if _CORK is None:
+            self._client.loop_write()
+            return
+        sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+        try:
+            self._client.loop_write()
+        finally:
+            if sock.fileno() >= 0:
+                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
 
     def _on_socket_unregister_write(
         self, _client: mqtt.Client, _userdata: object, _sock: object

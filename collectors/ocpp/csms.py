@@ -405,16 +405,13 @@ class StationSession(RpcChargePoint):
         event_type = payload["eventType"]
         tx_id = info["transactionId"]
         seq_no = payload["seqNo"]
-        if state.transaction_id == tx_id and state.last_tx_seq_no is not None:
-            missed = seq_no - state.last_tx_seq_no - 1
-            if missed > 0:
-                self.csms.stats.missed_transaction_events += missed
-                log.debug(
-                    "%s: %d transaction events missing before seqNo %d", self.id, missed, seq_no
-                )
-        state.last_tx_seq_no = seq_no
-        if event_type == "Started" or state.transaction_id is None:
+        if state.transaction_id != tx_id:  # a new transaction (or one seen from its middle)
             state.transaction_id = tx_id
+        elif state.last_tx_seq_no is not None and seq_no - state.last_tx_seq_no > 1:
+            missed = seq_no - state.last_tx_seq_no - 1
+            self.csms.stats.missed_transaction_events += missed
+            log.debug("%s: %d transaction events missing before seqNo %d", self.id, missed, seq_no)
+        state.last_tx_seq_no = seq_no
         if "chargingState" in info:
             state.charging_state = info["chargingState"]
         ended = event_type == "Ended"
