@@ -116,7 +116,15 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
-def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url: str) -> dict:
+def run_one(
+    n: int,
+    sim_procs: int,
+    warmup_s: float,
+    duration_s: float,
+    mqtt_url: str,
+    *,
+    mqtt_client: str = "asyncio",
+) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     python = sys.executable
     per_proc = -(-n // sim_procs)
@@ -143,6 +151,8 @@ def run_one(n: int, sim_procs: int, warmup_s: float, duration_s: float, mqtt_url
                 "ocpp",
                 "--site",
                 str(site),
+                "--mqtt-client",
+                mqtt_client,
             ],
             cwd=ROOT,
             env=env,
@@ -235,20 +245,31 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--warmup-s", type=float, default=60.0)
     parser.add_argument("--sim-procs", type=int, default=2)
+    parser.add_argument("--mqtt-client", choices=("asyncio", "thread"), default="asyncio")
     args = parser.parse_args()
     sizes = args.n or [200, 500, 1000]
     broker = start_broker("mosquitto")
     rows = []
     try:
         for n in sizes:
-            rows.append(run_one(n, args.sim_procs, args.warmup_s, args.duration_s, broker.url))
+            rows.append(
+                run_one(
+                    n,
+                    args.sim_procs,
+                    args.warmup_s,
+                    args.duration_s,
+                    broker.url,
+                    mqtt_client=args.mqtt_client,
+                )
+            )
             time.sleep(1.0)
     finally:
         broker.stop()
     print()
     print(
         f"OCPP CSMS benchmark: {args.duration_s:.0f} s per row, meter values every 1 s, "
-        f"{args.sim_procs} simulator processes, {psutil.cpu_count()} cores"
+        f"{args.sim_procs} simulator processes, {psutil.cpu_count()} cores, "
+        f"{args.mqtt_client} MQTT client"
     )
     print()
     print(

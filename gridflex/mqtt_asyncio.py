@@ -95,6 +95,7 @@ class AsyncMqttClient:
         self._misc: asyncio.TimerHandle | None = None
         self._reader_fd: int | None = None
         self._writer_fd: int | None = None
+        self._write_scheduled = False
         self._closed: asyncio.Event | None = None
         self._client = mqtt.Client(
             mqtt.CallbackAPIVersion.VERSION2,
@@ -316,26 +317,42 @@ class AsyncMqttClient:
     def _on_socket_register_write(
         self, _client: mqtt.Client, _userdata: object, sock: object
     ) -> None:
-        self._in_loop(self._add_writer, sock)
+        self._in_loop(self._schedule_write, sock)
 
-    def _add_writer(self, sock: socket.socket) -> None:
-        if self._writer_fd is not None or self._client.socket() is not sock or sock.fileno() < 0:
+    def _schedule_write(self, sock: socket.socket) -> None:
+        """Write the queued packets on the next loop pass (all publishes of this pass)."""
+        if self._write_scheduled or self._writer_fd is not None:
             return
         assert self._loop is not None
-        self._writer_fd = sock.fileno()
-        self._loop.add_writer(self._writer_fd, self._write, sock)
+        self._write_scheduled = True
+        self._loop.call_soon(self._write, sock)
 
     def _write(self, sock: socket.socket) -> None:
-        """Send every queued packet; corked, so a burst leaves as few TCP segments."""
-        if _CORK is None:
-            self._client.loop_write()
+        """Send every queued packet, corked so a burst leaves in as few TCP segments.
+
+        Only when the socket's buffer is full does the socket wait in the selector for
+        room (``add_writer``); otherwise no selector registration per burst.
+        """
+        self._write_scheduled = False
+        if self._client.socket() is not sock or sock.fileno() < 0:
             return
-        sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
+        if _CORK is not None:
+            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
         try:
             self._client.loop_write()
         finally:
-            if sock.fileno() >= 0:
+            if _CORK is not None and sock.fileno() >= 0:
                 sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
+        if self._client.want_write() and self._writer_fd is None and sock.fileno() >= 0:
+            assert self._loop is not None
+            self._writer_fd = sock.fileno()
+            self._loop.add_writer(self._writer_fd, self._write_ready, sock)
+
+    def _write_ready(self, sock: socket.socket) -> None:
+        """The socket has room again: write, and stop waiting once nothing is left."""
+        self._client.loop_write()
+        if not self._client.want_write():
+            self._remove_writer()
 
     def _on_socket_unregister_write(
         self, _client: mqtt.Client, _userdata: object, _sock: object

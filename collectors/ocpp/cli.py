@@ -13,6 +13,7 @@ from collectors.ocpp.csms import Csms, CsmsSettings, collector_will
 from collectors.ocpp.security import KeyFileError, check_private_key_file
 from gridflex.config import ConfigError, load_site
 from gridflex.mqtt import MqttClient
+from gridflex.mqtt_asyncio import AsyncMqttClient
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -26,6 +27,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site file (TOML)")
     parser.add_argument("--host", help="listen address (default: site.ocpp.host)")
     parser.add_argument("--port", type=int, help="listen port (default: site.ocpp.port)")
+    parser.add_argument(
+        "--mqtt-client",
+        choices=("asyncio", "thread"),
+        default="asyncio",
+        help="asyncio (default: paho driven by the CSMS's event loop) or thread (paho's own "
+        "network thread, gridflex.mqtt)",
+    )
 
 
 async def run(csms: Csms, stop: asyncio.Event) -> None:
@@ -65,7 +73,8 @@ def main(args: argparse.Namespace) -> int:
             raise ConfigError(f"config error in {site.source}: ocpp.tls_key: {exc}") from None
 
     boot_id = uuid.uuid4().hex[:12]
-    mqtt = MqttClient(
+    mqtt_class = AsyncMqttClient if args.mqtt_client == "asyncio" else MqttClient
+    mqtt = mqtt_class(
         site.mqtt.url,
         f"gridflex-ocpp-{site.id}",
         username=site.mqtt.username,
@@ -74,24 +83,39 @@ def main(args: argparse.Namespace) -> int:
         queue_limit=site.mqtt.queue_limit,
         keepalive_s=site.mqtt.keepalive_s,
     )
-    mqtt.start()  # no wait: stations are served while the broker is unreachable
     csms = Csms(settings, mqtt, boot_id=boot_id)
 
-    async def _main() -> None:
+    def _stop_on_signals() -> asyncio.Event:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        await run(csms, stop)
+        return stop
+
+    async def _with_asyncio_mqtt(client: AsyncMqttClient) -> None:
+        stop = _stop_on_signals()
+        await client.start()  # no wait: stations are served while the broker is unreachable
+        try:
+            await run(csms, stop)
+        finally:
+            await client.stop(flush_timeout_s=5.0)
+
+    async def _with_thread_mqtt() -> None:
+        await run(csms, _stop_on_signals())
 
     try:
-        asyncio.run(_main())
+        if isinstance(mqtt, AsyncMqttClient):
+            asyncio.run(_with_asyncio_mqtt(mqtt))
+        else:
+            mqtt.start()  # no wait: stations are served while the broker is unreachable
+            try:
+                asyncio.run(_with_thread_mqtt())
+            finally:
+                mqtt.stop(flush_timeout_s=5.0)
     except KeyFileError as exc:
         raise ConfigError(f"config error in {site.source}: ocpp.tls_key: {exc}") from None
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
         return 1
-    finally:
-        mqtt.stop(flush_timeout_s=5.0)
     log.info("ocpp collector stopped: %s", csms.stats)
     return 0

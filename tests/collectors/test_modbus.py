@@ -3,22 +3,32 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import math
+import random
+import struct
 from collections.abc import Sequence
 
 import pytest
+from pydantic import ValidationError
 
 from collectors.modbus import (
     DeviceError,
+    InverterReading,
     LatenessStats,
+    PlannedPoint,
     PollPlan,
     PollSchedule,
+    TelemetryEncoder,
     backoff_s,
     build_plan,
+    decode_data,
     decode_reading,
     discover_plan,
     to_telemetry,
 )
 from gridflex.contract import Capabilities, Telemetry
+from gridflex.sunspec.codec import decoder, not_implemented
 from gridflex.sunspec.discovery import IllegalAddress, ModelInstance, ModelMap
 from gridflex.sunspec.tables import load_model
 from simulators.inverter import InverterModel, InverterRatings, SimulatedInverter
@@ -182,3 +192,168 @@ def test_telemetry_validates_against_the_contract() -> None:
     parsed = Telemetry.model_validate_json(message.to_json())
     assert (parsed.power_w, parsed.seq, parsed.kind) == (2_000.0, 7, "inverter")
     assert parsed.freq_hz == pytest.approx(50.01)
+
+
+# --------------------------------------------------------------------------- decode_data
+
+
+def _as_bytes(blocks: Sequence[Sequence[int]]) -> list[bytes]:
+    return [struct.pack(f">{len(b)}H", *b) for b in blocks]
+
+
+def _random_blocks(plan: PollPlan, rng: random.Random) -> list[list[int]]:
+    """Random registers, with each polled point now and then set to *not implemented*."""
+    blocks = [[rng.randrange(0x10000) for _ in range(count)] for _address, count in plan.reads]
+    for p in plan.points:
+        if rng.random() < 0.2:
+            blocks[p.block][p.offset : p.offset + p.size] = not_implemented(p.type, p.size)
+    return blocks
+
+
+def test_decode_data_equals_decode_reading_on_random_registers() -> None:
+    device = SimulatedInverter(InverterModel(), serial="R1")
+    plan = _plan(device)
+    rng = random.Random(1547)
+    for _ in range(2000):
+        blocks = _random_blocks(plan, rng)
+        assert decode_data(plan, _as_bytes(blocks)) == decode_reading(plan, blocks)
+
+
+def test_decode_data_equals_decode_reading_without_scale_factors() -> None:
+    device = SimulatedInverter(InverterModel(), serial="R2")
+    real = _plan(device)
+    tables = {m: load_model(m) for m in real.model_map.model_ids}
+    plan = build_plan(real.model_map, tables, {}, Capabilities(protocol="sunspec"))
+    rng = random.Random(2018)
+    for _ in range(200):
+        blocks = _random_blocks(plan, rng)
+        reading = decode_data(plan, _as_bytes(blocks))
+        assert reading == decode_reading(plan, blocks)
+        assert reading.freq_hz is None  # no Hz_SF: the raw number means nothing
+
+
+def test_points_struct_cannot_unpack_fall_back_to_the_generic_decoder() -> None:
+    def point(field: str, type_: str, offset: int, size: int) -> PlannedPoint:
+        return PlannedPoint(
+            field=field,
+            type=type_,
+            block=0,
+            offset=offset,
+            size=size,
+            sf=None,
+            scaled=False,
+            symbols={},
+            decode=decoder(type_, size),
+        )
+
+    plan = PollPlan(
+        reads=((40000, 6),),
+        points=(point("temp_c", "float32", 0, 2), point("voltage_v", "uint16", 2, 1)),
+        model_map=ModelMap(base=40000, models=()),
+        capabilities=Capabilities(protocol="sunspec"),
+        every_poll=1,
+    )
+    assert plan.unpacked == frozenset({"voltage_v"})
+    blocks = [[*struct.unpack(">HH", struct.pack(">f", 21.5)), 230, 0, 0, 0]]
+    reading = decode_data(plan, _as_bytes(blocks))
+    assert reading == decode_reading(plan, blocks)
+    assert (reading.temp_c, reading.voltage_v) == (21.5, 230.0)
+
+
+# --------------------------------------------------------------------------- encoder
+
+
+def _reading(**overrides: object) -> InverterReading:
+    values: dict[str, object] = {
+        "power_w": -4_600.0,
+        "freq_hz": 49.987,
+        "voltage_v": 230.1,
+        "current_a": 20.0,
+        "soc_pct": 61.5,
+        "energy_import_wh": 1_000.0,
+        "energy_export_wh": 2_000.0,
+        "temp_c": 31.2,
+        "setpoint_w": -4_600.0,
+        "status": "running",
+    }
+    values.update(overrides)
+    return InverterReading(**values)  # type: ignore[arg-type]
+
+
+def _pydantic_json(reading: InverterReading, ts_ms: int, seq: int) -> bytes:
+    return to_telemetry(reading, "site1", "inv-1", ts_ms=ts_ms, seq=seq, boot="b00t").to_json()
+
+
+@pytest.mark.parametrize(
+    "reading",
+    [
+        _reading(),
+        _reading(power_w=0.0, setpoint_w=None, status="standby", soc_pct=None),
+        _reading(freq_hz=None, voltage_v=None, current_a=None, temp_c=None, status=None),
+        _reading(energy_import_wh=0.0, soc_pct=100.0, temp_c=-12.5, current_a=-0.01),
+        _reading(status='odd "state" é'),
+    ],
+)
+def test_encoder_writes_the_bytes_pydantic_writes(reading: InverterReading) -> None:
+    encoder = TelemetryEncoder("site1", "inv-1", "b00t")
+    ours = encoder.encode(reading, ts_ms=1_764_000_000_123, seq=42)
+    assert ours == _pydantic_json(reading, 1_764_000_000_123, 42)
+    Telemetry.model_validate_json(ours)
+
+
+def test_encoder_matches_pydantic_json_on_random_readings() -> None:
+    encoder = TelemetryEncoder("site1", "inv-1", "b00t")
+    rng = random.Random(7)
+
+    def maybe(low: float, high: float) -> float | None:
+        return None if rng.random() < 0.15 else round(rng.uniform(low, high), rng.randrange(4))
+
+    for seq in range(500):
+        reading = InverterReading(
+            power_w=round(rng.uniform(-11_000, 11_000), rng.randrange(3)),
+            freq_hz=maybe(45, 65),
+            voltage_v=maybe(0, 1e3),
+            current_a=maybe(-100, 100),
+            soc_pct=maybe(0, 100),
+            energy_import_wh=maybe(0, 1e13),
+            energy_export_wh=maybe(0, 1e13),
+            temp_c=maybe(-40, 90),
+            setpoint_w=maybe(-11_000, 11_000),
+            status=rng.choice([None, "running", "standby", "fault"]),
+        )
+        ours = encoder.encode(reading, ts_ms=1_764_000_000_000 + seq, seq=seq)
+        theirs = _pydantic_json(reading, 1_764_000_000_000 + seq, seq)
+        # same keys in the same order, same values (exponents may be spelled differently)
+        assert list(json.loads(ours).items()) == list(json.loads(theirs).items())
+
+
+@pytest.mark.parametrize(
+    "reading",
+    [
+        _reading(freq_hz=0.0),
+        _reading(soc_pct=100.1),
+        _reading(energy_export_wh=-1.0),
+        _reading(voltage_v=-0.1),
+    ],
+)
+def test_encoder_refuses_what_the_contract_refuses(reading: InverterReading) -> None:
+    encoder = TelemetryEncoder("site1", "inv-1", "b00t")
+    with pytest.raises(ValidationError):
+        _pydantic_json(reading, 1, 1)
+    with pytest.raises(ValidationError):
+        encoder.encode(reading, ts_ms=1, seq=1)
+
+
+def test_encoder_refuses_a_value_that_is_not_a_finite_number() -> None:
+    encoder = TelemetryEncoder("site1", "inv-1", "b00t")
+    with pytest.raises(ValueError, match="finite"):
+        encoder.encode(_reading(power_w=math.inf), ts_ms=1, seq=1)
+    with pytest.raises(ValueError, match="finite"):
+        encoder.encode(_reading(temp_c=math.nan), ts_ms=1, seq=1)
+
+
+def test_encoder_checks_identifiers_once_like_the_model() -> None:
+    with pytest.raises(ValidationError):
+        TelemetryEncoder("site 1", "inv-1", "b00t")
+    with pytest.raises(ValidationError):
+        TelemetryEncoder("site1", "inv-1", "")

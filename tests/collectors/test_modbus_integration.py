@@ -18,7 +18,9 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from collectors.modbus import (
+    MODBUS_CLIENTS,
     CollectorStats,
+    ModbusClientKind,
     discover_plan,
     register_reader,
     run,
@@ -90,7 +92,13 @@ def _site(broker: Broker, base_port: int, count: int) -> SiteConfig:
 class Running:
     """A fleet and a collector running in the loop thread."""
 
-    def __init__(self, lt: LoopThread, site: SiteConfig, fleet: InverterFleet) -> None:
+    def __init__(
+        self,
+        lt: LoopThread,
+        site: SiteConfig,
+        fleet: InverterFleet,
+        modbus_client: ModbusClientKind = "lean",
+    ) -> None:
         self.lt, self.site, self.fleet = lt, site, fleet
         self.mqtt = MqttClient(site.mqtt.url, f"test-collector-{site.id}", clean_session=True)
         self.mqtt.start()
@@ -99,7 +107,9 @@ class Running:
 
         async def _start() -> tuple[asyncio.Event, asyncio.Task[CollectorStats]]:
             stop = asyncio.Event()
-            return stop, asyncio.create_task(run(site, self.mqtt, stop))
+            return stop, asyncio.create_task(
+                run(site, self.mqtt, stop, modbus_client=modbus_client)
+            )
 
         self.stop_event, self.task = self.lt.run(_start())
 
@@ -123,8 +133,14 @@ def _statuses(sub: Subscriber, site: str, asset: str) -> list[dict[str, Any]]:
     return sub.json_on(lambda t: t == f"gridflex/v1/{site}/inverter/{asset}/status")
 
 
+def _collector_offline(sub: Subscriber) -> bool:
+    last = sub.json_on(lambda t: t.endswith("/collector/modbus/status"))[-1:]
+    return bool(last) and last[0]["online"] is False
+
+
+@pytest.mark.parametrize("modbus_client", MODBUS_CLIENTS)
 def test_collector_publishes_contract_telemetry_with_increasing_seq(
-    mosquitto: Broker, loop_thread: LoopThread
+    mosquitto: Broker, loop_thread: LoopThread, modbus_client: ModbusClientKind
 ) -> None:
     base = free_port_block(3)
     site = _site(mosquitto, base, 3)
@@ -132,13 +148,22 @@ def test_collector_publishes_contract_telemetry_with_increasing_seq(
     fleet.devices[0].model.write_setpoint(True, -3_000.0)  # discharge 3 kW
     fleet.devices[0].model.power_w = -3_000.0
     with Subscriber(mosquitto.url, f"gridflex/v1/{site.id}/#") as sub:
-        running = Running(loop_thread, site, fleet)
+        running = Running(loop_thread, site, fleet, modbus_client)
         try:
             assert sub.wait_for(
                 lambda _m: all(len(_telemetry(sub, site.id, f"inv{i}")) >= 6 for i in range(3))
             )
         finally:
             running.stop()
+        # the offline statuses published on the way out reach the subscriber a bit later
+        assert sub.wait_for(
+            lambda _m: (
+                _collector_offline(sub)
+                and all(
+                    _statuses(sub, site.id, f"inv{i}")[-1]["state"] == "offline" for i in range(3)
+                )
+            )
+        )
         for i in range(3):
             raw = [p for t, p in sub.messages if t.endswith(f"/inv{i}/telemetry")]
             messages = [parse_payload(p) for p in raw]
@@ -160,14 +185,15 @@ def test_collector_publishes_contract_telemetry_with_increasing_seq(
             assert isinstance(last, AssetStatus) and last.state == "offline"
 
 
+@pytest.mark.parametrize("modbus_client", MODBUS_CLIENTS)
 def test_killed_device_goes_offline_others_keep_publishing_and_it_comes_back(
-    mosquitto: Broker, loop_thread: LoopThread
+    mosquitto: Broker, loop_thread: LoopThread, modbus_client: ModbusClientKind
 ) -> None:
     base = free_port_block(3)
     site = _site(mosquitto, base, 3)
     fleet = InverterFleet(3, base, seed=6)
     with Subscriber(mosquitto.url, f"gridflex/v1/{site.id}/#") as sub:
-        running = Running(loop_thread, site, fleet)
+        running = Running(loop_thread, site, fleet, modbus_client)
         try:
             assert sub.wait_for(lambda _m: len(_telemetry(sub, site.id, "inv1")) >= 3)
             loop_thread.run(fleet.stop_device(1))
@@ -197,15 +223,16 @@ def test_killed_device_goes_offline_others_keep_publishing_and_it_comes_back(
         assert stats.failures >= 1
 
 
+@pytest.mark.parametrize("modbus_client", MODBUS_CLIENTS)
 def test_device_with_a_broken_map_is_marked_error(
-    mosquitto: Broker, loop_thread: LoopThread
+    mosquitto: Broker, loop_thread: LoopThread, modbus_client: ModbusClientKind
 ) -> None:
     base = free_port_block(2)
     site = _site(mosquitto, base, 2)
     fleet = InverterFleet(2, base, seed=8)
     fleet.devices[1].image[0:4] = b"\x00\x00\x00\x00"  # no SunS marker
     with Subscriber(mosquitto.url, f"gridflex/v1/{site.id}/#") as sub:
-        running = Running(loop_thread, site, fleet)
+        running = Running(loop_thread, site, fleet, modbus_client)
         try:
             assert sub.wait_for(lambda _m: len(_statuses(sub, site.id, "inv1")) >= 2)
             assert sub.wait_for(lambda _m: len(_telemetry(sub, site.id, "inv0")) >= 3)

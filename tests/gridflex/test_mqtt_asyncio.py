@@ -1,0 +1,190 @@
+"""The asyncio-driven MQTT client against a real Mosquitto: delivery, will, bounded queue."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gridflex.broker import Broker, start_broker
+from gridflex.mqtt_asyncio import AsyncMqttClient
+from tests.mqtt_helpers import Subscriber
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def _until(condition: object, timeout_s: float = 10.0) -> bool:
+    assert callable(condition)
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        if time.monotonic() >= deadline:
+            return False
+        await asyncio.sleep(0.02)
+    return True
+
+
+def test_published_messages_arrive_once_in_order(mosquitto: Broker) -> None:
+    async def publish_all() -> dict[str, int]:
+        pub = AsyncMqttClient(mosquitto.url, "test-aio-order-pub")
+        await pub.start()
+        assert await pub.wait_connected(10)
+        for i in range(500):
+            assert pub.publish("t/aio-order", str(i).encode())
+            if i % 50 == 0:
+                await asyncio.sleep(0)  # let the loop write and read acks mid-stream
+        assert await pub.flush(10)
+        stats = pub.stats.as_dict()
+        await pub.stop()
+        return stats
+
+    with Subscriber(mosquitto.url, "t/aio-order") as sub:
+        stats = asyncio.run(publish_all())
+        assert sub.wait_for(lambda m: len(m) >= 500)
+        assert [int(p) for _t, p in sub.messages] == list(range(500))
+    assert (stats["published"], stats["acknowledged"], stats["dropped"]) == (500, 500, 0)
+
+
+def test_subscription_callbacks_run_on_the_loop_thread(mosquitto: Broker) -> None:
+    async def scenario() -> tuple[list[bytes], set[int], int]:
+        got: list[bytes] = []
+        threads: set[int] = set()
+        client = AsyncMqttClient(mosquitto.url, "test-aio-sub", clean_session=True)
+
+        def on_message(_topic: str, payload: bytes) -> None:
+            threads.add(threading.get_ident())
+            got.append(payload)
+
+        client.subscribe("t/aio-sub", on_message)
+        await client.start()
+        assert await client.wait_connected(10)
+        await asyncio.sleep(0.1)  # SUBACK
+        client.publish("t/aio-sub", b"hello")
+        assert await _until(lambda: got)
+        await client.stop()
+        return got, threads, threading.get_ident()
+
+    got, threads, loop_thread = asyncio.run(scenario())
+    assert got == [b"hello"]
+    assert threads == {loop_thread}
+
+
+def test_clean_stop_does_not_fire_the_last_will(mosquitto: Broker) -> None:
+    async def scenario() -> None:
+        client = AsyncMqttClient(
+            mosquitto.url, "test-aio-clean", will=("t/aio-clean", b'{"online": false}')
+        )
+        await client.start()
+        assert await client.wait_connected(10)
+        client.publish("t/aio-clean", b'{"online": true}', retain=True)
+        await client.stop()
+        assert not client.connected
+
+    asyncio.run(scenario())
+    with Subscriber(mosquitto.url, "t/aio-clean") as late:
+        assert late.wait_for(lambda m: len(m) >= 1)
+        time.sleep(0.3)  # a will would arrive after the retained message
+        assert [json.loads(p) for _t, p in late.messages] == [{"online": True}]
+
+
+def test_last_will_marks_a_killed_process_offline(mosquitto: Broker) -> None:
+    script = textwrap.dedent(
+        f"""
+        import asyncio
+        from gridflex.mqtt_asyncio import AsyncMqttClient
+
+        async def main():
+            c = AsyncMqttClient({mosquitto.url!r}, "test-aio-will", keepalive_s=5,
+                                will=("t/aio-will", b'{{"online": false}}'))
+            await c.start()
+            await c.wait_connected(10)
+            c.publish("t/aio-will", b'{{"online": true}}', retain=True)
+            await c.flush(5)
+            print("ready", flush=True)
+            await asyncio.sleep(60)
+
+        asyncio.run(main())
+        """
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, env=env)
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == b"ready"
+        with Subscriber(mosquitto.url, "t/aio-will") as sub:
+            assert sub.wait_for(lambda m: any(b"true" in p for _t, p in m))
+            os.kill(proc.pid, signal.SIGKILL)
+            assert sub.wait_for(lambda m: json.loads(m[-1][1]) == {"online": False}, 20)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+def test_queue_is_bounded_while_the_broker_is_down_and_drains_on_reconnect(
+    tmp_path: Path,
+) -> None:
+    store = tmp_path / "mosquitto-store"
+    store.mkdir()
+    brokers = [start_broker("mosquitto", persistence_dir=store)]
+    port = brokers[0].port
+
+    async def scenario() -> tuple[list[bool], dict[str, int], list[bytes]]:
+        url = brokers[0].url
+        # A subscriber with a persistent session: the broker keeps what it misses.
+        sub_client = AsyncMqttClient(url, "test-aio-queue-sub", clean_session=False)
+        received: list[bytes] = []
+        sub_client.subscribe("t/aio-queue", lambda _t, p: received.append(p))
+        await sub_client.start()
+        assert await sub_client.wait_connected(10)
+        await asyncio.sleep(0.1)  # SUBACK
+        await sub_client.stop()  # offline: the broker queues for it
+
+        pub = AsyncMqttClient(url, "test-aio-queue-pub", queue_limit=50, reconnect_max_s=1.0)
+        await pub.start()
+        assert await pub.wait_connected(10)
+        brokers[0].stop()
+        assert await _until(lambda: not pub.connected)
+        accepted = [pub.publish("t/aio-queue", str(i).encode()) for i in range(80)]
+        stats = pub.stats.as_dict()
+
+        brokers.append(start_broker("mosquitto", port=port, persistence_dir=store))
+        assert await pub.wait_connected(20)  # reconnected by the client's own backoff
+        assert await pub.flush(10)
+        await pub.stop()
+
+        sub_client = AsyncMqttClient(url, "test-aio-queue-sub", clean_session=False)
+        sub_client.subscribe("t/aio-queue", lambda _t, p: received.append(p))
+        await sub_client.start()
+        assert await _until(lambda: len(received) >= 50)
+        await sub_client.stop()
+        return accepted, stats, received
+
+    try:
+        accepted, stats, received = asyncio.run(scenario())
+    finally:
+        for broker in brokers:
+            broker.stop()
+    assert accepted.count(True) == 50
+    assert stats["dropped"] == 30
+    assert sorted(int(p) for p in received) == list(range(50))
+
+
+def test_stop_before_the_broker_was_ever_reached_returns() -> None:
+    async def scenario() -> bool:
+        client = AsyncMqttClient("mqtt://127.0.0.1:1", "test-aio-nobroker", reconnect_max_s=0.5)
+        await client.start()
+        connected = await client.wait_connected(0.3)
+        await client.stop()
+        return connected
+
+    assert asyncio.run(scenario()) is False
