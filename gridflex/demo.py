@@ -33,7 +33,7 @@ from typing import IO, Any
 
 from gridflex.broker import Broker, start_broker
 from gridflex.contract import PREFIX
-from gridflex.mqtt import MqttClient
+from gridflex.mqtt import MqttClient, open_session
 from gridflex.net import free_port, free_port_block
 
 __all__ = ["DemoPlan", "LiveView", "add_arguments", "main", "site_toml"]
@@ -41,6 +41,8 @@ __all__ = ["DemoPlan", "LiveView", "add_arguments", "main", "site_toml"]
 log = logging.getLogger(__name__)
 
 SITE_ID = "demo"
+#: The pipeline's MQTT client id: it names its persistent session on the broker.
+PIPELINE_CLIENT_ID = f"gridflex-pipeline-{SITE_ID}"
 
 
 @dataclass(frozen=True)
@@ -276,7 +278,7 @@ def _parts(plan: DemoPlan, site_file: Path, args: argparse.Namespace) -> list[_P
                 ],
             )
         )
-    parts.append(_Part("pipeline", ["pipeline", "--site", site]))
+    parts.append(_Part("pipeline", ["pipeline", "--site", site, "--client-id", PIPELINE_CLIENT_ID]))
     if plan.inverters:
         parts.append(_Part("collect-modbus", ["collect", "modbus", "--site", site]))
     return parts
@@ -316,6 +318,10 @@ def main(args: argparse.Namespace) -> int:
     watcher.subscribe(f"{PREFIX}/deadletter/#", view.on_message, qos=0)
     watcher.start()
 
+    # Open the pipeline's persistent session before any producer starts: the broker then
+    # keeps every reading for the pipeline while Bytewax is still starting (its single MQTT
+    # partition connects as "{client id}-0"), so the history starts at seq 0.
+    open_session(mqtt_url, f"{PIPELINE_CLIENT_ID}-0", f"{PREFIX}/{SITE_ID}/+/+/telemetry")
     parts = _parts(plan, site_file, args)
     codes: dict[str, int | None] = {}
     try:

@@ -23,7 +23,7 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
-__all__ = ["MessageCallback", "MqttClient", "MqttStats", "parse_url"]
+__all__ = ["MessageCallback", "MqttClient", "MqttStats", "open_session", "parse_url"]
 
 log = logging.getLogger(__name__)
 
@@ -265,3 +265,32 @@ class MqttClient:
 
     def _on_unmatched(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         log.debug("mqtt %s: message on %s matched no subscription", self.client_id, msg.topic)
+
+
+def open_session(url: str, client_id: str, topic_filter: str, timeout_s: float = 10.0) -> None:
+    """Create (or keep) the persistent session ``client_id`` subscribed to ``topic_filter``.
+
+    From then on the broker queues QoS 1 messages on ``topic_filter`` for that client until
+    it connects, so a consumer that starts after its producers loses nothing. Raises
+    ``TimeoutError`` when the broker does not confirm the subscription in ``timeout_s``.
+    """
+    host, port, tls = parse_url(url)
+    subscribed = threading.Event()
+    client = mqtt.Client(
+        mqtt.CallbackAPIVersion.VERSION2,
+        client_id=client_id,
+        clean_session=False,
+        protocol=mqtt.MQTTv311,
+    )
+    if tls:
+        client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
+    client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)
+    client.on_subscribe = lambda *_: subscribed.set()
+    client.connect(host, port)
+    client.loop_start()
+    try:
+        if not subscribed.wait(timeout_s):
+            raise TimeoutError(f"{url}: no SUBACK for {topic_filter} within {timeout_s} s")
+    finally:
+        client.disconnect()
+        client.loop_stop()
