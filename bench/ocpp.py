@@ -123,7 +123,7 @@ def run_one(
     duration_s: float,
     mqtt_url: str,
     *,
-    mqtt_client: str = "asyncio",
+    mqtt_client: str = "thread",
 ) -> dict:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     python = sys.executable
@@ -245,7 +245,7 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=20.0)
     parser.add_argument("--warmup-s", type=float, default=60.0)
     parser.add_argument("--sim-procs", type=int, default=2)
-    parser.add_argument("--mqtt-client", choices=("asyncio", "thread"), default="asyncio")
+    parser.add_argument("--mqtt-client", choices=("thread", "asyncio"), default="thread")
     args = parser.parse_args()
     sizes = args.n or [200, 500, 1000]
     broker = start_broker("mosquitto")

@@ -154,10 +154,11 @@ class Ticker:
     asyncio keeps one ``TimerHandle`` per ``call_at`` in a heap compared by a Python
     ``__lt__``; a poll slot and a request deadline per poll (10,000 a second at 1,000
     inverters) cost ~8 % of the collector's samples that way. Here an entry is a plain
-    tuple in a ``heapq`` (compared in C), every entry due by the end of the current tick
-    runs in one pass (the polls of the fleet that fall in the same tick go out together),
-    and one loop timer is armed for the earliest entry, at most once per ``tick_s``. An
-    entry runs at most ``tick_s`` after its due time (plus what the loop is busy with).
+    tuple in a ``heapq`` (compared in C) and one loop timer is armed for the earliest
+    entry. When it fires, every entry due before the end of the current tick runs in the
+    same pass (the polls of the fleet that fall in one tick go out together), so an entry
+    runs at most ``tick_s`` before its due time, and after it only by what else the loop
+    is busy with.
 
     There is no cancellation: a callback that is no longer wanted checks its own state
     and returns (a stale entry costs one tuple until it is due).

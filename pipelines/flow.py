@@ -266,6 +266,10 @@ def build_flow(
     Returns:
         The dataflow, for ``bytewax.run.cli_main`` or ``bytewax.testing.run_main``.
 
+    The default source starts its MQTT receiver in a ``spawn`` child process, which
+    imports the parent's ``__main__``: a script running this dataflow needs the usual
+    ``if __name__ == "__main__":`` guard (the ``gridflex`` command and pytest have it).
+
     """
     opts = options or FlowOptions()
     root = Path(data_dir if data_dir is not None else site.history.dir)

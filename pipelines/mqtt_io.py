@@ -28,6 +28,7 @@ a module light enough to start in a ``spawn`` child.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import threading
@@ -103,15 +104,17 @@ class _ProcessPartition(StatefulSourcePartition[RawMessage, None]):
     ) -> None:
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=False)
-        self._child_stop = ctx.Event()
+        child_control, self._control = ctx.Pipe(duplex=False)
         self._process = ctx.Process(
             target=receiver_main,
-            args=(settings, child_conn, self._child_stop),
+            args=(settings, child_conn, child_control),
             name=f"mqtt-receiver-{settings.client_id}",
             daemon=True,
         )
         self._process.start()
         child_conn.close()
+        child_control.close()
+        self._stop_sent = False
         self._client_id = settings.client_id
         self._stop_event = stop_event
         self._poll = timedelta(milliseconds=poll_ms)
@@ -126,17 +129,23 @@ class _ProcessPartition(StatefulSourcePartition[RawMessage, None]):
         log.info("MQTT source %s finished after %d messages", self._client_id, self.received)
         raise StopIteration
 
+    def _send_stop(self) -> None:
+        if not self._stop_sent:
+            self._stop_sent = True
+            with contextlib.suppress(OSError):  # the child may be gone already
+                self._control.send("stop")
+
     def next_batch(self) -> list[RawMessage]:
         """Return the batches shipped so far; after the end marker, the end."""
-        if self._stop_event.is_set() and not self._child_stop.is_set():
-            self._child_stop.set()
+        if self._stop_event.is_set():
+            self._send_stop()
         batch: list[RawMessage] = []
         while not self._finished and len(batch) < self._batch_size and self._conn.poll():
             try:
                 chunk = self._conn.recv()
             except EOFError:
                 chunk = None
-                if not self._child_stop.is_set():
+                if not self._stop_sent:
                     # The receiver died: end the stream cleanly (windows close, sinks
                     # flush) and let the CLI report the failure.
                     reason = f"MQTT receiver process exited ({self._process.exitcode})"
@@ -164,12 +173,13 @@ class _ProcessPartition(StatefulSourcePartition[RawMessage, None]):
 
     def close(self) -> None:
         """Stop the child if the dataflow ends for another reason."""
-        self._child_stop.set()
+        self._send_stop()
         self._process.join(10)
         if self._process.is_alive():
             self._process.terminate()
             self._process.join(5)
         self._conn.close()
+        self._control.close()
 
 
 class MqttSource(FixedPartitionedSource[RawMessage, None]):

@@ -10,16 +10,15 @@ whole dataflow; in the dataflow's process the two share one GIL. :func:`receiver
 therefore runs a receiver in a child process (started with ``spawn``; this module imports
 nothing heavy) and ships batches over a pipe; the parent only unpickles them.
 
-Shutdown: the parent sets a ``multiprocessing`` event; the child disconnects first (nothing
-more is acknowledged), sends what it still holds, then ``None`` as end marker, and exits.
-The child ignores SIGINT/SIGTERM (a Ctrl-C reaches the whole process group: the parent
-decides) and exits by itself when the parent is gone.
+Shutdown: the parent writes to a control pipe; the child disconnects first (nothing more
+is acknowledged), sends what it still holds, then ``None`` as end marker, and exits. The
+child ignores SIGINT/SIGTERM (a Ctrl-C reaches the whole process group: the parent
+decides) and exits by itself when the parent is gone (end of file on the control pipe).
 """
 
 from __future__ import annotations
 
 import logging
-import multiprocessing
 import signal
 import threading
 import time
@@ -28,6 +27,8 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 import paho.mqtt.client as mqtt
+
+from gridflex.log import setup_logging
 
 __all__ = ["Message", "MqttReceiver", "ReceiverSettings", "receiver_main"]
 
@@ -147,31 +148,32 @@ class MqttReceiver:
         self._client.loop_stop()
 
 
-def receiver_main(settings: ReceiverSettings, conn: Connection, stop: Any) -> None:
-    """Child process: receive, ship batches to ``conn`` until ``stop`` is set, then ``None``."""
+def receiver_main(settings: ReceiverSettings, conn: Connection, control: Connection) -> None:
+    """Child process: receive and ship batches to ``conn`` until ``control`` says stop.
+
+    Anything arriving on ``control`` (or its end of file, when the parent is gone) means
+    stop: disconnect, ship the rest, then ``None`` as end marker. A pipe rather than a
+    ``multiprocessing.Event``: setting an event that a killed process was waiting on can
+    block the setter for ever.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    logging.basicConfig(
-        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s[receiver]: %(message)s"
-    )
+    setup_logging()  # a spawned child starts without the parent's logging set-up
     receiver = MqttReceiver(settings)
     receiver.start()
-    parent = multiprocessing.parent_process()
     try:
-        while not stop.wait(settings.flush_ms / 1000):
+        while not control.poll(settings.flush_ms / 1000):
             batch = receiver.take()
             if batch:
                 conn.send(batch)
-            if parent is not None and not parent.is_alive():
-                log.warning("MQTT receiver: the pipeline process is gone; exiting")
-                return
         receiver.stop()
         rest = receiver.take()
         if rest:
             conn.send(rest)
         conn.send(None)
-    except (BrokenPipeError, EOFError):
-        log.warning("MQTT receiver: the pipeline closed the pipe; exiting")
+    except (BrokenPipeError, EOFError, ConnectionResetError):
+        log.warning("MQTT receiver: the pipeline process is gone; exiting")
     finally:
         receiver.stop()
         conn.close()
+        control.close()

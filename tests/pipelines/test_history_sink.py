@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -173,6 +175,42 @@ def test_sink_partition_drops_redeliveries_and_flushes_on_close(tmp_path: Path) 
         ("a", 3),
         ("b", 1),
     ]
+
+
+def test_sink_partition_writes_outside_the_dataflow_thread(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    writers: list[str] = []
+    real_write = history_sink.write_parquet_atomic
+
+    def spy(table: Any, path: Path) -> None:
+        writers.append(threading.current_thread().name)
+        real_write(table, path)
+
+    monkeypatch.setattr(history_sink, "write_parquet_atomic", spy)
+    sink = HistorySink(tmp_path, "telemetry", flush_rows=3, flush_interval_s=60)
+    part = sink.build_part("history_telemetry", sink.list_parts()[0], None)
+    part.write_batch([row("a", 1), row("a", 2), row("a", 3)])  # a full buffer
+    deadline = time.monotonic() + 10
+    while not finished_files(tmp_path) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    part.close()
+    assert len(finished_files(tmp_path)) == 1
+    assert writers and threading.current_thread().name not in writers
+
+
+def test_a_failed_background_write_fails_the_dataflow(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(table: Any, path: Path) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(history_sink, "write_parquet_atomic", broken)
+    sink = HistorySink(tmp_path, "telemetry", flush_interval_s=60)
+    part = sink.build_part("history_telemetry", sink.list_parts()[0], None)
+    part.write_batch([row("a", 1)])
+    with pytest.raises(RuntimeError, match="write failed"):
+        part.close()
 
 
 def test_sink_routes_a_key_to_the_same_partition_every_time() -> None:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import multiprocessing
+import os
+import signal
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from typing import Literal
 
 import bytewax.operators as op
 import pytest
@@ -34,14 +38,27 @@ def messages(first: int, count: int) -> list[tuple[str, bytes]]:
 class FlowThread:
     """Runs a source -> TestingSink flow in a thread until its stop event is set."""
 
-    def __init__(self, url: str, client_id: str, *, partitions: int = 1, workers: int = 1) -> None:
+    def __init__(
+        self,
+        url: str,
+        client_id: str,
+        *,
+        partitions: int = 1,
+        workers: int = 1,
+        receiver: Literal["process", "thread"] = "process",
+    ) -> None:
         self.stop_event = threading.Event()
         self.out: list[RawMessage] = []
         self._lock = threading.Lock()
         self.error: BaseException | None = None
         flow = Dataflow("mqtt_io_test")
-        source = MqttSource(
-            url, FILTER, client_id=client_id, stop_event=self.stop_event, partitions=partitions
+        self.source = source = MqttSource(
+            url,
+            FILTER,
+            client_id=client_id,
+            stop_event=self.stop_event,
+            partitions=partitions,
+            receiver=receiver,
         )
         op.output("out", op.input("mqtt_in", flow, source), TestingSink(self.out))
         self._thread = threading.Thread(target=self._run, args=(flow, workers), daemon=True)
@@ -63,6 +80,10 @@ class FlowThread:
             time.sleep(0.02)
         return False
 
+    def join(self, timeout_s: float = 30) -> bool:
+        self._thread.join(timeout_s)
+        return not self._thread.is_alive()
+
     def stop(self) -> None:
         self.stop_event.set()
         self._thread.join(30)
@@ -71,13 +92,16 @@ class FlowThread:
             raise self.error
 
 
-def test_source_delivers_in_order_and_ends_on_the_stop_event(mosquitto: Broker) -> None:
+@pytest.mark.parametrize("receiver", ["process", "thread"])
+def test_source_delivers_in_order_and_ends_on_the_stop_event(
+    mosquitto: Broker, receiver: Literal["process", "thread"]
+) -> None:
     client_id = f"t-src-{uuid.uuid4().hex[:8]}"
     create_session(mosquitto.url, f"{client_id}-0", FILTER)
     sent = messages(0, 200)
     publish_all(mosquitto.url, sent)  # queued by the broker for the session
 
-    flow = FlowThread(mosquitto.url, client_id)
+    flow = FlowThread(mosquitto.url, client_id, receiver=receiver)
     assert flow.wait_for(lambda out: len(out) >= len(sent))
     flow.stop()
     assert [(m.topic, m.payload) for m in flow.out] == sent
@@ -114,6 +138,20 @@ def test_two_partitions_share_the_subscription_without_duplicates(mosquitto: Bro
     assert flow.wait_for(lambda out: len(out) >= len(sent))
     flow.stop()
     assert sorted(m.payload for m in flow.out) == sorted(p for _, p in sent)
+
+
+def test_a_dead_receiver_process_ends_the_source_cleanly_and_says_why(mosquitto: Broker) -> None:
+    client_id = f"t-die-{uuid.uuid4().hex[:8]}"
+    create_session(mosquitto.url, f"{client_id}-0", FILTER)
+    publish_all(mosquitto.url, messages(0, 20))
+    flow = FlowThread(mosquitto.url, client_id)
+    assert flow.wait_for(lambda out: len(out) >= 20)
+    (child,) = [p for p in multiprocessing.active_children() if p.name.endswith(f"{client_id}-0")]
+    os.kill(child.pid, signal.SIGKILL)  # type: ignore[arg-type]
+    assert flow.join(), "the flow did not end after its receiver died"
+    assert flow.error is None
+    assert len(flow.out) == 20
+    assert flow.source.failures and "receiver process exited" in flow.source.failures[0]
 
 
 def test_sink_publishes_every_item_before_close_returns(mosquitto: Broker) -> None:

@@ -150,17 +150,21 @@ def test_cli_flushes_history_and_exits_0_on_signal(
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # its own process group, as under a terminal
         )
         try:
             publish_all(mosquitto.url, as_messages(readings))
             assert freq.wait_for(lambda msgs: len(msgs) >= 1), "the pipeline produced nothing"
             # With the default flush interval (5 s) the rows are most likely still in
             # memory here: the shutdown must flush them.
-            proc.send_signal(signum)
+            if signum == signal.SIGINT:
+                os.killpg(proc.pid, signum)  # Ctrl-C reaches the receiver child too
+            else:
+                proc.send_signal(signum)
             _, stderr = proc.communicate(timeout=60)
         finally:
             if proc.poll() is None:
-                proc.kill()
+                os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
     assert proc.returncode == 0, stderr.decode()[-2000:]
     assert history_count(tmp_path / "hist", "telemetry") == len(readings)
