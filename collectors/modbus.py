@@ -388,6 +388,8 @@ def _reading(raw: dict[str, Value]) -> InverterReading:
 
 
 def _float(value: Value) -> float | None:
+    if type(value) is float:  # the common case: a scaled value (skips the isinstance)
+        return value
     return float(value) if isinstance(value, int | float) else None
 
 
