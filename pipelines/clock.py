@@ -1,23 +1,24 @@
-"""Event-time clock for Bytewax windows: a watermark from the stream plus a wall-clock timeout.
+"""Event-time clock for Bytewax windows: a watermark from the stream, idle heartbeats.
 
-The watermark is ``max event time seen - allowed lateness``. While readings keep coming it
-is driven by the stream only, so a backlog (a persistent MQTT session replaying what was
-queued while the pipeline was down) is windowed by its own timestamps however fast or
-slowly it is processed, and a pause of the dataflow itself (a Parquet flush, a GC) does
-not make readings late. When no reading has arrived for ``idle_timeout``, the watermark
-advances with the wall clock, so the last window still closes when data stops: at most
-``idle_timeout + lateness`` after its end, in wall time, when device clocks are right.
+The watermark is ``max event time seen - allowed lateness``; it moves only with what the
+stream carries, never with the clock of the machine the dataflow runs on:
 
-Compared with Bytewax's :class:`~bytewax.operators.windowing.EventClock`, which always
-extrapolates with the wall clock from the arrival of the newest event:
+* readings advance it by their event time (``ts_ms``);
+* :class:`Heartbeat` items advance it while no reading comes. A source emits a heartbeat
+  when it has handed over everything it received up to ``wall_ms``; if no reading has
+  arrived (by its receive time) for ``idle_timeout`` before that, the watermark advances by
+  the excess, so the last window closes when data stops: ``idle_timeout + lateness`` after
+  its end, in wall time, when device clocks are right.
 
-* the wall clock only counts after ``idle_timeout`` without any arrival, so readings that
-  lag behind the newest one (a backlog, a stalled worker) are not declared late;
-* :meth:`WatermarkClockLogic.to_system_utc` maps a window's close time to the wall time at
-  which the watermark will reach it, so the runtime wakes up once, at the right moment,
-  even when device clocks (or replayed data) are far from the pipeline's clock; the stock
-  clock passes the event time through, which wakes the runtime in a busy loop for data from
-  the past.
+Why not Bytewax's :class:`~bytewax.operators.windowing.EventClock`, which extrapolates with
+the wall clock of the dataflow: a dataflow that falls behind (a backlog replayed from the
+persistent MQTT session, a stall of an overloaded machine) sees wall time pass while the
+readings it has not processed yet are still on their way, and then calls them late. Here a
+source that has not drained its input sends no heartbeat, so only real silence counts.
+The clock is deterministic (a function of the items), which also makes it easy to test.
+
+A heartbeat never enters a window: the clock gives it the smallest timestamp, so the window
+operator routes it to its late stream, which the flow filters.
 """
 
 from __future__ import annotations
@@ -30,9 +31,19 @@ from typing import Generic, TypeVar
 
 from bytewax.operators.windowing import UTC_MAX, UTC_MIN, Clock, ClockLogic
 
-__all__ = ["WatermarkClock", "WatermarkClockLogic", "WatermarkState", "utc_now"]
+__all__ = [
+    "EPOCH",
+    "Heartbeat",
+    "WatermarkClock",
+    "WatermarkClockLogic",
+    "WatermarkState",
+    "from_epoch_ms",
+    "utc_now",
+]
 
 V = TypeVar("V")
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def utc_now() -> datetime:
@@ -40,76 +51,88 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def from_epoch_ms(ms: int) -> datetime:
+    """Return the aware UTC datetime of an epoch-millisecond time (exact, no float)."""
+    return EPOCH + timedelta(milliseconds=ms)
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    """The source had handed over every message it received up to ``wall_ms``.
+
+    Attributes:
+        wall_ms: Wall time of the source, UTC epoch ms.
+
+    """
+
+    wall_ms: int
+
+
 @dataclass
 class WatermarkState:
     """Snapshot-able state of the clock.
 
     Attributes:
-        max_event: Largest event time seen, or ``None`` before the first item.
-        last_arrival: Wall time of the last item.
+        max_event: Largest event time seen, or ``None`` before the first reading.
+        last_arrival: Latest receive time of a reading, or ``None`` before the first.
         watermark: Last watermark handed out (it never goes back).
 
     """
 
-    max_event: datetime | None
-    last_arrival: datetime
-    watermark: datetime
+    max_event: datetime | None = None
+    last_arrival: datetime | None = None
+    watermark: datetime = UTC_MIN
 
 
 @dataclass
 class WatermarkClockLogic(ClockLogic[V, WatermarkState], Generic[V]):
     """The clock of one window operator key (see the module docstring)."""
 
-    now_getter: Callable[[], datetime]
-    ts_getter: Callable[[V], datetime]
+    ts_getter: Callable[[V], datetime | None]
+    arrival_getter: Callable[[V], datetime]
     lateness: timedelta
     idle_timeout: timedelta
     state: WatermarkState
-
-    def __post_init__(self) -> None:
-        self._now = self.now_getter()
-
-    def _extrapolated(self) -> datetime:
-        if self.state.max_event is None:
-            return UTC_MIN
-        idle = self._now - self.state.last_arrival - self.idle_timeout
-        return self.state.max_event - self.lateness + max(idle, timedelta(0))
 
     def _advance(self, candidate: datetime) -> datetime:
         self.state.watermark = max(self.state.watermark, candidate)
         return self.state.watermark
 
     def before_batch(self) -> None:
-        """Read the wall clock once per batch (never going back)."""
-        now = self.now_getter()
-        self._now = max(self._now, now)
+        """Nothing to do: the clock reads no wall clock."""
 
     def on_item(self, value: V) -> tuple[datetime, datetime]:
-        """Return the item's event time and the watermark after seeing it."""
+        """Return the item's event time and the watermark after seeing it.
+
+        A heartbeat (``ts_getter`` returns ``None``) gets ``UTC_MIN``: always late, it
+        never opens a window.
+        """
         ts = self.ts_getter(value)
-        self._advance(self._extrapolated())
-        if self.state.max_event is None or ts > self.state.max_event:
-            self.state.max_event = ts
-        self.state.last_arrival = self._now
-        return ts, self._advance(self.state.max_event - self.lateness)
+        arrival = self.arrival_getter(value)
+        state = self.state
+        if ts is None:
+            if state.max_event is not None and state.last_arrival is not None:
+                idle = arrival - state.last_arrival - self.idle_timeout
+                if idle > timedelta(0):
+                    self._advance(state.max_event - self.lateness + idle)
+            return UTC_MIN, state.watermark
+        if state.max_event is None or ts > state.max_event:
+            state.max_event = ts
+        if state.last_arrival is None or arrival > state.last_arrival:
+            state.last_arrival = arrival
+        return ts, self._advance(state.max_event - self.lateness)
 
     def on_notify(self) -> datetime:
-        """Return the watermark now (advanced by the wall clock once the input is idle)."""
-        self.before_batch()
-        return self._advance(self._extrapolated())
+        """Return the watermark (it only moves with items)."""
+        return self.state.watermark
 
     def on_eof(self) -> datetime:
         """At the end of input every window is complete."""
         return UTC_MAX
 
     def to_system_utc(self, timestamp: datetime) -> datetime | None:
-        """Wall time at which the watermark reaches ``timestamp`` if nothing else arrives."""
-        if self.state.max_event is None:
-            return None
-        wait = timestamp - (self.state.max_event - self.lateness)
-        if wait <= timedelta(0):
-            return self.state.last_arrival  # already reached
-        return self.state.last_arrival + self.idle_timeout + wait
+        """No timer wake-ups: readings and heartbeats drive the watermark."""
+        return None
 
     def snapshot(self) -> WatermarkState:
         """Return a copy of the state for recovery."""
@@ -118,27 +141,28 @@ class WatermarkClockLogic(ClockLogic[V, WatermarkState], Generic[V]):
 
 @dataclass
 class WatermarkClock(Clock[V, WatermarkState], Generic[V]):
-    """Event-time clock with allowed lateness and a wall-clock timeout.
+    """Event-time clock with allowed lateness, advanced through idle by heartbeats.
 
     Args:
-        ts_getter: Event time of an item, an aware UTC datetime.
-        lateness: How far behind the newest event time an item may be and still count.
-        idle_timeout: Wall time without any item after which the watermark advances with
-            the wall clock.
-        now_getter: Wall clock (injectable for tests).
+        ts_getter: Event time of a reading (aware UTC), ``None`` for a heartbeat.
+        arrival_getter: When a reading was received, or a heartbeat's wall time.
+        lateness: How far behind the newest event time a reading may be and still count.
+        idle_timeout: Silence (by receive time) after which heartbeats advance the
+            watermark.
 
     """
 
-    ts_getter: Callable[[V], datetime]
+    ts_getter: Callable[[V], datetime | None]
+    arrival_getter: Callable[[V], datetime]
     lateness: timedelta
-    idle_timeout: timedelta = timedelta(seconds=1)
-    now_getter: Callable[[], datetime] = utc_now
+    idle_timeout: timedelta = timedelta(seconds=2)
 
     def build(self, resume_state: WatermarkState | None) -> WatermarkClockLogic[V]:
         """Build the clock logic for one key."""
-        state = resume_state or WatermarkState(
-            max_event=None, last_arrival=self.now_getter(), watermark=UTC_MIN
-        )
         return WatermarkClockLogic(
-            self.now_getter, self.ts_getter, self.lateness, self.idle_timeout, state
+            self.ts_getter,
+            self.arrival_getter,
+            self.lateness,
+            self.idle_timeout,
+            resume_state or WatermarkState(),
         )

@@ -25,12 +25,11 @@ import os
 import signal
 import threading
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, NamedTuple, Protocol
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -47,7 +46,7 @@ from gridflex.contract import (
     grid_frequency_topic,
 )
 from gridflex.history import GRID_FREQUENCY, TELEMETRY
-from pipelines.clock import WatermarkClock, utc_now
+from pipelines.clock import EPOCH, Heartbeat, WatermarkClock, from_epoch_ms
 from pipelines.frequency import (
     FrequencyAccumulator,
     FrequencySample,
@@ -82,7 +81,6 @@ log = logging.getLogger(__name__)
 
 FLOW_ID = "gridflex_pipeline"
 COMPONENT = "pipeline"
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 # --------------------------------------------------------------------------- site
@@ -133,8 +131,9 @@ class FlowOptions:
     Attributes:
         lateness_ms: How far behind the newest reading a reading may arrive and still
             count in its frequency window, ms; ``None`` = ``site.pipeline.allowed_lateness_ms``.
-        idle_timeout_ms: Without any reading for this long the windows' watermark advances
-            with the wall clock, so the last window closes when data stops, ms.
+        idle_timeout_ms: After this long without a reading (by receive time), the source's
+            heartbeats advance the windows' watermark, so the last window closes when data
+            stops, ms.
         max_future_ms: Readings further ahead of the pipeline clock are refused, ms.
         history_partitions: Parallel Parquet writers per stream.
         flush_rows: Rows buffered before a Parquet file is written.
@@ -149,7 +148,7 @@ class FlowOptions:
     """
 
     lateness_ms: int | None = None
-    idle_timeout_ms: int = 1000
+    idle_timeout_ms: int = 2000
     max_future_ms: int = DEFAULT_MAX_FUTURE_MS
     history_partitions: int = 1
     flush_rows: int = 50_000
@@ -189,14 +188,42 @@ def mqtt_source(
 # --------------------------------------------------------------------------- step functions
 
 
-def _ts_of(sample: FrequencySample) -> datetime:
-    return _EPOCH + timedelta(milliseconds=sample.ts_ms)
+class Accepted(NamedTuple):
+    """A valid reading and when the pipeline received it (UTC epoch ms)."""
+
+    telemetry: Telemetry
+    received_ms: int
 
 
-def _frequency_sample(telemetry: Telemetry) -> FrequencySample | None:
-    if telemetry.freq_hz is None:
+class ArrivedSample(NamedTuple):
+    """A frequency sample and when the pipeline received it (UTC epoch ms)."""
+
+    sample: FrequencySample
+    received_ms: int
+
+
+WindowInput = ArrivedSample | Heartbeat
+
+
+def _event_time(item: WindowInput) -> datetime | None:
+    return from_epoch_ms(item.sample.ts_ms) if isinstance(item, ArrivedSample) else None
+
+
+def _arrival_time(item: WindowInput) -> datetime:
+    return from_epoch_ms(item.received_ms if isinstance(item, ArrivedSample) else item.wall_ms)
+
+
+def _frequency_sample(accepted: Accepted) -> ArrivedSample | None:
+    t = accepted.telemetry
+    if t.freq_hz is None:
         return None
-    return FrequencySample(telemetry.site, telemetry.asset, telemetry.ts_ms, telemetry.freq_hz)
+    return ArrivedSample(FrequencySample(t.site, t.asset, t.ts_ms, t.freq_hz), accepted.received_ms)
+
+
+def _fold_sample(acc: FrequencyAccumulator, item: WindowInput) -> FrequencyAccumulator:
+    # Heartbeats are always late (see pipelines.clock) and never reach a window.
+    assert isinstance(item, ArrivedSample)
+    return add_sample(acc, item.sample)
 
 
 def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejected]:
@@ -215,10 +242,13 @@ def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejecte
     return count, rejected
 
 
-def _count_late(count: int | None, late: tuple[int, FrequencySample]) -> tuple[int, None]:
+def _count_late(count: int | None, late: tuple[int, WindowInput]) -> tuple[int | None, None]:
     """Count samples that came after their window closed; log the first one."""
+    _, item = late
+    if not isinstance(item, ArrivedSample):
+        return count, None  # a heartbeat: late by construction
     count = (count or 0) + 1
-    _, sample = late
+    sample = item.sample
     if count == 1:
         log.warning(
             "frequency sample of %s at ts_ms=%d came after its window closed; late samples "
@@ -233,8 +263,12 @@ def _dead_letter_message(rejected: Rejected) -> tuple[str, bytes]:
     return deadletter_topic(COMPONENT), to_dead_letter(rejected, component=COMPONENT).to_json()
 
 
-def _is_telemetry(item: Telemetry | Rejected) -> bool:
-    return isinstance(item, Telemetry)
+def _is_accepted(item: Accepted | Rejected) -> bool:
+    return isinstance(item, Accepted)
+
+
+def _is_heartbeat(item: RawMessage | Heartbeat) -> bool:
+    return isinstance(item, Heartbeat)
 
 
 # --------------------------------------------------------------------------- flow
@@ -245,10 +279,9 @@ def build_flow(
     data_dir: str | Path | None = None,
     *,
     options: FlowOptions | None = None,
-    source: Source[RawMessage] | None = None,
+    source: Source[Any] | None = None,
     mqtt_sink: Sink[tuple[str, bytes]] | None = None,
     stop_event: threading.Event | None = None,
-    wall_clock: Callable[[], datetime] = utc_now,
 ) -> Dataflow:
     """Build the pipeline dataflow of one site.
 
@@ -256,12 +289,13 @@ def build_flow(
         site: The site configuration (``gridflex.config.SiteConfig``).
         data_dir: History directory; default ``site.history.dir``.
         options: Tuning; see :class:`FlowOptions`.
-        source: Input of :class:`RawMessage`; default an :class:`MqttSource` subscribed to
-            the site's telemetry on ``site.mqtt.url``.
+        source: Input of :class:`RawMessage` and :class:`~pipelines.clock.Heartbeat`;
+            default an :class:`MqttSource` subscribed to the site's telemetry on
+            ``site.mqtt.url``. Without heartbeats, windows close on readings and at the
+            end of input only.
         mqtt_sink: Output of ``(topic, payload)``; default an :class:`MqttSink` on the
             site's broker.
         stop_event: Ends the default MQTT source when set (clean shutdown).
-        wall_clock: Wall clock of the window timeout (injectable for tests).
 
     Returns:
         The dataflow, for ``bytewax.run.cli_main`` or ``bytewax.testing.run_main``.
@@ -291,14 +325,19 @@ def build_flow(
             queue_limit=site.mqtt.queue_limit,
         )
 
-    def validate(message: RawMessage) -> Telemetry | Rejected:
-        return validate_telemetry(
+    def validate(message: RawMessage) -> Accepted | Rejected:
+        result = validate_telemetry(
             message,
             site_id=site_id,
             nominal_hz=nominal_hz,
             now_ms=message.received_ms,
             max_future_ms=opts.max_future_ms,
         )
+        return result if isinstance(result, Rejected) else Accepted(result, message.received_ms)
+
+    def window_key(item: WindowInput) -> str:
+        # This dataflow serves one site: a heartbeat goes to its only key.
+        return item.sample.site if isinstance(item, ArrivedSample) else site_id
 
     def frequency_stats(
         item: tuple[str, tuple[int, FrequencyAccumulator]],
@@ -325,10 +364,13 @@ def build_flow(
         )
 
     flow = Dataflow(FLOW_ID)
-    raw = op.input("mqtt_in", flow, source)
+    inp: Stream[RawMessage | Heartbeat] = op.input("mqtt_in", flow, source)
+    arrivals = op.branch("split_heartbeat", inp, _is_heartbeat)
+    heartbeats: Stream[Heartbeat] = arrivals.trues  # type: ignore[assignment]
+    raw: Stream[RawMessage] = arrivals.falses  # type: ignore[assignment]
     checked = op.map("validate", raw, validate)
-    split = op.branch("split_valid", checked, _is_telemetry)
-    valid: Stream[Telemetry] = split.trues  # type: ignore[assignment]
+    split = op.branch("split_valid", checked, _is_accepted)
+    valid: Stream[Accepted] = split.trues  # type: ignore[assignment]
     refused: Stream[Rejected] = split.falses  # type: ignore[assignment]
 
     # Error branch: count and log per reason kind, then dead-letter.
@@ -337,7 +379,9 @@ def build_flow(
     dead = op.map("dead_letter", op.key_rm("unkey_rejected", counted), _dead_letter_message)
 
     # History of every valid reading, keyed by asset so its de-dup memory stays in one place.
-    telemetry_rows = op.map("telemetry_row", valid, lambda t: (t.asset, telemetry_row(t)))
+    telemetry_rows = op.map(
+        "telemetry_row", valid, lambda a: (a.telemetry.asset, telemetry_row(a.telemetry))
+    )
     op.output(
         "history_telemetry",
         telemetry_rows,
@@ -353,19 +397,20 @@ def build_flow(
 
     # Grid frequency per site over epoch-aligned tumbling windows, by event time.
     samples = op.filter_map("frequency_sample", valid, _frequency_sample)
-    by_site = op.key_on("key_site", samples, lambda s: s.site)
+    window_in: Stream[WindowInput] = op.merge("merge_heartbeats", samples, heartbeats)
+    by_site = op.key_on("key_site", window_in, window_key)
     windows = fold_window(
         "frequency_window",
         by_site,
         WatermarkClock(
-            ts_getter=_ts_of,
+            ts_getter=_event_time,
+            arrival_getter=_arrival_time,
             lateness=timedelta(milliseconds=lateness_ms),
             idle_timeout=timedelta(milliseconds=opts.idle_timeout_ms),
-            now_getter=wall_clock,
         ),
-        TumblingWindower(length=timedelta(milliseconds=window_ms), align_to=_EPOCH),
+        TumblingWindower(length=timedelta(milliseconds=window_ms), align_to=EPOCH),
         FrequencyAccumulator,
-        add_sample,
+        _fold_sample,
         merge_accumulators,
         ordered=False,
     )

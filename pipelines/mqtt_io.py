@@ -6,8 +6,11 @@ MQTT 3.1.1 ``clean_session=False`` with a stable client id, so the broker keeps 
 arrives while the pipeline is down). By default the subscriber runs in a child process and
 ships batches over a pipe: paho's per-message cost would otherwise compete with the
 dataflow for this process's GIL. ``next_batch`` never blocks; it hands over what arrived
-every ``poll_ms``. With more than one partition each subscribes through a shared
-subscription (``$share/{group}/{filter}``) so the broker spreads messages over them.
+every ``poll_ms``, followed by a :class:`~pipelines.clock.Heartbeat` (at most every
+``heartbeat_ms``) when it has handed over everything received so far: the windows' clock
+uses heartbeats to tell real silence from a dataflow that is behind. With more than one
+partition each subscribes through a shared subscription (``$share/{group}/{filter}``) so
+the broker spreads messages over them.
 
 Stopping. A ``threading.Event`` (set by the CLI's signal handler) ends the partitions: the
 subscriber disconnects first (nothing more is acknowledged), what it holds goes into the
@@ -32,6 +35,7 @@ import contextlib
 import logging
 import multiprocessing
 import threading
+import time
 from datetime import datetime, timedelta
 from typing import Literal
 
@@ -39,11 +43,11 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from gridflex.mqtt import MqttClient, parse_url
-from pipelines.clock import utc_now
+from pipelines.clock import Heartbeat, utc_now
 from pipelines.mqtt_receiver import MqttReceiver, ReceiverSettings, receiver_main
 from pipelines.validate import RawMessage
 
-__all__ = ["MqttSink", "MqttSource"]
+__all__ = ["Arrival", "MqttSink", "MqttSource"]
 
 log = logging.getLogger(__name__)
 
@@ -51,30 +55,61 @@ log = logging.getLogger(__name__)
 # --------------------------------------------------------------------------- source
 
 
-class _ThreadPartition(StatefulSourcePartition[RawMessage, None]):
+Arrival = RawMessage | Heartbeat
+
+
+class _Heartbeats:
+    """Emit a :class:`Heartbeat` every ``interval_ms`` when the input has been drained."""
+
+    def __init__(self, interval_ms: int) -> None:
+        self._interval_ms = interval_ms
+        self._last_ms = 0
+
+    def due(self, now_ms: int) -> Heartbeat | None:
+        if now_ms - self._last_ms < self._interval_ms:
+            return None
+        self._last_ms = now_ms
+        return Heartbeat(now_ms)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
     """A receiver in paho's thread of this process (simple; shares the GIL)."""
 
     def __init__(
-        self, settings: ReceiverSettings, *, stop_event: threading.Event, poll_ms: int
+        self,
+        settings: ReceiverSettings,
+        *,
+        stop_event: threading.Event,
+        poll_ms: int,
+        heartbeat_ms: int,
     ) -> None:
         self._receiver = MqttReceiver(settings)
+        self._heartbeats = _Heartbeats(heartbeat_ms)
         self._stop_event = stop_event
         self._poll = timedelta(milliseconds=poll_ms)
         self._stopped = False
         self.received = 0
         self._receiver.start()
 
-    def next_batch(self) -> list[RawMessage]:
-        """Return what has arrived; after a stop, the rest, then the end."""
+    def next_batch(self) -> list[Arrival]:
+        """Return what has arrived (and a heartbeat now and then); after a stop, the end."""
         if self._stop_event.is_set() and not self._stopped:
             # Disconnect before the last take: what paho acknowledged goes into the
             # dataflow; what it did not stays with the broker's session.
             self._stopped = True
             self._receiver.stop()
-        batch = [RawMessage(t, p, r) for t, p, r in self._receiver.take()]
+        now_ms = _now_ms()
+        batch: list[Arrival] = [RawMessage(t, p, r) for t, p, r in self._receiver.take()]
         self.received += len(batch)
         if self._stopped and not batch:
             raise StopIteration
+        heartbeat = self._heartbeats.due(now_ms)  # take() drained everything up to now_ms
+        if heartbeat is not None:
+            batch.append(heartbeat)
         return batch
 
     def next_awake(self) -> datetime | None:
@@ -90,7 +125,7 @@ class _ThreadPartition(StatefulSourcePartition[RawMessage, None]):
         self._receiver.stop()
 
 
-class _ProcessPartition(StatefulSourcePartition[RawMessage, None]):
+class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
     """A receiver in a child process, shipping batches over a pipe."""
 
     def __init__(
@@ -99,6 +134,7 @@ class _ProcessPartition(StatefulSourcePartition[RawMessage, None]):
         *,
         stop_event: threading.Event,
         poll_ms: int,
+        heartbeat_ms: int,
         batch_size: int,
         failures: list[str],
     ) -> None:
@@ -118,6 +154,10 @@ class _ProcessPartition(StatefulSourcePartition[RawMessage, None]):
         self._client_id = settings.client_id
         self._stop_event = stop_event
         self._poll = timedelta(milliseconds=poll_ms)
+        self._heartbeats = _Heartbeats(heartbeat_ms)
+        # The child ships what it received every flush_ms: a heartbeat vouches only for
+        # what was received that long before the pipe was found empty.
+        self._shipping_lag_ms = 2 * settings.flush_ms
         self._batch_size = batch_size
         self._failures = failures
         self._finished = False
@@ -135,11 +175,12 @@ class _ProcessPartition(StatefulSourcePartition[RawMessage, None]):
             with contextlib.suppress(OSError):  # the child may be gone already
                 self._control.send("stop")
 
-    def next_batch(self) -> list[RawMessage]:
-        """Return the batches shipped so far; after the end marker, the end."""
+    def next_batch(self) -> list[Arrival]:
+        """Return the batches shipped so far (and a heartbeat when drained); then the end."""
         if self._stop_event.is_set():
             self._send_stop()
-        batch: list[RawMessage] = []
+        batch: list[Arrival] = []
+        now_ms = _now_ms()
         while not self._finished and len(batch) < self._batch_size and self._conn.poll():
             try:
                 chunk = self._conn.recv()
@@ -159,6 +200,10 @@ class _ProcessPartition(StatefulSourcePartition[RawMessage, None]):
         self._full = len(batch) >= self._batch_size
         if self._finished and not batch:
             self._end()
+        if not self._full and not self._finished:  # the pipe was empty: drained
+            heartbeat = self._heartbeats.due(now_ms - self._shipping_lag_ms)
+            if heartbeat is not None:
+                batch.append(heartbeat)
         return batch
 
     def next_awake(self) -> datetime | None:
@@ -182,7 +227,7 @@ class _ProcessPartition(StatefulSourcePartition[RawMessage, None]):
         self._control.close()
 
 
-class MqttSource(FixedPartitionedSource[RawMessage, None]):
+class MqttSource(FixedPartitionedSource[Arrival, None]):
     """Subscribe to a topic filter at QoS 1 on a persistent session.
 
     Args:
@@ -198,6 +243,8 @@ class MqttSource(FixedPartitionedSource[RawMessage, None]):
             process's GIL to the dataflow) or ``"thread"``.
         batch_size: Most messages handed over per ``next_batch``.
         poll_ms: Interval between two hand-overs, ms.
+        heartbeat_ms: Interval between two :class:`~pipelines.clock.Heartbeat` items,
+            emitted only when everything received so far has been handed over.
 
     Attributes:
         failures: Why partitions ended early (a receiver process died), for the CLI.
@@ -218,6 +265,7 @@ class MqttSource(FixedPartitionedSource[RawMessage, None]):
         receiver: Literal["process", "thread"] = "process",
         batch_size: int = 5000,
         poll_ms: int = 10,
+        heartbeat_ms: int = 250,
     ) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
@@ -234,6 +282,7 @@ class MqttSource(FixedPartitionedSource[RawMessage, None]):
         self.receiver = receiver
         self.batch_size = batch_size
         self.poll_ms = poll_ms
+        self.heartbeat_ms = heartbeat_ms
         self.failures: list[str] = []
 
     def list_parts(self) -> list[str]:
@@ -242,7 +291,7 @@ class MqttSource(FixedPartitionedSource[RawMessage, None]):
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: None
-    ) -> StatefulSourcePartition[RawMessage, None]:
+    ) -> StatefulSourcePartition[Arrival, None]:
         """Start the subscriber of one partition."""
         index = for_part.rsplit("-", 1)[1]
         topic_filter = self.topic_filter
@@ -259,11 +308,17 @@ class MqttSource(FixedPartitionedSource[RawMessage, None]):
             password=self.password,
         )
         if self.receiver == "thread":
-            return _ThreadPartition(settings, stop_event=self.stop_event, poll_ms=self.poll_ms)
+            return _ThreadPartition(
+                settings,
+                stop_event=self.stop_event,
+                poll_ms=self.poll_ms,
+                heartbeat_ms=self.heartbeat_ms,
+            )
         return _ProcessPartition(
             settings,
             stop_event=self.stop_event,
             poll_ms=self.poll_ms,
+            heartbeat_ms=self.heartbeat_ms,
             batch_size=self.batch_size,
             failures=self.failures,
         )

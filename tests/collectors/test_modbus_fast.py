@@ -91,7 +91,7 @@ def test_a_stream_that_is_not_modbus_tcp_is_refused() -> None:
 # --------------------------------------------------------------------------- ticker
 
 
-def test_ticker_runs_entries_in_due_order_and_at_most_one_tick_early() -> None:
+def test_ticker_runs_entries_in_due_order_and_never_early() -> None:
     async def scenario() -> list[tuple[str, bool]]:
         loop = asyncio.get_running_loop()
         ticker = Ticker(loop, tick_s=0.001)
@@ -100,7 +100,7 @@ def test_ticker_runs_entries_in_due_order_and_at_most_one_tick_early() -> None:
         t0 = loop.time()
 
         def entry(name: str, due_s: float) -> None:
-            ran.append((name, loop.time() >= due_s - ticker.tick_s))
+            ran.append((name, loop.time() >= due_s))
             if len(ran) == 4:
                 done.set()
 
@@ -113,21 +113,28 @@ def test_ticker_runs_entries_in_due_order_and_at_most_one_tick_early() -> None:
     assert asyncio.run(scenario()) == [("a", True), ("b", True), ("c", True), ("d", True)]
 
 
-def test_ticker_entries_due_in_the_same_tick_run_in_one_pass() -> None:
-    async def scenario() -> list[int]:
+def test_ticker_entries_due_within_one_tick_run_together_in_the_next_pass() -> None:
+    async def scenario() -> tuple[list[int], list[bool]]:
         loop = asyncio.get_running_loop()
         ticker = Ticker(loop, tick_s=0.05)
         passes: list[int] = []
+        on_time: list[bool] = []
         done = asyncio.Event()
-        due_s = loop.time() + 0.01
-        for i in range(3):
-            # each entry notes how many loop passes (call_soon rounds) have run before it
-            ticker.call_at(due_s + i * 0.001, lambda: passes.append(counter[0]))
         counter = [0]
+
+        def entry(due_s: float) -> None:
+            # which loop pass (round of call_soon below) it ran in, and not early
+            passes.append(counter[0])
+            on_time.append(loop.time() >= due_s)
+
+        first_s = loop.time() + 0.01
+        ticker.call_at(first_s, entry, first_s)  # opens a pass; the next comes a tick later
+        for i in range(1, 4):
+            ticker.call_at(first_s + i * 0.005, entry, first_s + i * 0.005)
 
         def tick() -> None:
             counter[0] += 1
-            if len(passes) < 3:
+            if len(passes) < 4:
                 loop.call_soon(tick)
             else:
                 done.set()
@@ -135,10 +142,11 @@ def test_ticker_entries_due_in_the_same_tick_run_in_one_pass() -> None:
         loop.call_soon(tick)
         await asyncio.wait_for(done.wait(), 5)
         ticker.close()
-        return passes
+        return passes, on_time
 
-    passes = asyncio.run(scenario())
-    assert len(set(passes)) == 1  # all three ran together
+    passes, on_time = asyncio.run(scenario())
+    assert all(on_time)
+    assert passes[0] < passes[1] == passes[2] == passes[3]  # the three later ones together
 
 
 def test_a_failing_ticker_entry_does_not_stop_the_others() -> None:

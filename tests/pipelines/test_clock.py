@@ -1,137 +1,120 @@
-"""The event-time clock: watermark from the stream, wall-clock timeout, wake-up times."""
+"""The windows' clock: watermark from readings, idle heartbeats, never the dataflow's clock."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
+from typing import NamedTuple
 
-from bytewax.operators.windowing import UTC_MAX
+from bytewax.operators.windowing import UTC_MAX, UTC_MIN
 
-from pipelines.clock import WatermarkClock, WatermarkClockLogic
+from pipelines.clock import (
+    Heartbeat,
+    WatermarkClock,
+    WatermarkClockLogic,
+    WatermarkState,
+    from_epoch_ms,
+)
 
-EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-WALL0 = datetime(2030, 1, 1, tzinfo=UTC)  # wall clock far from the event times on purpose
+T0 = 1_700_000_000_000
 LATENESS = timedelta(milliseconds=500)
-IDLE = timedelta(milliseconds=1000)
+IDLE = timedelta(milliseconds=2000)
 
 
-class FakeWall:
-    def __init__(self) -> None:
-        self.now = WALL0
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, ms: int) -> None:
-        self.now += timedelta(milliseconds=ms)
+class Reading(NamedTuple):
+    ts_ms: int
+    received_ms: int
 
 
-def ev(ms: int) -> datetime:
-    return EPOCH + timedelta(milliseconds=1_700_000_000_000 + ms)
+Item = Reading | Heartbeat
 
 
-def make() -> tuple[WatermarkClockLogic[int], FakeWall]:
-    wall = FakeWall()
-    clock: WatermarkClock[int] = WatermarkClock(ts_getter=ev, lateness=LATENESS, now_getter=wall)
-    return clock.build(None), wall
+def ev(ms: int) -> object:
+    return from_epoch_ms(T0 + ms)
 
 
-def test_watermark_is_newest_event_minus_lateness_while_items_arrive() -> None:
-    logic, wall = make()
-    logic.before_batch()
-    assert logic.on_item(1000) == (ev(1000), ev(500))
-    wall.advance(1)
-    logic.before_batch()
-    assert logic.on_item(1200) == (ev(1200), ev(700))
+def reading(ts: int, received: int | None = None) -> Reading:
+    """A reading at T0 + ts, received at T0 + received (default: 20 ms later)."""
+    return Reading(T0 + ts, T0 + (received if received is not None else ts + 20))
 
 
-def test_older_items_do_not_move_the_watermark() -> None:
-    logic, _ = make()
-    logic.before_batch()
-    logic.on_item(2000)
-    ts, watermark = logic.on_item(1700)
-    assert ts == ev(1700)
-    assert watermark == ev(1500)
+def beat(wall: int) -> Heartbeat:
+    return Heartbeat(T0 + wall)
 
 
-def test_watermark_advances_with_the_wall_clock_once_the_input_is_idle() -> None:
-    logic, wall = make()
-    logic.before_batch()
-    logic.on_item(1000)
-    wall.advance(1000)  # idle for exactly the timeout: not yet
-    assert logic.on_notify() == ev(500)
-    wall.advance(300)
-    assert logic.on_notify() == ev(800)
-    wall.advance(700)
-    assert logic.on_notify() == ev(1500)
+def make(state: WatermarkState | None = None) -> WatermarkClockLogic[Item]:
+    clock: WatermarkClock[Item] = WatermarkClock(
+        ts_getter=lambda i: from_epoch_ms(i.ts_ms) if isinstance(i, Reading) else None,
+        arrival_getter=lambda i: from_epoch_ms(
+            i.received_ms if isinstance(i, Reading) else i.wall_ms
+        ),
+        lateness=LATENESS,
+        idle_timeout=IDLE,
+    )
+    return clock.build(state)
 
 
-def test_a_pause_shorter_than_the_idle_timeout_does_not_make_items_late() -> None:
-    logic, wall = make()
-    logic.before_batch()
-    logic.on_item(5000)
-    wall.advance(900)  # the worker stalled (a flush, a GC) while readings queued up
-    logic.before_batch()
-    ts, watermark = logic.on_item(4800)
-    assert watermark == ev(4500)
-    assert ts >= watermark  # still in time
+def test_watermark_is_newest_event_minus_lateness() -> None:
+    logic = make()
+    assert logic.on_item(reading(1000)) == (ev(1000), ev(500))
+    assert logic.on_item(reading(1200)) == (ev(1200), ev(700))
 
 
-def test_a_steady_trickle_of_lagging_items_holds_the_watermark() -> None:
-    logic, wall = make()
-    logic.before_batch()
-    logic.on_item(5000)
-    for ms in range(3000, 4000, 100):  # a backlog that lags the newest reading
-        wall.advance(400)
-        logic.before_batch()
-        logic.on_item(ms)
-    # 4 s of wall time since the newest reading; Bytewax's EventClock would be at 8500.
-    assert logic.on_notify() == ev(4500)
+def test_older_readings_do_not_move_the_watermark() -> None:
+    logic = make()
+    logic.on_item(reading(2000))
+    assert logic.on_item(reading(1700)) == (ev(1700), ev(1500))
 
 
-def test_wake_up_time_is_when_the_watermark_reaches_the_window_end() -> None:
-    logic, wall = make()
-    logic.before_batch()
-    logic.on_item(1200)  # window [1000, 2000) closes when the watermark reaches 2000
-    # watermark now 700: the idle timeout, then 1300 ms of wall time.
-    assert logic.to_system_utc(ev(2000)) == WALL0 + timedelta(milliseconds=1000 + 1300)
-    wall.advance(2300)
-    assert logic.on_notify() == ev(2000)
+def test_heartbeats_within_the_idle_timeout_change_nothing() -> None:
+    logic = make()
+    logic.on_item(reading(1000, received=1000))
+    assert logic.on_item(beat(2900)) == (UTC_MIN, ev(500))
+    assert logic.on_item(beat(3000)) == (UTC_MIN, ev(500))  # exactly the timeout: not yet
 
 
-def test_a_window_end_already_reached_wakes_at_once() -> None:
-    logic, _ = make()
-    logic.before_batch()
-    logic.on_item(3000)
-    assert logic.to_system_utc(ev(2000)) == WALL0
+def test_heartbeats_after_the_idle_timeout_advance_the_watermark_by_the_excess() -> None:
+    logic = make()
+    logic.on_item(reading(1000, received=1000))
+    _, watermark = logic.on_item(beat(3300))
+    assert watermark == ev(800)  # 300 ms of silence beyond the timeout
+    _, watermark = logic.on_item(beat(4500))
+    assert watermark == ev(2000)  # the window [1000, 2000) can close now
+
+
+def test_a_heartbeat_is_always_late_so_it_never_opens_a_window() -> None:
+    logic = make()
+    ts, watermark = logic.on_item(beat(0))
+    assert ts == UTC_MIN and ts <= watermark
+
+
+def test_a_backlog_is_windowed_by_its_own_timestamps_however_slowly_it_comes() -> None:
+    # Readings queued while the pipeline was busy arrive long after they were measured,
+    # with no heartbeat in between (the source had not drained its input).
+    logic = make()
+    for i in range(50):
+        ts, watermark = logic.on_item(reading(i * 200, received=i * 200 + 30_000))
+        assert ts >= watermark  # none of them is late
+    assert logic.on_notify() == ev(49 * 200 - 500)
 
 
 def test_the_watermark_never_goes_back() -> None:
-    logic, wall = make()
-    logic.before_batch()
-    logic.on_item(1000)
-    wall.advance(3000)
-    advanced = logic.on_notify()
-    logic.before_batch()
-    _, watermark = logic.on_item(1100)  # fresh item after a pause: no regression
-    assert watermark == advanced == ev(2500)
+    logic = make()
+    logic.on_item(reading(1000, received=1000))
+    _, advanced = logic.on_item(beat(6000))
+    _, watermark = logic.on_item(reading(1100, received=6100))
+    assert watermark == advanced == ev(3500)
 
 
-def test_end_of_input_closes_everything() -> None:
-    logic, _ = make()
+def test_the_clock_wakes_nobody_and_closes_everything_at_the_end() -> None:
+    logic = make()
+    logic.on_item(reading(1000))
+    assert logic.to_system_utc(ev(2000)) is None  # readings and heartbeats drive it
     assert logic.on_eof() == UTC_MAX
 
 
-def test_no_wake_up_before_the_first_item() -> None:
-    logic, _ = make()
-    assert logic.to_system_utc(ev(0)) is None
-
-
 def test_snapshot_resumes_the_same_watermark() -> None:
-    logic, wall = make()
-    logic.before_batch()
-    logic.on_item(1000)
-    resumed = WatermarkClock(
-        ts_getter=ev, lateness=LATENESS, idle_timeout=IDLE, now_getter=wall
-    ).build(logic.snapshot())
-    resumed.before_batch()
+    logic = make()
+    logic.on_item(reading(1000, received=1000))
+    resumed = make(logic.snapshot())
     assert resumed.on_notify() == ev(500)
+    assert resumed.on_item(beat(3500))[1] == ev(1000)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -14,14 +13,15 @@ from numpy.testing import assert_allclose
 
 from gridflex.contract import DeadLetter, GridFrequency, parse_payload
 from gridflex.history import connect
+from pipelines.clock import Heartbeat
 from pipelines.flow import FlowOptions, build_flow
 from pipelines.validate import RawMessage
 from tests.pipelines.helpers import T0_MS, make_site, raw, step_series, telemetry
 
-FROZEN_WALL = datetime(2030, 1, 1, tzinfo=UTC)  # the wall clock never moves: event time only
 
-
-def run(messages: list[RawMessage], data_dir: Path, *, workers: int = 1) -> list[tuple[str, bytes]]:
+def run(
+    messages: list[RawMessage | Heartbeat], data_dir: Path, *, workers: int = 1
+) -> list[tuple[str, bytes]]:
     out: list[tuple[str, bytes]] = []
     flow = build_flow(
         make_site(),
@@ -29,7 +29,6 @@ def run(messages: list[RawMessage], data_dir: Path, *, workers: int = 1) -> list
         options=FlowOptions(flush_interval_s=60),
         source=TestingSource(messages),
         mqtt_sink=TestingSink(out),
-        wall_clock=lambda: FROZEN_WALL,
     )
     if workers == 1:
         run_main(flow)
@@ -135,3 +134,30 @@ def test_every_refusal_is_dead_lettered_and_the_stream_goes_on(tmp_path: Path) -
     reasons = sorted(d.reason.split(":")[0] for d in dead_letters(out))
     assert reasons == ["not_json", "not_json", "out_of_range", "topic_mismatch"]
     assert [r["seq"] for r in history_rows(tmp_path, "telemetry")] == [3]
+
+
+def test_a_heartbeat_after_silence_closes_the_last_window_before_more_data(tmp_path: Path) -> None:
+    first = telemetry("inv-1", T0_MS + 900, 1, freq_hz=50.0)
+    straggler = telemetry("inv-2", T0_MS + 950, 1, freq_hz=49.0)
+    messages: list[RawMessage | Heartbeat] = [
+        raw(first, received_ms=T0_MS + 910),
+        Heartbeat(T0_MS + 1000),  # within the idle timeout (2 s): the window stays open
+        Heartbeat(T0_MS + 4000),  # silence: the watermark passes the window's end
+        raw(straggler, received_ms=T0_MS + 4100),  # too late for window 0
+    ]
+    out = run(messages, tmp_path)
+    (window,) = frequencies(out)
+    assert (window.samples, window.min_hz) == (1, 50.0)
+    assert len(history_rows(tmp_path, "telemetry")) == 2
+
+
+def test_a_heartbeat_within_the_idle_timeout_lets_a_slow_reading_count(tmp_path: Path) -> None:
+    first = telemetry("inv-1", T0_MS + 900, 1, freq_hz=50.0)
+    slow = telemetry("inv-2", T0_MS + 950, 1, freq_hz=49.0)
+    messages: list[RawMessage | Heartbeat] = [
+        raw(first, received_ms=T0_MS + 910),
+        Heartbeat(T0_MS + 2500),
+        raw(slow, received_ms=T0_MS + 2600),
+    ]
+    (window,) = frequencies(run(messages, tmp_path))
+    assert (window.samples, window.min_hz) == (2, 49.0)

@@ -18,6 +18,7 @@ from bytewax.run import cli_main
 from bytewax.testing import TestingSink
 
 from gridflex.broker import Broker
+from pipelines.clock import Heartbeat
 from pipelines.mqtt_io import MqttSink, MqttSource
 from pipelines.validate import RawMessage
 from tests.mqtt_helpers import Subscriber
@@ -48,7 +49,7 @@ class FlowThread:
         receiver: Literal["process", "thread"] = "process",
     ) -> None:
         self.stop_event = threading.Event()
-        self.out: list[RawMessage] = []
+        self.arrivals: list[RawMessage | Heartbeat] = []
         self._lock = threading.Lock()
         self.error: BaseException | None = None
         flow = Dataflow("mqtt_io_test")
@@ -60,7 +61,7 @@ class FlowThread:
             partitions=partitions,
             receiver=receiver,
         )
-        op.output("out", op.input("mqtt_in", flow, source), TestingSink(self.out))
+        op.output("out", op.input("mqtt_in", flow, source), TestingSink(self.arrivals))
         self._thread = threading.Thread(target=self._run, args=(flow, workers), daemon=True)
         self._thread.start()
 
@@ -75,7 +76,7 @@ class FlowThread:
     ) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if condition(list(self.out)):
+            if condition(self.out):
                 return True
             time.sleep(0.02)
         return False
@@ -106,6 +107,12 @@ def test_source_delivers_in_order_and_ends_on_the_stop_event(
     flow.stop()
     assert [(m.topic, m.payload) for m in flow.out] == sent
     assert all(m.received_ms > 0 for m in flow.out)
+    # Once drained, the source says so with heartbeats that vouch for what came before.
+    beats = [i for i, m in enumerate(flow.arrivals) if isinstance(m, Heartbeat)]
+    assert beats
+    last_received = max(m.received_ms for m in flow.out)
+    after_all = [flow.arrivals[i] for i in beats if i > len(flow.arrivals) - len(beats) - 1]
+    assert any(isinstance(h, Heartbeat) and h.wall_ms >= last_received for h in after_all)
 
 
 def test_messages_published_while_the_pipeline_is_down_arrive_after_a_restart(
