@@ -1,14 +1,15 @@
 """SunSpec Modbus TCP collector: poll every inverter of a site on a fixed schedule, publish MQTT.
 
-``gridflex collect modbus --site FILE``. For each inverter asset one asyncio task:
+``gridflex collect modbus --site FILE [--modbus-client lean|pymodbus] [--mqtt-client
+asyncio|thread]``. For each inverter asset one asyncio task:
 
-1. connect (pymodbus async client, one connection per device), discover the SunSpec map
-   (``SunS`` at 40000, else 0, else 50000; walk the model chain), read the scale factors
-   (static points, read once per discovery) and the capabilities;
+1. connect (one TCP connection per device), discover the SunSpec map (``SunS`` at 40000,
+   else 0, else 50000; walk the model chain), read the scale factors (static points, read
+   once per discovery) and the capabilities;
 2. poll every ``site.modbus.poll_interval_ms``: the n-th poll is due at ``start + n *
    interval`` (no drift; device ``i`` of ``N`` starts ``i/N`` of an interval later, so the
-   fleet's requests spread evenly instead of bursting). A poll that starts so late that the
-   next slot has already come is counted *missed* and the schedule skips ahead;
+   fleet's requests spread over the interval). A poll that starts so late that the next
+   slot has already come is counted *missed* and the schedule skips ahead;
 3. each poll reads only the registers it needs, merged into as few reads as fit 125
    registers, decodes them with the cached scale factors and publishes one ``Telemetry``
    (QoS 1) with ``ts_ms`` taken when the answer arrived and a ``seq`` strictly increasing
@@ -23,14 +24,41 @@
    (``backoff_initial_s`` doubling up to ``backoff_max_s``); on its return it is
    discovered again and marked online.
 
-The retry loop is the collector's own, not pymodbus' reconnect: a returning device must be
-re-discovered (its map or firmware may have changed) and the backoff must be visible in
-its status. pymodbus' client runs with ``retries=0`` and ``reconnect_delay=0`` for that.
+The retry loop is the collector's own, not the client's reconnect: a returning device must
+be re-discovered (its map or firmware may have changed) and the backoff must be visible in
+its status (pymodbus' client runs with ``retries=0`` and ``reconnect_delay=0`` for that).
 
-The pure part (``PollPlan``, ``decode_reading``, ``to_telemetry``, ``PollSchedule``,
-``LatenessStats``) has no I/O and is unit-tested; ``DevicePoller`` and ``run`` are the I/O.
-Sign: SunSpec 701 ``W`` is + for injection; ``gridflex.sunspec.sign`` turns it into
-``power_w`` (+ import/charging) in ``decode_reading``, the only place here that does it.
+**The hot path** (issue 2: 1,000 inverters every 200 ms, 5,000 polls/s, from one process
+on a 2-core machine). Profiled with py-spy at N = 1,000, the collector as first written
+(pymodbus' async client, a coroutine step per read, a pydantic model per message, paho on
+its own thread) spent ~450 us of CPU per poll and topped out near 1,900 polls/s: ~30 % of
+its samples in pymodbus' request round trip, ~40 % in MQTT (paho's thread, the socketpair
+wake-up per ``publish()`` and GIL hand-offs between the two threads), ~7 % in pydantic.
+What the default path does instead, each measured in ``bench/poll.py`` and
+``bench/README.md``:
+
+- Modbus: ``collectors.modbus_fast.LeanModbusClient``, function 3 over an
+  ``asyncio.Protocol`` (``--modbus-client pymodbus`` keeps pymodbus' client for
+  discovery and polls; ``write_setpoint`` always uses pymodbus);
+- the poll loop of a lean connection is a chain of callbacks (``_poll_chained``: slot ->
+  request -> reply -> publish -> next slot) instead of a coroutine that sleeps and awaits
+  a future per read; slots and request deadlines wait in one ``Ticker`` for the fleet,
+  which also lets the polls due in the same 5 ms go out together (fewer wake-ups of the
+  collector, the devices and the broker; a poll starts at most one tick late);
+- decoding unpacks each read's integer points in one ``struct`` call (``decode_data``,
+  tested equal to the reference ``decode_reading``), and ``TelemetryEncoder`` writes the
+  contract JSON without building a pydantic model (tested byte-equal to it);
+- MQTT: ``gridflex.mqtt_asyncio.AsyncMqttClient`` drives paho from the collector's loop
+  (no network thread), with an unbounded in-flight window (``MQTT_MAX_INFLIGHT``);
+- the garbage collector: once every device has been tried, the start-up objects are
+  frozen (``gc.freeze``): full collections walked ~200,000 of them and paused the loop
+  for up to ~190 ms.
+
+The pure part (``PollPlan``, ``decode_reading``, ``decode_data``, ``to_telemetry``,
+``TelemetryEncoder``, ``PollSchedule``, ``LatenessStats``) has no I/O and is unit-tested;
+``DevicePoller`` and ``run`` are the I/O. Sign: SunSpec 701 ``W`` is + for injection;
+``gridflex.sunspec.sign`` turns it into ``power_w`` (+ import/charging) when a reading is
+built from the decoded points (``_reading``), the only place here that does it.
 """
 
 from __future__ import annotations

@@ -1,11 +1,15 @@
 """A lean Modbus TCP client for the collector's hot path: function 3 over an asyncio Protocol.
 
 The collector polls every inverter every 200 ms; at 1,000 inverters that is 5,000 reads a
-second from one process. pymodbus' async client costs ~300 us of CPU per request on this
-project's 2-core VM (its transaction manager, a ``wait_for`` and a lock per request, the
-framer and PDU decoder classes, debug formatting): measured with py-spy at N = 1,000, the
-request round trip was ~30 % of the collector's samples and one process topped out near
-1,900 polls/s. This client does only what a SunSpec poll needs:
+second from one process. Why the hot path does not use pymodbus' async client: per read
+it runs a transaction manager, a ``wait_for`` and a lock, its framer and PDU decoder
+classes and debug formatting, and the caller needs a coroutine and a task wake-up per
+read. Measured on this project's 2-core VM against the simulator (CPU time of the
+reading process, syscalls included, a noisy shared machine): 65-97 us per read over
+200 connections with pymodbus, 47-62 us with this client's ``read()`` (a future) and
+~44 us with its ``request()`` callback; on one connection, latency-bound, 136-161 us
+against 91-97 us. In the collector at N = 1,000 pymodbus' request path was ~30 % of the
+process' samples (py-spy). This client does only what a SunSpec poll needs:
 
 - ``encode_read_request`` / ``FrameBuffer`` / ``decode_read_response`` (pure, no I/O):
   MBAP framing (transaction id, protocol 0, length, unit id), function 3 requests, normal
@@ -14,15 +18,17 @@ request round trip was ~30 % of the collector's samples and one process topped o
 - ``LeanModbusClient``: one TCP connection as an ``asyncio.Protocol``, one request in flight
   (Modbus devices answer one at a time per connection), replies matched by transaction
   id (a late reply to a timed-out request is discarded), a timeout per request
-  (``TimeoutError``), and ``ConnectionError`` once the connection is gone. A read returns
-  the asyncio future itself (no coroutine frame per read), so it fits the collector's
-  ``ReadRegisters`` callable (``await read(address, count)``) for discovery and polls.
+  (``TimeoutError``), and ``ConnectionError`` once the connection is gone. ``read()``
+  returns an awaitable future (the collector's ``ReadRegisters`` for discovery);
+  ``request()`` calls back with the register bytes straight from ``data_received`` (the
+  poll loop);
+- ``Ticker``: the fleet's poll slots and request deadlines on one loop timer.
 
 pymodbus stays where it is cheap and valuable: the setpoint writer
-(``collectors.modbus.write_setpoint``, function 16) and ``gridflex collect modbus
---modbus-client pymodbus``, the full client kept selectable next to this one so the two can
-be compared (``bench/poll.py``) and a device that needs pymodbus' tolerance can use it.
-Measured numbers are in ``collectors/modbus.py`` and ``bench/README.md``.
+(``collectors.modbus.write_setpoint``, function 16: setpoint writes are rare next to five
+reads a second per device), and ``gridflex collect modbus --modbus-client pymodbus``, the
+full client kept selectable next to this one for devices that need its tolerance and so
+the two can be compared (``bench/poll.py`` runs both; the table is in ``bench/README.md``).
 
 Reference: Modbus Application Protocol Specification V1.1b3, sections 4.1 (PDU), 6.3
 (Read Holding Registers) and 7 (exception responses); Modbus Messaging on TCP/IP
@@ -39,6 +45,7 @@ import math
 import struct
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import cast
 
 from gridflex.sunspec.discovery import MAX_READ_REGISTERS, IllegalAddress, ReadRegisters
 
@@ -350,8 +357,9 @@ class LeanModbusClient(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         """Keep the transport (called by asyncio)."""
-        assert isinstance(transport, asyncio.Transport)
-        self._transport = transport
+        # a stream transport; not asserted with isinstance: other loops' transports
+        # (uvloop's) implement the interface without subclassing asyncio.Transport
+        self._transport = cast(asyncio.Transport, transport)
 
     def connection_lost(self, exc: Exception | None) -> None:
         """Fail the request in flight (called by asyncio)."""

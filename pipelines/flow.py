@@ -2,12 +2,15 @@
 
 ::
 
-    mqtt_in ─▶ validate ─▶ split_valid
-      valid ──┬─▶ telemetry_row ─▶ history_telemetry (Parquet)
-              └─▶ frequency_sample ─▶ key_site ─▶ frequency_window (event time)
-                    ─▶ frequency_stats ─┬─▶ grid_frequency_row ─▶ history_grid_frequency
-                                        └─▶ grid_frequency_json ─▶ merge_out ─▶ mqtt_out
-      refused ─▶ key_reason ─▶ count_rejected ─▶ unkey_rejected ─▶ dead_letter ─▶ merge_out
+    mqtt_in ─▶ split_heartbeat
+      messages ─▶ validate ─▶ split_valid
+        valid ──┬─▶ telemetry_row ─▶ history_telemetry (Parquet)
+                └─▶ frequency_sample ─┐
+      heartbeats ─────────────────────┴─▶ merge_heartbeats ─▶ key_site
+                    ─▶ frequency_window (event time, pipelines.windows) ─▶ frequency_stats
+                    ─┬─▶ grid_frequency_row ─▶ history_grid_frequency (Parquet)
+                     └─▶ grid_frequency_json ─▶ merge_out ─▶ mqtt_out
+        refused ─▶ key_reason ─▶ count_rejected ─▶ unkey_rejected ─▶ dead_letter ─▶ merge_out
 
 Step ids are stable (recovery keys on them). The domain logic lives in
 :mod:`pipelines.validate` and :mod:`pipelines.frequency`; this module only wires it.
@@ -26,7 +29,6 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
-from datetime import datetime, timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, NamedTuple, Protocol
@@ -34,7 +36,6 @@ from typing import Any, Literal, NamedTuple, Protocol
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
-from bytewax.operators.windowing import TumblingWindower, fold_window
 from bytewax.outputs import Sink
 from bytewax.run import cli_main
 
@@ -46,14 +47,7 @@ from gridflex.contract import (
     grid_frequency_topic,
 )
 from gridflex.history import GRID_FREQUENCY, TELEMETRY
-from pipelines.clock import EPOCH, Heartbeat, WatermarkClock, from_epoch_ms
-from pipelines.frequency import (
-    FrequencyAccumulator,
-    FrequencySample,
-    add_sample,
-    merge_accumulators,
-    summarize_window,
-)
+from pipelines.frequency import FrequencyAccumulator, FrequencySample, summarize_window
 from pipelines.history_sink import HistorySink, frequency_row, telemetry_row
 from pipelines.mqtt_io import MqttSink, MqttSource
 from pipelines.validate import (
@@ -62,6 +56,13 @@ from pipelines.validate import (
     Rejected,
     to_dead_letter,
     validate_telemetry,
+)
+from pipelines.windows import (
+    ArrivedSample,
+    FrequencyWindowLogic,
+    FrequencyWindows,
+    Heartbeat,
+    WindowInput,
 )
 
 __all__ = [
@@ -195,35 +196,11 @@ class Accepted(NamedTuple):
     received_ms: int
 
 
-class ArrivedSample(NamedTuple):
-    """A frequency sample and when the pipeline received it (UTC epoch ms)."""
-
-    sample: FrequencySample
-    received_ms: int
-
-
-WindowInput = ArrivedSample | Heartbeat
-
-
-def _event_time(item: WindowInput) -> datetime | None:
-    return from_epoch_ms(item.sample.ts_ms) if isinstance(item, ArrivedSample) else None
-
-
-def _arrival_time(item: WindowInput) -> datetime:
-    return from_epoch_ms(item.received_ms if isinstance(item, ArrivedSample) else item.wall_ms)
-
-
 def _frequency_sample(accepted: Accepted) -> ArrivedSample | None:
     t = accepted.telemetry
     if t.freq_hz is None:
         return None
     return ArrivedSample(FrequencySample(t.site, t.asset, t.ts_ms, t.freq_hz), accepted.received_ms)
-
-
-def _fold_sample(acc: FrequencyAccumulator, item: WindowInput) -> FrequencyAccumulator:
-    # Heartbeats are always late (see pipelines.clock) and never reach a window.
-    assert isinstance(item, ArrivedSample)
-    return add_sample(acc, item.sample)
 
 
 def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejected]:
@@ -240,23 +217,6 @@ def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejecte
     else:
         log.debug("refused telemetry #%d (%s): %s", count, rejected.kind, rejected.reason)
     return count, rejected
-
-
-def _count_late(count: int | None, late: tuple[int, WindowInput]) -> tuple[int | None, None]:
-    """Count samples that came after their window closed; log the first one."""
-    _, item = late
-    if not isinstance(item, ArrivedSample):
-        return count, None  # a heartbeat: late by construction
-    count = (count or 0) + 1
-    sample = item.sample
-    if count == 1:
-        log.warning(
-            "frequency sample of %s at ts_ms=%d came after its window closed; late samples "
-            "are kept in history but not in grid frequency",
-            sample.asset,
-            sample.ts_ms,
-        )
-    return count, None
 
 
 def _dead_letter_message(rejected: Rejected) -> tuple[str, bytes]:
@@ -289,7 +249,7 @@ def build_flow(
         site: The site configuration (``gridflex.config.SiteConfig``).
         data_dir: History directory; default ``site.history.dir``.
         options: Tuning; see :class:`FlowOptions`.
-        source: Input of :class:`RawMessage` and :class:`~pipelines.clock.Heartbeat`;
+        source: Input of :class:`RawMessage` and :class:`~pipelines.windows.Heartbeat`;
             default an :class:`MqttSource` subscribed to the site's telemetry on
             ``site.mqtt.url``. Without heartbeats, windows close on readings and at the
             end of input only.
@@ -342,9 +302,9 @@ def build_flow(
     def frequency_stats(
         item: tuple[str, tuple[int, FrequencyAccumulator]],
     ) -> tuple[str, GridFrequency] | None:
-        key, (window_id, acc) = item
+        key, (start_ms, acc) = item
         stats = summarize_window(
-            acc, window_start_ms=window_id * window_ms, window_ms=window_ms, nominal_hz=nominal_hz
+            acc, window_start_ms=start_ms, window_ms=window_ms, nominal_hz=nominal_hz
         )
         if stats is None:
             return None
@@ -399,23 +359,19 @@ def build_flow(
     samples = op.filter_map("frequency_sample", valid, _frequency_sample)
     window_in: Stream[WindowInput] = op.merge("merge_heartbeats", samples, heartbeats)
     by_site = op.key_on("key_site", window_in, window_key)
-    windows = fold_window(
+    windows = op.stateful_batch(
         "frequency_window",
         by_site,
-        WatermarkClock(
-            ts_getter=_event_time,
-            arrival_getter=_arrival_time,
-            lateness=timedelta(milliseconds=lateness_ms),
-            idle_timeout=timedelta(milliseconds=opts.idle_timeout_ms),
+        lambda resume: FrequencyWindowLogic(
+            resume
+            or FrequencyWindows(
+                window_ms=window_ms,
+                lateness_ms=lateness_ms,
+                idle_timeout_ms=opts.idle_timeout_ms,
+            )
         ),
-        TumblingWindower(length=timedelta(milliseconds=window_ms), align_to=EPOCH),
-        FrequencyAccumulator,
-        _fold_sample,
-        merge_accumulators,
-        ordered=False,
     )
-    op.stateful_map("count_late", windows.late, _count_late)
-    stats = op.filter_map("frequency_stats", windows.down, frequency_stats)
+    stats = op.filter_map("frequency_stats", windows, frequency_stats)
     op.output(
         "history_grid_frequency",
         op.map("grid_frequency_row", stats, lambda kv: (kv[0], frequency_row(kv[1]))),

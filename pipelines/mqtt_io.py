@@ -6,9 +6,9 @@ MQTT 3.1.1 ``clean_session=False`` with a stable client id, so the broker keeps 
 arrives while the pipeline is down). By default the subscriber runs in a child process and
 ships batches over a pipe: paho's per-message cost would otherwise compete with the
 dataflow for this process's GIL. ``next_batch`` never blocks; it hands over what arrived
-every ``poll_ms``, followed by a :class:`~pipelines.clock.Heartbeat` (at most every
-``heartbeat_ms``) when it has handed over everything received so far: the windows' clock
-uses heartbeats to tell real silence from a dataflow that is behind. With more than one
+every ``poll_ms``, followed by a :class:`~pipelines.windows.Heartbeat` (at most every
+``heartbeat_ms``) when it has handed over everything received so far: the windows
+use heartbeats to tell real silence from a dataflow that is behind. With more than one
 partition each subscribes through a shared subscription (``$share/{group}/{filter}``) so
 the broker spreads messages over them.
 
@@ -36,16 +36,16 @@ import logging
 import multiprocessing
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from gridflex.mqtt import MqttClient, parse_url
-from pipelines.clock import Heartbeat, utc_now
 from pipelines.mqtt_receiver import MqttReceiver, ReceiverSettings, receiver_main
 from pipelines.validate import RawMessage
+from pipelines.windows import Heartbeat
 
 __all__ = ["Arrival", "MqttSink", "MqttSource"]
 
@@ -74,6 +74,10 @@ class _Heartbeats:
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
+
+
+def _utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
@@ -114,7 +118,7 @@ class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
 
     def next_awake(self) -> datetime | None:
         """Hand over a batch every ``poll_ms`` (low per-batch cost, bounded latency)."""
-        return None if self._stopped else utc_now() + self._poll
+        return None if self._stopped else _utc_now() + self._poll
 
     def snapshot(self) -> None:
         """MQTT cannot seek; the persistent session is the resume mechanism."""
@@ -210,7 +214,7 @@ class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
         """Hand over a batch every ``poll_ms`` (low per-batch cost, bounded latency)."""
         if self._full or self._finished:
             return None
-        return utc_now() + self._poll
+        return _utc_now() + self._poll
 
     def snapshot(self) -> None:
         """MQTT cannot seek; the persistent session is the resume mechanism."""
@@ -243,7 +247,7 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
             process's GIL to the dataflow) or ``"thread"``.
         batch_size: Most messages handed over per ``next_batch``.
         poll_ms: Interval between two hand-overs, ms.
-        heartbeat_ms: Interval between two :class:`~pipelines.clock.Heartbeat` items,
+        heartbeat_ms: Interval between two :class:`~pipelines.windows.Heartbeat` items,
             emitted only when everything received so far has been handed over.
 
     Attributes:

@@ -13,9 +13,9 @@ from numpy.testing import assert_allclose
 
 from gridflex.contract import DeadLetter, GridFrequency, parse_payload
 from gridflex.history import connect
-from pipelines.clock import Heartbeat
 from pipelines.flow import FlowOptions, build_flow
 from pipelines.validate import RawMessage
+from pipelines.windows import Heartbeat
 from tests.pipelines.helpers import T0_MS, make_site, raw, step_series, telemetry
 
 

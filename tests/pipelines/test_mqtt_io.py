@@ -18,9 +18,9 @@ from bytewax.run import cli_main
 from bytewax.testing import TestingSink
 
 from gridflex.broker import Broker
-from pipelines.clock import Heartbeat
 from pipelines.mqtt_io import MqttSink, MqttSource
 from pipelines.validate import RawMessage
+from pipelines.windows import Heartbeat
 from tests.mqtt_helpers import Subscriber
 from tests.pipelines.helpers import create_session, publish_all
 
@@ -71,12 +71,19 @@ class FlowThread:
         except BaseException as exc:  # surfaced in stop()
             self.error = exc
 
+    @property
+    def out(self) -> list[RawMessage]:
+        return [m for m in list(self.arrivals) if isinstance(m, RawMessage)]
+
     def wait_for(
         self, condition: Callable[[list[RawMessage]], bool], timeout_s: float = 20
     ) -> bool:
+        return self.wait_until(lambda: condition(self.out), timeout_s)
+
+    def wait_until(self, condition: Callable[[], bool], timeout_s: float = 20) -> bool:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            if condition(self.out):
+            if condition():
                 return True
             time.sleep(0.02)
         return False
@@ -104,15 +111,21 @@ def test_source_delivers_in_order_and_ends_on_the_stop_event(
 
     flow = FlowThread(mosquitto.url, client_id, receiver=receiver)
     assert flow.wait_for(lambda out: len(out) >= len(sent))
+    last_received = max(m.received_ms for m in flow.out)
+
+    # Once drained, the source says so: a heartbeat vouching for every message, after them.
+    def vouched() -> bool:
+        arrivals = list(flow.arrivals)
+        last_message = max(i for i, m in enumerate(arrivals) if isinstance(m, RawMessage))
+        return any(
+            isinstance(m, Heartbeat) and m.wall_ms >= last_received
+            for m in arrivals[last_message + 1 :]
+        )
+
+    assert flow.wait_until(vouched)
     flow.stop()
     assert [(m.topic, m.payload) for m in flow.out] == sent
     assert all(m.received_ms > 0 for m in flow.out)
-    # Once drained, the source says so with heartbeats that vouch for what came before.
-    beats = [i for i, m in enumerate(flow.arrivals) if isinstance(m, Heartbeat)]
-    assert beats
-    last_received = max(m.received_ms for m in flow.out)
-    after_all = [flow.arrivals[i] for i in beats if i > len(flow.arrivals) - len(beats) - 1]
-    assert any(isinstance(h, Heartbeat) and h.wall_ms >= last_received for h in after_all)
 
 
 def test_messages_published_while_the_pipeline_is_down_arrive_after_a_restart(
