@@ -43,7 +43,7 @@ What the default path does instead, each measured in ``bench/poll.py`` and
 - the poll loop of a lean connection is a chain of callbacks (``_poll_chained``: slot ->
   request -> reply -> publish -> next slot) instead of a coroutine that sleeps and awaits
   a future per read; slots and request deadlines wait in one ``Ticker`` for the fleet,
-  which also lets the polls due in the same 5 ms go out together (fewer wake-ups of the
+  which also lets the polls due in the same 2 ms go out together (fewer wake-ups of the
   collector, the devices and the broker; a poll starts at most one tick late);
 - decoding unpacks each read's integer points in one ``struct`` call (``decode_data``,
   tested equal to the reference ``decode_reading``), and ``TelemetryEncoder`` writes the

@@ -73,7 +73,7 @@ _READ_REQUEST = struct.Struct(">HHHBBHH")  # MBAP + function, address, count
 _MAX_MBAP_LENGTH = 254  # unit id + PDU of at most 253 bytes
 _REGISTERS = [struct.Struct(f">{n}H") for n in range(MAX_READ_REGISTERS + 1)]
 #: Default ``Ticker`` granularity: the longest a poll waits to go out with its tick's burst.
-DEFAULT_TICK_S = 0.005
+DEFAULT_TICK_S = 0.002
 # asyncio runs a timer up to its clock resolution early; an entry that close is due.
 _CLOCK_SLACK_S = 1e-6
 

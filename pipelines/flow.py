@@ -2,18 +2,20 @@
 
 ::
 
-    mqtt_in ─▶ split_heartbeat
-      messages ─▶ validate ─▶ split_valid
-        valid ──┬─▶ telemetry_row ─▶ history_telemetry (Parquet)
-                └─▶ frequency_sample ─┐
-      heartbeats ─────────────────────┴─▶ merge_heartbeats ─▶ key_site
-                    ─▶ frequency_window (event time, pipelines.windows) ─▶ frequency_stats
-                    ─┬─▶ grid_frequency_row ─▶ history_grid_frequency (Parquet)
-                     └─▶ grid_frequency_json ─▶ merge_out ─▶ mqtt_out
-        refused ─▶ key_reason ─▶ count_rejected ─▶ unkey_rejected ─▶ dead_letter ─▶ merge_out
+    mqtt_in ─▶ validate ─▶ split_valid
+      valid ──┬─▶ telemetry_row ─▶ history_telemetry (Parquet)
+              └─▶ frequency_sample ─▶ key_site ─▶ frequency_window (pipelines.windows)
+                    ─▶ frequency_stats ─┬─▶ grid_frequency_row ─▶ history_grid_frequency
+                                        └─▶ grid_frequency_json ─▶ merge_out ─▶ mqtt_out
+      refused ─▶ key_reason ─▶ count_rejected ─▶ unkey_rejected ─▶ dead_letter ─▶ merge_out
+
+The source's heartbeats travel with the readings (validate and split_valid pass them on
+the valid side, telemetry_row drops them): on one path they keep their place in the
+stream, so a heartbeat never overtakes readings that came before it.
 
 Step ids are stable (recovery keys on them). The domain logic lives in
-:mod:`pipelines.validate` and :mod:`pipelines.frequency`; this module only wires it.
+:mod:`pipelines.validate`, :mod:`pipelines.frequency` and :mod:`pipelines.windows`; this
+module only wires it.
 
 ``gridflex pipeline --site FILE [--data-dir DIR] [--workers N]`` runs it until SIGINT or
 SIGTERM, then ends the MQTT source, lets the open windows close and the sinks flush, and
@@ -196,11 +198,19 @@ class Accepted(NamedTuple):
     received_ms: int
 
 
-def _frequency_sample(accepted: Accepted) -> ArrivedSample | None:
-    t = accepted.telemetry
+def _frequency_sample(item: Accepted | Heartbeat) -> WindowInput | None:
+    if isinstance(item, Heartbeat):
+        return item
+    t = item.telemetry
     if t.freq_hz is None:
         return None
-    return ArrivedSample(FrequencySample(t.site, t.asset, t.ts_ms, t.freq_hz), accepted.received_ms)
+    return ArrivedSample(FrequencySample(t.site, t.asset, t.ts_ms, t.freq_hz), item.received_ms)
+
+
+def _telemetry_row(item: Accepted | Heartbeat) -> tuple[str, dict[str, Any]] | None:
+    if isinstance(item, Heartbeat):
+        return None
+    return item.telemetry.asset, telemetry_row(item.telemetry)
 
 
 def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejected]:
@@ -223,12 +233,8 @@ def _dead_letter_message(rejected: Rejected) -> tuple[str, bytes]:
     return deadletter_topic(COMPONENT), to_dead_letter(rejected, component=COMPONENT).to_json()
 
 
-def _is_accepted(item: Accepted | Rejected) -> bool:
-    return isinstance(item, Accepted)
-
-
-def _is_heartbeat(item: RawMessage | Heartbeat) -> bool:
-    return isinstance(item, Heartbeat)
+def _is_not_rejected(item: Accepted | Heartbeat | Rejected) -> bool:
+    return not isinstance(item, Rejected)
 
 
 # --------------------------------------------------------------------------- flow
@@ -285,7 +291,9 @@ def build_flow(
             queue_limit=site.mqtt.queue_limit,
         )
 
-    def validate(message: RawMessage) -> Accepted | Rejected:
+    def validate(message: RawMessage | Heartbeat) -> Accepted | Heartbeat | Rejected:
+        if isinstance(message, Heartbeat):
+            return message
         result = validate_telemetry(
             message,
             site_id=site_id,
@@ -325,12 +333,9 @@ def build_flow(
 
     flow = Dataflow(FLOW_ID)
     inp: Stream[RawMessage | Heartbeat] = op.input("mqtt_in", flow, source)
-    arrivals = op.branch("split_heartbeat", inp, _is_heartbeat)
-    heartbeats: Stream[Heartbeat] = arrivals.trues  # type: ignore[assignment]
-    raw: Stream[RawMessage] = arrivals.falses  # type: ignore[assignment]
-    checked = op.map("validate", raw, validate)
-    split = op.branch("split_valid", checked, _is_accepted)
-    valid: Stream[Accepted] = split.trues  # type: ignore[assignment]
+    checked = op.map("validate", inp, validate)
+    split = op.branch("split_valid", checked, _is_not_rejected)
+    valid: Stream[Accepted | Heartbeat] = split.trues  # type: ignore[assignment]
     refused: Stream[Rejected] = split.falses  # type: ignore[assignment]
 
     # Error branch: count and log per reason kind, then dead-letter.
@@ -339,9 +344,7 @@ def build_flow(
     dead = op.map("dead_letter", op.key_rm("unkey_rejected", counted), _dead_letter_message)
 
     # History of every valid reading, keyed by asset so its de-dup memory stays in one place.
-    telemetry_rows = op.map(
-        "telemetry_row", valid, lambda a: (a.telemetry.asset, telemetry_row(a.telemetry))
-    )
+    telemetry_rows = op.filter_map("telemetry_row", valid, _telemetry_row)
     op.output(
         "history_telemetry",
         telemetry_rows,
@@ -356,8 +359,7 @@ def build_flow(
     )
 
     # Grid frequency per site over epoch-aligned tumbling windows, by event time.
-    samples = op.filter_map("frequency_sample", valid, _frequency_sample)
-    window_in: Stream[WindowInput] = op.merge("merge_heartbeats", samples, heartbeats)
+    window_in: Stream[WindowInput] = op.filter_map("frequency_sample", valid, _frequency_sample)
     by_site = op.key_on("key_site", window_in, window_key)
     windows = op.stateful_batch(
         "frequency_window",

@@ -6,9 +6,10 @@ MQTT 3.1.1 ``clean_session=False`` with a stable client id, so the broker keeps 
 arrives while the pipeline is down). By default the subscriber runs in a child process and
 ships batches over a pipe: paho's per-message cost would otherwise compete with the
 dataflow for this process's GIL. ``next_batch`` never blocks; it hands over what arrived
-every ``poll_ms``, followed by a :class:`~pipelines.windows.Heartbeat` (at most every
-``heartbeat_ms``) when it has handed over everything received so far: the windows
-use heartbeats to tell real silence from a dataflow that is behind. With more than one
+every ``poll_ms``, followed now and then (at most every ``heartbeat_ms``) by a
+:class:`~pipelines.windows.Heartbeat` carrying the receiver's ``through_ms``: every message
+received before it is already in the stream. The windows use heartbeats to tell real
+silence from a dataflow that is behind. With more than one
 partition each subscribes through a shared subscription (``$share/{group}/{filter}``) so
 the broker spreads messages over them.
 
@@ -35,7 +36,6 @@ import contextlib
 import logging
 import multiprocessing
 import threading
-import time
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -59,21 +59,17 @@ Arrival = RawMessage | Heartbeat
 
 
 class _Heartbeats:
-    """Emit a :class:`Heartbeat` every ``interval_ms`` when the input has been drained."""
+    """A :class:`Heartbeat` at most every ``interval_ms`` of the receiver's ``through_ms``."""
 
     def __init__(self, interval_ms: int) -> None:
         self._interval_ms = interval_ms
         self._last_ms = 0
 
-    def due(self, now_ms: int) -> Heartbeat | None:
-        if now_ms - self._last_ms < self._interval_ms:
+    def due(self, through_ms: int | None) -> Heartbeat | None:
+        if through_ms is None or through_ms - self._last_ms < self._interval_ms:
             return None
-        self._last_ms = now_ms
-        return Heartbeat(now_ms)
-
-
-def _now_ms() -> int:
-    return time.time_ns() // 1_000_000
+        self._last_ms = through_ms
+        return Heartbeat(through_ms)
 
 
 def _utc_now() -> datetime:
@@ -106,12 +102,12 @@ class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
             # dataflow; what it did not stays with the broker's session.
             self._stopped = True
             self._receiver.stop()
-        now_ms = _now_ms()
-        batch: list[Arrival] = [RawMessage(t, p, r) for t, p, r in self._receiver.take()]
+        messages, through_ms = self._receiver.take()
+        batch: list[Arrival] = [RawMessage(t, p, r) for t, p, r in messages]
         self.received += len(batch)
         if self._stopped and not batch:
             raise StopIteration
-        heartbeat = self._heartbeats.due(now_ms)  # take() drained everything up to now_ms
+        heartbeat = self._heartbeats.due(through_ms)
         if heartbeat is not None:
             batch.append(heartbeat)
         return batch
@@ -159,9 +155,7 @@ class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
         self._stop_event = stop_event
         self._poll = timedelta(milliseconds=poll_ms)
         self._heartbeats = _Heartbeats(heartbeat_ms)
-        # The child ships what it received every flush_ms: a heartbeat vouches only for
-        # what was received that long before the pipe was found empty.
-        self._shipping_lag_ms = 2 * settings.flush_ms
+        self._through_ms: int | None = None
         self._batch_size = batch_size
         self._failures = failures
         self._finished = False
@@ -184,7 +178,6 @@ class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
         if self._stop_event.is_set():
             self._send_stop()
         batch: list[Arrival] = []
-        now_ms = _now_ms()
         while not self._finished and len(batch) < self._batch_size and self._conn.poll():
             try:
                 chunk = self._conn.recv()
@@ -199,15 +192,15 @@ class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
             if chunk is None:
                 self._finished = True
                 break
-            batch.extend(RawMessage(t, p, r) for t, p, r in chunk)
+            self._through_ms, messages = chunk
+            batch.extend(RawMessage(t, p, r) for t, p, r in messages)
         self.received += len(batch)
         self._full = len(batch) >= self._batch_size
         if self._finished and not batch:
             self._end()
-        if not self._full and not self._finished:  # the pipe was empty: drained
-            heartbeat = self._heartbeats.due(now_ms - self._shipping_lag_ms)
-            if heartbeat is not None:
-                batch.append(heartbeat)
+        heartbeat = self._heartbeats.due(self._through_ms)  # after the messages it vouches for
+        if heartbeat is not None:
+            batch.append(heartbeat)
         return batch
 
     def next_awake(self) -> datetime | None:
@@ -247,8 +240,8 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
             process's GIL to the dataflow) or ``"thread"``.
         batch_size: Most messages handed over per ``next_batch``.
         poll_ms: Interval between two hand-overs, ms.
-        heartbeat_ms: Interval between two :class:`~pipelines.windows.Heartbeat` items,
-            emitted only when everything received so far has been handed over.
+        heartbeat_ms: Least interval between two :class:`~pipelines.windows.Heartbeat`
+            items, ms.
 
     Attributes:
         failures: Why partitions ended early (a receiver process died), for the CLI.

@@ -3,7 +3,8 @@
 :class:`MqttReceiver` is a paho client on a persistent session (MQTT 3.1.1
 ``clean_session=False``, stable client id, QoS 1 subscription renewed on every connect)
 that collects messages as ``(topic, payload, received_ms)`` tuples; :meth:`~MqttReceiver.take`
-hands over what arrived since the last call.
+hands over what arrived since the last call, with the time it vouches for: every message
+received before it has been handed over (the source turns that into heartbeats).
 
 paho's Python packet handling costs about 100 µs per QoS 1 message here, as much as the
 whole dataflow; in the dataflow's process the two share one GIL. :func:`receiver_main`
@@ -52,6 +53,7 @@ class ReceiverSettings:
         username: Broker user name.
         password: Broker password.
         flush_ms: How often the child process ships a batch to the parent, ms.
+        heartbeat_ms: How often the child ships an empty batch while nothing arrives, ms.
         keepalive_s: MQTT keepalive, s.
 
     """
@@ -65,6 +67,7 @@ class ReceiverSettings:
     username: str | None = None
     password: str | None = None
     flush_ms: int = 5
+    heartbeat_ms: int = 100
     keepalive_s: int = 30
 
 
@@ -128,16 +131,21 @@ class MqttReceiver:
             )
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        item = (msg.topic, bytes(msg.payload), time.time_ns() // 1_000_000)
-        with self._lock:
-            self._pending.append(item)
+        topic, payload = msg.topic, bytes(msg.payload)
+        with self._lock:  # receive time and take time come from under one lock
+            self._pending.append((topic, payload, _now_ms()))
             self.received += 1
 
-    def take(self) -> list[Message]:
-        """Return the messages that arrived since the last call."""
+    def take(self) -> tuple[list[Message], int]:
+        """Return the messages that arrived since the last call, and ``through_ms``.
+
+        Every message received before ``through_ms`` (UTC epoch ms) is in this batch or
+        an earlier one: the basis of the source's heartbeats.
+        """
         with self._lock:
             taken, self._pending = self._pending, []
-        return taken
+            through_ms = _now_ms()
+        return taken, through_ms
 
     def stop(self) -> None:
         """Disconnect; what was acknowledged before is still returned by :meth:`take`."""
@@ -149,27 +157,30 @@ class MqttReceiver:
 
 
 def receiver_main(settings: ReceiverSettings, conn: Connection, control: Connection) -> None:
-    """Child process: receive and ship batches to ``conn`` until ``control`` says stop.
+    """Child process: ship ``(through_ms, messages)`` to ``conn`` until ``control`` says stop.
 
-    Anything arriving on ``control`` (or its end of file, when the parent is gone) means
-    stop: disconnect, ship the rest, then ``None`` as end marker. A pipe rather than a
-    ``multiprocessing.Event``: setting an event that a killed process was waiting on can
-    block the setter for ever.
+    A batch goes out every ``flush_ms`` when there are messages, and every
+    ``heartbeat_ms`` even when there are none (its ``through_ms`` tells the parent that
+    nothing else arrived). Anything arriving on ``control`` (or its end of file, when the
+    parent is gone) means stop: disconnect, ship the rest, then ``None`` as end marker.
+    A pipe rather than a ``multiprocessing.Event``: setting an event that a killed process
+    was waiting on can block the setter for ever.
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     setup_logging()  # a spawned child starts without the parent's logging set-up
     receiver = MqttReceiver(settings)
     receiver.start()
+    last_sent_ms = 0
     try:
         while not control.poll(settings.flush_ms / 1000):
-            batch = receiver.take()
-            if batch:
-                conn.send(batch)
+            batch, through_ms = receiver.take()
+            if batch or through_ms - last_sent_ms >= settings.heartbeat_ms:
+                conn.send((through_ms, batch))
+                last_sent_ms = through_ms
         receiver.stop()
-        rest = receiver.take()
-        if rest:
-            conn.send(rest)
+        rest, through_ms = receiver.take()
+        conn.send((through_ms, rest))
         conn.send(None)
     except (BrokenPipeError, EOFError, ConnectionResetError):
         log.warning("MQTT receiver: the pipeline process is gone; exiting")
@@ -177,3 +188,7 @@ def receiver_main(settings: ReceiverSettings, conn: Connection, control: Connect
         receiver.stop()
         conn.close()
         control.close()
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
