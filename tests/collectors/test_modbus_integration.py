@@ -8,11 +8,10 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
@@ -32,29 +31,12 @@ from gridflex.contract import AssetStatus, CollectorStatus, Telemetry, parse_pay
 from gridflex.mqtt import MqttClient
 from gridflex.net import free_port_block, wait_for_port
 from simulators.inverter import InverterFleet
+from tests.loop_helpers import LoopThread
 from tests.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parents[2]
-T = TypeVar("T")
-
-
-class LoopThread:
-    """An asyncio loop in a thread, so the test thread can block on MQTT conditions."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        self.loop.close()
 
 
 @pytest.fixture

@@ -9,11 +9,10 @@ import ipaddress
 import json
 import os
 import ssl
-import threading
 import uuid
-from collections.abc import Coroutine, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import pytest
 from cryptography import x509
@@ -31,31 +30,14 @@ from gridflex.mqtt import MqttClient
 from gridflex.net import free_port
 from simulators.charger import Faults, SimStation, StationSpec
 from simulators.ev import CarSpec, ThermalSpec
+from tests.loop_helpers import LoopThread
 from tests.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.integration
 
-T = TypeVar("T")
 PASSWORD = "station-password-0123"
 V2X_CAR = CarSpec(max_charge_w=11_000, max_discharge_w=7_000, v2x=True, initial_soc_pct=50)
 CHARGE_ONLY = CarSpec(max_charge_w=11_000, v2x=False, initial_soc_pct=50)
-
-
-class LoopThread:
-    """An asyncio loop in a thread, so the test thread can block on MQTT conditions."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-
-    def run(self, coro: Coroutine[Any, Any, T], timeout_s: float = 30.0) -> T:
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout_s)
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(5)
-        self.loop.close()
 
 
 class Site:
