@@ -1,35 +1,33 @@
-"""MQTT client over paho-mqtt 2.x driven by the asyncio event loop (no network thread).
+"""A native asyncio MQTT 3.1.1 client for the collectors' hot path (no paho, no thread).
 
-Same delivery rules as ``gridflex.mqtt.MqttClient`` (QoS 1 and a persistent session by
-default, a retained last will, a bounded outgoing queue that drops and counts past
-``queue_limit``, reconnect with exponential backoff, clean stop after a bounded flush),
-for code that already runs an asyncio loop and publishes a lot from it (the Modbus
-collector: 5,000 telemetry messages a second at 1,000 inverters).
+Same delivery rules and interface as ``gridflex.mqtt.MqttClient`` (paho on its own thread):
+QoS 1 and a persistent session by default, a retained last will, a bounded outgoing queue
+that drops and counts past ``queue_limit``, reconnect with exponential backoff, and a clean
+stop after a bounded flush. It is an ``asyncio.Protocol`` on the caller's loop; the packets
+come from the pure codec ``gridflex.mqtt_wire``.
 
-Why: with paho's own thread (``loop_start``) every ``publish()`` from the asyncio thread
-writes a wake-up byte to paho's socketpair, and the two threads hand the GIL back and forth
-on every socket call. Profiled in the Modbus collector at 1,000 inverters (py-spy), MQTT was
-~40 % of the process' samples (~18 % ``publish()`` on the asyncio thread, 10 % of it the
-wake-up ``send``; 25 % on paho's thread), and GIL hand-offs showed up as time inside the
-Modbus socket writes. Here paho runs on the loop through its external-loop hooks
-(``on_socket_open``/``on_socket_close``/``on_socket_register_write``/
-``on_socket_unregister_write`` with ``loop_read``/``loop_write``/``loop_misc``): a
-``publish()`` queues the packet, and once per loop pass every queued packet is written with
-the socket corked (``TCP_CORK``), so a burst reaches the broker in few TCP segments. The
-socket waits in the selector for room only when its buffer is full.
+Why not paho here: the Modbus collector publishes 5,000 telemetry messages a second at
+1,000 inverters, from one process, on one core. paho cost ~90 us of CPU per QoS 1 message
+even when driven from the collector's own loop (profiled with py-spy: ``publish()`` builds
+an ``MQTTMessage`` and an ``MQTTMessageInfo`` with a ``threading.Condition``; reading a
+4-byte PUBACK takes three ``recv`` calls and builds MQTT 5 ``ReasonCode``/``Properties``
+objects even on 3.1.1) — 35 % of the collector's CPU, the difference between meeting the
+200 ms schedule and missing it. Here a publish is one packet built with ``bytes.join`` and
+appended to a list; once per loop pass the list goes out in one ``transport.write``; a
+read of the socket parses every PUBACK in it. paho stays the client everywhere else
+(pipeline, demo, tools) and ``--mqtt-client thread`` selects it in the collectors.
 
-What paho itself costs stays: measured over a socketpair (no broker, pure CPU on the 2-core
-VM), ``publish()`` ~23 us, writing ~6 us and handling the PUBACK ~60 us per QoS 1 message,
-a third of which is paho building an (empty) MQTT 5 ``Properties`` object per PUBACK even
-on MQTT 3.1.1. At 10,000 messages a second in bursts both clients spent ~88 us of CPU per
-message; at the collector's rate with small bursts, ~150 us here against ~185 us threaded,
-and no GIL contention with the rest of the process.
+Delivery, per MQTT 3.1.1:
 
-paho's reconnect-with-backoff lives in ``loop_forever``, which an external loop does not
-run, so the backoff (``reconnect_min_s`` doubling to ``reconnect_max_s``, reset once
-connected) is scheduled here on the loop. ``reconnect()`` opens the TCP connection with a
-blocking ``connect`` (up to paho's ``connect_timeout``), so it runs in the loop's default
-executor, and the socket callbacks it fires from that thread are handed to the loop.
+- QoS 1 messages get a packet identifier when they go out and stay "in flight" until
+  their PUBACK; on reconnect the in-flight ones are sent again first (DUP set, same
+  identifier, 4.4), then the queue, so the order holds and nothing is lost (at least once).
+- ``max_inflight`` bounds the messages awaiting PUBACK (0: up to the protocol's 65,535);
+  the rest wait in the queue. ``queue_limit`` bounds queue + in flight; past it (or for QoS
+  0 while disconnected) ``publish`` returns False and counts the message as dropped.
+- Keepalive: a PINGREQ every ``keepalive_s``; no PINGRESP by the next one closes the
+  connection (and reconnects).
+- ``stop()`` sends DISCONNECT, so the broker discards the last will.
 
 All methods except ``stats`` must be called from the loop's thread; message callbacks run
 on the loop (keep them short).
@@ -38,29 +36,83 @@ on the loop (keep them short).
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
-import socket
 import ssl
-import threading
 import time
-from collections.abc import Callable
+from typing import cast
 
-import paho.mqtt.client as mqtt
+from paho.mqtt.client import topic_matches_sub
 
 from gridflex.mqtt import MessageCallback, MqttStats, parse_url
+from gridflex.mqtt_wire import (
+    CONNACK,
+    CONNACK_REASONS,
+    DISCONNECT_PACKET,
+    PINGREQ_PACKET,
+    PINGRESP,
+    PUBACK,
+    PUBLISH,
+    SUBACK,
+    UNSUBACK,
+    MalformedPacket,
+    PacketReader,
+    encode_connect,
+    encode_puback,
+    encode_publish,
+    encode_subscribe,
+    encode_topic,
+    publish_header,
+    with_dup,
+)
 
 __all__ = ["AsyncMqttClient"]
 
 log = logging.getLogger(__name__)
 
-_MISC_INTERVAL_S = 1.0  # paho's loop_misc: keepalive pings and ping timeouts
+_MAX_MID = 0xFFFF
+_CONNECT_TIMEOUT_S = 10.0
 _STOP_CLOSE_TIMEOUT_S = 2.0
-_CORK: int | None = getattr(socket, "TCP_CORK", None)  # Linux
+_U16_MAX_INFLIGHT = _MAX_MID - 1  # one identifier stays free to find the next one
+
+
+class _Connection(asyncio.Protocol):
+    """One TCP (or TLS) connection to the broker; hands packets to its client."""
+
+    def __init__(self, client: AsyncMqttClient) -> None:
+        self.client = client
+        self.transport: asyncio.Transport | None = None
+        self.reader = PacketReader()
+        self.paused = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.client._connection_made(self)
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            packets = self.reader.feed(data)
+        except MalformedPacket as exc:
+            log.warning("mqtt %s: %s; closing the connection", self.client.client_id, exc)
+            assert self.transport is not None
+            self.transport.abort()
+            return
+        self.client._packets(self, packets)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.client._connection_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        self.paused = True
+
+    def resume_writing(self) -> None:
+        self.paused = False
+        self.client._pump()
 
 
 class AsyncMqttClient:
-    """A paho client on the running asyncio loop, configured for gridflex.
+    """An MQTT 3.1.1 client on the running asyncio loop, configured for gridflex.
 
     Parameters are those of ``gridflex.mqtt.MqttClient``. ``await start()`` (returns at
     once; connects in the background and keeps reconnecting until ``stop()``),
@@ -88,47 +140,41 @@ class AsyncMqttClient:
         self.url = url
         self.client_id = client_id
         self.stats = MqttStats()
+        self._connect_packet = encode_connect(
+            client_id,
+            clean_session=clean_session,
+            keepalive_s=keepalive_s,
+            will=None if will is None else (will[0], will[1], 1, True),
+            username=username,
+            password=password,
+        )
+        self._ssl = ssl.create_default_context() if tls else None
         self._keepalive_s = keepalive_s
+        self._queue_limit = queue_limit
+        self._max_inflight = min(max_inflight or _U16_MAX_INFLIGHT, _U16_MAX_INFLIGHT)
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._next_delay_s = reconnect_min_s
+        self._topics: dict[str, bytes] = {}  # topic -> encoded, for repeated topics
+        # (header, topic, payload) waiting to go out; in flight: mid -> packet sent
+        self._queue: collections.deque[tuple[int, bytes, bytes]] = collections.deque()
+        self._inflight: dict[int, bytes] = {}
+        self._out: list[bytes] = []
+        self._mid = 0
         self._subs: dict[str, tuple[int, MessageCallback]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._loop_thread = 0
-        self._started = False
-        self._stopping = False
+        self._conn: _Connection | None = None
         self._connected = False
         self._connected_event: asyncio.Event | None = None
-        self._connecting: asyncio.Future[mqtt.MQTTErrorCode] | None = None
-        self._retry: asyncio.TimerHandle | None = None
-        self._misc: asyncio.TimerHandle | None = None
-        self._reader_fd: int | None = None
-        self._writer_fd: int | None = None
-        self._write_scheduled = False
         self._closed: asyncio.Event | None = None
-        self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=client_id,
-            clean_session=clean_session,
-            protocol=mqtt.MQTTv311,
-        )
-        if username is not None:
-            self._client.username_pw_set(username, password)
-        if tls:
-            self._client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
-        if will is not None:
-            self._client.will_set(will[0], will[1], qos=1, retain=True)
-        self._client.max_inflight_messages_set(max_inflight)
-        self._client.max_queued_messages_set(queue_limit)
-        c = self._client
-        c.on_connect = self._on_connect
-        c.on_disconnect = self._on_disconnect
-        c.on_publish = self._on_publish
-        c.on_message = self._on_unmatched
-        c.on_socket_open = self._on_socket_open
-        c.on_socket_close = self._on_socket_close
-        c.on_socket_register_write = self._on_socket_register_write
-        c.on_socket_unregister_write = self._on_socket_unregister_write
+        self._connecting: asyncio.Task[None] | None = None
+        self._retry: asyncio.TimerHandle | None = None
+        self._ping: asyncio.TimerHandle | None = None
+        self._connack_timer: asyncio.TimerHandle | None = None
+        self._ping_outstanding = False
+        self._write_scheduled = False
+        self._started = False
+        self._stopping = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -137,13 +183,11 @@ class AsyncMqttClient:
         if self._started:
             return
         self._loop = asyncio.get_running_loop()
-        self._loop_thread = threading.get_ident()
         self._connected_event = asyncio.Event()
         self._closed = asyncio.Event()
         self._closed.set()
         self._started = True
         self._stopping = False
-        self._client.connect_async(self.host, self.port, keepalive=self._keepalive_s)
         self._connect()
 
     async def wait_connected(self, timeout_s: float = 10.0) -> bool:
@@ -158,7 +202,7 @@ class AsyncMqttClient:
 
     @property
     def connected(self) -> bool:
-        """Whether the client is connected right now."""
+        """Whether the client is connected (CONNACK received) right now."""
         return self._connected
 
     def pending(self) -> int:
@@ -187,19 +231,24 @@ class AsyncMqttClient:
                 "mqtt %s: %d messages not acknowledged at stop", self.client_id, self.pending()
             )
         self._stopping = True
-        for handle in (self._retry, self._misc):
+        for handle in (self._retry, self._ping, self._connack_timer):
             if handle is not None:
                 handle.cancel()
-        self._retry = self._misc = None
+        self._retry = self._ping = self._connack_timer = None
         if self._connecting is not None:
-            with contextlib.suppress(Exception):
+            self._connecting.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._connecting
-        if self._client.socket() is not None:
-            self._client.disconnect()  # DISCONNECT goes out on the next write, then closes
+        conn = self._conn
+        if conn is not None and conn.transport is not None:
+            self._write()
+            conn.transport.write(DISCONNECT_PACKET)
+            conn.transport.close()  # after the buffer is written
             assert self._closed is not None
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._closed.wait(), _STOP_CLOSE_TIMEOUT_S)
-        self._remove_fds()
+            if conn.transport is not None:
+                conn.transport.abort()
         self._connected = False
         self._started = False
 
@@ -207,62 +256,131 @@ class AsyncMqttClient:
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         """Queue one message; False when the bounded queue is full and it was dropped."""
-        info = self._client.publish(topic, payload, qos=qos, retain=retain)
-        rc = info.rc
-        if rc == mqtt.MQTT_ERR_QUEUE_SIZE or (rc == mqtt.MQTT_ERR_NO_CONN and qos == 0):
-            with self.stats.lock:
-                self.stats.dropped += 1
-                dropped = self.stats.dropped
-            if rc == mqtt.MQTT_ERR_QUEUE_SIZE and (dropped == 1 or dropped % 1000 == 0):
-                log.warning(
-                    "mqtt %s: outgoing queue full, %d messages dropped", self.client_id, dropped
-                )
+        header = publish_header(qos, retain)
+        encoded = self._topics.get(topic)
+        if encoded is None:
+            encoded = encode_topic(topic)
+            if len(self._topics) < 100_000:
+                self._topics[topic] = encoded
+        if len(self._queue) + len(self._inflight) >= self._queue_limit or (
+            qos == 0 and not self._connected
+        ):
+            self._dropped(full=qos > 0)
             return False
-        # MQTT_ERR_NO_CONN with QoS > 0: paho keeps the message and sends it on reconnect.
         with self.stats.lock:
             self.stats.published += 1
+        if (
+            self._connected
+            and not self._queue
+            and len(self._inflight) < self._max_inflight
+            and not self._conn_paused()
+        ):
+            self._send(header, encoded, payload)
+        else:
+            self._queue.append((header, encoded, payload))
         return True
 
     def subscribe(self, topic_filter: str, callback: MessageCallback, qos: int = 1) -> None:
         """Call ``callback(topic, payload)`` on the loop for each message on ``topic_filter``.
 
-        The subscription is renewed on every reconnect.
+        The subscription is renewed on every reconnect. QoS 0 or 1.
         """
-
-        def _deliver(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
-            with self.stats.lock:
-                self.stats.received += 1
-            callback(msg.topic, bytes(msg.payload))
-
+        if qos not in (0, 1):
+            raise ValueError(f"QoS {qos}: this client subscribes at QoS 0 or 1")
         self._subs[topic_filter] = (qos, callback)
-        self._client.message_callback_add(topic_filter, _deliver)
         if self._connected:
-            self._client.subscribe(topic_filter, qos=qos)
+            self._queue_packet(encode_subscribe(self._next_mid(), [(topic_filter, qos)]))
+
+    # ------------------------------------------------------------------ sending
+
+    def _conn_paused(self) -> bool:
+        return self._conn is not None and self._conn.paused
+
+    def _next_mid(self) -> int:
+        mid = self._mid
+        inflight = self._inflight
+        while True:
+            mid = mid + 1 if mid < _MAX_MID else 1
+            if mid not in inflight:
+                self._mid = mid
+                return mid
+
+    def _send(self, header: int, topic: bytes, payload: bytes) -> None:
+        """Put one PUBLISH on the connection (QoS 1: in flight until its PUBACK)."""
+        if header & 0x02:
+            mid = self._next_mid()
+            packet = encode_publish(header, topic, payload, mid)
+            self._inflight[mid] = packet
+        else:
+            packet = encode_publish(header, topic, payload)
+            with self.stats.lock:
+                self.stats.acknowledged += 1  # QoS 0: done once handed to the connection
+        self._queue_packet(packet)
+
+    def _queue_packet(self, packet: bytes) -> None:
+        self._out.append(packet)
+        if not self._write_scheduled:
+            self._write_scheduled = True
+            assert self._loop is not None
+            self._loop.call_soon(self._write)
+
+    def _write(self) -> None:
+        """Write every packet of this loop pass in one go."""
+        self._write_scheduled = False
+        out = self._out
+        if not out:
+            return
+        conn = self._conn
+        if conn is None or conn.transport is None or conn.transport.is_closing():
+            out.clear()  # in-flight packets are re-sent on reconnect; the rest are queued
+            return
+        conn.transport.write(out[0] if len(out) == 1 else b"".join(out))
+        out.clear()
+
+    def _pump(self) -> None:
+        """Move queued messages into flight while the window and the socket allow."""
+        queue = self._queue
+        limit = self._max_inflight
+        while queue and self._connected and len(self._inflight) < limit:
+            if self._conn_paused():
+                return
+            self._send(*queue.popleft())
+
+    def _dropped(self, *, full: bool) -> None:
+        with self.stats.lock:
+            self.stats.dropped += 1
+            dropped = self.stats.dropped
+        if full and (dropped == 1 or dropped % 1000 == 0):
+            log.warning("mqtt %s: outgoing queue full, %d messages dropped", self.client_id, dropped)
 
     # ------------------------------------------------------------------ connecting
 
     def _connect(self) -> None:
-        """Open the connection in the executor (paho's connect blocks); retry on failure."""
         self._retry = None
-        if self._stopping or self._connecting is not None:
+        if self._stopping or self._connecting is not None or self._conn is not None:
             return
         assert self._loop is not None
-        self._connecting = self._loop.run_in_executor(None, self._client.reconnect)
-        self._connecting.add_done_callback(self._connect_done)
+        self._connecting = self._loop.create_task(self._open())
 
-    def _connect_done(self, future: asyncio.Future[mqtt.MQTTErrorCode]) -> None:
-        self._connecting = None
-        exc = future.exception()
-        if not self._started or self._stopping:
-            return
-        if exc is not None:
+    async def _open(self) -> None:
+        assert self._loop is not None
+        try:
+            async with asyncio.timeout(_CONNECT_TIMEOUT_S):
+                await self._loop.create_connection(
+                    lambda: _Connection(self),
+                    self.host,
+                    self.port,
+                    ssl=self._ssl,
+                    server_hostname=self.host if self._ssl is not None else None,
+                )
+        except (OSError, TimeoutError) as exc:
+            self._connecting = None
             self._schedule_reconnect(f"{type(exc).__name__}: {exc}")
-        elif self._client.socket() is None:  # opened, then lost before this callback ran
-            self._schedule_reconnect("connection lost while connecting")
-        # else: CONNACK arrives through loop_read -> _on_connect
+            return
+        self._connecting = None
 
     def _schedule_reconnect(self, reason: str) -> None:
-        if self._retry is not None or self._connecting is not None:
+        if self._stopping or not self._started or self._retry is not None:
             return
         assert self._loop is not None
         delay_s = self._next_delay_s
@@ -270,169 +388,149 @@ class AsyncMqttClient:
         log.info("mqtt %s: %s; reconnecting in %.1f s", self.client_id, reason, delay_s)
         self._retry = self._loop.call_later(delay_s, self._connect)
 
-    def _run_misc(self) -> None:
-        """Run paho's periodic work: keepalive ping, ping timeout."""
-        self._misc = None
-        if self._client.socket() is None or self._stopping:
-            return
-        self._client.loop_misc()
-        assert self._loop is not None
-        if self._client.socket() is not None:
-            self._misc = self._loop.call_later(_MISC_INTERVAL_S, self._run_misc)
-
-    # ------------------------------------------------------------------ socket hooks
-
-    def _in_loop(self, callback: Callable[..., object], *args: object) -> None:
-        """Run ``callback(*args)`` on the loop: now when on its thread, else queued."""
-        assert self._loop is not None
-        if threading.get_ident() == self._loop_thread:
-            callback(*args)
-        else:
-            self._loop.call_soon_threadsafe(callback, *args)
-
-    def _on_socket_open(self, _client: mqtt.Client, _userdata: object, sock: object) -> None:
-        self._in_loop(self._add_reader, sock)
-
-    def _add_reader(self, sock: socket.socket) -> None:
-        if self._client.socket() is not sock or sock.fileno() < 0:
-            return  # closed again before the loop got to it
+    def _connection_made(self, conn: _Connection) -> None:
         assert self._loop is not None and self._closed is not None
+        self._conn = conn
         self._closed.clear()
-        self._reader_fd = sock.fileno()
-        self._loop.add_reader(self._reader_fd, self._client.loop_read)
-        if self._misc is None:
-            self._misc = self._loop.call_later(_MISC_INTERVAL_S, self._run_misc)
+        assert conn.transport is not None
+        conn.transport.write(self._connect_packet)
+        self._connack_timer = self._loop.call_later(_CONNECT_TIMEOUT_S, self._connack_missing)
 
-    def _on_socket_close(self, _client: mqtt.Client, _userdata: object, _sock: object) -> None:
-        self._in_loop(self._socket_closed)
+    def _connack_missing(self) -> None:
+        self._connack_timer = None
+        conn = self._conn
+        if conn is not None and conn.transport is not None and not self._connected:
+            log.warning("mqtt %s: no CONNACK from %s:%d", self.client_id, self.host, self.port)
+            conn.transport.abort()
 
-    def _socket_closed(self) -> None:
-        self._remove_fds()
-        if self._misc is not None:
-            self._misc.cancel()
-            self._misc = None
-        if self._closed is not None:
-            self._closed.set()
-
-    def _remove_fds(self) -> None:
-        assert self._loop is not None
-        if self._reader_fd is not None:
-            self._loop.remove_reader(self._reader_fd)
-            self._reader_fd = None
-        if self._writer_fd is not None:
-            self._loop.remove_writer(self._writer_fd)
-            self._writer_fd = None
-
-    def _on_socket_register_write(
-        self, _client: mqtt.Client, _userdata: object, sock: object
-    ) -> None:
-        self._in_loop(self._schedule_write, sock)
-
-    def _schedule_write(self, sock: socket.socket) -> None:
-        """Write the queued packets on the next loop pass (all publishes of this pass)."""
-        if self._write_scheduled or self._writer_fd is not None:
-            return
-        assert self._loop is not None
-        self._write_scheduled = True
-        self._loop.call_soon(self._write, sock)
-
-    def _write(self, sock: socket.socket) -> None:
-        """Send every queued packet, corked so a burst leaves in as few TCP segments.
-
-        Only when the socket's buffer is full does the socket wait in the selector for
-        room (``add_writer``); otherwise no selector registration per burst.
-        """
-        self._write_scheduled = False
-        if self._client.socket() is not sock or sock.fileno() < 0:
-            return
-        if _CORK is not None:
-            sock.setsockopt(socket.IPPROTO_TCP, _CORK, 1)
-        try:
-            self._client.loop_write()
-        finally:
-            if _CORK is not None and sock.fileno() >= 0:
-                sock.setsockopt(socket.IPPROTO_TCP, _CORK, 0)
-        if self._client.want_write() and self._writer_fd is None and sock.fileno() >= 0:
-            assert self._loop is not None
-            self._writer_fd = sock.fileno()
-            self._loop.add_writer(self._writer_fd, self._write_ready, sock)
-
-    def _write_ready(self, sock: socket.socket) -> None:
-        """The socket has room again: write, and stop waiting once nothing is left."""
-        self._client.loop_write()
-        if not self._client.want_write():
-            self._remove_writer()
-
-    def _on_socket_unregister_write(
-        self, _client: mqtt.Client, _userdata: object, _sock: object
-    ) -> None:
-        self._in_loop(self._remove_writer)
-
-    def _remove_writer(self) -> None:
-        if self._writer_fd is not None:
-            assert self._loop is not None
-            self._loop.remove_writer(self._writer_fd)
-            self._writer_fd = None
-
-    # ------------------------------------------------------------------ paho callbacks
-
-    def _on_connect(
-        self,
-        client: mqtt.Client,
-        _userdata: object,
-        _flags: object,
-        reason_code: mqtt.ReasonCode,
-        _properties: object,
-    ) -> None:
-        if reason_code.is_failure:
+    def _on_connack(self, conn: _Connection, body: bytes) -> None:
+        if self._connack_timer is not None:
+            self._connack_timer.cancel()
+            self._connack_timer = None
+        code = body[1] if len(body) >= 2 else -1
+        assert conn.transport is not None
+        if code != 0:
             log.warning(
                 "mqtt %s: connection refused by %s:%d: %s",
                 self.client_id,
                 self.host,
                 self.port,
-                reason_code,
+                CONNACK_REASONS.get(code, f"return code {code}"),
             )
+            conn.transport.close()
             return
         with self.stats.lock:
             self.stats.connects += 1
         log.info("mqtt %s: connected to %s:%d", self.client_id, self.host, self.port)
         self._next_delay_s = self._reconnect_min_s
-        for topic_filter, (qos, _cb) in self._subs.items():
-            client.subscribe(topic_filter, qos=qos)
         self._connected = True
-        if self._connected_event is not None:
-            self._connected_event.set()
+        if self._subs:
+            filters = [(f, qos) for f, (qos, _cb) in self._subs.items()]
+            self._queue_packet(encode_subscribe(self._next_mid(), filters))
+        for packet in self._inflight.values():  # unacknowledged: again, same id, DUP (4.4)
+            self._queue_packet(with_dup(packet))
+        self._pump()
+        self._arm_ping()
+        assert self._connected_event is not None
+        self._connected_event.set()
 
-    def _on_disconnect(
-        self,
-        _client: mqtt.Client,
-        _userdata: object,
-        _flags: object,
-        reason_code: mqtt.ReasonCode,
-        _properties: object,
-    ) -> None:
+    def _connection_lost(self, conn: _Connection, exc: Exception | None) -> None:
+        if conn is not self._conn:
+            return
+        self._conn = None
+        self._out.clear()
         was_connected = self._connected
         self._connected = False
+        for handle in (self._ping, self._connack_timer):
+            if handle is not None:
+                handle.cancel()
+        self._ping = self._connack_timer = None
         if self._connected_event is not None:
             self._connected_event.clear()
+        if self._closed is not None:
+            self._closed.set()
         if was_connected:
             with self.stats.lock:
                 self.stats.disconnects += 1
-        if self._started and not self._stopping:
-            if was_connected:
-                log.warning("mqtt %s: disconnected (%s)", self.client_id, reason_code)
-            self._in_loop(self._schedule_reconnect, f"disconnected ({reason_code})")
+            if not self._stopping:
+                log.warning("mqtt %s: disconnected (%s)", self.client_id, exc or "closed by peer")
+        self._schedule_reconnect(f"connection lost ({exc or 'closed'})")
 
-    def _on_publish(
-        self,
-        _client: mqtt.Client,
-        _userdata: object,
-        _mid: int,
-        _reason_code: mqtt.ReasonCode,
-        _properties: object,
-    ) -> None:
-        with self.stats.lock:
-            self.stats.acknowledged += 1
+    # ------------------------------------------------------------------ keepalive
 
-    def _on_unmatched(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
-        log.debug("mqtt %s: message on %s matched no subscription", self.client_id, msg.topic)
+    def _arm_ping(self) -> None:
+        if self._keepalive_s > 0:
+            assert self._loop is not None
+            self._ping = self._loop.call_later(self._keepalive_s, self._keepalive)
+
+    def _keepalive(self) -> None:
+        self._ping = None
+        conn = self._conn
+        if conn is None or conn.transport is None:
+            return
+        if self._ping_outstanding:
+            log.warning("mqtt %s: no PINGRESP within %d s", self.client_id, self._keepalive_s)
+            self._ping_outstanding = False
+            conn.transport.abort()
+            return
+        self._ping_outstanding = True
+        self._queue_packet(PINGREQ_PACKET)
+        self._arm_ping()
+
+    # ------------------------------------------------------------------ receiving
+
+    def _packets(self, conn: _Connection, packets: list[tuple[int, bytes]]) -> None:
+        acked = 0
+        inflight = self._inflight
+        for first, body in packets:
+            kind = first >> 4
+            if kind == PUBACK:
+                if inflight.pop((body[0] << 8) | body[1], None) is not None:
+                    acked += 1
+            elif kind == PUBLISH:
+                self._on_publish(first, body)
+            elif kind == CONNACK:
+                self._on_connack(conn, body)
+            elif kind == PINGRESP:
+                self._ping_outstanding = False
+            elif kind in (SUBACK, UNSUBACK):
+                if kind == SUBACK and b"\x80" in body[2:]:
+                    log.warning("mqtt %s: the broker refused a subscription", self.client_id)
+            else:
+                log.warning("mqtt %s: unexpected packet type %d", self.client_id, kind)
+        if acked:
+            with self.stats.lock:
+                self.stats.acknowledged += acked
+            if self._queue:
+                self._pump()
+
+    def _on_publish(self, first: int, body: bytes) -> None:
+        qos = (first >> 1) & 0x03
+        size = (body[0] << 8) | body[1]
+        topic = body[2 : 2 + size].decode("utf-8", "replace")
+        pos = 2 + size
+        if qos:
+            mid = (body[pos] << 8) | body[pos + 1]
+            pos += 2
+        payload = body[pos:]
+        delivered = False
+        for topic_filter, (_qos, callback) in self._subs.items():
+            if topic_matches_sub(_plain_filter(topic_filter), topic):
+                delivered = True
+                with self.stats.lock:
+                    self.stats.received += 1
+                try:
+                    callback(topic, payload)
+                except Exception:  # a subscriber's bug must not break the connection
+                    log.exception("mqtt %s: message callback failed on %s", self.client_id, topic)
+        if not delivered:
+            log.debug("mqtt %s: message on %s matched no subscription", self.client_id, topic)
+        if qos == 1:
+            self._queue_packet(encode_puback(mid))
+
+
+def _plain_filter(topic_filter: str) -> str:
+    """The filter part of a shared subscription ``$share/{group}/{filter}``."""
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[2]
+    return topic_filter
