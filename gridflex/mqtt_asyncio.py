@@ -351,7 +351,9 @@ class AsyncMqttClient:
             self.stats.dropped += 1
             dropped = self.stats.dropped
         if full and (dropped == 1 or dropped % 1000 == 0):
-            log.warning("mqtt %s: outgoing queue full, %d messages dropped", self.client_id, dropped)
+            log.warning(
+                "mqtt %s: outgoing queue full, %d messages dropped", self.client_id, dropped
+            )
 
     # ------------------------------------------------------------------ connecting
 

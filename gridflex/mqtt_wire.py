@@ -111,10 +111,7 @@ def encode_publish(header: int, topic: bytes, payload: bytes, mid: int = 0) -> b
 
     ``mid`` is the packet identifier, present only at QoS 1 (``header`` bit 1).
     """
-    if header & 0x06:
-        variable = topic + _U16.pack(mid)
-    else:
-        variable = topic
+    variable = topic + _U16.pack(mid) if header & 0x06 else topic
     size = len(variable) + len(payload)
     length = bytes((size,)) if size < 128 else encode_varint(size)
     return b"".join((bytes((header,)), length, variable, payload))
