@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import signal
@@ -188,3 +189,143 @@ def test_stop_before_the_broker_was_ever_reached_returns() -> None:
         return connected
 
     assert asyncio.run(scenario()) is False
+
+
+# ---------------------------------------------------------------- a scripted broker
+# The cases below need a broker that misbehaves on cue (withholds PUBACKs, drops the
+# connection, never answers a ping, refuses a login): a small asyncio server speaking just
+# enough MQTT, over real loopback sockets.
+
+
+class ScriptedBroker:
+    """Accepts connections; records each PUBLISH as ``(connection no, first byte, mid)``."""
+
+    def __init__(self, *, ack: bool = True, pong: bool = True, connack_code: int = 0) -> None:
+        self.ack = ack
+        self.pong = pong
+        self.connack_code = connack_code
+        self.connections = 0
+        self.publishes: list[tuple[int, int, int]] = []
+        self.writers: list[asyncio.StreamWriter] = []
+        self.port = 0
+        self._server: asyncio.Server | None = None
+
+    async def __aenter__(self) -> ScriptedBroker:
+        self._server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        self.port = self._server.sockets[0].getsockname()[1]
+        return self
+
+    async def __aexit__(self, *_exc: object) -> None:
+        assert self._server is not None
+        self._server.close()
+        for writer in self.writers:
+            writer.close()
+
+    @property
+    def url(self) -> str:
+        return f"mqtt://127.0.0.1:{self.port}"
+
+    def drop_connections(self) -> None:
+        for writer in self.writers:
+            writer.transport.abort()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        number = self.connections
+        self.writers.append(writer)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while True:
+                first = (await reader.readexactly(1))[0]
+                length, shift = 0, 0
+                while True:
+                    digit = (await reader.readexactly(1))[0]
+                    length |= (digit & 0x7F) << shift
+                    shift += 7
+                    if digit < 0x80:
+                        break
+                body = await reader.readexactly(length)
+                kind = first >> 4
+                if kind == 1:  # CONNECT
+                    writer.write(bytes((0x20, 2, 0, self.connack_code)))
+                elif kind == 3:  # PUBLISH at QoS 1: topic, then the packet id
+                    size = int.from_bytes(body[:2], "big")
+                    mid = int.from_bytes(body[2 + size : 4 + size], "big")
+                    self.publishes.append((number, first, mid))
+                    if self.ack:
+                        writer.write(b"\x40\x02" + mid.to_bytes(2, "big"))
+                elif kind == 12 and self.pong:  # PINGREQ
+                    writer.write(b"\xd0\x00")
+                await writer.drain()
+
+
+def test_unacknowledged_messages_are_resent_with_dup_and_same_id_after_reconnect() -> None:
+    async def scenario() -> tuple[list[tuple[int, int, int]], int]:
+        async with ScriptedBroker(ack=False) as broker:
+            client = AsyncMqttClient(broker.url, "t-resend", reconnect_min_s=0.05)
+            await client.start()
+            assert await client.wait_connected(5)
+            for i in range(3):
+                client.publish("t/resend", str(i).encode())
+            assert await _until(lambda: len(broker.publishes) == 3)
+            broker.ack = True
+            broker.drop_connections()
+            assert await _until(lambda: broker.connections == 2 and client.pending() == 0)
+            sent = list(broker.publishes)
+            await client.stop()
+            return sent, client.stats.as_dict()["acknowledged"]
+
+    sent, acknowledged = asyncio.run(scenario())
+    first = [(first_byte, mid) for conn, first_byte, mid in sent if conn == 1]
+    again = [(first_byte, mid) for conn, first_byte, mid in sent if conn == 2]
+    assert [b & 0x08 for b, _mid in first] == [0, 0, 0]
+    assert again == [(b | 0x08, mid) for b, mid in first]  # DUP set, same ids, same order
+    assert acknowledged == 3
+
+
+def test_in_flight_window_holds_the_rest_until_acknowledged() -> None:
+    async def scenario() -> tuple[int, int]:
+        async with ScriptedBroker(ack=False) as broker:
+            client = AsyncMqttClient(broker.url, "t-window", max_inflight=4)
+            await client.start()
+            assert await client.wait_connected(5)
+            for i in range(10):
+                assert client.publish("t/window", str(i).encode())
+            await asyncio.sleep(0.3)
+            held_back = len(broker.publishes)
+            broker.ack = True
+            broker.drop_connections()  # the re-sent four get PUBACKs, then the rest flow
+            assert await client.flush(5)
+            await client.stop()
+            return held_back, len({mid for _c, _b, mid in broker.publishes})
+
+    held_back, distinct = asyncio.run(scenario())
+    assert held_back == 4
+    assert distinct == 10
+
+
+def test_missing_pingresp_closes_the_connection_and_reconnects() -> None:
+    async def scenario() -> int:
+        async with ScriptedBroker(pong=False) as broker:
+            client = AsyncMqttClient(broker.url, "t-ping", keepalive_s=1, reconnect_min_s=0.05)
+            await client.start()
+            assert await client.wait_connected(5)
+            assert await _until(lambda: broker.connections >= 2, 10)
+            await client.stop()
+            return client.stats.as_dict()["disconnects"]
+
+    assert asyncio.run(scenario()) >= 1
+
+
+def test_refused_login_is_never_reported_as_connected() -> None:
+    async def scenario() -> tuple[bool, int]:
+        async with ScriptedBroker(connack_code=5) as broker:
+            client = AsyncMqttClient(broker.url, "t-refused", reconnect_min_s=0.05)
+            await client.start()
+            connected = await client.wait_connected(0.5)
+            tries = broker.connections
+            await client.stop()
+            return connected, tries
+
+    connected, tries = asyncio.run(scenario())
+    assert connected is False
+    assert tries >= 2  # refused, then retried with backoff
