@@ -23,7 +23,14 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
-__all__ = ["MessageCallback", "MqttClient", "MqttStats", "open_session", "parse_url"]
+__all__ = [
+    "MessageCallback",
+    "MqttClient",
+    "MqttStats",
+    "open_session",
+    "parse_url",
+    "plain_filter",
+]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +69,17 @@ def parse_url(url: str) -> tuple[str, int, bool]:
         raise ValueError(f"MQTT URL {url!r}: expected mqtt://host[:port] or mqtts://host[:port]")
     tls = parts.scheme == "mqtts"
     return parts.hostname, parts.port or (8883 if tls else 1883), tls
+
+
+def plain_filter(topic_filter: str) -> str:
+    """The filter part of a shared subscription ``$share/{group}/{filter}``; others as is.
+
+    Messages of a shared subscription arrive with their own topic, which the bare filter
+    matches, not the ``$share/...`` string.
+    """
+    if topic_filter.startswith("$share/"):
+        return topic_filter.split("/", 2)[2]
+    return topic_filter
 
 
 class MqttClient:
@@ -161,7 +179,7 @@ class MqttClient:
         """Drain the outgoing queue (bounded by ``flush_timeout_s``) and disconnect cleanly."""
         if not self._started:
             return
-        if self.connected and not self.flush(flush_timeout_s):
+        if (self.connected and not self.flush(flush_timeout_s)) or self.pending():
             log.warning(
                 "mqtt %s: %d messages not acknowledged at stop", self.client_id, self.pending()
             )
@@ -206,7 +224,7 @@ class MqttClient:
             callback(msg.topic, bytes(msg.payload))
 
         self._subs[topic_filter] = (qos, callback)
-        self._client.message_callback_add(topic_filter, _deliver)
+        self._client.message_callback_add(plain_filter(topic_filter), _deliver)
         if self.connected:
             self._client.subscribe(topic_filter, qos=qos)
 

@@ -45,7 +45,7 @@ from typing import cast
 
 from paho.mqtt.client import topic_matches_sub
 
-from gridflex.mqtt import MessageCallback, MqttStats, parse_url
+from gridflex.mqtt import MessageCallback, MqttStats, parse_url, plain_filter
 from gridflex.mqtt_wire import (
     CONNACK,
     CONNACK_REASONS,
@@ -226,7 +226,7 @@ class AsyncMqttClient:
         """
         if not self._started:
             return
-        if self._connected and not await self.flush(flush_timeout_s):
+        if (self._connected and not await self.flush(flush_timeout_s)) or self.pending():
             log.warning(
                 "mqtt %s: %d messages not acknowledged at stop", self.client_id, self.pending()
             )
@@ -517,7 +517,7 @@ class AsyncMqttClient:
         payload = body[pos:]
         delivered = False
         for topic_filter, (_qos, callback) in self._subs.items():
-            if topic_matches_sub(_plain_filter(topic_filter), topic):
+            if topic_matches_sub(plain_filter(topic_filter), topic):
                 delivered = True
                 with self.stats.lock:
                     self.stats.received += 1
@@ -529,10 +529,3 @@ class AsyncMqttClient:
             log.debug("mqtt %s: message on %s matched no subscription", self.client_id, topic)
         if qos == 1:
             self._queue_packet(encode_puback(mid))
-
-
-def _plain_filter(topic_filter: str) -> str:
-    """The filter part of a shared subscription ``$share/{group}/{filter}``."""
-    if topic_filter.startswith("$share/"):
-        return topic_filter.split("/", 2)[2]
-    return topic_filter

@@ -27,6 +27,22 @@ def test_parse_url_understands_mqtt_and_mqtts() -> None:
         parse_url("http://x")
 
 
+def test_shared_subscription_delivers_to_its_callback(mosquitto: Broker) -> None:
+    got: list[tuple[str, bytes]] = []
+    client = MqttClient(mosquitto.url, "test-share-sub", clean_session=True)
+    client.subscribe("$share/g1/t/share/+", lambda t, p: got.append((t, p)))
+    client.start()
+    try:
+        assert client.wait_connected(10)
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            client.publish("t/share/a", b"x")  # until the SUBACK is in, a message may pass
+            time.sleep(0.1)
+    finally:
+        client.stop()
+    assert got and got[0] == ("t/share/a", b"x")
+
+
 def test_published_messages_arrive_once_in_order(mosquitto: Broker) -> None:
     with Subscriber(mosquitto.url, "t/order") as sub:
         pub = MqttClient(mosquitto.url, "test-order-pub")

@@ -80,6 +80,24 @@ def test_subscription_callbacks_run_on_the_loop_thread(mosquitto: Broker) -> Non
     assert threads == {loop_thread}
 
 
+def test_shared_subscription_delivers_to_its_callback(mosquitto: Broker) -> None:
+    async def scenario() -> list[tuple[str, bytes]]:
+        got: list[tuple[str, bytes]] = []
+        client = AsyncMqttClient(mosquitto.url, "test-aio-share", clean_session=True)
+        client.subscribe("$share/g1/t/aio-share/+", lambda t, p: got.append((t, p)))
+        await client.start()
+        assert await client.wait_connected(10)
+        deadline = time.monotonic() + 10
+        while not got and time.monotonic() < deadline:
+            client.publish("t/aio-share/a", b"x")  # until the SUBACK is in, one may pass
+            await asyncio.sleep(0.1)
+        await client.stop()
+        return got
+
+    got = asyncio.run(scenario())
+    assert got and got[0] == ("t/aio-share/a", b"x")
+
+
 def test_clean_stop_does_not_fire_the_last_will(mosquitto: Broker) -> None:
     async def scenario() -> None:
         client = AsyncMqttClient(
