@@ -226,6 +226,38 @@ def test_device_with_a_broken_map_is_marked_error(
     assert _telemetry(sub, site.id, "inv1") == []
 
 
+def test_device_answering_garbage_is_marked_error_and_retried(
+    mosquitto: Broker, loop_thread: LoopThread
+) -> None:
+    base = free_port_block(2)
+    site = _site(mosquitto, base, 2)
+    fleet = InverterFleet(1, base, seed=9)
+
+    async def answer_garbage(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        while await reader.read(260):  # every request gets bytes that are not Modbus TCP
+            writer.write(b"\xde\xad\xbe\xef\x00\x07garbage")
+
+    async def _serve() -> asyncio.Server:
+        return await asyncio.start_server(answer_garbage, "127.0.0.1", base + 1)
+
+    server = loop_thread.run(_serve())
+    try:
+        with Subscriber(mosquitto.url, f"gridflex/v1/{site.id}/#") as sub:
+            running = Running(loop_thread, site, fleet, "lean")
+            try:
+                assert sub.wait_for(lambda _m: len(_statuses(sub, site.id, "inv1")) >= 2)
+                assert sub.wait_for(lambda _m: len(_telemetry(sub, site.id, "inv0")) >= 3)
+            finally:
+                running.stop()
+    finally:
+        server.close()
+    first, second = _statuses(sub, site.id, "inv1")[:2]
+    assert (first["online"], first["state"]) == (False, "error")
+    assert "not a Modbus TCP reply" in first["reason"]
+    assert second["consecutive_failures"] == first["consecutive_failures"] + 1  # retried
+    assert _telemetry(sub, site.id, "inv1") == []
+
+
 def test_write_setpoint_is_absolute_and_idempotent(loop_thread: LoopThread) -> None:
     base = free_port_block(1)
     fleet = InverterFleet(1, base, seed=7)
