@@ -22,7 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -32,6 +31,7 @@ from pathlib import Path
 
 import psutil
 
+from bench._harness import busiest_processes, busy_s, fmt, machine_busy_s, stop_process
 from gridflex.broker import Broker, start_broker
 from gridflex.net import free_port_block, wait_for_port
 
@@ -54,35 +54,6 @@ def site_toml(n: int, ports: list[int], mqtt_url: str, interval_ms: int) -> str:
     return "\n".join(lines)
 
 
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
-
-
-def busy_s(procs: list[psutil.Process]) -> float:
-    """CPU seconds used so far by ``procs`` (a process that has gone counts 0)."""
-    total = 0.0
-    for proc in procs:
-        try:
-            times = proc.cpu_times()
-        except psutil.NoSuchProcess:
-            continue
-        total += times.user + times.system
-    return total
-
-
-def machine_busy_s() -> float:
-    """CPU seconds the whole machine has spent busy (all cores)."""
-    times = psutil.cpu_times()
-    return sum(times) - times.idle - getattr(times, "iowait", 0.0)
-
-
 VARIANTS = ("lean/asyncio", "pymodbus/thread", "pymodbus/asyncio", "lean/thread")
 
 
@@ -94,26 +65,6 @@ class Case:
     duration_s: float
     interval_ms: int
     variant: str = "lean/asyncio"
-
-
-def busiest_processes(sample_s: float = 1.0, top: int = 3) -> list[tuple[float, str]]:
-    """The ``top`` processes by CPU % over ``sample_s`` (this one excluded)."""
-    procs = [p for p in psutil.process_iter(["pid", "name", "cmdline"]) if p.pid != os.getpid()]
-    for proc in procs:
-        try:
-            proc.cpu_percent(None)
-        except psutil.Error:
-            continue
-    time.sleep(sample_s)
-    usage = []
-    for proc in procs:
-        try:
-            pct = proc.cpu_percent(None)
-            cmd = " ".join(proc.info["cmdline"] or [proc.info["name"] or "?"])
-        except psutil.Error:
-            continue
-        usage.append((pct, f"{proc.pid} {cmd[:70]}"))
-    return sorted(usage, reverse=True)[:top]
 
 
 def run_one(case: Case, broker: Broker) -> dict:
@@ -218,10 +169,6 @@ def run_one(case: Case, broker: Broker) -> dict:
         "rss_mib": rss_mib,
         "exit": rc,
     }
-
-
-def fmt(value: float | int | None, spec: str) -> str:
-    return "-" if value is None else format(value, spec)
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ import logging
 import signal
 import threading
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -55,6 +55,7 @@ class ReceiverSettings:
         flush_ms: How often the child process ships a batch to the parent, ms.
         heartbeat_ms: How often the child ships an empty batch while nothing arrives, ms.
         keepalive_s: MQTT keepalive, s.
+        log_level: Logging level of the child process (the parent's, by default).
 
     """
 
@@ -69,6 +70,7 @@ class ReceiverSettings:
     flush_ms: int = 5
     heartbeat_ms: int = 100
     keepalive_s: int = 30
+    log_level: int = field(default_factory=lambda: logging.getLogger().getEffectiveLevel())
 
 
 class MqttReceiver:
@@ -168,7 +170,7 @@ def receiver_main(settings: ReceiverSettings, conn: Connection, control: Connect
     """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    setup_logging()  # a spawned child starts without the parent's logging set-up
+    setup_logging(settings.log_level)  # a spawned child starts without the parent's set-up
     receiver = MqttReceiver(settings)
     receiver.start()
     last_sent_ms = 0

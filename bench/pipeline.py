@@ -1,0 +1,222 @@
+"""Benchmark: the Bytewax pipeline taking N inverters' telemetry at 5 Hz into analytics and history.
+
+Starts Mosquitto (``gridflex.broker``), opens the pipeline's persistent session, starts ONE
+``gridflex pipeline`` process (it runs its MQTT receiver as a child process) and a
+publisher process that sends valid ``telemetry/1`` messages for N inverters every 200 ms
+(QoS 1, spread over the interval, frequency around 50 Hz) for ``--duration-s``. Then it
+stops the publisher, gives the pipeline ``--drain-s`` to catch up, stops it (SIGTERM: it
+flushes its windows and Parquet files) and reads the history back with DuckDB.
+
+Per N it prints: messages/s published, rows/s written, how much of what was published is
+in the history (de-duplicated on asset, boot, seq), the grid-frequency windows published
+and how long after a window's end each reached MQTT (p50/p99: the 500 ms allowed
+lateness is part of it), and the pipeline's CPU % (pipeline + receiver, 100 = one core)
+and RSS.
+
+    .venv/bin/python bench/pipeline.py                 # N = 100, 1000; 30 s each
+    .venv/bin/python bench/pipeline.py -n 2000 --duration-s 60
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import random
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+
+from bench._harness import busiest_processes, busy_s, fmt, rss_mib, stop_process, tree
+from gridflex.broker import start_broker
+from gridflex.contract import grid_frequency_topic, telemetry_topic
+from gridflex.mqtt import MqttClient, open_session
+from gridflex.mqtt_asyncio import AsyncMqttClient
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE = "bench"
+INTERVAL_S = 0.2
+
+
+def site_toml(mqtt_url: str, data_dir: Path) -> str:
+    return (
+        f'[site]\nid = "{SITE}"\n\n[mqtt]\nurl = "{mqtt_url}"\nqueue_limit = 1000000\n\n'
+        f'[history]\ndir = "{data_dir}"\n'
+    )
+
+
+# --------------------------------------------------------------------------- publisher
+
+
+async def publish(url: str, n: int, duration_s: float) -> dict[str, int]:
+    """Send telemetry for ``n`` inverters every 200 ms for ``duration_s``; counts."""
+    client = AsyncMqttClient(url, f"bench-pipeline-pub-{os.getpid()}", max_inflight=0)
+    await client.start()
+    if not await client.wait_connected(10):
+        raise RuntimeError(f"publisher: no broker at {url}")
+    rng = random.Random(1)
+    topics = [telemetry_topic(SITE, "inverter", f"inv{i:05d}") for i in range(n)]
+    boot = f"bench{os.getpid()}"
+    loop = asyncio.get_running_loop()
+    start_s = loop.time()
+    slots = 50  # every 4 ms a 50th of the fleet: the spread a collector's Ticker gives
+    sent = 0
+    k = 0
+    while loop.time() - start_s < duration_s:
+        due_s = start_s + k * INTERVAL_S / slots
+        await asyncio.sleep(max(0.0, due_s - loop.time()))
+        seq = k // slots + 1
+        ts_ms = time.time_ns() // 1_000_000
+        for i in range(k % slots, n, slots):
+            payload = json.dumps(
+                {
+                    "schema": "telemetry/1",
+                    "site": SITE,
+                    "asset": f"inv{i:05d}",
+                    "kind": "inverter",
+                    "ts_ms": ts_ms,
+                    "seq": seq,
+                    "boot": boot,
+                    "power_w": round(rng.uniform(-5000, 5000), 1),
+                    "freq_hz": round(50 + rng.gauss(0, 0.02), 4),
+                    "soc_pct": 50.0,
+                    "energy_import_wh": 1000.0 + seq,
+                    "energy_export_wh": 2000.0 + seq,
+                }
+            ).encode()
+            client.publish(topics[i], payload)
+            sent += 1
+        k += 1
+    await client.flush(30)
+    stats = client.stats.as_dict()
+    await client.stop()
+    return {"sent": sent, "acknowledged": stats["acknowledged"], "dropped": stats["dropped"]}
+
+
+# --------------------------------------------------------------------------- one run
+
+
+class WindowProbe:
+    """Arrival delay (ms after the window's end) of every grid-frequency window."""
+
+    def __init__(self, url: str) -> None:
+        self.lock = threading.Lock()
+        self.delays_ms: list[float] = []
+        self.client = MqttClient(url, f"bench-pipeline-probe-{os.getpid()}", clean_session=True)
+        self.client.subscribe(grid_frequency_topic(SITE), self._on_window)
+
+    def _on_window(self, _topic: str, payload: bytes) -> None:
+        now_ms = time.time_ns() / 1e6
+        window = json.loads(payload)
+        with self.lock:
+            self.delays_ms.append(now_ms - window["window_end_ms"])
+
+    def __enter__(self) -> WindowProbe:
+        self.client.start()
+        if not self.client.wait_connected(10):
+            raise RuntimeError("probe: no broker")
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.client.stop()
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def run_one(n: int, duration_s: float, drain_s: float) -> dict[str, float | int | None]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    with tempfile.TemporaryDirectory(prefix="gridflex-bench-") as tmp, start_broker() as broker:
+        data_dir = Path(tmp) / "history"
+        site = Path(tmp) / "site.toml"
+        site.write_text(site_toml(broker.url, data_dir), encoding="utf-8")
+        client_id = "gridflex-pipeline-bench"
+        # the session exists before the first message: nothing published is missed
+        open_session(broker.url, f"{client_id}-0", f"gridflex/v1/{SITE}/+/+/telemetry")
+        pipeline = subprocess.Popen(
+            [
+                *(sys.executable, "-m", "gridflex.cli", "--log-level=WARNING", "pipeline"),
+                *("--site", str(site), "--client-id", client_id),
+            ],
+            cwd=ROOT,
+            env=env,
+        )
+        try:
+            time.sleep(5)  # imports, Bytewax start, receiver connected
+            procs = tree(pipeline.pid)
+            with WindowProbe(broker.url) as probe:
+                cpu0, t0 = busy_s(procs), time.monotonic()
+                counts = asyncio.run(publish(broker.url, n, duration_s))
+                t_pub = time.monotonic() - t0
+                rss = rss_mib(procs)
+                time.sleep(drain_s)
+                cpu1, t1 = busy_s(procs), time.monotonic()
+            with probe.lock:
+                delays = list(probe.delays_ms)
+        finally:
+            rc = stop_process(pipeline, timeout_s=60)
+        con = duckdb.connect()
+        files = str(data_dir / "telemetry" / "**" / "*.parquet")
+        rows = con.execute(
+            f"select count(*) from (select distinct asset, boot, seq from read_parquet('{files}'))"
+        ).fetchall()[0][0]
+    return {
+        "n": n,
+        "sent_per_s": counts["sent"] / t_pub,
+        "rows_per_s": rows / t_pub,
+        "in_history_pct": 100 * rows / counts["sent"] if counts["sent"] else None,
+        "windows": len(delays),
+        "p50_ms": percentile(delays, 0.5),
+        "p99_ms": percentile(delays, 0.99),
+        "cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
+        "rss_mib": rss,
+        "dropped": counts["dropped"],
+        "exit": rc,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("-n", type=int, action="append", help="inverters (repeatable)")
+    parser.add_argument("--duration-s", type=float, default=30.0, help="publishing time per N")
+    parser.add_argument(
+        "--drain-s", type=float, default=10.0, help="time to catch up after publishing"
+    )
+    args = parser.parse_args()
+    print(
+        f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, telemetry every "
+        f"{INTERVAL_S * 1000:.0f} ms per inverter, {args.duration_s:.0f} s per run"
+    )
+    print("busiest processes before the runs (CPU % over 1 s, 100 = one core):")
+    for pct, proc in busiest_processes():
+        print(f"  {pct:5.0f}  {proc}")
+    header = (
+        f"{'N':>5} {'sent/s':>7} {'rows/s':>7} {'history %':>9} {'windows':>7} "
+        f"{'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} {'RSS MiB':>8} {'dropped':>7} {'exit':>4}"
+    )
+    print(header)
+    print("-" * len(header))
+    for n in args.n or [100, 1000]:
+        r = run_one(n, args.duration_s, args.drain_s)
+        print(
+            f"{r['n']:>5} {r['sent_per_s']:>7.0f} {r['rows_per_s']:>7.0f} "
+            f"{fmt(r['in_history_pct'], '.2f'):>9} {r['windows']:>7} "
+            f"{fmt(r['p50_ms'], '.0f'):>7} {fmt(r['p99_ms'], '.0f'):>7} {r['cpu_pct']:>6.0f} "
+            f"{r['rss_mib']:>8.0f} {r['dropped']:>7} {r['exit']:>4}",
+            flush=True,
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
