@@ -239,6 +239,7 @@ class AsyncMqttClient:
             self._connecting.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await self._connecting
+            self._connecting = None
         conn = self._conn
         if conn is not None and conn.transport is not None:
             self._write()
@@ -447,6 +448,7 @@ class AsyncMqttClient:
             if handle is not None:
                 handle.cancel()
         self._ping = self._connack_timer = None
+        self._ping_outstanding = False  # a new connection starts its own keepalive
         if self._connected_event is not None:
             self._connected_event.clear()
         if self._closed is not None:

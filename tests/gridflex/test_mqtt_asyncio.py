@@ -347,3 +347,18 @@ def test_refused_login_is_never_reported_as_connected() -> None:
     connected, tries = asyncio.run(scenario())
     assert connected is False
     assert tries >= 2  # refused, then retried with backoff
+
+
+def test_a_stopped_client_connects_again_when_restarted() -> None:
+    async def scenario() -> tuple[bool, bool, int]:
+        async with ScriptedBroker() as broker:
+            client = AsyncMqttClient(broker.url, "t-restart")
+            await client.start()
+            first = await client.wait_connected(5)
+            await client.stop()
+            await client.start()
+            second = await client.wait_connected(5)
+            await client.stop()
+            return first, second, broker.connections
+
+    assert asyncio.run(scenario()) == (True, True, 2)
