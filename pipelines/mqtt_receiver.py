@@ -1,13 +1,15 @@
 """The MQTT subscriber behind the dataflow's source, in a thread or in its own process.
 
-:class:`MqttReceiver` is a paho client on a persistent session (MQTT 3.1.1
-``clean_session=False``, stable client id, QoS 1 subscription renewed on every connect)
+:class:`MqttReceiver` is an MQTT client (``gridflex.mqtt_asyncio``, on an event loop in its
+own thread) on a persistent session (MQTT 3.1.1 ``clean_session=False``, stable client id,
+QoS 1 subscription renewed on every connect)
 that collects messages as ``(topic, payload, received_ms)`` tuples; :meth:`~MqttReceiver.take`
 hands over what arrived since the last call, with the time it vouches for: every message
 received before it has been handed over (the source turns that into heartbeats).
 
-paho's Python packet handling costs about 100 µs per QoS 1 message here, as much as the
-whole dataflow; in the dataflow's process the two share one GIL. :func:`receiver_main`
+Receiving costs CPU per message (paho's Python packet handling took ~100 µs per QoS 1
+message here, as much as the whole dataflow; the native client less), and in the
+dataflow's process the two would share one GIL. :func:`receiver_main`
 therefore runs a receiver in a child process (started with ``spawn``; this module imports
 nothing heavy) and ships batches over a pipe; the parent only unpickles them.
 
@@ -19,21 +21,22 @@ decides) and exits by itself when the parent is gone (end of file on the control
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
-from typing import Any
-
-import paho.mqtt.client as mqtt
 
 from gridflex.log import setup_logging
+from gridflex.mqtt_asyncio import AsyncMqttClient
 
 __all__ = ["Message", "MqttReceiver", "ReceiverSettings", "receiver_main"]
 
 log = logging.getLogger(__name__)
+
+_STOP_TIMEOUT_S = 10.0
 
 #: ``(topic, payload, received_ms)``; plain tuples pickle fastest.
 Message = tuple[str, bytes, int]
@@ -74,7 +77,7 @@ class ReceiverSettings:
 
 
 class MqttReceiver:
-    """A paho subscriber that collects messages until :meth:`take` (see the module docstring)."""
+    """A subscriber that collects messages until :meth:`take` (see the module docstring)."""
 
     def __init__(self, settings: ReceiverSettings) -> None:
         self.settings = settings
@@ -82,27 +85,27 @@ class MqttReceiver:
         self._pending: list[Message] = []
         self._stopping = False
         self.received = 0
-        self._client = mqtt.Client(
-            mqtt.CallbackAPIVersion.VERSION2,
-            client_id=settings.client_id,
+        host = f"[{settings.host}]" if ":" in settings.host else settings.host
+        self._client = AsyncMqttClient(
+            f"{'mqtts' if settings.tls else 'mqtt'}://{host}:{settings.port}",
+            settings.client_id,
+            username=settings.username,
+            password=settings.password,
             clean_session=False,
-            protocol=mqtt.MQTTv311,
+            keepalive_s=settings.keepalive_s,
+            reconnect_min_s=1.0,
+            reconnect_max_s=30.0,
         )
-        if settings.username is not None:
-            self._client.username_pw_set(settings.username, settings.password)
-        if settings.tls:
-            self._client.tls_set()
-        self._client.reconnect_delay_set(min_delay=1, max_delay=30)
-        self._client.on_connect = self._on_connect
-        self._client.on_disconnect = self._on_disconnect
-        self._client.on_message = self._on_message
+        self._client.subscribe(settings.topic_filter, self._on_message, qos=settings.qos)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(
+            target=self._loop.run_forever, name=f"mqtt-{settings.client_id}", daemon=True
+        )
 
     def start(self) -> None:
-        """Connect in the background (paho's network thread; paho reconnects)."""
-        self._client.connect_async(
-            self.settings.host, self.settings.port, keepalive=self.settings.keepalive_s
-        )
-        self._client.loop_start()
+        """Connect in the background (the client's own loop thread; it reconnects)."""
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._client.start(), self._loop).result(10)
         log.info(
             "MQTT source %s subscribing to %s at %s:%d",
             self.settings.client_id,
@@ -111,29 +114,7 @@ class MqttReceiver:
             self.settings.port,
         )
 
-    def _on_connect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
-    ) -> None:
-        if reason.is_failure:
-            log.warning("MQTT source %s: connection refused: %s", self.settings.client_id, reason)
-            return
-        log.info(
-            "MQTT source %s connected (session present: %s)",
-            self.settings.client_id,
-            flags.session_present,
-        )
-        client.subscribe(self.settings.topic_filter, qos=self.settings.qos)
-
-    def _on_disconnect(
-        self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, properties: Any
-    ) -> None:
-        if not self._stopping:
-            log.warning(
-                "MQTT source %s disconnected (%s); paho reconnects", self.settings.client_id, reason
-            )
-
-    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        topic, payload = msg.topic, bytes(msg.payload)
+    def _on_message(self, topic: str, payload: bytes) -> None:
         with self._lock:  # receive time and take time come from under one lock
             self._pending.append((topic, payload, _now_ms()))
             self.received += 1
@@ -154,8 +135,15 @@ class MqttReceiver:
         if self._stopping:
             return
         self._stopping = True
-        self._client.disconnect()
-        self._client.loop_stop()
+        if not self._thread.is_alive():
+            return
+        done = asyncio.run_coroutine_threadsafe(self._client.stop(flush_timeout_s=0), self._loop)
+        try:
+            done.result(_STOP_TIMEOUT_S)
+        except Exception:  # stopping anyway: the broker keeps the session
+            log.exception("MQTT source %s: unclean disconnect", self.settings.client_id)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(_STOP_TIMEOUT_S)
 
 
 def receiver_main(settings: ReceiverSettings, conn: Connection, control: Connection) -> None:
