@@ -5,15 +5,26 @@ stations in ``--sim-procs`` separate ``gridflex sim chargers`` processes (a mix 
 2.0.1 and 2.1 stations, each with a car plugged in, so each sends a TransactionEvent with
 meter values every second). A subscriber in this process takes every telemetry message off
 MQTT and computes the latency from the station's send (the meter value's timestamp, taken
-when the station builds the message) to its arrival on MQTT. After a warm-up (all stations
-connected, sampling interval set, the rate steady) it measures for ``--duration-s`` and
-prints one row per N: telemetry messages/s handled, p50/p99/max latency, the CSMS's CPU %
-(of one core) and RSS, the simulators' CPU %, and the whole machine's CPU % (of all cores) and
-load: the simulators, Mosquitto and this subscriber share the machine with the CSMS, so a
-busy machine shows in the latency.
+when the station builds the message, milliseconds) to its arrival at the subscriber. So the
+latency covers the station's WebSocket write, the CSMS, Mosquitto and the subscriber.
+
+Warm-up: once every station reports and the rate is steady at ~N/s (at most
+``--warmup-s``), it waits ``--settle-s`` more (start-up work, such as the first full garbage
+collections, is over by then), then measures for ``--duration-s`` and prints one row per N:
+telemetry messages/s handled, p50/p99/max latency, the CSMS's CPU % (of one core; user +
+system) and RSS, then where the rest of the machine's CPU went: the simulators, Mosquitto,
+this process (the subscriber) and everything else. All of it shares the machine's cores
+with the CSMS, so a busy machine shows in the latency.
 
     .venv/bin/python bench/ocpp.py                     # N = 200, 500, 1000; 20 s each
     .venv/bin/python bench/ocpp.py -n 1000 --duration-s 60
+    .venv/bin/python bench/ocpp.py -n 1000 --mqtt-client thread
+
+Diagnostics: ``--samples-file F.csv`` writes every measured message (arrival ms, meter
+timestamp ms, asset); ``--pyspy-dir D`` records the CSMS and each simulator with py-spy
+(``$PYSPY``, default /tmp/pyspy/bin/py-spy) during the measured window, in py-spy's raw
+(collapsed stack) format. py-spy takes CPU of its own: such a run's latencies are not the
+benchmark's.
 """
 
 from __future__ import annotations
@@ -28,6 +39,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 
@@ -38,9 +50,11 @@ from gridflex.net import free_port
 ROOT = Path(__file__).resolve().parents[1]
 PASSWORD = "bench-password-0123456789"
 SITE = "bench"
+PYSPY = os.environ.get("PYSPY", "/tmp/pyspy/bin/py-spy")
 
 
 def site_toml(prefixes: list[tuple[str, int]], port: int, mqtt_url: str) -> str:
+    """The site file: one EVSE asset per simulated station."""
     lines = [
         f'[site]\nid = "{SITE}"\n',
         f'[mqtt]\nurl = "{mqtt_url}"\nqueue_limit = 1000000\n',
@@ -58,6 +72,7 @@ def site_toml(prefixes: list[tuple[str, int]], port: int, mqtt_url: str) -> str:
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
+    """SIGTERM, then SIGKILL after ``timeout_s``; the exit code."""
     if proc.poll() is None:
         proc.send_signal(signal.SIGTERM)
         try:
@@ -76,6 +91,7 @@ class LatencyProbe:
         self.latencies_ms: list[float] = []
         self.count = 0
         self.assets: set[str] = set()
+        self.samples: list[tuple[float, int, str]] | None = None
         self.client = MqttClient(url, f"bench-ocpp-{os.getpid()}", clean_session=True)
         self.collector_online = threading.Event()
         # QoS 0 on the probe's own leg: the CSMS still publishes at QoS 1; this keeps the
@@ -87,28 +103,46 @@ class LatencyProbe:
             raise RuntimeError("bench subscriber could not connect")
 
     def on_message(self, _topic: str, payload: bytes) -> None:
+        """Record one telemetry message's latency."""
         now_ms = time.time() * 1000
         msg = json.loads(payload)
         with self.lock:
             self.count += 1
             self.latencies_ms.append(now_ms - msg["ts_ms"])
             self.assets.add(msg["asset"])
+            if self.samples is not None:
+                self.samples.append((now_ms, msg["ts_ms"], msg["asset"]))
 
     def on_collector(self, _topic: str, payload: bytes) -> None:
+        """Note when the CSMS announces itself online."""
         if json.loads(payload).get("online"):
             self.collector_online.set()
 
     def take(self) -> tuple[int, list[float]]:
+        """Messages and latencies since the last call."""
         with self.lock:
             count, lat = self.count, self.latencies_ms
             self.count, self.latencies_ms = 0, []
         return count, lat
 
+    def record_samples(self) -> None:
+        """Keep every message's (arrival, timestamp, asset) from now on."""
+        with self.lock:
+            self.samples = []
+
+    def take_samples(self) -> list[tuple[float, int, str]]:
+        """The samples kept since ``record_samples``; stops keeping them."""
+        with self.lock:
+            samples, self.samples = self.samples or [], None
+        return samples
+
     def close(self) -> None:
+        """Disconnect."""
         self.client.stop(flush_timeout_s=0.5)
 
 
 def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile; NaN for no values."""
     if not values:
         return float("nan")
     ordered = sorted(values)
@@ -116,15 +150,73 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[index]
 
 
+class CpuMeter:
+    """CPU seconds of some processes between ``start()`` and ``stop()`` (psutil)."""
+
+    def __init__(self, processes: dict[str, list[int]]) -> None:
+        self.groups = {
+            name: [psutil.Process(pid) for pid in pids] for name, pids in processes.items()
+        }
+        self._start: dict[str, tuple[float, float]] = {}
+        self._machine_start: Any = None
+        self._t0 = 0.0
+
+    def _times(self) -> dict[str, tuple[float, float]]:
+        out = {}
+        for name, procs in self.groups.items():
+            user = system = 0.0
+            for proc in procs:
+                times = proc.cpu_times()
+                user += times.user
+                system += times.system
+            out[name] = (user, system)
+        return out
+
+    def start(self) -> None:
+        """Take the first reading."""
+        self._t0 = time.monotonic()
+        self._machine_start = psutil.cpu_times()
+        self._start = self._times()
+
+    def stop(self) -> dict[str, float]:
+        """Percent of one core per group (``{name}_user``/``{name}_sys`` too) and machine."""
+        elapsed = time.monotonic() - self._t0
+        end = self._times()
+        machine_end = psutil.cpu_times()
+        out: dict[str, float] = {}
+        for name, (user, system) in end.items():
+            user0, system0 = self._start[name]
+            out[f"{name}_user"] = 100 * (user - user0) / elapsed
+            out[f"{name}_sys"] = 100 * (system - system0) / elapsed
+            out[name] = out[f"{name}_user"] + out[f"{name}_sys"]
+        busy = 0.0
+        for field in ("user", "nice", "system", "irq", "softirq", "steal"):
+            busy += getattr(machine_end, field, 0.0) - getattr(self._machine_start, field, 0.0)
+        out["machine"] = 100 * busy / elapsed  # of one core; all cores: / cpu_count
+        out["other"] = out["machine"] - sum(out[name] for name in self.groups)
+        return out
+
+
+def _pyspy(pid: int, out: Path, duration_s: float) -> subprocess.Popen[bytes]:
+    cmd = [PYSPY, "record", "--nonblocking", "-r", "100", "-f", "raw", "-o", str(out)]
+    cmd += ["-p", str(pid), "-d", str(max(1, int(duration_s)))]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def run_one(
     n: int,
+    *,
     sim_procs: int,
     warmup_s: float,
+    settle_s: float,
     duration_s: float,
     mqtt_url: str,
-    *,
-    mqtt_client: str = "thread",
-) -> dict:
+    broker_pid: int | None,
+    mqtt_client: str,
+    samples_file: Path | None = None,
+    pyspy_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Measure one fleet size; the row's values."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     python = sys.executable
     per_proc = -(-n // sim_procs)
@@ -141,19 +233,10 @@ def run_one(
     with tempfile.TemporaryDirectory(prefix="gridflex-bench-ocpp-") as tmp:
         site = Path(tmp) / "site.toml"
         site.write_text(site_toml(prefixes, port, mqtt_url), encoding="utf-8")
+        cli = [python, "-m", "gridflex.cli", "--log-level=WARNING"]
+        csms_cli = [python, *os.environ["OCPP_BENCH_CSMS"].split()] if "OCPP_BENCH_CSMS" in os.environ else cli  # DEBUG
         csms = subprocess.Popen(
-            [
-                python,
-                "-m",
-                "gridflex.cli",
-                "--log-level=WARNING",
-                "collect",
-                "ocpp",
-                "--site",
-                str(site),
-                "--mqtt-client",
-                mqtt_client,
-            ],
+            [*csms_cli, "--log-level=WARNING", "collect", "ocpp", "--site", str(site), "--mqtt-client", mqtt_client],
             cwd=ROOT,
             env=env,
         )
@@ -161,34 +244,12 @@ def run_one(
             if not probe.collector_online.wait(30):
                 raise RuntimeError("the CSMS did not come online")
             for k, (prefix, count) in enumerate(prefixes):
-                sims.append(
-                    subprocess.Popen(
-                        [
-                            python,
-                            "-m",
-                            "gridflex.cli",
-                            "--log-level=WARNING",
-                            "sim",
-                            "chargers",
-                            "--count",
-                            str(count),
-                            "--csms-url",
-                            f"ws://127.0.0.1:{port}/ocpp",
-                            "--id-prefix",
-                            prefix,
-                            "--password",
-                            PASSWORD,
-                            "--ocpp",
-                            "mix",
-                            "--seed",
-                            str(k + 1),
-                            "--ramp-s",
-                            str(max(2.0, count / 100)),
-                        ],
-                        cwd=ROOT,
-                        env=env,
-                    )
-                )
+                sim_args = ["sim", "chargers", "--count", str(count)]
+                sim_args += ["--csms-url", f"ws://127.0.0.1:{port}/ocpp", "--id-prefix", prefix]
+                sim_args += ["--password", PASSWORD, "--ocpp", "mix", "--seed", str(k + 1)]
+                sim_args += ["--ramp-s", str(max(2.0, count / 100))]
+                sims.append(subprocess.Popen([*cli, *sim_args], cwd=ROOT, env=env))
+                print(f"DEBUG sim {k} started at {time.time():.3f}", file=sys.stderr)
             # warm-up: every station reports and the rate is steady at ~n/s
             deadline = time.monotonic() + warmup_s
             probe.take()
@@ -202,22 +263,35 @@ def run_one(
                     f"warning: warm-up incomplete: {len(probe.assets)}/{n} stations reporting",
                     file=sys.stderr,
                 )
-            csms_ps = psutil.Process(csms.pid)
-            sim_ps = [psutil.Process(p.pid) for p in sims]
-            csms_ps.cpu_percent(None)
-            psutil.cpu_percent(None)
-            for p in sim_ps:
-                p.cpu_percent(None)
+            time.sleep(settle_s)
+            groups = {"csms": [csms.pid], "sims": [p.pid for p in sims], "bench": [os.getpid()]}
+            if broker_pid is not None:
+                groups["mosquitto"] = [broker_pid]
+            meter = CpuMeter(groups)
             probe.take()
+            if samples_file is not None:
+                probe.record_samples()
+            spies = []
+            if pyspy_dir is not None:
+                pyspy_dir.mkdir(parents=True, exist_ok=True)
+                spies.append(_pyspy(csms.pid, pyspy_dir / f"csms-{n}.txt", duration_s))
+                for k, sim in enumerate(sims):
+                    spies.append(_pyspy(sim.pid, pyspy_dir / f"sim{k}-{n}.txt", duration_s))
             started = time.monotonic()
+            meter.start()
+            print(f"DEBUG window at {time.time():.3f}", file=sys.stderr)
             time.sleep(duration_s)
             count, latencies = probe.take()
+            cpu = meter.stop()
             elapsed = time.monotonic() - started
-            csms_cpu = csms_ps.cpu_percent(None)
-            sims_cpu = sum(p.cpu_percent(None) for p in sim_ps)
-            machine_cpu = psutil.cpu_percent(None)
             load_1m = os.getloadavg()[0]
-            rss_mb = csms_ps.memory_info().rss / 1e6
+            rss_mb = psutil.Process(csms.pid).memory_info().rss / 1e6
+            if samples_file is not None:
+                with samples_file.open("w", encoding="utf-8") as out:
+                    for arrival_ms, ts_ms, asset in probe.take_samples():
+                        out.write(f"{arrival_ms:.3f},{ts_ms},{asset}\n")
+            for spy in spies:
+                spy.wait()
         finally:
             for sim in sims:
                 stop_process(sim)
@@ -230,60 +304,77 @@ def run_one(
         "p50_ms": percentile(latencies, 50),
         "p99_ms": percentile(latencies, 99),
         "max_ms": max(latencies) if latencies else float("nan"),
-        "csms_cpu_pct": csms_cpu,
         "csms_rss_mb": rss_mb,
-        "sims_cpu_pct": sims_cpu,
-        "machine_cpu_pct": machine_cpu,
         "load_1m": load_1m,
         "csms_exit": code,
+        **{f"{name}_cpu_pct": value for name, value in cpu.items()},
     }
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    """Run the sizes asked for and print the table."""
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("-n", type=int, action="append", help="stations (repeatable)")
     parser.add_argument("--duration-s", type=float, default=20.0)
-    parser.add_argument("--warmup-s", type=float, default=60.0)
+    parser.add_argument("--warmup-s", type=float, default=60.0, help="most time to get steady")
+    parser.add_argument("--settle-s", type=float, default=10.0, help="wait once steady")
     parser.add_argument("--sim-procs", type=int, default=2)
-    parser.add_argument("--mqtt-client", choices=("thread", "asyncio"), default="thread")
+    parser.add_argument("--mqtt-client", choices=("thread", "asyncio"), default="asyncio")
+    parser.add_argument("--samples-file", type=Path, help="write every measured message")
+    parser.add_argument("--pyspy-dir", type=Path, help="py-spy the CSMS and simulators")
     args = parser.parse_args()
     sizes = args.n or [200, 500, 1000]
     broker = start_broker("mosquitto")
     rows = []
     try:
         for n in sizes:
+            samples_file = args.samples_file
+            if samples_file is not None and len(sizes) > 1:
+                samples_file = samples_file.with_name(f"{samples_file.stem}-{n}.csv")
             rows.append(
                 run_one(
                     n,
-                    args.sim_procs,
-                    args.warmup_s,
-                    args.duration_s,
-                    broker.url,
+                    sim_procs=args.sim_procs,
+                    warmup_s=args.warmup_s,
+                    settle_s=args.settle_s,
+                    duration_s=args.duration_s,
+                    mqtt_url=broker.url,
+                    broker_pid=broker.pid,
                     mqtt_client=args.mqtt_client,
+                    samples_file=samples_file,
+                    pyspy_dir=args.pyspy_dir,
                 )
             )
             time.sleep(1.0)
     finally:
         broker.stop()
+    cores = psutil.cpu_count() or 1
     print()
     print(
         f"OCPP CSMS benchmark: {args.duration_s:.0f} s per row, meter values every 1 s, "
-        f"{args.sim_procs} simulator processes, {psutil.cpu_count()} cores, "
-        f"{args.mqtt_client} MQTT client"
+        f"{args.sim_procs} simulator processes, {cores} cores, {args.mqtt_client} MQTT client"
     )
+    print("(CPU % of one core; machine % of all cores together)")
     print()
     print(
         "| stations | telemetry msg/s (expected) | p50 ms | p99 ms | max ms "
-        "| CSMS CPU % | CSMS RSS MB | sims CPU % | machine CPU % | load 1 min |"
+        "| CSMS CPU % (user+sys) | CSMS RSS MB | sims CPU % | Mosquitto CPU % "
+        "| subscriber CPU % | other CPU % | machine CPU % | load 1 min |"
     )
-    print("| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("|" + " ---: |" * 13)
     for r in rows:
         print(
             f"| {r['stations']} | {r['msgs_per_s']:.0f} ({r['expected_per_s']:.0f}) "
             f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} "
-            f"| {r['csms_cpu_pct']:.0f} | {r['csms_rss_mb']:.0f} | {r['sims_cpu_pct']:.0f} "
-            f"| {r['machine_cpu_pct']:.0f} | {r['load_1m']:.1f} |"
+            f"| {r['csms_cpu_pct']:.0f} ({r['csms_user_cpu_pct']:.0f}+{r['csms_sys_cpu_pct']:.0f}) "
+            f"| {r['csms_rss_mb']:.0f} | {r['sims_cpu_pct']:.0f} "
+            f"| {r.get('mosquitto_cpu_pct', float('nan')):.0f} | {r['bench_cpu_pct']:.0f} "
+            f"| {r['other_cpu_pct']:.0f} | {r['machine_cpu_pct'] / cores:.0f} "
+            f"| {r['load_1m']:.1f} |"
         )
+    failed = [r["stations"] for r in rows if r["csms_exit"] != 0]
+    if failed:
+        print(f"\nthe CSMS did not exit cleanly (code != 0) for N = {failed}", file=sys.stderr)
     return 0
 
 
