@@ -4,8 +4,8 @@ Source. :class:`MqttSource` is a ``FixedPartitionedSource``; each partition runs
 subscriber (:class:`pipelines.mqtt_receiver.MqttReceiver`: QoS 1 on a persistent session,
 MQTT 3.1.1 ``clean_session=False`` with a stable client id, so the broker keeps what
 arrives while the pipeline is down). By default the subscriber runs in a child process and
-ships batches over a pipe: paho's per-message cost would otherwise compete with the
-dataflow for this process's GIL. ``next_batch`` never blocks; it hands over what arrived
+ships batches over a pipe: its per-message cost would otherwise compete with the dataflow
+for this process's GIL. ``next_batch`` never blocks; it hands over what arrived
 every ``poll_ms``, followed now and then (at most every ``heartbeat_ms``) by a
 :class:`~pipelines.windows.Heartbeat` carrying the receiver's ``through_ms``: every message
 received before it is already in the stream. The windows use heartbeats to tell real
@@ -24,10 +24,10 @@ Sink. :class:`MqttSink` takes ``(topic, payload)`` pairs and publishes them at Q
 through the project's :class:`gridflex.mqtt.MqttClient` (bounded outgoing queue); on close
 it waits (bounded) until the broker has acknowledged them.
 
-The source uses paho directly rather than ``MqttClient``: it needs a shared subscription
-for several partitions (``MqttClient.subscribe`` routes by ``message_callback_add``, which
-does not match ``$share/...`` filters), control over the disconnect-then-drain order, and
-a module light enough to start in a ``spawn`` child.
+The source's receiver uses the native asyncio client (``gridflex.mqtt_asyncio``) on a loop
+thread of its own rather than paho's ``MqttClient``: it costs a fraction of paho's CPU per
+received message (``bench/pipeline.py``), and ``MqttReceiver`` keeps control over the
+disconnect-then-drain order.
 """
 
 from __future__ import annotations

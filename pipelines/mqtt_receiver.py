@@ -2,16 +2,16 @@
 
 :class:`MqttReceiver` is an MQTT client (``gridflex.mqtt_asyncio``, on an event loop in its
 own thread) on a persistent session (MQTT 3.1.1 ``clean_session=False``, stable client id,
-QoS 1 subscription renewed on every connect)
-that collects messages as ``(topic, payload, received_ms)`` tuples; :meth:`~MqttReceiver.take`
-hands over what arrived since the last call, with the time it vouches for: every message
-received before it has been handed over (the source turns that into heartbeats).
+QoS 1 subscription renewed on every connect) that collects messages as ``(topic, payload,
+received_ms)`` tuples; :meth:`~MqttReceiver.take` hands over what arrived since the last
+call, with the time it vouches for: every message received before it has been handed over
+(the source turns that into heartbeats).
 
 Receiving costs CPU per message (paho's Python packet handling took ~100 µs per QoS 1
-message here, as much as the whole dataflow; the native client less), and in the
-dataflow's process the two would share one GIL. :func:`receiver_main`
-therefore runs a receiver in a child process (started with ``spawn``; this module imports
-nothing heavy) and ships batches over a pipe; the parent only unpickles them.
+message here, as much as the whole dataflow; the native client a fraction of it), and in
+the dataflow's process the two would share one GIL. :func:`receiver_main` therefore runs a
+receiver in a child process (started with ``spawn``; this module imports nothing heavy)
+and ships batches over a pipe; the parent only unpickles them.
 
 Shutdown: the parent writes to a control pipe; the child disconnects first (nothing more
 is acknowledged), sends what it still holds, then ``None`` as end marker, and exits. The
