@@ -94,9 +94,12 @@ class LatencyProbe:
         self.samples: list[tuple[float, int, str]] | None = None
         self.client = MqttClient(url, f"bench-ocpp-{os.getpid()}", clean_session=True)
         self.collector_online = threading.Event()
-        # QoS 0 on the probe's own leg: the CSMS still publishes at QoS 1; this keeps the
-        # measuring subscriber (on the same 2 cores) from adding PUBACK traffic of its own.
-        self.client.subscribe(f"gridflex/v1/{SITE}/evse/+/telemetry", self.on_message, qos=0)
+        # QoS 1, as the pipeline subscribes. Not QoS 0: Mosquitto leaves Nagle's algorithm
+        # on (``set_tcp_nodelay`` defaults to false), and once a QoS 0 subscriber has sent
+        # anything (its first keepalive PINGREQ) its kernel delays ACKs, so Mosquitto holds
+        # each small write until the next ACK: +10 ms (p50) on every message from then on.
+        # A QoS 1 subscriber's PUBACKs carry the ACKs at once.
+        self.client.subscribe(f"gridflex/v1/{SITE}/evse/+/telemetry", self.on_message, qos=1)
         self.client.subscribe(f"gridflex/v1/{SITE}/collector/ocpp/status", self.on_collector)
         self.client.start()
         if not self.client.wait_connected(10):
@@ -234,9 +237,8 @@ def run_one(
         site = Path(tmp) / "site.toml"
         site.write_text(site_toml(prefixes, port, mqtt_url), encoding="utf-8")
         cli = [python, "-m", "gridflex.cli", "--log-level=WARNING"]
-        csms_cli = [python, *os.environ["OCPP_BENCH_CSMS"].split()] if "OCPP_BENCH_CSMS" in os.environ else cli  # DEBUG
         csms = subprocess.Popen(
-            [*csms_cli, "--log-level=WARNING", "collect", "ocpp", "--site", str(site), "--mqtt-client", mqtt_client],
+            [*cli, "collect", "ocpp", "--site", str(site), "--mqtt-client", mqtt_client],
             cwd=ROOT,
             env=env,
         )
@@ -249,7 +251,6 @@ def run_one(
                 sim_args += ["--password", PASSWORD, "--ocpp", "mix", "--seed", str(k + 1)]
                 sim_args += ["--ramp-s", str(max(2.0, count / 100))]
                 sims.append(subprocess.Popen([*cli, *sim_args], cwd=ROOT, env=env))
-                print(f"DEBUG sim {k} started at {time.time():.3f}", file=sys.stderr)
             # warm-up: every station reports and the rate is steady at ~n/s
             deadline = time.monotonic() + warmup_s
             probe.take()
@@ -279,7 +280,6 @@ def run_one(
                     spies.append(_pyspy(sim.pid, pyspy_dir / f"sim{k}-{n}.txt", duration_s))
             started = time.monotonic()
             meter.start()
-            print(f"DEBUG window at {time.time():.3f}", file=sys.stderr)
             time.sleep(duration_s)
             count, latencies = probe.take()
             cpu = meter.stop()

@@ -32,8 +32,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import itertools
+import json
 import logging
+import math
 import random
 import signal
 import ssl
@@ -44,7 +47,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from ocpp.messages import Call, CallError
+from ocpp.messages import CallError, MessageType
 from ocpp.routing import on
 from ocpp.v21 import ChargePoint as ChargePoint21
 from ocpp.v201 import ChargePoint as ChargePoint201
@@ -64,6 +67,7 @@ __all__ = [
     "control_from_profile",
     "fleet_from_site",
     "main",
+    "next_meter_s",
     "requested_power_w",
     "run_fleet",
     "sampled_values",
@@ -393,6 +397,21 @@ def charging_needs_payload(
     return needs
 
 
+def next_meter_s(due_s: float, interval_s: float, now_s: float) -> float:
+    """When the next periodic meter value is due after the one due at ``due_s``.
+
+    The station keeps its phase: meter values are due at ``due_s + k * interval_s``, and
+    slots that went by while it was late are skipped rather than sent in a burst. A station
+    that was late does not take a new phase from the moment it caught up: stations made
+    late together (a busy simulator process, a stall) would all take nearly the same
+    phase and from then on send in a synchronized burst every interval.
+    """
+    following = due_s + interval_s
+    if following <= now_s:
+        following += math.ceil((now_s - following) / interval_s + 1e-9) * interval_s
+    return following
+
+
 # --------------------------------------------------------------------------- station
 
 
@@ -412,6 +431,7 @@ class _SimHandlers:
 
     station: SimStation
     _call_result: Any
+    _awaiting: tuple[str, asyncio.Future[list[Any]]] | None = None
 
     @on("SetVariables")
     def on_set_variables(self, set_variable_data: list[dict[str, Any]], **_kw: Any) -> Any:
@@ -446,25 +466,65 @@ class _SimHandlers:
         await self._connection.send(message)  # type: ignore[attr-defined]
 
     async def call_wire(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Send a wire-format CALL through the library's call lock and response queue."""
-        call = Call(self._unique_id_generator(), action, payload)  # type: ignore[attr-defined]
+        """Send a wire-format CALL and return the answer's payload (the hot path).
+
+        One CALL at a time per connection (the library's call lock, as OCPP-J requires).
+        The answer is matched by its message id in ``route_message`` and handed over in a
+        future: the library's response queue costs a task per call (``wait_for``), and its
+        ``Call.to_json`` a new JSON encoder per frame.
+        """
+        unique_id = self._unique_id_generator()  # type: ignore[attr-defined]
+        frame = _JSON.encode([MessageType.Call, unique_id, action, payload])
         async with self._call_lock:  # type: ignore[attr-defined]
-            await self._send(call.to_json())
-            response = await self._get_specific_response(  # type: ignore[attr-defined]
-                call.unique_id,
-                self._response_timeout,  # type: ignore[attr-defined]
-            )
-        if isinstance(response, CallError):
-            raise response.to_exception()
-        result: dict[str, Any] = response.payload
+            answer: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
+            self._awaiting = (unique_id, answer)
+            try:
+                await self._send(frame)
+                async with asyncio.timeout(self._response_timeout):  # type: ignore[attr-defined]
+                    response = await answer
+            finally:
+                self._awaiting = None
+        if response[0] == MessageType.CallError:
+            raise CallError(*response[1:]).to_exception()
+        result: dict[str, Any] = response[2]
         return result
 
     async def route_message(self, raw_msg: str) -> None:
-        """Ignore every CALL from the CSMS while hung; otherwise route as the library does."""
+        """Hand the answer to ``call_wire``'s CALL over; ignore CALLs while hung; else route.
+
+        Everything else is routed as the library does (its handlers, its response queue for
+        the CALLs sent with ``call()``).
+        """
+        awaiting = self._awaiting
+        if awaiting is not None and raw_msg.lstrip()[1:2] in ("3", "4"):
+            frame = _answer_frame(raw_msg, awaiting[0])
+            if frame is not None:
+                if not awaiting[1].done():
+                    awaiting[1].set_result(frame)
+                return
         if self.station.hung and raw_msg.lstrip().startswith("[2"):
             self.station.counters.calls_ignored += 1
             return
         await super().route_message(raw_msg)  # type: ignore[misc]
+
+
+_JSON = json.JSONEncoder(separators=(",", ":"))
+"""OCPP-J frames as the library writes them (compact, ASCII), without a new encoder each."""
+
+
+def _answer_frame(raw_msg: str, unique_id: str) -> list[Any] | None:
+    """The CALLRESULT or CALLERROR frame (a list) answering ``unique_id``, else None."""
+    try:
+        frame = json.loads(raw_msg)
+    except ValueError:
+        return None
+    if not isinstance(frame, list) or len(frame) < 3 or frame[1] != unique_id:
+        return None
+    if frame[0] == MessageType.CallResult and len(frame) == 3 and isinstance(frame[2], dict):
+        return frame
+    if frame[0] == MessageType.CallError and len(frame) == 5:
+        return frame
+    return None
 
 
 class _SimChargePoint201(_SimHandlers, ChargePoint201):
@@ -682,7 +742,7 @@ class SimStation:
             if now >= next_meter:
                 await self._send_meter_values(cp)
                 interval = self.tx_interval_s if self.transaction_id else self.aligned_interval_s
-                next_meter = max(next_meter + interval, now + interval / 2)
+                next_meter = next_meter_s(next_meter, interval, now)
             if now >= next_heartbeat:
                 await self._call(cp, calls.Heartbeat())
                 next_heartbeat = now + self.heartbeat_interval_s
@@ -973,8 +1033,16 @@ def _specs_from_args(args: argparse.Namespace) -> list[StationSpec]:
     return build_fleet(args.count, id_prefix=args.id_prefix, password=args.password, **common)
 
 
+_FREEZE_AFTER_RAMP_S = 15.0
+
+
 def main(args: argparse.Namespace) -> int:
-    """Run the simulated stations until SIGINT/SIGTERM; exit 0."""
+    """Run the simulated stations until SIGINT/SIGTERM; exit 0.
+
+    What start-up built, and later the stations' connections, are frozen out of the garbage
+    collector's way (``gc.freeze``): a full collection walks every station's objects and
+    pauses the process, and the stations due meanwhile then send together, in one burst.
+    """
     specs = _specs_from_args(args)
     ssl_context = None
     if args.csms_url.startswith("wss://"):
@@ -994,9 +1062,14 @@ def main(args: argparse.Namespace) -> int:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
-        return await run_fleet(
-            specs, args.csms_url, stop, ssl_context=ssl_context, ramp_s=args.ramp_s
-        )
+        gc.freeze()
+        freezer = loop.call_later(args.ramp_s + _FREEZE_AFTER_RAMP_S, gc.freeze)
+        try:
+            return await run_fleet(
+                specs, args.csms_url, stop, ssl_context=ssl_context, ramp_s=args.ramp_s
+            )
+        finally:
+            freezer.cancel()
 
     stations = asyncio.run(_main())
     sent = sum(s.counters.messages_sent for s in stations)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import logging
 import signal
+import time
 import uuid
 from dataclasses import replace
 
+from collectors.ocpp import gc_policy
 from collectors.ocpp.csms import Csms, CsmsSettings, collector_will
 from collectors.ocpp.security import KeyFileError, check_private_key_file
 from gridflex.config import ConfigError, load_site
@@ -20,6 +23,7 @@ __all__ = ["add_arguments", "main", "run"]
 log = logging.getLogger(__name__)
 
 _STATS_EVERY_S = 60.0
+_TICK_S = 2.0
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -29,23 +33,48 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--port", type=int, help="listen port (default: site.ocpp.port)")
     parser.add_argument(
         "--mqtt-client",
-        choices=("thread", "asyncio"),
-        default="thread",
-        help="thread (default: paho's own network thread, gridflex.mqtt) or asyncio (paho "
-        "driven by the CSMS's event loop, gridflex.mqtt_asyncio)",
+        choices=("asyncio", "thread"),
+        default="asyncio",
+        help="asyncio (default: gridflex.mqtt_asyncio, a native MQTT client on the CSMS's "
+        "event loop, ~0.15 ms less CPU per meter value) or thread (gridflex.mqtt, paho on "
+        "its own network thread)",
     )
 
 
-async def run(csms: Csms, stop: asyncio.Event) -> None:
-    """Serve until ``stop`` is set, logging counters every minute, then stop cleanly."""
+async def run(
+    csms: Csms,
+    stop: asyncio.Event,
+    *,
+    policy: gc_policy.FreezePolicy | None = None,
+    tick_s: float = _TICK_S,
+) -> None:
+    """Serve until ``stop`` is set, then stop cleanly.
+
+    Logs counters every minute and keeps full garbage collections short
+    (``collectors.ocpp.gc_policy``, checked every ``tick_s``): what start-up built is
+    frozen at once, the stations' long-lived objects once their connections have settled.
+    """
     await csms.start()
+    gc_policy.apply("freeze")
+    policy = policy or gc_policy.FreezePolicy()
     try:
         last = csms.stats.telemetry_published
+        next_stats = time.monotonic() + _STATS_EVERY_S
         while not stop.is_set():
-            try:
-                await asyncio.wait_for(stop.wait(), timeout=_STATS_EVERY_S)
-            except TimeoutError:
-                stats = csms.stats
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), timeout=tick_s)
+            stats = csms.stats
+            now = time.monotonic()
+            action = policy.decide(
+                now,
+                connections=stats.connections,
+                disconnections=stats.disconnections,
+                connected=len(csms.connected_stations),
+            )
+            if action is not None:
+                gc_policy.apply(action)
+            if now >= next_stats:
+                next_stats = now + _STATS_EVERY_S
                 log.info(
                     "ocpp: %d stations connected, %.0f telemetry/min, %d dropped, %d refused",
                     len(csms.connected_stations),

@@ -41,6 +41,7 @@ from collectors.ocpp.mapping import (
 from collectors.ocpp.rpc import RpcChargePoint
 from collectors.ocpp.schema import ValidatorCache
 from collectors.ocpp.security import check_basic_auth, server_ssl_context, station_id_from_path
+from collectors.ocpp.telemetry import StationFields, TelemetryEncoder
 from gridflex.config import ConfigError, SiteConfig
 from gridflex.contract import (
     AssetStatus,
@@ -48,12 +49,10 @@ from gridflex.contract import (
     CollectorStatus,
     DeadLetter,
     EvChargingNeeds,
-    Telemetry,
     collector_topic,
     deadletter_topic,
     describe_validation_error,
     status_topic,
-    telemetry_topic,
 )
 
 __all__ = [
@@ -216,6 +215,7 @@ class StationState:
     temp_c: float | None = None
     meter_interval_s: float | None = None
     seq: int = 0
+    encoder: TelemetryEncoder | None = field(default=None, repr=False)
 
     @property
     def connector_faulted(self) -> bool:
@@ -233,6 +233,7 @@ class CsmsStats:
     """Counters since start."""
 
     connections: int = 0
+    disconnections: int = 0
     refused_connections: int = 0
     bad_frames: int = 0
     telemetry_published: int = 0
@@ -601,6 +602,7 @@ class Csms:
         except ConnectionClosed:
             pass
         finally:
+            self.stats.disconnections += 1
             if self._sessions.get(station_id) is session:
                 del self._sessions[station_id]
                 state.connected = False
@@ -637,29 +639,19 @@ class Csms:
     ) -> None:
         config = state.config
         state.seq += 1
+        station = StationFields(
+            power_w=power_w,
+            temp_c=state.temp_c,
+            status=telemetry_status(state.connector_status, state.charging_state, state.faulted),
+            transaction_id=state.transaction_id,
+            ev=state.needs,
+        )
         try:
-            telemetry = Telemetry(
-                site=self.settings.site_id,
-                asset=config.asset_id,
-                kind="evse",
-                ts_ms=reading.ts_ms,
-                seq=state.seq,
-                boot=self.boot_id,
-                power_w=power_w,
-                freq_hz=reading.freq_hz,
-                voltage_v=reading.voltage_v,
-                current_a=reading.current_a,
-                soc_pct=reading.soc_pct,
-                energy_import_wh=reading.energy_import_wh,
-                energy_export_wh=reading.energy_export_wh,
-                setpoint_w=reading.setpoint_w,
-                temp_c=state.temp_c,
-                status=telemetry_status(
-                    state.connector_status, state.charging_state, state.faulted
-                ),
-                transaction_id=state.transaction_id,
-                ev=state.needs,
-            )
+            encoder = state.encoder
+            if encoder is None:
+                encoder = TelemetryEncoder(self.settings.site_id, config.asset_id, self.boot_id)
+                state.encoder = encoder
+            payload = encoder.encode(reading, station, seq=state.seq)
         except ValidationError as exc:
             self.stats.readings_refused += 1
             self.bad_input(
@@ -668,8 +660,7 @@ class Csms:
                 repr(reading),
             )
             return
-        topic = telemetry_topic(self.settings.site_id, "evse", config.asset_id)
-        if self.publisher.publish(topic, telemetry.to_json(), qos=1, retain=False):
+        if self.publisher.publish(encoder.topic, payload, qos=1, retain=False):
             self.stats.telemetry_published += 1
         else:
             self.stats.telemetry_dropped += 1

@@ -101,17 +101,17 @@ class MeterReading:
     setpoint_w: float | None = None
 
 
-# unit -> (quantity, factor to the gridflex unit)
-_UNITS: dict[str, tuple[str, float]] = {
-    "W": ("power", 1.0),
-    "kW": ("power", 1000.0),
-    "Wh": ("energy", 1.0),
-    "kWh": ("energy", 1000.0),
-    "A": ("current", 1.0),
-    "V": ("voltage", 1.0),
-    "kV": ("voltage", 1000.0),
-    "Percent": ("percent", 1.0),
-    "Hz": ("frequency", 1.0),
+# unit -> factor to the gridflex unit of its quantity (W, Wh, A, V, %, Hz)
+_UNIT_FACTORS: dict[str, float] = {
+    "W": 1.0,
+    "kW": 1000.0,
+    "Wh": 1.0,
+    "kWh": 1000.0,
+    "A": 1.0,
+    "V": 1.0,
+    "kV": 1000.0,
+    "Percent": 1.0,
+    "Hz": 1.0,
 }
 
 _DEFAULT_UNIT = {
@@ -142,14 +142,20 @@ _LINE_PHASES = frozenset({"L1", "L2", "L3", "L1-N", "L2-N", "L3-N"})
 
 def _scaled(sampled: Mapping[str, Any], measurand: str) -> float:
     """The value of one ``SampledValueType`` in the gridflex unit of its measurand."""
-    unit_of_measure = sampled.get("unitOfMeasure") or {}
-    family = measurand.split(".", 1)[0]
-    unit = unit_of_measure.get("unit") or _DEFAULT_UNIT.get(family, "Wh")
-    multiplier = int(unit_of_measure.get("multiplier", 0))
-    quantity_factor = _UNITS.get(unit)
-    if quantity_factor is None:
+    unit_of_measure = sampled.get("unitOfMeasure")
+    unit = multiplier = None
+    if unit_of_measure:
+        unit = unit_of_measure.get("unit")
+        multiplier = unit_of_measure.get("multiplier")
+    if not unit:
+        unit = _DEFAULT_UNIT.get(measurand.split(".", 1)[0], "Wh")
+    factor = _UNIT_FACTORS.get(unit)
+    if factor is None:
         raise ValueError(f"{measurand}: unit {unit!r} is not supported")
-    return float(sampled["value"]) * quantity_factor[1] * 10.0**multiplier
+    value = float(sampled["value"]) * factor
+    if multiplier:  # None or 0: no scaling (x 10**0)
+        value *= 10.0 ** int(multiplier)
+    return value
 
 
 def read_meter_value(meter_value: Mapping[str, Any]) -> MeterReading:
@@ -159,44 +165,50 @@ def read_meter_value(meter_value: Mapping[str, Any]) -> MeterReading:
     timestamp or an unsupported unit of a used measurand.
     """
     ts_ms = parse_ocpp_time(meter_value["timestamp"])
-    totals: dict[str, tuple[bool, float]] = {}  # field -> (from Outlet, value)
-    phased: dict[str, list[float]] = {}
+    values: dict[str, float] = {}  # the totals: values without phase
+    outlet: set[str] = set()  # ... of those, the ones from the Outlet location
+    phased: dict[str, list[float]] | None = None
     for sampled in meter_value.get("sampledValue", ()):
         measurand = sampled.get("measurand", "Energy.Active.Import.Register")
         name = _FIELDS.get(measurand)
         if name is None:
             continue
-        phase = sampled.get("phase")
         value = _scaled(sampled, measurand)
+        phase = sampled.get("phase")
         if phase is None:
-            outlet = sampled.get("location", "Outlet") == "Outlet"
-            if name not in totals or (outlet and not totals[name][0]):
-                totals[name] = (outlet, value)
+            at_outlet = sampled.get("location", "Outlet") == "Outlet"
+            if name not in values or (at_outlet and name not in outlet):
+                values[name] = value
+                if at_outlet:
+                    outlet.add(name)
         elif phase in _LINE_PHASES:
+            if phased is None:
+                phased = {}
             phased.setdefault(name, []).append(value)
-    values: dict[str, float] = {name: value for name, (_outlet, value) in totals.items()}
-    for name, phase_values in phased.items():
-        if name in values:
-            continue
-        total = math.fsum(phase_values)
-        values[name] = total / len(phase_values) if name in _AVERAGED else total
+    if phased is not None:
+        for name, phase_values in phased.items():
+            if name in values:
+                continue
+            total = math.fsum(phase_values)
+            values[name] = total / len(phase_values) if name in _AVERAGED else total
 
+    get = values.get
     power_w: float | None = None
     if "power_import" in values or "power_export" in values:
-        power_w = values.get("power_import", 0.0) - values.get("power_export", 0.0)
+        power_w = get("power_import", 0.0) - get("power_export", 0.0)
     current_a: float | None = None
     if "current_import" in values or "current_export" in values:
-        current_a = values.get("current_import", 0.0) - values.get("current_export", 0.0)
+        current_a = get("current_import", 0.0) - get("current_export", 0.0)
     return MeterReading(
         ts_ms=ts_ms,
         power_w=power_w,
-        energy_import_wh=values.get("energy_import_wh"),
-        energy_export_wh=values.get("energy_export_wh"),
-        soc_pct=values.get("soc_pct"),
+        energy_import_wh=get("energy_import_wh"),
+        energy_export_wh=get("energy_export_wh"),
+        soc_pct=get("soc_pct"),
         current_a=current_a,
-        voltage_v=values.get("voltage_v"),
-        freq_hz=values.get("freq_hz"),
-        setpoint_w=values.get("setpoint_w"),
+        voltage_v=get("voltage_v"),
+        freq_hz=get("freq_hz"),
+        setpoint_w=get("setpoint_w"),
     )
 
 

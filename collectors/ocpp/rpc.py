@@ -67,6 +67,9 @@ _KNOWN_ACTIONS: dict[str, frozenset[str]] = {
     "2.1": frozenset(a.value for a in Action21),
 }
 
+_JSON = json.JSONEncoder(separators=(",", ":"))
+"""Frames as ``ocpp.messages`` writes them (compact, ASCII), without a new encoder each."""
+
 BadInputHook = Callable[[str, str], None]
 """Called with ``(reason, raw_frame)`` for every frame refused with a CALLERROR."""
 
@@ -226,6 +229,7 @@ class RpcChargePoint(ChargePoint):
             if inspect.isawaitable(response):
                 response = await response
             self._validators.validate(self._ocpp_version, msg.action, response, request=False)
+            frame = _JSON.encode([MessageType.CallResult, msg.unique_id, response])
         except OCPPError as error:
             log.exception("%s: %s handler or response failed", self.id, msg.action)
             await self._send(msg.create_call_error(error).to_json())
@@ -234,7 +238,7 @@ class RpcChargePoint(ChargePoint):
             log.exception("%s: %s handler failed", self.id, msg.action)
             await self._send(msg.create_call_error(InternalError()).to_json())
             return
-        await self._send(msg.create_call_result(response).to_json())
+        await self._send(frame)
 
         after = handlers.get("_after_action")
         if after is not None:

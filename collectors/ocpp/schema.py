@@ -83,7 +83,14 @@ _TYPE_TESTS = {
     "boolean": "isinstance({v}, bool)",
     "null": "({v} is None)",
 }
-_NUMBER = "(isinstance({v}, (int, float)) and not isinstance({v}, bool))"
+_GUARDS = {
+    "object": "isinstance({v}, dict)",
+    "array": "isinstance({v}, list)",
+    "string": "isinstance({v}, str)",
+    "number": "(isinstance({v}, (int, float)) and not isinstance({v}, bool))",
+}
+#: Keywords that make a definition more than a leaf (it stays a function of its own).
+_NESTED = frozenset({"$ref", "properties", "items"})
 _UNSUPPORTED = ("anyOf", "oneOf", "allOf", "not", "pattern", "minLength", "patternProperties")
 
 
@@ -135,6 +142,11 @@ class _CodeGen:
         pad = "    " * depth
         here = self.path_literal(path)
         if "$ref" in schema:  # Draft 4: a $ref replaces its siblings
+            definition = self._definition(schema["$ref"])
+            if not _NESTED.intersection(definition):
+                # a leaf (an enum, a bounded string): its checks inline, no call
+                self.node(definition, v, path, out, depth)
+                return
             fname = self.ref(schema["$ref"])
             out += [
                 f"{pad}try:",
@@ -144,6 +156,19 @@ class _CodeGen:
                 f"{pad}    raise",
             ]
             return
+        # Once a ``type`` check of one type has passed, later keywords of this node know the
+        # type: their own isinstance guard is left out, or the whole keyword when it only
+        # applies to another type (``additionalProperties`` of an enum string).
+        known: str | None = None
+
+        def guarded(kind: str) -> tuple[bool, str]:
+            """(emit the keyword?, the guard to put before it, "" for none)."""
+            if known is None:
+                return True, _GUARDS[kind].format(v=v)
+            if known == kind or (kind == "number" and known == "integer"):
+                return True, ""
+            return False, ""
+
         for keyword, value in schema.items():
             if keyword in _UNSUPPORTED:
                 raise ValueError(f"schema keyword {keyword!r} is not supported")
@@ -155,32 +180,46 @@ class _CodeGen:
                     f"{pad}if not ({test}):",
                     f"{pad}    raise _V('type', f'{{{v}!r}} is not of type {label}', {here})",
                 ]
+                if len(names) == 1:
+                    known = names[0]
             elif keyword == "properties":
+                emit, guard = guarded("object")
+                if not emit or not value:
+                    continue
+                inner_pad = pad + "    " if guard else pad
+                inner_depth = depth + 1 if guard else depth
                 inner: list[str] = []
                 for name, sub in value.items():
                     child = self.fresh("v")
-                    inner.append(f"{pad}    if {name!r} in {v}:")
-                    inner.append(f"{pad}        {child} = {v}[{name!r}]")
-                    self.node(sub, child, [*path, repr(name)], inner, depth + 2)
-                if inner:
-                    out.append(f"{pad}if isinstance({v}, dict):")
-                    out += inner
+                    inner.append(f"{inner_pad}if {name!r} in {v}:")
+                    inner.append(f"{inner_pad}    {child} = {v}[{name!r}]")
+                    self.node(sub, child, [*path, repr(name)], inner, inner_depth + 1)
+                if guard:
+                    out.append(f"{pad}if {guard}:")
+                out += inner
             elif keyword == "required" and value:
-                out.append(f"{pad}if isinstance({v}, dict):")
+                emit, guard = guarded("object")
+                if not emit:
+                    continue
+                inner_pad = pad + "    " if guard else pad
+                if guard:
+                    out.append(f"{pad}if {guard}:")
                 for name in value:
                     out += [
-                        f"{pad}    if {name!r} not in {v}:",
-                        f"{pad}        raise _V('required', {name + ' is a required property'!r}, "
-                        f"{here})",
+                        f"{inner_pad}if {name!r} not in {v}:",
+                        f"{inner_pad}    raise _V('required', "
+                        f"{name + ' is a required property'!r}, {here})",
                     ]
             elif keyword == "additionalProperties":
                 if isinstance(value, dict):
                     raise ValueError("additionalProperties with a schema is not supported")
-                if value is False:
+                emit, guard = guarded("object")
+                if value is False and emit:
                     allowed = self.constant(frozenset(schema.get("properties", {})))
                     key = self.fresh("k")
+                    test = f"not {allowed}.issuperset({v})"
                     out += [
-                        f"{pad}if isinstance({v}, dict) and not {allowed}.issuperset({v}):",
+                        f"{pad}if {guard + ' and ' if guard else ''}{test}:",
                         f"{pad}    for {key} in {v}:",
                         f"{pad}        if {key} not in {allowed}:",
                         f"{pad}            raise _V('additionalProperties', "
@@ -189,29 +228,41 @@ class _CodeGen:
             elif keyword == "items":
                 if not isinstance(value, dict):
                     raise ValueError("tuple-form items is not supported")
+                emit, guard = guarded("array")
+                if not emit:
+                    continue
                 index, child = self.fresh("i"), self.fresh("v")
-                out += [
-                    f"{pad}if isinstance({v}, list):",
-                    f"{pad}    for {index}, {child} in enumerate({v}):",
-                ]
-                self.node(value, child, [*path, index], out, depth + 2)
+                inner_pad = pad + "    " if guard else pad
+                if guard:
+                    out.append(f"{pad}if {guard}:")
+                out.append(f"{inner_pad}for {index}, {child} in enumerate({v}):")
+                self.node(value, child, [*path, index], out, depth + (2 if guard else 1))
             elif keyword in ("minItems", "maxItems"):
+                emit, guard = guarded("array")
+                if not emit:
+                    continue
                 op, word = ("<", "least") if keyword == "minItems" else (">", "most")
                 out += [
-                    f"{pad}if isinstance({v}, list) and len({v}) {op} {int(value)}:",
+                    f"{pad}if {guard + ' and ' if guard else ''}len({v}) {op} {int(value)}:",
                     f"{pad}    raise _V({keyword!r}, 'expected at {word} {int(value)} items', "
                     f"{here})",
                 ]
             elif keyword == "maxLength":
+                emit, guard = guarded("string")
+                if not emit:
+                    continue
                 out += [
-                    f"{pad}if isinstance({v}, str) and len({v}) > {int(value)}:",
+                    f"{pad}if {guard + ' and ' if guard else ''}len({v}) > {int(value)}:",
                     f"{pad}    raise _V('maxLength', 'longer than {int(value)} characters', "
                     f"{here})",
                 ]
             elif keyword in ("minimum", "maximum"):
+                emit, guard = guarded("number")
+                if not emit:
+                    continue
                 op = "<" if keyword == "minimum" else ">"
                 out += [
-                    f"{pad}if {_NUMBER.format(v=v)} and {v} {op} {value!r}:",
+                    f"{pad}if {guard + ' and ' if guard else ''}{v} {op} {value!r}:",
                     f"{pad}    raise _V({keyword!r}, f'{{{v}!r}} is beyond the {keyword} "
                     f"{value!r}', {here})",
                 ]
@@ -220,13 +271,23 @@ class _CodeGen:
                 if len(strings) != len(value):
                     raise ValueError("enum with non-string values is not supported")
                 options = self.constant(frozenset(strings))
+                test = f"{v} in {options}"
+                if known != "string":
+                    test = f"isinstance({v}, str) and {test}"
                 out += [
-                    f"{pad}if not (isinstance({v}, str) and {v} in {options}):",
+                    f"{pad}if not ({test}):",
                     f"{pad}    raise _V('enum', f'{{{v}!r}} is not one of the allowed values', "
                     f"{here})",
                 ]
             # description, javaType, default, format, $schema, $id, comment, definitions and
             # additionalItems (meaningless with a single items schema) do not validate.
+
+    def _definition(self, pointer: str) -> dict[str, Any]:
+        prefix = "#/definitions/"
+        if not pointer.startswith(prefix):
+            raise ValueError(f"unsupported $ref {pointer!r}")
+        definition: dict[str, Any] = self.definitions[pointer[len(prefix) :]]
+        return definition
 
 
 def compile_schema(document: dict[str, Any]) -> Validator:
