@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import tempfile
@@ -43,6 +42,7 @@ from typing import Any
 
 import psutil
 
+from bench._harness import stop_process
 from gridflex.broker import start_broker
 from gridflex.mqtt import MqttClient
 from gridflex.net import free_port
@@ -69,18 +69,6 @@ def site_toml(prefixes: list[tuple[str, int]], port: int, mqtt_url: str) -> str:
                 "max_charge_w = 22000\nmax_discharge_w = 11000\n"
             )
     return "\n".join(lines)
-
-
-def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 30.0) -> int:
-    """SIGTERM, then SIGKILL after ``timeout_s``; the exit code."""
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-    return proc.returncode
 
 
 class LatencyProbe:
@@ -295,7 +283,7 @@ def run_one(
         finally:
             for sim in sims:
                 stop_process(sim)
-            code = stop_process(csms)
+            code = stop_process(csms, timeout_s=30)
             probe.close()
     return {
         "stations": n,

@@ -110,6 +110,7 @@ from gridflex.sunspec.discovery import (
 )
 from gridflex.sunspec.sign import power_w_from_sunspec, sunspec_w_from_power_w
 from gridflex.sunspec.tables import ModelTable, load_model
+from gridflex.telemetry_json import TelemetryJson
 
 __all__ = [
     "DeviceError",
@@ -447,92 +448,39 @@ def to_telemetry(
     )
 
 
-# Optional numeric fields of a reading, in ``Telemetry``'s field order (its JSON order).
-_NUMBER_FIELDS = (
-    "freq_hz",
-    "voltage_v",
-    "current_a",
-    "soc_pct",
-    "energy_import_wh",
-    "energy_export_wh",
-    "temp_c",
-    "setpoint_w",
-)
-
-
-def _within_contract(reading: InverterReading) -> bool:
-    """Whether ``reading`` meets every range ``Telemetry`` sets on an inverter reading."""
-    freq_hz, soc_pct = reading.freq_hz, reading.soc_pct
-    voltage_v = reading.voltage_v
-    energy_import_wh, energy_export_wh = reading.energy_import_wh, reading.energy_export_wh
-    return (
-        (freq_hz is None or 0.0 < freq_hz < 100.0)
-        and (voltage_v is None or voltage_v >= 0.0)
-        and (soc_pct is None or 0.0 <= soc_pct <= 100.0)
-        and (energy_import_wh is None or energy_import_wh >= 0.0)
-        and (energy_export_wh is None or energy_export_wh >= 0.0)
-    )
-
-
-_STATUS_CACHE = 64
-
-
-def _json_str(text: str) -> str:
-    """A JSON string literal as pydantic writes it (UTF-8, not ASCII escapes)."""
-    return json.dumps(text, ensure_ascii=False)
-
-
 class TelemetryEncoder:
     """The contract JSON of one asset's readings, built without a pydantic model (pure).
 
-    Byte for byte the JSON that ``to_telemetry(...).to_json()`` writes for the same
-    reading (same keys, same order, ``None`` left out; floats in Python's shortest
-    round-trip form, which can differ from pydantic's only in the spelling of exponents).
-    Validating and dumping a ``Telemetry`` model cost ~30 us per poll (7 % of the
-    collector's samples at 1,000 inverters); this costs a few. The ranges the contract
-    sets are checked here too: a reading outside them goes through ``to_telemetry``, so
-    it fails with the same ``ValidationError`` (a ``ValueError``), and a value that is
-    not a finite number raises ``ValueError``.
+    Byte for byte what ``to_telemetry(...).to_json()`` writes for the same reading, via
+    ``gridflex.telemetry_json.TelemetryJson``: validating and dumping a ``Telemetry`` model
+    cost ~30 us per poll (7 % of the collector's samples at 1,000 inverters); this costs a
+    few. A reading outside the contract's ranges fails with the model's
+    ``ValidationError`` (a ``ValueError``); a value that is not a finite number raises
+    ``ValueError``.
     """
 
     def __init__(self, site: str, asset: str, boot: str) -> None:
-        # Validate the identifiers once, as the model would on every message.
-        Telemetry(site=site, asset=asset, kind=KIND, ts_ms=0, seq=0, boot=boot, power_w=0.0)
-        self.site, self.asset, self.boot = site, asset, boot
-        self._head = (
-            f'{{"schema":"telemetry/1","site":{_json_str(site)},"asset":{_json_str(asset)},'
-            f'"kind":"{KIND}","ts_ms":'
-        )
-        self._boot = f',"boot":{_json_str(boot)},"power_w":'
-        self._status: dict[str, str] = {}
+        self._json = TelemetryJson(site, asset, KIND, boot)
 
     def encode(self, reading: InverterReading, *, ts_ms: int, seq: int) -> bytes:
         """JSON bytes of the ``Telemetry`` for ``reading``; ``ValueError`` when invalid."""
-        if not _within_contract(reading):
-            return to_telemetry(
-                reading, self.site, self.asset, ts_ms=ts_ms, seq=seq, boot=self.boot
-            ).to_json()
-        power_w = float(reading.power_w)
-        if not math.isfinite(power_w):
-            raise ValueError(f"power_w {power_w} is not a finite number")
-        parts = [self._head, str(ts_ms), ',"seq":', str(seq), self._boot, repr(power_w)]
-        for name in _NUMBER_FIELDS:
-            value = getattr(reading, name)
-            if value is not None:
-                value = float(value)
-                if not math.isfinite(value):
-                    raise ValueError(f"{name} {value} is not a finite number")
-                parts.append(f',"{name}":{value!r}')
-        status = reading.status
-        if status is not None:
-            encoded = self._status.get(status)
-            if encoded is None:
-                encoded = f',"status":{_json_str(status)}'
-                if len(self._status) < _STATUS_CACHE:  # device states are a short enum
-                    self._status[status] = encoded
-            parts.append(encoded)
-        parts.append("}")
-        return "".join(parts).encode()
+        r = reading
+        return self._json.encode(
+            ts_ms=ts_ms,
+            seq=seq,
+            power_w=r.power_w,
+            numbers=(
+                r.freq_hz,
+                r.voltage_v,
+                r.current_a,
+                r.soc_pct,
+                r.energy_import_wh,
+                r.energy_export_wh,
+                r.temp_c,
+                r.setpoint_w,
+            ),
+            status=r.status,
+        )
 
 
 # --------------------------------------------------------------------------- pure: timing

@@ -38,6 +38,7 @@ from gridflex.contract import (
     describe_validation_error,
     parse_topic,
 )
+from gridflex.telemetry_json import NUMBER_FIELDS
 
 __all__ = [
     "DEFAULT_FREQ_BAND",
@@ -65,17 +66,7 @@ DEFAULT_MAX_FUTURE_MS: Final = 60_000
 #: readings are refused.
 DEFAULT_FREQ_BAND: Final = 0.10
 
-_FLOAT_FIELDS: Final = (
-    "power_w",
-    "freq_hz",
-    "voltage_v",
-    "current_a",
-    "soc_pct",
-    "energy_import_wh",
-    "energy_export_wh",
-    "temp_c",
-    "setpoint_w",
-)
+_FLOAT_FIELDS: Final = ("power_w", *NUMBER_FIELDS)
 
 _RANGE_ERROR_TYPES: Final = frozenset(
     {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}

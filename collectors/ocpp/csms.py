@@ -652,13 +652,10 @@ class Csms:
                 encoder = TelemetryEncoder(self.settings.site_id, config.asset_id, self.boot_id)
                 state.encoder = encoder
             payload = encoder.encode(reading, station, seq=state.seq)
-        except ValidationError as exc:
+        except ValueError as exc:  # pydantic's ValidationError, or a number that is not finite
             self.stats.readings_refused += 1
-            self.bad_input(
-                config.station_id,
-                f"meter value out of range: {describe_validation_error(exc)}",
-                repr(reading),
-            )
+            why = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            self.bad_input(config.station_id, f"meter value out of range: {why}", repr(reading))
             return
         if self.publisher.publish(encoder.topic, payload, qos=1, retain=False):
             self.stats.telemetry_published += 1

@@ -126,19 +126,16 @@ def test_out_of_range_value_raises_the_models_validation_error(field: str, value
 
 
 @pytest.mark.parametrize("value", NON_FINITE)
-def test_non_finite_numbers_give_what_the_model_gives(value: float) -> None:
+def test_non_finite_numbers_are_refused_not_written_as_null(value: float) -> None:
+    # the model would accept NaN/inf in an unbounded float and write null: not a number
     enc = encoder()
     for reading, station in [
         (MeterReading(ts_ms=1), StationFields(power_w=value)),
         (MeterReading(ts_ms=1, current_a=value), StationFields(power_w=1.0)),
         (MeterReading(ts_ms=1, soc_pct=value), StationFields(power_w=1.0)),
     ]:
-        expected = model_json(enc, reading, station, 1)
-        if isinstance(expected, ValidationError):
-            with pytest.raises(ValidationError):
-                enc.encode(reading, station, seq=1)
-        else:
-            assert enc.encode(reading, station, seq=1) == expected
+        with pytest.raises(ValueError, match="finite"):
+            enc.encode(reading, station, seq=1)
 
 
 @pytest.mark.parametrize("text", ['say "hi"', "back\\slash", "caf\u00e9", "tab\there", ""])
