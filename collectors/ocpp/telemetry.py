@@ -9,11 +9,11 @@ building and dumping the model per meter value at 1,000 stations).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Any, Final, Literal
 
 from collectors.ocpp.mapping import MeterReading
 from gridflex.contract import EvChargingNeeds, Telemetry
-from gridflex.telemetry_json import Numbers, TelemetryJson
+from gridflex.telemetry_json import TelemetryJson
 
 __all__ = ["KIND", "StationFields", "TelemetryEncoder"]
 
@@ -31,20 +31,6 @@ class StationFields:
     ev: EvChargingNeeds | None = None
 
 
-def _numbers(reading: MeterReading, station: StationFields) -> Numbers:
-    """The optional numbers in contract order (temp_c is the station's, the rest the reading's)."""
-    return (
-        reading.freq_hz,
-        reading.voltage_v,
-        reading.current_a,
-        reading.soc_pct,
-        reading.energy_import_wh,
-        reading.energy_export_wh,
-        station.temp_c,
-        reading.setpoint_w,
-    )
-
-
 class TelemetryEncoder:
     """Writes one station's telemetry messages (module docstring).
 
@@ -59,24 +45,30 @@ class TelemetryEncoder:
 
     def model(self, reading: MeterReading, station: StationFields, *, seq: int) -> Telemetry:
         """The ``Telemetry`` model of one reading (validated by pydantic)."""
-        return self._json.model(
-            ts_ms=reading.ts_ms,
-            seq=seq,
-            power_w=station.power_w,
-            numbers=_numbers(reading, station),
-            status=station.status,
-            transaction_id=station.transaction_id,
-            ev=station.ev,
-        )
+        return self._json.model(**_fields(reading, station, seq))
 
     def encode(self, reading: MeterReading, station: StationFields, *, seq: int) -> bytes:
         """The JSON bytes of ``model(reading, station, seq=seq).to_json()``."""
-        return self._json.encode(
-            ts_ms=reading.ts_ms,
-            seq=seq,
-            power_w=station.power_w,
-            numbers=_numbers(reading, station),
-            status=station.status,
-            transaction_id=station.transaction_id,
-            ev=station.ev,
-        )
+        return self._json.encode(**_fields(reading, station, seq))
+
+
+def _fields(reading: MeterReading, station: StationFields, seq: int) -> dict[str, Any]:
+    """The arguments of ``TelemetryJson.encode``/``model`` for one meter value."""
+    return {
+        "ts_ms": reading.ts_ms,
+        "seq": seq,
+        "power_w": station.power_w,
+        "numbers": (
+            reading.freq_hz,
+            reading.voltage_v,
+            reading.current_a,
+            reading.soc_pct,
+            reading.energy_import_wh,
+            reading.energy_export_wh,
+            station.temp_c,  # the station's; the rest are the reading's
+            reading.setpoint_w,
+        ),
+        "status": station.status,
+        "transaction_id": station.transaction_id,
+        "ev": station.ev,
+    }
