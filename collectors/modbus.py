@@ -72,7 +72,6 @@ import gc
 import json
 import logging
 import math
-import signal
 import struct
 import time
 import uuid
@@ -99,6 +98,7 @@ from gridflex.contract import (
 from gridflex.mqtt import MqttClient
 from gridflex.mqtt_asyncio import AsyncMqttClient
 from gridflex.net import raise_open_file_limit
+from gridflex.runtime import stop_on_signals
 from gridflex.sunspec.codec import Decoder, Value, apply_sf, decode, decoder, unscale
 from gridflex.sunspec.discovery import (
     DiscoveryError,
@@ -1145,15 +1145,6 @@ def _freeze_gc() -> None:
     log.info("all devices tried; %d start-up objects frozen for the GC", gc.get_freeze_count())
 
 
-def _stop_on_signals() -> asyncio.Event:
-    """An event the running loop sets on SIGINT or SIGTERM."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    return stop
-
-
 def main(args: argparse.Namespace) -> int:
     """Run ``gridflex collect modbus`` until SIGINT/SIGTERM; 0 after a clean shutdown."""
     site = load_site(args.site)
@@ -1195,7 +1186,7 @@ def main(args: argparse.Namespace) -> int:
         )
 
     async def _with_asyncio_mqtt(client: AsyncMqttClient) -> CollectorStats:
-        stop = _stop_on_signals()
+        stop = stop_on_signals()
         await client.start()
         if not await client.wait_connected(10.0):
             log.warning(_BROKER_NOT_YET, site.mqtt.url)
@@ -1205,7 +1196,7 @@ def main(args: argparse.Namespace) -> int:
             await client.stop(flush_timeout_s=5.0)
 
     async def _with_thread_mqtt(client: MqttClient) -> CollectorStats:
-        return await _run(client, _stop_on_signals())
+        return await _run(client, stop_on_signals())
 
     if isinstance(mqtt, AsyncMqttClient):
         stats = asyncio.run(_with_asyncio_mqtt(mqtt))

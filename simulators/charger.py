@@ -38,7 +38,6 @@ import json
 import logging
 import math
 import random
-import signal
 import ssl
 import time
 import uuid
@@ -54,6 +53,7 @@ from ocpp.v201 import ChargePoint as ChargePoint201
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
+from gridflex.runtime import stop_on_signals
 from simulators.ev import CarSpec, EvState, ThermalSpec, initial_state, make_cars, step
 
 __all__ = [
@@ -1058,10 +1058,8 @@ def main(args: argparse.Namespace) -> int:
     )
 
     async def _main() -> list[SimStation]:
-        stop = asyncio.Event()
+        stop = stop_on_signals()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
         gc.freeze()
         freezer = loop.call_later(args.ramp_s + _FREEZE_AFTER_RAMP_S, gc.freeze)
         try:

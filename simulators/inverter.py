@@ -29,12 +29,12 @@ import asyncio
 import contextlib
 import logging
 import random
-import signal
 import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gridflex.net import raise_open_file_limit
+from gridflex.runtime import stop_on_signals
 from gridflex.sunspec.codec import Value, decode, unscale
 from gridflex.sunspec.discovery import SUNS_MARKER
 from gridflex.sunspec.sign import power_w_from_sunspec, sunspec_w_from_power_w
@@ -641,10 +641,7 @@ async def _serve(args: argparse.Namespace, frequency: FrequencySource) -> None:
         capacity_wh=args.capacity_wh,
         ramp_w_per_s=args.ramp_w_per_s,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+    stop = stop_on_signals()
     fleet = InverterFleet(
         args.count,
         args.base_port,

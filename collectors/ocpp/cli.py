@@ -6,7 +6,6 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import signal
 import time
 import uuid
 from dataclasses import replace
@@ -17,6 +16,7 @@ from collectors.ocpp.security import KeyFileError, check_private_key_file
 from gridflex.config import ConfigError, load_site
 from gridflex.mqtt import MqttClient
 from gridflex.mqtt_asyncio import AsyncMqttClient
+from gridflex.runtime import stop_on_signals
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -114,15 +114,8 @@ def main(args: argparse.Namespace) -> int:
     )
     csms = Csms(settings, mqtt, boot_id=boot_id)
 
-    def _stop_on_signals() -> asyncio.Event:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-        return stop
-
     async def _with_asyncio_mqtt(client: AsyncMqttClient) -> None:
-        stop = _stop_on_signals()
+        stop = stop_on_signals()
         await client.start()  # no wait: stations are served while the broker is unreachable
         try:
             await run(csms, stop)
@@ -130,7 +123,7 @@ def main(args: argparse.Namespace) -> int:
             await client.stop(flush_timeout_s=5.0)
 
     async def _with_thread_mqtt() -> None:
-        await run(csms, _stop_on_signals())
+        await run(csms, stop_on_signals())
 
     try:
         if isinstance(mqtt, AsyncMqttClient):
