@@ -21,7 +21,12 @@ from gridflex.contract import ASSET_ID_PATTERN
 
 __all__ = [
     "ConfigError",
+    "DispatchConfig",
+    "DroopConfig",
+    "DroopOverride",
+    "EvDefaults",
     "EvseAsset",
+    "FcrConfig",
     "HistoryConfig",
     "InverterAsset",
     "ModbusConfig",
@@ -94,6 +99,83 @@ class PipelineConfig(_Section):
 
     window_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 1000
     allowed_lateness_ms: Annotated[int, Field(ge=0, le=60_000)] = 500
+    recovery: bool = True
+    recovery_dir: Path | None = Field(
+        default=None, description="Bytewax recovery database; default {history.dir}/recovery"
+    )
+    snapshot_interval_s: Annotated[float, Field(gt=0, le=600)] = 1.0
+
+
+class DroopConfig(_Section):
+    """IEEE 1547-2018 frequency-droop parameters (defaults: the standard's category defaults).
+
+    ``db_*_hz`` are the dead bands below (under-frequency) and above (over-frequency)
+    nominal; ``k_*`` the per-unit droop (0.05: full rated power at 5 % off nominal).
+    """
+
+    db_of_hz: Annotated[float, Field(ge=0.017, le=1.0)] = 0.036
+    db_uf_hz: Annotated[float, Field(ge=0.017, le=1.0)] = 0.036
+    k_of: Annotated[float, Field(ge=0.01, le=0.1)] = 0.05
+    k_uf: Annotated[float, Field(ge=0.01, le=0.1)] = 0.05
+
+
+class DroopOverride(_Section):
+    """Per-asset droop parameters; what is not given comes from ``[dispatch.droop]``."""
+
+    db_of_hz: Annotated[float, Field(ge=0.017, le=1.0)] | None = None
+    db_uf_hz: Annotated[float, Field(ge=0.017, le=1.0)] | None = None
+    k_of: Annotated[float, Field(ge=0.01, le=0.1)] | None = None
+    k_uf: Annotated[float, Field(ge=0.01, le=0.1)] | None = None
+
+
+class FcrConfig(_Section):
+    """Fleet frequency response (FCR): a symmetric capacity, full at ``full_at_hz`` off nominal."""
+
+    capacity_w: _NonNegW = 0.0
+    deadband_hz: Annotated[float, Field(ge=0, le=0.5)] = 0.010
+    full_at_hz: Annotated[float, Field(gt=0, le=2.0)] = 0.200
+
+    @model_validator(mode="after")
+    def _order(self) -> FcrConfig:
+        if self.full_at_hz <= self.deadband_hz:
+            raise ValueError("full_at_hz must be above deadband_hz")
+        return self
+
+
+class EvDefaults(_Section):
+    """Charging needs assumed for a car that states none, and the battery model's constants."""
+
+    capacity_wh: Annotated[float, Field(gt=0)] = 60_000.0
+    target_soc_pct: _Pct = 80.0
+    dwell_h: Annotated[float, Field(gt=0, le=168)] = 8.0
+    efficiency: Annotated[float, Field(gt=0, le=1)] = 0.92
+    taper_soc_pct: _Pct = 80.0
+
+
+class DispatchConfig(_Section):
+    """Dispatch in stream: droop per asset or a fleet frequency response (FCR).
+
+    ``min_step_w``: a new command only when the setpoint moves by at least this much;
+    ``refresh_s``: a keep-alive command at least this often (shorter than the devices'
+    reversion time); ``valid_s``: how long a command stays valid after it is issued.
+    """
+
+    mode: Literal["off", "droop", "fcr"] = "off"
+    droop: DroopConfig = DroopConfig()
+    fcr: FcrConfig = FcrConfig()
+    ev_defaults: EvDefaults = EvDefaults()
+    min_step_w: _NonNegW = 100.0
+    refresh_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    valid_s: Annotated[float, Field(gt=0, le=3600)] = 15.0
+    freq_max_age_ms: Annotated[int, Field(ge=100, le=60_000)] = 1000
+    summary_interval_s: Annotated[float, Field(gt=0, le=60)] = 1.0
+    forecast_interval_s: Annotated[float, Field(gt=0, le=3600)] = 1.0
+
+    @model_validator(mode="after")
+    def _refresh_within_validity(self) -> DispatchConfig:
+        if self.valid_s <= self.refresh_s:
+            raise ValueError("valid_s must be longer than refresh_s")
+        return self
 
 
 class OcppConfig(_Section):
@@ -122,11 +204,17 @@ class _AssetBase(_Section):
     capacity_wh: Annotated[float, Field(gt=0)] | None = None
     soc_min_pct: _Pct = 10.0
     soc_max_pct: _Pct = 90.0
+    base_setpoint_w: float = Field(
+        default=0.0, description="the schedule the frequency response is added to, + charge"
+    )
+    droop: DroopOverride | None = None
 
     @model_validator(mode="after")
     def _soc_order(self) -> Any:
         if self.soc_min_pct >= self.soc_max_pct:
             raise ValueError("soc_min_pct must be below soc_max_pct")
+        if not -self.max_discharge_w <= self.base_setpoint_w <= self.max_charge_w:
+            raise ValueError("base_setpoint_w must lie within -max_discharge_w..max_charge_w")
         return self
 
 
@@ -162,11 +250,18 @@ class SiteConfig(_Section):
 
     id: _AssetId
     nominal_frequency_hz: Literal[50, 60] = 50
+    max_import_w: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="transformer import limit of the site; none = unlimited"
+    )
+    max_export_w: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="transformer export limit of the site; none = unlimited"
+    )
     mqtt: MqttConfig = MqttConfig()
     history: HistoryConfig = HistoryConfig()
     modbus: ModbusConfig = ModbusConfig()
     pipeline: PipelineConfig = PipelineConfig()
     ocpp: OcppConfig = OcppConfig()
+    dispatch: DispatchConfig = DispatchConfig()
     assets: list[Asset] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)
 
@@ -277,4 +372,5 @@ def load_site(path: str | Path) -> SiteConfig:
     ocpp = site.ocpp.model_copy(
         update={"tls_cert": _abs(site.ocpp.tls_cert), "tls_key": _abs(site.ocpp.tls_key)}
     )
-    return site.model_copy(update={"history": history, "ocpp": ocpp})
+    pipeline = site.pipeline.model_copy(update={"recovery_dir": _abs(site.pipeline.recovery_dir)})
+    return site.model_copy(update={"history": history, "ocpp": ocpp, "pipeline": pipeline})

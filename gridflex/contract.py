@@ -27,9 +27,9 @@ __all__ = [
     "DeadLetter",
     "DispatchAck",
     "DispatchCommand",
+    "DispatchMode",
     "EvChargingNeeds",
     "Forecast",
-    "ForecastPoint",
     "GridFrequency",
     "SiteSummary",
     "Telemetry",
@@ -280,29 +280,52 @@ class GridFrequency(_Payload):
         return self.model_dump_json(exclude_none=True, by_alias=True).encode()
 
 
-class ForecastPoint(BaseModel):
-    """One point of a state-of-charge forecast."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    ts_ms: EpochMs
-    soc_pct: Annotated[float, Field(ge=0, le=100)]
+DispatchMode = Literal["off", "droop", "fcr"]
 
 
 class Forecast(_Payload):
-    """SoC forecast and flexibility envelope of one car."""
+    """SoC forecast and flexibility envelope of one car or battery inverter.
+
+    Published at most once a second per asset (``dispatch.forecast_interval_s``) from the
+    reading ``seq`` of ``ts_ms``. Powers are positive numbers in the direction their name
+    says; energies are at the battery.
+    """
 
     schema_: Literal["forecast/1"] = Field(default="forecast/1", alias="schema")
     site: SiteId
     asset: AssetId
-    ts_ms: EpochMs
+    kind: AssetKind
+    ts_ms: EpochMs = Field(description="time of the reading the forecast starts from")
     seq: Annotated[int, Field(ge=0)]
     soc_pct: Annotated[float, Field(ge=0, le=100)]
-    departure_ms: EpochMs | None = None
-    energy_to_target_wh: float | None = None
-    flex_charge_w: Annotated[float, Field(ge=0)] = Field(description="extra charge possible")
-    flex_discharge_w: Annotated[float, Field(ge=0)] = Field(description="discharge possible")
-    points: list[ForecastPoint] = Field(default_factory=list)
+    capacity_wh: Annotated[float, Field(gt=0)]
+    power_w: float = Field(description="power now, + charge, - discharge")
+    setpoint_w: float = Field(description="setpoint the forecast assumes, + charge, - discharge")
+    departure_ms: EpochMs | None = Field(
+        default=None, description="departure of the car (none for a stationary battery)"
+    )
+    target_soc_pct: Annotated[float, Field(ge=0, le=100)] | None = None
+    soc_at_departure_pct: Annotated[float, Field(ge=0, le=100)] | None = Field(
+        default=None, description="SoC expected at departure if the setpoint stays as it is"
+    )
+    earliest_target_ms: EpochMs | None = Field(
+        default=None, description="earliest time the target SoC is reached at full charge power"
+    )
+    energy_to_target_wh: Annotated[float, Field(ge=0)] | None = None
+    max_charge_w: Annotated[float, Field(ge=0)] = Field(description="charge allowed now")
+    max_discharge_w: Annotated[float, Field(ge=0)] = Field(description="discharge allowed now")
+    discharge_energy_wh: Annotated[float, Field(ge=0)] = Field(
+        description="energy that can be discharged now while still reaching the target by "
+        "departure (down to the SoC floor for a stationary battery)"
+    )
+    must_charge_w: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="charge power needed from now on to reach the target in time"
+    )
+    v2x: bool = Field(description="the asset can discharge (ISO 15118-20 car and V2X station)")
+    needs_source: Literal["ev", "site_default", "battery"] = Field(
+        description="where the charging needs come from: the car, the site's defaults, or a "
+        "stationary battery (no departure)"
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -312,18 +335,28 @@ class Forecast(_Payload):
 
 
 class DispatchCommand(_Payload):
-    """One absolute setpoint for one asset (never a delta)."""
+    """One absolute setpoint for one asset (never a delta), applied at most once.
+
+    ``command_id`` is derived from the reading that caused the decision and the decision
+    itself, so a replay of the same inputs gives the same id.
+    """
 
     schema_: Literal["command/1"] = Field(default="command/1", alias="schema")
     site: SiteId
     asset: AssetId
-    ts_ms: EpochMs
-    seq: Annotated[int, Field(ge=0)]
+    ts_ms: EpochMs = Field(description="time of the reading that caused the command")
+    seq: Annotated[int, Field(ge=0)] = Field(description="seq of that reading")
+    boot: Annotated[str, Field(min_length=1, max_length=64)] | None = Field(
+        default=None, description="boot of that reading"
+    )
     command_id: Annotated[str, Field(min_length=1, max_length=128)]
-    issued_ms: EpochMs
-    setpoint_w: float = Field(description="+ charge, - discharge")
-    valid_until_ms: EpochMs | None = None
-    source: str | None = None
+    issued_ms: EpochMs = Field(description="when the pipeline received that reading")
+    setpoint_w: float = Field(description="absolute setpoint, + charge, - discharge")
+    base_setpoint_w: float = Field(default=0.0, description="the schedule the response adds to")
+    valid_until_ms: EpochMs
+    mode: Literal["droop", "fcr"]
+    reason: Annotated[str, Field(min_length=1, max_length=256)]
+    freq_hz: float | None = Field(default=None, description="the frequency the decision used")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
@@ -353,18 +386,29 @@ class DispatchAck(_Payload):
 
 
 class SiteSummary(_Payload):
-    """Site aggregate for a higher level (retained)."""
+    """Site aggregate for a higher-level dispatcher (retained, at least once a second)."""
 
     schema_: Literal["summary/1"] = Field(default="summary/1", alias="schema")
     site: SiteId
     ts_ms: EpochMs
     seq: Annotated[int, Field(ge=0)]
+    mode: DispatchMode
     assets_total: Annotated[int, Field(ge=0)]
     assets_online: Annotated[int, Field(ge=0)]
-    power_w: float
-    flex_charge_w: Annotated[float, Field(ge=0)]
-    flex_discharge_w: Annotated[float, Field(ge=0)]
-    freq_hz: float | None = None
+    power_w: float = Field(description="sum of the online assets' power, + import")
+    flex_charge_w: Annotated[float, Field(ge=0)] = Field(description="charge the fleet allows")
+    flex_discharge_w: Annotated[float, Field(ge=0)] = Field(
+        description="discharge the fleet allows"
+    )
+    freq_hz: float | None = Field(
+        default=None, description="site frequency: median of fresh readings of online assets"
+    )
+    base_w: float = Field(default=0.0, description="sum of the online assets' base setpoints")
+    requested_w: float = Field(default=0.0, description="response requested, + charge")
+    allocated_w: float = Field(default=0.0, description="response allocated to assets")
+    shortfall_w: Annotated[float, Field(ge=0)] = Field(
+        default=0.0, description="|requested - allocated| the fleet cannot deliver"
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
