@@ -39,6 +39,7 @@ __all__ = [
     "deadletter_topic",
     "forecast_topic",
     "grid_frequency_topic",
+    "is_retained_topic",
     "parse_topic",
     "status_topic",
     "summary_topic",
@@ -116,6 +117,11 @@ def collector_topic(site: str, component: str) -> str:
 def deadletter_topic(component: str) -> str:
     """Return ``gridflex/v1/deadletter/{component}``."""
     return f"{PREFIX}/deadletter/{_check_id(component, 'component')}"
+
+
+def is_retained_topic(topic: str) -> bool:
+    """Whether the contract publishes ``topic`` retained (statuses and the site summary)."""
+    return topic.endswith(("/status", "/summary")) and topic.startswith(PREFIX + "/")
 
 
 def parse_topic(topic: str) -> dict[str, str]:

@@ -4,12 +4,15 @@ Layout (hive partitioning by stream and UTC date of the measurement)::
 
     {data_dir}/telemetry/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/grid_frequency/date=YYYY-MM-DD/part-*.parquet
+    {data_dir}/forecasts/date=YYYY-MM-DD/part-*.parquet
+    {data_dir}/commands/date=YYYY-MM-DD/part-*.parquet
 
 Writers (``pipelines.history_sink``) write each file under a hidden temporary name in the
 same directory and rename it into place, so a reader only ever sees whole files; the views
 read ``part-*.parquet`` only and never see the temporary names. The data is
 at-least-once, so the views de-duplicate: ``telemetry`` on ``(site, asset, boot, seq)``,
-``grid_frequency`` on ``(site, window_start_ms)``. See ``docs/history.md``.
+``grid_frequency`` on ``(site, window_start_ms)``, ``forecasts`` on ``(site, asset,
+ts_ms)``, ``commands`` on ``(site, command_id)``. See ``docs/history.md``.
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ import duckdb
 import pyarrow as pa
 
 __all__ = [
+    "COMMANDS",
+    "COMMANDS_SCHEMA",
+    "FORECASTS",
+    "FORECASTS_SCHEMA",
     "GRID_FREQUENCY",
     "GRID_FREQUENCY_SCHEMA",
     "SCHEMAS",
@@ -45,7 +52,9 @@ log = logging.getLogger(__name__)
 
 TELEMETRY: Final = "telemetry"
 GRID_FREQUENCY: Final = "grid_frequency"
-STREAMS: Final = (TELEMETRY, GRID_FREQUENCY)
+FORECASTS: Final = "forecasts"
+COMMANDS: Final = "commands"
+STREAMS: Final = (TELEMETRY, GRID_FREQUENCY, FORECASTS, COMMANDS)
 
 #: Glob of the finished files of one stream, relative to ``{data_dir}/{stream}``.
 PART_GLOB: Final = "date=*/part-*.parquet"
@@ -96,9 +105,54 @@ GRID_FREQUENCY_SCHEMA: Final = pa.schema(
     ]
 )
 
+FORECASTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("asset", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("ts_ms", pa.int64(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("soc_pct", pa.float64(), nullable=False),
+        pa.field("capacity_wh", pa.float64(), nullable=False),
+        pa.field("power_w", pa.float64(), nullable=False),
+        pa.field("setpoint_w", pa.float64(), nullable=False),
+        pa.field("departure_ms", pa.int64()),
+        pa.field("target_soc_pct", pa.float64()),
+        pa.field("soc_at_departure_pct", pa.float64()),
+        pa.field("earliest_target_ms", pa.int64()),
+        pa.field("energy_to_target_wh", pa.float64()),
+        pa.field("max_charge_w", pa.float64(), nullable=False),
+        pa.field("max_discharge_w", pa.float64(), nullable=False),
+        pa.field("discharge_energy_wh", pa.float64(), nullable=False),
+        pa.field("must_charge_w", pa.float64(), nullable=False),
+        pa.field("v2x", pa.bool_(), nullable=False),
+        pa.field("needs_source", pa.string(), nullable=False),
+    ]
+)
+
+COMMANDS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("asset", pa.string(), nullable=False),
+        pa.field("command_id", pa.string(), nullable=False),
+        pa.field("issued_ms", pa.int64(), nullable=False),
+        pa.field("setpoint_w", pa.float64(), nullable=False),
+        pa.field("base_setpoint_w", pa.float64(), nullable=False),
+        pa.field("valid_until_ms", pa.int64(), nullable=False),
+        pa.field("mode", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),
+        pa.field("freq_hz", pa.float64()),
+        pa.field("ts_ms", pa.int64(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("boot", pa.string()),
+    ]
+)
+
 SCHEMAS: Final[dict[str, pa.Schema]] = {
     TELEMETRY: TELEMETRY_SCHEMA,
     GRID_FREQUENCY: GRID_FREQUENCY_SCHEMA,
+    FORECASTS: FORECASTS_SCHEMA,
+    COMMANDS: COMMANDS_SCHEMA,
 }
 
 _DUCKDB_TYPES: Final = {
@@ -172,16 +226,48 @@ QUALIFY row_number() OVER (
 """
 
 
+_FORECASTS_VIEW: Final = """
+CREATE OR REPLACE VIEW forecasts AS
+SELECT
+    site, asset, kind, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, seq, soc_pct,
+    capacity_wh, power_w, setpoint_w, departure_ms,
+    make_timestamptz(departure_ms * 1000) AS departure, target_soc_pct, soc_at_departure_pct,
+    earliest_target_ms, energy_to_target_wh, max_charge_w, max_discharge_w,
+    discharge_energy_wh, must_charge_w, v2x, needs_source,
+    date
+FROM {source}
+QUALIFY row_number() OVER (PARTITION BY site, asset, ts_ms ORDER BY seq) = 1
+"""
+
+# A command re-emitted after a restart carries the id it had: one row per id.
+_COMMANDS_VIEW: Final = """
+CREATE OR REPLACE VIEW commands AS
+SELECT
+    site, asset, command_id, issued_ms, make_timestamptz(issued_ms * 1000) AS issued,
+    setpoint_w, base_setpoint_w, valid_until_ms, mode, reason, freq_hz, ts_ms, seq, boot,
+    date
+FROM {source}
+QUALIFY row_number() OVER (PARTITION BY site, command_id ORDER BY issued_ms) = 1
+"""
+
+_VIEWS: Final = {
+    TELEMETRY: _TELEMETRY_VIEW,
+    GRID_FREQUENCY: _GRID_FREQUENCY_VIEW,
+    FORECASTS: _FORECASTS_VIEW,
+    COMMANDS: _COMMANDS_VIEW,
+}
+
+
 def refresh_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
-    """(Re)create the views ``telemetry`` and ``grid_frequency`` over ``data_dir``.
+    """(Re)create the views ``telemetry``, ``grid_frequency``, ``forecasts``, ``commands``.
 
     A view over a stream with files re-reads the directory on every query, so new files
     show up by themselves. A stream without files yet gets an empty view with the same
     columns and types; call this again once files exist (a new :func:`connect` does it).
     """
     root = Path(data_dir)
-    con.execute(_TELEMETRY_VIEW.format(source=_source(root, TELEMETRY)))
-    con.execute(_GRID_FREQUENCY_VIEW.format(source=_source(root, GRID_FREQUENCY)))
+    for stream, view in _VIEWS.items():
+        con.execute(view.format(source=_source(root, stream)))
 
 
 def connect(data_dir: str | Path, *, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
@@ -192,8 +278,8 @@ def connect(data_dir: str | Path, *, database: str = ":memory:") -> duckdb.DuckD
         database: DuckDB database file; the default keeps nothing on disk.
 
     Returns:
-        A connection whose session time zone is UTC, with the views ``telemetry`` and
-        ``grid_frequency``.
+        A connection whose session time zone is UTC, with the views ``telemetry``,
+        ``grid_frequency``, ``forecasts`` and ``commands``.
 
     """
     con = duckdb.connect(database)
@@ -210,7 +296,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--data-dir", type=Path, help="history directory")
     where.add_argument("--site", type=Path, help="site file; its history.dir is used")
-    parser.add_argument("sql", help="one SQL query over the views telemetry, grid_frequency")
+    parser.add_argument(
+        "sql",
+        help="one SQL query over the views telemetry, grid_frequency, forecasts, commands",
+    )
 
 
 def _csv_value(value: Any) -> Any:

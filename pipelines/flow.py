@@ -4,22 +4,40 @@
 
     mqtt_in ─▶ validate ─▶ split_valid
       valid ──┬─▶ telemetry_row ─▶ history_telemetry (Parquet)
-              └─▶ frequency_sample ─▶ key_site ─▶ frequency_window (pipelines.windows)
-                    ─▶ frequency_stats ─┬─▶ grid_frequency_row ─▶ history_grid_frequency
-                                        └─▶ grid_frequency_json ─▶ merge_out ─▶ mqtt_out
+              ├─▶ frequency_sample ─▶ key_site ─▶ frequency_window (pipelines.windows)
+              │     ─▶ frequency_stats ─┬─▶ grid_frequency_row ─▶ history_grid_frequency
+              │                         └─▶ grid_frequency_json ─▶ merge_out ─▶ mqtt_out
+              ├─▶ readings ─▶ key_asset ─▶ asset_state (pipelines.assets: needs, forecast,
+              │     envelope) ─┬─▶ forecast ─┬─▶ forecast_row ─▶ history_forecasts
+              │                │             └─▶ forecast_json ─▶ merge_out
+              │                └─▶ asset_update ─┐
+              └─▶ ticks ─────────────────────────┴─▶ key_dispatch ─▶ dispatch
+                    (pipelines.fleet: droop / fcr, one decision per reading, summary)
+                    ─▶ flatten_dispatch ─┬─▶ command_row ─▶ history_commands
+                                         └─▶ dispatch_json ─▶ merge_out
       refused ─▶ key_reason ─▶ count_rejected ─▶ unkey_rejected ─▶ dead_letter ─▶ merge_out
+
+Dispatch does not wait for the frequency windows: each reading's decision follows it
+through ``asset_state`` and ``dispatch`` (keyed by asset, then by site).
 
 The source's heartbeats travel with the readings (validate and split_valid pass them on
 the valid side, telemetry_row drops them): on one path they keep their place in the
-stream, so a heartbeat never overtakes readings that came before it.
+stream, so a heartbeat never overtakes readings that came before it. The dispatcher uses
+them to publish its summary while no reading arrives.
+
+Anything raised while one message is handled (validation, the asset state) sends that
+message to the dead-letter topic with the reason; the stream goes on.
 
 Step ids are stable (recovery keys on them). The domain logic lives in
-:mod:`pipelines.validate`, :mod:`pipelines.frequency` and :mod:`pipelines.windows`; this
-module only wires it.
+:mod:`pipelines.validate`, :mod:`pipelines.frequency`, :mod:`pipelines.windows`,
+:mod:`pipelines.assets`, :mod:`pipelines.forecast`, :mod:`pipelines.dispatch` and
+:mod:`pipelines.fleet`; this module only wires it.
 
 ``gridflex pipeline --site FILE [--data-dir DIR] [--workers N]`` runs it until SIGINT or
 SIGTERM, then ends the MQTT source, lets the open windows close and the sinks flush, and
-exits 0.
+exits 0. With ``[pipeline] recovery`` (on by default) Bytewax snapshots the state every
+``snapshot_interval_s`` into ``recovery_dir`` (default ``{history}/recovery``) and a
+restarted pipeline resumes from it.
 """
 
 from __future__ import annotations
@@ -43,14 +61,29 @@ from bytewax.run import cli_main
 
 from gridflex.contract import (
     PREFIX,
+    DispatchCommand,
+    Forecast,
     GridFrequency,
+    SiteSummary,
     Telemetry,
+    command_topic,
     deadletter_topic,
+    forecast_topic,
     grid_frequency_topic,
+    summary_topic,
 )
-from gridflex.history import GRID_FREQUENCY, TELEMETRY
+from gridflex.history import COMMANDS, FORECASTS, GRID_FREQUENCY, TELEMETRY
+from pipelines.assets import AssetProfile, AssetTracker, CarDefaults, track
+from pipelines.dispatch import DroopParams
+from pipelines.fleet import AssetUpdate, DispatchSettings, SiteDispatcher
 from pipelines.frequency import FrequencyAccumulator, FrequencySample, summarize_window
-from pipelines.history_sink import HistorySink, frequency_row, telemetry_row
+from pipelines.history_sink import (
+    HistorySink,
+    command_row,
+    forecast_row,
+    frequency_row,
+    telemetry_row,
+)
 from pipelines.mqtt_io import MqttSink, MqttSource
 from pipelines.validate import (
     DEFAULT_MAX_FUTURE_MS,
@@ -113,7 +146,20 @@ class _PipelineSettings(Protocol):
 
 
 class SiteLike(Protocol):
-    """What the dataflow needs from ``gridflex.config.SiteConfig``."""
+    """What the dataflow needs from ``gridflex.config.SiteConfig``.
+
+    ``dispatch`` and ``assets`` are read by :func:`dispatch_settings` and
+    :func:`asset_profiles` (the ``[dispatch]`` table and ``[[assets]]``).
+    """
+
+    @property
+    def max_import_w(self) -> float | None: ...  # noqa: D102
+    @property
+    def max_export_w(self) -> float | None: ...  # noqa: D102
+    @property
+    def dispatch(self) -> Any: ...  # noqa: D102
+    @property
+    def assets(self) -> Any: ...  # noqa: D102
 
     @property
     def id(self) -> str: ...  # noqa: D102
@@ -160,6 +206,64 @@ class FlowOptions:
     mqtt_partitions: int = 1
     mqtt_receiver: Literal["process", "thread"] = "process"
     client_id: str | None = None
+
+
+def dispatch_settings(site: SiteLike) -> DispatchSettings:
+    """The dispatcher's settings from the site's ``[dispatch]`` table and transformer limits."""
+    d = site.dispatch
+    return DispatchSettings(
+        site=site.id,
+        nominal_hz=float(site.nominal_frequency_hz),
+        mode=d.mode,
+        fcr_capacity_w=d.fcr.capacity_w,
+        fcr_deadband_hz=d.fcr.deadband_hz,
+        fcr_full_at_hz=d.fcr.full_at_hz,
+        min_step_w=d.min_step_w,
+        refresh_ms=round(d.refresh_s * 1000),
+        valid_ms=round(d.valid_s * 1000),
+        freq_max_age_ms=d.freq_max_age_ms,
+        summary_interval_ms=round(d.summary_interval_s * 1000),
+        max_import_w=site.max_import_w,
+        max_export_w=site.max_export_w,
+    )
+
+
+def asset_profiles(site: SiteLike) -> dict[str, AssetProfile]:
+    """Each asset of the site file with its droop parameters (site defaults + overrides)."""
+    droop = site.dispatch.droop
+    profiles = {}
+    for a in site.assets:
+        own = a.droop
+        params = DroopParams(
+            db_of_hz=own.db_of_hz if own and own.db_of_hz is not None else droop.db_of_hz,
+            db_uf_hz=own.db_uf_hz if own and own.db_uf_hz is not None else droop.db_uf_hz,
+            k_of=own.k_of if own and own.k_of is not None else droop.k_of,
+            k_uf=own.k_uf if own and own.k_uf is not None else droop.k_uf,
+        )
+        profiles[a.id] = AssetProfile(
+            asset=a.id,
+            kind=a.kind,
+            max_charge_w=a.max_charge_w,
+            max_discharge_w=a.max_discharge_w,
+            capacity_wh=a.capacity_wh,
+            soc_min_pct=a.soc_min_pct,
+            soc_max_pct=a.soc_max_pct,
+            base_w=a.base_setpoint_w,
+            droop=params,
+        )
+    return profiles
+
+
+def car_defaults(site: SiteLike) -> CarDefaults:
+    """``[dispatch.ev_defaults]`` as the asset step needs it."""
+    ev = site.dispatch.ev_defaults
+    return CarDefaults(
+        capacity_wh=ev.capacity_wh,
+        target_soc_pct=ev.target_soc_pct,
+        dwell_ms=round(ev.dwell_h * 3_600_000),
+        efficiency=ev.efficiency,
+        taper_soc_pct=ev.taper_soc_pct,
+    )
 
 
 def telemetry_filter(site_id: str) -> str:
@@ -237,6 +341,40 @@ def _is_not_rejected(item: Accepted | Heartbeat | Rejected) -> bool:
     return not isinstance(item, Rejected)
 
 
+def _reading(item: Accepted | Heartbeat) -> Accepted | None:
+    return None if isinstance(item, Heartbeat) else item
+
+
+def _tick(item: Accepted | Heartbeat) -> Heartbeat | None:
+    return item if isinstance(item, Heartbeat) else None
+
+
+class Tracked(NamedTuple):
+    """What ``asset_state`` makes of one reading: an update, maybe a forecast, or a refusal."""
+
+    update: AssetUpdate | None
+    forecast: Forecast | None
+    rejected: Rejected | None
+
+
+def _unprocessable(item: Accepted, exc: Exception) -> Rejected:
+    t = item.telemetry
+    raw = RawMessage(
+        f"{PREFIX}/{t.site}/{t.kind}/{t.asset}/telemetry", t.to_json(), item.received_ms
+    )
+    return Rejected("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}", raw)
+
+
+def _dispatch_message(item: DispatchCommand | SiteSummary) -> tuple[str, bytes]:
+    if isinstance(item, DispatchCommand):
+        return command_topic(item.site, item.asset), item.to_json()
+    return summary_topic(item.site), item.to_json()
+
+
+def _command_row(item: DispatchCommand | SiteSummary) -> tuple[str, dict[str, Any]] | None:
+    return (item.asset, command_row(item)) if isinstance(item, DispatchCommand) else None
+
+
 # --------------------------------------------------------------------------- flow
 
 
@@ -280,6 +418,10 @@ def build_flow(
     )
     nominal_hz = float(site.nominal_frequency_hz)
     site_id = site.id
+    settings = dispatch_settings(site)
+    profiles = asset_profiles(site)
+    defaults = car_defaults(site)
+    forecast_interval_ms = round(site.dispatch.forecast_interval_s * 1000)
     if source is None:
         source = mqtt_source(site, opts, stop_event)
     if mqtt_sink is None:
@@ -302,6 +444,34 @@ def build_flow(
             max_future_ms=opts.max_future_ms,
         )
         return result if isinstance(result, Rejected) else Accepted(result, message.received_ms)
+
+    def asset_state(
+        state: AssetTracker | None, item: Accepted
+    ) -> tuple[AssetTracker | None, Tracked]:
+        try:
+            new_state, update, fc = track(
+                state,
+                item.telemetry,
+                received_ms=item.received_ms,
+                profile=profiles.get(item.telemetry.asset),
+                defaults=defaults,
+                forecast_interval_ms=forecast_interval_ms,
+            )
+        except Exception as exc:  # one message never stops the stream
+            return state, Tracked(None, None, _unprocessable(item, exc))
+        return new_state, Tracked(update, fc, None)
+
+    def dispatch(
+        state: SiteDispatcher | None, item: AssetUpdate | Heartbeat
+    ) -> tuple[SiteDispatcher, list[DispatchCommand | SiteSummary]]:
+        state = state or SiteDispatcher(settings)
+        try:
+            if isinstance(item, Heartbeat):
+                return state, state.on_tick(item.wall_ms)
+            return state, state.on_update(item)
+        except Exception:
+            log.exception("dispatch failed on %r; skipped", item)
+            return state, []
 
     def window_key(item: WindowInput) -> str:
         # This dataflow serves one site: a heartbeat goes to its only key.
@@ -338,10 +508,8 @@ def build_flow(
     valid: Stream[Accepted | Heartbeat] = split.trues  # type: ignore[assignment]
     refused: Stream[Rejected] = split.falses  # type: ignore[assignment]
 
-    # Error branch: count and log per reason kind, then dead-letter.
-    by_reason = op.key_on("key_reason", refused, lambda r: r.kind)
-    counted = op.stateful_map("count_rejected", by_reason, _count_rejected)
-    dead = op.map("dead_letter", op.key_rm("unkey_rejected", counted), _dead_letter_message)
+    # Error branch (wired below, with refusals of later steps): count and log per reason
+    # kind, then dead-letter.
 
     # History of every valid reading, keyed by asset so its de-dup memory stays in one place.
     telemetry_rows = op.filter_map("telemetry_row", valid, _telemetry_row)
@@ -389,7 +557,59 @@ def build_flow(
         "grid_frequency_json", stats, lambda kv: (grid_frequency_topic(kv[0]), kv[1].to_json())
     )
 
-    op.output("mqtt_out", op.merge("merge_out", dead, frequency_out), mqtt_sink)
+    # Per asset: charging needs, SoC forecast, flexibility envelope; then one decision per
+    # reading at the site's dispatcher (droop or fleet FCR), never waiting for a window.
+    readings = op.filter_map("readings", valid, _reading)
+    tracked = op.stateful_map(
+        "asset_state", op.key_on("key_asset", readings, lambda a: a.telemetry.asset), asset_state
+    )
+    tracked_out = op.key_rm("unkey_asset", tracked)
+    asset_dead = op.filter_map("asset_refused", tracked_out, lambda t: t.rejected)
+    forecasts = op.filter_map("forecast", tracked_out, lambda t: t.forecast)
+    op.output(
+        "history_forecasts",
+        op.map("forecast_row", forecasts, lambda f: (f.asset, forecast_row(f))),
+        HistorySink(
+            root,
+            FORECASTS,
+            partitions=1,
+            flush_rows=opts.flush_rows,
+            flush_interval_s=opts.flush_interval_s,
+        ),
+    )
+    forecast_out = op.map(
+        "forecast_json", forecasts, lambda f: (forecast_topic(f.site, f.asset), f.to_json())
+    )
+    updates = op.filter_map("asset_update", tracked_out, lambda t: t.update)
+    ticks = op.filter_map("ticks", valid, _tick)
+    to_dispatch: Stream[AssetUpdate | Heartbeat] = op.merge("dispatch_in", updates, ticks)
+    decided = op.stateful_map(
+        "dispatch", op.key_on("key_dispatch", to_dispatch, lambda _: site_id), dispatch
+    )
+    decisions = op.flat_map("flatten_dispatch", op.key_rm("unkey_dispatch", decided), lambda x: x)
+    op.output(
+        "history_commands",
+        op.filter_map("command_row", decisions, _command_row),
+        HistorySink(
+            root,
+            COMMANDS,
+            partitions=1,
+            flush_rows=opts.flush_rows,
+            flush_interval_s=opts.flush_interval_s,
+        ),
+    )
+    dispatch_out = op.map("dispatch_json", decisions, _dispatch_message)
+
+    refused_all = op.merge("refused_all", refused, asset_dead)
+    by_reason = op.key_on("key_reason", refused_all, lambda r: r.kind)
+    counted = op.stateful_map("count_rejected", by_reason, _count_rejected)
+    dead = op.map("dead_letter", op.key_rm("unkey_rejected", counted), _dead_letter_message)
+
+    op.output(
+        "mqtt_out",
+        op.merge("merge_out", dead, frequency_out, forecast_out, dispatch_out),
+        mqtt_sink,
+    )
     return flow
 
 

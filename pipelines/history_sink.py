@@ -30,13 +30,23 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from gridflex.contract import GridFrequency, Telemetry
-from gridflex.history import SCHEMAS, TELEMETRY, partition_dir, utc_date
+from gridflex.contract import DispatchCommand, Forecast, GridFrequency, Telemetry
+from gridflex.history import (
+    COMMANDS,
+    FORECASTS,
+    GRID_FREQUENCY,
+    SCHEMAS,
+    TELEMETRY,
+    partition_dir,
+    utc_date,
+)
 
 __all__ = [
     "HistorySink",
     "ParquetStreamWriter",
     "RecentKeys",
+    "command_row",
+    "forecast_row",
     "frequency_row",
     "telemetry_row",
     "write_parquet_atomic",
@@ -71,6 +81,22 @@ def telemetry_row(telemetry: Telemetry) -> Row:
     for name in _EV_FIELDS:
         row[f"ev_{name}"] = getattr(ev, name) if ev is not None else None
     return row
+
+
+_FORECAST_FIELDS = SCHEMAS[FORECASTS].names
+_COMMAND_FIELDS = SCHEMAS[COMMANDS].names
+
+
+def forecast_row(forecast: Forecast) -> Row:
+    """Turn a published forecast into a ``forecasts`` history row."""
+    values = forecast.__dict__
+    return {name: values[name] for name in _FORECAST_FIELDS}
+
+
+def command_row(command: DispatchCommand) -> Row:
+    """Turn a published command into a ``commands`` history row."""
+    values = command.__dict__
+    return {name: values[name] for name in _COMMAND_FIELDS}
 
 
 def frequency_row(frequency: GridFrequency) -> Row:
@@ -156,7 +182,7 @@ class ParquetStreamWriter:
 
     Args:
         data_dir: History root.
-        stream: ``"telemetry"`` or ``"grid_frequency"``.
+        stream: One of :data:`gridflex.history.STREAMS`.
         ts_column: Column whose UTC date picks the partition.
         name: Unique writer name, part of every file name (e.g. the sink partition).
         flush_rows: Flush once this many rows are buffered.
@@ -343,7 +369,8 @@ class HistorySink(FixedPartitionedSink[Row, None]):
 
     Args:
         data_dir: History root.
-        stream: ``"telemetry"`` (de-duplicated on asset, boot, seq) or ``"grid_frequency"``.
+        stream: One of :data:`gridflex.history.STREAMS`; ``"telemetry"`` is de-duplicated
+            on asset, boot, seq here, the others in their views.
         partitions: Number of sink partitions (files are written in parallel per partition).
         flush_rows: Rows per flush.
         flush_interval_s: Longest time a row waits in memory.
@@ -382,7 +409,7 @@ class HistorySink(FixedPartitionedSink[Row, None]):
 
     def build_part(self, step_id: str, for_part: str, resume_state: None) -> _HistoryPartition:
         """Build the writer of one partition."""
-        ts_column = "ts_ms" if self.stream == TELEMETRY else "window_start_ms"
+        ts_column = "window_start_ms" if self.stream == GRID_FREQUENCY else "ts_ms"
         writer = ParquetStreamWriter(
             self.data_dir,
             self.stream,

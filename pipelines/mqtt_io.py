@@ -42,6 +42,7 @@ from typing import Literal
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
+from gridflex.contract import is_retained_topic
 from gridflex.mqtt import MqttClient, parse_url
 from pipelines.mqtt_receiver import MqttReceiver, ReceiverSettings, receiver_main
 from pipelines.validate import RawMessage
@@ -337,9 +338,13 @@ class _MqttSinkPartition(StatelessSinkPartition[tuple[str, bytes]]):
             log.warning("MQTT sink %s: broker not reachable yet; queueing", client.client_id)
 
     def write_batch(self, items: list[tuple[str, bytes]]) -> None:
-        """Publish each ``(topic, payload)``; a full outgoing queue drops (counted)."""
+        """Publish each ``(topic, payload)``; a full outgoing queue drops (counted).
+
+        Topics the contract keeps retained (the site summary) are published retained.
+        """
         for topic, payload in items:
-            if not self._client.publish(topic, payload, qos=self._qos):
+            retain = is_retained_topic(topic)
+            if not self._client.publish(topic, payload, qos=self._qos, retain=retain):
                 self.dropped += 1
 
     def close(self) -> None:

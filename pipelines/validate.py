@@ -15,6 +15,9 @@ kind               meaning
                    the future beyond the allowed clock skew)
 ``topic_mismatch`` site, kind or asset in the topic differ from the payload, or the site is
                    not the one this pipeline serves
+``unprocessable``  anything else raised while handling the message (a few kilobytes of
+                   ``[[[[…]]]]`` exhaust the JSON parser's recursion, say): one message never
+                   stops the stream
 =================  =====================================================================
 
 A future ``ts_ms`` is refused because windows close on event time: one device with a clock
@@ -57,6 +60,7 @@ REASON_KINDS: Final = (
     "invalid",
     "out_of_range",
     "topic_mismatch",
+    "unprocessable",
 )
 
 #: A reading more than this far ahead of the pipeline's clock is refused (ms).
@@ -203,9 +207,32 @@ def validate_telemetry(
         freq_band: Accepted relative band of ``freq_hz`` around ``nominal_hz``.
 
     Returns:
-        The parsed telemetry, or a :class:`Rejected` naming the reason.
+        The parsed telemetry, or a :class:`Rejected` naming the reason. Nothing raised while
+        validating one message escapes: it becomes an ``unprocessable`` refusal.
 
     """
+    try:
+        return _validate(
+            message,
+            site_id,
+            nominal_hz=nominal_hz,
+            now_ms=now_ms,
+            max_future_ms=max_future_ms,
+            freq_band=freq_band,
+        )
+    except Exception as exc:  # RecursionError, MemoryError-free surprises: never stop the flow
+        return Rejected("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}", message)
+
+
+def _validate(
+    message: RawMessage,
+    site_id: str,
+    *,
+    nominal_hz: float,
+    now_ms: int,
+    max_future_ms: int,
+    freq_band: float,
+) -> Telemetry | Rejected:
     fast = _parse_fast(message, site_id)
     parsed = fast if fast is not None else _parse_explained(message, site_id)
     if isinstance(parsed, Rejected):

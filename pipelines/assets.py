@@ -1,0 +1,257 @@
+"""Per-asset state of the dataflow: charging needs, SoC forecast and flexibility envelope.
+
+:func:`track` is the mapper of the dataflow step ``asset_state`` (keyed by asset): it takes
+one valid reading and the asset's :class:`AssetTracker` state, and returns the
+:class:`~pipelines.fleet.AssetUpdate` the dispatcher decides on, plus a
+:class:`~gridflex.contract.Forecast` at most every ``forecast_interval_ms``. Pure: no I/O.
+
+Where the numbers come from:
+
+* ratings, SoC stop-points, capacity (inverters) and the base setpoint: the site file;
+* a car's needs (departure, target, energy, its own power limits, V2X): the latest
+  ``ev`` object of its transaction (OCPP ``NotifyEVChargingNeeds``, ISO 15118); a car that
+  states none gets the site's ``[dispatch.ev_defaults]`` (capacity, target SoC, a departure
+  ``dwell_h`` after it was first seen) and is charge-only, since nothing says it may
+  discharge;
+* a car's capacity: ``requested_energy_wh / (target - SoC)`` when the car states both,
+  else the default;
+* thermal derating: an EVSE's connector temperature, linearly from 1 at
+  :data:`DERATE_START_C` to 0 at :data:`DERATE_STOP_C` (as IEC 61851 chargers derate);
+* the SoC forecast and envelope: :func:`pipelines.forecast.forecast`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from gridflex.contract import EvChargingNeeds, Forecast, Telemetry
+from pipelines.dispatch import DroopParams
+from pipelines.fleet import AssetUpdate
+from pipelines.forecast import BatteryModel, ChargingGoal, forecast
+
+__all__ = [
+    "DERATE_START_C",
+    "DERATE_STOP_C",
+    "AssetProfile",
+    "AssetTracker",
+    "CarDefaults",
+    "derate_factor",
+    "track",
+]
+
+DERATE_START_C: Final = 70.0
+DERATE_STOP_C: Final = 90.0
+#: Telemetry status words that mean the device is faulted (contract vocabulary and OCPP's).
+FAULT_STATUSES: Final = frozenset({"fault", "Faulted"})
+#: EVSE status words that mean no car is there to dispatch.
+NO_CAR_STATUSES: Final = frozenset({"unavailable", "Available", "Unavailable", "Reserved"})
+
+
+@dataclass(frozen=True, slots=True)
+class AssetProfile:
+    """One asset of the site file, as the dataflow needs it."""
+
+    asset: str
+    kind: Literal["inverter", "evse"]
+    max_charge_w: float
+    max_discharge_w: float
+    capacity_wh: float | None
+    soc_min_pct: float
+    soc_max_pct: float
+    base_w: float
+    droop: DroopParams
+
+
+@dataclass(frozen=True, slots=True)
+class CarDefaults:
+    """The site's assumptions for a car without stated needs, and the battery model's constants."""
+
+    capacity_wh: float = 60_000.0
+    target_soc_pct: float = 80.0
+    dwell_ms: int = 8 * 3_600_000
+    efficiency: float = 0.92
+    taper_soc_pct: float = 80.0
+
+
+@dataclass
+class AssetTracker:
+    """What the ``asset_state`` step remembers of one asset (picklable for recovery)."""
+
+    transaction_id: str | None = None
+    needs: EvChargingNeeds | None = None
+    plugged_ms: int | None = None
+    soc_pct: float | None = None
+    last_forecast_ms: int | None = None
+
+
+def derate_factor(temp_c: float | None) -> float:
+    """Share of the rated power allowed at a connector temperature (1 when unknown)."""
+    if temp_c is None or temp_c <= DERATE_START_C:
+        return 1.0
+    if temp_c >= DERATE_STOP_C:
+        return 0.0
+    return (DERATE_STOP_C - temp_c) / (DERATE_STOP_C - DERATE_START_C)
+
+
+def _car_capacity_wh(needs: EvChargingNeeds | None, soc_pct: float, default_wh: float) -> float:
+    if needs is None or needs.requested_energy_wh is None or needs.target_soc_pct is None:
+        return default_wh
+    span = needs.target_soc_pct - soc_pct
+    if span < 1.0 or needs.requested_energy_wh <= 0:
+        return default_wh
+    return needs.requested_energy_wh * 100.0 / span
+
+
+def _update_needs(state: AssetTracker, t: Telemetry) -> None:
+    if t.transaction_id != state.transaction_id:
+        state.transaction_id = t.transaction_id
+        state.needs = None
+        state.plugged_ms = t.ts_ms if t.transaction_id is not None else None
+    if t.ev is not None:
+        state.needs = t.ev
+    if state.plugged_ms is None and t.kind == "evse" and t.transaction_id is not None:
+        state.plugged_ms = t.ts_ms
+
+
+def track(
+    state: AssetTracker | None,
+    telemetry: Telemetry,
+    *,
+    received_ms: int,
+    profile: AssetProfile | None,
+    defaults: CarDefaults,
+    forecast_interval_ms: int,
+) -> tuple[AssetTracker, AssetUpdate, Forecast | None]:
+    """Fold one reading into the asset's state; return its update and maybe a forecast.
+
+    An asset that is not in the site file (``profile`` None) is tracked but not
+    dispatchable. Without a known SoC nothing is discharged (the stop-points cannot be
+    checked) and no forecast is published.
+    """
+    state = state or AssetTracker()
+    t = telemetry
+    _update_needs(state, t)
+    if t.soc_pct is not None:
+        state.soc_pct = t.soc_pct
+    faulted = t.status in FAULT_STATUSES
+    derate = derate_factor(t.temp_c) if t.kind == "evse" else 1.0
+    droop = profile.droop if profile is not None else DroopParams()
+    if profile is None:
+        update = AssetUpdate(
+            t.asset, t.ts_ms, t.seq, t.boot, received_ms, t.freq_hz, t.power_w, 0.0, 0.0, 0.0,
+            0.0, 0.0, droop, faulted=faulted, dispatchable=False,
+        )  # fmt: skip
+        return state, update, None
+
+    needs = state.needs
+    is_car = t.kind == "evse"
+    car_present = not is_car or (
+        t.transaction_id is not None or (t.status is not None and t.status not in NO_CAR_STATUSES)
+    )
+    rated_charge = profile.max_charge_w
+    rated_discharge = profile.max_discharge_w
+    if is_car:
+        if needs is not None and needs.max_charge_w is not None:
+            rated_charge = min(rated_charge, needs.max_charge_w)
+        v2x = needs is not None and needs.v2x
+        if not v2x:
+            rated_discharge = 0.0
+        elif needs is not None and needs.max_discharge_w is not None:
+            rated_discharge = min(rated_discharge, needs.max_discharge_w)
+    soc = state.soc_pct
+    fc: Forecast | None = None
+    if not car_present:
+        low = high = 0.0
+    elif soc is None:
+        low, high = 0.0, rated_charge * derate
+    else:
+        soc_min = profile.soc_min_pct
+        if is_car and needs is not None and needs.min_soc_pct is not None:
+            soc_min = max(soc_min, needs.min_soc_pct)
+        capacity = (
+            _car_capacity_wh(needs, soc, defaults.capacity_wh)
+            if is_car
+            else profile.capacity_wh or math.nan
+        )
+        model = BatteryModel(
+            capacity_wh=capacity if math.isfinite(capacity) else defaults.capacity_wh,
+            max_charge_w=rated_charge,
+            max_discharge_w=rated_discharge,
+            soc_min_pct=min(soc_min, profile.soc_max_pct - 0.1),
+            soc_max_pct=profile.soc_max_pct,
+            efficiency=defaults.efficiency,
+            taper_soc_pct=defaults.taper_soc_pct,
+        )
+        if is_car:
+            stated = needs is not None and needs.departure_ms is not None
+            departure = (
+                needs.departure_ms
+                if needs is not None and needs.departure_ms is not None
+                else (state.plugged_ms or t.ts_ms) + defaults.dwell_ms
+            )
+            target = (
+                needs.target_soc_pct
+                if needs is not None and needs.target_soc_pct is not None
+                else defaults.target_soc_pct
+            )
+            goal = ChargingGoal(departure_ms=departure, target_soc_pct=target)
+            source: Literal["ev", "site_default", "battery"] = "ev" if stated else "site_default"
+        else:
+            goal = ChargingGoal(departure_ms=None, target_soc_pct=None)
+            source = "battery"
+        setpoint = t.setpoint_w if t.setpoint_w is not None else t.power_w
+        result = forecast(t.ts_ms, soc, setpoint, model, goal, derate=derate)
+        high = result.max_charge_w
+        low = -result.max_discharge_w if result.max_discharge_w > 0 else result.must_charge_w
+        low = min(low, high)
+        due = (
+            state.last_forecast_ms is None
+            or t.ts_ms - state.last_forecast_ms >= forecast_interval_ms
+        )
+        if due and (is_car or profile.capacity_wh is not None):
+            state.last_forecast_ms = t.ts_ms
+            fc = Forecast(
+                site=t.site,
+                asset=t.asset,
+                kind=t.kind,
+                ts_ms=t.ts_ms,
+                seq=t.seq,
+                soc_pct=soc,
+                capacity_wh=round(model.capacity_wh, 1),
+                power_w=t.power_w,
+                setpoint_w=setpoint,
+                departure_ms=goal.departure_ms,
+                target_soc_pct=goal.target_soc_pct,
+                soc_at_departure_pct=_round(result.soc_at_departure_pct, 2),
+                earliest_target_ms=result.earliest_target_ms,
+                energy_to_target_wh=_round(result.energy_to_target_wh, 1),
+                max_charge_w=round(result.max_charge_w, 1),
+                max_discharge_w=round(result.max_discharge_w, 1),
+                discharge_energy_wh=round(result.discharge_energy_wh, 1),
+                must_charge_w=round(result.must_charge_w, 1),
+                v2x=rated_discharge > 0,
+                needs_source=source,
+            )
+    update = AssetUpdate(
+        asset=t.asset,
+        ts_ms=t.ts_ms,
+        seq=t.seq,
+        boot=t.boot,
+        received_ms=received_ms,
+        freq_hz=t.freq_hz,
+        power_w=t.power_w,
+        base_w=profile.base_w if car_present else 0.0,
+        min_w=low,
+        max_w=high,
+        rated_charge_w=rated_charge * derate,
+        rated_discharge_w=rated_discharge * derate,
+        droop=droop,
+        faulted=faulted,
+    )
+    return state, update, fc
+
+
+def _round(value: float | None, digits: int) -> float | None:
+    return None if value is None else round(value, digits)
