@@ -49,6 +49,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, NamedTuple, Protocol
@@ -57,6 +58,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from gridflex.contract import (
@@ -106,9 +108,13 @@ __all__ = [
     "FlowOptions",
     "SiteLike",
     "add_arguments",
+    "asset_profiles",
     "build_flow",
+    "car_defaults",
+    "dispatch_settings",
     "main",
     "mqtt_source",
+    "recovery_config",
     "run",
     "telemetry_filter",
 ]
@@ -143,6 +149,12 @@ class _PipelineSettings(Protocol):
     def window_ms(self) -> int: ...
     @property
     def allowed_lateness_ms(self) -> int: ...
+    @property
+    def recovery(self) -> bool: ...
+    @property
+    def recovery_dir(self) -> Path | None: ...
+    @property
+    def snapshot_interval_s(self) -> float: ...
 
 
 class SiteLike(Protocol):
@@ -663,6 +675,27 @@ class _StopOnSignal:
             signal.signal(signum, handler)
 
 
+def recovery_config(
+    site: SiteLike, data_dir: str | Path | None = None, *, workers: int = 1
+) -> RecoveryConfig | None:
+    """Bytewax recovery for ``site`` (None when ``[pipeline] recovery = false``).
+
+    The database lives in ``recovery_dir``, default ``{history}/recovery``; it is created
+    on first use with one partition per worker. A restarted pipeline resumes every step's
+    state from the last snapshot; the broker's persistent session redelivers what was not
+    acknowledged.
+    """
+    if not site.pipeline.recovery:
+        return None
+    history = Path(data_dir if data_dir is not None else site.history.dir)
+    db_dir = Path(site.pipeline.recovery_dir or history / "recovery")
+    if not any(db_dir.glob("part-*.sqlite3")):
+        db_dir.mkdir(parents=True, exist_ok=True)
+        init_db_dir(db_dir, max(1, workers))
+        log.info("recovery database created in %s (%d partitions)", db_dir, max(1, workers))
+    return RecoveryConfig(str(db_dir))
+
+
 def run(
     site: SiteLike,
     data_dir: str | Path | None = None,
@@ -686,15 +719,22 @@ def run(
     source = mqtt_source(site, options, stop_event)
     flow = build_flow(site, data_dir, options=options, source=source, stop_event=stop_event)
     log.info(
-        "pipeline for site %s: broker %s, history in %s, %d worker(s)",
+        "pipeline for site %s: broker %s, history in %s, %d worker(s), dispatch %s",
         site.id,
         site.mqtt.url,
         data_dir if data_dir is not None else site.history.dir,
         workers,
+        site.dispatch.mode,
     )
     started_s = time.monotonic()
+    recovery = recovery_config(site, data_dir, workers=workers)
     with _StopOnSignal(stop_event):
-        cli_main(flow, workers_per_process=workers)
+        cli_main(
+            flow,
+            workers_per_process=workers,
+            epoch_interval=timedelta(seconds=site.pipeline.snapshot_interval_s),
+            recovery_config=recovery,
+        )
     if source.failures:
         log.error(
             "pipeline stopped after %.1f s: %s", time.monotonic() - started_s, source.failures
