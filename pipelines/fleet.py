@@ -205,7 +205,11 @@ class SiteDispatcher:
             self._join(slot)
             self.arrivals.append((update.ts_ms, update.asset))
         self._expire()
-        command = self._decide(slot) if slot.member else None
+        # Droop acts on the asset's own reading, whatever the others do; a fleet share needs
+        # a fresh reading (Bytewax may hand over a backlog grouped by asset, so a reading
+        # can be older than the newest one of another asset by more than the fresh age).
+        decide = slot.member or self.settings.mode == "droop"
+        command = self._decide(slot) if decide else None
         if command is not None:
             out.append(command)
         out.extend(self._maybe_summary(update.received_ms))
