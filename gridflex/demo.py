@@ -419,7 +419,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=10,
         help="simulated OCPP stations with cars (default: %(default)s)",
     )
-    parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
+    parser.add_argument(
+        "--duration", type=float, default=None, metavar="S", help="stop after S seconds"
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -441,6 +443,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--fcr-capacity-w",
         type=_capacity_w,
         default=None,
+        metavar="W",
         help="FCR capacity for --dispatch fcr (default: half the fleet's discharge rating)",
     )
     parser.add_argument(
