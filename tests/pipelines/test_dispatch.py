@@ -43,9 +43,7 @@ DROOP_TABLE = [
 def test_droop_follows_ieee_1547_in_both_directions(
     freq: float, nominal: float, charge: float, discharge: float, expected: float
 ) -> None:
-    delta = droop_delta_w(
-        freq, nominal, IEEE, rated_charge_w=charge, rated_discharge_w=discharge
-    )
+    delta = droop_delta_w(freq, nominal, IEEE, rated_charge_w=charge, rated_discharge_w=discharge)
     assert_allclose(delta, expected, atol=1e-6)
 
 
@@ -76,7 +74,7 @@ def test_fcr_request_is_linear_between_dead_band_and_full_activation(
     assert_allclose(fcr_request_w(freq, 50, 10_000_000, 0.010, 0.200), expected, atol=1e-3)
 
 
-def P(asset: str, base: float, low: float, high: float) -> Participant:  # noqa: N802
+def P(asset: str, base: float, low: float, high: float) -> Participant:
     return Participant(asset, base, low, high)
 
 

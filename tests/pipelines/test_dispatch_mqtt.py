@@ -141,9 +141,7 @@ def reference_commands(site_file: Path, payloads: list[dict[str, Any]]) -> dict[
         mqtt_sink=TestingSink(out),
     )
     run_main(flow)
-    return {
-        c["command_id"]: c for c in (json.loads(p) for t, p in out if t.endswith("/command"))
-    }
+    return {c["command_id"]: c for c in (json.loads(p) for t, p in out if t.endswith("/command"))}
 
 
 @pytest.mark.slow
