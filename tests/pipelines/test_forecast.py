@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import timeit
 
 import pytest
 from hypothesis import assume, given, settings
@@ -245,13 +244,6 @@ def test_invalid_inputs_are_refused() -> None:
         forecast(T0, math.nan, 0, CAR, STATIONARY)
     with pytest.raises(ValueError, match="duration_s"):
         soc_after(50, 1, -1, CAR)
-
-
-def test_forecast_is_cheap() -> None:
-    # Not a timed assertion (that lives in bench/): the call must stay a closed form.
-    calls = 1_000
-    total_s = timeit.timeit(lambda: forecast(T0, 72.0, 3_000, CAR, goal(1.2, 89.0)), number=calls)
-    assert total_s / calls < 1e-3
 
 
 # --- Hypothesis properties -----------------------------------------------------------------
