@@ -74,7 +74,7 @@ EVSE_RATING_W: Final = 11_000.0
 
 #: What a demo run writes into its data directory, and all that a fresh run removes: the
 #: history streams, the streams and recovery state the dispatching pipeline adds, the logs.
-DEMO_DIRS: Final = (*STREAMS, "forecasts", "commands", "recovery", "logs")
+DEMO_DIRS: Final = (*STREAMS, "recovery", "logs")
 DEMO_FILES: Final = ("site.toml",)
 
 #: Seconds between stopping the last collector and the pipeline: the collectors' last
