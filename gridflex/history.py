@@ -68,6 +68,7 @@ TELEMETRY_SCHEMA: Final = pa.schema(
         pa.field("temp_c", pa.float64()),
         pa.field("setpoint_w", pa.float64()),
         pa.field("status", pa.string()),
+        pa.field("device_status", pa.string()),
         pa.field("transaction_id", pa.string()),
         pa.field("ev_departure_ms", pa.int64()),
         pa.field("ev_requested_energy_wh", pa.float64()),
@@ -148,7 +149,7 @@ CREATE OR REPLACE VIEW telemetry AS
 SELECT
     site, asset, kind, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, seq, boot,
     power_w, freq_hz, voltage_v, current_a, soc_pct, energy_import_wh, energy_export_wh,
-    temp_c, setpoint_w, status, transaction_id,
+    temp_c, setpoint_w, status, device_status, transaction_id,
     ev_departure_ms, ev_requested_energy_wh, ev_max_charge_w, ev_max_discharge_w,
     ev_min_soc_pct, ev_target_soc_pct, ev_v2x, ev_energy_transfer_mode,
     date

@@ -25,6 +25,7 @@ exits 0.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -229,8 +230,9 @@ def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejecte
     return count, rejected
 
 
-def _dead_letter_message(rejected: Rejected) -> tuple[str, bytes]:
-    return deadletter_topic(COMPONENT), to_dead_letter(rejected, component=COMPONENT).to_json()
+def _dead_letter_message(rejected: Rejected, *, site: str) -> tuple[str, bytes]:
+    letter = to_dead_letter(rejected, site=site, component=COMPONENT)
+    return deadletter_topic(COMPONENT), letter.to_json()
 
 
 def _is_not_rejected(item: Accepted | Heartbeat | Rejected) -> bool:
@@ -341,7 +343,11 @@ def build_flow(
     # Error branch: count and log per reason kind, then dead-letter.
     by_reason = op.key_on("key_reason", refused, lambda r: r.kind)
     counted = op.stateful_map("count_rejected", by_reason, _count_rejected)
-    dead = op.map("dead_letter", op.key_rm("unkey_rejected", counted), _dead_letter_message)
+    dead = op.map(
+        "dead_letter",
+        op.key_rm("unkey_rejected", counted),
+        functools.partial(_dead_letter_message, site=site_id),
+    )
 
     # History of every valid reading, keyed by asset so its de-dup memory stays in one place.
     telemetry_rows = op.filter_map("telemetry_row", valid, _telemetry_row)
