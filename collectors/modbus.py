@@ -340,7 +340,7 @@ def build_plan(
                 size=point.size,
                 sf=sf,
                 scaled=point.sf is not None,
-                symbols={k: v.lower() for k, v in point.symbols.items()},
+                symbols=dict(point.symbols),  # SunSpec's spelling: RUNNING, ENABLED
                 decode=decoder(point.type, point.size),
             )
         )
@@ -404,7 +404,7 @@ def _reading(raw: dict[str, Value]) -> InverterReading:
     w = raw.get("w")
     wset = raw.get("wset")
     setpoint_w = None
-    if raw.get("wset_ena") == "enabled" and isinstance(wset, float):
+    if raw.get("wset_ena") == "ENABLED" and isinstance(wset, float):
         setpoint_w = power_w_from_sunspec(wset)
     inv_st = raw.get("status")
     device_status = inv_st if isinstance(inv_st, str) else None
