@@ -131,17 +131,24 @@ def _has_parts(data_dir: Path, stream: str) -> bool:
 
 
 def _source(data_dir: Path, stream: str) -> str:
-    """FROM clause of a stream: its Parquet files, or a typed empty relation."""
-    if _has_parts(data_dir, stream):
-        glob = (data_dir / stream / PART_GLOB).as_posix()
-        return (
-            f"read_parquet({_sql_str(glob)}, hive_partitioning = true, "
-            "hive_types = {'date': DATE})"
-        )
+    """FROM clause of a stream: its Parquet files, or a typed empty relation.
+
+    Files written before a column was added (``device_status``) lack it: the files are
+    read by column name and united by name with the typed empty relation, so a missing
+    column reads as NULL instead of failing the view.
+    """
     columns = [f"CAST(NULL AS {_DUCKDB_TYPES[f.type]}) AS {f.name}" for f in SCHEMAS[stream]] + [
         "CAST(NULL AS DATE) AS date"
     ]
-    return f"(SELECT {', '.join(columns)} WHERE false)"
+    empty = f"SELECT {', '.join(columns)} WHERE false"
+    if _has_parts(data_dir, stream):
+        glob = (data_dir / stream / PART_GLOB).as_posix()
+        files = (
+            f"read_parquet({_sql_str(glob)}, hive_partitioning = true, "
+            "hive_types = {'date': DATE}, union_by_name = true)"
+        )
+        return f"(SELECT * FROM {files} UNION ALL BY NAME {empty})"
+    return f"({empty})"
 
 
 _TELEMETRY_VIEW: Final = """
