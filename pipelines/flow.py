@@ -43,6 +43,7 @@ restarted pipeline resumes from it.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
@@ -345,8 +346,9 @@ def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejecte
     return count, rejected
 
 
-def _dead_letter_message(rejected: Rejected) -> tuple[str, bytes]:
-    return deadletter_topic(COMPONENT), to_dead_letter(rejected, component=COMPONENT).to_json()
+def _dead_letter_message(rejected: Rejected, *, site: str) -> tuple[str, bytes]:
+    letter = to_dead_letter(rejected, site=site, component=COMPONENT)
+    return deadletter_topic(COMPONENT), letter.to_json()
 
 
 def _is_not_rejected(item: Accepted | Heartbeat | Rejected) -> bool:
@@ -615,7 +617,11 @@ def build_flow(
     refused_all = op.merge("refused_all", refused, asset_dead)
     by_reason = op.key_on("key_reason", refused_all, lambda r: r.kind)
     counted = op.stateful_map("count_rejected", by_reason, _count_rejected)
-    dead = op.map("dead_letter", op.key_rm("unkey_rejected", counted), _dead_letter_message)
+    dead = op.map(
+        "dead_letter",
+        op.key_rm("unkey_rejected", counted),
+        functools.partial(_dead_letter_message, site=site_id),
+    )
 
     op.output(
         "mqtt_out",

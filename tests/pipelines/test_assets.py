@@ -104,13 +104,13 @@ def test_car_needs_persist_for_its_transaction_and_reset_with_the_next() -> None
 
 
 def test_no_car_no_flexibility() -> None:
-    _, update, fc = run(reading("cs-1", "evse", status="Available", soc_pct=None), EVSE)
+    _, update, fc = run(reading("cs-1", "evse", status="idle", soc_pct=None), EVSE)
     assert (update.min_w, update.max_w) == (0.0, 0.0)
     assert fc is None
 
 
 def test_faulted_device_is_marked() -> None:
-    _, update, _ = run(reading("inv-1", "inverter", status="Faulted"), INVERTER)
+    _, update, _ = run(reading("inv-1", "inverter", status="fault"), INVERTER)
     assert update.faulted
 
 
