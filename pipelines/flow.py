@@ -515,6 +515,16 @@ def build_flow(
             assets=stats.assets,
         )
 
+    def history(stream: str, partitions: int = 1) -> HistorySink:
+        return HistorySink(
+            root,
+            stream,
+            partitions=partitions,
+            flush_rows=opts.flush_rows,
+            flush_interval_s=opts.flush_interval_s,
+            dedup_capacity=opts.dedup_capacity,
+        )
+
     flow = Dataflow(FLOW_ID)
     inp: Stream[RawMessage | Heartbeat] = op.input("mqtt_in", flow, source)
     checked = op.map("validate", inp, validate)
@@ -530,14 +540,7 @@ def build_flow(
     op.output(
         "history_telemetry",
         telemetry_rows,
-        HistorySink(
-            root,
-            TELEMETRY,
-            partitions=opts.history_partitions,
-            flush_rows=opts.flush_rows,
-            flush_interval_s=opts.flush_interval_s,
-            dedup_capacity=opts.dedup_capacity,
-        ),
+        history(TELEMETRY, partitions=opts.history_partitions),
     )
 
     # Grid frequency per site over epoch-aligned tumbling windows, by event time.
@@ -559,13 +562,7 @@ def build_flow(
     op.output(
         "history_grid_frequency",
         op.map("grid_frequency_row", stats, lambda kv: (kv[0], frequency_row(kv[1]))),
-        HistorySink(
-            root,
-            GRID_FREQUENCY,
-            partitions=1,
-            flush_rows=opts.flush_rows,
-            flush_interval_s=opts.flush_interval_s,
-        ),
+        history(GRID_FREQUENCY),
     )
     frequency_out = op.map(
         "grid_frequency_json", stats, lambda kv: (grid_frequency_topic(kv[0]), kv[1].to_json())
@@ -583,13 +580,7 @@ def build_flow(
     op.output(
         "history_forecasts",
         op.map("forecast_row", forecasts, lambda f: (f.asset, forecast_row(f))),
-        HistorySink(
-            root,
-            FORECASTS,
-            partitions=1,
-            flush_rows=opts.flush_rows,
-            flush_interval_s=opts.flush_interval_s,
-        ),
+        history(FORECASTS),
     )
     forecast_out = op.map(
         "forecast_json", forecasts, lambda f: (forecast_topic(f.site, f.asset), f.to_json())
@@ -604,13 +595,7 @@ def build_flow(
     op.output(
         "history_commands",
         op.filter_map("command_row", decisions, _command_row),
-        HistorySink(
-            root,
-            COMMANDS,
-            partitions=1,
-            flush_rows=opts.flush_rows,
-            flush_interval_s=opts.flush_interval_s,
-        ),
+        history(COMMANDS),
     )
     dispatch_out = op.map("dispatch_json", decisions, _dispatch_message)
 

@@ -6,17 +6,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from bytewax.run import cli_main
-from bytewax.testing import TestingSink, TestingSource, run_main
 from numpy.testing import assert_allclose
 
 from gridflex.config import SiteConfig, parse_site
 from gridflex.contract import DeadLetter, DispatchCommand, Forecast, SiteSummary, parse_payload
 from gridflex.history import connect
-from pipelines.flow import FlowOptions, build_flow
 from pipelines.validate import RawMessage
 from pipelines.windows import Heartbeat
 from tests.pipelines.helpers import T0_MS, raw, telemetry
+from tests.pipelines.test_flow import run
 
 ASSETS = ["inv-1", "inv-2", "inv-3"]
 
@@ -50,28 +48,6 @@ def readings(*, step_at_ms: int, seconds: int = 4, after_hz: float = 49.8) -> li
     return out
 
 
-def run(
-    site: SiteConfig,
-    messages: list[RawMessage | Heartbeat],
-    data_dir: Path,
-    *,
-    workers: int = 1,
-) -> list[tuple[str, bytes]]:
-    out: list[tuple[str, bytes]] = []
-    flow = build_flow(
-        site,
-        data_dir,
-        options=FlowOptions(flush_interval_s=60),
-        source=TestingSource(messages),
-        mqtt_sink=TestingSink(out),
-    )
-    if workers == 1:
-        run_main(flow)
-    else:
-        cli_main(flow, workers_per_process=workers)
-    return out
-
-
 def of_type(out: list[tuple[str, bytes]], leaf: str) -> list[Any]:
     return [parse_payload(p) for t, p in out if t.endswith(leaf)]
 
@@ -81,7 +57,9 @@ def test_droop_commands_follow_the_frequency_step_on_every_asset(
     tmp_path: Path, workers: int
 ) -> None:
     step = T0_MS + 2000
-    out = run(dispatch_site("droop"), list(readings(step_at_ms=step)), tmp_path, workers=workers)
+    out = run(
+        list(readings(step_at_ms=step)), tmp_path, workers=workers, site=dispatch_site("droop")
+    )
     cmds: list[DispatchCommand] = of_type(out, "/command")
     assert {c.asset for c in cmds} == set(ASSETS)
     for asset in ASSETS:
@@ -101,16 +79,16 @@ def test_droop_commands_follow_the_frequency_step_on_every_asset(
 
 def test_one_and_two_workers_issue_the_same_commands(tmp_path: Path) -> None:
     messages = readings(step_at_ms=T0_MS + 1000)
-    one = of_type(run(dispatch_site("droop"), list(messages), tmp_path / "1"), "/command")
+    one = of_type(run(list(messages), tmp_path / "1", site=dispatch_site("droop")), "/command")
     two = of_type(
-        run(dispatch_site("droop"), list(messages), tmp_path / "2", workers=2), "/command"
+        run(list(messages), tmp_path / "2", workers=2, site=dispatch_site("droop")), "/command"
     )
     assert sorted(c.command_id for c in one) == sorted(c.command_id for c in two)
 
 
 def test_fcr_allocates_the_fleet_request_across_assets(tmp_path: Path) -> None:
     site = dispatch_site("fcr", fcr={"capacity_w": 12_000})
-    out = run(site, list(readings(step_at_ms=T0_MS + 1000)), tmp_path)
+    out = run(list(readings(step_at_ms=T0_MS + 1000)), tmp_path, site=site)
     cmds: list[DispatchCommand] = of_type(out, "/command")
     last = {c.asset: c.setpoint_w for c in sorted(cmds, key=lambda c: c.ts_ms)}
     assert_allclose(sum(last.values()), -12_000.0, atol=1.0)  # full activation at -200 mHz
@@ -122,7 +100,7 @@ def test_fcr_allocates_the_fleet_request_across_assets(tmp_path: Path) -> None:
 
 
 def test_forecasts_are_published_once_a_second_per_asset_and_kept(tmp_path: Path) -> None:
-    out = run(dispatch_site("off"), list(readings(step_at_ms=T0_MS + 10_000)), tmp_path)
+    out = run(list(readings(step_at_ms=T0_MS + 10_000)), tmp_path, site=dispatch_site("off"))
     forecasts: list[Forecast] = of_type(out, "/forecast")
     per_asset = {a: [f for f in forecasts if f.asset == a] for a in ASSETS}
     assert all(len(v) == 4 for v in per_asset.values())  # 4 s of readings
@@ -139,7 +117,7 @@ def test_deeply_nested_json_is_dead_lettered_and_the_stream_goes_on(tmp_path: Pa
     nested = b"[" * 20_000 + b"]" * 20_000
     messages: list[RawMessage | Heartbeat] = list(readings(step_at_ms=T0_MS + 1000))
     messages.insert(3, RawMessage("gridflex/v1/s1/inverter/inv-1/telemetry", nested, T0_MS))
-    out = run(dispatch_site("droop"), messages, tmp_path)
+    out = run(messages, tmp_path, site=dispatch_site("droop"))
     dead: list[DeadLetter] = [
         parse_payload(p)  # type: ignore[misc]
         for t, p in out
