@@ -9,6 +9,8 @@ derived from it) is decided at once, so a response never waits for an analytics 
 
 * ``droop``: the asset's own ``freq_hz`` through :func:`~pipelines.dispatch.droop_delta_w`
   (IEEE 1547 acts on the DER's own measurement), added to its base, kept in its envelope.
+  An asset that measures no frequency (most charging stations do not report one) uses the
+  site frequency below, and its reason says ``site f``.
 * ``fcr``: the site frequency — the median of the latest readings of the online assets no
   older than ``freq_max_age_ms`` (by event time, relative to the newest reading) — gives
   the fleet request; the asset's share is ``deliverable * headroom / total headroom``, the
@@ -227,20 +229,22 @@ class SiteDispatcher:
             return None
         base = clip(u.base_w, u.min_w, u.max_w)
         if s.mode == "droop":
-            if u.freq_hz is None:
+            own = u.freq_hz is not None
+            freq = u.freq_hz if u.freq_hz is not None else self.site_freq_hz()
+            if freq is None:
                 return None
             delta = droop_delta_w(
-                u.freq_hz,
+                freq,
                 s.nominal_hz,
                 u.droop,
                 rated_charge_w=u.rated_charge_w,
                 rated_discharge_w=u.rated_discharge_w,
             )
             setpoint = clip(base + delta, u.min_w, u.max_w)
-            reason = f"droop f={u.freq_hz:.3f} Hz: {delta:+.0f} W"
+            reason = f"droop {'f' if own else 'site f'}={freq:.3f} Hz: {delta:+.0f} W"
             if abs(setpoint - (base + delta)) > 0.05:
                 reason += f", held to the envelope {u.min_w:.0f}..{u.max_w:.0f} W"
-            return setpoint, delta, reason, u.freq_hz
+            return setpoint, delta, reason, freq
         freq = self.site_freq_hz()
         if freq is None:
             return None

@@ -179,3 +179,12 @@ def test_droop_decides_a_reading_that_arrives_behind_other_assets_newer_ones() -
     late = commands(d.on_update(upd("b", T0, 49.8)))
     assert len(late) == 1
     assert_allclose(late[0].setpoint_w, -656.0)
+
+
+def test_droop_without_an_own_measurement_uses_the_site_frequency() -> None:
+    d = SiteDispatcher(settings())
+    d.on_update(upd("inv", T0, 49.80))  # an inverter measures 49.80 Hz
+    out = commands(d.on_update(upd("ev", T0 + 50, None)))  # a station reports no frequency
+    assert_allclose(out[0].setpoint_w, -656.0)
+    assert out[0].freq_hz == 49.8
+    assert "site f=49.800 Hz" in out[0].reason
