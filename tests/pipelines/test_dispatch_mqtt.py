@@ -72,9 +72,10 @@ def as_messages(payloads: list[dict[str, Any]]) -> list[tuple[str, bytes]]:
 
 
 @contextmanager
-def pipeline(site_file: Path) -> Iterator[subprocess.Popen[bytes]]:
+def pipeline(site_file: Path, workers: int = 1) -> Iterator[subprocess.Popen[bytes]]:
+    argv = ["pipeline", "--site", str(site_file), "--workers", str(workers)]
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gridflex.cli", "pipeline", "--site", str(site_file)],
+        [sys.executable, "-m", "gridflex.cli", *argv],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
         stdout=subprocess.DEVNULL,
@@ -95,7 +96,10 @@ def commands_of(sub: Subscriber) -> list[dict[str, Any]]:
     return sub.json_on(lambda t: t.endswith("/command"))
 
 
-def test_commands_and_retained_summary_over_mqtt(mosquitto: Broker, tmp_path: Path) -> None:
+@pytest.mark.parametrize("workers", [1, 2])
+def test_commands_and_retained_summary_over_mqtt(
+    mosquitto: Broker, tmp_path: Path, workers: int
+) -> None:
     site_id = f"dm{uuid.uuid4().hex[:6]}"
     site_file = write_site(tmp_path / "site.toml", site_id, mosquitto.url)
     create_session(mosquitto.url, f"gridflex-pipeline-{site_id}-0", telemetry_filter(site_id))
@@ -107,7 +111,7 @@ def test_commands_and_retained_summary_over_mqtt(mosquitto: Broker, tmp_path: Pa
     ]
     with (
         Subscriber(mosquitto.url, f"gridflex/v1/{site_id}/dispatch/+/command") as sub,
-        pipeline(site_file) as proc,
+        pipeline(site_file, workers) as proc,
     ):
         publish_all(mosquitto.url, as_messages(payloads))
         assert sub.wait_for(lambda m: len(m) >= 6, timeout_s=30), proc.stderr
