@@ -138,6 +138,8 @@ class SiteDispatcher:
     freqs: list[float] = field(default_factory=list)
     arrivals: deque[tuple[int, str]] = field(default_factory=deque)
     newest_ms: int = 0
+    last_received_ms: int = 0
+    newest_at_last_received_ms: int = 0
     base_sum_w: float = 0.0
     down_sum_w: float = 0.0
     up_sum_w: float = 0.0
@@ -202,6 +204,9 @@ class SiteDispatcher:
             self._leave(slot)
             slot.update = update
         self.newest_ms = max(self.newest_ms, update.ts_ms)
+        if update.received_ms >= self.last_received_ms:
+            self.last_received_ms = update.received_ms
+            self.newest_at_last_received_ms = self.newest_ms
         out: list[DispatchCommand | SiteSummary] = []
         if update.ts_ms >= self.newest_ms - self.settings.freq_max_age_ms:
             self._join(slot)
@@ -218,7 +223,15 @@ class SiteDispatcher:
         return out
 
     def on_tick(self, now_ms: int) -> list[DispatchCommand | SiteSummary]:
-        """The source's heartbeat (no reading for a while): publish the summary when due."""
+        """The source's heartbeat: publish the summary when due.
+
+        When the whole site has been silent for longer than ``freq_max_age_ms``, event time
+        is taken to advance with the wall clock from the newest reading, so the silent
+        assets leave the online set and the median (event time alone would stand still).
+        """
+        idle_ms = now_ms - self.last_received_ms
+        if self.last_received_ms and idle_ms > self.settings.freq_max_age_ms:
+            self.newest_ms = max(self.newest_ms, self.newest_at_last_received_ms + idle_ms)
         return self._maybe_summary(now_ms)
 
     def _target(self, slot: _Slot) -> tuple[float, float, str, float | None] | None:

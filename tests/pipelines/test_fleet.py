@@ -188,3 +188,16 @@ def test_droop_without_an_own_measurement_uses_the_site_frequency() -> None:
     assert_allclose(out[0].setpoint_w, -656.0)
     assert out[0].freq_hz == 49.8
     assert "site f=49.800 Hz" in out[0].reason
+
+
+def test_assets_that_go_silent_leave_the_summary_after_the_fresh_age() -> None:
+    d = SiteDispatcher(settings(freq_max_age_ms=1000))
+    d.on_update(upd("a", T0, 50.0))  # received at T0 + 5
+    d.on_update(upd("b", T0, 50.0))
+    assert d.summary(T0 + 10).assets_online == 2
+    d.on_tick(T0 + 600)
+    assert d.summary(T0 + 600).assets_online == 2
+    d.on_tick(T0 + 1100)  # nothing for more than 1 s
+    gone = d.summary(T0 + 1100)
+    assert gone.assets_online == 0
+    assert gone.freq_hz is None
