@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import gc
 import logging
 import os
 import signal
@@ -719,6 +720,10 @@ def run(
     )
     started_s = time.monotonic()
     recovery = recovery_config(site, data_dir, workers=workers)
+    # Everything built so far (modules, models, the flow) lives as long as the process:
+    # keep it out of every later full collection, whose pauses every reading waits behind.
+    gc.collect()
+    gc.freeze()
     with _StopOnSignal(stop_event):
         cli_main(
             flow,
