@@ -9,6 +9,8 @@ from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from gridflex.contract import Telemetry
 from gridflex.history import TELEMETRY_SCHEMA, connect
@@ -222,3 +224,24 @@ def test_sink_routes_a_key_to_the_same_partition_every_time() -> None:
 def test_sink_refuses_an_unknown_stream() -> None:
     with pytest.raises(ValueError, match="unknown history stream"):
         HistorySink("unused", "prices")
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from(["b1", "b2", "b3"]), st.integers(0, 40)), max_size=120))
+def test_recent_keys_match_a_reference_memory(keys: list[tuple[str, int]]) -> None:
+    # Reference: per boot, a key is a duplicate when it was seen and lies within the last
+    # `capacity` numbers below the highest seen; only the two latest boots are remembered.
+    capacity = 8
+    memory = RecentKeys(capacity=capacity)
+    seen: dict[str, set[int]] = {}
+    for boot, seq in keys:
+        known = seen.get(boot)
+        top = max(known) if known else None
+        expected = known is not None and seq in known and top is not None and top - seq < capacity
+        assert memory.seen_before("a", boot, seq) == expected
+        if known is None:
+            if len(seen) >= RecentKeys.BOOTS:
+                del seen[next(iter(seen))]
+            seen[boot] = {seq}
+        else:
+            known.add(seq)
