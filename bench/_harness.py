@@ -31,6 +31,7 @@ __all__ = [
     "percentile",
     "pipeline_site_toml",
     "publish_telemetry",
+    "pyspy_record",
     "rss_mib",
     "start_pipeline",
     "stop_process",
@@ -112,6 +113,15 @@ def busiest_processes(sample_s: float = 1.0, top: int = 3) -> list[tuple[float, 
 def fmt(value: float | None, spec: str) -> str:
     """A table cell: ``value`` formatted, or ``-`` when there is none."""
     return "-" if value is None else format(value, spec)
+
+
+def pyspy_record(
+    binary: str, pid: int, out: Path, duration_s: float, *extra: str
+) -> subprocess.Popen[bytes]:
+    """py-spy ``pid`` at 100 Hz for ``duration_s`` into ``out`` (raw collapsed stacks)."""
+    cmd = [binary, "record", "--nonblocking", "-r", "100", "-f", "raw", "-o", str(out), *extra]
+    cmd += ["-p", str(pid), "-d", str(max(1, int(duration_s)))]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def percentile(values: list[float], q: float) -> float | None:

@@ -26,6 +26,14 @@ the ``telemetry`` view (de-duplicated) vs those published.
 
     .venv/bin/python bench/dispatch.py                       # N = 500, 1000, 2000; fcr
     .venv/bin/python bench/dispatch.py -n 1000 --mode droop --duration-s 60
+    .venv/bin/python bench/dispatch.py -n 1000 --samples-file /tmp/s.csv --pyspy-dir /tmp/spy
+
+Diagnostics: ``--samples-file F.csv`` writes every command received (arrival ms, reading
+``ts_ms``, ``issued_ms``, command id; per N ``F-{N}.csv`` when several N run);
+``--pyspy-dir D`` records the pipeline process (all threads, idle included) with py-spy
+(``$PYSPY``, default ``.venv/bin/py-spy``) over the measured window, in py-spy's raw
+(collapsed stack) format. py-spy takes CPU of its own: such a run's latencies are not the
+benchmark's.
 """
 
 from __future__ import annotations
@@ -51,6 +59,7 @@ import psutil
 
 from bench._harness import (
     INTERVAL_S,
+    ROOT,
     asset_id,
     busiest_processes,
     busy_s,
@@ -59,6 +68,7 @@ from bench._harness import (
     percentile,
     pipeline_site_toml,
     publish_telemetry,
+    pyspy_record,
     rss_mib,
     start_pipeline,
     stop_process,
@@ -78,6 +88,7 @@ RATING_W = 10_000
 CAPACITY_WH = 60_000
 FCR_SHARE = 0.4  # FCR capacity: 40 % of the fleet's discharge rating
 PROBE = b"bench-probe"
+PYSPY = os.environ.get("PYSPY", str(ROOT / ".venv" / "bin" / "py-spy"))
 
 
 def stepped_frequency(
@@ -173,6 +184,14 @@ def first_arrivals(commands: list[Received]) -> dict[str, Received]:
     return first
 
 
+def write_samples(path: Path, commands: list[Received]) -> None:
+    """Every command received, in arrival order: arrival, reading and issue times, id."""
+    with path.open("w", encoding="utf-8") as out:
+        out.write("arrived_ms,ts_ms,issued_ms,command_id\n")
+        for c in sorted(commands, key=lambda c: c.arrived_ms):
+            out.write(f"{c.arrived_ms:.3f},{c.ts_ms},{c.issued_ms},{c.command_id}\n")
+
+
 def run_one(n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
@@ -189,6 +208,7 @@ def run_one(n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
         if not ready.wait(30):
             raise RuntimeError("subscriber did not start")
         pipeline = start_pipeline(broker.url, SITE, site)
+        spy = None
         try:
             time.sleep(5)  # imports, Bytewax start, receiver connected
             groups = {
@@ -213,6 +233,10 @@ def run_one(n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
             )
             publisher.start()
             time.sleep(args.warmup_s)
+            if args.pyspy_dir is not None:
+                args.pyspy_dir.mkdir(parents=True, exist_ok=True)
+                out = args.pyspy_dir / f"pipeline-{mode}-{n}.txt"
+                spy = pyspy_record(PYSPY, pipeline.pid, out, args.duration_s, "--idle", "--threads")
             cpu0 = {k: busy_s(v) for k, v in groups.items()}
             machine0, t0, from_ms = machine_busy_s(), time.monotonic(), time.time_ns() / 1e6
             publisher.join()
@@ -221,6 +245,8 @@ def run_one(n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
             rss = rss_mib(groups["pipeline"])
             time.sleep(args.drain_s)
         finally:
+            if spy is not None:
+                stop_process(spy, timeout_s=30)  # it ends by itself after the window
             rc = stop_process(pipeline, timeout_s=60)
             time.sleep(1)  # the last commands of the shutdown reach the subscriber
             stop.set()
@@ -228,6 +254,11 @@ def run_one(n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
             raise RuntimeError("subscriber sent no results")
         commands, summaries = results_in.recv()
         subscriber.join(10)
+        if args.samples_file is not None:
+            path = args.samples_file
+            if len(args.n or [0, 0]) > 1:
+                path = path.with_name(f"{path.stem}-{n}{path.suffix}")
+            write_samples(path, commands)
         con = connect(data_dir)
         readings = con.execute("select count(*) from telemetry").fetchall()[0][0]
         history_ids = {
@@ -347,6 +378,8 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=30.0, help="measured time per N")
     parser.add_argument("--drain-s", type=float, default=5.0, help="time to catch up after")
     parser.add_argument("--step-s", type=float, default=3.0, help="time between frequency steps")
+    parser.add_argument("--samples-file", type=Path, help="write every command received")
+    parser.add_argument("--pyspy-dir", type=Path, help="py-spy the pipeline process")
     args = parser.parse_args()
     print(
         f"machine: {os.cpu_count()} cores, load average {os.getloadavg()[0]:.2f} "
