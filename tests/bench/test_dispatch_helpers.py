@@ -5,6 +5,8 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
+
 from bench.dispatch import (
     FCR_SHARE,
     RATING_W,
@@ -38,7 +40,7 @@ def test_site_file_is_a_valid_dispatch_site(tmp_path: Path) -> None:
     text = dispatch_site_toml("mqtt://127.0.0.1:1883", tmp_path / "history", 3, "droop")
     site = parse_site(tomllib.loads(text))
     assert site.dispatch.mode == "droop"
-    assert site.dispatch.fcr.capacity_w == FCR_SHARE * 3 * RATING_W
+    assert site.dispatch.fcr.capacity_w == pytest.approx(FCR_SHARE * 3 * RATING_W)
     assert site.pipeline.recovery
     assert [a.id for a in site.inverters] == ["inv00000", "inv00001", "inv00002"]
     assert all(a.max_discharge_w == RATING_W for a in site.assets)
