@@ -148,12 +148,20 @@ def pipeline_site_toml(site: str, mqtt_url: str, data_dir: Path) -> str:
     )
 
 
-def start_pipeline(mqtt_url: str, site: str, site_file: Path) -> subprocess.Popen[bytes]:
+def start_pipeline(
+    mqtt_url: str,
+    site: str,
+    site_file: Path,
+    *,
+    pythonpath: list[Path] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     """Open the pipeline's persistent session, then start ``gridflex pipeline`` on ``site_file``.
 
     The session (client id ``gridflex-pipeline-{site}``; its receiver connects as ``...-0``)
     exists before this returns, so nothing published afterwards is missed while the
-    pipeline imports and starts (~5 s).
+    pipeline imports and starts (~5 s). ``pythonpath`` goes before the repository on
+    ``PYTHONPATH`` (a diagnostic ``sitecustomize``, say); ``env`` adds environment variables.
     """
     client_id = f"gridflex-pipeline-{site}"
     open_session(mqtt_url, f"{client_id}-0", f"gridflex/v1/{site}/+/+/telemetry")
@@ -163,7 +171,11 @@ def start_pipeline(mqtt_url: str, site: str, site_file: Path) -> subprocess.Pope
             *("--site", str(site_file), "--client-id", client_id),
         ],
         cwd=ROOT,
-        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        env={
+            **os.environ,
+            **(env or {}),
+            "PYTHONPATH": os.pathsep.join(map(str, [*(pythonpath or []), ROOT])),
+        },
     )
 
 

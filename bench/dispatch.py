@@ -29,7 +29,10 @@ the ``telemetry`` view (de-duplicated) vs those published.
     .venv/bin/python bench/dispatch.py -n 1000 --samples-file /tmp/s.csv --pyspy-dir /tmp/spy
 
 Diagnostics: ``--samples-file F.csv`` writes every command received (arrival ms, reading
-``ts_ms``, ``issued_ms``, command id; per N ``F-{N}.csv`` when several N run);
+``ts_ms``, ``issued_ms``, command id; per N ``F-{N}.csv`` when several N run) and, next to
+it, ``F-events.csv``: the pipeline's Parquet files (written ms, stream, bytes) and its
+garbage collections of generation 2 or longer than 5 ms (end ms, duration ms, generation,
+collected, pid), logged by a ``sitecustomize`` put on the pipeline's ``PYTHONPATH``;
 ``--pyspy-dir D`` records the pipeline process (all threads, idle included) with py-spy
 (``$PYSPY``, default ``.venv/bin/py-spy``) over the measured window, in py-spy's raw
 (collapsed stack) format. py-spy takes CPU of its own: such a run's latencies are not the
@@ -184,6 +187,42 @@ def first_arrivals(commands: list[Received]) -> dict[str, Received]:
     return first
 
 
+GC_LOG_ENV = "GRIDFLEX_BENCH_GC_LOG"
+#: Imported at start-up by every Python process of the pipeline (``site`` imports it).
+GC_LOGGER = f"""
+import gc, os, time
+_dir = os.environ.get("{GC_LOG_ENV}")
+if _dir:
+    _out = open(os.path.join(_dir, f"gc-{{os.getpid()}}.csv"), "a", buffering=1)
+    _start = [0]
+    def _log(phase, info):
+        if phase == "start":
+            _start[0] = time.perf_counter_ns()
+            return
+        ms = (time.perf_counter_ns() - _start[0]) / 1e6
+        if info["generation"] == 2 or ms > 5:
+            _out.write(f"{{time.time_ns() / 1e6:.1f}},{{ms:.2f}},{{info['generation']}},"
+                       f"{{info['collected']}},{{os.getpid()}}\\n")
+    gc.callbacks.append(_log)
+"""
+
+
+def write_events(path: Path, data_dir: Path, gc_dir: Path) -> None:
+    """The pipeline's Parquet files (mtime) and logged garbage collections, in time order."""
+    events = [
+        (f.stat().st_mtime_ns / 1e6, f"parquet,{f.parts[-3]},{f.stat().st_size}")
+        for f in data_dir.glob("*/date=*/part-*.parquet")
+    ]
+    for log_file in gc_dir.glob("gc-*.csv"):
+        for line in log_file.read_text(encoding="utf-8").splitlines():
+            end_ms, rest = line.split(",", 1)
+            events.append((float(end_ms), f"gc,{rest}"))
+    with path.open("w", encoding="utf-8") as out:
+        out.write("ms,event,detail...\n")
+        for ms, text in sorted(events):
+            out.write(f"{ms:.1f},{text}\n")
+
+
 def write_samples(path: Path, commands: list[Received]) -> None:
     """Every command received, in arrival order: arrival, reading and issue times, id."""
     with path.open("w", encoding="utf-8") as out:
@@ -207,7 +246,13 @@ def run_one(n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
         subscriber.start()
         if not ready.wait(30):
             raise RuntimeError("subscriber did not start")
-        pipeline = start_pipeline(broker.url, SITE, site)
+        gc_dir = Path(tmp) / "gc"
+        gc_dir.mkdir()
+        if args.samples_file is not None:
+            (gc_dir / "sitecustomize.py").write_text(GC_LOGGER, encoding="utf-8")
+        pipeline = start_pipeline(
+            broker.url, SITE, site, pythonpath=[gc_dir], env={GC_LOG_ENV: str(gc_dir)}
+        )
         spy = None
         try:
             time.sleep(5)  # imports, Bytewax start, receiver connected
@@ -259,6 +304,7 @@ def run_one(n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
             if len(args.n or [0, 0]) > 1:
                 path = path.with_name(f"{path.stem}-{n}{path.suffix}")
             write_samples(path, commands)
+            write_events(path.with_name(f"{path.stem}-events.csv"), data_dir, gc_dir)
         con = connect(data_dir)
         readings = con.execute("select count(*) from telemetry").fetchall()[0][0]
         history_ids = {
