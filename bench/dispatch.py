@@ -32,7 +32,9 @@ Diagnostics: ``--samples-file F.csv`` writes every command received (arrival ms,
 ``ts_ms``, ``issued_ms``, command id; per N ``F-{N}.csv`` when several N run) and, next to
 it, ``F-events.csv``: the pipeline's Parquet files (written ms, stream, bytes) and its
 garbage collections of generation 2 or longer than 5 ms (end ms, duration ms, generation,
-collected, pid), logged by a ``sitecustomize`` put on the pipeline's ``PYTHONPATH``;
+collected, pid) and, every 8th full collection, the most common object types the collector
+tracks, logged by a ``sitecustomize`` put on the pipeline's ``PYTHONPATH`` (the type count
+is a pause of its own);
 ``--pyspy-dir D`` records the pipeline process (all threads, idle included) with py-spy
 (``$PYSPY``, default ``.venv/bin/py-spy``) over the measured window, in py-spy's raw
 (collapsed stack) format. py-spy takes CPU of its own: such a run's latencies are not the
@@ -203,6 +205,17 @@ if _dir:
         if info["generation"] == 2 or ms > 5:
             _out.write(f"{{time.time_ns() / 1e6:.1f}},{{ms:.2f}},{{info['generation']}},"
                        f"{{info['collected']}},{{os.getpid()}}\\n")
+        if info["generation"] == 2:
+            _full[0] += 1
+            if _full[0] % 8 == 0:  # what the collector walks: the most common tracked types
+                counts = {{}}
+                for obj in gc.get_objects():
+                    name = type(obj).__name__
+                    counts[name] = counts.get(name, 0) + 1
+                top = sorted(counts.items(), key=lambda kv: -kv[1])[:6]
+                _out.write(f"{{time.time_ns() / 1e6:.1f}},tracked {{sum(counts.values())}}: "
+                           + " ".join(f"{{k}}={{v}}" for k, v in top) + "\\n")
+    _full = [0]
     gc.callbacks.append(_log)
 """
 
