@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV   := .venv
 STAMP  := $(VENV)/.synced
 UV      = $(shell PYTHON=$(PYTHON) sh scripts/ensure-uv.sh)
-DEMO_ARGS ?= --inverters 20
+DEMO_ARGS ?=
 
 .PHONY: setup demo test lint typecheck pytest bench contract clean
 

@@ -91,6 +91,7 @@ from gridflex.contract import (
     Capabilities,
     CollectorStatus,
     Telemetry,
+    TelemetryStatus,
     collector_topic,
     status_topic,
     telemetry_topic,
@@ -109,6 +110,7 @@ from gridflex.sunspec.discovery import (
     plan_reads,
 )
 from gridflex.sunspec.sign import power_w_from_sunspec, sunspec_w_from_power_w
+from gridflex.sunspec.status import inverter_status
 from gridflex.sunspec.tables import ModelTable, load_model
 from gridflex.telemetry_json import TelemetryJson
 
@@ -295,7 +297,8 @@ class InverterReading:
     energy_export_wh: float | None = None
     temp_c: float | None = None
     setpoint_w: float | None = None
-    status: str | None = None
+    status: TelemetryStatus | None = None
+    device_status: str | None = None
 
 
 def build_plan(
@@ -337,7 +340,7 @@ def build_plan(
                 size=point.size,
                 sf=sf,
                 scaled=point.sf is not None,
-                symbols={k: v.lower() for k, v in point.symbols.items()},
+                symbols=dict(point.symbols),  # SunSpec's spelling: RUNNING, ENABLED
                 decode=decoder(point.type, point.size),
             )
         )
@@ -401,11 +404,13 @@ def _reading(raw: dict[str, Value]) -> InverterReading:
     w = raw.get("w")
     wset = raw.get("wset")
     setpoint_w = None
-    if raw.get("wset_ena") == "enabled" and isinstance(wset, float):
+    if raw.get("wset_ena") == "ENABLED" and isinstance(wset, float):
         setpoint_w = power_w_from_sunspec(wset)
-    status = raw.get("status")
+    inv_st = raw.get("status")
+    device_status = inv_st if isinstance(inv_st, str) else None
+    power_w = power_w_from_sunspec(w) if isinstance(w, float) else 0.0
     return InverterReading(
-        power_w=power_w_from_sunspec(w) if isinstance(w, float) else 0.0,
+        power_w=power_w,
         freq_hz=_float(raw.get("freq_hz")),
         voltage_v=_float(raw.get("voltage_v")),
         current_a=_float(raw.get("current_a")),
@@ -414,7 +419,8 @@ def _reading(raw: dict[str, Value]) -> InverterReading:
         energy_export_wh=_float(raw.get("energy_export_wh")),
         temp_c=_float(raw.get("temp_c")),
         setpoint_w=setpoint_w,
-        status=status if isinstance(status, str) else None,
+        status=inverter_status(device_status, power_w),
+        device_status=device_status,
     )
 
 
@@ -445,6 +451,7 @@ def to_telemetry(
         temp_c=reading.temp_c,
         setpoint_w=reading.setpoint_w,
         status=reading.status,
+        device_status=reading.device_status,
     )
 
 
@@ -480,6 +487,7 @@ class TelemetryEncoder:
                 r.setpoint_w,
             ),
             status=r.status,
+            device_status=r.device_status,
         )
 
 
@@ -696,8 +704,17 @@ def modbus_connection(
     return PymodbusConnection(host, port, timeout_s=timeout_s)
 
 
-async def discover_plan(read: ReadRegisters) -> PollPlan:
-    """Discover a device, read its scale factors and capabilities, and plan its polls."""
+async def discover_plan(
+    read: ReadRegisters,
+    *,
+    site_max_charge_w: float | None = None,
+    site_max_discharge_w: float | None = None,
+) -> PollPlan:
+    """Discover a device, read its scale factors and capabilities, and plan its polls.
+
+    The capabilities carry the device's 702 ratings (``rated_*``) and the site file's
+    limits of the asset (``site_max_*``) as given.
+    """
     model_map = await discover(read)
     tables = {m: load_model(m) for m in (1, 701, 702, 704, 713) if model_map.find(m)}
     wanted: dict[tuple[int, str], int] = {}
@@ -738,8 +755,10 @@ async def discover_plan(read: ReadRegisters) -> PollPlan:
     capabilities = Capabilities(
         protocol="sunspec",
         models=model_map.model_ids,
-        max_charge_w=scaled(702, "WChaRteMaxRtg", "W_SF"),
-        max_discharge_w=scaled(702, "WDisChaRteMaxRtg", "W_SF"),
+        rated_charge_w=scaled(702, "WChaRteMaxRtg", "W_SF"),
+        rated_discharge_w=scaled(702, "WDisChaRteMaxRtg", "W_SF"),
+        site_max_charge_w=site_max_charge_w,
+        site_max_discharge_w=site_max_discharge_w,
         capacity_wh=scaled(713, "WHRtg", "WH_SF"),
         v2x=model_map.find(713) is not None,
         manufacturer=_text(common.get("Mn")),
@@ -858,7 +877,11 @@ class DevicePoller:
             try:
                 await client.connect()
                 read = client.reader(self.asset.unit_id)
-                plan = await discover_plan(read)
+                plan = await discover_plan(
+                    read,
+                    site_max_charge_w=self.asset.max_charge_w,
+                    site_max_discharge_w=self.asset.max_discharge_w,
+                )
                 self.tried.set()
                 self.failures = 0
                 self.publish_status("online", capabilities=plan.capabilities)

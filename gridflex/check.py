@@ -25,6 +25,13 @@ def main(args: argparse.Namespace) -> int:
         f"{site.nominal_frequency_hz} Hz nominal\n"
     )
     out.write(f"  mqtt    {site.mqtt.url}\n  history {site.history.dir}\n")
+    d = site.dispatch
+    detail = {
+        "off": "",
+        "droop": f" (db {d.droop.db_uf_hz}/{d.droop.db_of_hz} Hz, k {d.droop.k_uf}/{d.droop.k_of})",
+        "fcr": f" ({d.fcr.capacity_w:.0f} W, full at {d.fcr.full_at_hz} Hz)",
+    }[d.mode]
+    out.write(f"  dispatch {d.mode}{detail}\n")
     for asset in site.assets:
         where = (
             f"{asset.host}:{asset.port} unit {asset.unit_id}"

@@ -12,13 +12,14 @@ export/discharge. Timestamps on the wire are UTC epoch milliseconds.
 from __future__ import annotations
 
 import re
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
     "ASSET_ID_PATTERN",
     "PREFIX",
+    "TELEMETRY_STATUSES",
     "AssetKind",
     "AssetStatus",
     "Capabilities",
@@ -33,6 +34,7 @@ __all__ = [
     "GridFrequency",
     "SiteSummary",
     "Telemetry",
+    "TelemetryStatus",
     "ack_topic",
     "collector_topic",
     "command_topic",
@@ -186,6 +188,56 @@ class EvChargingNeeds(BaseModel):
     energy_transfer_mode: str | None = None
 
 
+TelemetryStatus = Literal["idle", "charging", "discharging", "suspended", "fault", "unavailable"]
+"""What an asset is doing, in one vocabulary for inverters and EVSEs (``telemetry.status``).
+
+=================  ========================================================================
+status             meaning
+=================  ========================================================================
+``idle``           ready, no energy exchanged (no car, car connected without energy
+                   transfer, transaction ended, inverter sleeping/starting/standby or
+                   running at 0 W)
+``charging``       energy flows into the battery or car (``power_w`` >= 0 for an EVSE in a
+                   transaction, > 0 for an inverter)
+``discharging``    energy flows out to the grid (``power_w`` < 0)
+``suspended``      a transaction is running but paused by the car or the station
+``fault``          the device reports a fault
+``unavailable``    switched off, shutting down or out of service
+=================  ========================================================================
+
+The device's own word is kept in ``device_status``. From OCPP 2.0.1/2.1 (first match wins;
+``collectors.ocpp.mapping.telemetry_status``):
+
+====================================================  ================
+connector status / charging state / event              status
+====================================================  ================
+connector ``Faulted``, or an active fault code         ``fault``
+connector ``Unavailable``                              ``unavailable``
+TransactionEvent ``Ended`` (device_status ``Ended``)   ``idle``
+``Charging``, ``power_w`` < 0 (V2X)                    ``discharging``
+``Charging``                                           ``charging``
+``SuspendedEV``, ``SuspendedEVSE``                     ``suspended``
+``EVConnected``, ``Idle``                              ``idle``
+connector ``Available``, ``Occupied``, ``Reserved``    ``idle``
+====================================================  ================
+
+From SunSpec 701 ``InvSt`` (``gridflex.sunspec.status.inverter_status``):
+
+=======================================  ================================================
+InvSt                                    status
+=======================================  ================================================
+``RUNNING``, ``THROTTLED``               ``charging`` (``power_w`` > 0), ``discharging``
+                                         (< 0), ``idle`` (0)
+``SLEEPING``, ``STARTING``, ``STANDBY``  ``idle``
+``FAULT``                                ``fault``
+``OFF``, ``SHUTTING_DOWN``               ``unavailable``
+=======================================  ================================================
+"""
+
+#: The values of ``TelemetryStatus``.
+TELEMETRY_STATUSES: frozenset[str] = frozenset(get_args(TelemetryStatus))
+
+
 class Telemetry(_Payload):
     """One reading of one asset, taken at ``ts_ms``."""
 
@@ -209,7 +261,16 @@ class Telemetry(_Payload):
     )
     temp_c: float | None = None
     setpoint_w: float | None = Field(default=None, description="active power setpoint in force")
-    status: str | None = Field(default=None, description="device or connector state")
+    status: TelemetryStatus | None = Field(
+        default=None,
+        description="what the asset is doing, one vocabulary for every kind: idle, charging, "
+        "discharging, suspended, fault, unavailable (docs/mqtt.md has the mapping tables)",
+    )
+    device_status: str | None = Field(
+        default=None,
+        description="the device's own word for its state: OCPP charging state or connector "
+        "status ('SuspendedEV', 'Ended', ...), SunSpec 701 InvSt ('RUNNING', 'STANDBY', ...)",
+    )
     transaction_id: str | None = None
     ev: EvChargingNeeds | None = None
 
@@ -221,14 +282,31 @@ class Telemetry(_Payload):
 
 
 class Capabilities(BaseModel):
-    """What an asset can do, as discovered from the device."""
+    """What an asset can do: what the device says (``rated_*``) and what the site allows.
+
+    ``rated_charge_w``/``rated_discharge_w`` come from the device itself: SunSpec 702
+    ``WChaRteMaxRtg``/``WDisChaRteMaxRtg`` for an inverter; for an OCPP EVSE what the car
+    states in its charging needs (absent when nothing was stated). ``site_max_charge_w``/
+    ``site_max_discharge_w`` are the asset's limits from the site file (``assets[]
+    .max_charge_w``/``max_discharge_w``). The control writer clamps to the smaller of both.
+    """
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     protocol: str = Field(description="'sunspec' or 'ocpp2.0.1' / 'ocpp2.1'")
     models: list[int] = Field(default_factory=list, description="SunSpec models found")
-    max_charge_w: Annotated[float, Field(ge=0)] | None = None
-    max_discharge_w: Annotated[float, Field(ge=0)] | None = None
+    rated_charge_w: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="charge power the device (or the car) states it can take"
+    )
+    rated_discharge_w: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="discharge power the device (or the car) states, positive"
+    )
+    site_max_charge_w: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="the asset's charge limit in the site file"
+    )
+    site_max_discharge_w: Annotated[float, Field(ge=0)] | None = Field(
+        default=None, description="the asset's discharge limit in the site file, positive"
+    )
     capacity_wh: Annotated[float, Field(ge=0)] | None = None
     v2x: bool = False
     manufacturer: str | None = None
@@ -253,6 +331,9 @@ class AssetStatus(_Payload):
     faults: list[str] = Field(default_factory=list)
     consecutive_failures: Annotated[int, Field(ge=0)] = 0
     retry_in_ms: Annotated[int, Field(ge=0)] | None = None
+    transaction_id: str | None = Field(
+        default=None, description="the running charging transaction (OCPP); absent when none"
+    )
     capabilities: Capabilities | None = None
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
@@ -445,6 +526,7 @@ class DeadLetter(_Payload):
     """A refused input, with why it was refused."""
 
     schema_: Literal["deadletter/1"] = Field(default="deadletter/1", alias="schema")
+    site: SiteId = Field(description="the site of the component that refused the input")
     component: str
     ts_ms: EpochMs
     reason: str

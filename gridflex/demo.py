@@ -11,9 +11,16 @@ operator would::
     gridflex collect ocpp   --site DATA/site.toml
     gridflex pipeline       --site DATA/site.toml
 
-and shows a live terminal view of the MQTT topics. Ctrl-C or ``--duration`` stops the parts
-in order (collectors, pipeline, simulators, broker) so the history is flushed. Each part's log
-is in ``DATA/logs/``; each part can be rerun on its own against ``DATA/site.toml``.
+and shows a live terminal view of the MQTT topics: per asset its last reading and the last
+dispatch command, and the pipeline's site summary. ``--dispatch off|droop|fcr`` chooses the
+``[dispatch]`` mode written into the site file.
+
+Each run starts with a fresh history: what an earlier run wrote into the data directory (the
+history streams, the pipeline's recovery state, ``logs/``, ``site.toml``) is removed first,
+nothing else; ``--keep-history`` keeps it. Ctrl-C or ``--duration`` stops the parts in
+:func:`stop_order`: the producers first (simulators, then collectors), so their last readings
+still reach the pipeline, then the pipeline (it flushes the history), then the broker. Each
+part's log is in ``DATA/logs/``; each part can be rerun on its own against ``DATA/site.toml``.
 """
 
 from __future__ import annotations
@@ -21,22 +28,38 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
+import shutil
 import signal
 import subprocess
 import sys
 import threading
 import time
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, Final, Literal, get_args
 
 from gridflex.broker import Broker, start_broker
-from gridflex.contract import PREFIX
+from gridflex.contract import PREFIX, DispatchMode
+from gridflex.history import STREAMS
 from gridflex.mqtt import MqttClient, open_session
 from gridflex.net import free_port, free_port_block
 
-__all__ = ["DemoPlan", "LiveView", "add_arguments", "main", "site_toml"]
+__all__ = [
+    "DEMO_DIRS",
+    "DEMO_FILES",
+    "DemoPlan",
+    "LiveView",
+    "Part",
+    "add_arguments",
+    "clear_history",
+    "main",
+    "plan_parts",
+    "site_toml",
+    "stop_order",
+]
 
 log = logging.getLogger(__name__)
 
@@ -44,10 +67,32 @@ SITE_ID = "demo"
 #: The pipeline's MQTT client id: it names its persistent session on the broker.
 PIPELINE_CLIENT_ID = f"gridflex-pipeline-{SITE_ID}"
 
+#: Ratings the site file declares for each simulated asset (W, Wh).
+INVERTER_RATING_W: Final = 10_000.0
+INVERTER_CAPACITY_WH: Final = 60_000.0
+EVSE_RATING_W: Final = 11_000.0
+
+#: What a demo run writes into its data directory, and all that a fresh run removes: the
+#: history streams, the streams and recovery state the dispatching pipeline adds, the logs.
+DEMO_DIRS: Final = (*STREAMS, "recovery", "logs")
+DEMO_FILES: Final = ("site.toml",)
+
+#: Seconds between stopping the last collector and the pipeline: the collectors' last
+#: messages, already acknowledged by the broker, reach the pipeline's subscriber.
+_SETTLE_S: Final = 0.5
+
+Role = Literal["simulator", "collector", "pipeline"]
+#: Stop order by role: producers before their consumers (see :func:`stop_order`).
+_STOP_RANK: Final[dict[Role, int]] = {"simulator": 0, "collector": 1, "pipeline": 2}
+
 
 @dataclass(frozen=True)
 class DemoPlan:
-    """What the demo runs: the numbers and ports the site file is written from."""
+    """What the demo runs: the numbers and ports the site file is written from.
+
+    ``fcr_capacity_w`` is the FCR capacity for ``dispatch == "fcr"``; ``None`` means half
+    the fleet's summed discharge rating.
+    """
 
     inverters: int
     chargers: int
@@ -56,6 +101,8 @@ class DemoPlan:
     mqtt_url: str
     nominal_hz: int = 50
     seed: int = 1
+    dispatch: DispatchMode = "droop"
+    fcr_capacity_w: float | None = None
 
     def station_id(self, i: int) -> str:
         """Station identity of the i-th simulated charger (``CS001`` ...)."""
@@ -64,6 +111,23 @@ class DemoPlan:
     def station_password(self, i: int) -> str:
         """Deterministic per-station Basic-auth password for the demo (not a secret)."""
         return f"demo-password-{self.station_id(i).lower()}"
+
+    @property
+    def fleet_charge_w(self) -> float:
+        """Summed charge rating of all simulated assets (W)."""
+        return self.inverters * INVERTER_RATING_W + self.chargers * EVSE_RATING_W
+
+    @property
+    def fleet_discharge_w(self) -> float:
+        """Summed discharge rating of all simulated assets (W)."""
+        return self.inverters * INVERTER_RATING_W + self.chargers * EVSE_RATING_W
+
+    @property
+    def fcr_capacity(self) -> float:
+        """The FCR capacity written for ``--dispatch fcr`` (W)."""
+        if self.fcr_capacity_w is not None:
+            return self.fcr_capacity_w
+        return self.fleet_discharge_w / 2
 
 
 def site_toml(plan: DemoPlan) -> str:
@@ -74,6 +138,14 @@ def site_toml(plan: DemoPlan) -> str:
         "[site]",
         f'id = "{SITE_ID}"',
         f"nominal_frequency_hz = {plan.nominal_hz}",
+    ]
+    if plan.dispatch == "fcr" and plan.fleet_charge_w > 0 and plan.fleet_discharge_w > 0:
+        lines += [
+            "# the fleet's summed ratings: the site connection never limits the demo",
+            f"max_import_w = {plan.fleet_charge_w:.1f}",
+            f"max_export_w = {plan.fleet_discharge_w:.1f}",
+        ]
+    lines += [
         "",
         "[mqtt]",
         f'url = "{plan.mqtt_url}"',
@@ -86,7 +158,12 @@ def site_toml(plan: DemoPlan) -> str:
         f"port = {plan.ocpp_port}",
         "meter_interval_s = 1.0",
         "",
+        "[dispatch]",
+        f'mode = "{plan.dispatch}"',
+        "",
     ]
+    if plan.dispatch == "fcr":
+        lines += ["[dispatch.fcr]", f"capacity_w = {plan.fcr_capacity:.1f}", ""]
     for i in range(plan.inverters):
         lines += [
             "[[assets]]",
@@ -94,9 +171,9 @@ def site_toml(plan: DemoPlan) -> str:
             'kind = "inverter"',
             'host = "127.0.0.1"',
             f"port = {plan.inverter_base_port + i}",
-            "max_charge_w = 10000",
-            "max_discharge_w = 10000",
-            "capacity_wh = 60000",
+            f"max_charge_w = {INVERTER_RATING_W:.0f}",
+            f"max_discharge_w = {INVERTER_RATING_W:.0f}",
+            f"capacity_wh = {INVERTER_CAPACITY_WH:.0f}",
             "",
         ]
     for i in range(plan.chargers):
@@ -106,101 +183,268 @@ def site_toml(plan: DemoPlan) -> str:
             'kind = "evse"',
             f'station_id = "{plan.station_id(i)}"',
             f'password = "{plan.station_password(i)}"',
-            "max_charge_w = 11000",
-            "max_discharge_w = 11000",
+            f"max_charge_w = {EVSE_RATING_W:.0f}",
+            f"max_discharge_w = {EVSE_RATING_W:.0f}",
             "",
         ]
     return "\n".join(lines)
 
 
+def clear_history(data_dir: Path) -> list[Path]:
+    """Remove what an earlier demo run wrote into ``data_dir``; return what was removed.
+
+    Only :data:`DEMO_DIRS` (whole folders) and :data:`DEMO_FILES` are removed; any other
+    file or folder of the user stays, and so does a symbolic link by one of those names
+    (it points at something the demo did not create).
+    """
+    removed: list[Path] = []
+    for name in (*DEMO_DIRS, *DEMO_FILES):
+        path = data_dir / name
+        if path.is_symlink():
+            log.warning("fresh history: kept %s, a symbolic link", path)
+        elif name in DEMO_DIRS and path.is_dir():
+            shutil.rmtree(path)
+            removed.append(path)
+        elif name in DEMO_FILES and path.is_file():
+            path.unlink()
+            removed.append(path)
+    if removed:
+        log.info(
+            "fresh history: removed %s from %s (--keep-history keeps them)",
+            ", ".join(p.name for p in removed),
+            data_dir,
+        )
+    return removed
+
+
 @dataclass
-class _Part:
+class Part:
+    """One process of the demo: its role decides when it stops (:func:`stop_order`)."""
+
     name: str
+    role: Role
     argv: list[str]
     process: subprocess.Popen[bytes] | None = None
     log_file: IO[bytes] | None = None
 
 
+def stop_order(parts: Sequence[Part]) -> list[Part]:
+    """The order to stop ``parts`` in: simulators, then collectors, then the pipeline.
+
+    Producers stop before their consumers, so the last readings (an EV's final meter
+    values, the collectors' offline status) still reach the pipeline and the history.
+    Within one role, parts stop in the reverse of their start order.
+    """
+    return sorted(reversed(parts), key=lambda part: _STOP_RANK[part.role])
+
+
+def _num(obj: Any, key: str) -> float | None:
+    """``obj[key]`` as a finite float, else ``None`` (the view trusts no payload)."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _text(obj: Any, key: str) -> str | None:
+    """``obj[key]`` if it is a string, on one line; else ``None``."""
+    value = obj.get(key) if isinstance(obj, dict) else None
+    return " ".join(value.split()) if isinstance(value, str) else None
+
+
+def _fmt(value: float | None, spec: str, default: str = "?") -> str:
+    return default if value is None else format(value, spec)
+
+
+def _shorten(text: str, width: int) -> str:
+    """``text`` cut to ``width`` characters, the cut marked with an ellipsis."""
+    if len(text) <= width:
+        return text
+    return text[: max(width - 1, 0)] + "…" if width > 0 else ""
+
+
 @dataclass
 class LiveView:
-    """Latest state per asset and of the grid, fed from MQTT, rendered as a text table."""
+    """Latest state per asset and of the grid and site, fed from MQTT, rendered as text.
+
+    ``on_message`` keeps whatever JSON object arrives; ``render`` reads each field leniently
+    (a missing, mistyped or non-finite value shows as blank or ``?``), so no payload can
+    stop the view.
+    """
 
     site: str
+    dispatch_mode: str = "off"
     assets: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
+    summary: dict[str, Any] = field(default_factory=dict)
     deadletters: int = 0
     telemetry_count: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def on_message(self, topic: str, payload: bytes) -> None:
-        """Fold one MQTT message into the view."""
+        """Fold one MQTT message into the view; anything that is not a JSON object is ignored."""
         try:
             obj = json.loads(payload)
-        except ValueError:
+        except (ValueError, TypeError):
             return
         if not isinstance(obj, dict):
             return
         parts = topic.split("/")
+        if len(parts) < 3:
+            return
         with self.lock:
             if parts[2] == "deadletter":
                 self.deadletters += 1
-            elif parts[-2:] == ["grid", "frequency"]:
+            elif parts[3:] == ["grid", "frequency"]:
                 self.grid = obj
-            elif parts[-1] == "telemetry":
-                self.telemetry_count += 1
-                self.assets.setdefault(parts[-2], {"kind": parts[-3]})["telemetry"] = obj
-            elif parts[-1] == "status" and parts[-3] in ("inverter", "evse"):
-                self.assets.setdefault(parts[-2], {"kind": parts[-3]})["status"] = obj
+            elif parts[3:] == ["summary"]:
+                self.summary = obj
+            elif len(parts) == 6:
+                self._fold_asset(parts[3], parts[4], parts[5], obj)
 
-    def render(self, max_rows: int = 40) -> str:
-        """The screen: grid frequency, then one row per asset."""
+    def _fold_asset(self, group: str, asset: str, leaf: str, obj: dict[str, Any]) -> None:
+        if group in ("inverter", "evse") and leaf in ("telemetry", "status"):
+            if leaf == "telemetry":
+                self.telemetry_count += 1
+            state = self.assets.setdefault(asset, {})
+            state["kind"] = group
+            state[leaf] = obj
+        elif group == "dispatch" and leaf == "command":
+            self.assets.setdefault(asset, {})["command"] = obj
+
+    def _dispatch_lines(self, summary: dict[str, Any]) -> list[str]:
+        if not summary:
+            waiting = "" if self.dispatch_mode == "off" else "   (waiting for the site summary)"
+            return [f"dispatch        {self.dispatch_mode}{waiting}"]
+        mode = _shorten(_text(summary, "mode") or "?", 5)
+        online, total = _num(summary, "assets_online"), _num(summary, "assets_total")
+        kw = {k: _num(summary, k) for k in ("requested_w", "allocated_w", "shortfall_w")}
+        flex_c, flex_d = _num(summary, "flex_charge_w"), _num(summary, "flex_discharge_w")
+        return [
+            f"dispatch        {mode:5} site {_fmt(_num(summary, 'freq_hz'), '.3f')} Hz   "
+            f"requested {_fmt(_kw(kw['requested_w']), '+.1f')} / "
+            f"allocated {_fmt(_kw(kw['allocated_w']), '+.1f')} / "
+            f"shortfall {_fmt(_kw(kw['shortfall_w']), '.1f')} kW",
+            f"flexibility     charge {_fmt(_kw(flex_c), '.1f')} kW   "
+            f"discharge {_fmt(_kw(flex_d), '.1f')} kW   "
+            f"({_fmt(online, '.0f')} of {_fmt(total, '.0f')} assets online)",
+        ]
+
+    def render(self, max_rows: int = 40, width: int = 120) -> str:
+        """The screen: grid, site and dispatch lines, then one row per asset.
+
+        Each row ends with the asset's last command: its setpoint and its reason, the
+        reason shortened so the row fits in ``width`` columns.
+        """
         with self.lock:
             grid = dict(self.grid)
+            summary = dict(self.summary)
             assets = {k: dict(v) for k, v in sorted(self.assets.items())}
             dead, count = self.deadletters, self.telemetry_count
         out = [f"gridflex demo - site {self.site}   (Ctrl-C stops)", ""]
         if grid:
+            dev, rocof = _num(grid, "deviation_hz"), _num(grid, "rocof_hz_per_s")
             out.append(
-                f"grid frequency  {grid.get('mean_hz', 0):.3f} Hz   deviation "
-                f"{grid.get('deviation_hz', 0) * 1000:+7.1f} mHz   RoCoF "
-                f"{grid.get('rocof_hz_per_s', 0) * 1000:+7.1f} mHz/s   "
-                f"({grid.get('assets', 0)} assets, {grid.get('samples', 0)} samples)"
+                f"grid frequency  {_fmt(_num(grid, 'mean_hz'), '.3f')} Hz   deviation "
+                f"{_fmt(None if dev is None else dev * 1000, '+7.1f')} mHz   RoCoF "
+                f"{_fmt(None if rocof is None else rocof * 1000, '+7.1f')} mHz/s   "
+                f"({_fmt(_num(grid, 'assets'), '.0f')} assets, "
+                f"{_fmt(_num(grid, 'samples'), '.0f')} samples)"
             )
         else:
             out.append("grid frequency  (waiting for the first window)")
-        total_w = sum(a.get("telemetry", {}).get("power_w", 0.0) for a in assets.values())
+        total_w = sum(_num(a.get("telemetry"), "power_w") or 0.0 for a in assets.values())
         out.append(
             f"site power      {total_w / 1000:+9.1f} kW    telemetry messages {count}"
             f"    dead letters {dead}"
         )
+        out += self._dispatch_lines(summary)
         out.append("")
-        out.append(f"{'asset':10} {'kind':8} {'status':10} {'power kW':>9} {'SoC %':>6} {'Hz':>7}")
+        head = (
+            f"{'asset':10} {'kind':8} {'status':10} {'power kW':>9} {'SoC %':>6} {'Hz':>7} "
+            f"{'cmd kW':>8}"
+        )
+        out.append(f"{head} reason" if width - len(head) > 8 else head)
         for name, state in list(assets.items())[:max_rows]:
-            tel = state.get("telemetry", {})
-            status = state.get("status", {})
-            label = status.get("state", "?") if status else "?"
-            soc = tel.get("soc_pct")
-            freq = tel.get("freq_hz")
-            out.append(
-                f"{name:10} {state['kind']:8} {label:10} "
-                f"{tel.get('power_w', 0.0) / 1000:+9.2f} "
-                f"{'' if soc is None else f'{soc:.1f}':>6} "
-                f"{'' if freq is None else f'{freq:.3f}':>7}"
-            )
+            out.append(_asset_row(name, state, width))
         if len(assets) > max_rows:
             out.append(f"... and {len(assets) - max_rows} more")
         return "\n".join(out)
 
+    def headline(self) -> str:
+        """Grid frequency and dispatch in one line, for a log instead of the screen."""
+        lines = self.render(max_rows=0).splitlines()
+        return f"{lines[2]} | {lines[4]}"
+
+
+def _kw(value_w: float | None) -> float | None:
+    return None if value_w is None else value_w / 1000
+
+
+def _asset_row(name: str, state: dict[str, Any], width: int) -> str:
+    tel, status, command = state.get("telemetry"), state.get("status"), state.get("command")
+    row = (
+        f"{_shorten(name, 10):10} {_shorten(str(state.get('kind', '?')), 8):8} "
+        f"{_shorten(_text(status, 'state') or '?', 10):10} "
+        f"{_fmt(_kw(_num(tel, 'power_w')), '+9.2f', ''):>9} "
+        f"{_fmt(_num(tel, 'soc_pct'), '.1f', ''):>6} "
+        f"{_fmt(_num(tel, 'freq_hz'), '.3f', ''):>7} "
+        f"{_fmt(_kw(_num(command, 'setpoint_w')), '+8.2f', ''):>8}"
+    )
+    reason = _text(command, "reason")
+    room = width - len(row) - 1
+    if reason and room > 8:
+        row += " " + _shorten(reason, room)
+    return row
+
+
+def _capacity_w(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of watts >= 0, got {text!r}")
+    return value
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gridflex demo``."""
-    parser.add_argument("--inverters", type=int, default=5, help="simulated inverters (5)")
     parser.add_argument(
-        "--chargers", type=int, default=10, help="simulated OCPP stations with cars (10)"
+        "--inverters",
+        type=int,
+        default=20,
+        help="simulated SunSpec inverters (default: %(default)s)",
     )
-    parser.add_argument("--duration", type=float, default=None, help="stop after S seconds")
     parser.add_argument(
-        "--data-dir", type=Path, default=Path("gridflex-demo"), help="history folder"
+        "--chargers",
+        type=int,
+        default=10,
+        help="simulated OCPP stations with cars (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--duration", type=float, default=None, metavar="S", help="stop after S seconds"
+    )
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        default=Path("gridflex-demo"),
+        help="history folder (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--keep-history",
+        action="store_true",
+        help="add to the history of earlier runs instead of starting a fresh one",
+    )
+    parser.add_argument(
+        "--dispatch",
+        choices=get_args(DispatchMode),
+        default="droop",
+        help="[dispatch] mode written into the site file (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--fcr-capacity-w",
+        type=_capacity_w,
+        default=None,
+        metavar="W",
+        help="FCR capacity for --dispatch fcr (default: half the fleet's discharge rating)",
     )
     parser.add_argument(
         "--frequency-profile", type=Path, default=None, help="CSV of t_s,freq_hz to replay"
@@ -210,7 +454,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulators")
 
 
-def _spawn(part: _Part, logs: Path) -> None:
+def _spawn(part: Part, logs: Path) -> None:
     part.log_file = (logs / f"{part.name}.log").open("ab")
     part.process = subprocess.Popen(
         [sys.executable, "-m", "gridflex.cli", *part.argv],
@@ -221,7 +465,7 @@ def _spawn(part: _Part, logs: Path) -> None:
     log.info("started %s (pid %d): gridflex %s", part.name, part.process.pid, " ".join(part.argv))
 
 
-def _stop(part: _Part, timeout_s: float = 15.0) -> int | None:
+def _stop(part: Part, timeout_s: float = 15.0) -> int | None:
     proc = part.process
     if proc is None:
         return None
@@ -240,9 +484,12 @@ def _stop(part: _Part, timeout_s: float = 15.0) -> int | None:
     return proc.returncode
 
 
-def _parts(plan: DemoPlan, site_file: Path, args: argparse.Namespace) -> list[_Part]:
+def plan_parts(
+    plan: DemoPlan, site_file: Path, frequency_profile: Path | None = None
+) -> list[Part]:
+    """The demo's processes in start order (each CSMS before its stations)."""
     site = str(site_file)
-    parts: list[_Part] = []
+    parts: list[Part] = []
     if plan.inverters:
         sim = [
             "sim",
@@ -256,14 +503,15 @@ def _parts(plan: DemoPlan, site_file: Path, args: argparse.Namespace) -> list[_P
             "--nominal-hz",
             str(plan.nominal_hz),
         ]
-        if args.frequency_profile is not None:
-            sim += ["--frequency-profile", str(args.frequency_profile.resolve())]
-        parts.append(_Part("sim-inverters", sim))
+        if frequency_profile is not None:
+            sim += ["--frequency-profile", str(frequency_profile.resolve())]
+        parts.append(Part("sim-inverters", "simulator", sim))
     if plan.chargers:
-        parts.append(_Part("collect-ocpp", ["collect", "ocpp", "--site", site]))
+        parts.append(Part("collect-ocpp", "collector", ["collect", "ocpp", "--site", site]))
         parts.append(
-            _Part(
+            Part(
                 "sim-chargers",
+                "simulator",
                 [
                     "sim",
                     "chargers",
@@ -278,17 +526,36 @@ def _parts(plan: DemoPlan, site_file: Path, args: argparse.Namespace) -> list[_P
                 ],
             )
         )
-    parts.append(_Part("pipeline", ["pipeline", "--site", site, "--client-id", PIPELINE_CLIENT_ID]))
+    parts.append(
+        Part(
+            "pipeline", "pipeline", ["pipeline", "--site", site, "--client-id", PIPELINE_CLIENT_ID]
+        )
+    )
     if plan.inverters:
-        parts.append(_Part("collect-modbus", ["collect", "modbus", "--site", site]))
+        parts.append(Part("collect-modbus", "collector", ["collect", "modbus", "--site", site]))
     return parts
+
+
+def _stop_all(parts: Sequence[Part]) -> dict[str, int | None]:
+    codes: dict[str, int | None] = {}
+    for part in stop_order(parts):
+        if part.role == "pipeline" and codes:
+            time.sleep(_SETTLE_S)
+        codes[part.name] = _stop(part)
+    return codes
 
 
 def main(args: argparse.Namespace) -> int:
     """Run the demo until Ctrl-C, SIGTERM or ``--duration``; returns 0 when all parts stopped."""
     data_dir: Path = args.data_dir.resolve()
+    if args.keep_history:
+        log.info("keeping the history in %s (--keep-history)", data_dir)
+    elif data_dir.is_dir():
+        clear_history(data_dir)
     logs = data_dir / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    if args.fcr_capacity_w is not None and args.dispatch != "fcr":
+        log.warning("--fcr-capacity-w applies to --dispatch fcr only; ignored")
     broker: Broker | None = None
     if args.mqtt_url is None:
         broker = start_broker("mosquitto")
@@ -303,16 +570,18 @@ def main(args: argparse.Namespace) -> int:
         ocpp_port=free_port(),
         mqtt_url=mqtt_url,
         seed=args.seed,
+        dispatch=args.dispatch,
+        fcr_capacity_w=args.fcr_capacity_w,
     )
     site_file = data_dir / "site.toml"
     site_file.write_text(site_toml(plan), encoding="utf-8")
-    log.info("site file: %s", site_file)
+    log.info("site file: %s (dispatch %s)", site_file, plan.dispatch)
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
-    view = LiveView(SITE_ID)
+    view = LiveView(SITE_ID, dispatch_mode=plan.dispatch)
     watcher = MqttClient(mqtt_url, f"gridflex-demo-view-{uuid.uuid4().hex[:6]}", clean_session=True)
     watcher.subscribe(f"{PREFIX}/{SITE_ID}/#", view.on_message, qos=0)
     watcher.subscribe(f"{PREFIX}/deadletter/#", view.on_message, qos=0)
@@ -322,7 +591,7 @@ def main(args: argparse.Namespace) -> int:
     # keeps every reading for the pipeline while Bytewax is still starting (its single MQTT
     # partition connects as "{client id}-0"), so the history starts at seq 0.
     open_session(mqtt_url, f"{PIPELINE_CLIENT_ID}-0", f"{PREFIX}/{SITE_ID}/+/+/telemetry")
-    parts = _parts(plan, site_file, args)
+    parts = plan_parts(plan, site_file, args.frequency_profile)
     codes: dict[str, int | None] = {}
     try:
         for part in parts:
@@ -344,16 +613,15 @@ def main(args: argparse.Namespace) -> int:
                     )
                 break
             if tty:
-                sys.stdout.write("\x1b[H\x1b[2J" + view.render() + "\n")
+                width = shutil.get_terminal_size().columns
+                sys.stdout.write("\x1b[H\x1b[2J" + view.render(width=width) + "\n")
                 sys.stdout.flush()
             elif time.monotonic() >= next_line:
                 next_line += 5
-                log.info("%s", view.render(max_rows=0).splitlines()[2])
+                log.info("%s", view.headline())
             stop.wait(1.0)
     finally:
-        # Collectors first (retained offline status), then the pipeline (flushes history).
-        for part in reversed(parts):
-            codes[part.name] = _stop(part)
+        codes = _stop_all(parts)
         watcher.stop(flush_timeout_s=0.5)
         if broker is not None:
             broker.stop()

@@ -77,6 +77,7 @@ TELEMETRY_SCHEMA: Final = pa.schema(
         pa.field("temp_c", pa.float64()),
         pa.field("setpoint_w", pa.float64()),
         pa.field("status", pa.string()),
+        pa.field("device_status", pa.string()),
         pa.field("transaction_id", pa.string()),
         pa.field("ev_departure_ms", pa.int64()),
         pa.field("ev_requested_energy_wh", pa.float64()),
@@ -184,17 +185,24 @@ def _has_parts(data_dir: Path, stream: str) -> bool:
 
 
 def _source(data_dir: Path, stream: str) -> str:
-    """FROM clause of a stream: its Parquet files, or a typed empty relation."""
-    if _has_parts(data_dir, stream):
-        glob = (data_dir / stream / PART_GLOB).as_posix()
-        return (
-            f"read_parquet({_sql_str(glob)}, hive_partitioning = true, "
-            "hive_types = {'date': DATE})"
-        )
+    """FROM clause of a stream: its Parquet files, or a typed empty relation.
+
+    Files written before a column was added (``device_status``) lack it: the files are
+    read by column name and united by name with the typed empty relation, so a missing
+    column reads as NULL instead of failing the view.
+    """
     columns = [f"CAST(NULL AS {_DUCKDB_TYPES[f.type]}) AS {f.name}" for f in SCHEMAS[stream]] + [
         "CAST(NULL AS DATE) AS date"
     ]
-    return f"(SELECT {', '.join(columns)} WHERE false)"
+    empty = f"SELECT {', '.join(columns)} WHERE false"
+    if _has_parts(data_dir, stream):
+        glob = (data_dir / stream / PART_GLOB).as_posix()
+        files = (
+            f"read_parquet({_sql_str(glob)}, hive_partitioning = true, "
+            "hive_types = {'date': DATE}, union_by_name = true)"
+        )
+        return f"(SELECT * FROM {files} UNION ALL BY NAME {empty})"
+    return f"({empty})"
 
 
 _TELEMETRY_VIEW: Final = """
@@ -202,7 +210,7 @@ CREATE OR REPLACE VIEW telemetry AS
 SELECT
     site, asset, kind, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, seq, boot,
     power_w, freq_hz, voltage_v, current_a, soc_pct, energy_import_wh, energy_export_wh,
-    temp_c, setpoint_w, status, transaction_id,
+    temp_c, setpoint_w, status, device_status, transaction_id,
     ev_departure_ms, ev_requested_energy_wh, ev_max_charge_w, ev_max_discharge_w,
     ev_min_soc_pct, ev_target_soc_pct, ev_v2x, ev_energy_transfer_mode,
     date

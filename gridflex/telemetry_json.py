@@ -10,7 +10,8 @@ The bytes are exactly what ``Telemetry(...).to_json()`` writes (same keys in the
 order, None left out; tests compare both over many readings). Whenever a value is outside
 what the fast path can vouch for — a number outside the contract's range, not a plain
 ``float``/``int``, or needing an exponent (pydantic spells ``1e-05`` as ``0.00001``), a
-string that is not plain printable ASCII — the model is built instead, so the result, or
+``status`` outside the contract's vocabulary, a string that is not plain printable ASCII —
+the model is built instead, so the result, or
 the ``pydantic.ValidationError``, is exactly the model's. A number that is not finite
 (NaN, infinity) raises ``ValueError``: the model would publish it as ``null``.
 """
@@ -20,7 +21,14 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from gridflex.contract import AssetKind, EvChargingNeeds, Telemetry, telemetry_topic
+from gridflex.contract import (
+    TELEMETRY_STATUSES,
+    AssetKind,
+    EvChargingNeeds,
+    Telemetry,
+    TelemetryStatus,
+    telemetry_topic,
+)
 
 __all__ = ["NUMBER_FIELDS", "Numbers", "TelemetryJson"]
 
@@ -103,7 +111,8 @@ class TelemetryJson:
         seq: int,
         power_w: float,
         numbers: Numbers,
-        status: str | None = None,
+        status: TelemetryStatus | None = None,
+        device_status: str | None = None,
         transaction_id: str | None = None,
         ev: EvChargingNeeds | None = None,
     ) -> Telemetry:
@@ -126,6 +135,7 @@ class TelemetryJson:
             temp_c=temp,
             setpoint_w=setpoint,
             status=status,
+            device_status=device_status,
             transaction_id=transaction_id,
             ev=ev,
         )
@@ -137,13 +147,21 @@ class TelemetryJson:
         seq: int,
         power_w: float,
         numbers: Numbers,
-        status: str | None = None,
+        status: TelemetryStatus | None = None,
+        device_status: str | None = None,
         transaction_id: str | None = None,
         ev: EvChargingNeeds | None = None,
     ) -> bytes:
         """The JSON bytes of ``model(...).to_json()`` for the same arguments."""
         encoded = self._fast(
-            ts_ms, seq, power_w, numbers, status=status, transaction_id=transaction_id, ev=ev
+            ts_ms,
+            seq,
+            power_w,
+            numbers,
+            status=status,
+            device_status=device_status,
+            transaction_id=transaction_id,
+            ev=ev,
         )
         if encoded is not None:
             return encoded
@@ -156,6 +174,7 @@ class TelemetryJson:
             power_w=power_w,
             numbers=numbers,
             status=status,
+            device_status=device_status,
             transaction_id=transaction_id,
             ev=ev,
         ).to_json()
@@ -176,6 +195,7 @@ class TelemetryJson:
         numbers: Numbers,
         *,
         status: str | None,
+        device_status: str | None,
         transaction_id: str | None,
         ev: EvChargingNeeds | None,
     ) -> bytes | None:
@@ -198,7 +218,13 @@ class TelemetryJson:
                 if text is None:
                     return None
                 parts += [key, text]
-        for name, string in (("status", status), ("transaction_id", transaction_id)):
+        if status is not None and status not in TELEMETRY_STATUSES:
+            return None
+        for name, string in (
+            ("status", status),
+            ("device_status", device_status),
+            ("transaction_id", transaction_id),
+        ):
             if string is None:
                 continue
             if not _plain_ascii(string):

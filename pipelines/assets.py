@@ -43,10 +43,8 @@ __all__ = [
 
 DERATE_START_C: Final = 70.0
 DERATE_STOP_C: Final = 90.0
-#: Telemetry status words that mean the device is faulted (contract vocabulary and OCPP's).
-FAULT_STATUSES: Final = frozenset({"fault", "Faulted"})
-#: EVSE status words that mean no car is there to dispatch.
-NO_CAR_STATUSES: Final = frozenset({"unavailable", "Available", "Unavailable", "Reserved"})
+#: Telemetry statuses (the contract's vocabulary) of an EVSE with a car drawing or paused.
+CAR_STATUSES: Final = frozenset({"charging", "discharging", "suspended"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +133,7 @@ def track(
     _update_needs(state, t)
     if t.soc_pct is not None:
         state.soc_pct = t.soc_pct
-    faulted = t.status in FAULT_STATUSES
+    faulted = t.status == "fault"
     derate = derate_factor(t.temp_c) if t.kind == "evse" else 1.0
     droop = profile.droop if profile is not None else DroopParams()
     if profile is None:
@@ -147,9 +145,7 @@ def track(
 
     needs = state.needs
     is_car = t.kind == "evse"
-    car_present = not is_car or (
-        t.transaction_id is not None or (t.status is not None and t.status not in NO_CAR_STATUSES)
-    )
+    car_present = not is_car or t.transaction_id is not None or t.status in CAR_STATUSES
     rated_charge = profile.max_charge_w
     rated_discharge = profile.max_discharge_w
     if is_car:

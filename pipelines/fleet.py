@@ -9,6 +9,8 @@ derived from it) is decided at once, so a response never waits for an analytics 
 
 * ``droop``: the asset's own ``freq_hz`` through :func:`~pipelines.dispatch.droop_delta_w`
   (IEEE 1547 acts on the DER's own measurement), added to its base, kept in its envelope.
+  An asset that measures no frequency (most charging stations do not report one) uses the
+  site frequency below, and its reason says ``site f``.
 * ``fcr``: the site frequency — the median of the latest readings of the online assets no
   older than ``freq_max_age_ms`` (by event time, relative to the newest reading) — gives
   the fleet request; the asset's share is ``deliverable * headroom / total headroom``, the
@@ -136,6 +138,8 @@ class SiteDispatcher:
     freqs: list[float] = field(default_factory=list)
     arrivals: deque[tuple[int, str]] = field(default_factory=deque)
     newest_ms: int = 0
+    last_received_ms: int = 0
+    newest_at_last_received_ms: int = 0
     base_sum_w: float = 0.0
     down_sum_w: float = 0.0
     up_sum_w: float = 0.0
@@ -200,19 +204,34 @@ class SiteDispatcher:
             self._leave(slot)
             slot.update = update
         self.newest_ms = max(self.newest_ms, update.ts_ms)
+        if update.received_ms >= self.last_received_ms:
+            self.last_received_ms = update.received_ms
+            self.newest_at_last_received_ms = self.newest_ms
         out: list[DispatchCommand | SiteSummary] = []
         if update.ts_ms >= self.newest_ms - self.settings.freq_max_age_ms:
             self._join(slot)
             self.arrivals.append((update.ts_ms, update.asset))
         self._expire()
-        command = self._decide(slot) if slot.member else None
+        # Droop acts on the asset's own reading, whatever the others do; a fleet share needs
+        # a fresh reading (Bytewax may hand over a backlog grouped by asset, so a reading
+        # can be older than the newest one of another asset by more than the fresh age).
+        decide = slot.member or self.settings.mode == "droop"
+        command = self._decide(slot) if decide else None
         if command is not None:
             out.append(command)
         out.extend(self._maybe_summary(update.received_ms))
         return out
 
     def on_tick(self, now_ms: int) -> list[DispatchCommand | SiteSummary]:
-        """The source's heartbeat (no reading for a while): publish the summary when due."""
+        """The source's heartbeat: publish the summary when due.
+
+        When the whole site has been silent for longer than ``freq_max_age_ms``, event time
+        is taken to advance with the wall clock from the newest reading, so the silent
+        assets leave the online set and the median (event time alone would stand still).
+        """
+        idle_ms = now_ms - self.last_received_ms
+        if self.last_received_ms and idle_ms > self.settings.freq_max_age_ms:
+            self.newest_ms = max(self.newest_ms, self.newest_at_last_received_ms + idle_ms)
         return self._maybe_summary(now_ms)
 
     def _target(self, slot: _Slot) -> tuple[float, float, str, float | None] | None:
@@ -223,20 +242,22 @@ class SiteDispatcher:
             return None
         base = clip(u.base_w, u.min_w, u.max_w)
         if s.mode == "droop":
-            if u.freq_hz is None:
+            own = u.freq_hz is not None
+            freq = u.freq_hz if u.freq_hz is not None else self.site_freq_hz()
+            if freq is None:
                 return None
             delta = droop_delta_w(
-                u.freq_hz,
+                freq,
                 s.nominal_hz,
                 u.droop,
                 rated_charge_w=u.rated_charge_w,
                 rated_discharge_w=u.rated_discharge_w,
             )
             setpoint = clip(base + delta, u.min_w, u.max_w)
-            reason = f"droop f={u.freq_hz:.3f} Hz: {delta:+.0f} W"
+            reason = f"droop {'f' if own else 'site f'}={freq:.3f} Hz: {delta:+.0f} W"
             if abs(setpoint - (base + delta)) > 0.05:
                 reason += f", held to the envelope {u.min_w:.0f}..{u.max_w:.0f} W"
-            return setpoint, delta, reason, u.freq_hz
+            return setpoint, delta, reason, freq
         freq = self.site_freq_hz()
         if freq is None:
             return None

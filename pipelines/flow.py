@@ -43,12 +43,14 @@ restarted pipeline resumes from it.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import os
 import signal
 import threading
 import time
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 from types import FrameType
 from typing import Any, Literal, NamedTuple, Protocol
@@ -57,6 +59,7 @@ import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
+from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from gridflex.contract import (
@@ -106,9 +109,13 @@ __all__ = [
     "FlowOptions",
     "SiteLike",
     "add_arguments",
+    "asset_profiles",
     "build_flow",
+    "car_defaults",
+    "dispatch_settings",
     "main",
     "mqtt_source",
+    "recovery_config",
     "run",
     "telemetry_filter",
 ]
@@ -143,6 +150,12 @@ class _PipelineSettings(Protocol):
     def window_ms(self) -> int: ...
     @property
     def allowed_lateness_ms(self) -> int: ...
+    @property
+    def recovery(self) -> bool: ...
+    @property
+    def recovery_dir(self) -> Path | None: ...
+    @property
+    def snapshot_interval_s(self) -> float: ...
 
 
 class SiteLike(Protocol):
@@ -333,8 +346,9 @@ def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejecte
     return count, rejected
 
 
-def _dead_letter_message(rejected: Rejected) -> tuple[str, bytes]:
-    return deadletter_topic(COMPONENT), to_dead_letter(rejected, component=COMPONENT).to_json()
+def _dead_letter_message(rejected: Rejected, *, site: str) -> tuple[str, bytes]:
+    letter = to_dead_letter(rejected, site=site, component=COMPONENT)
+    return deadletter_topic(COMPONENT), letter.to_json()
 
 
 def _is_not_rejected(item: Accepted | Heartbeat | Rejected) -> bool:
@@ -501,6 +515,16 @@ def build_flow(
             assets=stats.assets,
         )
 
+    def history(stream: str, partitions: int = 1) -> HistorySink:
+        return HistorySink(
+            root,
+            stream,
+            partitions=partitions,
+            flush_rows=opts.flush_rows,
+            flush_interval_s=opts.flush_interval_s,
+            dedup_capacity=opts.dedup_capacity,
+        )
+
     flow = Dataflow(FLOW_ID)
     inp: Stream[RawMessage | Heartbeat] = op.input("mqtt_in", flow, source)
     checked = op.map("validate", inp, validate)
@@ -516,14 +540,7 @@ def build_flow(
     op.output(
         "history_telemetry",
         telemetry_rows,
-        HistorySink(
-            root,
-            TELEMETRY,
-            partitions=opts.history_partitions,
-            flush_rows=opts.flush_rows,
-            flush_interval_s=opts.flush_interval_s,
-            dedup_capacity=opts.dedup_capacity,
-        ),
+        history(TELEMETRY, partitions=opts.history_partitions),
     )
 
     # Grid frequency per site over epoch-aligned tumbling windows, by event time.
@@ -545,13 +562,7 @@ def build_flow(
     op.output(
         "history_grid_frequency",
         op.map("grid_frequency_row", stats, lambda kv: (kv[0], frequency_row(kv[1]))),
-        HistorySink(
-            root,
-            GRID_FREQUENCY,
-            partitions=1,
-            flush_rows=opts.flush_rows,
-            flush_interval_s=opts.flush_interval_s,
-        ),
+        history(GRID_FREQUENCY),
     )
     frequency_out = op.map(
         "grid_frequency_json", stats, lambda kv: (grid_frequency_topic(kv[0]), kv[1].to_json())
@@ -569,13 +580,7 @@ def build_flow(
     op.output(
         "history_forecasts",
         op.map("forecast_row", forecasts, lambda f: (f.asset, forecast_row(f))),
-        HistorySink(
-            root,
-            FORECASTS,
-            partitions=1,
-            flush_rows=opts.flush_rows,
-            flush_interval_s=opts.flush_interval_s,
-        ),
+        history(FORECASTS),
     )
     forecast_out = op.map(
         "forecast_json", forecasts, lambda f: (forecast_topic(f.site, f.asset), f.to_json())
@@ -590,20 +595,18 @@ def build_flow(
     op.output(
         "history_commands",
         op.filter_map("command_row", decisions, _command_row),
-        HistorySink(
-            root,
-            COMMANDS,
-            partitions=1,
-            flush_rows=opts.flush_rows,
-            flush_interval_s=opts.flush_interval_s,
-        ),
+        history(COMMANDS),
     )
     dispatch_out = op.map("dispatch_json", decisions, _dispatch_message)
 
     refused_all = op.merge("refused_all", refused, asset_dead)
     by_reason = op.key_on("key_reason", refused_all, lambda r: r.kind)
     counted = op.stateful_map("count_rejected", by_reason, _count_rejected)
-    dead = op.map("dead_letter", op.key_rm("unkey_rejected", counted), _dead_letter_message)
+    dead = op.map(
+        "dead_letter",
+        op.key_rm("unkey_rejected", counted),
+        functools.partial(_dead_letter_message, site=site_id),
+    )
 
     op.output(
         "mqtt_out",
@@ -663,6 +666,27 @@ class _StopOnSignal:
             signal.signal(signum, handler)
 
 
+def recovery_config(
+    site: SiteLike, data_dir: str | Path | None = None, *, workers: int = 1
+) -> RecoveryConfig | None:
+    """Bytewax recovery for ``site`` (None when ``[pipeline] recovery = false``).
+
+    The database lives in ``recovery_dir``, default ``{history}/recovery``; it is created
+    on first use with one partition per worker. A restarted pipeline resumes every step's
+    state from the last snapshot; the broker's persistent session redelivers what was not
+    acknowledged.
+    """
+    if not site.pipeline.recovery:
+        return None
+    history = Path(data_dir if data_dir is not None else site.history.dir)
+    db_dir = Path(site.pipeline.recovery_dir or history / "recovery")
+    if not any(db_dir.glob("part-*.sqlite3")):
+        db_dir.mkdir(parents=True, exist_ok=True)
+        init_db_dir(db_dir, max(1, workers))
+        log.info("recovery database created in %s (%d partitions)", db_dir, max(1, workers))
+    return RecoveryConfig(str(db_dir))
+
+
 def run(
     site: SiteLike,
     data_dir: str | Path | None = None,
@@ -686,15 +710,22 @@ def run(
     source = mqtt_source(site, options, stop_event)
     flow = build_flow(site, data_dir, options=options, source=source, stop_event=stop_event)
     log.info(
-        "pipeline for site %s: broker %s, history in %s, %d worker(s)",
+        "pipeline for site %s: broker %s, history in %s, %d worker(s), dispatch %s",
         site.id,
         site.mqtt.url,
         data_dir if data_dir is not None else site.history.dir,
         workers,
+        site.dispatch.mode,
     )
     started_s = time.monotonic()
+    recovery = recovery_config(site, data_dir, workers=workers)
     with _StopOnSignal(stop_event):
-        cli_main(flow, workers_per_process=workers)
+        cli_main(
+            flow,
+            workers_per_process=workers,
+            epoch_interval=timedelta(seconds=site.pipeline.snapshot_interval_s),
+            recovery_config=recovery,
+        )
     if source.failures:
         log.error(
             "pipeline stopped after %.1f s: %s", time.monotonic() - started_s, source.failures

@@ -158,6 +158,8 @@ def _soc_after_charge(
     if knee_pct > soc_pct:  # constant power up to the knee (or the ceiling)
         end_pct = min(knee_pct, ceiling_pct)
         rate = gain * p_w
+        if rate <= 0.0:  # a power so small it underflows
+            return soc_pct
         reach_s = (end_pct - soc_pct) / rate
         if duration_s <= reach_s:
             return soc_pct + rate * duration_s
@@ -186,6 +188,8 @@ def _time_to_soc(soc_pct: float, target_pct: float, model: BatteryModel, rating_
     if target_pct > model.soc_max_pct or rating_w <= 0.0:
         return math.inf
     rate = _gain_pct_per_ws(model) * rating_w
+    if rate <= 0.0:  # a rating so small it underflows
+        return math.inf
     taper_pct = model.taper_soc_pct
     time_s = 0.0
     if soc_pct < taper_pct:
@@ -197,6 +201,8 @@ def _time_to_soc(soc_pct: float, target_pct: float, model: BatteryModel, rating_
     if target_pct >= 100.0:
         return math.inf
     k = rate / (100.0 - taper_pct)
+    if k <= 0.0:
+        return math.inf
     return time_s + math.log((100.0 - soc_pct) / (100.0 - target_pct)) / k
 
 
@@ -209,9 +215,9 @@ def _soc_before(
     rate = _gain_pct_per_ws(model) * rating_w
     taper_pct = model.taper_soc_pct
     if target_pct > taper_pct:
-        if target_pct >= 100.0:
-            return target_pct  # nothing below 100 % reaches it through the taper
         k = rate / (100.0 - taper_pct)
+        if target_pct >= 100.0 or k <= 0.0:
+            return target_pct  # nothing below 100 % reaches it through the taper
         taper_s = math.log((100.0 - taper_pct) / (100.0 - target_pct)) / k
         if duration_s <= taper_s:
             return 100.0 - (100.0 - target_pct) * math.exp(k * duration_s)

@@ -259,11 +259,13 @@ def _validate(
     return telemetry
 
 
-def to_dead_letter(rejected: Rejected, *, component: str = "pipeline") -> DeadLetter:
+def to_dead_letter(rejected: Rejected, *, site: str, component: str = "pipeline") -> DeadLetter:
     """Build the dead-letter payload for a refused message.
 
-    The reason reads ``"{kind}: {reason}"``; the raw payload is kept as UTF-8 text when it
-    decodes, else base64.
+    ``site`` is the site of the component that refused it (the pipeline's own, not the
+    topic's: a refused topic may name no site, or a wrong one). The reason reads
+    ``"{kind}: {reason}"``; the raw payload is kept as UTF-8 text when it decodes, else
+    base64.
     """
     raw = rejected.message.payload
     encoding: Literal["utf-8", "base64"]
@@ -272,6 +274,7 @@ def to_dead_letter(rejected: Rejected, *, component: str = "pipeline") -> DeadLe
     except UnicodeDecodeError:
         text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
     return DeadLetter(
+        site=site,
         component=component,
         ts_ms=rejected.message.received_ms,
         reason=f"{rejected.kind}: {rejected.reason}",

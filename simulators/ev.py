@@ -2,11 +2,14 @@
 
 The model is deliberately simple and deterministic (one step per call, no I/O):
 
-- State of charge integrates power: ``dSoC/dt = P / capacity`` (lossless, %/s with P in W and
-  capacity in Wh: ``100 * P * dt_s / 3600 / capacity_wh``).
+- State of charge integrates the battery-side power: ``dSoC/dt = 100 * P_bat / 3600 /
+  capacity_wh`` (%/s with P in W and capacity in Wh), where the one-way ``efficiency`` gives
+  ``P_bat = P * efficiency`` when charging and ``P / efficiency`` when discharging. The meter
+  registers count the AC energy ``P * dt``. The default efficiency 1.0 is lossless.
 - Power follows the requested value within the car's and the station's limits: never above
   100 % SoC, never discharging below the car's V2X floor ``min_soc_pct``, no discharge at all
-  for a charge-only (ISO 15118-2) car.
+  for a charge-only (ISO 15118-2) car. Above ``taper_soc_pct`` the charge limit falls linearly
+  to 0 at 100 % (constant-current/constant-voltage taper); the default 100 % means no taper.
 - The connector temperature is a first-order lag towards ``ambient + rise * |P|`` (plus a
   fault offset for the over-temperature injection); above ``derate_start_c`` the allowed power
   falls linearly to 0 at ``derate_stop_c`` (thermal derating, as IEC 61851-1 chargers do).
@@ -43,6 +46,8 @@ class CarSpec:
     initial_soc_pct: float = 40.0
     target_soc_pct: float = 80.0
     min_soc_pct: float = 20.0
+    efficiency: float = 1.0
+    taper_soc_pct: float = 100.0
 
     def __post_init__(self) -> None:
         if self.capacity_wh <= 0:
@@ -51,6 +56,10 @@ class CarSpec:
             raise ValueError("expected 0 <= min_soc_pct <= target_soc_pct <= 100")
         if self.departure_s is not None and self.departure_s <= self.arrival_s:
             raise ValueError("departure_s must be after arrival_s")
+        if not 0 < self.efficiency <= 1:
+            raise ValueError("efficiency must be in (0, 1]")
+        if not 0 <= self.taper_soc_pct <= 100:
+            raise ValueError("taper_soc_pct must be in [0, 100]")
 
 
 @dataclass(frozen=True)
@@ -100,7 +109,11 @@ def allowed_power_w(
 ) -> tuple[float, float]:
     """The power range ``(lowest, highest)`` in W (+ charging) the car can take right now."""
     factor = derating_factor(temp_c, thermal)
-    highest = min(car.max_charge_w, station_max_charge_w) * factor if soc_pct < 100.0 else 0.0
+    highest = 0.0
+    if soc_pct < 100.0:
+        highest = min(car.max_charge_w, station_max_charge_w) * factor
+        if soc_pct > car.taper_soc_pct:
+            highest *= (100.0 - soc_pct) / (100.0 - car.taper_soc_pct)
     lowest = 0.0
     if car.v2x and soc_pct > car.min_soc_pct:
         lowest = -min(car.max_discharge_w, station_max_discharge_w) * factor
@@ -138,14 +151,22 @@ def step(
         thermal=thermal,
     )
     power_w = min(highest, max(lowest, requested_w))
-    energy_wh = power_w * dt_s / 3600.0
-    # Stop exactly at 100 % or at the V2X floor within the step.
+    energy_wh = power_w * dt_s / 3600.0  # AC, at the meter
+    # Battery side, stopping exactly at 100 % or at the V2X floor within the step.
     if power_w > 0:
-        energy_wh = min(energy_wh, (100.0 - state.soc_pct) * car.capacity_wh / 100.0)
+        battery_wh = min(
+            energy_wh * car.efficiency, (100.0 - state.soc_pct) * car.capacity_wh / 100.0
+        )
+        energy_wh = battery_wh / car.efficiency
     elif power_w < 0:
         floor_pct = min(car.min_soc_pct, state.soc_pct)
-        energy_wh = max(energy_wh, (floor_pct - state.soc_pct) * car.capacity_wh / 100.0)
-    soc_pct = min(100.0, max(0.0, state.soc_pct + 100.0 * energy_wh / car.capacity_wh))
+        battery_wh = max(
+            energy_wh / car.efficiency, (floor_pct - state.soc_pct) * car.capacity_wh / 100.0
+        )
+        energy_wh = battery_wh * car.efficiency
+    else:
+        battery_wh = 0.0
+    soc_pct = min(100.0, max(0.0, state.soc_pct + 100.0 * battery_wh / car.capacity_wh))
     return replace(
         state,
         soc_pct=soc_pct,

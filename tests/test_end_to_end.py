@@ -94,7 +94,15 @@ def test_every_message_published_validates_against_the_committed_schemas(
         obj = json.loads(payload)
         validators[obj["schema"]].validate(obj)
         seen[obj["schema"]] += 1
-    for schema in ("telemetry/1", "status/1", "collector/1", "grid_frequency/1"):
+    for schema in (
+        "telemetry/1",
+        "status/1",
+        "collector/1",
+        "grid_frequency/1",
+        "forecast/1",
+        "command/1",
+        "summary/1",
+    ):
         assert seen[schema] > 0, seen
 
 
@@ -140,6 +148,31 @@ def test_frequency_step_is_in_the_grid_frequency_view(demo_run: dict[str, object
     assert abs(deviations[-1] + 0.2) < 0.005, deviations
 
 
+def test_droop_response_to_the_step_is_in_the_commands_view(
+    demo_run: dict[str, object],
+) -> None:
+    # The demo dispatches with droop by default: each 10 kW inverter answers 49.80 Hz with
+    # (49.80 - 49.964) / (0.05 * 50) * 10 kW = -656 W. A station reports no frequency, so
+    # its car follows the site frequency: a V2X car discharges, a charge-only car never does.
+    data_dir = demo_run["data_dir"]
+    assert isinstance(data_dir, Path)
+    con = connect(data_dir)
+    rows = con.execute(
+        "select c.asset, c.setpoint_w, c.reason, coalesce(bool_or(f.v2x), false) "
+        "from commands c left join forecasts f on f.asset = c.asset "
+        "where c.freq_hz < 49.9 group by all order by c.asset"
+    ).fetchall()
+    inverters = {r[0] for r in rows if r[0].startswith("inv-")}
+    assert inverters == {"inv-001", "inv-002", "inv-003"}, rows
+    for asset, setpoint_w, reason, v2x in rows:
+        if asset.startswith("inv-"):
+            assert abs(setpoint_w + 656.0) < 0.5, (asset, setpoint_w, reason)
+        elif not v2x:
+            assert setpoint_w >= 0.0, (asset, setpoint_w, reason)
+        else:
+            assert setpoint_w < 0.0, (asset, setpoint_w, reason)
+
+
 def test_history_holds_every_asset_without_duplicate_readings(demo_run: dict[str, object]) -> None:
     data_dir = demo_run["data_dir"]
     assert isinstance(data_dir, Path)
@@ -177,4 +210,21 @@ def test_history_starts_at_the_first_reading_of_every_inverter(
         ).fetchall()
     )
     assert set(published) == {"inv-001", "inv-002", "inv-003"}
+    assert stored == published
+
+
+def test_history_ends_at_the_last_reading_of_every_asset(demo_run: dict[str, object]) -> None:
+    # The demo stops the simulators and collectors before the pipeline: the last readings
+    # they published (an EV's final meter values included) must be in the history.
+    data_dir = demo_run["data_dir"]
+    messages = demo_run["messages"]
+    assert isinstance(data_dir, Path)
+    assert isinstance(messages, list)
+    published: dict[str, int] = {}
+    for topic, payload in messages:
+        if topic.endswith("/telemetry"):
+            obj = json.loads(payload)
+            published[obj["asset"]] = max(obj["seq"], published.get(obj["asset"], obj["seq"]))
+    con = connect(data_dir)
+    stored = dict(con.execute("select asset, max(seq) from telemetry group by asset").fetchall())
     assert stored == published

@@ -33,6 +33,7 @@ from collectors.ocpp.mapping import (
     MeterReading,
     StationFacts,
     charging_needs,
+    device_status,
     format_ocpp_time,
     plan_setpoint,
     read_meter_value,
@@ -406,7 +407,8 @@ class StationSession(RpcChargePoint):
         event_type = payload["eventType"]
         tx_id = info["transactionId"]
         seq_no = payload["seqNo"]
-        if state.transaction_id != tx_id:  # a new transaction (or one seen from its middle)
+        started = state.transaction_id != tx_id
+        if started:  # a new transaction (or one seen from its middle)
             state.transaction_id = tx_id
         elif state.last_tx_seq_no is not None and seq_no - state.last_tx_seq_no > 1:
             missed = seq_no - state.last_tx_seq_no - 1
@@ -416,10 +418,11 @@ class StationSession(RpcChargePoint):
         if "chargingState" in info:
             state.charging_state = info["chargingState"]
         ended = event_type == "Ended"
+        if started and not ended:
+            self.csms.publish_status(state, f"transaction {tx_id} started")
         reason = info.get("stoppedReason")
-        if ended and reason in FAULT_REASONS and reason not in state.faults:
+        if ended and reason in FAULT_REASONS:
             state.faults.add(reason)
-            self.csms.publish_status(state, f"transaction stopped: {reason}")
         for meter_value in payload.get("meterValue", ()):
             self.csms.publish_reading(state, meter_value, ended=ended)
         if ended:
@@ -428,6 +431,9 @@ class StationSession(RpcChargePoint):
             state.last_tx_seq_no = None
             state.charging_state = None
             state.needs = None
+            self.csms.publish_status(
+                state, f"transaction {tx_id} ended ({reason or 'no reason given'})"
+            )
         if "idToken" in payload:
             return {"idTokenInfo": {"status": "Accepted"}}
         return {}
@@ -632,17 +638,24 @@ class Csms:
             self._log_once(station_id, "no power", "%s: meter values without power: skipped")
             return
         state.last_power_w = power_w
-        self._publish_telemetry(state, reading, power_w)
+        self._publish_telemetry(state, reading, power_w, ended=ended)
 
     def _publish_telemetry(
-        self, state: StationState, reading: MeterReading, power_w: float
+        self, state: StationState, reading: MeterReading, power_w: float, *, ended: bool
     ) -> None:
         config = state.config
         state.seq += 1
         station = StationFields(
             power_w=power_w,
             temp_c=state.temp_c,
-            status=telemetry_status(state.connector_status, state.charging_state, state.faulted),
+            status=telemetry_status(
+                state.connector_status,
+                state.charging_state,
+                state.faulted,
+                power_w=power_w,
+                ended=ended,
+            ),
+            device_status=device_status(state.connector_status, state.charging_state, ended=ended),
             transaction_id=state.transaction_id,
             ev=state.needs,
         )
@@ -673,10 +686,13 @@ class Csms:
         if state.ocpp_version is not None:
             info = state.station_info
             v2x = state.ocpp_version == "2.1" and state.needs is not None and state.needs.v2x
+            needs = state.needs
             capabilities = Capabilities(
                 protocol=f"ocpp{state.ocpp_version}",
-                max_charge_w=config.max_charge_w,
-                max_discharge_w=config.max_discharge_w if state.ocpp_version == "2.1" else 0.0,
+                rated_charge_w=needs.max_charge_w if needs is not None else None,
+                rated_discharge_w=needs.max_discharge_w if needs is not None else None,
+                site_max_charge_w=config.max_charge_w,
+                site_max_discharge_w=config.max_discharge_w,
                 v2x=v2x,
                 manufacturer=info.get("vendorName"),
                 model=info.get("model"),
@@ -695,6 +711,7 @@ class Csms:
             faults=sorted(
                 state.faults | ({"ConnectorFaulted"} if state.connector_faulted else set())
             ),
+            transaction_id=state.transaction_id,
             capabilities=capabilities,
         )
         topic = status_topic(self.settings.site_id, "evse", config.asset_id)
@@ -717,6 +734,7 @@ class Csms:
         self.stats.bad_frames += 1
         self._log_once(station_id, reason.split(":", 1)[0], "%s: refused input: %s", reason)
         letter = DeadLetter(
+            site=self.settings.site_id,
             component=COMPONENT,
             ts_ms=_now_ms(),
             reason=f"{station_id}: {reason}"[:1000],

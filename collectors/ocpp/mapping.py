@@ -34,15 +34,18 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Literal
 
-from gridflex.contract import EvChargingNeeds
+from gridflex.contract import EvChargingNeeds, TelemetryStatus
 
 __all__ = [
     "BPT_MODES",
+    "LINE_TO_LINE_ABOVE_V",
     "ChargingProfilePlan",
     "MeterReading",
     "Refusal",
     "StationFacts",
+    "ac_power_w",
     "charging_needs",
+    "device_status",
     "format_ocpp_time",
     "parse_ocpp_time",
     "plan_setpoint",
@@ -212,17 +215,66 @@ def read_meter_value(meter_value: Mapping[str, Any]) -> MeterReading:
     )
 
 
-def telemetry_status(
-    connector_status: str | None, charging_state: str | None, faulted: bool
-) -> str | None:
-    """The telemetry ``status``: ``Faulted``, else the charging state, else the connector status.
+_SUSPENDED = frozenset({"SuspendedEV", "SuspendedEVSE"})
+_IDLE_CHARGING_STATES = frozenset({"EVConnected", "Idle"})
+_IDLE_CONNECTOR = frozenset({"Available", "Occupied", "Reserved"})
 
-    The charging state (``Charging``, ``SuspendedEV``, ``SuspendedEVSE``, ``EVConnected``,
-    ``Idle``) comes from the running transaction; the connector status (``Available``,
-    ``Occupied``, ``Reserved``, ``Unavailable``, ``Faulted``) from StatusNotification.
+
+def telemetry_status(
+    connector_status: str | None,
+    charging_state: str | None,
+    faulted: bool,
+    *,
+    power_w: float = 0.0,
+    ended: bool = False,
+) -> TelemetryStatus | None:
+    """The telemetry ``status`` of a station, in the contract's vocabulary.
+
+    The charging state (``ChargingStateEnumType``: ``Charging``, ``SuspendedEV``,
+    ``SuspendedEVSE``, ``EVConnected``, ``Idle``) comes from the running transaction, the
+    connector status (``ConnectorStatusEnumType``: ``Available``, ``Occupied``,
+    ``Reserved``, ``Unavailable``, ``Faulted``) from StatusNotification; ``ended`` is true
+    for the meter values of a TransactionEvent ``Ended``. First match wins:
+
+    ==========================================================  ================
+    input                                                       status
+    ==========================================================  ================
+    ``faulted`` (a fault code) or connector ``Faulted``         ``fault``
+    connector ``Unavailable``                                   ``unavailable``
+    ``ended``                                                   ``idle``
+    ``Charging`` and ``power_w`` < 0 (OCPP 2.1 V2X)             ``discharging``
+    ``Charging``                                                ``charging``
+    ``SuspendedEV``, ``SuspendedEVSE``                          ``suspended``
+    ``EVConnected``, ``Idle``                                   ``idle``
+    connector ``Available``, ``Occupied``, ``Reserved``         ``idle``
+    nothing known                                               None
+    ==========================================================  ================
     """
     if faulted or connector_status == "Faulted":
-        return "Faulted"
+        return "fault"
+    if connector_status == "Unavailable":
+        return "unavailable"
+    if ended:
+        return "idle"
+    if charging_state == "Charging":
+        return "discharging" if power_w < 0 else "charging"
+    if charging_state in _SUSPENDED:
+        return "suspended"
+    if charging_state in _IDLE_CHARGING_STATES or connector_status in _IDLE_CONNECTOR:
+        return "idle"
+    return None
+
+
+def device_status(
+    connector_status: str | None, charging_state: str | None, *, ended: bool = False
+) -> str | None:
+    """The station's own word for ``device_status``.
+
+    ``Ended`` for the meter values of a TransactionEvent ``Ended``, else the transaction's
+    charging state, else the connector status.
+    """
+    if ended:
+        return "Ended"
     return charging_state or connector_status
 
 
@@ -239,13 +291,41 @@ def _pct(value: float | None) -> float | None:
     return None if value is None else min(100.0, max(0.0, value))
 
 
+#: A stated AC voltage above this on a multi-phase supply is line-to-line (V).
+LINE_TO_LINE_ABOVE_V = 250.0
+
+
+def ac_power_w(current_a: float, voltage_v: float, phases: int) -> float:
+    """AC power limit in W of ``current_a`` per phase at a stated ``voltage_v`` on ``phases``.
+
+    ``P = I x U_phase x phases`` with ``U_phase`` the phase-to-neutral voltage. OCPP's
+    ``ACChargingParametersType.evMaxVoltage`` (from ISO 15118-2 ``EVMaxVoltage``) does not
+    say whether a multi-phase voltage is phase-to-neutral (230 V) or line-to-line (400 V).
+    Low-voltage phase-to-neutral supplies are 230-240 V nominal (IEC 60038), so on two or
+    three phases a stated voltage above ``LINE_TO_LINE_ABOVE_V`` is taken as line-to-line
+    and ``U_phase = U / sqrt(3)``; one phase is always phase-to-neutral. Limitation: a
+    North American 208 V line-to-line supply stated as 208 V is below the threshold and
+    read as phase-to-neutral (the result is then sqrt(3) too high).
+
+    Examples: 32 A at 230 V on one phase is 7,360 W; 32 A at 400 V on three phases is
+    32 x 230.94 x 3 = 22,170 W; 16 A at 230 V on three phases is 11,040 W.
+    """
+    phase_v = voltage_v
+    if phases > 1 and voltage_v > LINE_TO_LINE_ABOVE_V:
+        phase_v = voltage_v / math.sqrt(3.0)
+    return current_a * phase_v * phases
+
+
 def charging_needs(needs: Mapping[str, Any]) -> EvChargingNeeds:
     """Convert an OCPP ``ChargingNeedsType`` (NotifyEVChargingNeeds) to the contract model.
 
     - ``v2x`` is true when the requested energy transfer is bidirectional (``*_BPT``, ISO
       15118-20); an ISO 15118-2 car requests ``AC_*``/``DC`` and is charge-only.
     - Powers: ``v2xChargingParameters.maxChargePower``/``maxDischargePower`` (2.1), else
-      ``dcChargingParameters.evMaxPower``, else AC ``evMaxCurrent x evMaxVoltage x phases``.
+      ``dcChargingParameters.evMaxPower``, else AC ``evMaxCurrent`` (A per phase) at
+      ``evMaxVoltage`` on the phases of ``requestedEnergyTransfer`` (``ac_power_w``: a
+      multi-phase voltage above 250 V is line-to-line, so 400 V, 32 A, three phases is
+      22.2 kW, not 38.4 kW).
     - Energy: ``evTargetEnergyRequest`` (2.1), else ``energyAmount`` of the AC/DC parameters.
     - ``target_soc_pct`` from ``targetSoC`` (2.1), else the DC ``fullSoC``; ``min_soc_pct``
       derived from ``evMinV2XEnergyRequest`` (energy to the bottom of the V2X range), the
@@ -261,8 +341,9 @@ def charging_needs(needs: Mapping[str, Any]) -> EvChargingNeeds:
     if max_charge_w is None:
         max_charge_w = _num(dc, "evMaxPower")
     if max_charge_w is None and ac:
-        phases = _PHASES.get(mode, 1)
-        max_charge_w = float(ac["evMaxCurrent"]) * float(ac["evMaxVoltage"]) * phases
+        max_charge_w = ac_power_w(
+            float(ac["evMaxCurrent"]), float(ac["evMaxVoltage"]), _PHASES.get(mode, 1)
+        )
     max_discharge_w = _num(v2x_params, "maxDischargePower") if v2x else 0.0
 
     requested_energy_wh = _num(v2x_params, "evTargetEnergyRequest")

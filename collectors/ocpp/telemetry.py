@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Literal
 
 from collectors.ocpp.mapping import MeterReading
-from gridflex.contract import EvChargingNeeds, Telemetry
+from gridflex.contract import EvChargingNeeds, Telemetry, TelemetryStatus
 from gridflex.telemetry_json import TelemetryJson
 
 __all__ = ["KIND", "StationFields", "TelemetryEncoder"]
@@ -26,7 +26,8 @@ class StationFields:
 
     power_w: float
     temp_c: float | None = None
-    status: str | None = None
+    status: TelemetryStatus | None = None
+    device_status: str | None = None
     transaction_id: str | None = None
     ev: EvChargingNeeds | None = None
 
@@ -69,6 +70,7 @@ def _fields(reading: MeterReading, station: StationFields, seq: int) -> dict[str
             reading.setpoint_w,
         ),
         "status": station.status,
+        "device_status": station.device_status,
         "transaction_id": station.transaction_id,
         "ev": station.ev,
     }

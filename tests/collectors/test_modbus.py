@@ -118,7 +118,19 @@ def test_plan_reads_two_blocks_on_the_simulated_layout() -> None:
     assert len(plan.reads) == 2
     assert plan.every_poll == 1  # 701 every poll; 704 + 713 are low priority
     assert all(count <= 125 for _a, count in plan.reads)
-    assert plan.capabilities.max_charge_w == 11_000
+    assert plan.capabilities.rated_charge_w == 11_000  # 702 WChaRteMaxRtg
+    assert plan.capabilities.rated_discharge_w == 11_000
+    assert plan.capabilities.site_max_charge_w is None  # no site limits given
+
+
+def test_capabilities_carry_the_site_limits_next_to_the_device_ratings() -> None:
+    device = SimulatedInverter(InverterModel(), serial="P1")
+    plan = asyncio.run(
+        discover_plan(_fake_read(device), site_max_charge_w=9_000, site_max_discharge_w=5_000)
+    )
+    caps = plan.capabilities
+    assert (caps.rated_charge_w, caps.rated_discharge_w) == (11_000, 11_000)
+    assert (caps.site_max_charge_w, caps.site_max_discharge_w) == (9_000, 5_000)
     assert plan.capabilities.capacity_wh == 60_000
     assert plan.capabilities.serial == "P1"
 
@@ -162,7 +174,7 @@ def test_discharging_inverter_reads_as_negative_power_w() -> None:
     assert reading.current_a == pytest.approx(20.0)
     assert reading.energy_import_wh == 1_000.0
     assert reading.energy_export_wh == 2_000.0
-    assert reading.status == "running"
+    assert (reading.status, reading.device_status) == ("discharging", "RUNNING")
 
 
 def test_disabled_setpoint_is_not_reported() -> None:
@@ -171,7 +183,7 @@ def test_disabled_setpoint_is_not_reported() -> None:
     reading = decode_reading(plan, _blocks(device, plan))
     assert reading.setpoint_w is None
     assert reading.power_w == 0.0
-    assert reading.status == "standby"
+    assert (reading.status, reading.device_status) == ("idle", "STANDBY")
 
 
 def test_not_implemented_points_decode_to_none() -> None:
@@ -191,6 +203,7 @@ def test_telemetry_validates_against_the_contract() -> None:
     message = to_telemetry(reading, "site1", "inv-1", ts_ms=1_700_000_000_000, seq=7, boot="b1")
     parsed = Telemetry.model_validate_json(message.to_json())
     assert (parsed.power_w, parsed.seq, parsed.kind) == (2_000.0, 7, "inverter")
+    assert (parsed.status, parsed.device_status) == ("charging", "RUNNING")
     assert parsed.freq_hz == pytest.approx(50.01)
 
 
@@ -274,7 +287,8 @@ def _reading(**overrides: object) -> InverterReading:
         "energy_export_wh": 2_000.0,
         "temp_c": 31.2,
         "setpoint_w": -4_600.0,
-        "status": "running",
+        "status": "discharging",
+        "device_status": "RUNNING",
     }
     values.update(overrides)
     return InverterReading(**values)  # type: ignore[arg-type]
@@ -288,10 +302,11 @@ def _pydantic_json(reading: InverterReading, ts_ms: int, seq: int) -> bytes:
     "reading",
     [
         _reading(),
-        _reading(power_w=0.0, setpoint_w=None, status="standby", soc_pct=None),
+        _reading(power_w=0.0, setpoint_w=None, status="idle", device_status="STANDBY"),
         _reading(freq_hz=None, voltage_v=None, current_a=None, temp_c=None, status=None),
+        _reading(status=None, device_status=None),
         _reading(energy_import_wh=0.0, soc_pct=100.0, temp_c=-12.5, current_a=-0.01),
-        _reading(status='odd "state" é'),
+        _reading(device_status='odd "state" é'),
     ],
 )
 def test_encoder_writes_the_bytes_pydantic_writes(reading: InverterReading) -> None:
@@ -319,7 +334,8 @@ def test_encoder_matches_pydantic_json_on_random_readings() -> None:
             energy_export_wh=maybe(0, 1e13),
             temp_c=maybe(-40, 90),
             setpoint_w=maybe(-11_000, 11_000),
-            status=rng.choice([None, "running", "standby", "fault"]),
+            status=rng.choice([None, "charging", "discharging", "idle", "fault"]),
+            device_status=rng.choice([None, "RUNNING", "STANDBY", "FAULT", "THROTTLED"]),
         )
         ours = encoder.encode(reading, ts_ms=1_764_000_000_000 + seq, seq=seq)
         theirs = _pydantic_json(reading, 1_764_000_000_000 + seq, seq)
@@ -334,6 +350,7 @@ def test_encoder_matches_pydantic_json_on_random_readings() -> None:
         _reading(soc_pct=100.1),
         _reading(energy_export_wh=-1.0),
         _reading(voltage_v=-0.1),
+        _reading(status="running"),  # a device word, not the contract's vocabulary
     ],
 )
 def test_encoder_refuses_what_the_contract_refuses(reading: InverterReading) -> None:

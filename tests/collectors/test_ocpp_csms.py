@@ -166,9 +166,20 @@ def test_both_versions_boot_and_report_telemetry_in_the_contract(
         }
         assert set(by_protocol) == {"ocpp2.1", "ocpp2.0.1"}
         assert by_protocol["ocpp2.1"]["capabilities"]["manufacturer"] == "gridflex"
+        for caps in (s["capabilities"] for s in by_protocol.values()):
+            assert (caps["site_max_charge_w"], caps["site_max_discharge_w"]) == (22_000, 10_000)
+        with_needs = [
+            s["capabilities"]
+            for s in statuses(sub, site, "cs21")
+            if s["reason"] == "charging needs received"
+        ]
+        assert (with_needs[-1]["rated_charge_w"], with_needs[-1]["rated_discharge_w"]) == (
+            11_000,
+            7_000,
+        )  # what the car states (ISO 15118-20 via NotifyEVChargingNeeds)
         last21 = [t for t in telemetry(sub, site, "cs21") if t["power_w"] > 0][-1]
         assert last21["transaction_id"]
-        assert last21["status"] == "Charging"
+        assert (last21["status"], last21["device_status"]) == ("charging", "Charging")
         assert last21["soc_pct"] >= 50
         assert last21["energy_import_wh"] > 0
         assert last21["ev"]["v2x"] is True
@@ -475,7 +486,7 @@ def test_ground_fault_shows_in_status_and_telemetry(
             assert sub.wait_for(
                 lambda _m: (
                     any(s["state"] == "faulted" for s in statuses(sub, site, "gf"))
-                    and any(t.get("status") == "Faulted" for t in telemetry(sub, site, "gf"))
+                    and any(t.get("status") == "fault" for t in telemetry(sub, site, "gf"))
                 )
             )
         finally:
@@ -483,9 +494,40 @@ def test_ground_fault_shows_in_status_and_telemetry(
     faulted = [s for s in statuses(sub, site, "gf") if s["state"] == "faulted"]
     assert "GroundFault" in faulted[-1]["faults"]
     assert faulted[-1]["online"] is True
-    after = [t for t in telemetry(sub, site, "gf") if t.get("status") == "Faulted"]
+    after = [t for t in telemetry(sub, site, "gf") if t.get("status") == "fault"]
     assert after[-1]["power_w"] == 0
     assert "transaction_id" not in after[-1]  # the transaction was stopped
+
+
+def test_transaction_end_is_published_as_idle_and_in_the_retained_status(
+    mosquitto: Broker, loop_thread: LoopThread
+) -> None:
+    car = CarSpec(max_charge_w=11_000, v2x=False, initial_soc_pct=50, departure_s=1.5)
+    site = Site(loop_thread, mosquitto.url, [spec("tx", "2.0.1", car)])
+    with Subscriber(mosquitto.url, f"gridflex/v1/{site.id}/#") as sub:
+        site.start()
+        try:
+            assert sub.wait_for(
+                lambda _m: any("ended" in s["reason"] for s in statuses(sub, site, "tx"))
+            )
+        finally:
+            site.close()
+    for _topic, payload in sub.messages:
+        parse_payload(payload)
+    readings = telemetry(sub, site, "tx")
+    final = next(t for t in readings if t.get("device_status") == "Ended")
+    assert final["status"] == "idle"  # not "charging": the transaction is over
+    assert final["transaction_id"]  # the reading still belongs to it
+    charging = [t for t in readings if t.get("status") == "charging"]
+    assert charging and charging[-1]["transaction_id"] == final["transaction_id"]
+    assert final["energy_import_wh"] >= charging[-1]["energy_import_wh"]
+    tx_id = final["transaction_id"]
+    by_reason = {s["reason"]: s for s in statuses(sub, site, "tx")}
+    started = by_reason[f"transaction {tx_id} started"]
+    ended = by_reason[f"transaction {tx_id} ended (EVDisconnected)"]
+    assert started["transaction_id"] == tx_id
+    assert "transaction_id" not in ended
+    assert "rated_charge_w" not in ended["capabilities"]  # the car has gone
 
 
 def test_overheating_connector_derates_power_and_reports_its_temperature(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -12,7 +13,9 @@ from collectors.ocpp.mapping import (
     ChargingProfilePlan,
     Refusal,
     StationFacts,
+    ac_power_w,
     charging_needs,
+    device_status,
     format_ocpp_time,
     parse_ocpp_time,
     plan_setpoint,
@@ -168,19 +171,47 @@ def test_an_unsupported_unit_of_a_used_measurand_is_refused() -> None:
 
 
 @pytest.mark.parametrize(
-    ("connector", "charging", "faulted", "expected"),
+    ("station", "expected"),
     [
-        ("Occupied", "Charging", False, "Charging"),
-        ("Occupied", None, False, "Occupied"),
-        ("Faulted", "Charging", False, "Faulted"),
-        ("Available", None, True, "Faulted"),
-        (None, None, False, None),
+        (("Occupied", "Charging", False, 7_360.0, False), "charging"),
+        (("Occupied", "Charging", False, 0.0, False), "charging"),  # contactor closed
+        (("Occupied", "Charging", False, -7_000.0, False), "discharging"),  # OCPP 2.1 V2X
+        (("Occupied", "SuspendedEV", False, 0.0, False), "suspended"),
+        (("Occupied", "SuspendedEVSE", False, 0.0, False), "suspended"),
+        (("Occupied", "EVConnected", False, 0.0, False), "idle"),
+        (("Available", "Idle", False, 0.0, False), "idle"),
+        (("Occupied", None, False, 0.0, False), "idle"),
+        (("Available", None, False, 0.0, False), "idle"),
+        (("Reserved", None, False, 0.0, False), "idle"),
+        (("Unavailable", None, False, 0.0, False), "unavailable"),
+        (("Faulted", "Charging", False, 7_000.0, False), "fault"),
+        (("Available", None, True, 0.0, False), "fault"),  # an active fault code
+        (("Occupied", "Charging", False, 7_360.0, True), "idle"),  # the Ended reading
+        (("Occupied", "Charging", True, 0.0, True), "fault"),  # ended by a ground fault
+        ((None, None, False, 0.0, False), None),
     ],
 )
 def test_telemetry_status(
-    connector: str | None, charging: str | None, faulted: bool, expected: str | None
+    station: tuple[str | None, str | None, bool, float, bool], expected: str | None
 ) -> None:
-    assert telemetry_status(connector, charging, faulted) == expected
+    connector, charging, faulted, power_w, ended = station
+    status = telemetry_status(connector, charging, faulted, power_w=power_w, ended=ended)
+    assert status == expected
+
+
+@pytest.mark.parametrize(
+    ("connector", "charging", "ended", "expected"),
+    [
+        ("Occupied", "SuspendedEV", False, "SuspendedEV"),
+        ("Occupied", None, False, "Occupied"),
+        ("Occupied", "Charging", True, "Ended"),
+        (None, None, False, None),
+    ],
+)
+def test_device_status_keeps_the_stations_word(
+    connector: str | None, charging: str | None, ended: bool, expected: str | None
+) -> None:
+    assert device_status(connector, charging, ended=ended) == expected
 
 
 # --------------------------------------------------------------------------- charging needs
@@ -229,10 +260,45 @@ def test_iso15118_2_ac_car_is_charge_only_with_power_from_current_and_voltage() 
         }
     )
     assert needs.v2x is False
-    assert needs.max_charge_w == pytest.approx(16 * 230 * 3)
+    assert needs.max_charge_w == pytest.approx(11_040)  # 16 A x 230 V (phase) x 3
     assert needs.max_discharge_w == 0
     assert needs.requested_energy_wh == 20_000
     assert needs.min_soc_pct is None
+
+
+@pytest.mark.parametrize(
+    ("mode", "current_a", "voltage_v", "expected_w"),
+    [
+        ("AC_single_phase", 32, 230, 7_360.0),  # 32 A x 230 V
+        ("AC_three_phase", 32, 400, 22_170.3),  # 32 A x 400 V / sqrt(3) x 3, not 38.4 kW
+        ("AC_three_phase", 16, 230, 11_040.0),  # phase voltage stated: 16 A x 230 V x 3
+        ("AC_two_phase", 16, 400, 7_390.0),  # 16 A x 230.9 V x 2
+        ("AC_single_phase", 16, 400, 6_400.0),  # one phase: the voltage is as stated
+        ("AC_three_phase", 16, 250, 12_000.0),  # 250 V is still phase-to-neutral
+    ],
+)
+def test_ac_power_limit_is_current_times_phase_voltage_times_phases(
+    mode: str, current_a: float, voltage_v: float, expected_w: float
+) -> None:
+    needs = charging_needs(
+        {
+            "requestedEnergyTransfer": mode,
+            "acChargingParameters": {
+                "energyAmount": 20_000,
+                "evMinCurrent": 6,
+                "evMaxCurrent": current_a,
+                "evMaxVoltage": voltage_v,
+            },
+        }
+    )
+    assert needs.max_charge_w == pytest.approx(expected_w, abs=0.1)
+
+
+def test_ac_power_w_golden_values() -> None:
+    assert ac_power_w(32, 230, 1) == pytest.approx(7_360.0)
+    assert ac_power_w(32, 400, 3) == pytest.approx(32 * 400 / math.sqrt(3) * 3)
+    assert ac_power_w(32, 400, 3) == pytest.approx(22_170.3, abs=0.1)
+    assert ac_power_w(16, 230, 3) == pytest.approx(11_040.0)
 
 
 def test_bpt_parameters_without_a_bpt_request_do_not_make_a_v2x_car() -> None:

@@ -67,7 +67,8 @@ def readings(rng: random.Random, count: int) -> list[tuple[MeterReading, Station
         station = StationFields(
             power_w=pick(-22_000, 22_000) or 0.0,
             temp_c=pick(-20, 90),
-            status=rng.choice([None, "Charging", "SuspendedEV", "Faulted", "Available"]),
+            status=rng.choice([None, "charging", "discharging", "suspended", "idle", "fault"]),
+            device_status=rng.choice([None, "Charging", "SuspendedEV", "Ended", "Available"]),
             transaction_id=rng.choice([None, "9669983543d14b49", "tx-1"]),
             ev=rng.choice([None, V2X_NEEDS, CHARGE_ONLY_NEEDS]),
         )
@@ -101,7 +102,13 @@ def test_every_combination_of_present_fields_is_byte_equal_and_in_the_schema() -
     for mask in itertools.product([False, True], repeat=len(names)):
         values = {n: 50.0 for n, on in zip(names, mask, strict=True) if on}
         reading = MeterReading(ts_ms=1_767_225_600_123, energy_export_wh=3.5, **values)
-        station = StationFields(power_w=-7000.0, temp_c=31.5, status="Charging", ev=V2X_NEEDS)
+        station = StationFields(
+            power_w=-7000.0,
+            temp_c=31.5,
+            status="discharging",
+            device_status="Charging",
+            ev=V2X_NEEDS,
+        )
         payload = enc.encode(reading, station, seq=7)
         assert payload == enc.model(reading, station, seq=7).to_json()
         jsonschema.validate(json.loads(payload), SCHEMA)
@@ -142,8 +149,15 @@ def test_non_finite_numbers_are_refused_not_written_as_null(value: float) -> Non
 def test_strings_that_need_escaping_are_written_as_the_model_writes_them(text: str) -> None:
     enc = encoder()
     reading = MeterReading(ts_ms=1, soc_pct=50.0)
-    station = StationFields(power_w=1.0, status=text, transaction_id=text)
+    station = StationFields(power_w=1.0, status="idle", device_status=text, transaction_id=text)
     assert enc.encode(reading, station, seq=1) == enc.model(reading, station, seq=1).to_json()
+
+
+@pytest.mark.parametrize("word", ["Charging", "SuspendedEV", "Faulted", "running"])
+def test_a_status_outside_the_vocabulary_raises_the_models_validation_error(word: str) -> None:
+    station = StationFields(power_w=1.0, status=word)  # type: ignore[arg-type]
+    with pytest.raises(ValidationError, match="status"):
+        encoder().encode(MeterReading(ts_ms=1), station, seq=1)
 
 
 def test_changed_charging_needs_are_written_not_the_previous_ones() -> None:
@@ -179,6 +193,10 @@ def test_a_typical_meter_value_is_written_without_building_the_model(
         voltage_v=230.0,
     )
     station = StationFields(
-        power_w=7360.5, status="Charging", transaction_id="9669983543d14b49", ev=V2X_NEEDS
+        power_w=7360.5,
+        status="charging",
+        device_status="Charging",
+        transaction_id="9669983543d14b49",
+        ev=V2X_NEEDS,
     )
     assert json.loads(enc.encode(reading, station, seq=3))["soc_pct"] == 41.27

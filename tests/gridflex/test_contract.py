@@ -8,6 +8,9 @@ import jsonschema
 import pytest
 
 from gridflex.contract import (
+    TELEMETRY_STATUSES,
+    AssetStatus,
+    Capabilities,
     ContractError,
     DeadLetter,
     GridFrequency,
@@ -85,7 +88,25 @@ def test_serialised_payloads_validate_against_the_published_json_schema() -> Non
             samples=5,
             assets=1,
         ),
-        DeadLetter(component="pipeline", ts_ms=1, reason="not JSON", payload="{"),
+        DeadLetter(site="s", component="pipeline", ts_ms=1, reason="not JSON", payload="{"),
+        _telemetry(kind="evse", status="suspended", device_status="SuspendedEV"),
+        AssetStatus(
+            site="s",
+            asset="cs-1",
+            kind="evse",
+            ts_ms=1,
+            online=True,
+            state="online",
+            transaction_id="tx-1",
+            capabilities=Capabilities(
+                protocol="ocpp2.1",
+                rated_charge_w=11_000,
+                rated_discharge_w=7_000,
+                site_max_charge_w=22_000,
+                site_max_discharge_w=10_000,
+                v2x=True,
+            ),
+        ),
     ]
     for sample in samples:
         obj = json.loads(sample.to_json())
@@ -108,3 +129,31 @@ def test_parse_payload_refuses_non_json_and_unknown_schema() -> None:
 def test_round_trip_keeps_every_field() -> None:
     original = _telemetry(voltage_v=231.0, energy_import_wh=10.0, energy_export_wh=2.5)
     assert parse_payload(original.to_json()) == original
+
+
+def test_telemetry_status_is_one_vocabulary_and_the_device_word_is_kept_apart() -> None:
+    assert {
+        "idle",
+        "charging",
+        "discharging",
+        "suspended",
+        "fault",
+        "unavailable",
+    } == TELEMETRY_STATUSES
+    obj = json.loads(_telemetry(status="idle", device_status="STANDBY").to_json())
+    assert (obj["status"], obj["device_status"]) == ("idle", "STANDBY")
+    with pytest.raises(ContractError, match="status"):
+        parse_payload(_telemetry().to_json().replace(b'"power_w"', b'"status":"RUNNING","power_w"'))
+
+
+def test_dead_letter_requires_a_site() -> None:
+    letter = b'{"schema":"deadletter/1","component":"x","ts_ms":1,"reason":"r","payload":"p"}'
+    with pytest.raises(ContractError, match="site"):
+        parse_payload(letter)
+
+
+def test_capabilities_name_device_ratings_and_site_limits_apart() -> None:
+    fields = set(Capabilities.model_fields)
+    assert {"rated_charge_w", "rated_discharge_w", "site_max_charge_w"} <= fields
+    assert "site_max_discharge_w" in fields
+    assert not {"max_charge_w", "max_discharge_w"} & fields

@@ -93,6 +93,23 @@ def test_telemetry_view_removes_redeliveries_across_files(tmp_path: Path) -> Non
     assert rows == [("b1", 1), ("b1", 2), ("b1", 3), ("b2", 2)]
 
 
+def test_files_written_before_device_status_read_it_as_null(tmp_path: Path) -> None:
+    old_schema = TELEMETRY_SCHEMA.remove(TELEMETRY_SCHEMA.get_field_index("device_status"))
+    old_row = {
+        k: v for k, v in telemetry_row("a", 1, status="idle").items() if k in old_schema.names
+    }
+    folder = partition_dir(tmp_path, "telemetry", utc_date(T0_MS))
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([old_row], schema=old_schema), folder / "part-0.parquet")
+    query = "select seq, status, device_status from telemetry order by seq"
+    assert connect(tmp_path).execute(query).fetchall() == [(1, "idle", None)]
+    write(
+        tmp_path, "telemetry", "1", [telemetry_row("a", 2, status="idle", device_status="STANDBY")]
+    )
+    rows = connect(tmp_path).execute(query).fetchall()
+    assert rows == [(1, "idle", None), (2, "idle", "STANDBY")]
+
+
 def test_ts_is_the_utc_instant_of_ts_ms(tmp_path: Path) -> None:
     write(tmp_path, "telemetry", "1", [telemetry_row("a", 1, ts_ms=T0_MS + 123)])
     ((ts, day),) = connect(tmp_path).execute("select ts, date from telemetry").fetchall()

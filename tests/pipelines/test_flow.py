@@ -11,6 +11,7 @@ from bytewax.run import cli_main
 from bytewax.testing import TestingSink, TestingSource, run_main
 from numpy.testing import assert_allclose
 
+from gridflex.config import SiteConfig
 from gridflex.contract import DeadLetter, GridFrequency, parse_payload
 from gridflex.history import connect
 from pipelines.flow import FlowOptions, build_flow
@@ -20,11 +21,15 @@ from tests.pipelines.helpers import T0_MS, make_site, raw, step_series, telemetr
 
 
 def run(
-    messages: list[RawMessage | Heartbeat], data_dir: Path, *, workers: int = 1
+    messages: list[RawMessage | Heartbeat],
+    data_dir: Path,
+    *,
+    workers: int = 1,
+    site: SiteConfig | None = None,
 ) -> list[tuple[str, bytes]]:
     out: list[tuple[str, bytes]] = []
     flow = build_flow(
-        make_site(),
+        site or make_site(),
         data_dir,
         options=FlowOptions(flush_interval_s=60),
         source=TestingSource(messages),

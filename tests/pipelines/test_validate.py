@@ -126,9 +126,10 @@ def test_a_non_telemetry_topic_is_a_bad_topic(topic: str) -> None:
 
 def test_dead_letter_keeps_reason_topic_and_text_payload() -> None:
     message = raw(b"{not json", topic="gridflex/v1/s1/inverter/inv-1/telemetry", received_ms=T0_MS)
-    letter = to_dead_letter(rejected(message))
+    letter = to_dead_letter(rejected(message), site="s1")
     parsed = parse_payload(letter.to_json())
     assert isinstance(parsed, DeadLetter)
+    assert parsed.site == "s1"
     assert parsed.component == "pipeline"
     assert parsed.reason.startswith("not_json: ")
     assert parsed.topic == message.topic
@@ -139,6 +140,6 @@ def test_dead_letter_keeps_reason_topic_and_text_payload() -> None:
 def test_dead_letter_of_binary_payload_is_base64() -> None:
     body = b"\xff\xfe\x00garbage"
     message = raw(body, topic="gridflex/v1/s1/inverter/inv-1/telemetry", received_ms=T0_MS)
-    letter = to_dead_letter(rejected(message))
+    letter = to_dead_letter(rejected(message), site="s1")
     assert letter.payload_encoding == "base64"
     assert base64.b64decode(letter.payload) == body

@@ -139,3 +139,50 @@ def test_make_cars_is_seeded_and_has_the_exact_v2x_share() -> None:
     assert all(car.max_discharge_w == 0 for car in first if not car.v2x)
     assert all(0 <= car.arrival_s <= 60 for car in first)
     assert all(car.departure_s is not None and car.departure_s > car.arrival_s for car in first)
+
+
+LOSSY_TAPER = CarSpec(
+    capacity_wh=60_000,
+    max_charge_w=11_000,
+    max_discharge_w=7_000,
+    v2x=True,
+    efficiency=0.9,
+    taper_soc_pct=80.0,
+)
+
+
+@pytest.mark.parametrize(
+    ("soc_pct", "highest_w"),
+    [
+        (50.0, 11_000),
+        (80.0, 11_000),  # taper starts above 80 %
+        (90.0, 5_500),  # halfway to 100 %: half the rating
+        (99.0, 550),
+    ],
+)
+def test_charge_limit_tapers_above_the_taper_point(soc_pct: float, highest_w: float) -> None:
+    assert allowed_power_w(LOSSY_TAPER, soc_pct, 25, **STATION)[1] == pytest.approx(highest_w)
+
+
+def test_efficiency_loses_energy_both_ways_but_the_meter_counts_ac() -> None:
+    state = EvState(soc_pct=40.0)
+    charged = step(state, LOSSY_TAPER, 6_000, 3_600, thermal=NO_HEAT, **STATION)
+    assert charged.soc_pct == pytest.approx(40.0 + 100 * 5_400 / 60_000)  # 6 kWh x 0.9
+    assert charged.energy_import_wh == pytest.approx(6_000)
+    discharged = step(state, LOSSY_TAPER, -4_500, 3_600, thermal=NO_HEAT, **STATION)
+    assert discharged.soc_pct == pytest.approx(40.0 - 100 * 5_000 / 60_000)  # 4.5 kWh / 0.9
+    assert discharged.energy_export_wh == pytest.approx(4_500)
+
+
+def test_lossy_charge_stops_at_full_and_meters_only_what_went_in() -> None:
+    state = EvState(soc_pct=99.99)
+    after = step(state, CarSpec(efficiency=0.9), 11_000, 3_600, thermal=NO_HEAT, **STATION)
+    assert after.soc_pct == pytest.approx(100.0)
+    assert after.energy_import_wh == pytest.approx(0.01 * 600 / 0.9)
+
+
+def test_defaults_are_lossless_without_taper() -> None:
+    assert CarSpec().efficiency == 1.0
+    assert CarSpec().taper_soc_pct == 100.0
+    with pytest.raises(ValueError, match="efficiency"):
+        CarSpec(efficiency=0.0)
