@@ -42,7 +42,7 @@ from typing import Any
 
 import psutil
 
-from bench._harness import stop_process
+from bench._harness import pyspy_record, stop_process
 from gridflex.broker import start_broker
 from gridflex.mqtt import MqttClient
 from gridflex.net import free_port
@@ -188,12 +188,6 @@ class CpuMeter:
         return out
 
 
-def _pyspy(pid: int, out: Path, duration_s: float) -> subprocess.Popen[bytes]:
-    cmd = [PYSPY, "record", "--nonblocking", "-r", "100", "-f", "raw", "-o", str(out)]
-    cmd += ["-p", str(pid), "-d", str(max(1, int(duration_s)))]
-    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-
-
 def run_one(
     n: int,
     *,
@@ -263,9 +257,11 @@ def run_one(
             spies = []
             if pyspy_dir is not None:
                 pyspy_dir.mkdir(parents=True, exist_ok=True)
-                spies.append(_pyspy(csms.pid, pyspy_dir / f"csms-{n}.txt", duration_s))
+                spies.append(pyspy_record(PYSPY, csms.pid, pyspy_dir / f"csms-{n}.txt", duration_s))
                 for k, sim in enumerate(sims):
-                    spies.append(_pyspy(sim.pid, pyspy_dir / f"sim{k}-{n}.txt", duration_s))
+                    spies.append(
+                        pyspy_record(PYSPY, sim.pid, pyspy_dir / f"sim{k}-{n}.txt", duration_s)
+                    )
             started = time.monotonic()
             meter.start()
             time.sleep(duration_s)

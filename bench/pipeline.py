@@ -25,80 +25,34 @@ import asyncio
 import json
 import os
 import random
-import subprocess
 import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import duckdb
 
-from bench._harness import busiest_processes, busy_s, fmt, rss_mib, stop_process, tree
+from bench._harness import (
+    INTERVAL_S,
+    busiest_processes,
+    busy_s,
+    fmt,
+    percentile,
+    pipeline_site_toml,
+    publish_telemetry,
+    rss_mib,
+    start_pipeline,
+    stop_process,
+    tree,
+)
 from gridflex.broker import start_broker
-from gridflex.contract import grid_frequency_topic, telemetry_topic
-from gridflex.mqtt import MqttClient, open_session
-from gridflex.mqtt_asyncio import AsyncMqttClient
+from gridflex.contract import grid_frequency_topic
+from gridflex.mqtt import MqttClient
 
-ROOT = Path(__file__).resolve().parents[1]
 SITE = "bench"
-INTERVAL_S = 0.2
-
-
-def site_toml(mqtt_url: str, data_dir: Path) -> str:
-    return (
-        f'[site]\nid = "{SITE}"\n\n[mqtt]\nurl = "{mqtt_url}"\nqueue_limit = 1000000\n\n'
-        f'[history]\ndir = "{data_dir}"\n'
-    )
-
-
-# --------------------------------------------------------------------------- publisher
-
-
-async def publish(url: str, n: int, duration_s: float) -> dict[str, int]:
-    """Send telemetry for ``n`` inverters every 200 ms for ``duration_s``; counts."""
-    client = AsyncMqttClient(url, f"bench-pipeline-pub-{os.getpid()}", max_inflight=0)
-    await client.start()
-    if not await client.wait_connected(10):
-        raise RuntimeError(f"publisher: no broker at {url}")
-    rng = random.Random(1)
-    topics = [telemetry_topic(SITE, "inverter", f"inv{i:05d}") for i in range(n)]
-    boot = f"bench{os.getpid()}"
-    loop = asyncio.get_running_loop()
-    start_s = loop.time()
-    slots = 50  # every 4 ms a 50th of the fleet: the spread a collector's Ticker gives
-    sent = 0
-    k = 0
-    while loop.time() - start_s < duration_s:
-        due_s = start_s + k * INTERVAL_S / slots
-        await asyncio.sleep(max(0.0, due_s - loop.time()))
-        seq = k // slots + 1
-        ts_ms = time.time_ns() // 1_000_000
-        for i in range(k % slots, n, slots):
-            payload = json.dumps(
-                {
-                    "schema": "telemetry/1",
-                    "site": SITE,
-                    "asset": f"inv{i:05d}",
-                    "kind": "inverter",
-                    "ts_ms": ts_ms,
-                    "seq": seq,
-                    "boot": boot,
-                    "power_w": round(rng.uniform(-5000, 5000), 1),
-                    "freq_hz": round(50 + rng.gauss(0, 0.02), 4),
-                    "soc_pct": 50.0,
-                    "energy_import_wh": 1000.0 + seq,
-                    "energy_export_wh": 2000.0 + seq,
-                }
-            ).encode()
-            client.publish(topics[i], payload)
-            sent += 1
-        k += 1
-    await client.flush(30)
-    stats = client.stats.as_dict()
-    await client.stop()
-    return {"sent": sent, "acknowledged": stats["acknowledged"], "dropped": stats["dropped"]}
 
 
 # --------------------------------------------------------------------------- one run
@@ -139,30 +93,19 @@ class WindowProbe:
         self.client.stop()
 
 
-def percentile(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+def noisy_frequency() -> Callable[[float], float]:
+    """Each message's frequency: 50 Hz with Gaussian noise (sigma 20 mHz)."""
+    rng = random.Random(2)
+    return lambda _elapsed_s: round(50 + rng.gauss(0, 0.02), 4)
 
 
 def run_one(n: int, warmup_s: float, duration_s: float, drain_s: float) -> dict[str, Any]:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
     with tempfile.TemporaryDirectory(prefix="gridflex-bench-") as tmp, start_broker() as broker:
         data_dir = Path(tmp) / "history"
         site = Path(tmp) / "site.toml"
-        site.write_text(site_toml(broker.url, data_dir), encoding="utf-8")
-        client_id = "gridflex-pipeline-bench"
+        site.write_text(pipeline_site_toml(SITE, broker.url, data_dir), encoding="utf-8")
         # the session exists before the first message: nothing published is missed
-        open_session(broker.url, f"{client_id}-0", f"gridflex/v1/{SITE}/+/+/telemetry")
-        pipeline = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "gridflex.cli", "--log-level=WARNING", "pipeline"),
-                *("--site", str(site), "--client-id", client_id),
-            ],
-            cwd=ROOT,
-            env=env,
-        )
+        pipeline = start_pipeline(broker.url, SITE, site)
         counts: dict[str, int] = {}
         try:
             time.sleep(5)  # imports, Bytewax start, receiver connected
@@ -170,7 +113,15 @@ def run_one(n: int, warmup_s: float, duration_s: float, drain_s: float) -> dict[
             with WindowProbe(broker.url) as probe:
                 publisher = threading.Thread(
                     target=lambda: counts.update(
-                        asyncio.run(publish(broker.url, n, warmup_s + duration_s))
+                        asyncio.run(
+                            publish_telemetry(
+                                broker.url,
+                                SITE,
+                                n,
+                                warmup_s + duration_s,
+                                freq_hz=noisy_frequency(),
+                            )
+                        )
                     )
                 )
                 publisher.start()
