@@ -55,7 +55,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
-#: Buffered rows by column, in the stream's schema order.
+#: Rows being gathered, by column, in the stream's schema order.
 Columns = dict[str, list[Any]]
 
 #: Columns taken as they are from the reading (the ``ev_*`` ones are flattened).
@@ -208,6 +208,7 @@ class ParquetStreamWriter:
         name: Unique writer name, part of every file name (e.g. the sink partition).
         flush_rows: Flush once this many rows are buffered.
         flush_interval_s: Flush once the oldest buffered row is this old (wall clock).
+        batch_rows: Rows gathered in Python lists before they become an Arrow record batch.
         clock: Monotonic clock in seconds (injectable for tests).
 
     """
@@ -221,6 +222,7 @@ class ParquetStreamWriter:
         name: str,
         flush_rows: int = 50_000,
         flush_interval_s: float = 5.0,
+        batch_rows: int = 2048,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.data_dir = Path(data_dir)
@@ -235,6 +237,9 @@ class ParquetStreamWriter:
         self._counter = 0
         self._names: tuple[str, ...] = tuple(self.schema.names)
         self._columns: Columns = self._empty()
+        self._batches: list[pa.RecordBatch] = []
+        self.batch_rows = batch_rows
+        self._pending = 0  # rows in self._columns
         self._count = 0
         self._oldest_s: float | None = None
         self.rows_written = 0
@@ -255,19 +260,33 @@ class ParquetStreamWriter:
         """Add rows to the buffer without writing.
 
         The buffer is columnar: each value goes to its column's list as it arrives (about
-        a microsecond a row in the caller's thread), so a flush hands pyarrow ready-made
-        columns instead of spending the writer thread's time — and the GIL the dataflow
-        needs — taking tens of thousands of row dicts apart.
+        a microsecond a row in the caller's thread), and every ``batch_rows`` rows the
+        lists become an Arrow record batch (a millisecond or two). So a flush never takes
+        tens of thousands of row dicts apart in the writer thread while holding the GIL the
+        dataflow needs, and a full garbage collection never walks a large buffer (Arrow
+        memory is invisible to it; a list of 50,000 values is not).
         """
-        columns = [self._columns[name].append for name in self._names]
-        names = self._names
         before = self._count
+        appenders = self._appenders()
         for row in rows:
-            for name, append in zip(names, columns, strict=True):
+            for name, append in appenders:
                 append(row[name])
             self._count += 1
+            self._pending += 1
+            if self._pending >= self.batch_rows:
+                self._seal()
+                appenders = self._appenders()
         if self._oldest_s is None and self._count > before:
             self._oldest_s = self._clock()
+
+    def _appenders(self) -> list[tuple[str, Callable[[Any], None]]]:
+        return [(name, self._columns[name].append) for name in self._names]
+
+    def _seal(self) -> None:
+        """Turn the pending lists into a record batch."""
+        if self._pending:
+            self._batches.append(pa.RecordBatch.from_pydict(self._columns, schema=self.schema))
+            self._columns, self._pending = self._empty(), 0
 
     def add(self, rows: Iterable[Row]) -> None:
         """Buffer rows, and write them when the buffer is full or old (single-threaded use)."""
@@ -285,23 +304,25 @@ class ParquetStreamWriter:
             self._clock() - self._oldest_s >= self.flush_interval_s
         )
 
-    def take(self) -> Columns:
-        """Empty the buffer and return its columns (to :meth:`write` them elsewhere)."""
-        columns, self._columns = self._columns, self._empty()
+    def take(self) -> list[pa.RecordBatch]:
+        """Empty the buffer and return it as record batches (to :meth:`write` elsewhere)."""
+        self._seal()
+        batches, self._batches = self._batches, []
         self._count, self._oldest_s = 0, None
-        return columns
+        return batches
 
-    def write(self, columns: Columns) -> list[Path]:
-        """Write buffered columns, one file per UTC date; return the new files."""
-        ts = columns[self.ts_column]
-        if not ts:
+    def write(self, batches: list[pa.RecordBatch]) -> list[Path]:
+        """Write buffered record batches, one file per UTC date; return the new files."""
+        if not batches:
             return []
-        table = pa.Table.from_pydict(columns, schema=self.schema)
-        first, last = utc_date(min(ts)), utc_date(max(ts))
+        table = pa.Table.from_batches(batches, schema=self.schema)
+        ts = table[self.ts_column]
+        bounds = pc.min_max(ts).as_py()
+        first, last = utc_date(bounds["min"]), utc_date(bounds["max"])
         if first == last:
             parts = [(first, table)]
         else:  # rows around midnight: one file per day
-            days = pa.array([utc_date(t) for t in ts], type=pa.date32())
+            days = pc.cast(pc.cast(ts, pa.timestamp("ms", tz="UTC")), pa.date32())
             parts = [
                 (day, table.filter(pc.equal(days, pa.scalar(day, type=pa.date32()))))
                 for day in sorted(set(days.to_pylist()))
@@ -314,7 +335,7 @@ class ParquetStreamWriter:
             write_parquet_atomic(part, path)
             written.append(path)
             log.debug("wrote %d %s rows to %s", part.num_rows, self.stream, path)
-        self.rows_written += len(ts)
+        self.rows_written += table.num_rows
         self.files_written.extend(written)
         return written
 

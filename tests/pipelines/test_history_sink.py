@@ -245,3 +245,12 @@ def test_recent_keys_match_a_reference_memory(keys: list[tuple[str, int]]) -> No
             seen[boot] = {seq}
         else:
             known.add(seq)
+
+
+def test_rows_gathered_over_several_record_batches_are_written_in_order(tmp_path: Path) -> None:
+    writer = ParquetStreamWriter(tmp_path, "telemetry", ts_column="ts_ms", name="t", batch_rows=3)
+    writer.buffer([row("a", seq) for seq in range(8)])
+    assert writer.buffered == 8
+    (path,) = writer.flush()
+    assert pq.read_table(path).column("seq").to_pylist() == list(range(8))
+    assert writer.buffered == 0
