@@ -207,6 +207,8 @@ class FlowOptions:
             compete with the dataflow for the GIL) or ``"thread"``.
         client_id: MQTT client id prefix; ``None`` = ``gridflex-pipeline-{site}``. The id
             names the broker's persistent session: keep it stable across restarts.
+        mqtt_client: The publisher of the ``mqtt_out`` sink: ``"asyncio"`` (the native
+            client on a loop thread) or ``"thread"`` (paho).
 
     """
 
@@ -220,6 +222,7 @@ class FlowOptions:
     mqtt_partitions: int = 1
     mqtt_receiver: Literal["process", "thread"] = "process"
     client_id: str | None = None
+    mqtt_client: Literal["asyncio", "thread"] = "asyncio"
 
 
 def dispatch_settings(site: SiteLike) -> DispatchSettings:
@@ -446,6 +449,7 @@ def build_flow(
             username=site.mqtt.username,
             password=site.mqtt.password,
             queue_limit=site.mqtt.queue_limit,
+            client=opts.mqtt_client,
         )
 
     def validate(message: RawMessage | Heartbeat) -> Accepted | Heartbeat | Rejected:
@@ -636,6 +640,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="allowed lateness of frequency samples, ms (default: pipeline.allowed_lateness_ms)",
     )
     parser.add_argument(
+        "--mqtt-client",
+        choices=("asyncio", "thread"),
+        default="asyncio",
+        help="publisher of analytics and commands: the native asyncio client (default) "
+        "or paho's threaded client",
+    )
+    parser.add_argument(
         "--client-id",
         default=None,
         help="MQTT client id prefix, names the persistent session "
@@ -745,6 +756,8 @@ def main(args: argparse.Namespace) -> int:
     from gridflex.config import load_site
 
     site = load_site(args.site)
-    options = FlowOptions(lateness_ms=args.lateness_ms, client_id=args.client_id)
+    options = FlowOptions(
+        lateness_ms=args.lateness_ms, client_id=args.client_id, mqtt_client=args.mqtt_client
+    )
     failures = run(site, args.data_dir, workers=args.workers, options=options)
     return 1 if failures else 0
