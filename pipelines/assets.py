@@ -83,6 +83,19 @@ class AssetTracker:
     soc_pct: float | None = None
     last_forecast_ms: int | None = None
 
+    def __reduce__(self) -> tuple[type[AssetTracker], tuple[object, ...]]:
+        """Copy and pickle as one flat tuple (a recovery snapshot copies every asset's)."""
+        return (
+            AssetTracker,
+            (
+                self.transaction_id,
+                self.needs,
+                self.plugged_ms,
+                self.soc_pct,
+                self.last_forecast_ms,
+            ),
+        )
+
 
 def derate_factor(temp_c: float | None) -> float:
     """Share of the rated power allowed at a connector temperature (1 when unknown)."""

@@ -130,6 +130,21 @@ class AssetMoments:
     sum_tt_s2: float = 0.0
     sum_tf_s_hz: float = 0.0
 
+    def __reduce__(self) -> tuple[type[AssetMoments], tuple[int | float, ...]]:
+        """Copy and pickle as one flat tuple: recovery snapshots copy thousands of these."""
+        return (
+            AssetMoments,
+            (
+                self.ref_ts_ms,
+                self.ref_hz,
+                self.n,
+                self.sum_t_s,
+                self.sum_f_hz,
+                self.sum_tt_s2,
+                self.sum_tf_s_hz,
+            ),
+        )
+
     def add(self, ts_ms: int, freq_hz: float) -> None:
         """Add one sample."""
         t_s = (ts_ms - self.ref_ts_ms) / 1000.0
