@@ -109,12 +109,22 @@ def stepped_frequency(
     return freq_hz
 
 
-def dispatch_site_toml(mqtt_url: str, data_dir: Path, n: int, mode: str) -> str:
-    """The bench site: ``[dispatch]``, N inverters, recovery on (the production setting)."""
+def dispatch_site_toml(
+    mqtt_url: str, data_dir: Path, n: int, mode: str, snapshot_s: float = 5.0
+) -> str:
+    """The bench site: ``[dispatch]``, N inverters, recovery on (the production setting).
+
+    ``snapshot_s`` 0 turns recovery off (to see what the snapshots cost).
+    """
     fcr_capacity_w = FCR_SHARE * n * RATING_W
+    recovery = (
+        f"recovery = true\nsnapshot_interval_s = {snapshot_s}"
+        if snapshot_s > 0
+        else "recovery = false"
+    )
     parts = [
         pipeline_site_toml(SITE, mqtt_url, data_dir),
-        "\n[pipeline]\nrecovery = true\n",
+        f"\n[pipeline]\n{recovery}\n",
         f'\n[dispatch]\nmode = "{mode}"\nmin_step_w = 100\nrefresh_s = 5\n',
         f"\n[dispatch.fcr]\ncapacity_w = {fcr_capacity_w:.0f}\n",
     ]
@@ -252,7 +262,9 @@ def run_one(n: int, mode: str, args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="gridflex-bench-") as tmp, start_broker() as broker:
         data_dir = Path(tmp) / "history"
         site = Path(tmp) / "site.toml"
-        site.write_text(dispatch_site_toml(broker.url, data_dir, n, mode), encoding="utf-8")
+        site.write_text(
+            dispatch_site_toml(broker.url, data_dir, n, mode, args.snapshot_s), encoding="utf-8"
+        )
         subscriber = ctx.Process(
             target=subscriber_main, args=(broker.url, ready, stop, results_out), daemon=True
         )
@@ -437,6 +449,13 @@ def main() -> int:
     parser.add_argument("--duration-s", type=float, default=30.0, help="measured time per N")
     parser.add_argument("--drain-s", type=float, default=5.0, help="time to catch up after")
     parser.add_argument("--step-s", type=float, default=3.0, help="time between frequency steps")
+    parser.add_argument(
+        "--snapshot-s",
+        type=float,
+        default=5.0,
+        help="recovery snapshot interval of the pipeline, s (default 5, the site default; "
+        "0 turns recovery off)",
+    )
     parser.add_argument("--samples-file", type=Path, help="write every command received")
     parser.add_argument("--pyspy-dir", type=Path, help="py-spy the pipeline process")
     args = parser.parse_args()

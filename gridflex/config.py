@@ -103,7 +103,7 @@ class PipelineConfig(_Section):
     recovery_dir: Path | None = Field(
         default=None, description="Bytewax recovery database; default {history.dir}/recovery"
     )
-    snapshot_interval_s: Annotated[float, Field(gt=0, le=600)] = 1.0
+    snapshot_interval_s: Annotated[float, Field(gt=0, le=600)] = 5.0
 
 
 class DroopConfig(_Section):
