@@ -75,6 +75,7 @@ from gridflex.contract import (
     forecast_topic,
     grid_frequency_topic,
     summary_topic,
+    telemetry_topic,
 )
 from gridflex.history import COMMANDS, FORECASTS, GRID_FREQUENCY, TELEMETRY
 from pipelines.assets import AssetProfile, AssetTracker, CarDefaults, track
@@ -377,9 +378,7 @@ class Tracked(NamedTuple):
 
 def _unprocessable(item: Accepted, exc: Exception) -> Rejected:
     t = item.telemetry
-    raw = RawMessage(
-        f"{PREFIX}/{t.site}/{t.kind}/{t.asset}/telemetry", t.to_json(), item.received_ms
-    )
+    raw = RawMessage(telemetry_topic(t.site, t.kind, t.asset), t.to_json(), item.received_ms)
     return Rejected("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}", raw)
 
 
@@ -537,9 +536,6 @@ def build_flow(
     valid: Stream[Accepted | Heartbeat] = split.trues  # type: ignore[assignment]
     refused: Stream[Rejected] = split.falses  # type: ignore[assignment]
 
-    # Error branch (wired below, with refusals of later steps): count and log per reason
-    # kind, then dead-letter.
-
     # History of every valid reading, keyed by asset so its de-dup memory stays in one place.
     telemetry_rows = op.filter_map("telemetry_row", valid, _telemetry_row)
     op.output(
@@ -604,6 +600,8 @@ def build_flow(
     )
     dispatch_out = op.map("dispatch_json", decisions, _dispatch_message)
 
+    # Refusals of validation and of the asset step: count and log per reason kind, then
+    # dead-letter.
     refused_all = op.merge("refused_all", refused, asset_dead)
     by_reason = op.key_on("key_reason", refused_all, lambda r: r.kind)
     counted = op.stateful_map("count_rejected", by_reason, _count_rejected)
