@@ -90,7 +90,10 @@ def test_every_message_published_validates_against_the_committed_schemas(
     messages = demo_run["messages"]
     assert isinstance(messages, list)
     seen: Counter[str] = Counter()
-    for _topic, payload in messages:
+    for topic, payload in messages:
+        # The broker is shared by the whole session: other tests' retained messages show up.
+        if not topic.startswith(("gridflex/v1/demo/", "gridflex/v1/deadletter/")):
+            continue
         obj = json.loads(payload)
         validators[obj["schema"]].validate(obj)
         seen[obj["schema"]] += 1

@@ -197,12 +197,19 @@ def test_sink_retains_the_summary_and_nothing_else(
     part = MqttSink(mosquitto.url, client_id=f"t-ret-{uuid.uuid4().hex[:8]}", client=client).build(
         "mqtt_out", 0, 1
     )
-    part.write_batch([(summary, b"s"), (frequency, b"f")])
+    part.write_batch([(summary, b'{"s": 1}'), (frequency, b'{"f": 1}')])
     part.close()
-    with Subscriber(mosquitto.url, f"gridflex/v1/{site}/#") as late:
-        assert late.wait_for(lambda got: len(got) >= 1)
-        time.sleep(0.3)
-        assert late.messages == [(summary, b"s")]
+    try:
+        with Subscriber(mosquitto.url, f"gridflex/v1/{site}/#") as late:
+            assert late.wait_for(lambda got: len(got) >= 1)
+            time.sleep(0.3)
+            assert late.messages == [(summary, b'{"s": 1}')]
+    finally:  # leave no retained message for later tests on the shared broker
+        clear = MqttSink(mosquitto.url, client_id=f"t-clr-{uuid.uuid4().hex[:8]}").build(
+            "mqtt_out", 0, 1
+        )
+        clear.write_batch([(summary, b"")])
+        clear.close()
 
 
 def test_a_bad_broker_url_fails_at_build_time() -> None:
