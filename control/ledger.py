@@ -1,0 +1,267 @@
+"""The idempotency ledger: which commands the control writer has handled, in SQLite.
+
+DESIGN.md invariant 1: setpoints are absolute; receiving the same command twice changes
+nothing; a command older than the last one applied to an asset is refused as stale. The
+ledger remembers every ``command_id`` with the result the writer gave it, and per asset the
+last *applied* (or clamped) command, across restarts.
+
+The writer's cycle is ``check`` -> (clamp, write) -> ``record``. ``check`` reads only;
+``record`` writes the command and, for ``applied``/``clamped``, the asset's last-applied row
+in one transaction. A writer serialises commands per asset (one consumer per asset), so
+check-then-record does not race on one asset; should two threads still record the same id,
+``record`` keeps the first and tells the second (it returns False).
+
+Order of the checks in :meth:`Ledger.check`, and why:
+
+1. ``duplicate`` first: a redelivery (MQTT QoS 1 is at-least-once) of a command already
+   handled must get the *same* answer as the first delivery, whatever has happened since.
+   Were ``expired`` or ``stale`` checked first, a late redelivery of a command that *was*
+   applied would be acked as refused, and the pipeline would believe the device never took
+   it. It also changes nothing, so it is safe to answer from the record alone.
+2. ``expired`` before ``stale``: expiry depends on the command and the clock alone, and
+   when both hold it is the more useful reason (the command came too late, whatever the
+   asset did meanwhile).
+3. ``stale``: ``issued_ms`` strictly older than the last command applied to that asset.
+   A command with the *same* ``issued_ms`` is not stale (two decisions on one reading).
+
+Durability: WAL mode with ``synchronous=FULL``. WAL lets readers (``last_applied`` from the
+REST API) go on while the writer commits. With ``NORMAL`` a WAL database stays consistent
+but may lose the last transactions on power loss or an OS crash; for this ledger that would
+mean forgetting that a command was applied and letting an older one through as not stale
+after a reboot, which is exactly what invariant 1 forbids. ``FULL`` costs one fsync per
+``record`` (per handled command, not per telemetry reading), which an edge machine's disk
+affords at dispatch rates.
+
+Growth is bounded by :meth:`Ledger.prune`, which deletes command ids recorded before a
+retention (7 days by default) and keeps every asset's last-applied row. Pruning is safe as
+long as the retention is longer than any command's validity: a pruned id that is replayed
+is refused as ``expired`` (or ``stale``) instead of ``duplicate``, and never applied twice.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+__all__ = [
+    "APPLIED_RESULTS",
+    "RETENTION_MS",
+    "CommandRecord",
+    "Decision",
+    "Ledger",
+    "Verdict",
+]
+
+Verdict = Literal["new", "duplicate", "stale", "expired"]
+
+APPLIED_RESULTS = frozenset({"applied", "clamped"})
+"""Results after which the device holds the command's setpoint."""
+
+RETENTION_MS = 7 * 24 * 3600 * 1000
+"""How long :meth:`Ledger.prune` keeps command ids by default: 7 days."""
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS command (
+    command_id  TEXT PRIMARY KEY,
+    asset       TEXT NOT NULL,
+    issued_ms   INTEGER NOT NULL,
+    result      TEXT NOT NULL,
+    requested_w REAL NOT NULL,
+    applied_w   REAL,
+    reason      TEXT,
+    recorded_ms INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS command_recorded_ms ON command (recorded_ms);
+CREATE TABLE IF NOT EXISTS last_applied (
+    asset       TEXT PRIMARY KEY,
+    command_id  TEXT NOT NULL,
+    issued_ms   INTEGER NOT NULL,
+    result      TEXT NOT NULL,
+    requested_w REAL NOT NULL,
+    applied_w   REAL,
+    reason      TEXT,
+    recorded_ms INTEGER NOT NULL
+);
+"""
+
+_COLUMNS = "asset, command_id, issued_ms, result, requested_w, applied_w, reason, recorded_ms"
+
+
+@dataclass(frozen=True, slots=True)
+class CommandRecord:
+    """What the writer did with one command, as the ledger stored it.
+
+    ``result`` is the ack's result (``applied``, ``clamped``, ``rejected``, ``failed``,
+    ``stale``, ``expired``...); ``applied_w`` is the setpoint written, W (None if nothing
+    was); ``recorded_ms`` the writer's clock at :meth:`Ledger.record`, epoch ms.
+    """
+
+    asset: str
+    command_id: str
+    issued_ms: int
+    result: str
+    requested_w: float
+    applied_w: float | None
+    reason: str | None
+    recorded_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """The ledger's verdict on a command.
+
+    ``previous`` is, for ``duplicate``, the first delivery's record (answer with its
+    result); for ``stale``, the asset's last applied command; otherwise None.
+    """
+
+    verdict: Verdict
+    previous: CommandRecord | None = None
+
+
+def _row_to_record(row: tuple[object, ...]) -> CommandRecord:
+    asset, command_id, issued_ms, result, requested_w, applied_w, reason, recorded_ms = row
+    return CommandRecord(
+        asset=str(asset),
+        command_id=str(command_id),
+        issued_ms=int(issued_ms),  # type: ignore[call-overload]
+        result=str(result),
+        requested_w=float(requested_w),  # type: ignore[arg-type]
+        applied_w=None if applied_w is None else float(applied_w),  # type: ignore[arg-type]
+        reason=None if reason is None else str(reason),
+        recorded_ms=int(recorded_ms),  # type: ignore[call-overload]
+    )
+
+
+class Ledger:
+    """The idempotency ledger in one SQLite file; safe to share between threads.
+
+    One connection per ledger, guarded by a lock (``check_same_thread=False``). A new
+    ``Ledger`` on the same file sees everything an earlier one recorded.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._path = Path(path)
+        self._lock = threading.Lock()
+        # isolation_level=None: no implicit transactions; record() opens its own.
+        self._conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.executescript(_SCHEMA)
+
+    def check(
+        self,
+        asset: str,
+        command_id: str,
+        issued_ms: int,
+        valid_until_ms: int | None,
+        now_ms: int,
+    ) -> Decision:
+        """Decide whether a command is new, a duplicate, expired or stale; changes nothing.
+
+        ``issued_ms``, ``valid_until_ms`` (None = no expiry) and ``now_ms`` are epoch ms.
+        The order of the checks is explained in the module docstring.
+        """
+        with self._lock:
+            row = self._conn.execute(
+                f"SELECT {_COLUMNS} FROM command WHERE command_id = ?", (command_id,)
+            ).fetchone()
+            if row is not None:
+                return Decision("duplicate", _row_to_record(row))
+            if valid_until_ms is not None and now_ms > valid_until_ms:
+                return Decision("expired")
+            last = self._last_applied_locked(asset)
+        if last is not None and issued_ms < last.issued_ms:
+            return Decision("stale", last)
+        return Decision("new")
+
+    def record(
+        self,
+        asset: str,
+        command_id: str,
+        *,
+        issued_ms: int,
+        result: str,
+        requested_w: float,
+        applied_w: float | None,
+        reason: str | None,
+        now_ms: int,
+    ) -> bool:
+        """Record what the writer did with a command, in one transaction.
+
+        For ``applied``/``clamped`` the asset's last-applied row moves to this command,
+        unless it already holds a later ``issued_ms`` (so it never goes back). Returns False,
+        and changes nothing, when ``command_id`` was already recorded. The arguments after
+        ``command_id`` are keyword-only: two watts and two epoch-ms values are too easy to
+        swap by position.
+        """
+        with self._lock:
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                values = (
+                    asset,
+                    command_id,
+                    issued_ms,
+                    result,
+                    requested_w,
+                    applied_w,
+                    reason,
+                    now_ms,
+                )
+                cursor = self._conn.execute(
+                    f"INSERT OR IGNORE INTO command ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                    values,
+                )
+                inserted = cursor.rowcount == 1
+                if inserted and result in APPLIED_RESULTS:
+                    self._conn.execute(
+                        f"INSERT INTO last_applied ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (asset) DO UPDATE SET "
+                        "command_id = excluded.command_id, issued_ms = excluded.issued_ms, "
+                        "result = excluded.result, requested_w = excluded.requested_w, "
+                        "applied_w = excluded.applied_w, reason = excluded.reason, "
+                        "recorded_ms = excluded.recorded_ms "
+                        "WHERE excluded.issued_ms >= last_applied.issued_ms",
+                        values,
+                    )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+        return inserted
+
+    def last_applied(self, asset: str) -> CommandRecord | None:
+        """The last command applied (or clamped) to ``asset``, or None if there was none."""
+        with self._lock:
+            return self._last_applied_locked(asset)
+
+    def _last_applied_locked(self, asset: str) -> CommandRecord | None:
+        row = self._conn.execute(
+            f"SELECT {_COLUMNS} FROM last_applied WHERE asset = ?", (asset,)
+        ).fetchone()
+        return None if row is None else _row_to_record(row)
+
+    def prune(self, now_ms: int, retention_ms: int = RETENTION_MS) -> int:
+        """Delete command ids recorded before ``now_ms - retention_ms``; returns how many.
+
+        Every asset's last-applied row stays, so staleness survives the pruning.
+        """
+        with self._lock:
+            cursor = self._conn.execute(
+                "DELETE FROM command WHERE recorded_ms < ?", (now_ms - retention_ms,)
+            )
+            return cursor.rowcount
+
+    def close(self) -> None:
+        """Close the connection; the file keeps everything recorded."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> Ledger:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
