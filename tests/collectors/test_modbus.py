@@ -12,21 +12,18 @@ from collections.abc import Sequence
 import pytest
 from pydantic import ValidationError
 
-from collectors.modbus import (
-    DeviceError,
+from collectors.modbus.connection import discover_plan
+from collectors.modbus.fast import DeviceError
+from collectors.modbus.plan import (
     InverterReading,
-    LatenessStats,
     PlannedPoint,
     PollPlan,
-    PollSchedule,
-    TelemetryEncoder,
-    backoff_s,
     build_plan,
     decode_data,
     decode_reading,
-    discover_plan,
-    to_telemetry,
 )
+from collectors.modbus.schedule import LatenessStats, PollSchedule, backoff_s
+from collectors.modbus.telemetry import TelemetryEncoder, to_telemetry
 from gridflex.contract import Capabilities, Telemetry
 from gridflex.sunspec.codec import decoder, not_implemented
 from gridflex.sunspec.discovery import IllegalAddress, ModelInstance, ModelMap

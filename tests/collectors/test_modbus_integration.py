@@ -16,15 +16,14 @@ from typing import Any
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
-from collectors.modbus import (
+from collectors.modbus.connection import (
     MODBUS_CLIENTS,
-    CollectorStats,
     ModbusClientKind,
     discover_plan,
     register_reader,
-    run,
-    write_setpoint,
 )
+from collectors.modbus.poller import CollectorStats, run
+from control.sunspec import write_setpoint
 from gridflex.broker import Broker
 from gridflex.config import SiteConfig, parse_site
 from gridflex.contract import AssetStatus, CollectorStatus, Telemetry, parse_payload
