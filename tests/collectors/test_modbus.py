@@ -7,7 +7,10 @@ import json
 import math
 import random
 import struct
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
@@ -29,6 +32,8 @@ from gridflex.sunspec.codec import decoder, not_implemented
 from gridflex.sunspec.discovery import IllegalAddress, ModelInstance, ModelMap
 from gridflex.sunspec.tables import load_model
 from simulators.inverter import InverterModel, InverterRatings, SimulatedInverter
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fake_read(device: SimulatedInverter):
@@ -371,3 +376,17 @@ def test_encoder_checks_identifiers_once_like_the_model() -> None:
         TelemetryEncoder("site 1", "inv-1", "b00t")
     with pytest.raises(ValidationError):
         TelemetryEncoder("site1", "inv-1", "")
+
+
+# --------------------------------------------------------------------------- layering
+
+
+def test_the_collector_imports_nothing_from_control() -> None:
+    code = (
+        "import sys, collectors.modbus; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'control'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]"  # device writes live in control/, never in a collector
