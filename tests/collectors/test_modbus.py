@@ -7,31 +7,33 @@ import json
 import math
 import random
 import struct
+import subprocess
+import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
 
-from collectors.modbus import (
-    DeviceError,
+from collectors.modbus.connection import discover_plan
+from collectors.modbus.fast import DeviceError
+from collectors.modbus.plan import (
     InverterReading,
-    LatenessStats,
     PlannedPoint,
     PollPlan,
-    PollSchedule,
-    TelemetryEncoder,
-    backoff_s,
     build_plan,
     decode_data,
     decode_reading,
-    discover_plan,
-    to_telemetry,
 )
+from collectors.modbus.schedule import LatenessStats, PollSchedule, backoff_s
+from collectors.modbus.telemetry import TelemetryEncoder, to_telemetry
 from gridflex.contract import Capabilities, Telemetry
 from gridflex.sunspec.codec import decoder, not_implemented
 from gridflex.sunspec.discovery import IllegalAddress, ModelInstance, ModelMap
 from gridflex.sunspec.tables import load_model
 from simulators.inverter import InverterModel, InverterRatings, SimulatedInverter
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _fake_read(device: SimulatedInverter):
@@ -374,3 +376,17 @@ def test_encoder_checks_identifiers_once_like_the_model() -> None:
         TelemetryEncoder("site 1", "inv-1", "b00t")
     with pytest.raises(ValidationError):
         TelemetryEncoder("site1", "inv-1", "")
+
+
+# --------------------------------------------------------------------------- layering
+
+
+def test_the_collector_imports_nothing_from_control() -> None:
+    code = (
+        "import sys, collectors.modbus; "
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'control'))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=ROOT
+    )
+    assert out.stdout.strip() == "[]"  # device writes live in control/, never in a collector

@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 
 import pytest
 
-from collectors.modbus_fast import (
+from collectors.modbus.fast import (
     DeviceError,
     FrameBuffer,
     LeanModbusClient,

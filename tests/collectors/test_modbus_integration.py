@@ -14,17 +14,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from pymodbus.client import AsyncModbusTcpClient
 
-from collectors.modbus import (
-    MODBUS_CLIENTS,
-    CollectorStats,
-    ModbusClientKind,
-    discover_plan,
-    register_reader,
-    run,
-    write_setpoint,
-)
+from collectors.modbus.connection import MODBUS_CLIENTS, ModbusClientKind
+from collectors.modbus.poller import CollectorStats, run
 from gridflex.broker import Broker
 from gridflex.config import SiteConfig, parse_site
 from gridflex.contract import AssetStatus, CollectorStatus, Telemetry, parse_payload
@@ -256,25 +248,6 @@ def test_device_answering_garbage_is_marked_error_and_retried(
     assert "not a Modbus TCP reply" in first["reason"]
     assert second["consecutive_failures"] == first["consecutive_failures"] + 1  # retried
     assert _telemetry(sub, site.id, "inv1") == []
-
-
-def test_write_setpoint_is_absolute_and_idempotent(loop_thread: LoopThread) -> None:
-    base = free_port_block(1)
-    fleet = InverterFleet(1, base, seed=7)
-
-    async def scenario() -> list[float]:
-        async with fleet:
-            client = AsyncModbusTcpClient("127.0.0.1", port=base, timeout=2)
-            await client.connect()
-            plan = await discover_plan(register_reader(client, 1))
-            written = [await write_setpoint(client, plan.model_map, -2_500.0) for _ in range(2)]
-            client.close()
-            return written
-
-    assert loop_thread.run(scenario()) == [-2_500.0, -2_500.0]
-    model = fleet.devices[0].model
-    assert model.setpoint_enabled and model.setpoint_w == -2_500.0
-    assert fleet.devices[0].decode_point(704, "WSet") == 2_500  # SunSpec: + injection
 
 
 @pytest.mark.slow

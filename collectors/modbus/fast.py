@@ -25,7 +25,7 @@ process' samples (py-spy). This client does only what a SunSpec poll needs:
 - ``Ticker``: the fleet's poll slots and request deadlines on one loop timer.
 
 pymodbus stays where it is cheap and valuable: the setpoint writer
-(``collectors.modbus.write_setpoint``, function 16: setpoint writes are rare next to five
+(``control.sunspec.write_setpoint``, function 16: setpoint writes are rare next to five
 reads a second per device), and ``gridflex collect modbus --modbus-client pymodbus``, the
 full client kept selectable next to this one for devices that need its tolerance and so
 the two can be compared (``bench/poll.py`` runs both; the table is in ``bench/README.md``).

@@ -1,0 +1,390 @@
+"""The collector's I/O: one ``DevicePoller`` per inverter, and ``run`` for a site's fleet.
+
+Each poller connects, discovers, polls on its ``PollSchedule`` and publishes one
+``Telemetry`` per poll (QoS 1); a device that fails is marked in its retained
+``AssetStatus`` and retried with exponential backoff (``backoff_s``), then re-discovered.
+``run`` starts the pollers phased over one interval, publishes the collector's presence
+and stops them all when asked. The MQTT client is the caller's (``Publisher``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Literal, Protocol
+
+from pymodbus.exceptions import ModbusException
+
+from collectors.modbus.connection import ModbusClientKind, discover_plan, modbus_connection
+from collectors.modbus.fast import DeviceError, LeanModbusClient, Reply, Ticker
+from collectors.modbus.plan import (
+    LOW_PRIORITY_EVERY,
+    InverterReading,
+    PollPlan,
+    decode_data,
+    decode_reading,
+)
+from collectors.modbus.schedule import LatenessStats, PollSchedule, backoff_s
+from collectors.modbus.telemetry import KIND, TelemetryEncoder
+from gridflex.config import InverterAsset, SiteConfig
+from gridflex.contract import (
+    AssetStatus,
+    Capabilities,
+    CollectorStatus,
+    collector_topic,
+    status_topic,
+    telemetry_topic,
+)
+from gridflex.sunspec.discovery import DiscoveryError, IllegalAddress, ReadRegisters
+
+__all__ = [
+    "COMPONENT",
+    "CollectorStats",
+    "DevicePoller",
+    "Publisher",
+    "collector_status",
+    "run",
+]
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "modbus"
+
+
+class Publisher(Protocol):
+    """What the collector needs of an MQTT client (``gridflex.mqtt.MqttClient`` fits)."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        """Queue one message."""
+        ...
+
+
+@dataclass
+class CollectorStats:
+    """Counters of one collector run (one asyncio loop, no locking needed)."""
+
+    lateness: LatenessStats = field(default_factory=LatenessStats)
+    missed: int = 0
+    published: int = 0
+    failures: int = 0
+    invalid: int = 0
+    counting: bool = True
+    window_s: float = 0.0  # length of the counting window (set when the run ends)
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class DevicePoller:
+    """Poll one inverter forever: discover, poll on schedule, back off on failure."""
+
+    def __init__(
+        self,
+        site: SiteConfig,
+        asset: InverterAsset,
+        mqtt: Publisher,
+        stats: CollectorStats,
+        *,
+        boot: str,
+        phase_s: float = 0.0,
+        modbus_client: ModbusClientKind = "lean",
+        ticker: Ticker | None = None,
+    ) -> None:
+        self.site = site
+        self.asset = asset
+        self.mqtt = mqtt
+        self.stats = stats
+        self.boot = boot
+        self.phase_s = phase_s
+        self.modbus_client: ModbusClientKind = modbus_client
+        self.ticker = ticker
+        self.seq = 0
+        self.failures = 0
+        self.online = False
+        self._telemetry_topic = telemetry_topic(site.id, KIND, asset.id)
+        self._status_topic = status_topic(site.id, KIND, asset.id)
+        self._encoder = TelemetryEncoder(site.id, asset.id, boot)
+        self._invalid_logged = False
+        self._polls = 0
+        self.stopping = False
+        #: Set once the first connect-and-discover attempt has ended (either way).
+        self.tried = asyncio.Event()
+
+    def publish_status(
+        self,
+        state: Literal["online", "offline", "error"],
+        reason: str | None = None,
+        retry_in_ms: int | None = None,
+        capabilities: Capabilities | None = None,
+    ) -> None:
+        """Publish this asset's retained status."""
+        self.online = state == "online"
+        status = AssetStatus(
+            site=self.site.id,
+            asset=self.asset.id,
+            kind=KIND,
+            ts_ms=_now_ms(),
+            boot=self.boot,
+            online=self.online,
+            state=state,
+            reason=reason,
+            consecutive_failures=self.failures,
+            retry_in_ms=retry_in_ms,
+            capabilities=capabilities,
+        )
+        self.mqtt.publish(self._status_topic, status.to_json(), qos=1, retain=True)
+
+    async def run(self) -> None:
+        """Connect, discover and poll; on failure report and retry with backoff."""
+        cfg = self.site.modbus
+        loop = asyncio.get_running_loop()
+        schedule = PollSchedule(loop.time() + self.phase_s, cfg.poll_interval_ms / 1000.0)
+        while not self.stopping:
+            delay_s = cfg.backoff_initial_s
+            client = modbus_connection(
+                self.modbus_client,
+                self.asset.host,
+                self.asset.port,
+                timeout_s=cfg.timeout_s,
+                ticker=self.ticker,
+            )
+            try:
+                await client.connect()
+                read = client.reader(self.asset.unit_id)
+                plan = await discover_plan(
+                    read,
+                    site_max_charge_w=self.asset.max_charge_w,
+                    site_max_discharge_w=self.asset.max_discharge_w,
+                )
+                self.tried.set()
+                self.failures = 0
+                self.publish_status("online", capabilities=plan.capabilities)
+                log.info("%s: online, models %s", self.asset.id, plan.model_map.model_ids)
+                schedule.resume(loop.time())
+                if isinstance(client, LeanModbusClient):
+                    await self._poll_chained(client, plan, schedule)
+                else:
+                    await self._poll(read, plan, schedule)
+            except (ModbusException, DeviceError, DiscoveryError, IllegalAddress, OSError) as exc:
+                self.tried.set()
+                self.failures += 1
+                self.stats.failures += 1
+                garbage = isinstance(exc, DeviceError | DiscoveryError | IllegalAddress)
+                delay_s = backoff_s(self.failures, cfg.backoff_initial_s, cfg.backoff_max_s)
+                reason = f"{type(exc).__name__}: {exc}"[:200]
+                if self.failures == 1:
+                    log.warning("%s: %s; retry in %.1f s", self.asset.id, reason, delay_s)
+                self.publish_status(
+                    "error" if garbage else "offline", reason, retry_in_ms=round(delay_s * 1000)
+                )
+            finally:
+                client.close()
+            await asyncio.sleep(delay_s)
+
+    def _begin_poll(self, plan: PollPlan, schedule: PollSchedule, now_s: float) -> int:
+        """Start the poll due now: count lateness and missed slots; return how many reads."""
+        missed_before = schedule.missed
+        lateness_s = schedule.begin(now_s)
+        stats = self.stats
+        if stats.counting:
+            stats.lateness.record(lateness_s)
+            stats.missed += schedule.missed - missed_before
+        self._polls += 1
+        if self._polls % LOW_PRIORITY_EVERY == 1:
+            return len(plan.reads)
+        return plan.every_poll
+
+    def _publish_reading(self, reading: InverterReading) -> None:
+        """Publish one reading as telemetry, timestamped now (its answer just arrived)."""
+        ts_ms = _now_ms()
+        self.seq += 1
+        stats = self.stats
+        try:
+            payload = self._encoder.encode(reading, ts_ms=ts_ms, seq=self.seq)
+        except ValueError as exc:  # pydantic's ValidationError is a ValueError
+            stats.invalid += 1
+            if not self._invalid_logged:
+                self._invalid_logged = True
+                log.warning(
+                    "%s: reading outside the contract, not published: %s", self.asset.id, exc
+                )
+            return
+        self.mqtt.publish(self._telemetry_topic, payload, 1)
+        stats.published += 1
+
+    async def _poll(self, read: ReadRegisters, plan: PollPlan, schedule: PollSchedule) -> None:
+        """Poll on schedule with any ``ReadRegisters`` (one coroutine step per read)."""
+        loop = asyncio.get_running_loop()
+        blocks: list[Sequence[int]] = [()] * len(plan.reads)
+        self._polls = 0
+        while not self.stopping:
+            delay = schedule.due_s() - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            last = self._begin_poll(plan, schedule, loop.time())
+            for i in range(last):
+                blocks[i] = await read(*plan.reads[i])
+            schedule.finish()
+            self._publish_reading(decode_reading(plan, blocks))
+
+    async def _poll_chained(
+        self, client: LeanModbusClient, plan: PollPlan, schedule: PollSchedule
+    ) -> None:
+        """Poll on schedule as a chain of callbacks: slot, request, reply, publish, slot.
+
+        The same schedule and messages as ``_poll`` without a task wake-up, a future and
+        a sleep per poll: slots wait in the fleet's ``Ticker``, replies arrive as register
+        bytes straight from the protocol and are decoded by ``decode_data`` (the hot path
+        of the lean client). Returns when stopping; raises what a read failed with.
+        """
+        loop = asyncio.get_running_loop()
+        ticker = self.ticker or Ticker(loop)
+        done: asyncio.Future[None] = loop.create_future()
+        reads, unit_id = plan.reads, self.asset.unit_id
+        data: list[bytes] = [b""] * len(reads)
+        last = index = 0
+        self._polls = 0
+
+        def start() -> None:
+            nonlocal last, index
+            if done.done():  # a slot left over from a loop that has ended
+                return
+            if self.stopping:
+                done.set_result(None)
+                return
+            last = self._begin_poll(plan, schedule, loop.time())
+            index = 0
+            client.request(*reads[0], unit_id, on_reply)
+
+        def on_reply(reply: Reply) -> None:
+            nonlocal index
+            if done.done():  # stopped or failed meanwhile
+                return
+            if isinstance(reply, Exception):
+                done.set_exception(reply)
+                return
+            data[index] = reply
+            index += 1
+            if index < last:
+                client.request(*reads[index], unit_id, on_reply)
+                return
+            schedule.finish()
+            try:
+                self._publish_reading(decode_data(plan, data))
+            except Exception as exc:  # a bug must end the poll loop visibly, not silently
+                done.set_exception(exc)
+                return
+            ticker.call_at(schedule.due_s(), start)
+
+        ticker.call_at(schedule.due_s(), start)
+        try:
+            await done
+        finally:
+            if ticker is not self.ticker:
+                ticker.close()
+
+
+def collector_status(site: SiteConfig, boot: str, *, online: bool) -> CollectorStatus:
+    """Return the collector's retained presence (its last will with ``online=False``)."""
+    return CollectorStatus(
+        site=site.id,
+        component=COMPONENT,
+        ts_ms=_now_ms(),
+        online=online,
+        boot=boot,
+        assets=[a.id for a in site.inverters],
+    )
+
+
+async def _stop_pollers(pollers: list[DevicePoller], tasks: list[asyncio.Task[None]]) -> None:
+    """Stop every poller task.
+
+    Python 3.11's ``asyncio.wait_for`` (used inside pymodbus) can swallow a cancellation
+    that races with a reply, so each poller also checks its ``stopping`` flag and the
+    cancellation is repeated until every task has ended.
+    """
+    for poller in pollers:
+        poller.stopping = True
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _done, pending = await asyncio.wait(pending, timeout=0.5)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("poller %s ended with %r", task.get_name(), task.exception())
+
+
+async def _when_tried(pollers: list[DevicePoller], callback: Callable[[], object]) -> None:
+    """Call ``callback`` once every poller has tried its first discovery."""
+    for poller in pollers:
+        await poller.tried.wait()
+    callback()
+
+
+async def run(
+    site: SiteConfig,
+    mqtt: Publisher,
+    stop: asyncio.Event,
+    *,
+    boot: str | None = None,
+    stats: CollectorStats | None = None,
+    warmup_s: float = 0.0,
+    modbus_client: ModbusClientKind = "lean",
+    on_discovered: Callable[[], object] | None = None,
+) -> CollectorStats:
+    """Poll every inverter of ``site`` until ``stop`` is set; publish statuses on the way out.
+
+    The caller owns the MQTT client (connect before, flush and stop after).
+    ``modbus_client`` picks the Modbus TCP client for discovery and polls (see
+    ``modbus_connection``); ``on_discovered`` is called once every device has been tried
+    once (discovered, or failed and waiting for its retry).
+    """
+    boot = boot or uuid.uuid4().hex[:12]
+    stats = stats or CollectorStats()
+    interval_s = site.modbus.poll_interval_ms / 1000.0
+    inverters = site.inverters
+    topic = collector_topic(site.id, COMPONENT)
+    mqtt.publish(topic, collector_status(site, boot, online=True).to_json(), qos=1, retain=True)
+    ticker = Ticker(asyncio.get_running_loop())
+    pollers = [
+        DevicePoller(
+            site,
+            asset,
+            mqtt,
+            stats,
+            boot=boot,
+            phase_s=interval_s * i / len(inverters),
+            modbus_client=modbus_client,
+            ticker=ticker,
+        )
+        for i, asset in enumerate(inverters)
+    ]
+    tasks = [asyncio.create_task(p.run(), name=f"poll-{p.asset.id}") for p in pollers]
+    watcher = None
+    if on_discovered is not None:
+        watcher = asyncio.create_task(_when_tried(pollers, on_discovered), name="discovered")
+    if warmup_s > 0:
+        stats.counting = False
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), warmup_s)
+        stats.lateness = LatenessStats()
+        stats.missed = 0
+        stats.counting = True
+    window_start = asyncio.get_running_loop().time()
+    await stop.wait()
+    stats.window_s = asyncio.get_running_loop().time() - window_start
+    if watcher is not None:
+        watcher.cancel()
+    await _stop_pollers(pollers, tasks)
+    ticker.close()
+    for poller in pollers:
+        poller.publish_status("offline", "collector stopped")
+    mqtt.publish(topic, collector_status(site, boot, online=False).to_json(), qos=1, retain=True)
+    return stats
