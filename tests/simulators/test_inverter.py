@@ -130,7 +130,7 @@ def test_map_starts_with_suns_and_lists_the_models_then_the_end_marker() -> None
             break
         found.append((model_id, length))
         address += 2 + length
-    assert found == [(m, load_model(m).length) for m in (1, 701, 702, 704, 713)]
+    assert found == [(m, load_model(m).length) for m in (1, 701, 702, 704, 711, 713)]
     assert address + 2 == device.end_address
 
 

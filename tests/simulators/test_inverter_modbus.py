@@ -57,7 +57,7 @@ def test_map_scanned_over_tcp_has_marker_models_in_order_and_end_marker() -> Non
                 found.append((model_id, length))
                 address += 2 + length
             client.close()
-        assert found == [(m, load_model(m).length) for m in (1, 701, 702, 704, 713)]
+        assert found == [(m, load_model(m).length) for m in (1, 701, 702, 704, 711, 713)]
 
     asyncio.run(scenario())
 
