@@ -1,11 +1,11 @@
 """Frequency-droop response of a simulated DER (SunSpec 711), as pure functions.
 
 The static law is gridflex's own :func:`pipelines.dispatch.droop_delta_w` (IEEE 1547-2018
-clause 6.5.2.5, + charging): the simulated device and the dispatch controller share one
+frequency droop, + charging): the simulated device and the dispatch controller share one
 formula, so a test can check the one against the other. This module adds what a device
 adds to it: the open-loop response in time.
 
-IEEE 1547-2018 (clause 3.1, "open-loop response time") defines the response time as the
+IEEE 1547-2018 (definitions, "open-loop response time") defines the response time as the
 time to reach 90 % of the change of output after a step of the input. The simulator
 models the response as a first-order lag; a first-order lag reaches 90 % after
 ``tau * ln(10)`` (≈ 2.3 tau), so ``tau = RspTms / ln(10)``: the 1547 default of 5 s gives
