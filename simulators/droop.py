@@ -2,8 +2,8 @@
 
 The static law is gridflex's own :func:`pipelines.dispatch.droop_delta_w` (IEEE 1547-2018
 frequency droop, + charging): the simulated device and the dispatch controller share one
-formula, so a test can check the one against the other. This module adds what a device
-adds to it: the open-loop response in time.
+formula, so the device answers exactly what the controller expects. This module adds what a
+device adds to it: the open-loop response in time.
 
 IEEE 1547-2018 (definitions, "open-loop response time") defines the response time as the
 time to reach 90 % of the change of output after a step of the input. The simulator
