@@ -18,6 +18,7 @@ from bytewax.run import cli_main
 from bytewax.testing import TestingSink
 
 from gridflex.broker import Broker
+from gridflex.mqtt import MqttClient
 from pipelines.mqtt_io import MqttSink, MqttSource
 from pipelines.validate import RawMessage
 from pipelines.windows import Heartbeat
@@ -203,6 +204,14 @@ def test_sink_retains_the_summary_and_nothing_else(
         assert late.wait_for(lambda got: len(got) >= 1)
         time.sleep(0.3)
         assert late.messages == [(summary, b"s")]
+    # clear the retained non-JSON summary: later tests on this session's broker (the
+    # end-to-end schema check subscribes to gridflex/v1/#) would receive it
+    clear = MqttClient(mosquitto.url, f"t-clear-{uuid.uuid4().hex[:8]}", clean_session=True)
+    clear.start()
+    assert clear.wait_connected(10)
+    assert clear.publish(summary, b"", retain=True)
+    assert clear.flush(10)
+    clear.stop()
 
 
 def test_a_bad_broker_url_fails_at_build_time() -> None:
