@@ -3,7 +3,7 @@
 Sign convention, as everywhere in gridflex: a power or setpoint is + for charging/import
 and - for discharging/export. Frequencies in Hz, powers in W.
 
-* :func:`droop_delta_w` — IEEE 1547-2018 frequency-droop (clause 6.5.2.5): below
+* :func:`droop_delta_w` — IEEE 1547-2018 frequency-droop (clause 6.5.2.7): below
   ``nominal - db_uf`` the DER injects ``(f - (nominal - db_uf)) / (k_uf * nominal)`` of its
   rating (a negative, discharging ΔP for a store); above ``nominal + db_of`` it absorbs the
   mirror image with its charge rating. The defaults (db = 0.036 Hz, k = 0.05) are the

@@ -3,18 +3,23 @@
 ``gridflex sim inverters --count N --base-port P`` serves N devices, device ``i`` on port
 ``P + i`` (unit id 1), all in one process and one asyncio loop. Three layers:
 
-- ``InverterModel``: the physics of one device (pure, ``step(dt_s)``): AC power follows
-  the 704 ``WSet`` setpoint with a ramp limit, clamped to the ratings and 704
-  ``WMaxLimPct``; SoC integrates power against capacity and power stops at the SoC stop
-  points; the import/export meters count up; ``WSetRvrtTms`` reverts the setpoint to
-  ``WSetRvrt`` when no new setpoint arrived in time (fail-safe, DESIGN.md invariant 3).
-  The model uses gridflex's sign (+ charging/import); the register edge converts with
+- ``InverterModel``: the physics of one device (pure, ``step(dt_s, freq_hz)``): AC power
+  follows the 704 ``WSet`` setpoint plus, when 711 ``Ena`` is set, the frequency-droop
+  response to the device's own frequency reading (``simulators.droop``: IEEE 1547 law, a
+  first-order lag with ``tau = RspTms / ln 10``), with a ramp limit, clamped to the
+  ratings and 704 ``WMaxLimPct``; SoC integrates power against capacity and power stops at
+  the SoC stop points; the import/export meters count up; ``WSetRvrtTms`` reverts the
+  setpoint to ``WSetRvrt`` and ``WMaxLimPctRvrtTms`` the limit to ``WMaxLimPctRvrt`` when
+  no new write arrived in time (fail-safe, DESIGN.md invariant 3). The model uses
+  gridflex's sign (+ charging/import); the register edge converts with
   ``gridflex.sunspec.sign`` (SunSpec W and WSet are + for injection).
 - ``SimulatedInverter``: the SunSpec register map (``SunS`` at 40000, then models 1, 701,
-  702, 704, 713 laid out per the shipped definitions, then ``0xFFFF, 0``) as one big-endian
-  byte image, and ``handle_pdu`` for Modbus function codes 3, 6 and 16 (pure: bytes in,
-  bytes out). Writes reach only the RW points the simulator implements; anything else is
-  answered with exception 2 (illegal data address), a bad enum value with exception 3.
+  702, 704, 711 (one droop curve, ``NCtl`` = 1), 713 laid out per the shipped definitions,
+  then ``0xFFFF, 0``) as one big-endian byte image, and ``handle_pdu`` for Modbus function
+  codes 3, 6 and 16 (pure: bytes in, bytes out). Writes reach only the RW points the
+  simulator implements (704 power controls, 711 ``Ena`` and the curve); anything else is
+  answered with exception 2 (illegal data address), a bad enum value or a droop of 0 with
+  exception 3.
 - ``InverterFleet``: one lean asyncio Modbus TCP server per device (MBAP framing over an
   ``asyncio.Protocol``) and a 10 Hz update task. A lean server instead of pymodbus's: a
   read is a slice of the byte image, so 1,000 devices polled 5 times a second cost the
@@ -39,6 +44,13 @@ from gridflex.sunspec.codec import Value, decode, unscale
 from gridflex.sunspec.discovery import SUNS_MARKER
 from gridflex.sunspec.sign import power_w_from_sunspec, sunspec_w_from_power_w
 from gridflex.sunspec.tables import ModelTable, Point, load_model
+from simulators.droop import (
+    DEFAULT_RESPONSE_TIME_S,
+    DroopParams,
+    droop_delta_w,
+    first_order_step,
+    time_constant_s,
+)
 from simulators.grid_frequency import (
     FrequencyProfile,
     FrequencySource,
@@ -60,7 +72,10 @@ log = logging.getLogger(__name__)
 
 BASE_ADDRESS = 40000
 UNIT_ID = 1
-MAP_MODELS: tuple[int, ...] = (1, 701, 702, 704, 713)
+MAP_MODELS: tuple[int, ...] = (1, 701, 702, 704, 711, 713)
+#: Stored droop curves of the simulated 711 (``NCtl``); one, read-write.
+DROOP_CURVES = 1
+_REPEATS: dict[int, dict[str, int]] = {711: {"Ctl": DROOP_CURVES}}
 
 # Modbus exception codes.
 ILLEGAL_FUNCTION = 1
@@ -74,27 +89,51 @@ _V_SF = -1
 _TMP_SF = -1
 _PCT_SF = -1
 _WMAXLIMPCT_SF = -1
+_DB_SF = -3  # 711 dead bands: 0.036 Hz = 36
+_K_SF = -3  # 711 droops: 0.05 = 50
+_RSPTMS_SF = -1  # 711 response time: 5 s = 50
 
 # 701 InvSt values used by the simulator.
 _INVST_RUNNING = 3
 _INVST_STANDBY = 7
 _ENABLED = 1
 
-#: 704 points a client may write (the simulator implements them); other RW points refuse.
-WRITABLE_POINTS: frozenset[str] = frozenset(
-    {
-        "WMaxLimPctEna",
-        "WMaxLimPct",
-        "WSetEna",
-        "WSetMod",
-        "WSet",
-        "WSetRvrt",
-        "WSetEnaRvrt",
-        "WSetRvrtTms",
-    }
-)
-# Writes that restart the WSet reversion timer.
+#: Points a client may write, by model (the simulator implements them); other RW points
+#: refuse. 711's ``AdptCtlReq`` and reversion points are not simulated: with one curve
+#: there is nothing to switch to.
+WRITABLE_POINTS: dict[int, frozenset[str]] = {
+    704: frozenset(
+        {
+            "WMaxLimPctEna",
+            "WMaxLimPct",
+            "WMaxLimPctRvrt",
+            "WMaxLimPctEnaRvrt",
+            "WMaxLimPctRvrtTms",
+            "WSetEna",
+            "WSetMod",
+            "WSet",
+            "WSetRvrt",
+            "WSetEnaRvrt",
+            "WSetRvrtTms",
+        }
+    ),
+    711: frozenset(
+        {"Ena"}
+        | {
+            f"Ctl[{i}].{name}"
+            for i in range(DROOP_CURVES)
+            for name in ("DbOf", "DbUf", "KOf", "KUf", "RspTms")
+        }
+    ),
+}
+# 704 writes that restart the WSet reversion timer, and the WMaxLimPct one.
 _SETPOINT_POINTS = frozenset({"WSetEna", "WSet", "WSetRvrtTms"})
+_WMAXLIM_POINTS = frozenset({"WMaxLimPctEna", "WMaxLimPct", "WMaxLimPctRvrtTms"})
+
+
+def _pct(raw: Value) -> float:
+    """A 704 ``WMaxLimPct``-scaled raw value in percent (100 when not implemented)."""
+    return 100.0 if raw is None else float(raw) * 10.0**_WMAXLIMPCT_SF
 
 
 def _sf_for(max_value: float, type_max: int) -> int:
@@ -119,14 +158,17 @@ class InverterRatings:
     soc_stop_min_pct: float = 0.0
     soc_stop_max_pct: float = 100.0
     voltage_v: float = 230.0
+    nominal_hz: float = 50.0
 
 
 @dataclass
 class InverterModel:
     """Physics and control state of one inverter; ``power_w`` is + for charging/import.
 
-    ``setpoint_w``/``revert_setpoint_w`` are in gridflex's sign too. ``step(dt_s)``
-    advances the state; the register image reads the fields afterwards.
+    ``setpoint_w``/``revert_setpoint_w``/``droop_w`` are in gridflex's sign too.
+    ``step(dt_s, freq_hz)`` advances the state; the register image reads the fields
+    afterwards. ``freq_hz`` is the device's own frequency reading (701 ``Hz``); the droop
+    response (711) is computed from it.
     """
 
     ratings: InverterRatings = field(default_factory=InverterRatings)
@@ -143,6 +185,15 @@ class InverterModel:
     revert_setpoint_w: float = 0.0
     revert_timeout_s: float = 0.0
     revert_remaining_s: float = 0.0
+    wmax_lim_revert_enabled: bool = False
+    wmax_lim_revert_pct: float = 100.0
+    wmax_lim_revert_timeout_s: float = 0.0
+    wmax_lim_revert_remaining_s: float = 0.0
+    freq_hz: float = 50.0
+    droop_enabled: bool = False
+    droop: DroopParams = field(default_factory=DroopParams)
+    droop_response_time_s: float = DEFAULT_RESPONSE_TIME_S
+    droop_w: float = 0.0
 
     def write_setpoint(self, enabled: bool, setpoint_w: float) -> None:
         """Apply a new setpoint (as a 704 write does) and restart the reversion timer."""
@@ -154,9 +205,28 @@ class InverterModel:
         """Start the reversion countdown (if ``revert_timeout_s`` > 0)."""
         self.revert_remaining_s = self.revert_timeout_s
 
+    def write_wmax_lim(self, enabled: bool, pct: float) -> None:
+        """Apply a new 704 ``WMaxLimPct`` (as a write does) and restart its reversion timer."""
+        self.wmax_lim_enabled = enabled
+        self.wmax_lim_pct = pct
+        self.wmax_lim_revert_remaining_s = self.wmax_lim_revert_timeout_s
+
+    def droop_target_w(self) -> float:
+        """Static droop response to ``freq_hz`` (0 when 711 is disabled), W, + charging."""
+        if not self.droop_enabled:
+            return 0.0
+        r = self.ratings
+        return droop_delta_w(
+            self.freq_hz,
+            r.nominal_hz,
+            self.droop,
+            rated_charge_w=r.max_charge_w,
+            rated_discharge_w=r.max_discharge_w,
+        )
+
     def target_w(self) -> float:
-        """Power the inverter heads for now: setpoint, ratings, WMaxLimPct, SoC stops."""
-        target = self.setpoint_w if self.setpoint_enabled else 0.0
+        """Power the inverter heads for now: setpoint + droop, ratings, WMaxLimPct, SoC."""
+        target = (self.setpoint_w if self.setpoint_enabled else 0.0) + self.droop_w
         limit = 1.0
         if self.wmax_lim_enabled:
             limit = min(max(self.wmax_lim_pct, 0.0), 100.0) / 100.0
@@ -174,8 +244,14 @@ class InverterModel:
         full = max(self.ratings.max_charge_w, self.ratings.max_discharge_w, 1.0)
         return self.ambient_c + 15.0 * abs(self.power_w) / full
 
-    def step(self, dt_s: float) -> None:
-        """Advance ``dt_s`` seconds: reversion, ramp toward the target, integrate energy."""
+    def step(self, dt_s: float, freq_hz: float | None = None) -> None:
+        """Advance ``dt_s`` seconds: reversions, droop, ramp toward the target, energy.
+
+        ``freq_hz`` is the frequency the device measures over the step (kept from the last
+        step when None).
+        """
+        if freq_hz is not None:
+            self.freq_hz = freq_hz
         if dt_s <= 0:
             return
         if self.revert_remaining_s > 0:
@@ -183,6 +259,17 @@ class InverterModel:
             if self.revert_remaining_s == 0.0:
                 self.setpoint_w = self.revert_setpoint_w
                 self.setpoint_enabled = self.revert_enabled
+        if self.wmax_lim_revert_remaining_s > 0:
+            self.wmax_lim_revert_remaining_s = max(0.0, self.wmax_lim_revert_remaining_s - dt_s)
+            if self.wmax_lim_revert_remaining_s == 0.0:
+                self.wmax_lim_pct = self.wmax_lim_revert_pct
+                self.wmax_lim_enabled = self.wmax_lim_revert_enabled
+        self.droop_w = first_order_step(
+            self.droop_w,
+            self.droop_target_w(),
+            dt_s,
+            time_constant_s(self.droop_response_time_s),
+        )
         target = self.target_w()
         max_change = self.ratings.ramp_w_per_s * dt_s
         self.power_w += min(max(target - self.power_w, -max_change), max_change)
@@ -233,17 +320,18 @@ class SimulatedInverter:
         self._slots: dict[int, _Slot] = {}
         registers = list(SUNS_MARKER)
         for model_id in MAP_MODELS:
-            table = load_model(model_id)
+            table = load_model(model_id, _REPEATS.get(model_id))
             self._slots[model_id] = _Slot(table, BASE_ADDRESS + len(registers))
             registers += table.encode(self._static_values(model_id, serial))
         registers += [0xFFFF, 0]
         self.end_address = BASE_ADDRESS + len(registers)
         self.image = bytearray(struct.pack(f">{len(registers)}H", *registers))
         self._writable = bytearray(len(registers))
-        for name in WRITABLE_POINTS:
-            address, size = self.address_of(704, name), self.point(704, name).size
-            for a in range(address, address + size):
-                self._writable[a - BASE_ADDRESS] = 1
+        for model_id, names in WRITABLE_POINTS.items():
+            for name in names:
+                address, size = self.address_of(model_id, name), self.point(model_id, name).size
+                for a in range(address, address + size):
+                    self._writable[a - BASE_ADDRESS] = 1
         self._addr = {
             name: 2 * (self.address_of(mid, name) - BASE_ADDRESS)
             for mid, name in (
@@ -254,6 +342,8 @@ class SimulatedInverter:
                 (701, "TotWhInj"),
                 (701, "TotWhAbs"),
                 (701, "TmpCab"),
+                (704, "WMaxLimPctEna"),  # WMaxLimPct is the next register
+                (704, "WMaxLimPctRvrtRem"),
                 (704, "WSetEna"),
                 (704, "WSet"),
                 (704, "WSetRvrtRem"),
@@ -316,6 +406,10 @@ class SimulatedInverter:
             return {
                 "WMaxLimPctEna": 0,
                 "WMaxLimPct": unscale(100.0, _WMAXLIMPCT_SF),
+                "WMaxLimPctRvrt": unscale(self.model.wmax_lim_revert_pct, _WMAXLIMPCT_SF),
+                "WMaxLimPctEnaRvrt": _ENABLED if self.model.wmax_lim_revert_enabled else 0,
+                "WMaxLimPctRvrtTms": round(self.model.wmax_lim_revert_timeout_s),
+                "WMaxLimPctRvrtRem": 0,
                 "WSetEna": 0,
                 "WSetMod": 1,
                 "WSet": 0,
@@ -326,6 +420,30 @@ class SimulatedInverter:
                 "WMaxLimPct_SF": _WMAXLIMPCT_SF,
                 "WSet_SF": w_sf,
             }
+        if model_id == 711:
+            m = self.model
+            values: dict[str, Value] = {
+                "Ena": _ENABLED if m.droop_enabled else 0,
+                "AdptCtlReq": 1,  # the one curve is the active one
+                "AdptCtlRslt": 1,  # COMPLETED
+                "NCtl": DROOP_CURVES,
+                "RvrtTms": 0,  # no reversion
+                "RvrtRem": 0,
+                "RvrtCtl": 0,
+                "Db_SF": _DB_SF,
+                "K_SF": _K_SF,
+                "RspTms_SF": _RSPTMS_SF,
+            }
+            for i in range(DROOP_CURVES):
+                values |= {
+                    f"Ctl[{i}].DbOf": unscale(m.droop.db_of_hz, _DB_SF),
+                    f"Ctl[{i}].DbUf": unscale(m.droop.db_uf_hz, _DB_SF),
+                    f"Ctl[{i}].KOf": unscale(m.droop.k_of, _K_SF),
+                    f"Ctl[{i}].KUf": unscale(m.droop.k_uf, _K_SF),
+                    f"Ctl[{i}].RspTms": unscale(m.droop_response_time_s, _RSPTMS_SF),
+                    f"Ctl[{i}].ReadOnly": 0,  # RW
+                }
+            return values
         if model_id == 713:
             return {
                 "WHRtg": unscale(r.capacity_wh, wh_sf),
@@ -352,6 +470,14 @@ class SimulatedInverter:
             ">QQ", img, at["TotWhInj"], int(m.energy_export_wh), int(m.energy_import_wh)
         )
         struct.pack_into(">h", img, at["TmpCab"], unscale(m.temp_c, _TMP_SF))
+        struct.pack_into(
+            ">HH",
+            img,
+            at["WMaxLimPctEna"],
+            _ENABLED if m.wmax_lim_enabled else 0,
+            unscale(m.wmax_lim_pct, _WMAXLIMPCT_SF),
+        )
+        struct.pack_into(">I", img, at["WMaxLimPctRvrtRem"], round(m.wmax_lim_revert_remaining_s))
         struct.pack_into(">H", img, at["WSetEna"], _ENABLED if m.setpoint_enabled else 0)
         struct.pack_into(
             ">i", img, at["WSet"], round(sunspec_w_from_power_w(m.setpoint_w) / w_scale)
@@ -360,45 +486,81 @@ class SimulatedInverter:
         wh_avail = m.soc_pct / 100.0 * m.ratings.capacity_wh / 10 ** self.sf["WH_SF"]
         struct.pack_into(">HH", img, at["WHAvail"], round(wh_avail), unscale(m.soc_pct, _PCT_SF))
 
-    def _controls_from_image(self) -> dict[str, Value]:
-        """Decode the writable 704 points from the image."""
-        base = self.model_address(704)
-        start = 2 * (base - BASE_ADDRESS)
-        table = self._slots[704].table
+    def _controls_from_image(self, model_id: int) -> dict[str, Value]:
+        """Decode the writable points of model ``model_id`` (704 or 711) from the image."""
+        start = 2 * (self.model_address(model_id) - BASE_ADDRESS)
+        table = self._slots[model_id].table
         regs = struct.unpack_from(f">{table.size}H", self.image, start)
-        return table.decode(regs, sorted(WRITABLE_POINTS))
+        return table.decode(regs, sorted(WRITABLE_POINTS[model_id]))
 
-    def _apply_controls(self, written: set[str]) -> bool:
-        """Push written 704 points into the model; False (nothing applied) if invalid."""
-        c = self._controls_from_image()
-        for name in ("WMaxLimPctEna", "WSetEna", "WSetEnaRvrt"):
+    def _apply_controls(self, written: set[tuple[int, str]]) -> bool:
+        """Push written 704/711 points into the model; False (nothing applied) if invalid."""
+        c = self._controls_from_image(704)
+        for name in ("WMaxLimPctEna", "WMaxLimPctEnaRvrt", "WSetEna", "WSetEnaRvrt"):
             if c[name] not in (0, 1):
                 return False
         if c["WSetMod"] != 1:  # only WATTS mode is simulated
+            return False
+        droop = self._droop_from_image()
+        if droop is None:
             return False
         m = self.model
         w_scale = 10 ** self.sf["W_SF"]
         wset, wset_rvrt = c["WSet"], c["WSetRvrt"]
         assert isinstance(wset, int) and isinstance(wset_rvrt, int)
-        m.wmax_lim_enabled = c["WMaxLimPctEna"] == _ENABLED
-        pct = c["WMaxLimPct"]
-        m.wmax_lim_pct = 100.0 if pct is None else float(pct) * 10.0**_WMAXLIMPCT_SF
         m.revert_enabled = c["WSetEnaRvrt"] == _ENABLED
         m.revert_setpoint_w = power_w_from_sunspec(wset_rvrt * w_scale)
         tms = c["WSetRvrtTms"]
         m.revert_timeout_s = float(tms or 0)
-        if written & _SETPOINT_POINTS:
+        m.wmax_lim_revert_enabled = c["WMaxLimPctEnaRvrt"] == _ENABLED
+        m.wmax_lim_revert_pct = _pct(c["WMaxLimPctRvrt"])
+        m.wmax_lim_revert_timeout_s = float(c["WMaxLimPctRvrtTms"] or 0)
+        names = {name for model_id, name in written if model_id == 704}
+        if names & _WMAXLIM_POINTS:
+            m.write_wmax_lim(c["WMaxLimPctEna"] == _ENABLED, _pct(c["WMaxLimPct"]))
+        if names & _SETPOINT_POINTS:
             m.write_setpoint(c["WSetEna"] == _ENABLED, power_w_from_sunspec(wset * w_scale))
+        m.droop_enabled, m.droop, m.droop_response_time_s = droop
         return True
 
-    def _written_points(self, address: int, count: int) -> set[str]:
-        base = self.model_address(704)
-        lo, hi = address - base, address - base + count
-        return {
-            p.name
-            for p in self._slots[704].table.points
-            if p.name in WRITABLE_POINTS and p.offset < hi and p.offset + p.size > lo
-        }
+    def _droop_from_image(self) -> tuple[bool, DroopParams, float] | None:
+        """711 ``Ena`` and the active curve (``Ctl[0]``) in engineering units; None if invalid.
+
+        Dead bands must be set, droops > 0 (they divide), the response time set.
+        """
+        c = self._controls_from_image(711)
+        db_of, db_uf = c["Ctl[0].DbOf"], c["Ctl[0].DbUf"]
+        k_of, k_uf, rsp = c["Ctl[0].KOf"], c["Ctl[0].KUf"], c["Ctl[0].RspTms"]
+        if c["Ena"] not in (0, 1):
+            return None
+        if not (isinstance(db_of, int) and isinstance(db_uf, int) and isinstance(rsp, int)):
+            return None
+        if not (isinstance(k_of, int) and isinstance(k_uf, int) and k_of > 0 and k_uf > 0):
+            return None
+        params = DroopParams(
+            db_of_hz=db_of * 10.0**_DB_SF,
+            db_uf_hz=db_uf * 10.0**_DB_SF,
+            k_of=k_of * 10.0**_K_SF,
+            k_uf=k_uf * 10.0**_K_SF,
+        )
+        return c["Ena"] == _ENABLED, params, rsp * 10.0**_RSPTMS_SF
+
+    def _written_points(self, address: int, count: int) -> set[tuple[int, str]]:
+        written: set[tuple[int, str]] = set()
+        for model_id, names in WRITABLE_POINTS.items():
+            base = self.model_address(model_id)
+            lo, hi = address - base, address - base + count
+            written |= {
+                (model_id, p.name)
+                for p in self._slots[model_id].table.points
+                if p.name in names and p.offset < hi and p.offset + p.size > lo
+            }
+        return written
+
+    def step(self, dt_s: float, freq_hz: float) -> None:
+        """Advance the physics ``dt_s`` seconds at the measured ``freq_hz``, then refresh."""
+        self.model.step(dt_s, freq_hz)
+        self.refresh(freq_hz)
 
     def write_registers(self, address: int, values: list[int]) -> int | None:
         """Write registers as function 6/16 would; returns a Modbus exception code or None."""
@@ -611,8 +773,7 @@ class InverterFleet:
             dt_s, last = now - last, now
             freq_hz = self.frequency.freq_hz(now - self._t0)
             for ep in self._endpoints:
-                ep.device.model.step(dt_s)
-                ep.device.refresh(freq_hz)
+                ep.device.step(dt_s, freq_hz)
 
 
 # --------------------------------------------------------------------------- CLI
@@ -640,6 +801,7 @@ async def _serve(args: argparse.Namespace, frequency: FrequencySource) -> None:
         max_discharge_w=args.max_power_w,
         capacity_wh=args.capacity_wh,
         ramp_w_per_s=args.ramp_w_per_s,
+        nominal_hz=args.nominal_hz,
     )
     stop = stop_on_signals()
     fleet = InverterFleet(

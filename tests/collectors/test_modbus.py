@@ -116,7 +116,7 @@ def test_backoff_doubles_from_initial_up_to_max() -> None:
 def test_plan_reads_two_blocks_on_the_simulated_layout() -> None:
     device = SimulatedInverter(InverterModel(), serial="P1")
     plan = _plan(device)
-    assert plan.model_map.model_ids == [1, 701, 702, 704, 713]
+    assert plan.model_map.model_ids == [1, 701, 702, 704, 711, 713]
     assert len(plan.reads) == 2
     assert plan.every_poll == 1  # 701 every poll; 704 + 713 are low priority
     assert all(count <= 125 for _a, count in plan.reads)

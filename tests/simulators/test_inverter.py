@@ -130,7 +130,7 @@ def test_map_starts_with_suns_and_lists_the_models_then_the_end_marker() -> None
             break
         found.append((model_id, length))
         address += 2 + length
-    assert found == [(m, load_model(m).length) for m in (1, 701, 702, 704, 713)]
+    assert found == [(m, load_model(m).length) for m in (1, 701, 702, 704, 711, 713)]
     assert address + 2 == device.end_address
 
 
@@ -194,3 +194,175 @@ def test_wmaxlimpct_write_reaches_the_model_with_its_scale_factor() -> None:
     assert device.handle_pdu(1, _fc16(ena, [1, 500])) == struct.pack(">BHH", 16, ena, 2)
     assert device.model.wmax_lim_enabled
     assert device.model.wmax_lim_pct == pytest.approx(50.0)
+
+
+# --------------------------------------------------------------------------- 711 droop
+
+SYMMETRIC = InverterRatings(
+    max_charge_w=10_000, max_discharge_w=10_000, capacity_wh=60_000, ramp_w_per_s=5_000
+)
+
+
+@pytest.mark.parametrize(
+    ("freq_hz", "expected_w"),
+    [
+        (50.00, 0.0),  # nominal: no response
+        (49.98, 0.0),  # inside the 36 mHz dead band
+        (49.80, -656.0),  # (49.80 - 49.964) / (0.05 * 50) * 10 kW, injected
+        (50.20, 656.0),  # mirror image, absorbed with the charge rating
+    ],
+)
+def test_enabled_droop_reaches_the_ieee_1547_response_in_steady_state(
+    freq_hz: float, expected_w: float
+) -> None:
+    model = InverterModel(ratings=SYMMETRIC, droop_enabled=True)
+    for _ in range(600):  # 60 s >> tau = 5 s / ln 10
+        model.step(0.1, freq_hz)
+    assert model.power_w == pytest.approx(expected_w, abs=1e-6)
+
+
+def test_droop_follows_a_first_order_lag_with_90_pct_at_rsptms() -> None:
+    model = InverterModel(ratings=SYMMETRIC, droop_enabled=True)
+    _run(model, 1.0)
+    for _ in range(50):  # 5 s = RspTms after the step to 49.80 Hz
+        model.step(0.1, 49.80)
+    assert model.droop_w == pytest.approx(-0.9 * 656.0, rel=1e-6)
+
+
+def test_disabled_droop_changes_nothing() -> None:
+    model = InverterModel(ratings=SYMMETRIC)
+    model.write_setpoint(True, 2_000)
+    for _ in range(300):
+        model.step(0.1, 49.50)
+    assert model.power_w == pytest.approx(2_000)
+    assert model.droop_w == 0.0
+
+
+def test_droop_adds_to_the_setpoint_and_the_total_is_clipped() -> None:
+    model = InverterModel(ratings=SYMMETRIC, droop_enabled=True)
+    model.write_setpoint(True, -1_000)  # discharging 1 kW already
+    for _ in range(600):
+        model.step(0.1, 49.80)
+    assert model.power_w == pytest.approx(-1_656.0)
+    model.write_setpoint(True, -9_800)  # 9.8 kW + 656 W is beyond the 10 kW rating
+    for _ in range(100):
+        model.step(0.1, 49.80)
+    assert model.power_w == pytest.approx(-10_000.0)
+
+
+def test_droop_discharge_stops_at_the_soc_stop_point() -> None:
+    ratings = InverterRatings(soc_stop_min_pct=10.0)
+    model = InverterModel(ratings=ratings, soc_pct=10.0, droop_enabled=True)
+    for _ in range(300):
+        model.step(0.1, 49.50)
+    assert model.power_w == 0.0
+
+
+def _device_711() -> SimulatedInverter:
+    return SimulatedInverter(InverterModel(ratings=SYMMETRIC), serial="D1")
+
+
+def test_711_sits_after_704_with_one_ieee_1547_curve_disabled() -> None:
+    device = _device_711()
+    assert device.model_address(711) == device.model_address(704) + 2 + load_model(704).length
+    assert device.model_address(711) == 40344
+    assert device.read(40344, 2) == [711, 22]
+    values = {
+        name: device.decode_point(711, name)
+        for name in ("Ena", "NCtl", "Db_SF", "K_SF", "RspTms_SF", "AdptCtlReq", "AdptCtlRslt")
+    }
+    assert values == {
+        "Ena": 0,
+        "NCtl": 1,
+        "Db_SF": -3,
+        "K_SF": -3,
+        "RspTms_SF": -1,
+        "AdptCtlReq": 1,
+        "AdptCtlRslt": 1,
+    }
+    curve = {
+        name: device.decode_point(711, f"Ctl[0].{name}")
+        for name in ("DbOf", "DbUf", "KOf", "KUf", "RspTms", "ReadOnly")
+    }
+    assert curve == {"DbOf": 36, "DbUf": 36, "KOf": 50, "KUf": 50, "RspTms": 50, "ReadOnly": 0}
+
+
+def test_711_enable_over_modbus_pdu_makes_the_device_droop() -> None:
+    device = _device_711()
+    ena = device.address_of(711, "Ena")
+    assert device.handle_pdu(1, struct.pack(">BHH", 6, ena, 1)) == struct.pack(">BHH", 6, ena, 1)
+    assert device.model.droop_enabled
+    for _ in range(600):
+        device.step(0.1, 49.80)
+    assert device.decode_point(701, "W") == 656  # SunSpec: + injection
+    assert device.decode_point(701, "Hz") == 49_800
+
+
+def test_711_curve_write_reaches_the_model_with_its_scale_factors() -> None:
+    device = _device_711()
+    db_of = device.address_of(711, "Ctl[0].DbOf")
+    # DbOf 0.1 Hz, DbUf 0.2 Hz, KOf 0.04, KUf 0.06, RspTms 2.5 s
+    reply = device.handle_pdu(1, _fc16(db_of, [0, 100, 0, 200, 40, 60, 0, 25]))
+    assert reply == struct.pack(">BHH", 16, db_of, 8)
+    m = device.model
+    assert (m.droop.db_of_hz, m.droop.db_uf_hz) == pytest.approx((0.1, 0.2))
+    assert (m.droop.k_of, m.droop.k_uf) == pytest.approx((0.04, 0.06))
+    assert m.droop_response_time_s == pytest.approx(2.5)
+
+
+def test_711_zero_droop_is_illegal_data_value_and_changes_nothing() -> None:
+    device = _device_711()
+    kuf = device.address_of(711, "Ctl[0].KUf")
+    assert device.handle_pdu(1, struct.pack(">BHH", 6, kuf, 0)) == bytes((0x86, ILLEGAL_DATA_VALUE))
+    assert device.decode_point(711, "Ctl[0].KUf") == 50
+    assert device.model.droop.k_uf == pytest.approx(0.05)
+
+
+def test_711_read_only_points_refuse_writes() -> None:
+    device = _device_711()
+    for name in ("NCtl", "K_SF", "Ctl[0].ReadOnly", "AdptCtlReq", "RvrtTms"):
+        address = device.address_of(711, name)
+        reply = device.handle_pdu(1, struct.pack(">BHH", 6, address, 1))
+        assert reply == bytes((0x86, ILLEGAL_DATA_ADDRESS)), name
+
+
+# --------------------------------------------------------------------------- 704 reversion
+
+
+def test_wmaxlimpct_reverts_after_its_reversion_time_without_a_new_write() -> None:
+    model = InverterModel(ratings=RATINGS, wmax_lim_revert_timeout_s=2.0)
+    model.write_wmax_lim(True, 30.0)
+    _run(model, 1.5)
+    assert (model.wmax_lim_enabled, model.wmax_lim_pct) == (True, 30.0)
+    model.write_wmax_lim(True, 30.0)  # a new write restarts the timer
+    _run(model, 1.5)
+    assert model.wmax_lim_enabled
+    _run(model, 1.0)
+    assert (model.wmax_lim_enabled, model.wmax_lim_pct) == (False, 100.0)  # the defaults
+    assert model.wmax_lim_revert_remaining_s == 0.0
+
+
+def test_wmaxlimpct_without_reversion_time_holds() -> None:
+    model = InverterModel(ratings=RATINGS)
+    model.write_wmax_lim(True, 30.0)
+    _run(model, 100.0)
+    assert (model.wmax_lim_enabled, model.wmax_lim_pct) == (True, 30.0)
+
+
+def test_wmaxlimpct_reversion_over_modbus_pdu_reads_back_the_reverted_limit() -> None:
+    device = _device()
+    rvrt = device.address_of(704, "WMaxLimPctRvrt")
+    assert device.address_of(704, "WMaxLimPctEnaRvrt") == rvrt + 1
+    assert device.address_of(704, "WMaxLimPctRvrtTms") == rvrt + 2
+    # revert to an enabled 80 % limit after 1 s
+    assert device.handle_pdu(1, _fc16(rvrt, [800, 1, 0, 1]))[0] == 16
+    ena = device.address_of(704, "WMaxLimPctEna")
+    assert device.handle_pdu(1, _fc16(ena, [1, 200]))[0] == 16  # 20 %
+    assert device.model.wmax_lim_pct == pytest.approx(20.0)
+    assert device.decode_point(704, "WMaxLimPctRvrtRem") == 1
+    for _ in range(11):
+        device.step(0.1, 50.0)
+    assert device.decode_point(704, "WMaxLimPct") == 800
+    assert device.decode_point(704, "WMaxLimPctEna") == 1
+    assert device.decode_point(704, "WMaxLimPctRvrtRem") == 0
+    assert device.model.wmax_lim_pct == pytest.approx(80.0)

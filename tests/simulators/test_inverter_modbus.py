@@ -57,7 +57,7 @@ def test_map_scanned_over_tcp_has_marker_models_in_order_and_end_marker() -> Non
                 found.append((model_id, length))
                 address += 2 + length
             client.close()
-        assert found == [(m, load_model(m).length) for m in (1, 701, 702, 704, 713)]
+        assert found == [(m, load_model(m).length) for m in (1, 701, 702, 704, 711, 713)]
 
     asyncio.run(scenario())
 
@@ -174,3 +174,46 @@ def test_hz_register_replays_the_frequency_profile_from_the_start() -> None:
     seen = asyncio.run(scenario())
     assert set(seen) <= {50_000, 49_800}
     assert seen[-1] == 49_800
+
+
+def _int16(value: int) -> int:
+    return value - 0x10000 if value >= 0x8000 else value
+
+
+def test_enabled_711_droops_on_the_measured_frequency_and_disabled_does_not() -> None:
+    # 49.80 Hz after 0.3 s; 10 kW rating: IEEE 1547 defaults give 656 W injected.
+    profile = FrequencyProfile((0.0, 0.3, 0.3), (50.0, 50.0, 49.8))
+    ratings = InverterRatings(max_charge_w=10_000, max_discharge_w=10_000, ramp_w_per_s=20_000)
+
+    async def scenario() -> None:
+        fleet = InverterFleet(2, free_port_block(2), frequency=profile, ratings=ratings, seed=3)
+        async with fleet:
+            droop, plain = fleet.devices
+            clients = [
+                AsyncModbusTcpClient("127.0.0.1", port=fleet.port(i), timeout=2) for i in (0, 1)
+            ]
+            for client in clients:
+                await client.connect()
+            hz, w = droop.address_of(701, "Hz"), droop.address_of(701, "W")
+            # a short response time (RspTms 0.3 s, RspTms_SF -1) keeps the test quick
+            rsp = droop.address_of(711, "Ctl[0].RspTms")
+            reply = await clients[0].write_registers(rsp, [0, 3], device_id=1)
+            assert not reply.isError()
+            reply = await clients[0].write_register(droop.address_of(711, "Ena"), 1, device_id=1)
+            assert not reply.isError()
+            assert await _read(clients[0], droop.address_of(711, "Ena"), 1) == [1]
+
+            async def injecting() -> bool:
+                return _int16((await _read(clients[0], w, 1))[0]) == 656
+
+            await _until(injecting)
+            assert await _read(clients[0], hz, 2) == [0, 49_800]
+            assert await _read(clients[1], hz, 2) == [0, 49_800]
+            assert await _read(clients[1], droop.address_of(711, "Ena"), 1) == [0]
+            assert await _read(clients[1], w, 1) == [0]  # 711 disabled: no response
+            for client in clients:
+                client.close()
+        assert droop.model.power_w == pytest.approx(-656.0, abs=0.5)
+        assert plain.model.power_w == 0.0
+
+    asyncio.run(scenario())
