@@ -267,6 +267,12 @@ class SiteDispatcher:
         if not u.dispatchable or u.faulted:
             return None
         base = clip(u.base_w, u.min_w, u.max_w)
+        # A departure need (min_w > 0) or a SoC limit can move the base itself.
+        moved_base = (
+            f"; base {u.base_w:+.0f} W held to the envelope {u.min_w:.0f}..{u.max_w:.0f} W"
+            if abs(base - u.base_w) > 0.05
+            else ""
+        )
         if s.mode == "droop":
             own = u.freq_hz is not None
             freq = u.freq_hz if u.freq_hz is not None else self.site_freq_hz()
@@ -283,7 +289,7 @@ class SiteDispatcher:
             reason = f"droop {'f' if own else 'site f'}={freq:.3f} Hz: {delta:+.0f} W"
             if abs(setpoint - (base + delta)) > 0.05:
                 reason += f", held to the envelope {u.min_w:.0f}..{u.max_w:.0f} W"
-            return setpoint, delta, reason, freq
+            return setpoint, delta, reason + moved_base, freq
         freq = self.site_freq_hz()
         if freq is None:
             return None
@@ -309,7 +315,7 @@ class SiteDispatcher:
         reason = f"fcr site f={freq:.3f} Hz: fleet {request:+.0f} W, share {share:+.0f} W"
         if abs(delivered - request) > 0.5:
             reason += f", fleet short by {abs(request - delivered):.0f} W"
-        return setpoint, share, reason, freq
+        return setpoint, share, reason + moved_base, freq
 
     def _decide(self, slot: _Slot) -> DispatchCommand | None:
         s = self.settings

@@ -201,3 +201,11 @@ def test_assets_that_go_silent_leave_the_summary_after_the_fresh_age() -> None:
     gone = d.summary(T0 + 1100)
     assert gone.assets_online == 0
     assert gone.freq_hz is None
+
+
+def test_a_departure_need_raises_the_base_and_the_reason_says_so() -> None:
+    d = SiteDispatcher(settings())
+    # inside the dead band, but the car must charge 4.2 kW to leave on time
+    out = commands(d.on_update(upd("ev", T0, 50.01, min_w=4_200.0, max_w=11_000.0)))
+    assert out[0].setpoint_w == 4_200.0
+    assert "base +0 W held to the envelope 4200..11000 W" in out[0].reason
