@@ -209,3 +209,18 @@ def test_a_departure_need_raises_the_base_and_the_reason_says_so() -> None:
     out = commands(d.on_update(upd("ev", T0, 50.01, min_w=4_200.0, max_w=11_000.0)))
     assert out[0].setpoint_w == 4_200.0
     assert "base +0 W held to the envelope 4200..11000 W" in out[0].reason
+
+
+def test_fcr_leaves_a_faulted_asset_out_and_the_others_cover_its_share() -> None:
+    d = SiteDispatcher(settings(mode="fcr", fcr_capacity_w=6_000.0, min_step_w=1.0))
+    last: dict[str, float] = {}
+    for k in range(3):
+        for asset in ("a", "b", "hot"):
+            u = upd(asset, T0 + k * 200, 49.80, faulted=asset == "hot")
+            for c in commands(d.on_update(u)):
+                last[c.asset] = c.setpoint_w
+    assert "hot" not in last  # a faulted device gets no share (control forces it to 0 W)
+    assert_allclose(last["a"] + last["b"], -6_000.0, atol=0.2)
+    summary = d.summary(T0 + 600)
+    assert_allclose(summary.allocated_w, -6_000.0)
+    assert summary.flex_discharge_w == 20_000.0  # only the two healthy assets
