@@ -595,6 +595,3 @@ async def run_fleet(
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
     return stations
-
-
-# --------------------------------------------------------------------------- CLI
