@@ -28,7 +28,8 @@ from gridflex.broker import Broker
 from gridflex.contract import parse_payload
 from gridflex.mqtt import MqttClient
 from gridflex.net import free_port
-from simulators.charger import Faults, SimStation, StationSpec
+from simulators.charger.fleet import Faults, StationSpec
+from simulators.charger.station import SimStation
 from simulators.ev import CarSpec, ThermalSpec
 from tests.loop_helpers import LoopThread
 from tests.mqtt_helpers import Subscriber

@@ -10,17 +10,10 @@ from ocpp.messages import MessageType, get_validator
 from ocpp.v21 import call as call21
 from ocpp.v201 import call as call201
 
-from simulators.charger import (
-    Control,
-    Faults,
-    SimStation,
-    StationSpec,
-    build_fleet,
-    charging_needs_payload,
-    control_from_profile,
-    requested_power_w,
-    sampled_values,
-)
+from simulators.charger.control import Control, control_from_profile, requested_power_w
+from simulators.charger.fleet import Faults, StationSpec, build_fleet
+from simulators.charger.station import SimStation
+from simulators.charger.wire import charging_needs_payload, sampled_values
 from simulators.ev import CarSpec, EvState
 
 V2X_CAR = CarSpec(max_charge_w=11_000, max_discharge_w=7_000, v2x=True, target_soc_pct=80)

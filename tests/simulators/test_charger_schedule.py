@@ -14,7 +14,9 @@ from typing import Any
 import pytest
 from ocpp.exceptions import FormatViolationError
 
-from simulators.charger import SimStation, StationSpec, _SimChargePoint21, next_meter_s
+from simulators.charger.fleet import StationSpec
+from simulators.charger.station import SimStation, _SimChargePoint21
+from simulators.charger.wire import next_meter_s
 from simulators.ev import CarSpec
 
 # --------------------------------------------------------------------------- schedule

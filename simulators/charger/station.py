@@ -1,50 +1,25 @@
-"""Simulated OCPP 2.0.1 / 2.1 charging stations, each with one EVSE and a car.
+"""A simulated station on the wire: OCPP handlers, the station's behaviour, the fleet runner.
 
-``gridflex sim chargers --count M --csms-url URL [--ocpp 2.0.1|2.1|mix]`` starts M stations
-built on the ``ocpp`` package's client over ``websockets``. Each station:
-
-- connects to ``{csms-url}/{station_id}`` with the ``ocpp2.1`` or ``ocpp2.0.1`` subprotocol
-  and HTTP Basic auth (security profile 1; ``wss://`` plus ``--ca-file`` for profile 2),
-  reconnecting with the ``websockets`` client's own backoff;
-- sends BootNotification, StatusNotification, Heartbeat; when its car arrives,
-  StatusNotification Occupied, TransactionEvent Started and NotifyEVChargingNeeds (departure
-  time, energy, V2X limits from an ISO 15118-20 car on an OCPP 2.1 station, AC parameters
-  from a charge-only ISO 15118-2 car); then TransactionEvent Updated with meter values every
-  ``SampledDataCtrlr.TxUpdatedInterval`` (set by the CSMS with SetVariables), MeterValues
-  when idle, TransactionEvent Ended when the car leaves;
-- applies SetChargingProfile to the car (``simulators.ev``): a CentralSetpoint ``setpoint``
-  within ``limit``/``dischargeLimit``, or a charging ``limit``; power follows within the car's
-  limits and the SoC integrates.
-
-Fault injection: ``--overtemp`` (connector heats up, power is derated, temperature reported
-with NotifyEvent), ``--ground-fault-after-s`` (StatusNotification Faulted, NotifyEvent
-``techCode`` GroundFault, transaction Ended with ``stoppedReason`` GroundFault),
-``--drop-rate`` (periodic meter-value messages are lost; their ``seqNo`` is still used, so
-the CSMS sees the gap) and ``--hang-after-s`` (the station stops answering the CSMS's calls,
-tripping its response timeout).
-
-For the demo, ``build_fleet(count, seed=..., v21_fraction=..., v2x_fraction=...)`` (or
-``fleet_from_site``) makes a seeded mix and ``run_fleet(specs, url, stop)`` runs it.
+``SimStation`` connects to ``{csms-url}/{station_id}`` (``websockets``' client, its own
+reconnect backoff), runs the OCPP conversation with the ``ocpp`` library's ``ChargePoint``
+(``_SimChargePoint201``/``_SimChargePoint21``: the handlers of SetVariables,
+SetChargingProfile and ClearChargingProfile, and the hot-path ``call_wire``), steps its car
+(``simulators.ev``) under the profile in force and injects its faults. ``run_fleet`` runs a
+list of ``StationSpec`` until ``stop`` is set.
 """
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import base64
-import gc
 import itertools
-import json
 import logging
-import math
 import random
 import ssl
 import time
 import uuid
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from ocpp.messages import CallError, MessageType
 from ocpp.routing import on
@@ -53,366 +28,25 @@ from ocpp.v201 import ChargePoint as ChargePoint201
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from gridflex.runtime import stop_on_signals
-from simulators.ev import CarSpec, EvState, ThermalSpec, initial_state, make_cars, step
+from simulators.charger.control import Control, control_from_profile, requested_power_w
+from simulators.charger.fleet import StationSpec
+from simulators.charger.wire import (
+    DEFAULT_MEASURANDS,
+    FRAME_ENCODER,
+    SUPPORTED_MEASURANDS,
+    answer_frame,
+    charging_needs_payload,
+    next_meter_s,
+    ocpp_time,
+    sampled_values,
+)
+from simulators.ev import EvState, ThermalSpec, initial_state, step
 
-__all__ = [
-    "Control",
-    "Faults",
-    "SimStation",
-    "StationSpec",
-    "add_arguments",
-    "build_fleet",
-    "charging_needs_payload",
-    "control_from_profile",
-    "fleet_from_site",
-    "main",
-    "next_meter_s",
-    "requested_power_w",
-    "run_fleet",
-    "sampled_values",
-]
+__all__ = ["SimStation", "StationCounters", "run_fleet"]
 
 log = logging.getLogger(__name__)
 
-OcppVersion = Literal["2.0.1", "2.1"]
-
-#: Measurands a station samples until the CSMS sets its own list.
-DEFAULT_MEASURANDS = frozenset(
-    {"Energy.Active.Import.Register", "Power.Active.Import", "Power.Active.Export", "SoC"}
-)
-SUPPORTED_MEASURANDS = frozenset(
-    {
-        "Energy.Active.Import.Register",
-        "Energy.Active.Export.Register",
-        "Power.Active.Import",
-        "Power.Active.Export",
-        "Power.Active.Setpoint",
-        "SoC",
-        "Current.Import",
-        "Current.Export",
-        "Voltage",
-    }
-)
-VOLTAGE_V = 230.0
-PHASES = 3
 OVERTEMP_OFFSET_C = 50.0
-
-
-def _ocpp_time(ts: float | None = None) -> str:
-    """RFC 3339 UTC with ``Z`` and milliseconds for an epoch time in seconds (default now)."""
-    moment = datetime.fromtimestamp(time.time() if ts is None else ts, tz=UTC)
-    return moment.isoformat(timespec="milliseconds").removesuffix("+00:00") + "Z"
-
-
-# --------------------------------------------------------------------------- specs
-
-
-@dataclass(frozen=True)
-class Faults:
-    """Fault injection for one station (all off by default)."""
-
-    overtemp: bool = False
-    ground_fault_after_s: float | None = None
-    drop_rate: float = 0.0
-    hang_after_s: float | None = None
-
-    def __post_init__(self) -> None:
-        if not 0.0 <= self.drop_rate <= 1.0:
-            raise ValueError("drop_rate must be in [0, 1]")
-
-
-@dataclass(frozen=True)
-class StationSpec:
-    """One simulated charging station and the car that will use it."""
-
-    station_id: str
-    password: str | None
-    ocpp_version: OcppVersion
-    car: CarSpec
-    max_charge_w: float = 22_000.0
-    max_discharge_w: float = 11_000.0
-    faults: Faults = Faults()
-    seed: int = 0
-
-
-def _versions(count: int, ocpp: str, v21_fraction: float, rng: random.Random) -> list[OcppVersion]:
-    if ocpp in ("2.0.1", "2.1"):
-        only: OcppVersion = "2.1" if ocpp == "2.1" else "2.0.1"
-        return [only] * count
-    if not 0.0 <= v21_fraction <= 1.0:
-        raise ValueError("v21_fraction must be in [0, 1]")
-    n21 = round(count * v21_fraction)
-    v21: OcppVersion = "2.1"
-    v201: OcppVersion = "2.0.1"
-    versions = [v21] * n21 + [v201] * (count - n21)
-    rng.shuffle(versions)
-    return versions
-
-
-def build_fleet(
-    count: int,
-    *,
-    seed: int = 1,
-    ocpp: Literal["2.0.1", "2.1", "mix"] = "mix",
-    v21_fraction: float = 0.5,
-    v2x_fraction: float = 0.5,
-    id_prefix: str = "sim-cs",
-    password: str | None = None,
-    arrival_window_s: float = 0.0,
-    stay_s: float | None = None,
-    faults: Faults = Faults(),
-    faulty: int | None = None,
-    max_charge_w: float = 22_000.0,
-    max_discharge_w: float = 11_000.0,
-) -> list[StationSpec]:
-    """A seeded fleet: the same arguments always give the same stations and cars.
-
-    ``ocpp="mix"`` makes ``round(count * v21_fraction)`` OCPP 2.1 stations, the rest 2.0.1;
-    ``round(count * v2x_fraction)`` cars are V2X-capable. ``faults`` go to the first
-    ``faulty`` stations (all when None). Station ids are ``{id_prefix}-{n:04d}`` from 1.
-    """
-    ids = [f"{id_prefix}-{n:04d}" for n in range(1, count + 1)]
-    return _fleet(
-        ids,
-        [password] * count,
-        [(max_charge_w, max_discharge_w)] * count,
-        seed=seed,
-        ocpp=ocpp,
-        v21_fraction=v21_fraction,
-        v2x_fraction=v2x_fraction,
-        arrival_window_s=arrival_window_s,
-        stay_s=stay_s,
-        faults=faults,
-        faulty=faulty,
-    )
-
-
-def fleet_from_site(
-    site_path: Path,
-    *,
-    count: int | None = None,
-    seed: int = 1,
-    ocpp: Literal["2.0.1", "2.1", "mix"] = "mix",
-    v21_fraction: float = 0.5,
-    v2x_fraction: float = 0.5,
-    arrival_window_s: float = 0.0,
-    stay_s: float | None = None,
-    faults: Faults = Faults(),
-    faulty: int | None = None,
-) -> list[StationSpec]:
-    """A fleet for the EVSEs of a site file: their station ids, passwords and power limits."""
-    from gridflex.config import load_site
-
-    evses = load_site(site_path).evses[:count]
-    return _fleet(
-        [e.station for e in evses],
-        [e.password for e in evses],
-        [(e.max_charge_w, e.max_discharge_w) for e in evses],
-        seed=seed,
-        ocpp=ocpp,
-        v21_fraction=v21_fraction,
-        v2x_fraction=v2x_fraction,
-        arrival_window_s=arrival_window_s,
-        stay_s=stay_s,
-        faults=faults,
-        faulty=faulty,
-    )
-
-
-def _fleet(
-    ids: list[str],
-    passwords: list[str | None],
-    limits: list[tuple[float, float]],
-    *,
-    seed: int,
-    ocpp: str,
-    v21_fraction: float,
-    v2x_fraction: float,
-    arrival_window_s: float,
-    stay_s: float | None,
-    faults: Faults,
-    faulty: int | None,
-) -> list[StationSpec]:
-    count = len(ids)
-    rng = random.Random(seed)
-    versions = _versions(count, ocpp, v21_fraction, rng)
-    cars = make_cars(
-        count,
-        seed=seed + 1,
-        v2x_fraction=v2x_fraction,
-        arrival_window_s=arrival_window_s,
-        stay_s=stay_s,
-    )
-    specs = []
-    for index, (station_id, password, (charge_w, discharge_w), version, car) in enumerate(
-        zip(ids, passwords, limits, versions, cars, strict=True)
-    ):
-        specs.append(
-            StationSpec(
-                station_id=station_id,
-                password=password,
-                ocpp_version=version,
-                car=car,
-                max_charge_w=charge_w,
-                max_discharge_w=discharge_w,
-                faults=faults if faulty is None or index < faulty else Faults(),
-                seed=seed * 100_003 + index,
-            )
-        )
-    return specs
-
-
-# --------------------------------------------------------------------------- control (pure)
-
-
-@dataclass(frozen=True)
-class Control:
-    """The charging profile in force, reduced to what the car has to follow."""
-
-    operation_mode: str
-    limit_w: float | None = None
-    setpoint_w: float | None = None
-    discharge_limit_w: float | None = None
-
-
-def control_from_profile(profile: dict[str, Any]) -> Control:
-    """Read the first period of a charging profile (library snake_case keys) in W.
-
-    Raises ``ValueError`` for a schedule in A (the simulator only takes W) or without periods.
-    """
-    schedule = profile["charging_schedule"][0]
-    if schedule.get("charging_rate_unit") != "W":
-        raise ValueError("only chargingRateUnit W is supported")
-    periods = schedule["charging_schedule_period"]
-    if not periods:
-        raise ValueError("the schedule has no period")
-    period = periods[0]
-    return Control(
-        operation_mode=period.get("operation_mode", "ChargingOnly"),
-        limit_w=period.get("limit"),
-        setpoint_w=period.get("setpoint"),
-        discharge_limit_w=period.get("discharge_limit"),
-    )
-
-
-def requested_power_w(car: CarSpec, soc_pct: float, control: Control | None) -> float:
-    """The power the car asks for (+ charging) before its physical limits.
-
-    Without a profile the car charges at full power up to its target SoC. A limit caps that.
-    A CentralSetpoint is followed as given (also above the target SoC), kept within ``limit``
-    and ``dischargeLimit``.
-    """
-    wants_w = car.max_charge_w if soc_pct < car.target_soc_pct else 0.0
-    if control is None:
-        return wants_w
-    if control.operation_mode == "CentralSetpoint" and control.setpoint_w is not None:
-        power_w = control.setpoint_w
-        if control.limit_w is not None:
-            power_w = min(power_w, control.limit_w)
-        if control.discharge_limit_w is not None:
-            power_w = max(power_w, control.discharge_limit_w)
-        return power_w
-    if control.limit_w is not None:
-        return min(wants_w, max(0.0, control.limit_w))
-    return wants_w
-
-
-def sampled_values(
-    ev: EvState, measurands: frozenset[str], *, setpoint_w: float | None = None
-) -> list[dict[str, Any]]:
-    """Sampled values (wire format, camelCase) for the measurands the CSMS asked for."""
-    power_w = ev.power_w
-    current_a = abs(power_w) / (VOLTAGE_V * PHASES)
-    table: list[tuple[str, float, str, str | None]] = [
-        ("Power.Active.Import", max(0.0, power_w), "W", None),
-        ("Power.Active.Export", max(0.0, -power_w), "W", None),
-        ("Energy.Active.Import.Register", ev.energy_import_wh, "Wh", None),
-        ("Energy.Active.Export.Register", ev.energy_export_wh, "Wh", None),
-        ("SoC", ev.soc_pct, "Percent", "EV"),
-        ("Current.Import", current_a if power_w > 0 else 0.0, "A", None),
-        ("Current.Export", current_a if power_w < 0 else 0.0, "A", None),
-        ("Voltage", VOLTAGE_V, "V", None),
-    ]
-    if setpoint_w is not None:
-        table.append(("Power.Active.Setpoint", setpoint_w, "W", None))
-    values = []
-    for measurand, value, unit, location in table:
-        if measurand not in measurands and measurand != "Power.Active.Setpoint":
-            continue
-        item: dict[str, Any] = {
-            "value": round(value, 2),
-            "measurand": measurand,
-            "unitOfMeasure": {"unit": unit},
-        }
-        if location is not None:
-            item["location"] = location
-        values.append(item)
-    return values
-
-
-def charging_needs_payload(
-    car: CarSpec, ev: EvState, version: OcppVersion, *, departure_epoch_s: float | None
-) -> dict[str, Any]:
-    """``chargingNeeds`` (snake_case) of the car: 2.1 V2X parameters, or AC charge-only."""
-    energy_wh = max(0.0, (car.target_soc_pct - ev.soc_pct) / 100.0 * car.capacity_wh)
-    needs: dict[str, Any] = {}
-    if departure_epoch_s is not None:
-        needs["departure_time"] = _ocpp_time(departure_epoch_s)
-    if version == "2.1" and car.v2x:
-        min_v2x_wh = (car.min_soc_pct - ev.soc_pct) / 100.0 * car.capacity_wh
-        needs.update(
-            requested_energy_transfer="DC_BPT",
-            available_energy_transfer=["DC", "DC_BPT"],
-            control_mode="DynamicControl",
-            dc_charging_parameters={
-                "ev_max_current": round(car.max_charge_w / 400.0, 1),
-                "ev_max_voltage": 450.0,
-                "ev_max_power": car.max_charge_w,
-                "ev_energy_capacity": car.capacity_wh,
-                "energy_amount": round(energy_wh, 1),
-                "state_of_charge": round(ev.soc_pct),
-            },
-            v2x_charging_parameters={
-                "max_charge_power": car.max_charge_w,
-                "max_discharge_power": car.max_discharge_w,
-                "min_charge_power": 0.0,
-                "min_discharge_power": 0.0,
-                "ev_target_energy_request": round(energy_wh, 1),
-                "ev_min_v2x_energy_request": round(min_v2x_wh, 1),
-                "target_soc": round(car.target_soc_pct),
-            },
-        )
-    else:
-        needs.update(
-            requested_energy_transfer="AC_three_phase",
-            # integers: OCPP 2.0.1 types these fields as integer (2.1 as number)
-            ac_charging_parameters={
-                "energy_amount": round(energy_wh),
-                "ev_min_current": 6,
-                "ev_max_current": round(car.max_charge_w / (VOLTAGE_V * PHASES)),
-                "ev_max_voltage": round(VOLTAGE_V),
-            },
-        )
-    return needs
-
-
-def next_meter_s(due_s: float, interval_s: float, now_s: float) -> float:
-    """When the next periodic meter value is due after the one due at ``due_s``.
-
-    The station keeps its phase: meter values are due at ``due_s + k * interval_s``, and
-    slots that went by while it was late are skipped rather than sent in a burst. A station
-    that was late does not take a new phase from the moment it caught up: stations made
-    late together (a busy simulator process, a stall) would all take nearly the same
-    phase and from then on send in a synchronized burst every interval.
-    """
-    following = due_s + interval_s
-    if following <= now_s:
-        following += math.ceil((now_s - following) / interval_s + 1e-9) * interval_s
-    return following
-
-
-# --------------------------------------------------------------------------- station
 
 
 @dataclass
@@ -474,7 +108,7 @@ class _SimHandlers:
         ``Call.to_json`` a new JSON encoder per frame.
         """
         unique_id = self._unique_id_generator()  # type: ignore[attr-defined]
-        frame = _JSON.encode([MessageType.Call, unique_id, action, payload])
+        frame = FRAME_ENCODER.encode([MessageType.Call, unique_id, action, payload])
         async with self._call_lock:  # type: ignore[attr-defined]
             answer: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
             self._awaiting = (unique_id, answer)
@@ -497,7 +131,7 @@ class _SimHandlers:
         """
         awaiting = self._awaiting
         if awaiting is not None and raw_msg.lstrip()[1:2] in ("3", "4"):
-            frame = _answer_frame(raw_msg, awaiting[0])
+            frame = answer_frame(raw_msg, awaiting[0])
             if frame is not None:
                 if not awaiting[1].done():
                     awaiting[1].set_result(frame)
@@ -506,25 +140,6 @@ class _SimHandlers:
             self.station.counters.calls_ignored += 1
             return
         await super().route_message(raw_msg)  # type: ignore[misc]
-
-
-_JSON = json.JSONEncoder(separators=(",", ":"))
-"""OCPP-J frames as the library writes them (compact, ASCII), without a new encoder each."""
-
-
-def _answer_frame(raw_msg: str, unique_id: str) -> list[Any] | None:
-    """The CALLRESULT or CALLERROR frame (a list) answering ``unique_id``, else None."""
-    try:
-        frame = json.loads(raw_msg)
-    except ValueError:
-        return None
-    if not isinstance(frame, list) or len(frame) < 3 or frame[1] != unique_id:
-        return None
-    if frame[0] == MessageType.CallResult and len(frame) == 3 and isinstance(frame[2], dict):
-        return frame
-    if frame[0] == MessageType.CallError and len(frame) == 5:
-        return frame
-    return None
 
 
 class _SimChargePoint201(_SimHandlers, ChargePoint201):
@@ -800,7 +415,7 @@ class SimStation:
         await self._call(
             cp,
             cp._call.StatusNotification(
-                timestamp=_ocpp_time(),
+                timestamp=ocpp_time(),
                 connector_status=self.connector_status,
                 evse_id=1,
                 connector_id=1,
@@ -812,7 +427,7 @@ class SimStation:
     ) -> dict[str, Any]:
         """A TransactionEventRequest in wire format (camelCase), with a meter value."""
         self.tx_seq_no += 1
-        now = _ocpp_time()
+        now = ocpp_time()
         info: dict[str, Any] = {"transactionId": self.transaction_id}
         if self.ev is not None and event_type != "Ended":
             info["chargingState"] = "Charging" if self.ev.power_w != 0 else "SuspendedEV"
@@ -904,7 +519,7 @@ class SimStation:
         self.event_seq_no += 1
         event: dict[str, Any] = {
             "event_id": self.event_seq_no,
-            "timestamp": _ocpp_time(),
+            "timestamp": ocpp_time(),
             "trigger": trigger,
             "actual_value": value,
             "event_notification_type": "HardWiredMonitor",
@@ -916,7 +531,7 @@ class SimStation:
         await self._call(
             cp,
             cp._call.NotifyEvent(
-                generated_at=_ocpp_time(), seq_no=self.event_seq_no - 1, event_data=[event]
+                generated_at=ocpp_time(), seq_no=self.event_seq_no - 1, event_data=[event]
             ),
         )
 
@@ -930,7 +545,7 @@ class SimStation:
         values = [
             v for v in sampled_values(ev, self.measurands) if v["measurand"] != "SoC" or self.ev
         ]
-        return {"evseId": 1, "meterValue": [{"timestamp": _ocpp_time(), "sampledValue": values}]}
+        return {"evseId": 1, "meterValue": [{"timestamp": ocpp_time(), "sampledValue": values}]}
 
     async def _send_meter_values(self, cp: Any) -> None:
         if self.transaction_id is not None:
@@ -980,97 +595,3 @@ async def run_fleet(
             task.cancel()
         await asyncio.gather(*pending, return_exceptions=True)
     return stations
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Options of ``gridflex sim chargers``."""
-    parser.add_argument("--count", type=int, help="number of stations (default: all in --site)")
-    parser.add_argument(
-        "--csms-url", required=True, help="CSMS base URL, e.g. ws://127.0.0.1:9000/ocpp"
-    )
-    parser.add_argument("--ocpp", choices=("2.0.1", "2.1", "mix"), default="mix")
-    parser.add_argument("--v21-fraction", type=float, default=0.5, help="with --ocpp mix")
-    parser.add_argument("--v2x-fraction", type=float, default=0.5, help="V2X-capable cars")
-    parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--site", type=Path, help="take station ids/passwords from this site")
-    parser.add_argument("--id-prefix", default="sim-cs", help="station ids without --site")
-    parser.add_argument("--password", help="HTTP Basic password of every station (no --site)")
-    parser.add_argument("--ca-file", type=Path, help="CA certificate to verify a wss:// CSMS")
-    parser.add_argument("--arrival-window-s", type=float, default=0.0)
-    parser.add_argument("--stay-s", type=float, help="mean stay of a car (default: forever)")
-    parser.add_argument("--ramp-s", type=float, default=0.0, help="spread the connects")
-    parser.add_argument("--overtemp", action="store_true", help="inject connector overheating")
-    parser.add_argument("--ground-fault-after-s", type=float, help="inject a ground fault")
-    parser.add_argument("--drop-rate", type=float, default=0.0, help="lose meter values")
-    parser.add_argument("--hang-after-s", type=float, help="stop answering the CSMS")
-    parser.add_argument("--faulty", type=int, help="faults only on the first N stations")
-
-
-def _specs_from_args(args: argparse.Namespace) -> list[StationSpec]:
-    faults = Faults(
-        overtemp=args.overtemp,
-        ground_fault_after_s=args.ground_fault_after_s,
-        drop_rate=args.drop_rate,
-        hang_after_s=args.hang_after_s,
-    )
-    common: dict[str, Any] = {
-        "seed": args.seed,
-        "ocpp": args.ocpp,
-        "v21_fraction": args.v21_fraction,
-        "v2x_fraction": args.v2x_fraction,
-        "arrival_window_s": args.arrival_window_s,
-        "stay_s": args.stay_s,
-        "faults": faults,
-        "faulty": args.faulty,
-    }
-    if args.site is not None:
-        return fleet_from_site(args.site, count=args.count, **common)
-    if args.count is None:
-        raise SystemExit("gridflex sim chargers: give --count (or --site)")
-    return build_fleet(args.count, id_prefix=args.id_prefix, password=args.password, **common)
-
-
-_FREEZE_AFTER_RAMP_S = 15.0
-
-
-def main(args: argparse.Namespace) -> int:
-    """Run the simulated stations until SIGINT/SIGTERM; exit 0.
-
-    What start-up built, and later the stations' connections, are frozen out of the garbage
-    collector's way (``gc.freeze``): a full collection walks every station's objects and
-    pauses the process, and the stations due meanwhile then send together, in one burst.
-    """
-    specs = _specs_from_args(args)
-    ssl_context = None
-    if args.csms_url.startswith("wss://"):
-        ssl_context = ssl.create_default_context(cafile=args.ca_file)
-    n21 = sum(s.ocpp_version == "2.1" for s in specs)
-    n_v2x = sum(s.car.v2x for s in specs)
-    log.info(
-        "%d simulated stations (%d OCPP 2.1, %d V2X cars) -> %s",
-        len(specs),
-        n21,
-        n_v2x,
-        args.csms_url,
-    )
-
-    async def _main() -> list[SimStation]:
-        stop = stop_on_signals()
-        loop = asyncio.get_running_loop()
-        gc.freeze()
-        freezer = loop.call_later(args.ramp_s + _FREEZE_AFTER_RAMP_S, gc.freeze)
-        try:
-            return await run_fleet(
-                specs, args.csms_url, stop, ssl_context=ssl_context, ramp_s=args.ramp_s
-            )
-        finally:
-            freezer.cancel()
-
-    stations = asyncio.run(_main())
-    sent = sum(s.counters.messages_sent for s in stations)
-    dropped = sum(s.counters.messages_dropped for s in stations)
-    log.info("simulated stations stopped: %d messages sent, %d dropped", sent, dropped)
-    return 0
