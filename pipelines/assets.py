@@ -22,14 +22,13 @@ Where the numbers come from:
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Final, Literal
 
 from gridflex.contract import EvChargingNeeds, Forecast, Telemetry
 from pipelines.dispatch import DroopParams
 from pipelines.fleet import AssetUpdate
-from pipelines.forecast import BatteryModel, ChargingGoal, forecast
+from pipelines.forecast import BatteryModel, ChargingGoal, ForecastResult, forecast
 
 __all__ = [
     "DERATE_START_C",
@@ -156,19 +155,9 @@ def track(
         )  # fmt: skip
         return state, update, None
 
-    needs = state.needs
     is_car = t.kind == "evse"
     car_present = not is_car or t.transaction_id is not None or t.status in CAR_STATUSES
-    rated_charge = profile.max_charge_w
-    rated_discharge = profile.max_discharge_w
-    if is_car:
-        if needs is not None and needs.max_charge_w is not None:
-            rated_charge = min(rated_charge, needs.max_charge_w)
-        v2x = needs is not None and needs.v2x
-        if not v2x:
-            rated_discharge = 0.0
-        elif needs is not None and needs.max_discharge_w is not None:
-            rated_discharge = min(rated_discharge, needs.max_discharge_w)
+    rated_charge, rated_discharge = _ratings(profile, state.needs if is_car else None, is_car)
     soc = state.soc_pct
     fc: Forecast | None = None
     if not car_present:
@@ -176,40 +165,15 @@ def track(
     elif soc is None:
         low, high = 0.0, rated_charge * derate
     else:
-        soc_min = profile.soc_min_pct
-        if is_car and needs is not None and needs.min_soc_pct is not None:
-            soc_min = max(soc_min, needs.min_soc_pct)
-        capacity = (
-            _car_capacity_wh(needs, soc, defaults.capacity_wh)
-            if is_car
-            else profile.capacity_wh or math.nan
+        model = _battery_model(
+            profile,
+            state.needs,
+            soc_pct=soc,
+            rated_charge_w=rated_charge,
+            rated_discharge_w=rated_discharge,
+            defaults=defaults,
         )
-        model = BatteryModel(
-            capacity_wh=capacity if math.isfinite(capacity) else defaults.capacity_wh,
-            max_charge_w=rated_charge,
-            max_discharge_w=rated_discharge,
-            soc_min_pct=min(soc_min, profile.soc_max_pct - 0.1),
-            soc_max_pct=profile.soc_max_pct,
-            efficiency=defaults.efficiency,
-            taper_soc_pct=defaults.taper_soc_pct,
-        )
-        if is_car:
-            stated = needs is not None and needs.departure_ms is not None
-            departure = (
-                needs.departure_ms
-                if needs is not None and needs.departure_ms is not None
-                else (state.plugged_ms or t.ts_ms) + defaults.dwell_ms
-            )
-            target = (
-                needs.target_soc_pct
-                if needs is not None and needs.target_soc_pct is not None
-                else defaults.target_soc_pct
-            )
-            goal = ChargingGoal(departure_ms=departure, target_soc_pct=target)
-            source: Literal["ev", "site_default", "battery"] = "ev" if stated else "site_default"
-        else:
-            goal = ChargingGoal(departure_ms=None, target_soc_pct=None)
-            source = "battery"
+        goal, source = _goal(state, t, defaults) if is_car else (BATTERY_GOAL, "battery")
         setpoint = t.setpoint_w if t.setpoint_w is not None else t.power_w
         result = forecast(t.ts_ms, soc, setpoint, model, goal, derate=derate)
         high = result.max_charge_w
@@ -221,27 +185,15 @@ def track(
         )
         if due and (is_car or profile.capacity_wh is not None):
             state.last_forecast_ms = t.ts_ms
-            fc = Forecast(
-                site=t.site,
-                asset=t.asset,
-                kind=t.kind,
-                ts_ms=t.ts_ms,
-                seq=t.seq,
+            fc = _forecast_payload(
+                t,
+                result,
                 soc_pct=soc,
-                capacity_wh=round(model.capacity_wh, 1),
-                power_w=t.power_w,
                 setpoint_w=setpoint,
-                departure_ms=goal.departure_ms,
-                target_soc_pct=goal.target_soc_pct,
-                soc_at_departure_pct=_round(result.soc_at_departure_pct, 2),
-                earliest_target_ms=result.earliest_target_ms,
-                energy_to_target_wh=_round(result.energy_to_target_wh, 1),
-                max_charge_w=round(result.max_charge_w, 1),
-                max_discharge_w=round(result.max_discharge_w, 1),
-                discharge_energy_wh=round(result.discharge_energy_wh, 1),
-                must_charge_w=round(result.must_charge_w, 1),
+                model=model,
+                goal=goal,
                 v2x=rated_discharge > 0,
-                needs_source=source,
+                source=source,
             )
     update = AssetUpdate(
         asset=t.asset,
@@ -260,6 +212,115 @@ def track(
         faulted=faulted,
     )
     return state, update, fc
+
+
+#: A stationary battery has no departure and no target.
+BATTERY_GOAL: Final = ChargingGoal(departure_ms=None, target_soc_pct=None)
+
+NeedsSource = Literal["ev", "site_default", "battery"]
+
+
+def _ratings(
+    profile: AssetProfile, needs: EvChargingNeeds | None, is_car: bool
+) -> tuple[float, float]:
+    """Charge and discharge ratings now: the site file's, within a car's own limits.
+
+    A car discharges only when it says it can (ISO 15118-20 V2X); a car without stated
+    needs is charge-only.
+    """
+    charge, discharge = profile.max_charge_w, profile.max_discharge_w
+    if not is_car:
+        return charge, discharge
+    if needs is not None and needs.max_charge_w is not None:
+        charge = min(charge, needs.max_charge_w)
+    if needs is None or not needs.v2x:
+        return charge, 0.0
+    if needs.max_discharge_w is not None:
+        discharge = min(discharge, needs.max_discharge_w)
+    return charge, discharge
+
+
+def _battery_model(
+    profile: AssetProfile,
+    needs: EvChargingNeeds | None,
+    *,
+    soc_pct: float,
+    rated_charge_w: float,
+    rated_discharge_w: float,
+    defaults: CarDefaults,
+) -> BatteryModel:
+    """The battery behind the asset: capacity, ratings, stop-points, efficiency, taper."""
+    soc_min = profile.soc_min_pct
+    if profile.kind == "evse":
+        if needs is not None and needs.min_soc_pct is not None:
+            soc_min = max(soc_min, needs.min_soc_pct)
+        capacity = _car_capacity_wh(needs, soc_pct, defaults.capacity_wh)
+    else:
+        capacity = profile.capacity_wh or defaults.capacity_wh
+    return BatteryModel(
+        capacity_wh=capacity,
+        max_charge_w=rated_charge_w,
+        max_discharge_w=rated_discharge_w,
+        soc_min_pct=min(soc_min, profile.soc_max_pct - 0.1),
+        soc_max_pct=profile.soc_max_pct,
+        efficiency=defaults.efficiency,
+        taper_soc_pct=defaults.taper_soc_pct,
+    )
+
+
+def _goal(
+    state: AssetTracker, t: Telemetry, defaults: CarDefaults
+) -> tuple[ChargingGoal, NeedsSource]:
+    """A car's departure and target: what it stated, else the site's defaults."""
+    needs = state.needs
+    source: NeedsSource
+    if needs is not None and needs.departure_ms is not None:
+        departure, source = needs.departure_ms, "ev"
+    else:
+        departure = (state.plugged_ms or t.ts_ms) + defaults.dwell_ms
+        source = "site_default"
+    target = (
+        needs.target_soc_pct
+        if needs is not None and needs.target_soc_pct is not None
+        else defaults.target_soc_pct
+    )
+    return ChargingGoal(departure_ms=departure, target_soc_pct=target), source
+
+
+def _forecast_payload(
+    t: Telemetry,
+    result: ForecastResult,
+    *,
+    soc_pct: float,
+    setpoint_w: float,
+    model: BatteryModel,
+    goal: ChargingGoal,
+    v2x: bool,
+    source: NeedsSource,
+) -> Forecast:
+    """The ``forecast/1`` message of one reading."""
+    return Forecast(
+        site=t.site,
+        asset=t.asset,
+        kind=t.kind,
+        ts_ms=t.ts_ms,
+        seq=t.seq,
+        soc_pct=soc_pct,
+        capacity_wh=round(model.capacity_wh, 1),
+        power_w=t.power_w,
+        setpoint_w=setpoint_w,
+        departure_ms=goal.departure_ms,
+        target_soc_pct=goal.target_soc_pct,
+        soc_at_departure_pct=_round(result.soc_at_departure_pct, 2),
+        earliest_target_ms=result.earliest_target_ms,
+        energy_to_target_wh=_round(result.energy_to_target_wh, 1),
+        max_charge_w=round(result.max_charge_w, 1),
+        max_discharge_w=round(result.max_discharge_w, 1),
+        discharge_energy_wh=round(result.discharge_energy_wh, 1),
+        must_charge_w=round(result.must_charge_w, 1),
+        v2x=v2x,
+        needs_source=source,
+    )
 
 
 def _round(value: float | None, digits: int) -> float | None:
