@@ -29,7 +29,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("sim", "chargers"), "simulators.charger", "simulated OCPP charging stations with EVs"),
     (("collect", "modbus"), "collectors.modbus", "poll SunSpec devices into MQTT"),
     (("collect", "ocpp"), "collectors.ocpp", "OCPP 2.0.1/2.1 CSMS publishing to MQTT"),
-    (("pipeline",), "pipelines.flow", "the Bytewax dataflow: validation, frequency, history"),
+    (("pipeline",), "pipelines.cli", "the Bytewax dataflow: validation, frequency, history"),
     (("query",), "gridflex.history", "run SQL over the Parquet history with DuckDB, print CSV"),
     (("app",), "gridflex.app_cmd", "the Streamlit analytics app over the history"),
     (("contract", "export"), "gridflex.contract_docs", "write JSON Schemas and AsyncAPI to docs/"),

@@ -33,35 +33,24 @@ Step ids are stable (recovery keys on them). The domain logic lives in
 :mod:`pipelines.assets`, :mod:`pipelines.forecast`, :mod:`pipelines.dispatch` and
 :mod:`pipelines.fleet`; this module only wires it.
 
-``gridflex pipeline --site FILE [--data-dir DIR] [--workers N]`` runs it until SIGINT or
-SIGTERM, then ends the MQTT source, lets the open windows close and the sinks flush, and
-exits 0. With ``[pipeline] recovery`` (on by default) Bytewax snapshots the state every
-``snapshot_interval_s`` into ``recovery_dir`` (default ``{history}/recovery``) and a
-restarted pipeline resumes from it.
+``gridflex pipeline`` (:mod:`pipelines.cli`) runs it until SIGINT or SIGTERM, with
+Bytewax recovery.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import gc
 import logging
 import os
-import signal
 import threading
-import time
 from dataclasses import dataclass
-from datetime import timedelta
 from pathlib import Path
-from types import FrameType
-from typing import Any, Literal, NamedTuple, Protocol
+from typing import Any, Literal, NamedTuple
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
 from bytewax.inputs import Source
 from bytewax.outputs import Sink
-from bytewax.recovery import RecoveryConfig, init_db_dir
-from bytewax.run import cli_main
 
 from gridflex.contract import (
     PREFIX,
@@ -78,9 +67,8 @@ from gridflex.contract import (
     telemetry_topic,
 )
 from gridflex.history import COMMANDS, FORECASTS, GRID_FREQUENCY, TELEMETRY
-from pipelines.assets import AssetProfile, AssetTracker, CarDefaults, track
-from pipelines.dispatch import DroopParams
-from pipelines.fleet import AssetUpdate, DispatchSettings, SiteDispatcher
+from pipelines.assets import AssetTracker, track
+from pipelines.fleet import AssetUpdate, SiteDispatcher
 from pipelines.frequency import FrequencyAccumulator, FrequencySample, summarize_window
 from pipelines.history_sink import (
     HistorySink,
@@ -90,6 +78,7 @@ from pipelines.history_sink import (
     telemetry_row,
 )
 from pipelines.mqtt_io import MqttSink, MqttSource
+from pipelines.site import SiteLike, asset_profiles, car_defaults, dispatch_settings
 from pipelines.validate import (
     DEFAULT_MAX_FUTURE_MS,
     RawMessage,
@@ -110,15 +99,11 @@ __all__ = [
     "FLOW_ID",
     "FlowOptions",
     "SiteLike",
-    "add_arguments",
     "asset_profiles",
     "build_flow",
     "car_defaults",
     "dispatch_settings",
-    "main",
     "mqtt_source",
-    "recovery_config",
-    "run",
     "telemetry_filter",
 ]
 
@@ -128,64 +113,7 @@ FLOW_ID = "gridflex_pipeline"
 COMPONENT = "pipeline"
 
 
-# --------------------------------------------------------------------------- site
-
-
-class _MqttSettings(Protocol):
-    @property
-    def url(self) -> str: ...
-    @property
-    def queue_limit(self) -> int: ...
-    @property
-    def username(self) -> str | None: ...
-    @property
-    def password(self) -> str | None: ...
-
-
-class _HistorySettings(Protocol):
-    @property
-    def dir(self) -> Any: ...
-
-
-class _PipelineSettings(Protocol):
-    @property
-    def window_ms(self) -> int: ...
-    @property
-    def allowed_lateness_ms(self) -> int: ...
-    @property
-    def recovery(self) -> bool: ...
-    @property
-    def recovery_dir(self) -> Path | None: ...
-    @property
-    def snapshot_interval_s(self) -> float: ...
-
-
-class SiteLike(Protocol):
-    """What the dataflow needs from ``gridflex.config.SiteConfig``.
-
-    ``dispatch`` and ``assets`` are read by :func:`dispatch_settings` and
-    :func:`asset_profiles` (the ``[dispatch]`` table and ``[[assets]]``).
-    """
-
-    @property
-    def max_import_w(self) -> float | None: ...  # noqa: D102
-    @property
-    def max_export_w(self) -> float | None: ...  # noqa: D102
-    @property
-    def dispatch(self) -> Any: ...  # noqa: D102
-    @property
-    def assets(self) -> Any: ...  # noqa: D102
-
-    @property
-    def id(self) -> str: ...  # noqa: D102
-    @property
-    def nominal_frequency_hz(self) -> float: ...  # noqa: D102
-    @property
-    def mqtt(self) -> _MqttSettings: ...  # noqa: D102
-    @property
-    def history(self) -> _HistorySettings: ...  # noqa: D102
-    @property
-    def pipeline(self) -> _PipelineSettings: ...  # noqa: D102
+# --------------------------------------------------------------------------- options
 
 
 @dataclass(frozen=True)
@@ -224,64 +152,6 @@ class FlowOptions:
     mqtt_receiver: Literal["process", "thread"] = "process"
     client_id: str | None = None
     mqtt_client: Literal["asyncio", "thread"] = "asyncio"
-
-
-def dispatch_settings(site: SiteLike) -> DispatchSettings:
-    """The dispatcher's settings from the site's ``[dispatch]`` table and transformer limits."""
-    d = site.dispatch
-    return DispatchSettings(
-        site=site.id,
-        nominal_hz=float(site.nominal_frequency_hz),
-        mode=d.mode,
-        fcr_capacity_w=d.fcr.capacity_w,
-        fcr_deadband_hz=d.fcr.deadband_hz,
-        fcr_full_at_hz=d.fcr.full_at_hz,
-        min_step_w=d.min_step_w,
-        refresh_ms=round(d.refresh_s * 1000),
-        valid_ms=round(d.valid_s * 1000),
-        freq_max_age_ms=d.freq_max_age_ms,
-        summary_interval_ms=round(d.summary_interval_s * 1000),
-        max_import_w=site.max_import_w,
-        max_export_w=site.max_export_w,
-    )
-
-
-def asset_profiles(site: SiteLike) -> dict[str, AssetProfile]:
-    """Each asset of the site file with its droop parameters (site defaults + overrides)."""
-    droop = site.dispatch.droop
-    profiles = {}
-    for a in site.assets:
-        own = a.droop
-        params = DroopParams(
-            db_of_hz=own.db_of_hz if own and own.db_of_hz is not None else droop.db_of_hz,
-            db_uf_hz=own.db_uf_hz if own and own.db_uf_hz is not None else droop.db_uf_hz,
-            k_of=own.k_of if own and own.k_of is not None else droop.k_of,
-            k_uf=own.k_uf if own and own.k_uf is not None else droop.k_uf,
-        )
-        profiles[a.id] = AssetProfile(
-            asset=a.id,
-            kind=a.kind,
-            max_charge_w=a.max_charge_w,
-            max_discharge_w=a.max_discharge_w,
-            capacity_wh=a.capacity_wh,
-            soc_min_pct=a.soc_min_pct,
-            soc_max_pct=a.soc_max_pct,
-            base_w=a.base_setpoint_w,
-            droop=params,
-        )
-    return profiles
-
-
-def car_defaults(site: SiteLike) -> CarDefaults:
-    """``[dispatch.ev_defaults]`` as the asset step needs it."""
-    ev = site.dispatch.ev_defaults
-    return CarDefaults(
-        capacity_wh=ev.capacity_wh,
-        target_soc_pct=ev.target_soc_pct,
-        dwell_ms=round(ev.dwell_h * 3_600_000),
-        efficiency=ev.efficiency,
-        taper_soc_pct=ev.taper_soc_pct,
-    )
 
 
 def telemetry_filter(site_id: str) -> str:
@@ -617,145 +487,3 @@ def build_flow(
         mqtt_sink,
     )
     return flow
-
-
-# --------------------------------------------------------------------------- CLI
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add the arguments of ``gridflex pipeline``."""
-    parser.add_argument("--site", required=True, type=Path, help="site file (TOML)")
-    parser.add_argument(
-        "--data-dir", type=Path, default=None, help="history directory (default: history.dir)"
-    )
-    parser.add_argument(
-        "--workers", type=int, default=1, help="Bytewax workers in this process (default 1)"
-    )
-    parser.add_argument(
-        "--lateness-ms",
-        type=int,
-        default=None,
-        help="allowed lateness of frequency samples, ms (default: pipeline.allowed_lateness_ms)",
-    )
-    parser.add_argument(
-        "--mqtt-client",
-        choices=("asyncio", "thread"),
-        default="asyncio",
-        help="publisher of analytics and commands: the native asyncio client (default) "
-        "or paho's threaded client",
-    )
-    parser.add_argument(
-        "--client-id",
-        default=None,
-        help="MQTT client id prefix, names the persistent session "
-        "(default gridflex-pipeline-{site})",
-    )
-
-
-class _StopOnSignal:
-    """Set a stop event on the first SIGINT/SIGTERM; a second one aborts."""
-
-    def __init__(self, stop_event: threading.Event) -> None:
-        self.stop_event = stop_event
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, frame: FrameType | None) -> None:
-        if self.stop_event.is_set():
-            log.warning("second %s: aborting", signal.Signals(signum).name)
-            raise KeyboardInterrupt
-        log.info("%s: stopping the pipeline", signal.Signals(signum).name)
-        self.stop_event.set()
-
-    def __enter__(self) -> _StopOnSignal:
-        for signum in (signal.SIGINT, signal.SIGTERM):
-            self._previous[signum] = signal.signal(signum, self._handle)
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        for signum, handler in self._previous.items():
-            signal.signal(signum, handler)
-
-
-def recovery_config(
-    site: SiteLike, data_dir: str | Path | None = None, *, workers: int = 1
-) -> RecoveryConfig | None:
-    """Bytewax recovery for ``site`` (None when ``[pipeline] recovery = false``).
-
-    The database lives in ``recovery_dir``, default ``{history}/recovery``; it is created
-    on first use with one partition per worker. A restarted pipeline resumes every step's
-    state from the last snapshot; the broker's persistent session redelivers what was not
-    acknowledged.
-    """
-    if not site.pipeline.recovery:
-        return None
-    history = Path(data_dir if data_dir is not None else site.history.dir)
-    db_dir = Path(site.pipeline.recovery_dir or history / "recovery")
-    if not any(db_dir.glob("part-*.sqlite3")):
-        db_dir.mkdir(parents=True, exist_ok=True)
-        init_db_dir(db_dir, max(1, workers))
-        log.info("recovery database created in %s (%d partitions)", db_dir, max(1, workers))
-    return RecoveryConfig(str(db_dir))
-
-
-def run(
-    site: SiteLike,
-    data_dir: str | Path | None = None,
-    *,
-    workers: int = 1,
-    options: FlowOptions | None = None,
-    stop_event: threading.Event | None = None,
-) -> list[str]:
-    """Run the dataflow in this process until SIGINT/SIGTERM (or ``stop_event``).
-
-    Must be called from the main thread (signal handlers). The first signal ends the MQTT
-    source; the dataflow then drains, closes its windows and flushes its sinks. A second
-    signal aborts.
-
-    Returns:
-        Why the input ended early, if it did (a receiver process died); empty after a
-        requested stop.
-
-    """
-    stop_event = stop_event or threading.Event()
-    source = mqtt_source(site, options, stop_event)
-    flow = build_flow(site, data_dir, options=options, source=source, stop_event=stop_event)
-    log.info(
-        "pipeline for site %s: broker %s, history in %s, %d worker(s), dispatch %s",
-        site.id,
-        site.mqtt.url,
-        data_dir if data_dir is not None else site.history.dir,
-        workers,
-        site.dispatch.mode,
-    )
-    started_s = time.monotonic()
-    recovery = recovery_config(site, data_dir, workers=workers)
-    # Everything built so far (modules, models, the flow) lives as long as the process:
-    # keep it out of every later full collection, whose pauses every reading waits behind.
-    gc.collect()
-    gc.freeze()
-    with _StopOnSignal(stop_event):
-        cli_main(
-            flow,
-            workers_per_process=workers,
-            epoch_interval=timedelta(seconds=site.pipeline.snapshot_interval_s),
-            recovery_config=recovery,
-        )
-    if source.failures:
-        log.error(
-            "pipeline stopped after %.1f s: %s", time.monotonic() - started_s, source.failures
-        )
-    else:
-        log.info("pipeline stopped cleanly after %.1f s", time.monotonic() - started_s)
-    return source.failures
-
-
-def main(args: argparse.Namespace) -> int:
-    """``gridflex pipeline``: run until SIGINT/SIGTERM; 0 after a clean shutdown."""
-    from gridflex.config import load_site
-
-    site = load_site(args.site)
-    options = FlowOptions(
-        lateness_ms=args.lateness_ms, client_id=args.client_id, mqtt_client=args.mqtt_client
-    )
-    failures = run(site, args.data_dir, workers=args.workers, options=options)
-    return 1 if failures else 0

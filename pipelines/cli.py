@@ -1,0 +1,170 @@
+"""``gridflex pipeline``: run the dataflow of :mod:`pipelines.flow` until a signal.
+
+``gridflex pipeline --site FILE [--data-dir DIR] [--workers N]`` runs it until SIGINT or
+SIGTERM, then ends the MQTT source, lets the open windows close and the sinks flush, and
+exits 0. With ``[pipeline] recovery`` (on by default) Bytewax snapshots the state every
+``snapshot_interval_s`` into ``recovery_dir`` (default ``{history}/recovery``) and a
+restarted pipeline resumes from it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import signal
+import threading
+import time
+from datetime import timedelta
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+from bytewax.recovery import RecoveryConfig, init_db_dir
+from bytewax.run import cli_main
+
+from pipelines.flow import FlowOptions, build_flow, mqtt_source
+from pipelines.site import SiteLike
+
+__all__ = ["add_arguments", "main", "recovery_config", "run"]
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the arguments of ``gridflex pipeline``."""
+    parser.add_argument("--site", required=True, type=Path, help="site file (TOML)")
+    parser.add_argument(
+        "--data-dir", type=Path, default=None, help="history directory (default: history.dir)"
+    )
+    parser.add_argument(
+        "--workers", type=int, default=1, help="Bytewax workers in this process (default 1)"
+    )
+    parser.add_argument(
+        "--lateness-ms",
+        type=int,
+        default=None,
+        help="allowed lateness of frequency samples, ms (default: pipeline.allowed_lateness_ms)",
+    )
+    parser.add_argument(
+        "--mqtt-client",
+        choices=("asyncio", "thread"),
+        default="asyncio",
+        help="publisher of analytics and commands: the native asyncio client (default) "
+        "or paho's threaded client",
+    )
+    parser.add_argument(
+        "--client-id",
+        default=None,
+        help="MQTT client id prefix, names the persistent session "
+        "(default gridflex-pipeline-{site})",
+    )
+
+
+class _StopOnSignal:
+    """Set a stop event on the first SIGINT/SIGTERM; a second one aborts."""
+
+    def __init__(self, stop_event: threading.Event) -> None:
+        self.stop_event = stop_event
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: FrameType | None) -> None:
+        if self.stop_event.is_set():
+            log.warning("second %s: aborting", signal.Signals(signum).name)
+            raise KeyboardInterrupt
+        log.info("%s: stopping the pipeline", signal.Signals(signum).name)
+        self.stop_event.set()
+
+    def __enter__(self) -> _StopOnSignal:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+
+
+def recovery_config(
+    site: SiteLike, data_dir: str | Path | None = None, *, workers: int = 1
+) -> RecoveryConfig | None:
+    """Bytewax recovery for ``site`` (None when ``[pipeline] recovery = false``).
+
+    The database lives in ``recovery_dir``, default ``{history}/recovery``; it is created
+    on first use with one partition per worker. A restarted pipeline resumes every step's
+    state from the last snapshot; the broker's persistent session redelivers what was not
+    acknowledged.
+    """
+    if not site.pipeline.recovery:
+        return None
+    history = Path(data_dir if data_dir is not None else site.history.dir)
+    db_dir = Path(site.pipeline.recovery_dir or history / "recovery")
+    if not any(db_dir.glob("part-*.sqlite3")):
+        db_dir.mkdir(parents=True, exist_ok=True)
+        init_db_dir(db_dir, max(1, workers))
+        log.info("recovery database created in %s (%d partitions)", db_dir, max(1, workers))
+    return RecoveryConfig(str(db_dir))
+
+
+def run(
+    site: SiteLike,
+    data_dir: str | Path | None = None,
+    *,
+    workers: int = 1,
+    options: FlowOptions | None = None,
+    stop_event: threading.Event | None = None,
+) -> list[str]:
+    """Run the dataflow in this process until SIGINT/SIGTERM (or ``stop_event``).
+
+    Must be called from the main thread (signal handlers). The first signal ends the MQTT
+    source; the dataflow then drains, closes its windows and flushes its sinks. A second
+    signal aborts.
+
+    Returns:
+        Why the input ended early, if it did (a receiver process died); empty after a
+        requested stop.
+
+    """
+    stop_event = stop_event or threading.Event()
+    source = mqtt_source(site, options, stop_event)
+    flow = build_flow(site, data_dir, options=options, source=source, stop_event=stop_event)
+    log.info(
+        "pipeline for site %s: broker %s, history in %s, %d worker(s), dispatch %s",
+        site.id,
+        site.mqtt.url,
+        data_dir if data_dir is not None else site.history.dir,
+        workers,
+        site.dispatch.mode,
+    )
+    started_s = time.monotonic()
+    recovery = recovery_config(site, data_dir, workers=workers)
+    # Everything built so far (modules, models, the flow) lives as long as the process:
+    # keep it out of every later full collection, whose pauses every reading waits behind.
+    gc.collect()
+    gc.freeze()
+    with _StopOnSignal(stop_event):
+        cli_main(
+            flow,
+            workers_per_process=workers,
+            epoch_interval=timedelta(seconds=site.pipeline.snapshot_interval_s),
+            recovery_config=recovery,
+        )
+    if source.failures:
+        log.error(
+            "pipeline stopped after %.1f s: %s", time.monotonic() - started_s, source.failures
+        )
+    else:
+        log.info("pipeline stopped cleanly after %.1f s", time.monotonic() - started_s)
+    return source.failures
+
+
+def main(args: argparse.Namespace) -> int:
+    """``gridflex pipeline``: run until SIGINT/SIGTERM; 0 after a clean shutdown."""
+    from gridflex.config import load_site
+
+    site = load_site(args.site)
+    options = FlowOptions(
+        lateness_ms=args.lateness_ms, client_id=args.client_id, mqtt_client=args.mqtt_client
+    )
+    failures = run(site, args.data_dir, workers=args.workers, options=options)
+    return 1 if failures else 0
