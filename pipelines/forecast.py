@@ -162,7 +162,8 @@ def _soc_after_charge(
             return soc_pct
         reach_s = (end_pct - soc_pct) / rate
         if duration_s <= reach_s:
-            return soc_pct + rate * duration_s
+            # min(): (end - soc) / rate * rate can round one ulp past the ceiling
+            return min(soc_pct + rate * duration_s, ceiling_pct)
         if end_pct >= ceiling_pct:
             return ceiling_pct
         soc_pct, duration_s = end_pct, duration_s - reach_s
