@@ -17,9 +17,11 @@ from typing import Annotated, Any, Literal, get_args
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 __all__ = [
+    "ACK_RESULTS",
     "ASSET_ID_PATTERN",
     "PREFIX",
     "TELEMETRY_STATUSES",
+    "AckResult",
     "AssetKind",
     "AssetStatus",
     "Capabilities",
@@ -452,18 +454,67 @@ class DispatchCommand(_Payload):
         return self.model_dump_json(exclude_none=True, by_alias=True).encode()
 
 
+AckResult = Literal["applied", "clamped", "rejected", "duplicate", "stale", "expired", "failed"]
+"""What the control writer did with a command (``ack.result``).
+
+=============  ===========================================================================
+result         meaning
+=============  ===========================================================================
+``applied``    written as asked and read back from the device
+``clamped``    a safety rule changed the value (``rules``); the clamped value was written
+               and read back (a fault writes 0 W: ``rules`` = ``["fault"]``)
+``rejected``   refused by a safety rule (``reason``, e.g. ``max capacity reached``);
+               nothing written, the device keeps its setpoint
+``duplicate``  this ``command_id`` was handled before; nothing written, ``applied_w`` is
+               what the first delivery applied
+``stale``      issued before the last command applied to the asset; nothing written
+``expired``    received after ``valid_until_ms``; nothing written
+``failed``     the write or the read-back failed, or the device reads back another value
+               (``reason``); not recorded, so the same ``command_id`` may be tried again
+=============  ===========================================================================
+"""
+
+#: The values of ``AckResult``.
+ACK_RESULTS: frozenset[str] = frozenset(get_args(AckResult))
+
+
 class DispatchAck(_Payload):
-    """What the control writer did with a command."""
+    """What the control writer did with one command, made after the device read back.
+
+    ``ts_ms`` is when the ack was made; ``seq`` and ``issued_ms`` are copied from the
+    command (``seq`` of the reading that caused it), so an ack pairs with its command by
+    ``command_id`` and with the reading by ``(asset, seq)``. Latencies run to the confirmed
+    write (the read-back) and are absent when nothing was written; they may be negative
+    when the pipeline's and the writer's clocks disagree.
+    """
 
     schema_: Literal["ack/1"] = Field(default="ack/1", alias="schema")
     site: SiteId
     asset: AssetId
-    ts_ms: EpochMs
-    seq: Annotated[int, Field(ge=0)]
+    ts_ms: EpochMs = Field(description="when the ack was made")
+    seq: Annotated[int, Field(ge=0)] = Field(description="seq of the command (its reading)")
     command_id: Annotated[str, Field(min_length=1, max_length=128)]
-    result: Literal["applied", "rejected", "duplicate"]
-    reason: str | None = None
-    applied_w: float | None = Field(default=None, description="setpoint after clamping")
+    result: AckResult
+    reason: str | None = Field(default=None, description="why, for every result but applied")
+    requested_w: float = Field(description="the command's setpoint, + charge, - discharge")
+    applied_w: float | None = Field(
+        default=None,
+        description="setpoint after clamping that was written (for a duplicate: the first "
+        "delivery's); absent when nothing was written",
+    )
+    readback_w: float | None = Field(
+        default=None, description="setpoint the device reports after the write, + charge"
+    )
+    rules: list[str] = Field(
+        default_factory=list, description="clamp rules that changed the value, in order"
+    )
+    issued_ms: EpochMs = Field(description="the command's issued_ms")
+    latency_from_issued_ms: int | None = Field(
+        default=None, description="confirmed write (read-back) minus the command's issued_ms"
+    )
+    latency_from_telemetry_ms: int | None = Field(
+        default=None, description="confirmed write (read-back) minus the command's ts_ms"
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
