@@ -47,25 +47,28 @@ CHANNELS: dict[str, tuple[str, str, bool, str]] = {
         PREFIX + "/{site}/ev/{asset}/forecast",
         "forecast/1",
         False,
-        "SoC forecast and flexibility envelope of one car.",
+        "SoC forecast and flexibility envelope of one car or battery, once a second.",
     ),
     "command": (
         PREFIX + "/{site}/dispatch/{asset}/command",
         "command/1",
         False,
-        "One absolute setpoint for one asset.",
+        "One absolute setpoint for one asset, with a deterministic command_id; after a reading "
+        "whose decision moved by min_step_w, and a keep-alive every refresh_s.",
     ),
     "ack": (
         PREFIX + "/{site}/dispatch/{asset}/ack",
         "ack/1",
         False,
-        "What the control writer did with a command: applied, rejected (reason), duplicate.",
+        "What the control writer did with a command: applied, clamped, rejected (reason), "
+        "duplicate, stale, expired or failed; requested, applied and read-back watts.",
     ),
     "summary": (
         PREFIX + "/{site}/summary",
         "summary/1",
         True,
-        "Site aggregate for a higher level (hierarchical scaling).",
+        "Site aggregate for a higher level (hierarchical scaling): online assets, power, "
+        "flexibility, site frequency, requested/allocated response and shortfall; >= 1/s.",
     ),
     "deadletter": (
         PREFIX + "/deadletter/{component}",
