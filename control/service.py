@@ -65,6 +65,7 @@ from gridflex.contract import (
     ack_topic,
     deadletter_topic,
     parse_payload,
+    parse_topic,
 )
 from gridflex.mqtt_asyncio import AsyncMqttClient
 from gridflex.sunspec.discovery import ModelMap
@@ -308,8 +309,10 @@ class ControlService:
         if not isinstance(message, DispatchCommand):
             self._dead_letter(topic, payload, f"expected command/1, got {type(message).__name__}")
             return
-        parts = topic.split("/")
-        topic_asset = parts[3] if len(parts) == 5 else None
+        try:
+            topic_asset: str | None = parse_topic(topic).get("asset")
+        except ContractError:
+            topic_asset = None
         if message.site != self.site.id:
             self._dead_letter(topic, payload, f"command for site {message.site!r}, not this one")
         elif message.asset != topic_asset:
