@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import subprocess
+import sys
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -24,10 +29,12 @@ from gridflex.contract import (
 from gridflex.mqtt_asyncio import AsyncMqttClient
 from gridflex.net import free_port, free_port_block
 from simulators.inverter import InverterFleet
+from tests.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.integration
 
 SITE = "ctl1"
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def _now_ms() -> int:
@@ -201,3 +208,47 @@ def test_a_device_down_fails_while_the_other_applies(mosquitto: Broker, tmp_path
             await _with_service(mosquitto, site, tmp_path / "ledger.sqlite3", body)
 
     asyncio.run(scenario())
+
+
+@pytest.mark.slow
+def test_the_control_command_acks_and_exits_0_on_sigterm(mosquitto: Broker, tmp_path: Path) -> None:
+    site = f"c{uuid.uuid4().hex[:8]}"
+    path = tmp_path / "site.toml"
+    path.write_text(
+        f'[site]\nid = "{site}"\n\n[mqtt]\nurl = "{mosquitto.url}"\n\n'
+        '[[assets]]\nid = "ev1"\nkind = "evse"\nmax_charge_w = 11000\n',
+        encoding="utf-8",
+    )
+    ledger = tmp_path / "ledger" / "ledger.sqlite3"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    args = [sys.executable, "-m", "gridflex.cli", "control", "--site", str(path)]
+    args += ["--ledger", str(ledger)]
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        with Subscriber(mosquitto.url, f"gridflex/v1/{site}/dispatch/+/ack") as sub:
+            command = _command("ev1", "e1", 2_000.0).model_copy(update={"site": site})
+            deadline = time.monotonic() + 20
+            # resend until the service has subscribed (its session starts with it)
+            while not sub.wait_for(bool, timeout_s=0.5):
+                assert time.monotonic() < deadline, "no ack from gridflex control"
+                assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+                sub.client.publish(command_topic(site, "ev1"), command.to_json())
+            ack = sub.json_on(lambda t: t.endswith("/ev1/ack"))[0]
+            assert (ack["result"], ack["reason"]) == ("rejected", EVSE_NOT_WIRED)
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+        try:
+            rc = proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+            raise
+    assert rc == 0
+    assert ledger.exists()
