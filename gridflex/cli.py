@@ -30,6 +30,11 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("collect", "modbus"), "collectors.modbus", "poll SunSpec devices into MQTT"),
     (("collect", "ocpp"), "collectors.ocpp", "OCPP 2.0.1/2.1 CSMS publishing to MQTT"),
     (("pipeline",), "pipelines.cli", "the Bytewax dataflow: validation, frequency, history"),
+    (
+        ("control",),
+        "control.cli",
+        "apply dispatch commands to the devices (SunSpec 704), with ledger and clamp",
+    ),
     (("query",), "gridflex.history", "run SQL over the Parquet history with DuckDB, print CSV"),
     (("app",), "gridflex.app_cmd", "the Streamlit analytics app over the history"),
     (("contract", "export"), "gridflex.contract_docs", "write JSON Schemas and AsyncAPI to docs/"),
