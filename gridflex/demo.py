@@ -10,15 +10,18 @@ operator would::
     gridflex collect modbus --site DATA/site.toml
     gridflex collect ocpp   --site DATA/site.toml
     gridflex pipeline       --site DATA/site.toml
+    gridflex control        --site DATA/site.toml
 
 and shows a live terminal view of the MQTT topics: per asset its last reading and the last
 dispatch command, and the pipeline's site summary. ``--dispatch off|droop|fcr`` chooses the
 ``[dispatch]`` mode written into the site file.
 
 Each run starts with a fresh history: what an earlier run wrote into the data directory (the
-history streams, the pipeline's recovery state, ``logs/``, ``site.toml``) is removed first,
-nothing else; ``--keep-history`` keeps it. Ctrl-C or ``--duration`` stops the parts in
-:func:`stop_order`: the producers first (simulators, then collectors), so their last readings
+history streams, the pipeline's recovery state, the control ledger, ``logs/``,
+``site.toml``) is removed first, nothing else; ``--keep-history`` keeps it. Ctrl-C or
+``--duration`` stops the parts in :func:`stop_order`: the setpoint writer first (the
+simulated inverters then revert on their own 704 timers), the producers next (simulators,
+then collectors), so their last readings
 still reach the pipeline, then the pipeline (it flushes the history), then the broker. Each
 part's log is in ``DATA/logs/``; each part can be rerun on its own against ``DATA/site.toml``.
 """
@@ -74,16 +77,17 @@ EVSE_RATING_W: Final = 11_000.0
 
 #: What a demo run writes into its data directory, and all that a fresh run removes: the
 #: history streams, the streams and recovery state the dispatching pipeline adds, the logs.
-DEMO_DIRS: Final = (*STREAMS, "recovery", "logs")
+DEMO_DIRS: Final = (*STREAMS, "recovery", "control", "logs")
 DEMO_FILES: Final = ("site.toml",)
 
 #: Seconds between stopping the last collector and the pipeline: the collectors' last
 #: messages, already acknowledged by the broker, reach the pipeline's subscriber.
 _SETTLE_S: Final = 0.5
 
-Role = Literal["simulator", "collector", "pipeline"]
-#: Stop order by role: producers before their consumers (see :func:`stop_order`).
-_STOP_RANK: Final[dict[Role, int]] = {"simulator": 0, "collector": 1, "pipeline": 2}
+Role = Literal["control", "simulator", "collector", "pipeline"]
+#: Stop order by role: the writer first (the devices then revert on their own timers), then
+#: producers before their consumers (see :func:`stop_order`).
+_STOP_RANK: Final[dict[Role, int]] = {"control": 0, "simulator": 1, "collector": 2, "pipeline": 3}
 
 
 @dataclass(frozen=True)
@@ -533,6 +537,8 @@ def plan_parts(
     )
     if plan.inverters:
         parts.append(Part("collect-modbus", "collector", ["collect", "modbus", "--site", site]))
+        # The setpoint writer closes the loop for the inverters (SunSpec 704).
+        parts.append(Part("control", "control", ["control", "--site", site]))
     return parts
 
 

@@ -176,6 +176,23 @@ def test_droop_response_to_the_step_is_in_the_commands_view(
             assert setpoint_w < 0.0, (asset, setpoint_w, reason)
 
 
+def test_the_loop_closes_inverters_deliver_their_droop_response(
+    demo_run: dict[str, object],
+) -> None:
+    # gridflex control writes each command to its simulated inverter (SunSpec 704): the
+    # measured power at the end of the run, seconds after the step, is the droop response.
+    data_dir = demo_run["data_dir"]
+    assert isinstance(data_dir, Path)
+    con = connect(data_dir)
+    rows = con.execute(
+        "select asset, avg(power_w) from telemetry where kind = 'inverter' "
+        "and ts_ms > (select max(ts_ms) - 2000 from telemetry) group by asset order by asset"
+    ).fetchall()
+    assert [r[0] for r in rows] == ["inv-001", "inv-002", "inv-003"]
+    for asset, power_w in rows:
+        assert abs(power_w + 656.0) < 10.0, (asset, power_w)
+
+
 def test_history_holds_every_asset_without_duplicate_readings(demo_run: dict[str, object]) -> None:
     data_dir = demo_run["data_dir"]
     assert isinstance(data_dir, Path)

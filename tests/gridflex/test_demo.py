@@ -312,8 +312,10 @@ def test_producers_stop_before_the_pipeline() -> None:
         "sim-chargers",
         "pipeline",
         "collect-modbus",
+        "control",
     ]
     assert [p.name for p in stop_order(parts)] == [
+        "control",
         "sim-chargers",
         "sim-inverters",
         "collect-modbus",
