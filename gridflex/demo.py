@@ -313,8 +313,8 @@ class LiveView:
             state = self.assets.setdefault(asset, {})
             state["kind"] = group
             state[leaf] = obj
-        elif group == "dispatch" and leaf == "command":
-            self.assets.setdefault(asset, {})["command"] = obj
+        elif group == "dispatch" and leaf in ("command", "ack"):
+            self.assets.setdefault(asset, {})[leaf] = obj
 
     def _dispatch_lines(self, summary: dict[str, Any]) -> list[str]:
         if not summary:
@@ -337,8 +337,9 @@ class LiveView:
     def render(self, max_rows: int = 40, width: int = 120) -> str:
         """The screen: grid, site and dispatch lines, then one row per asset.
 
-        Each row ends with the asset's last command: its setpoint and its reason, the
-        reason shortened so the row fits in ``width`` columns.
+        Each row ends with the asset's last command (its setpoint), the control writer's
+        last ack (result) and the command's reason, shortened so the row fits in ``width``
+        columns: command, ack and measured power side by side.
         """
         with self.lock:
             grid = dict(self.grid)
@@ -366,7 +367,7 @@ class LiveView:
         out.append("")
         head = (
             f"{'asset':10} {'kind':8} {'status':10} {'power kW':>9} {'SoC %':>6} {'Hz':>7} "
-            f"{'cmd kW':>8}"
+            f"{'cmd kW':>8} {'ack':8}"
         )
         out.append(f"{head} reason" if width - len(head) > 8 else head)
         for name, state in list(assets.items())[:max_rows]:
@@ -387,13 +388,15 @@ def _kw(value_w: float | None) -> float | None:
 
 def _asset_row(name: str, state: dict[str, Any], width: int) -> str:
     tel, status, command = state.get("telemetry"), state.get("status"), state.get("command")
+    ack = state.get("ack")
     row = (
         f"{_shorten(name, 10):10} {_shorten(str(state.get('kind', '?')), 8):8} "
         f"{_shorten(_text(status, 'state') or '?', 10):10} "
         f"{_fmt(_kw(_num(tel, 'power_w')), '+9.2f', ''):>9} "
         f"{_fmt(_num(tel, 'soc_pct'), '.1f', ''):>6} "
         f"{_fmt(_num(tel, 'freq_hz'), '.3f', ''):>7} "
-        f"{_fmt(_kw(_num(command, 'setpoint_w')), '+8.2f', ''):>8}"
+        f"{_fmt(_kw(_num(command, 'setpoint_w')), '+8.2f', ''):>8} "
+        f"{_shorten(_text(ack, 'result') or '', 8):8}"
     )
     reason = _text(command, "reason")
     room = width - len(row) - 1

@@ -80,7 +80,7 @@ def droop_delta_w(
     low_edge = nominal_hz - params.db_uf_hz
     if freq_hz < low_edge:
         delta = (freq_hz - low_edge) / (params.k_uf * nominal_hz) * rated_discharge_w
-        return max(delta, -rated_discharge_w)
+        return max(delta, -rated_discharge_w) + 0.0  # + 0.0: no "-0 W" for a charge-only asset
     high_edge = nominal_hz + params.db_of_hz
     if freq_hz > high_edge:
         delta = (freq_hz - high_edge) / (params.k_of * nominal_hz) * rated_charge_w

@@ -328,3 +328,19 @@ def test_stop_order_with_one_kind_of_asset() -> None:
     only_chargers = DemoPlan(0, 2, 15020, 19000, "mqtt://127.0.0.1:1883")
     names = [p.name for p in stop_order(plan_parts(only_chargers, Path("site.toml")))]
     assert names == ["sim-chargers", "collect-ocpp", "pipeline"]
+
+
+def test_live_view_shows_the_ack_beside_the_command() -> None:
+    view = LiveView("demo")
+    view.on_message(
+        "gridflex/v1/demo/dispatch/inv-001/command",
+        json.dumps({"setpoint_w": -656.0, "reason": "droop f=49.800 Hz: -656 W"}).encode(),
+    )
+    view.on_message(
+        "gridflex/v1/demo/dispatch/inv-001/ack",
+        json.dumps({"result": "applied", "applied_w": -656.0}).encode(),
+    )
+    row = next(line for line in view.render(width=160).splitlines() if "inv-001" in line)
+    assert "-0.66" in row
+    assert "applied" in row
+    assert row.index("applied") < row.index("droop")

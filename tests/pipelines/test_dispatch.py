@@ -45,6 +45,7 @@ def test_droop_follows_ieee_1547_in_both_directions(
 ) -> None:
     delta = droop_delta_w(freq, nominal, IEEE, rated_charge_w=charge, rated_discharge_w=discharge)
     assert_allclose(delta, expected, atol=1e-6)
+    assert f"{delta:+.0f}" != "-0"  # a charge-only asset's zero reads +0 W, not -0 W
 
 
 def test_droop_uses_the_assets_own_dead_band_and_slope() -> None:
