@@ -53,11 +53,10 @@ from collectors.modbus.connection import discover_plan, register_reader
 from control.clamp import Limits, SiteHeadroom
 from control.ledger import APPLIED_RESULTS, Ledger
 from control.sunspec import SunSpecDevice
-from control.writer import PreviousSetpoint, apply_command
+from control.writer import PreviousSetpoint, apply_command, make_ack
 from gridflex.config import EvseAsset, InverterAsset, SiteConfig
 from gridflex.contract import (
     PREFIX,
-    AckResult,
     ContractError,
     DeadLetter,
     DispatchAck,
@@ -125,22 +124,6 @@ def site_headroom_of(site: SiteConfig) -> SiteHeadroom:
 def _describe(exc: BaseException) -> str:
     text = str(exc)
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
-
-
-def _ack_without_write(
-    command: DispatchCommand, result: AckResult, reason: str, ts_ms: int
-) -> DispatchAck:
-    return DispatchAck(
-        site=command.site,
-        asset=command.asset,
-        ts_ms=ts_ms,
-        seq=command.seq,
-        command_id=command.command_id,
-        result=result,
-        reason=reason,
-        requested_w=command.setpoint_w,
-        issued_ms=command.issued_ms,
-    )
 
 
 class LazySunSpecDevice:
@@ -350,8 +333,11 @@ class ControlService:
                 ack = await self.handle(command)
             except Exception as exc:  # a bug must not stop the asset's worker
                 log.exception("%s: command %s crashed", asset_id, command.command_id)
-                ack = _ack_without_write(
-                    command, "failed", f"internal error: {_describe(exc)}", self.now_ms()
+                ack = make_ack(
+                    command,
+                    "failed",
+                    reason=f"internal error: {_describe(exc)}",
+                    ts_ms=self.now_ms(),
                 )
             finally:
                 queue.task_done()
@@ -362,7 +348,7 @@ class ControlService:
         """Apply one command to its asset and return the ack (one at a time per asset)."""
         asset = self.assets[command.asset]
         if isinstance(asset, EvseAsset):
-            return _ack_without_write(command, "rejected", EVSE_NOT_WIRED, self.now_ms())
+            return make_ack(command, "rejected", reason=EVSE_NOT_WIRED, ts_ms=self.now_ms())
         device = self.devices[asset.id]
         soc_pct: float | None = None
         verdict = self.ledger.check(
@@ -379,7 +365,7 @@ class ControlService:
                 device.drop()
                 reason = f"connect: {_describe(exc)}"
                 log.warning("%s: command %s failed: %s", asset.id, command.command_id, reason)
-                return _ack_without_write(command, "failed", reason, self.now_ms())
+                return make_ack(command, "failed", reason=reason, ts_ms=self.now_ms())
             soc_pct = await device.read_soc_pct()
         ack = await apply_command(
             command,

@@ -59,6 +59,7 @@ __all__ = [
     "PreviousSetpoint",
     "SetpointDevice",
     "apply_command",
+    "make_ack",
 ]
 
 log = logging.getLogger(__name__)
@@ -88,7 +89,7 @@ class PreviousSetpoint:
     at_ms: int
 
 
-def _ack(
+def make_ack(
     command: DispatchCommand,
     result: AckResult,
     *,
@@ -99,6 +100,7 @@ def _ack(
     rules: tuple[str, ...] = (),
     written_ms: int | None = None,
 ) -> DispatchAck:
+    """The ``ack/1`` answer to ``command``; latencies when the write was confirmed."""
     return DispatchAck(
         site=command.site,
         asset=command.asset,
@@ -155,7 +157,7 @@ async def apply_command(
     if decision.verdict == "duplicate":
         first = decision.previous
         assert first is not None
-        return _ack(
+        return make_ack(
             command,
             "duplicate",
             ts_ms=decided_ms,
@@ -163,7 +165,7 @@ async def apply_command(
             applied_w=first.applied_w,
         )
     if decision.verdict == "expired":
-        return _ack(
+        return make_ack(
             command,
             "expired",
             ts_ms=decided_ms,
@@ -172,7 +174,7 @@ async def apply_command(
     if decision.verdict == "stale":
         last = decision.previous
         assert last is not None
-        return _ack(
+        return make_ack(
             command,
             "stale",
             ts_ms=decided_ms,
@@ -190,7 +192,7 @@ async def apply_command(
     )
     if clamped.result == "rejected" or clamped.applied_w is None:
         await _record(ledger, command, clamped, None, decided_ms)
-        return _ack(
+        return make_ack(
             command,
             "rejected",
             ts_ms=decided_ms,
@@ -213,7 +215,7 @@ async def apply_command(
         return _failed(command, clamped, written_ms, reason, applied_w, readback_w=readback_w)
 
     await _record(ledger, command, clamped, applied_w, written_ms)
-    return _ack(
+    return make_ack(
         command,
         clamped.result,
         ts_ms=written_ms,
@@ -235,7 +237,7 @@ def _failed(
     readback_w: float | None = None,
 ) -> DispatchAck:
     log.warning("%s: command %s failed: %s", command.asset, command.command_id, reason)
-    return _ack(
+    return make_ack(
         command,
         "failed",
         ts_ms=ts_ms,
