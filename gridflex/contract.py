@@ -616,7 +616,7 @@ def parse_payload(raw: bytes | str) -> _Payload:
 
     try:
         obj: Any = json.loads(raw)
-    except (ValueError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # [[[[…]]]] recurses
         raise ContractError(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ContractError("payload is not a JSON object")

@@ -160,18 +160,20 @@ def test_apply_duplicate_dead_letter_and_evse(mosquitto: Broker, tmp_path: Path)
 
         obs.mqtt.publish(command_topic(SITE, "inv1"), b"{not json")
         obs.mqtt.publish(command_topic(SITE, "nobody"), _command("nobody", "x", 1.0).to_json())
+        obs.mqtt.publish(command_topic(SITE, "inv1"), b"[" * 20_000 + b"]" * 20_000)
         obs.send(_command("inv1", "c2", -2_000.0))  # discharge: the SoC comes from 713
         second = await obs.ack("c2")
         assert (second.result, second.applied_w) == ("applied", -2_000.0)
         assert sim.decode_point(704, "WSet") == 2_000
         deadline = time.monotonic() + 5
-        while len(obs.dead) < 2:
+        while len(obs.dead) < 3:
             assert time.monotonic() < deadline
             await asyncio.sleep(0.02)
         assert obs.dead[0].component == "control" and obs.dead[0].site == SITE
         assert obs.dead[0].reason.startswith("not JSON")
         assert obs.dead[0].payload == "{not json"
         assert "unknown asset 'nobody'" in obs.dead[1].reason
+        assert obs.dead[2].reason.startswith("not JSON")  # 20 kB of [[[…]]]: the service lives
 
         obs.send(_command("ev1", "e1", 5_000.0))
         ev = await obs.ack("e1")

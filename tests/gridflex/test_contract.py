@@ -157,3 +157,8 @@ def test_capabilities_name_device_ratings_and_site_limits_apart() -> None:
     assert {"rated_charge_w", "rated_discharge_w", "site_max_charge_w"} <= fields
     assert "site_max_discharge_w" in fields
     assert not {"max_charge_w", "max_discharge_w"} & fields
+
+
+def test_parse_payload_refuses_deeply_nested_json_with_a_contract_error() -> None:
+    with pytest.raises(ContractError, match="not JSON"):
+        parse_payload(b"[" * 20_000 + b"]" * 20_000)
