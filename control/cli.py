@@ -31,6 +31,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="the idempotency ledger (SQLite); default {history.dir}/control/ledger.sqlite3",
     )
+    parser.add_argument(
+        "--watchdog-s",
+        type=float,
+        default=None,
+        help="an asset without a command for this long goes back to 0 W "
+        "(default: the devices' reversion time, max(2 x dispatch.refresh_s, 10) s)",
+    )
 
 
 def main(args: argparse.Namespace) -> int:
@@ -53,7 +60,7 @@ def main(args: argparse.Namespace) -> int:
             queue_limit=site.mqtt.queue_limit,
             keepalive_s=site.mqtt.keepalive_s,
         )
-        service = ControlService(site, ledger, mqtt)
+        service = ControlService(site, ledger, mqtt, watchdog_s=args.watchdog_s)
         await mqtt.start()
         if not await mqtt.wait_connected(10.0):
             log.warning(

@@ -30,6 +30,9 @@ Inputs of the clamp, and their simplifications for now:
   optimistic when several assets push the same way.
 - ``faulted``: always None (latched faults come with the watchdog).
 - ``revert_s`` of the device's own fail-safe: ``max(2 x dispatch.refresh_s, 10)`` s.
+- Watchdog: an asset that gets no command for ``watchdog_s`` (default ``revert_s``; the
+  pipeline's keep-alive comes every ``refresh_s``) is written back to 0 W by the writer
+  itself, for a pipeline that went silent while the writer runs.
 
 Charging stations (``kind = "evse"``) are not wired yet: their commands are acked
 ``rejected`` with the reason ``OCPP setpoints are not wired yet`` (nothing recorded).
@@ -225,12 +228,16 @@ class ControlService:
         mqtt: AsyncMqttClient,
         *,
         now_ms: Callable[[], int] = _now_ms,
+        watchdog_s: float | None = None,
     ) -> None:
         self.site = site
         self.ledger = ledger
         self.mqtt = mqtt
         self.now_ms = now_ms
         self.revert_s = revert_s_of(site)
+        #: No command for this long: the asset goes back to its default setpoint (0 W).
+        self.watchdog_s = float(watchdog_s if watchdog_s is not None else self.revert_s)
+        self.watchdog_trips = 0
         self.headroom = site_headroom_of(site)
         self.assets: dict[str, InverterAsset | EvseAsset] = {a.id: a for a in site.assets}
         self.devices: dict[str, LazySunSpecDevice] = {
@@ -328,7 +335,11 @@ class ControlService:
 
     async def _worker(self, asset_id: str, queue: asyncio.Queue[DispatchCommand]) -> None:
         while True:
-            command = await queue.get()
+            try:
+                command = await asyncio.wait_for(queue.get(), self.watchdog_s)
+            except TimeoutError:
+                await self._watchdog(asset_id)
+                continue
             try:
                 ack = await self.handle(command)
             except Exception as exc:  # a bug must not stop the asset's worker
@@ -343,6 +354,34 @@ class ControlService:
                 queue.task_done()
             self.acks += 1
             self.mqtt.publish(ack_topic(self.site.id, asset_id), ack.to_json(), qos=1)
+
+    async def _watchdog(self, asset_id: str) -> None:
+        """No command within ``watchdog_s``: write the default setpoint (0 W) once.
+
+        The device's own reversion timer (``revert_s``) covers a writer that died; this
+        covers a pipeline that went silent while the writer runs. Only an asset this writer
+        moved away from 0 W is written; a failure is logged and tried again at the next
+        timeout.
+        """
+        last = self.previous.get(asset_id)
+        device = self.devices.get(asset_id)
+        if last is None or last.setpoint_w == 0.0 or device is None:
+            return
+        try:
+            await device.connect()
+            await device.write(0.0)
+        except Exception as exc:
+            device.drop()
+            log.warning("%s: watchdog could not write 0 W: %s", asset_id, _describe(exc))
+            return
+        self.watchdog_trips += 1
+        self.previous[asset_id] = PreviousSetpoint(0.0, self.now_ms())
+        log.warning(
+            "%s: no command for %.0f s: back to the default setpoint 0 W (was %.0f W)",
+            asset_id,
+            self.watchdog_s,
+            last.setpoint_w,
+        )
 
     async def handle(self, command: DispatchCommand) -> DispatchAck:
         """Apply one command to its asset and return the ack (one at a time per asset)."""

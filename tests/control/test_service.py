@@ -120,12 +120,18 @@ class Observer:
         return self.acks[command_id][count - 1]
 
 
-async def _with_service(broker: Broker, site: SiteConfig, ledger_path: Path, body: Any) -> None:
+async def _with_service(
+    broker: Broker,
+    site: SiteConfig,
+    ledger_path: Path,
+    body: Any,
+    watchdog_s: float | None = None,
+) -> None:
     observer = Observer(broker)
     await observer.start()
     mqtt = AsyncMqttClient(broker.url, f"gridflex-control-{SITE}-{time.time_ns()}")
     with Ledger(ledger_path) as ledger:
-        service = ControlService(site, ledger, mqtt)
+        service = ControlService(site, ledger, mqtt, watchdog_s=watchdog_s)
         await mqtt.start()
         assert await mqtt.wait_connected(10.0)
         stop = asyncio.Event()
@@ -208,6 +214,29 @@ def test_a_device_down_fails_while_the_other_applies(mosquitto: Broker, tmp_path
     async def scenario() -> None:
         async with fleet:
             await _with_service(mosquitto, site, tmp_path / "ledger.sqlite3", body)
+
+    asyncio.run(scenario())
+
+
+def test_watchdog_returns_a_silent_asset_to_0_w(mosquitto: Broker, tmp_path: Path) -> None:
+    base = free_port_block(1)
+    fleet = InverterFleet(1, base, seed=7)
+    sim = fleet.devices[0]
+    site = _site(mosquitto, {"inv1": base})
+
+    async def body(obs: Observer) -> None:
+        obs.send(_command("inv1", "w1", -3_000.0))
+        assert (await obs.ack("w1")).result == "applied"
+        assert sim.decode_point(704, "WSet") == 3_000  # SunSpec sign: + injection
+        # no further command: after the watchdog (1 s here; the device's own timer is 10 s)
+        deadline = time.monotonic() + 5
+        while sim.decode_point(704, "WSet") != 0:
+            assert time.monotonic() < deadline, "the watchdog did not write 0 W"
+            await asyncio.sleep(0.1)
+
+    async def scenario() -> None:
+        async with fleet:
+            await _with_service(mosquitto, site, tmp_path / "ledger.sqlite3", body, watchdog_s=1.0)
 
     asyncio.run(scenario())
 
