@@ -443,17 +443,9 @@ class MqttSink(DynamicSink[tuple[str, bytes]]):
         self, step_id: str, worker_index: int, worker_count: int
     ) -> _MqttSinkPartition | _NativeSinkPartition:
         """Start the publisher of one worker."""
-        if self.client == "asyncio":
-            native = AsyncMqttClient(
-                self.url,
-                f"{self.client_id}-w{worker_index}",
-                username=self.username,
-                password=self.password,
-                clean_session=True,
-                queue_limit=self.queue_limit,
-            )
-            return _NativeSinkPartition(native, qos=self.qos, flush_timeout_s=self.flush_timeout_s)
-        client = MqttClient(
+        # The two clients share one constructor and one delivery contract.
+        client_class = AsyncMqttClient if self.client == "asyncio" else MqttClient
+        client = client_class(
             self.url,
             f"{self.client_id}-w{worker_index}",
             username=self.username,
@@ -461,4 +453,6 @@ class MqttSink(DynamicSink[tuple[str, bytes]]):
             clean_session=True,
             queue_limit=self.queue_limit,
         )
+        if isinstance(client, AsyncMqttClient):
+            return _NativeSinkPartition(client, qos=self.qos, flush_timeout_s=self.flush_timeout_s)
         return _MqttSinkPartition(client, qos=self.qos, flush_timeout_s=self.flush_timeout_s)

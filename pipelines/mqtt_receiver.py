@@ -21,7 +21,6 @@ decides) and exits by itself when the parent is gone (end of file on the control
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import signal
 import threading
@@ -30,6 +29,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 
 from gridflex.log import setup_logging
+from gridflex.loop_thread import LoopThread
 from gridflex.mqtt_asyncio import AsyncMqttClient
 
 __all__ = ["Message", "MqttReceiver", "ReceiverSettings", "receiver_main"]
@@ -97,15 +97,12 @@ class MqttReceiver:
             reconnect_max_s=30.0,
         )
         self._client.subscribe(settings.topic_filter, self._on_message, qos=settings.qos)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(
-            target=self._loop.run_forever, name=f"mqtt-{settings.client_id}", daemon=True
-        )
+        self._loop: LoopThread | None = None
 
     def start(self) -> None:
         """Connect in the background (the client's own loop thread; it reconnects)."""
-        self._thread.start()
-        asyncio.run_coroutine_threadsafe(self._client.start(), self._loop).result(10)
+        self._loop = LoopThread(f"mqtt-{self.settings.client_id}")
+        self._loop.run(self._client.start(), 10)
         log.info(
             "MQTT source %s subscribing to %s at %s:%d",
             self.settings.client_id,
@@ -135,15 +132,13 @@ class MqttReceiver:
         if self._stopping:
             return
         self._stopping = True
-        if not self._thread.is_alive():
+        if self._loop is None:
             return
-        done = asyncio.run_coroutine_threadsafe(self._client.stop(flush_timeout_s=0), self._loop)
         try:
-            done.result(_STOP_TIMEOUT_S)
+            self._loop.run(self._client.stop(flush_timeout_s=0), _STOP_TIMEOUT_S)
         except Exception:  # stopping anyway: the broker keeps the session
             log.exception("MQTT source %s: unclean disconnect", self.settings.client_id)
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(_STOP_TIMEOUT_S)
+        self._loop.close(_STOP_TIMEOUT_S)
 
 
 def receiver_main(settings: ReceiverSettings, conn: Connection, control: Connection) -> None:

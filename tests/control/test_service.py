@@ -146,6 +146,26 @@ async def _with_service(
             await observer.mqtt.stop()
 
 
+def _run(
+    fleet: InverterFleet,
+    broker: Broker,
+    site: SiteConfig,
+    tmp_path: Path,
+    body: Any,
+    *,
+    watchdog_s: float | None = None,
+) -> None:
+    """Serve the simulated fleet and run ``body`` against a running service."""
+
+    async def scenario() -> None:
+        async with fleet:
+            await _with_service(
+                broker, site, tmp_path / "ledger.sqlite3", body, watchdog_s=watchdog_s
+            )
+
+    asyncio.run(scenario())
+
+
 def test_apply_duplicate_dead_letter_and_evse(mosquitto: Broker, tmp_path: Path) -> None:
     base = free_port_block(1)
     fleet = InverterFleet(1, base, seed=3)
@@ -185,11 +205,7 @@ def test_apply_duplicate_dead_letter_and_evse(mosquitto: Broker, tmp_path: Path)
         ev = await obs.ack("e1")
         assert (ev.result, ev.reason, ev.applied_w) == ("rejected", EVSE_NOT_WIRED, None)
 
-    async def scenario() -> None:
-        async with fleet:
-            await _with_service(mosquitto, site, tmp_path / "ledger.sqlite3", body)
-
-    asyncio.run(scenario())
+    _run(fleet, mosquitto, site, tmp_path, body)
 
 
 def test_a_device_down_fails_while_the_other_applies(mosquitto: Broker, tmp_path: Path) -> None:
@@ -211,11 +227,7 @@ def test_a_device_down_fails_while_the_other_applies(mosquitto: Broker, tmp_path
         obs.send(_command("down", "d1", 1_000.0))
         assert (await obs.ack("d1", count=2)).result == "failed"
 
-    async def scenario() -> None:
-        async with fleet:
-            await _with_service(mosquitto, site, tmp_path / "ledger.sqlite3", body)
-
-    asyncio.run(scenario())
+    _run(fleet, mosquitto, site, tmp_path, body)
 
 
 def test_watchdog_returns_a_silent_asset_to_0_w(mosquitto: Broker, tmp_path: Path) -> None:
@@ -234,11 +246,7 @@ def test_watchdog_returns_a_silent_asset_to_0_w(mosquitto: Broker, tmp_path: Pat
             assert time.monotonic() < deadline, "the watchdog did not write 0 W"
             await asyncio.sleep(0.1)
 
-    async def scenario() -> None:
-        async with fleet:
-            await _with_service(mosquitto, site, tmp_path / "ledger.sqlite3", body, watchdog_s=1.0)
-
-    asyncio.run(scenario())
+    _run(fleet, mosquitto, site, tmp_path, body, watchdog_s=1.0)
 
 
 @pytest.mark.slow
