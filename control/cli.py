@@ -11,6 +11,7 @@ import asyncio
 import logging
 from pathlib import Path
 
+from control.faults import FaultLatch
 from control.ledger import Ledger
 from control.service import ControlService, default_ledger_path
 from gridflex.config import load_site
@@ -35,8 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--watchdog-s",
         type=float,
         default=None,
-        help="an asset without a command for this long goes back to 0 W "
-        "(default: the devices' reversion time, max(2 x dispatch.refresh_s, 10) s)",
+        help="an asset without a command for this long goes back to its default setpoint "
+        "(default: [control] watchdog_s, else the devices' reversion time, "
+        "max(2 x dispatch.refresh_s, 10) s)",
     )
 
 
@@ -49,7 +51,7 @@ def main(args: argparse.Namespace) -> int:
     ledger_path: Path = args.ledger or default_ledger_path(site)
     ledger_path.parent.mkdir(parents=True, exist_ok=True)
 
-    async def _run(ledger: Ledger) -> None:
+    async def _run(ledger: Ledger, faults: FaultLatch) -> None:
         stop = stop_on_signals()
         mqtt = AsyncMqttClient(
             site.mqtt.url,
@@ -60,7 +62,7 @@ def main(args: argparse.Namespace) -> int:
             queue_limit=site.mqtt.queue_limit,
             keepalive_s=site.mqtt.keepalive_s,
         )
-        service = ControlService(site, ledger, mqtt, watchdog_s=args.watchdog_s)
+        service = ControlService(site, ledger, mqtt, faults=faults, watchdog_s=args.watchdog_s)
         await mqtt.start()
         if not await mqtt.wait_connected(10.0):
             log.warning(
@@ -73,6 +75,6 @@ def main(args: argparse.Namespace) -> int:
         log.info("control stopped: %d acks, %d dead letters", service.acks, service.dead_letters)
 
     log.info("control: ledger %s", ledger_path)
-    with Ledger(ledger_path) as ledger:
-        asyncio.run(_run(ledger))
+    with Ledger(ledger_path) as ledger, FaultLatch(ledger_path) as faults:
+        asyncio.run(_run(ledger, faults))
     return 0

@@ -3,39 +3,40 @@
 ``gridflex control`` runs :class:`ControlService` on one event loop:
 
 - one :class:`~gridflex.mqtt_asyncio.AsyncMqttClient` (persistent session
-  ``gridflex-control-{site}``, QoS 1) subscribed to ``gridflex/v1/{site}/dispatch/+/command``;
-  a payload that is not a valid ``command/1`` for a known asset of this site goes to the
-  dead letter topic ``gridflex/v1/deadletter/control`` with the reason, and the service
-  goes on;
-- per asset an ``asyncio.Queue`` and one worker task: the commands of one asset are applied
+  ``gridflex-control-{site}``) subscribed to the site's commands (QoS 1), telemetry (QoS 0)
+  and asset statuses (retained). A command that is not a valid ``command/1`` for a known
+  asset of this site goes to the dead letter topic ``gridflex/v1/deadletter/control`` with
+  the reason, and the service goes on;
+- per asset a bounded mailbox and one worker task: the commands of one asset are applied
   one at a time in arrival order (the ledger's check-then-record relies on it), while
-  assets proceed in parallel;
-- per SunSpec inverter a lazily connected :class:`~control.sunspec.SunSpecDevice`
-  (connect + ``discover_plan`` on the first new command). When that fails the command is
-  acked ``failed`` with the reason (not recorded, so a redelivery is tried again), the
-  connection is dropped, and the next command connects again; other assets are unaffected;
+  assets proceed in parallel. Beyond ``[control] queue_limit`` waiting commands the oldest
+  is dropped and acked ``stale``: setpoints are absolute, the newer one supersedes it;
 - every command goes through :func:`control.writer.apply_command` (ledger, clamp, write,
   read-back) and its ack is published on ``gridflex/v1/{site}/dispatch/{asset}/ack``.
 
-Inputs of the clamp, and their simplifications for now:
+The clamp's inputs at the moment a command is applied (``control.live``):
 
-- ``Limits`` from the site file: ``max_charge_w`` / ``max_discharge_w`` and the SoC stop
-  points ``soc_min_pct`` / ``soc_max_pct`` of the asset; no ramp, no derating, no profile.
-- SoC: read from the device's SunSpec model 713 (``SoC``) right before a *new* command is
-  applied (one extra Modbus read). When the device has no 713 or the read fails the SoC is
-  unknown (None) and the clamp allows no discharge (rule ``soc_unknown``).
-- Site headroom: ``[site] max_import_w`` / ``max_export_w`` applied to each asset as a
-  whole-site bound, i.e. as if the asset were the only load on the transformer. The rest of
-  the site's power (other assets, the building) is not subtracted yet, so the bound is
-  optimistic when several assets push the same way.
-- ``faulted``: always None (latched faults come with the watchdog).
-- ``revert_s`` of the device's own fail-safe: ``max(2 x dispatch.refresh_s, 10)`` s.
-- Watchdog: an asset that gets no command for ``watchdog_s`` (default ``revert_s``; the
-  pipeline's keep-alive comes every ``refresh_s``) is written back to 0 W by the writer
-  itself, for a pipeline that went silent while the writer runs.
+- ratings, SoC stop points and ``ramp_w_per_s`` of the asset from the site file, narrowed
+  by the charge profile in force (REST API);
+- the SoC of the latest fresh reading (``[control] telemetry_max_age_s``), else model 713
+  read from the inverter; unknown means no discharge (rule ``soc_unknown``);
+- the thermal derating from the reading's connector temperature;
+- the site's headroom: ``[site] max_import_w``/``max_export_w`` minus the other assets'
+  measured power (beyond it: ``rejected``, ``max capacity reached``);
+- the latched faults (``control.faults``): a fault seen in a reading or a status forces an
+  emergency stop (0 W written at once, ahead of any waiting command) and every later
+  command is written as 0 W (rule ``fault``) until an operator clears it.
 
-Charging stations (``kind = "evse"``) are not wired yet: their commands are acked
-``rejected`` with the reason ``OCPP setpoints are not wired yet`` (nothing recorded).
+Fail-safe: every write restarts the device's own reversion timer (``revert_s`` = ``max(2
+x dispatch.refresh_s, 10)`` s) so a dead writer leaves devices at their default; and a
+watchdog puts an asset back to its ``default_setpoint_w`` when no command came for
+``watchdog_s`` (``[control] watchdog_s``, default ``revert_s``), for a pipeline that went
+silent while the writer runs.
+
+The REST API (``control.api``) reaches the service through the methods under "operator":
+manual commands (through the same ledger and clamp; they override automatic dispatch for
+that asset until they expire or are cancelled), clearing faults, the live view of an asset
+and a stream of what passes through.
 """
 
 from __future__ import annotations
@@ -46,20 +47,22 @@ import contextlib
 import logging
 import math
 import time
-from collections.abc import Callable
+from collections import Counter, OrderedDict, deque
+from collections.abc import AsyncIterator, Callable
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal, Protocol
 
-from pymodbus.client import AsyncModbusTcpClient
-
-from collectors.modbus.connection import discover_plan, register_reader
-from control.clamp import Limits, SiteHeadroom
+from control.clamp import Limits
+from control.devices import LazySunSpecDevice, describe_error
+from control.faults import FaultLatch, faults_in_status, faults_in_telemetry
 from control.ledger import APPLIED_RESULTS, Ledger
-from control.sunspec import SunSpecDevice
-from control.writer import PreviousSetpoint, apply_command, make_ack
+from control.live import LiveState, ProfileLimits, limits_for, parse_reading
+from control.writer import PreviousSetpoint, SetpointDevice, apply_command, make_ack
 from gridflex.config import EvseAsset, InverterAsset, SiteConfig
 from gridflex.contract import (
     PREFIX,
+    AssetStatus,
     ContractError,
     DeadLetter,
     DispatchAck,
@@ -70,24 +73,28 @@ from gridflex.contract import (
     parse_topic,
 )
 from gridflex.mqtt_asyncio import AsyncMqttClient
-from gridflex.sunspec.discovery import ModelMap
-from gridflex.sunspec.tables import load_model
 
 __all__ = [
     "COMPONENT",
     "EVSE_NOT_WIRED",
     "ControlService",
+    "ProfileSource",
     "command_filter",
     "default_ledger_path",
-    "limits_of",
     "revert_s_of",
-    "site_headroom_of",
 ]
 
 log = logging.getLogger(__name__)
 
 COMPONENT = "control"
 EVSE_NOT_WIRED = "OCPP setpoints are not wired yet"
+#: How often the ledger forgets command ids older than ``[control] retention_days``.
+PRUNE_INTERVAL_S = 3600.0
+#: Manual (REST) answers kept in memory for repeated transaction ids; older ones are
+#: rebuilt from the ledger.
+MANUAL_ANSWERS = 1024
+#: Items a slow stream subscriber may fall behind before the oldest are dropped.
+STREAM_QUEUE = 1000
 
 
 def _now_ms() -> int:
@@ -109,113 +116,72 @@ def revert_s_of(site: SiteConfig) -> int:
     return max(math.ceil(2 * site.dispatch.refresh_s), 10)
 
 
-def limits_of(asset: InverterAsset | EvseAsset) -> Limits:
-    """The asset's ratings and SoC stop points from the site file."""
-    return Limits(
-        max_charge_w=asset.max_charge_w,
-        max_discharge_w=asset.max_discharge_w,
-        soc_min_pct=asset.soc_min_pct,
-        soc_max_pct=asset.soc_max_pct,
-    )
+class ProfileSource(Protocol):
+    """Where the charge profiles in force come from (``control.profiles.ProfileStore``)."""
+
+    def active(self, asset: str, now_ms: int) -> ProfileLimits | None:
+        """The limits of the profiles in force for ``asset`` at ``now_ms``, None if none."""
 
 
-def site_headroom_of(site: SiteConfig) -> SiteHeadroom:
-    """The transformer limits as a whole-site bound per asset (see the module docstring)."""
-    return SiteHeadroom(import_w=site.max_import_w, export_w=site.max_export_w)
+@dataclass(slots=True)
+class _Job:
+    """One thing for an asset's worker: a command (``reply`` for a manual one) or a stop."""
+
+    kind: Literal["command", "stop"]
+    command: DispatchCommand | None = None
+    manual: bool = False
+    reply: asyncio.Future[DispatchAck] | None = None
 
 
-def _describe(exc: BaseException) -> str:
-    text = str(exc)
-    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+class _Mailbox:
+    """An asset's bounded queue; an emergency stop goes to the front."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.items: deque[_Job] = deque()
+        self._ready = asyncio.Event()
+
+    def put(self, job: _Job) -> _Job | None:
+        """Queue ``job``; returns the oldest waiting command when it had to make room."""
+        dropped = None
+        if len(self.items) >= self.limit:
+            for old in self.items:
+                if old.kind == "command" and old.reply is None:
+                    dropped = old
+                    break
+            if dropped is not None:
+                self.items.remove(dropped)
+        self.items.append(job)
+        self._ready.set()
+        return dropped
+
+    def put_front(self, job: _Job) -> None:
+        self.items.appendleft(job)
+        self._ready.set()
+
+    async def get(self, timeout_s: float) -> _Job | None:
+        """The next job, or None after ``timeout_s`` without one."""
+        if not self.items:
+            self._ready.clear()
+            try:
+                await asyncio.wait_for(self._ready.wait(), timeout_s)
+            except TimeoutError:
+                return None
+        return self.items.popleft()
 
 
-class LazySunSpecDevice:
-    """A ``SetpointDevice`` that connects (and discovers) on first use.
+@dataclass(slots=True)
+class _AssetControl:
+    """What the service holds per asset beside its device."""
 
-    Any failure of the connection, a write or a read-back drops the connection, so the next
-    command starts from a fresh connection and discovery.
-    """
-
-    def __init__(self, asset: InverterAsset, *, revert_s: int, timeout_s: float) -> None:
-        self.asset = asset
-        self.revert_s = revert_s
-        self.timeout_s = timeout_s
-        self._client: AsyncModbusTcpClient | None = None
-        self._device: SunSpecDevice | None = None
-
-    @property
-    def connected(self) -> bool:
-        """Whether a discovered connection is open."""
-        return self._device is not None
-
-    async def connect(self) -> SunSpecDevice:
-        """The connected device; connects and discovers it first if needed (raises)."""
-        if self._device is not None and self._client is not None and self._client.connected:
-            return self._device
-        self.drop()
-        a = self.asset
-        client = AsyncModbusTcpClient(
-            a.host, port=a.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
-        )
-        try:
-            if not await client.connect():
-                raise ConnectionError(f"cannot connect to {a.host}:{a.port}")
-            plan = await discover_plan(register_reader(client, a.unit_id))
-        except BaseException:
-            client.close()
-            raise
-        self._client = client
-        self._device = SunSpecDevice(client, plan.model_map, a.unit_id, self.revert_s)
-        log.info("%s: connected to %s:%d", a.id, a.host, a.port)
-        return self._device
-
-    def drop(self) -> None:
-        """Close the connection (if any); the next use reconnects."""
-        if self._client is not None:
-            self._client.close()
-        self._client = None
-        self._device = None
-
-    async def write(self, setpoint_w: float) -> None:
-        """See ``SunSpecDevice.write``."""
-        try:
-            await (await self.connect()).write(setpoint_w)
-        except Exception:
-            self.drop()
-            raise
-
-    async def read_back(self) -> float:
-        """See ``SunSpecDevice.read_back``."""
-        try:
-            return await (await self.connect()).read_back()
-        except Exception:
-            self.drop()
-            raise
-
-    async def read_soc_pct(self) -> float | None:
-        """The battery's SoC from model 713, %; None when absent or unreadable."""
-        device = self._device
-        if device is None:
-            return None
-        try:
-            return await _read_soc_pct(device.client, device.model_map, device.unit_id)
-        except Exception as exc:
-            log.warning("%s: SoC unknown: %s", self.asset.id, _describe(exc))
-            return None
-
-
-async def _read_soc_pct(
-    client: AsyncModbusTcpClient, model_map: ModelMap, unit_id: int
-) -> float | None:
-    instance = model_map.find(713)
-    if instance is None:
-        return None
-    table = load_model(713)
-    registers = await register_reader(client, unit_id)(instance.address, table.size)
-    value = table.decode_scaled(registers, "SoC")
-    if not isinstance(value, int | float) or not 0.0 <= value <= 100.0:
-        return None
-    return float(value)
+    mailbox: _Mailbox
+    previous: PreviousSetpoint | None = None
+    last_command: DispatchCommand | None = None
+    last_ack: DispatchAck | None = None
+    manual_until_ms: int | None = None
+    manual_command_id: str | None = None
+    estop: dict[str, Any] | None = None
+    acks: Counter[str] = field(default_factory=Counter)
 
 
 class ControlService:
@@ -227,57 +193,80 @@ class ControlService:
         ledger: Ledger,
         mqtt: AsyncMqttClient,
         *,
+        faults: FaultLatch | None = None,
+        profiles: ProfileSource | None = None,
         now_ms: Callable[[], int] = _now_ms,
         watchdog_s: float | None = None,
     ) -> None:
         self.site = site
         self.ledger = ledger
         self.mqtt = mqtt
+        self.faults = faults if faults is not None else FaultLatch(":memory:")
+        self.profiles = profiles
         self.now_ms = now_ms
         self.revert_s = revert_s_of(site)
-        #: No command for this long: the asset goes back to its default setpoint (0 W).
-        self.watchdog_s = float(watchdog_s if watchdog_s is not None else self.revert_s)
-        self.watchdog_trips = 0
-        self.headroom = site_headroom_of(site)
+        cfg = site.control
+        #: No command for this long: the asset goes back to its default setpoint.
+        self.watchdog_s = float(
+            watchdog_s if watchdog_s is not None else cfg.watchdog_s or self.revert_s
+        )
+        self.live = LiveState(max_age_ms=round(cfg.telemetry_max_age_s * 1000))
         self.assets: dict[str, InverterAsset | EvseAsset] = {a.id: a for a in site.assets}
-        self.devices: dict[str, LazySunSpecDevice] = {
-            a.id: LazySunSpecDevice(a, revert_s=self.revert_s, timeout_s=site.modbus.timeout_s)
-            for a in site.inverters
+        self.devices: dict[str, SetpointDevice] = {}
+        self.sunspec: dict[str, LazySunSpecDevice] = {}
+        for inverter in site.inverters:
+            device = LazySunSpecDevice(
+                inverter, revert_s=self.revert_s, timeout_s=site.modbus.timeout_s
+            )
+            self.sunspec[inverter.id] = device
+            self.devices[inverter.id] = device
+        self.control: dict[str, _AssetControl] = {
+            a: _AssetControl(_Mailbox(cfg.queue_limit)) for a in self.assets
         }
-        self.previous: dict[str, PreviousSetpoint] = {}
-        self.queues: dict[str, asyncio.Queue[DispatchCommand]] = {}
-        self.workers: list[asyncio.Task[None]] = []
+        self.tasks: list[asyncio.Task[None]] = []
         self.dead_letters = 0
         self.acks = 0
+        self.watchdog_trips = 0
+        self.results: Counter[str] = Counter()
+        self._manual_answers: OrderedDict[str, DispatchAck] = OrderedDict()
+        self._listeners: set[asyncio.Queue[tuple[str, bytes]]] = set()
+        self.started_ms: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
 
     async def start(self) -> None:
-        """Start one worker per asset and subscribe to the commands (MQTT must be started)."""
-        for asset_id in self.assets:
-            queue: asyncio.Queue[DispatchCommand] = asyncio.Queue()
-            self.queues[asset_id] = queue
-            self.workers.append(
-                asyncio.create_task(self._worker(asset_id, queue), name=f"control-{asset_id}")
+        """Start one worker per asset and subscribe (MQTT must be started)."""
+        self.started_ms = self.now_ms()
+        for asset_id, control in self.control.items():
+            self.tasks.append(
+                asyncio.create_task(self._worker(asset_id, control), name=f"control-{asset_id}")
             )
-        self.mqtt.subscribe(command_filter(self.site.id), self._on_message, qos=1)
+        self.tasks.append(asyncio.create_task(self._prune_loop(), name="control-prune"))
+        site = self.site.id
+        self.mqtt.subscribe(f"{PREFIX}/{site}/+/+/telemetry", self._on_telemetry, qos=0)
+        self.mqtt.subscribe(f"{PREFIX}/{site}/+/+/status", self._on_status, qos=1)
+        self.mqtt.subscribe(command_filter(site), self._on_command, qos=1)
+        for asset_id in self.assets:  # faults latched before a restart stop again
+            if self.faults.latched(asset_id):
+                self._queue_stop(asset_id, "faults latched before the restart")
         log.info(
-            "control: %d assets (%d inverters), revert_s %d, subscribed to %s",
+            "control: %d assets (%d inverters), revert_s %d, watchdog %.0f s, subscribed to %s",
             len(self.assets),
-            len(self.devices),
+            len(self.sunspec),
             self.revert_s,
-            command_filter(self.site.id),
+            self.watchdog_s,
+            command_filter(site),
         )
 
     async def stop(self) -> None:
         """Cancel the workers (a command being applied is abandoned) and drop connections."""
-        for task in self.workers:
+        for task in self.tasks:
             task.cancel()
-        for task in self.workers:
+        for task in self.tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
-        self.workers.clear()
-        for device in self.devices.values():
+        self.tasks.clear()
+        for device in self.sunspec.values():
             device.drop()
 
     async def run(self, stop: asyncio.Event) -> None:
@@ -288,9 +277,39 @@ class ControlService:
         finally:
             await self.stop()
 
+    async def _prune_loop(self) -> None:
+        retention_ms = round(self.site.control.retention_days * 86_400_000)
+        while True:
+            removed = await asyncio.to_thread(self.ledger.prune, self.now_ms(), retention_ms)
+            if removed:
+                log.info("control: ledger pruned %d command ids", removed)
+            await asyncio.sleep(PRUNE_INTERVAL_S)
+
     # ------------------------------------------------------------------ input
 
-    def _on_message(self, topic: str, payload: bytes) -> None:
+    def _on_telemetry(self, topic: str, payload: bytes) -> None:
+        reading = parse_reading(payload)
+        if reading is None or reading.asset not in self.assets:
+            return
+        if not self.live.update(reading):
+            return
+        codes = faults_in_telemetry(reading.status, reading.device_status)
+        if codes:
+            self._latch(reading.asset, codes, "telemetry", reading.device_status)
+        self._broadcast(topic, payload)
+
+    def _on_status(self, _topic: str, payload: bytes) -> None:
+        try:
+            status = parse_payload(payload)
+        except ContractError:
+            return  # the pipeline dead-letters what is malformed
+        if not isinstance(status, AssetStatus) or status.asset not in self.assets:
+            return
+        codes = faults_in_status(status, lost_after_failures=self.site.control.lost_after_failures)
+        if codes:
+            self._latch(status.asset, codes, "status", status.reason)
+
+    def _on_command(self, topic: str, payload: bytes) -> None:
         try:
             message = parse_payload(payload)
         except ContractError as exc:
@@ -307,10 +326,23 @@ class ControlService:
             self._dead_letter(topic, payload, f"command for site {message.site!r}, not this one")
         elif message.asset != topic_asset:
             self._dead_letter(topic, payload, f"asset {message.asset!r} does not match the topic")
-        elif message.asset not in self.queues:
+        elif message.asset not in self.control:
             self._dead_letter(topic, payload, f"unknown asset {message.asset!r}")
         else:
-            self.queues[message.asset].put_nowait(message)
+            self._broadcast(topic, payload)
+            self._enqueue(_Job("command", message))
+
+    def _enqueue(self, job: _Job) -> None:
+        assert job.command is not None
+        dropped = self.control[job.command.asset].mailbox.put(job)
+        if dropped is not None and dropped.command is not None:
+            ack = make_ack(
+                dropped.command,
+                "stale",
+                reason=f"superseded: more than {self.site.control.queue_limit} commands waited",
+                ts_ms=self.now_ms(),
+            )
+            self._publish_ack(dropped.command.asset, ack)
 
     def _dead_letter(self, topic: str, payload: bytes, reason: str) -> None:
         self.dead_letters += 1
@@ -331,92 +363,327 @@ class ControlService:
         )
         self.mqtt.publish(deadletter_topic(COMPONENT), letter.to_json(), qos=1)
 
+    # ------------------------------------------------------------------ faults
+
+    def _latch(self, asset_id: str, codes: list[str], source: str, detail: str | None) -> None:
+        new = self.faults.latch(asset_id, codes, source=source, detail=detail, now_ms=self.now_ms())
+        if new:
+            text = ", ".join(f.describe() for f in new)
+            log.error("%s: fault latched (%s): %s; emergency stop", asset_id, source, text)
+            self._queue_stop(asset_id, text)
+
+    def _queue_stop(self, asset_id: str, reason: str) -> None:
+        self.control[asset_id].mailbox.put_front(_Job("stop"))
+        self.control[asset_id].estop = {"reason": reason, "queued_ms": self.now_ms()}
+
+    async def _emergency_stop(self, asset_id: str) -> None:
+        """Write 0 W at once, whatever was in force (no ramp: it is a stop)."""
+        control = self.control[asset_id]
+        device = self.devices.get(asset_id)
+        estop = control.estop or {}
+        if device is None:
+            estop.update(result="failed", reason="no device to write to")
+            control.estop = estop
+            return
+        try:
+            await device.write(0.0)
+            readback_w = await device.read_back()
+        except Exception as exc:
+            estop.update(result="failed", reason=describe_error(exc), at_ms=self.now_ms())
+            log.error("%s: emergency stop failed: %s", asset_id, describe_error(exc))
+        else:
+            control.previous = PreviousSetpoint(0.0, self.now_ms())
+            estop.update(result="written", readback_w=readback_w, at_ms=self.now_ms())
+            log.warning("%s: emergency stop: 0 W written (read back %.0f W)", asset_id, readback_w)
+        control.estop = estop
+
     # ------------------------------------------------------------------ per asset
 
-    async def _worker(self, asset_id: str, queue: asyncio.Queue[DispatchCommand]) -> None:
+    async def _worker(self, asset_id: str, control: _AssetControl) -> None:
         while True:
-            try:
-                command = await asyncio.wait_for(queue.get(), self.watchdog_s)
-            except TimeoutError:
+            job = await control.mailbox.get(self.watchdog_s)
+            if job is None:
                 await self._watchdog(asset_id)
                 continue
+            if job.kind == "stop":
+                await self._emergency_stop(asset_id)
+                continue
+            command = job.command
+            assert command is not None
             try:
-                ack = await self.handle(command)
+                ack = await self.handle(command, manual=job.manual)
             except Exception as exc:  # a bug must not stop the asset's worker
                 log.exception("%s: command %s crashed", asset_id, command.command_id)
                 ack = make_ack(
                     command,
                     "failed",
-                    reason=f"internal error: {_describe(exc)}",
+                    reason=f"internal error: {describe_error(exc)}",
                     ts_ms=self.now_ms(),
                 )
-            finally:
-                queue.task_done()
-            self.acks += 1
-            self.mqtt.publish(ack_topic(self.site.id, asset_id), ack.to_json(), qos=1)
+            if job.reply is not None and not job.reply.done():
+                job.reply.set_result(ack)
+            self._publish_ack(asset_id, ack)
+
+    def _publish_ack(self, asset_id: str, ack: DispatchAck) -> None:
+        self.acks += 1
+        self.results[ack.result] += 1
+        control = self.control[asset_id]
+        control.acks[ack.result] += 1
+        control.last_ack = ack
+        topic = ack_topic(self.site.id, asset_id)
+        payload = ack.to_json()
+        self.mqtt.publish(topic, payload, qos=1)
+        self._broadcast(topic, payload)
 
     async def _watchdog(self, asset_id: str) -> None:
-        """No command within ``watchdog_s``: write the default setpoint (0 W) once.
+        """No command within ``watchdog_s``: write the default setpoint once.
 
         The device's own reversion timer (``revert_s``) covers a writer that died; this
         covers a pipeline that went silent while the writer runs. Only an asset this writer
-        moved away from 0 W is written; a failure is logged and tried again at the next
-        timeout.
+        moved away from its default is written; a failure is logged and tried again at the
+        next timeout. A faulted asset's default is 0 W.
         """
-        last = self.previous.get(asset_id)
+        control = self.control[asset_id]
+        last = control.previous
         device = self.devices.get(asset_id)
-        if last is None or last.setpoint_w == 0.0 or device is None:
+        default_w = (
+            0.0 if self.faults.latched(asset_id) else self.assets[asset_id].default_setpoint_w
+        )
+        if last is None or last.setpoint_w == default_w or device is None:
             return
         try:
-            await device.connect()
-            await device.write(0.0)
+            await device.write(default_w)
         except Exception as exc:
-            device.drop()
-            log.warning("%s: watchdog could not write 0 W: %s", asset_id, _describe(exc))
+            log.warning(
+                "%s: watchdog could not write %.0f W: %s", asset_id, default_w, describe_error(exc)
+            )
             return
         self.watchdog_trips += 1
-        self.previous[asset_id] = PreviousSetpoint(0.0, self.now_ms())
+        control.previous = PreviousSetpoint(default_w, self.now_ms())
         log.warning(
-            "%s: no command for %.0f s: back to the default setpoint 0 W (was %.0f W)",
+            "%s: no command for %.0f s: back to the default setpoint %.0f W (was %.0f W)",
             asset_id,
             self.watchdog_s,
+            default_w,
             last.setpoint_w,
         )
 
-    async def handle(self, command: DispatchCommand) -> DispatchAck:
+    def _override(self, asset_id: str, now_ms: int) -> str | None:
+        control = self.control[asset_id]
+        if control.manual_until_ms is None:
+            return None
+        if now_ms > control.manual_until_ms:
+            control.manual_until_ms = control.manual_command_id = None
+            return None
+        return f"manual override {control.manual_command_id} until {control.manual_until_ms}"
+
+    async def handle(self, command: DispatchCommand, *, manual: bool = False) -> DispatchAck:
         """Apply one command to its asset and return the ack (one at a time per asset)."""
         asset = self.assets[command.asset]
-        if isinstance(asset, EvseAsset):
-            return make_ack(command, "rejected", reason=EVSE_NOT_WIRED, ts_ms=self.now_ms())
-        device = self.devices[asset.id]
-        soc_pct: float | None = None
+        control = self.control[asset.id]
+        control.last_command = command
+        now_ms = self.now_ms()
+        if not manual:
+            override = self._override(asset.id, now_ms)
+            if override is not None:
+                return make_ack(command, "rejected", reason=override, ts_ms=now_ms)
+        device = self.devices.get(asset.id)
+        if device is None:
+            return make_ack(command, "rejected", reason=EVSE_NOT_WIRED, ts_ms=now_ms)
+        soc_pct = self.live.soc_pct(asset.id, now_ms)
         verdict = self.ledger.check(
-            asset.id,
-            command.command_id,
-            command.issued_ms,
-            command.valid_until_ms,
-            self.now_ms(),
+            asset.id, command.command_id, command.issued_ms, command.valid_until_ms, now_ms
         ).verdict
-        if verdict == "new":  # only then is the device needed
+        sunspec = self.sunspec.get(asset.id)
+        if verdict == "new" and sunspec is not None:  # only then is the device needed
             try:
-                await device.connect()
+                await sunspec.connect()
             except Exception as exc:
-                device.drop()
-                reason = f"connect: {_describe(exc)}"
+                sunspec.drop()
+                reason = f"connect: {describe_error(exc)}"
                 log.warning("%s: command %s failed: %s", asset.id, command.command_id, reason)
                 return make_ack(command, "failed", reason=reason, ts_ms=self.now_ms())
-            soc_pct = await device.read_soc_pct()
+            if soc_pct is None:
+                soc_pct = await sunspec.read_soc_pct()
+        profile = None if self.profiles is None else self.profiles.active(asset.id, now_ms)
         ack = await apply_command(
             command,
             ledger=self.ledger,
             device=device,
-            limits=limits_of(asset),
-            site_headroom=self.headroom,
+            limits=limits_for(asset, derate=self.live.derate(asset.id, now_ms), profile=profile),
+            site_headroom=self.live.headroom(
+                asset.id, self.site.max_import_w, self.site.max_export_w, now_ms
+            ),
             soc_pct=soc_pct,
-            faulted=None,
+            faulted=self.faults.describe(asset.id),
             now_ms=self.now_ms,
-            previous=self.previous.get(asset.id),
+            previous=control.previous,
         )
         if ack.result in APPLIED_RESULTS and ack.applied_w is not None:
-            self.previous[asset.id] = PreviousSetpoint(ack.applied_w, ack.ts_ms)
+            control.previous = PreviousSetpoint(ack.applied_w, ack.ts_ms)
         return ack
+
+    # ------------------------------------------------------------------ operator (REST API)
+
+    def asset_ids(self) -> list[str]:
+        """The ids of the site's assets, in site-file order."""
+        return list(self.assets)
+
+    def current_limits(self, asset_id: str) -> Limits:
+        """The limits the clamp would use for ``asset_id`` now."""
+        now_ms = self.now_ms()
+        profile = None if self.profiles is None else self.profiles.active(asset_id, now_ms)
+        asset = self.assets[asset_id]
+        return limits_for(asset, derate=self.live.derate(asset_id, now_ms), profile=profile)
+
+    def asset_view(self, asset_id: str) -> dict[str, Any] | None:
+        """Live state, limits, last command and ack, latched faults, override; None if unknown."""
+        asset = self.assets.get(asset_id)
+        if asset is None:
+            return None
+        now_ms = self.now_ms()
+        control = self.control[asset_id]
+        reading = self.live.readings.get(asset_id)
+        return {
+            "asset": asset_id,
+            "kind": asset.kind,
+            "telemetry": None if reading is None else reading.as_dict(),
+            "fresh": self.live.fresh(asset_id, now_ms) is not None,
+            "limits": asdict(self.current_limits(asset_id)),
+            "default_setpoint_w": asset.default_setpoint_w,
+            "setpoint_w": None if control.previous is None else control.previous.setpoint_w,
+            "last_command": _dump(control.last_command),
+            "last_ack": _dump(control.last_ack),
+            "acks": dict(control.acks),
+            "faults": [asdict(f) for f in self.faults.latched(asset_id)],
+            "emergency_stop": control.estop,
+            "manual_override": None
+            if self._override(asset_id, now_ms) is None
+            else {"command_id": control.manual_command_id, "until_ms": control.manual_until_ms},
+            "queued": len(control.mailbox.items),
+        }
+
+    async def manual_dispatch(
+        self, asset_id: str, setpoint_w: float, transaction_id: str, valid_for_s: float
+    ) -> DispatchAck:
+        """Apply an operator's command now, through the same ledger and clamp.
+
+        The command id is ``api-{asset}-{transaction_id}``: the same transaction twice is
+        applied once and answered with the first answer. While it is valid, automatic
+        commands for the asset are refused (``rejected``, ``manual override``).
+        """
+        if asset_id not in self.assets:
+            raise KeyError(asset_id)
+        command_id = f"api-{asset_id}-{transaction_id}"
+        first = self._manual_answers.get(command_id)
+        if first is not None:
+            return first
+        record = self.ledger.check(asset_id, command_id, 0, None, self.now_ms()).previous
+        if record is not None:  # answered before a restart: rebuild the first answer
+            return DispatchAck(
+                site=self.site.id,
+                asset=asset_id,
+                ts_ms=record.recorded_ms,
+                seq=0,
+                command_id=command_id,
+                result=record.result,  # type: ignore[arg-type]
+                reason=record.reason,
+                requested_w=record.requested_w,
+                applied_w=record.applied_w,
+                issued_ms=record.issued_ms,
+            )
+        now_ms = self.now_ms()
+        valid_until_ms = now_ms + round(valid_for_s * 1000)
+        command = DispatchCommand(
+            site=self.site.id,
+            asset=asset_id,
+            ts_ms=now_ms,
+            seq=0,
+            command_id=command_id,
+            issued_ms=now_ms,
+            setpoint_w=setpoint_w,
+            base_setpoint_w=setpoint_w,
+            valid_until_ms=valid_until_ms,
+            mode="manual",
+            reason=f"operator, transaction {transaction_id}",
+        )
+        control = self.control[asset_id]
+        control.manual_until_ms, control.manual_command_id = valid_until_ms, command_id
+        reply: asyncio.Future[DispatchAck] = asyncio.get_running_loop().create_future()
+        control.mailbox.put(_Job("command", command, manual=True, reply=reply))
+        ack = await reply
+        if ack.result != "failed":
+            self._manual_answers[command_id] = ack
+            while len(self._manual_answers) > MANUAL_ANSWERS:
+                self._manual_answers.popitem(last=False)
+        return ack
+
+    async def cancel_manual(self, asset_id: str) -> bool:
+        """End the asset's manual override; False when none was in force."""
+        control = self.control[asset_id]
+        active = self._override(asset_id, self.now_ms()) is not None
+        control.manual_until_ms = control.manual_command_id = None
+        return active
+
+    async def clear_fault(self, asset_id: str) -> list[str]:
+        """Clear the asset's latched faults; returns their codes.
+
+        A fault the device still reports latches again with its next reading or status.
+        """
+        cleared = self.faults.clear(asset_id)
+        control = self.control[asset_id]
+        control.estop = None
+        if cleared:
+            log.warning(
+                "%s: faults cleared by an operator: %s",
+                asset_id,
+                ", ".join(f.describe() for f in cleared),
+            )
+        return [f.code for f in cleared]
+
+    async def profile_changed(self, asset_id: str) -> None:
+        """A charge profile changed: nothing to push, the next command is clamped with it.
+
+        Commands come at least every ``dispatch.refresh_s``, so new limits are in force on
+        the device within that time.
+        """
+        log.info(
+            "%s: charge profile changed; limits now %s", asset_id, self.current_limits(asset_id)
+        )
+
+    def health(self) -> dict[str, Any]:
+        """Whether the service is up and talking to the broker, with counters."""
+        return {
+            "status": "ok" if self.mqtt.connected else "degraded",
+            "mqtt_connected": self.mqtt.connected,
+            "site": self.site.id,
+            "assets": len(self.assets),
+            "faulted_assets": sum(1 for a in self.assets if self.faults.latched(a)),
+            "acks": dict(self.results),
+            "dead_letters": self.dead_letters,
+            "watchdog_trips": self.watchdog_trips,
+            "started_ms": self.started_ms,
+        }
+
+    async def stream(self) -> AsyncIterator[tuple[str, bytes]]:
+        """``(topic, payload)`` of the telemetry, commands and acks passing through, live.
+
+        A subscriber that falls more than ``STREAM_QUEUE`` items behind loses the oldest.
+        """
+        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(STREAM_QUEUE)
+        self._listeners.add(queue)
+        try:
+            while True:
+                yield await queue.get()
+        finally:
+            self._listeners.discard(queue)
+
+    def _broadcast(self, topic: str, payload: bytes) -> None:
+        for queue in self._listeners:
+            if queue.full():
+                queue.get_nowait()
+            queue.put_nowait((topic, payload))
+
+
+def _dump(message: DispatchCommand | DispatchAck | None) -> dict[str, Any] | None:
+    return None if message is None else message.model_dump(mode="json", by_alias=True)

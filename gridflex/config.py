@@ -21,6 +21,7 @@ from gridflex.contract import ASSET_ID_PATTERN
 
 __all__ = [
     "ConfigError",
+    "ControlConfig",
     "DispatchConfig",
     "DroopConfig",
     "DroopOverride",
@@ -178,6 +179,26 @@ class DispatchConfig(_Section):
         return self
 
 
+class ControlConfig(_Section):
+    """The control writer (``gridflex control``).
+
+    ``watchdog_s``: an asset without a command for this long goes back to its
+    ``default_setpoint_w`` (None: the devices' reversion time, ``max(2 x
+    dispatch.refresh_s, 10)`` s). ``lost_after_failures``: a device the collector failed to
+    reach this many times in a row is a lost device, a fault latched until cleared.
+    ``queue_limit``: commands waiting per asset; beyond it the oldest is dropped and acked
+    ``stale`` (a newer absolute setpoint supersedes it). ``telemetry_max_age_s``: readings
+    older than this do not count for the SoC, the derating or the site's headroom.
+    ``retention_days``: how long the ledger keeps command ids (longer than any validity).
+    """
+
+    watchdog_s: Annotated[float, Field(gt=0, le=3600)] | None = None
+    lost_after_failures: Annotated[int, Field(ge=1, le=1000)] = 3
+    queue_limit: Annotated[int, Field(ge=1, le=10_000)] = 16
+    telemetry_max_age_s: Annotated[float, Field(gt=0, le=3600)] = 5.0
+    retention_days: Annotated[float, Field(ge=1, le=3650)] = 7.0
+
+
 class OcppConfig(_Section):
     """The OCPP CSMS (charging station management system) endpoint."""
 
@@ -208,13 +229,21 @@ class _AssetBase(_Section):
         default=0.0, description="the schedule the frequency response is added to, + charge"
     )
     droop: DroopOverride | None = None
+    ramp_w_per_s: Annotated[float, Field(gt=0)] | None = Field(
+        default=None, description="largest setpoint change per second the writer allows"
+    )
+    default_setpoint_w: float = Field(
+        default=0.0,
+        description="where the watchdog and the device's reversion timer put the asset",
+    )
 
     @model_validator(mode="after")
     def _soc_order(self) -> Any:
         if self.soc_min_pct >= self.soc_max_pct:
             raise ValueError("soc_min_pct must be below soc_max_pct")
-        if not -self.max_discharge_w <= self.base_setpoint_w <= self.max_charge_w:
-            raise ValueError("base_setpoint_w must lie within -max_discharge_w..max_charge_w")
+        for name in ("base_setpoint_w", "default_setpoint_w"):
+            if not -self.max_discharge_w <= getattr(self, name) <= self.max_charge_w:
+                raise ValueError(f"{name} must lie within -max_discharge_w..max_charge_w")
         return self
 
 
@@ -262,6 +291,7 @@ class SiteConfig(_Section):
     pipeline: PipelineConfig = PipelineConfig()
     ocpp: OcppConfig = OcppConfig()
     dispatch: DispatchConfig = DispatchConfig()
+    control: ControlConfig = ControlConfig()
     assets: list[Asset] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)
 

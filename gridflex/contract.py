@@ -443,7 +443,10 @@ class DispatchCommand(_Payload):
     setpoint_w: float = Field(description="absolute setpoint, + charge, - discharge")
     base_setpoint_w: float = Field(default=0.0, description="the schedule the response adds to")
     valid_until_ms: EpochMs
-    mode: Literal["droop", "fcr"]
+    mode: Literal["droop", "fcr", "manual"] = Field(
+        description="droop or fcr: the dataflow's dispatch; manual: an operator's command "
+        "through the REST API (POST /api/v1/dispatch)"
+    )
     reason: Annotated[str, Field(min_length=1, max_length=256)]
     freq_hz: float | None = Field(default=None, description="the frequency the decision used")
 

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Final, Literal
 
 from gridflex.contract import EvChargingNeeds, Forecast, Telemetry
+from gridflex.derating import DERATE_START_C, DERATE_STOP_C, derate_factor
 from pipelines.dispatch import DroopParams
 from pipelines.fleet import AssetUpdate
 from pipelines.forecast import BatteryModel, ChargingGoal, ForecastResult, forecast
@@ -40,8 +41,6 @@ __all__ = [
     "track",
 ]
 
-DERATE_START_C: Final = 70.0
-DERATE_STOP_C: Final = 90.0
 #: Telemetry statuses (the contract's vocabulary) of an EVSE with a car drawing or paused.
 CAR_STATUSES: Final = frozenset({"charging", "discharging", "suspended"})
 
@@ -95,14 +94,6 @@ class AssetTracker:
             ),
         )
 
-
-def derate_factor(temp_c: float | None) -> float:
-    """Share of the rated power allowed at a connector temperature (1 when unknown)."""
-    if temp_c is None or temp_c <= DERATE_START_C:
-        return 1.0
-    if temp_c >= DERATE_STOP_C:
-        return 0.0
-    return (DERATE_STOP_C - temp_c) / (DERATE_STOP_C - DERATE_START_C)
 
 
 def _car_capacity_wh(needs: EvChargingNeeds | None, soc_pct: float, default_wh: float) -> float:

@@ -1,0 +1,162 @@
+"""Faults: what counts as one, and the latch that holds it until an operator clears it.
+
+A fault forces the asset to 0 W at once (an emergency stop) and keeps it there, whatever the
+commands say, until an operator clears it (``POST /api/v1/assets/{id}/clear-fault`` or
+``gridflex control clear-fault``). Clearing does not make a fault go away: when the device
+still reports it, the next reading latches it again.
+
+Where faults come from (:func:`faults_in_telemetry`, :func:`faults_in_status`, pure):
+
+- a reading whose ``status`` is ``fault`` (SunSpec 701 ``InvSt`` FAULT, an OCPP connector
+  Faulted): the code is the device's own word (``device_status``), else ``fault``;
+- an asset status with fault codes (OCPP ``techCode``s such as ground fault ``Error 0x04``
+  or ``Grid_Sync_Error``, transaction stop reasons such as ``GroundFault``, SunSpec 701
+  alarms), or in the state ``faulted``;
+- a lost device: the collector could not reach it ``lost_after_failures`` times in a row
+  (its status is ``error``), code ``lost device``.
+
+:class:`FaultLatch` keeps the latched faults in SQLite (WAL, ``synchronous=FULL``, in the
+ledger's file by default), so a restart of the writer does not forget a fault nobody
+cleared.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+from gridflex.contract import AssetStatus
+
+__all__ = [
+    "LOST_DEVICE",
+    "FaultLatch",
+    "LatchedFault",
+    "faults_in_status",
+    "faults_in_telemetry",
+]
+
+#: The fault code of a device the collector cannot reach any more.
+LOST_DEVICE = "lost device"
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS fault (
+    asset     TEXT NOT NULL,
+    code      TEXT NOT NULL,
+    source    TEXT NOT NULL,
+    detail    TEXT,
+    since_ms  INTEGER NOT NULL,
+    PRIMARY KEY (asset, code)
+);
+"""
+
+
+def faults_in_telemetry(status: str | None, device_status: str | None) -> list[str]:
+    """The fault codes a reading shows: ``[device_status or "fault"]`` when faulted."""
+    if status != "fault":
+        return []
+    return [device_status or "fault"]
+
+
+def faults_in_status(status: AssetStatus, *, lost_after_failures: int) -> list[str]:
+    """The fault codes an asset status shows (see the module docstring)."""
+    codes = list(dict.fromkeys(status.faults))
+    if status.state == "faulted" and not codes:
+        codes.append("faulted")
+    if status.state == "error" and status.consecutive_failures >= lost_after_failures:
+        codes.append(LOST_DEVICE)
+    return codes
+
+
+@dataclass(frozen=True, slots=True)
+class LatchedFault:
+    """One latched fault: its code, where it was seen, the detail, since when (epoch ms)."""
+
+    asset: str
+    code: str
+    source: str
+    detail: str | None
+    since_ms: int
+
+    def describe(self) -> str:
+        """``code (detail)``, the text that goes into acks and logs."""
+        return f"{self.code} ({self.detail})" if self.detail else self.code
+
+
+class FaultLatch:
+    """Latched faults per asset in SQLite; safe to share between threads.
+
+    Reads are served from memory (every command asks), writes go to the file first.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self._lock = threading.Lock()
+        self._conn = sqlite3.connect(Path(path), check_same_thread=False, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute("PRAGMA synchronous=FULL")
+        self._conn.execute("PRAGMA busy_timeout=5000")
+        self._conn.executescript(_SCHEMA)
+        self._latched: dict[str, dict[str, LatchedFault]] = {}
+        for asset, code, source, detail, since_ms in self._conn.execute(
+            "SELECT asset, code, source, detail, since_ms FROM fault ORDER BY since_ms"
+        ):
+            fault = LatchedFault(asset, code, source, detail, int(since_ms))
+            self._latched.setdefault(asset, {})[code] = fault
+
+    def latch(
+        self, asset: str, codes: list[str], *, source: str, detail: str | None, now_ms: int
+    ) -> list[LatchedFault]:
+        """Latch ``codes`` for ``asset``; returns those that were not latched yet."""
+        with self._lock:
+            held = self._latched.setdefault(asset, {})
+            new = [
+                LatchedFault(asset, code, source, detail, now_ms)
+                for code in dict.fromkeys(codes)
+                if code not in held
+            ]
+            if not new:
+                return []
+            self._conn.execute("BEGIN IMMEDIATE")
+            try:
+                self._conn.executemany(
+                    "INSERT OR IGNORE INTO fault (asset, code, source, detail, since_ms) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    [(f.asset, f.code, f.source, f.detail, f.since_ms) for f in new],
+                )
+                self._conn.execute("COMMIT")
+            except BaseException:
+                self._conn.execute("ROLLBACK")
+                raise
+            for fault in new:
+                held[fault.code] = fault
+            return new
+
+    def latched(self, asset: str) -> list[LatchedFault]:
+        """The faults latched for ``asset``, oldest first."""
+        with self._lock:
+            return list(self._latched.get(asset, {}).values())
+
+    def describe(self, asset: str) -> str | None:
+        """The latched faults as one text (``code (detail); ...``), None when there are none."""
+        faults = self.latched(asset)
+        return "; ".join(f.describe() for f in faults) if faults else None
+
+    def clear(self, asset: str) -> list[LatchedFault]:
+        """Clear every latched fault of ``asset``; returns what was cleared."""
+        with self._lock:
+            cleared = list(self._latched.pop(asset, {}).values())
+            if cleared:
+                self._conn.execute("DELETE FROM fault WHERE asset = ?", (asset,))
+            return cleared
+
+    def close(self) -> None:
+        """Close the connection; the file keeps what is latched."""
+        with self._lock:
+            self._conn.close()
+
+    def __enter__(self) -> FaultLatch:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
