@@ -59,13 +59,18 @@ __all__ = [
     "ReplyCallback",
     "Ticker",
     "decode_read_response",
+    "decode_write_response",
     "encode_read_request",
+    "encode_write_request",
     "registers",
 ]
 
 log = logging.getLogger(__name__)
 
 READ_HOLDING_REGISTERS = 3
+WRITE_MULTIPLE_REGISTERS = 16
+#: Most registers one function-16 request may write (Modbus spec 6.12).
+MAX_WRITE_REGISTERS = 123
 ILLEGAL_DATA_ADDRESS = 2
 _EXCEPTION_BIT = 0x80
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id (0), length, unit id
@@ -119,6 +124,40 @@ def decode_read_response(pdu: bytes, address: int, count: int) -> bytes:
     if pdu[1] != 2 * count or len(pdu) != 2 + 2 * count:
         raise DeviceError(f"asked {count} registers at {address}, got {(len(pdu) - 2) // 2}")
     return pdu[2:]
+
+
+def encode_write_request(tid: int, unit_id: int, address: int, values: list[int]) -> bytes:
+    """MBAP frame of a function-16 request writing ``values`` (16-bit) from ``address``."""
+    count = len(values)
+    if not 1 <= count <= MAX_WRITE_REGISTERS:
+        raise ValueError(f"{count} registers: a write takes 1..{MAX_WRITE_REGISTERS}")
+    if not 0 <= address <= 0xFFFF - count + 1:
+        raise ValueError(f"registers {address}..{address + count - 1} are outside 0..65535")
+    if any(not 0 <= v <= 0xFFFF for v in values):
+        raise ValueError(f"register values must be 0..65535, got {values}")
+    header = struct.pack(
+        ">HHHBBHHB", tid, 0, 7 + 2 * count, unit_id, WRITE_MULTIPLE_REGISTERS, address, count,
+        2 * count,
+    )  # fmt: skip
+    return header + _REGISTERS[count].pack(*values)
+
+
+def decode_write_response(pdu: bytes, address: int, count: int) -> None:
+    """Check a function-16 response PDU: it must echo ``address`` and ``count``.
+
+    Raises ``DeviceError`` (with ``code``) for an exception response (an exception 2 too:
+    a refused write is not a discovery probe) and for a reply that echoes something else.
+    """
+    if len(pdu) == 2 and pdu[0] == WRITE_MULTIPLE_REGISTERS | _EXCEPTION_BIT:
+        code = pdu[1]
+        raise DeviceError(f"Modbus exception {code} writing {count} at {address}", code)
+    if len(pdu) != 5 or pdu[0] != WRITE_MULTIPLE_REGISTERS:
+        raise DeviceError(f"unexpected reply (function {pdu[0] if pdu else None}) to a write")
+    echoed_address, echoed_count = struct.unpack(">HH", pdu[1:5])
+    if (echoed_address, echoed_count) != (address, count):
+        raise DeviceError(
+            f"wrote {count} at {address}, the device echoed {echoed_count} at {echoed_address}"
+        )
 
 
 def registers(data: bytes) -> list[int]:
@@ -247,6 +286,7 @@ class _Request:
     count: int
     callback: ReplyCallback
     timer: asyncio.TimerHandle | None
+    function: int = READ_HOLDING_REGISTERS
 
 
 def _settle(future: asyncio.Future[list[int]], reply: Reply) -> None:
@@ -329,14 +369,53 @@ class LeanModbusClient(asyncio.Protocol):
             raise RuntimeError("one Modbus request at a time per connection")
         self._tid = tid = (self._tid + 1) & 0xFFFF
         frame = encode_read_request(tid, unit_id, address, count)
+        self._send(loop, transport, frame, _Request(tid, unit_id, address, count, callback, None))
+
+    def _send(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        transport: asyncio.Transport,
+        frame: bytes,
+        request: _Request,
+    ) -> None:
         deadline_s = loop.time() + self.timeout_s
-        timer = None
         if self._ticker is not None:
-            self._ticker.call_at(deadline_s, self._on_timeout, tid)
+            self._ticker.call_at(deadline_s, self._on_timeout, request.tid)
         else:
-            timer = loop.call_at(deadline_s, self._on_timeout, tid)
-        self._request = _Request(tid, unit_id, address, count, callback, timer)
+            request.timer = loop.call_at(deadline_s, self._on_timeout, request.tid)
+        self._request = request
         transport.write(frame)
+
+    def write(self, address: int, values: list[int], unit_id: int = 1) -> asyncio.Future[None]:
+        """Write ``values`` from ``address`` (function 16); resolves once the device echoed.
+
+        Fails like ``request`` (``DeviceError`` for a refused write, ``TimeoutError``,
+        ``ConnectionError``). One request at a time per connection, reads and writes alike.
+        """
+        loop = self._loop
+        assert loop is not None, "connect() first"
+        future: asyncio.Future[None] = loop.create_future()
+
+        def settle(reply: Reply) -> None:
+            if future.done():
+                return
+            if isinstance(reply, Exception):
+                future.set_exception(reply)
+            else:
+                future.set_result(None)
+
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            settle(self._lost or ConnectionError("not connected to the device"))
+            return future
+        if self._request is not None:
+            raise RuntimeError("one Modbus request at a time per connection")
+        self._tid = tid = (self._tid + 1) & 0xFFFF
+        frame = encode_write_request(tid, unit_id, address, values)
+        request = _Request(tid, unit_id, address, len(values), settle, None)
+        request.function = WRITE_MULTIPLE_REGISTERS
+        self._send(loop, transport, frame, request)
+        return future
 
     def read(self, address: int, count: int, unit_id: int = 1) -> asyncio.Future[list[int]]:
         """``request`` as a future: resolves to the registers or fails with the error."""
@@ -393,7 +472,11 @@ class LeanModbusClient(asyncio.Protocol):
             request.timer.cancel()
         reply: Reply
         try:
-            reply = decode_read_response(pdu, request.address, request.count)
+            if request.function == WRITE_MULTIPLE_REGISTERS:
+                decode_write_response(pdu, request.address, request.count)
+                reply = b""
+            else:
+                reply = decode_read_response(pdu, request.address, request.count)
         except (DeviceError, IllegalAddress) as exc:
             reply = exc
         request.callback(reply)
@@ -403,9 +486,10 @@ class LeanModbusClient(asyncio.Protocol):
         if request is None or request.tid != tid:
             return  # answered (or failed) in time: a stale deadline
         self._request = None
+        what = "write" if request.function == WRITE_MULTIPLE_REGISTERS else "read"
         request.callback(
             TimeoutError(
-                f"no reply from {self.host}:{self.port} to a read of {request.count} "
+                f"no reply from {self.host}:{self.port} to a {what} of {request.count} "
                 f"at {request.address} within {self.timeout_s} s"
             )
         )

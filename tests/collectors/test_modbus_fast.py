@@ -8,6 +8,8 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from collectors.modbus.fast import (
     DeviceError,
@@ -16,7 +18,9 @@ from collectors.modbus.fast import (
     Reply,
     Ticker,
     decode_read_response,
+    decode_write_response,
     encode_read_request,
+    encode_write_request,
     registers,
 )
 from gridflex.net import free_port, free_port_block
@@ -24,6 +28,54 @@ from gridflex.sunspec.discovery import IllegalAddress
 from simulators.inverter import InverterFleet
 
 # --------------------------------------------------------------------------- codec
+
+
+def test_write_request_is_an_mbap_frame_for_function_16() -> None:
+    frame = encode_write_request(tid=5, unit_id=1, address=40366, values=[1, 0xFFFF])
+    #                  tid    proto  length unit fc  address               count  bytes
+    assert frame == bytes([0, 5, 0, 0, 0, 11, 1, 16]) + struct.pack(">HHB", 40366, 2, 4) + (
+        bytes([0, 1, 0xFF, 0xFF])
+    )
+
+
+@given(
+    tid=st.integers(0, 0xFFFF),
+    unit=st.integers(0, 247),
+    address=st.integers(0, 0xFFFF - 123),
+    values=st.lists(st.integers(0, 0xFFFF), min_size=1, max_size=123),
+)
+@settings(max_examples=200)
+def test_write_requests_parse_back_as_modbus_tcp(
+    tid: int, unit: int, address: int, values: list[int]
+) -> None:
+    frame = encode_write_request(tid, unit, address, values)
+    frames = FrameBuffer().feed(frame)  # the MBAP length is consistent with the PDU
+    assert [(t, u) for t, u, _ in frames] == [(tid, unit)]
+    pdu = frames[0][2]
+    fc, echoed_address, count, nbytes = struct.unpack_from(">BHHB", pdu)
+    assert (fc, echoed_address, count, nbytes) == (16, address, len(values), 2 * len(values))
+    assert registers(pdu[6:]) == values
+
+
+@pytest.mark.parametrize(
+    ("values", "address"), [([], 40000), ([0] * 124, 40000), ([0x10000], 40000), ([1, 2], 65535)]
+)
+def test_write_request_outside_the_protocol_limits_is_refused(
+    values: list[int], address: int
+) -> None:
+    with pytest.raises(ValueError, match=r"registers|values"):
+        encode_write_request(1, 1, address, values)
+
+
+def test_write_response_must_echo_the_address_and_count() -> None:
+    decode_write_response(bytes([16]) + struct.pack(">HH", 40366, 4), 40366, 4)
+    with pytest.raises(DeviceError, match="echoed 3 at 40366"):
+        decode_write_response(bytes([16]) + struct.pack(">HH", 40366, 3), 40366, 4)
+    with pytest.raises(DeviceError) as info:
+        decode_write_response(bytes([0x90, 2]), 40366, 4)  # a refused write: not discovery
+    assert info.value.code == 2
+    with pytest.raises(DeviceError, match="unexpected reply"):
+        decode_write_response(bytes([3, 2, 0, 0]), 40366, 1)
 
 
 def test_read_request_is_an_mbap_frame_for_function_3() -> None:
@@ -188,6 +240,13 @@ def test_reads_match_the_simulated_device_and_discovery_errors_map() -> None:
             with pytest.raises(DeviceError) as info:
                 await client.read(40000, 2, unit_id=9)  # no such unit behind this address
             assert info.value.code == 0x0B
+            # a write, then the same registers read back
+            wset = device.address_of(704, "WSetEna")
+            await client.write(wset, [1, 1, 0xFFFF, 0xF830])  # enabled, watts, -2000
+            assert device.decode_point(704, "WSet") == -2_000
+            assert await client.read(wset, 4) == [1, 1, 0xFFFF, 0xF830]
+            with pytest.raises(DeviceError):
+                await client.write(40000, [0])  # the SunS marker is read-only
             client.close()
 
     asyncio.run(scenario())
