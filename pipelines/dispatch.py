@@ -26,6 +26,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 __all__ = [
+    "DEFAULT_RESPONSE_TIME_S",
     "Allocation",
     "DroopParams",
     "Participant",
@@ -44,14 +45,30 @@ def clip(value: float, low: float, high: float) -> float:
     return max(low, min(high, value))
 
 
+#: IEEE 1547-2018 default open-loop response time of the frequency droop, s (Table 24).
+DEFAULT_RESPONSE_TIME_S = 5.0
+
+
 @dataclass(frozen=True, slots=True)
 class DroopParams:
-    """IEEE 1547-2018 droop: dead bands in Hz and per-unit droops (0.05 = 5 %)."""
+    """IEEE 1547-2018 frequency droop (clause 6.5.2.7, Table 24), the one type for it.
+
+    Attributes:
+        db_of_hz: Over-frequency dead band, Hz.
+        db_uf_hz: Under-frequency dead band, Hz.
+        k_of: Over-frequency per-unit droop (0.05 = full rating at 5 % off nominal).
+        k_uf: Under-frequency per-unit droop.
+        response_time_s: Open-loop response time (90 % of a step), s. The static law
+            (:func:`droop_delta_w`) does not use it; a device that droops on its own does
+            (SunSpec 711 ``RspTms``, ``simulators.droop``).
+
+    """
 
     db_of_hz: float = 0.036
     db_uf_hz: float = 0.036
     k_of: float = 0.05
     k_uf: float = 0.05
+    response_time_s: float = DEFAULT_RESPONSE_TIME_S
 
 
 def droop_delta_w(

@@ -14,17 +14,22 @@
   gridflex's sign (+ charging/import); the register edge converts with
   ``gridflex.sunspec.sign`` (SunSpec W and WSet are + for injection).
 - ``SimulatedInverter``: the SunSpec register map (``SunS`` at 40000, then models 1, 701,
-  702, 704, 711 (one droop curve, ``NCtl`` = 1), 713 laid out per the shipped definitions,
-  then ``0xFFFF, 0``) as one big-endian byte image, and ``handle_pdu`` for Modbus function
-  codes 3, 6 and 16 (pure: bytes in, bytes out). Writes reach only the RW points the
-  simulator implements (704 power controls, 711 ``Ena`` and the curve); anything else is
-  answered with exception 2 (illegal data address), a bad enum value or a droop of 0 with
-  exception 3.
+  702, 704, 711, 713 laid out per the shipped definitions, then ``0xFFFF, 0``) as one
+  big-endian byte image, and ``handle_pdu`` for Modbus function codes 3, 6 and 16 (pure:
+  bytes in, bytes out). Writes reach only the RW points the simulator implements (704
+  power controls; 711 ``Ena``, ``AdptCtlReq`` and the writable control sets); anything
+  else is answered with exception 2 (illegal data address), a bad enum value or a droop
+  of 0 in the active set with exception 3. 711 has ``droop_controls`` stored sets
+  (``NCtl``): with one (the default) ``Ctl[0]`` is writable and active; with more,
+  ``Ctl[0]`` is the read-only factory set and a client writes another set and adopts it
+  by writing its index to ``AdptCtlReq`` (``AdptCtlRslt`` COMPLETED or FAILED, see
+  ``simulators.droop.droop_state``). ``reboot()`` puts the controls back to factory.
 - ``InverterFleet``: one lean asyncio Modbus TCP server per device (MBAP framing over an
   ``asyncio.Protocol``) and a 10 Hz update task. A lean server instead of pymodbus's: a
   read is a slice of the byte image, so 1,000 devices polled 5 times a second cost the
   simulator little CPU, leaving the shared cores to the collector being measured.
-  ``stop_device(i)`` / ``start_device(i)`` take one device off the network and back.
+  ``stop_device(i)`` / ``start_device(i)`` take one device off the network and back,
+  ``reboot_device(i)`` power-cycles it (its controls back to factory).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import contextlib
 import logging
 import random
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,9 +51,11 @@ from gridflex.sunspec.discovery import SUNS_MARKER
 from gridflex.sunspec.sign import power_w_from_sunspec, sunspec_w_from_power_w
 from gridflex.sunspec.tables import ModelTable, Point, load_model
 from simulators.droop import (
-    DEFAULT_RESPONSE_TIME_S,
+    ADOPT_COMPLETED,
     DroopParams,
+    DroopScale,
     droop_delta_w,
+    droop_state,
     first_order_step,
     time_constant_s,
 )
@@ -66,6 +74,7 @@ __all__ = [
     "SimulatedInverter",
     "add_arguments",
     "main",
+    "writable_points",
 ]
 
 log = logging.getLogger(__name__)
@@ -73,9 +82,8 @@ log = logging.getLogger(__name__)
 BASE_ADDRESS = 40000
 UNIT_ID = 1
 MAP_MODELS: tuple[int, ...] = (1, 701, 702, 704, 711, 713)
-#: Stored droop curves of the simulated 711 (``NCtl``); one, read-write.
-DROOP_CURVES = 1
-_REPEATS: dict[int, dict[str, int]] = {711: {"Ctl": DROOP_CURVES}}
+#: Stored droop control sets of the simulated 711 (``NCtl``) by default: one, read-write.
+DROOP_CONTROLS = 1
 
 # Modbus exception codes.
 ILLEGAL_FUNCTION = 1
@@ -92,40 +100,62 @@ _WMAXLIMPCT_SF = -1
 _DB_SF = -3  # 711 dead bands: 0.036 Hz = 36
 _K_SF = -3  # 711 droops: 0.05 = 50
 _RSPTMS_SF = -1  # 711 response time: 5 s = 50
+_DROOP_SCALE = DroopScale(db_sf=_DB_SF, k_sf=_K_SF, rsp_tms_sf=_RSPTMS_SF)
+_CURVE_POINTS = ("DbOf", "DbUf", "KOf", "KUf", "RspTms")
+_READ_ONLY = 1  # 711 Ctl.ReadOnly: R
 
 # 701 InvSt values used by the simulator.
 _INVST_RUNNING = 3
 _INVST_STANDBY = 7
 _ENABLED = 1
 
-#: Points a client may write, by model (the simulator implements them); other RW points
-#: refuse. 711's ``AdptCtlReq`` and reversion points are not simulated: with one curve
-#: there is nothing to switch to.
-WRITABLE_POINTS: dict[int, frozenset[str]] = {
-    704: frozenset(
-        {
-            "WMaxLimPctEna",
-            "WMaxLimPct",
-            "WMaxLimPctRvrt",
-            "WMaxLimPctEnaRvrt",
-            "WMaxLimPctRvrtTms",
-            "WSetEna",
-            "WSetMod",
-            "WSet",
-            "WSetRvrt",
-            "WSetEnaRvrt",
-            "WSetRvrtTms",
-        }
-    ),
-    711: frozenset(
-        {"Ena"}
-        | {
-            f"Ctl[{i}].{name}"
-            for i in range(DROOP_CURVES)
-            for name in ("DbOf", "DbUf", "KOf", "KUf", "RspTms")
-        }
-    ),
-}
+#: 704 points a client may write (the simulator implements them); other RW points refuse.
+_WRITABLE_704 = frozenset(
+    {
+        "WMaxLimPctEna",
+        "WMaxLimPct",
+        "WMaxLimPctRvrt",
+        "WMaxLimPctEnaRvrt",
+        "WMaxLimPctRvrtTms",
+        "WSetEna",
+        "WSetMod",
+        "WSet",
+        "WSetRvrt",
+        "WSetEnaRvrt",
+        "WSetRvrtTms",
+    }
+)
+
+
+def writable_points(droop_controls: int) -> dict[int, frozenset[str]]:
+    """Points a client may write, by model, for a 711 with ``droop_controls`` sets.
+
+    711: ``Ena``, ``AdptCtlReq`` and the curve of every writable set (all of one set; with
+    several, all but the read-only factory set ``Ctl[0]``). Its reversion and ``PMin``
+    are not simulated.
+    """
+    first = 0 if droop_controls == 1 else 1
+    curves = {f"Ctl[{i}].{name}" for i in range(first, droop_controls) for name in _CURVE_POINTS}
+    return {704: _WRITABLE_704, 711: frozenset({"Ena", "AdptCtlReq"} | curves)}
+
+
+#: The model's control state, which a reboot puts back to factory (the physics stays).
+_CONTROL_FIELDS = (
+    "setpoint_enabled",
+    "setpoint_w",
+    "wmax_lim_enabled",
+    "wmax_lim_pct",
+    "revert_enabled",
+    "revert_setpoint_w",
+    "revert_timeout_s",
+    "revert_remaining_s",
+    "wmax_lim_revert_enabled",
+    "wmax_lim_revert_pct",
+    "wmax_lim_revert_timeout_s",
+    "wmax_lim_revert_remaining_s",
+    "droop_enabled",
+    "droop",
+)
 # 704 writes that restart the WSet reversion timer, and the WMaxLimPct one.
 _SETPOINT_POINTS = frozenset({"WSetEna", "WSet", "WSetRvrtTms"})
 _WMAXLIM_POINTS = frozenset({"WMaxLimPctEna", "WMaxLimPct", "WMaxLimPctRvrtTms"})
@@ -192,7 +222,6 @@ class InverterModel:
     freq_hz: float = 50.0
     droop_enabled: bool = False
     droop: DroopParams = field(default_factory=DroopParams)
-    droop_response_time_s: float = DEFAULT_RESPONSE_TIME_S
     droop_w: float = 0.0
 
     def write_setpoint(self, enabled: bool, setpoint_w: float) -> None:
@@ -268,7 +297,7 @@ class InverterModel:
             self.droop_w,
             self.droop_target_w(),
             dt_s,
-            time_constant_s(self.droop_response_time_s),
+            time_constant_s(self.droop.response_time_s),
         )
         target = self.target_w()
         max_change = self.ratings.ramp_w_per_s * dt_s
@@ -303,12 +332,28 @@ class SimulatedInverter:
 
     The image is a ``bytearray`` of big-endian registers from ``BASE_ADDRESS`` to the end
     marker; a read is a slice of it. ``refresh(freq_hz)`` writes the model's state into the
-    image; ``handle_pdu`` answers Modbus requests.
+    image; ``handle_pdu`` answers Modbus requests. ``droop_controls`` is 711's ``NCtl``
+    (see the module docstring).
     """
 
-    def __init__(self, model: InverterModel, serial: str, unit_id: int = UNIT_ID) -> None:
+    def __init__(
+        self,
+        model: InverterModel,
+        serial: str,
+        unit_id: int = UNIT_ID,
+        *,
+        droop_controls: int = DROOP_CONTROLS,
+    ) -> None:
+        if not 1 <= droop_controls <= 10:
+            raise ValueError(f"droop_controls: expected 1..10, got {droop_controls!r}")
         self.model = model
         self.unit_id = unit_id
+        self.serial = serial
+        self.droop_controls = droop_controls
+        self.writable_points = writable_points(droop_controls)
+        #: 711 ``AdptCtlReq`` in force: the active control set, 1-based (0: none).
+        self.active_control = 1
+        self._factory = {name: getattr(model, name) for name in _CONTROL_FIELDS}
         r = model.ratings
         max_w = max(r.max_charge_w, r.max_discharge_w)
         self.sf: dict[str, int] = {
@@ -320,14 +365,14 @@ class SimulatedInverter:
         self._slots: dict[int, _Slot] = {}
         registers = list(SUNS_MARKER)
         for model_id in MAP_MODELS:
-            table = load_model(model_id, _REPEATS.get(model_id))
+            table = load_model(model_id, {"Ctl": droop_controls} if model_id == 711 else None)
             self._slots[model_id] = _Slot(table, BASE_ADDRESS + len(registers))
             registers += table.encode(self._static_values(model_id, serial))
         registers += [0xFFFF, 0]
         self.end_address = BASE_ADDRESS + len(registers)
         self.image = bytearray(struct.pack(f">{len(registers)}H", *registers))
         self._writable = bytearray(len(registers))
-        for model_id, names in WRITABLE_POINTS.items():
+        for model_id, names in self.writable_points.items():
             for name in names:
                 address, size = self.address_of(model_id, name), self.point(model_id, name).size
                 for a in range(address, address + size):
@@ -424,9 +469,9 @@ class SimulatedInverter:
             m = self.model
             values: dict[str, Value] = {
                 "Ena": _ENABLED if m.droop_enabled else 0,
-                "AdptCtlReq": 1,  # the one curve is the active one
-                "AdptCtlRslt": 1,  # COMPLETED
-                "NCtl": DROOP_CURVES,
+                "AdptCtlReq": self.active_control,
+                "AdptCtlRslt": ADOPT_COMPLETED,
+                "NCtl": self.droop_controls,
                 "RvrtTms": 0,  # no reversion
                 "RvrtRem": 0,
                 "RvrtCtl": 0,
@@ -434,14 +479,15 @@ class SimulatedInverter:
                 "K_SF": _K_SF,
                 "RspTms_SF": _RSPTMS_SF,
             }
-            for i in range(DROOP_CURVES):
+            read_only = self.droop_controls > 1  # then Ctl[0] is the factory set
+            for i in range(self.droop_controls):
                 values |= {
                     f"Ctl[{i}].DbOf": unscale(m.droop.db_of_hz, _DB_SF),
                     f"Ctl[{i}].DbUf": unscale(m.droop.db_uf_hz, _DB_SF),
                     f"Ctl[{i}].KOf": unscale(m.droop.k_of, _K_SF),
                     f"Ctl[{i}].KUf": unscale(m.droop.k_uf, _K_SF),
-                    f"Ctl[{i}].RspTms": unscale(m.droop_response_time_s, _RSPTMS_SF),
-                    f"Ctl[{i}].ReadOnly": 0,  # RW
+                    f"Ctl[{i}].RspTms": unscale(m.droop.response_time_s, _RSPTMS_SF),
+                    f"Ctl[{i}].ReadOnly": _READ_ONLY if read_only and i == 0 else 0,
                 }
             return values
         if model_id == 713:
@@ -486,22 +532,27 @@ class SimulatedInverter:
         wh_avail = m.soc_pct / 100.0 * m.ratings.capacity_wh / 10 ** self.sf["WH_SF"]
         struct.pack_into(">HH", img, at["WHAvail"], round(wh_avail), unscale(m.soc_pct, _PCT_SF))
 
-    def _controls_from_image(self, model_id: int) -> dict[str, Value]:
-        """Decode the writable points of model ``model_id`` (704 or 711) from the image."""
+    def _model_values(self, model_id: int, names: Iterable[str] | None = None) -> dict[str, Value]:
+        """Decode points of model ``model_id`` from the image (raw; default every point)."""
         start = 2 * (self.model_address(model_id) - BASE_ADDRESS)
         table = self._slots[model_id].table
         regs = struct.unpack_from(f">{table.size}H", self.image, start)
-        return table.decode(regs, sorted(WRITABLE_POINTS[model_id]))
+        return table.decode(regs, None if names is None else sorted(names))
 
     def _apply_controls(self, written: set[tuple[int, str]]) -> bool:
         """Push written 704/711 points into the model; False (nothing applied) if invalid."""
-        c = self._controls_from_image(704)
+        c = self._model_values(704, _WRITABLE_704)
         for name in ("WMaxLimPctEna", "WMaxLimPctEnaRvrt", "WSetEna", "WSetEnaRvrt"):
             if c[name] not in (0, 1):
                 return False
         if c["WSetMod"] != 1:  # only WATTS mode is simulated
             return False
-        droop = self._droop_from_image()
+        droop = droop_state(
+            self._model_values(711),
+            active=self.active_control,
+            adopt_requested=(711, "AdptCtlReq") in written,
+            scale=_DROOP_SCALE,
+        )
         if droop is None:
             return False
         m = self.model
@@ -520,34 +571,36 @@ class SimulatedInverter:
             m.write_wmax_lim(c["WMaxLimPctEna"] == _ENABLED, _pct(c["WMaxLimPct"]))
         if names & _SETPOINT_POINTS:
             m.write_setpoint(c["WSetEna"] == _ENABLED, power_w_from_sunspec(wset * w_scale))
-        m.droop_enabled, m.droop, m.droop_response_time_s = droop
+        self.active_control = droop.active
+        m.droop_enabled = droop.enabled
+        if droop.params is not None:
+            m.droop = droop.params
+        if droop.result is not None:
+            for name, value in (("AdptCtlReq", droop.active), ("AdptCtlRslt", droop.result)):
+                struct.pack_into(
+                    ">H", self.image, 2 * (self.address_of(711, name) - BASE_ADDRESS), value
+                )
         return True
 
-    def _droop_from_image(self) -> tuple[bool, DroopParams, float] | None:
-        """711 ``Ena`` and the active curve (``Ctl[0]``) in engineering units; None if invalid.
+    def reboot(self) -> None:
+        """A power cycle: the battery and meters stay, the 704/711 controls go to factory.
 
-        Dead bands must be set, droops > 0 (they divide), the response time set.
+        Factory is the control state the model had when the device was built; the 704 and
+        711 blocks of the image are written afresh from it.
         """
-        c = self._controls_from_image(711)
-        db_of, db_uf = c["Ctl[0].DbOf"], c["Ctl[0].DbUf"]
-        k_of, k_uf, rsp = c["Ctl[0].KOf"], c["Ctl[0].KUf"], c["Ctl[0].RspTms"]
-        if c["Ena"] not in (0, 1):
-            return None
-        if not (isinstance(db_of, int) and isinstance(db_uf, int) and isinstance(rsp, int)):
-            return None
-        if not (isinstance(k_of, int) and isinstance(k_uf, int) and k_of > 0 and k_uf > 0):
-            return None
-        params = DroopParams(
-            db_of_hz=db_of * 10.0**_DB_SF,
-            db_uf_hz=db_uf * 10.0**_DB_SF,
-            k_of=k_of * 10.0**_K_SF,
-            k_uf=k_uf * 10.0**_K_SF,
-        )
-        return c["Ena"] == _ENABLED, params, rsp * 10.0**_RSPTMS_SF
+        for name, value in self._factory.items():
+            setattr(self.model, name, value)
+        self.active_control = 1
+        for model_id in (704, 711):
+            slot = self._slots[model_id]
+            registers = slot.table.encode(self._static_values(model_id, self.serial))
+            start = 2 * (slot.address - BASE_ADDRESS)
+            struct.pack_into(f">{len(registers)}H", self.image, start, *registers)
+        self.refresh(self.freq_hz)
 
     def _written_points(self, address: int, count: int) -> set[tuple[int, str]]:
         written: set[tuple[int, str]] = set()
-        for model_id, names in WRITABLE_POINTS.items():
+        for model_id, names in self.writable_points.items():
             base = self.model_address(model_id)
             lo, hi = address - base, address - base + count
             written |= {
@@ -685,6 +738,7 @@ class InverterFleet:
         ratings: InverterRatings | None = None,
         seed: int | None = None,
         update_hz: float = 10.0,
+        droop_controls: int = DROOP_CONTROLS,
     ) -> None:
         rng = random.Random(seed)
         self.host = host
@@ -699,7 +753,7 @@ class InverterFleet:
                 energy_export_wh=rng.uniform(1e5, 1e7),
                 ambient_c=rng.uniform(20.0, 30.0),
             )
-            device = SimulatedInverter(model, serial=f"SIM{i:06d}")
+            device = SimulatedInverter(model, serial=f"SIM{i:06d}", droop_controls=droop_controls)
             self._endpoints.append(_Endpoint(device=device, port=base_port + i))
         self._updater: asyncio.Task[None] | None = None
         self._t0 = 0.0
@@ -744,6 +798,12 @@ class InverterFleet:
             transport.abort()
         await ep.server.wait_closed()
         ep.server = None
+
+    async def reboot_device(self, index: int) -> None:
+        """Power-cycle device ``index``: off the network, controls to factory, back on."""
+        await self.stop_device(index)
+        self._endpoints[index].device.reboot()
+        await self.start_device(index)
 
     async def stop(self) -> None:
         """Stop every device and the update loop."""

@@ -7,6 +7,7 @@ import struct
 import pytest
 
 from gridflex.sunspec.tables import load_model
+from simulators.droop import DroopParams
 from simulators.inverter import (
     BASE_ADDRESS,
     ILLEGAL_DATA_ADDRESS,
@@ -307,7 +308,7 @@ def test_711_curve_write_reaches_the_model_with_its_scale_factors() -> None:
     m = device.model
     assert (m.droop.db_of_hz, m.droop.db_uf_hz) == pytest.approx((0.1, 0.2))
     assert (m.droop.k_of, m.droop.k_uf) == pytest.approx((0.04, 0.06))
-    assert m.droop_response_time_s == pytest.approx(2.5)
+    assert m.droop.response_time_s == pytest.approx(2.5)
 
 
 def test_711_zero_droop_is_illegal_data_value_and_changes_nothing() -> None:
@@ -320,10 +321,87 @@ def test_711_zero_droop_is_illegal_data_value_and_changes_nothing() -> None:
 
 def test_711_read_only_points_refuse_writes() -> None:
     device = _device_711()
-    for name in ("NCtl", "K_SF", "Ctl[0].ReadOnly", "AdptCtlReq", "RvrtTms"):
+    for name in ("NCtl", "K_SF", "Ctl[0].ReadOnly", "AdptCtlRslt", "RvrtTms"):
         address = device.address_of(711, name)
         reply = device.handle_pdu(1, struct.pack(">BHH", 6, address, 1))
         assert reply == bytes((0x86, ILLEGAL_DATA_ADDRESS)), name
+
+
+def test_711_adopting_the_one_writable_set_completes_and_changes_nothing_else() -> None:
+    device = _device_711()
+    req = device.address_of(711, "AdptCtlReq")
+    assert device.handle_pdu(1, struct.pack(">BHH", 6, req, 1)) == struct.pack(">BHH", 6, req, 1)
+    assert device.decode_point(711, "AdptCtlRslt") == 1  # COMPLETED
+    assert device.model.droop == DroopParams()
+
+
+def test_711_adopt_request_beyond_nctl_is_illegal_data_value() -> None:
+    device = _device_711()
+    req = device.address_of(711, "AdptCtlReq")
+    assert device.handle_pdu(1, struct.pack(">BHH", 6, req, 2)) == bytes((0x86, ILLEGAL_DATA_VALUE))
+    assert device.decode_point(711, "AdptCtlReq") == 1
+
+
+def test_711_adopt_zero_means_no_active_control_so_no_droop() -> None:
+    device = _device_711()
+    device.write_registers(device.address_of(711, "Ena"), [1])
+    assert device.model.droop_enabled
+    device.write_registers(device.address_of(711, "AdptCtlReq"), [0])
+    assert not device.model.droop_enabled
+    assert device.decode_point(711, "Ena") == 1
+
+
+def _device_two_sets() -> SimulatedInverter:
+    return SimulatedInverter(InverterModel(ratings=SYMMETRIC), serial="D2", droop_controls=2)
+
+
+def test_711_with_two_sets_the_factory_set_is_read_only_and_the_second_writable() -> None:
+    device = _device_two_sets()
+    assert device.decode_point(711, "NCtl") == 2
+    assert device.decode_point(711, "Ctl[0].ReadOnly") == 1  # R
+    assert device.decode_point(711, "Ctl[1].ReadOnly") == 0  # RW
+    factory = device.address_of(711, "Ctl[0].KOf")
+    assert device.handle_pdu(1, struct.pack(">BHH", 6, factory, 40)) == bytes(
+        (0x86, ILLEGAL_DATA_ADDRESS)
+    )
+
+
+def test_711_a_stored_set_takes_effect_only_once_adopted() -> None:
+    device = _device_two_sets()
+    db_of = device.address_of(711, "Ctl[1].DbOf")
+    # DbOf 0.1 Hz, DbUf 0.2 Hz, KOf 0.04, KUf 0.06, RspTms 2.5 s into the stored set
+    assert device.write_registers(db_of, [0, 100, 0, 200, 40, 60, 0, 25]) is None
+    assert device.model.droop == DroopParams()  # still the factory set
+    assert device.write_registers(device.address_of(711, "AdptCtlReq"), [2]) is None
+    assert device.decode_point(711, "AdptCtlRslt") == 1  # COMPLETED
+    assert device.decode_point(711, "AdptCtlReq") == 2
+    assert device.model.droop == pytest.approx(DroopParams(0.1, 0.2, 0.04, 0.06, 2.5))
+
+
+def test_711_adopting_an_unusable_set_fails_and_the_previous_set_stays() -> None:
+    device = _device_two_sets()
+    kof = device.address_of(711, "Ctl[1].KOf")
+    assert device.write_registers(kof, [0]) is None  # a stored set may hold anything
+    assert device.write_registers(device.address_of(711, "AdptCtlReq"), [2]) is None
+    assert device.decode_point(711, "AdptCtlRslt") == 2  # FAILED
+    assert device.decode_point(711, "AdptCtlReq") == 1
+    assert device.model.droop == DroopParams()
+
+
+def test_reboot_puts_704_and_711_back_to_factory_and_keeps_the_battery() -> None:
+    device = _device_711()
+    device.write_registers(device.address_of(711, "Ena"), [1])
+    device.write_registers(device.address_of(711, "Ctl[0].KUf"), [20])
+    device.write_registers(device.address_of(704, "WSetEna"), [1])
+    soc_pct = device.model.soc_pct = 42.0
+    device.reboot()
+    assert not device.model.droop_enabled
+    assert device.model.droop == DroopParams()
+    assert not device.model.setpoint_enabled
+    assert device.decode_point(711, "Ena") == 0
+    assert device.decode_point(711, "Ctl[0].KUf") == 50
+    assert device.decode_point(704, "WSetEna") == 0
+    assert device.model.soc_pct == soc_pct
 
 
 # --------------------------------------------------------------------------- 704 reversion
