@@ -107,17 +107,24 @@ class PipelineConfig(_Section):
     snapshot_interval_s: Annotated[float, Field(gt=0, le=600)] = 5.0
 
 
+_ResponseTimeS = Annotated[float, Field(ge=0.2, le=10.0)]
+
+
 class DroopConfig(_Section):
     """IEEE 1547-2018 frequency-droop parameters (defaults: the standard's category defaults).
 
     ``db_*_hz`` are the dead bands below (under-frequency) and above (over-frequency)
-    nominal; ``k_*`` the per-unit droop (0.05: full rated power at 5 % off nominal).
+    nominal; ``k_*`` the per-unit droop (0.05: full rated power at 5 % off nominal);
+    ``response_time_s`` the open-loop response time (90 % of a step; 5 s default, 0.2 to
+    10 s settable, IEEE 1547-2018 Table 24), programmed into devices that droop on their own
+    (``[dispatch] local_droop``).
     """
 
     db_of_hz: Annotated[float, Field(ge=0.017, le=1.0)] = 0.036
     db_uf_hz: Annotated[float, Field(ge=0.017, le=1.0)] = 0.036
     k_of: Annotated[float, Field(ge=0.01, le=0.1)] = 0.05
     k_uf: Annotated[float, Field(ge=0.01, le=0.1)] = 0.05
+    response_time_s: _ResponseTimeS = 5.0
 
 
 class DroopOverride(_Section):
@@ -127,6 +134,7 @@ class DroopOverride(_Section):
     db_uf_hz: Annotated[float, Field(ge=0.017, le=1.0)] | None = None
     k_of: Annotated[float, Field(ge=0.01, le=0.1)] | None = None
     k_uf: Annotated[float, Field(ge=0.01, le=0.1)] | None = None
+    response_time_s: _ResponseTimeS | None = None
 
 
 class FcrConfig(_Section):
@@ -159,9 +167,14 @@ class DispatchConfig(_Section):
     ``min_step_w``: a new command only when the setpoint moves by at least this much;
     ``refresh_s``: a keep-alive command at least this often (shorter than the devices'
     reversion time); ``valid_s``: how long a command stays valid after it is issued.
+    ``local_droop``: the control writer programs the droop curve into each device (SunSpec
+    711, OCPP 2.1 ``LocalFrequency``) and the device responds on its own measurement; the
+    pipeline's droop commands then carry the base setpoint only. It stacks on nothing but
+    ``mode = "droop"`` (or ``"off"``): with ``"fcr"`` it would add a second response.
     """
 
     mode: Literal["off", "droop", "fcr"] = "off"
+    local_droop: bool = False
     droop: DroopConfig = DroopConfig()
     fcr: FcrConfig = FcrConfig()
     ev_defaults: EvDefaults = EvDefaults()
@@ -176,6 +189,11 @@ class DispatchConfig(_Section):
     def _refresh_within_validity(self) -> DispatchConfig:
         if self.valid_s <= self.refresh_s:
             raise ValueError("valid_s must be longer than refresh_s")
+        if self.local_droop and self.mode == "fcr":
+            raise ValueError(
+                'local_droop = true needs mode = "droop" or "off": the devices\' own droop '
+                "would add to the fcr response"
+            )
         return self
 
 

@@ -113,3 +113,40 @@ def test_check_command_accepts_a_good_site(
 
     assert main(["check", "--site", str(_write(tmp_path, MINIMAL))]) == 0
     assert "site s1: 1 inverter(s), 0 evse(s)" in capsys.readouterr().out
+
+
+def test_local_droop_is_off_by_default_and_the_response_time_is_ieee_1547s(
+    tmp_path: Path,
+) -> None:
+    site = load_site(_write(tmp_path, MINIMAL))
+    assert site.dispatch.local_droop is False
+    assert site.dispatch.droop.response_time_s == 5.0
+
+
+def test_local_droop_with_a_per_asset_response_time_loads(tmp_path: Path) -> None:
+    text = MINIMAL.replace(
+        '[site]\nid = "s1"', '[site]\nid = "s1"\n[dispatch]\nmode = "droop"\nlocal_droop = true'
+    )
+    text += "droop = { response_time_s = 1.5 }\n"
+    site = load_site(_write(tmp_path, text))
+    assert site.dispatch.local_droop is True
+    own = site.inverters[0].droop
+    assert own is not None and own.response_time_s == 1.5
+
+
+@pytest.mark.parametrize(
+    ("table", "key", "expectation"),
+    [
+        ("[dispatch.droop]\nresponse_time_s = 0.1", "dispatch.droop.response_time_s", ">= 0.2"),
+        ("[dispatch.droop]\nresponse_time_s = 11", "dispatch.droop.response_time_s", "<= 10"),
+        ('[dispatch]\nmode = "fcr"\nlocal_droop = true', "dispatch", "would add to the fcr"),
+    ],
+)
+def test_local_droop_settings_are_validated(
+    tmp_path: Path, table: str, key: str, expectation: str
+) -> None:
+    text = MINIMAL.replace("[[assets]]", table + "\n\n[[assets]]")
+    with pytest.raises(ConfigError) as err:
+        load_site(_write(tmp_path, text))
+    message = str(err.value)
+    assert f"{key}:" in message and expectation in message, message
