@@ -8,15 +8,18 @@ be reached costs its own asset a ``failed`` ack and nothing else.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from pymodbus.client import AsyncModbusTcpClient
 
 from collectors.modbus.connection import discover_plan, register_reader
+from control.droop import DroopReadback
 from control.sunspec import SunSpecDevice
 from gridflex.config import InverterAsset
 from gridflex.sunspec.discovery import ModelMap
 from gridflex.sunspec.tables import load_model
+from pipelines.dispatch import DroopParams
 
 __all__ = ["LazySunSpecDevice", "describe_error"]
 
@@ -42,6 +45,7 @@ class LazySunSpecDevice:
         self.timeout_s = timeout_s
         self._client: AsyncModbusTcpClient | None = None
         self._device: SunSpecDevice | None = None
+        self._connect_lock = asyncio.Lock()
 
     @property
     def connected(self) -> bool:
@@ -49,7 +53,15 @@ class LazySunSpecDevice:
         return self._device is not None
 
     async def connect(self) -> SunSpecDevice:
-        """The connected device; connects and discovers it first if needed (raises)."""
+        """The connected device; connects and discovers it first if needed (raises).
+
+        One connection at a time: the command worker and the local-droop supervisor share
+        the device.
+        """
+        async with self._connect_lock:
+            return await self._connect()
+
+    async def _connect(self) -> SunSpecDevice:
         if self._device is not None and self._client is not None and self._client.connected:
             return self._device
         self.drop()
@@ -88,6 +100,22 @@ class LazySunSpecDevice:
         """See ``SunSpecDevice.read_back``."""
         try:
             return await (await self.connect()).read_back()
+        except Exception:
+            self.drop()
+            raise
+
+    async def program_droop(self, params: DroopParams) -> DroopReadback:
+        """See ``SunSpecDevice.program_droop`` (``control.droop.DroopProgrammable``)."""
+        try:
+            return await (await self.connect()).program_droop(params)
+        except Exception:
+            self.drop()
+            raise
+
+    async def read_droop(self) -> DroopReadback:
+        """See ``SunSpecDevice.read_droop``."""
+        try:
+            return await (await self.connect()).read_droop()
         except Exception:
             self.drop()
             raise

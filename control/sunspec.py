@@ -1,22 +1,42 @@
-"""SunSpec device writes: the active-power setpoint of model 704 (DER AC controls).
+"""SunSpec device writes: the active-power setpoint of model 704 and the droop of model 711.
 
 ``write_setpoint`` writes ``WSet``, ``read_setpoint`` reads it back, and
 ``write_reversion_timer`` sets ``WSetRvrtTms``, the device's own fail-safe: when no
 setpoint write restarts the timer for that long, the device goes back to ``WSetRvrt``
-(DESIGN.md invariant 3). :class:`SunSpecDevice` puts the three behind the control writer's
-``SetpointDevice``.
+(DESIGN.md invariant 3).
+
+``write_droop`` programs a frequency-droop curve into model 711 (DER frequency droop,
+IEEE 1547-2018 clause 6.5.2.7) and ``read_droop`` reads the one in force. 711 keeps
+``NCtl`` stored control sets ``Ctl[i]`` (``DbOf``, ``DbUf``, ``KOf``, ``KUf``,
+``RspTms``, scaled by the model's ``Db_SF``/``K_SF``/``RspTms_SF``); a set marked
+``ReadOnly`` = R (a factory set) cannot be written. Per the SunSpec DER information model a
+client writes a writable set and adopts it by writing its 1-based index to ``AdptCtlReq``
+(0 = no active control); the device reports ``AdptCtlRslt`` IN_PROGRESS, then COMPLETED or
+FAILED. ``Ena`` = 1 then switches the droop on.
+
+:class:`SunSpecDevice` puts both behind the control writer's ``SetpointDevice`` and
+``control.droop.DroopProgrammable``.
 """
 
 from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
 
 from pymodbus.client import AsyncModbusTcpClient
 
 from collectors.modbus.connection import register_reader
 from collectors.modbus.fast import DeviceError
-from gridflex.sunspec.codec import decode, unscale
+from control.droop import DroopReadback
+from gridflex.sunspec.codec import Value, apply_sf, decode, unscale
 from gridflex.sunspec.discovery import ModelInstance, ModelMap
 from gridflex.sunspec.sign import power_w_from_sunspec, sunspec_w_from_power_w
-from gridflex.sunspec.tables import load_model
+from gridflex.sunspec.tables import ModelTable, load_model
+from pipelines.dispatch import DroopParams
+
+log = logging.getLogger(__name__)
 
 _ENABLED = 1
 _WATTS_MODE = 1
@@ -29,7 +49,14 @@ def _model_704(model_map: ModelMap) -> ModelInstance:
     return instance
 
 
-__all__ = ["SunSpecDevice", "read_setpoint", "write_reversion_timer", "write_setpoint"]
+__all__ = [
+    "SunSpecDevice",
+    "read_droop",
+    "read_setpoint",
+    "write_droop",
+    "write_reversion_timer",
+    "write_setpoint",
+]
 
 
 async def write_setpoint(
@@ -100,8 +127,208 @@ async def write_reversion_timer(
         raise DeviceError(f"reversion write refused: Modbus exception {reply.exception_code}")
 
 
+# --------------------------------------------------------------------------- 711 droop
+
+_READ_ONLY = 1  # 711 Ctl.ReadOnly: R
+_ADOPT_IN_PROGRESS, _ADOPT_COMPLETED, _ADOPT_FAILED = 0, 1, 2
+_MAX_READ = 125  # registers per Modbus read
+_ILLEGAL_DATA_ADDRESS = 2
+
+
+@dataclass(frozen=True, slots=True)
+class _Model711:
+    """Model 711 as read from a device: its layout, raw values and scale factors."""
+
+    instance: ModelInstance
+    table: ModelTable
+    values: dict[str, Value]
+    controls: int
+    db_sf: int
+    k_sf: int
+    rsp_tms_sf: int
+
+    def address(self, name: str) -> int:
+        return self.instance.point_address(self.table.point(name).offset)
+
+    def control_set(self, index: int) -> DroopParams | None:
+        """``Ctl[index]`` in engineering units; None when the droop law cannot use it."""
+        raw = [self.values[f"Ctl[{index}].{name}"] for name in _CURVE_POINTS]
+        if not all(isinstance(v, int) for v in raw) or raw[2] == 0 or raw[3] == 0:
+            return None
+        sfs = (self.db_sf, self.db_sf, self.k_sf, self.k_sf, self.rsp_tms_sf)
+        db_of, db_uf, k_of, k_uf, rsp = (
+            apply_sf(v, sf)  # type: ignore[arg-type]
+            for v, sf in zip(raw, sfs, strict=True)
+        )
+        assert db_of is not None and db_uf is not None and rsp is not None
+        assert k_of is not None and k_uf is not None
+        return DroopParams(db_of, db_uf, k_of, k_uf, rsp)
+
+
+_CURVE_POINTS = ("DbOf", "DbUf", "KOf", "KUf", "RspTms")
+
+
+def _table_711(instance: ModelInstance) -> tuple[ModelTable, int]:
+    """The 711 layout for the device's ``L``, and its number of control sets."""
+    header = load_model(711, {"Ctl": 0}).size
+    group = load_model(711, {"Ctl": 1}).size - header
+    extra = instance.length + 2 - header
+    if extra < group or extra % group:
+        raise DeviceError(f"model 711 of length {instance.length} holds no whole control set")
+    count = extra // group
+    return load_model(711, {"Ctl": count}), count
+
+
+async def _read_711(client: AsyncModbusTcpClient, model_map: ModelMap, unit_id: int) -> _Model711:
+    instance = model_map.find(711)
+    if instance is None:
+        raise DeviceError("device has no SunSpec model 711 (DER frequency droop)")
+    table, count = _table_711(instance)
+    read = register_reader(client, unit_id)
+    registers: list[int] = []
+    while len(registers) < table.size:
+        n = min(_MAX_READ, table.size - len(registers))
+        registers += await read(instance.address + len(registers), n)
+    values = table.decode(registers)
+    sfs = [values[name] for name in ("Db_SF", "K_SF", "RspTms_SF")]
+    if not all(isinstance(sf, int) for sf in sfs):
+        raise DeviceError("model 711 scale factors Db_SF/K_SF/RspTms_SF not implemented")
+    db_sf, k_sf, rsp_tms_sf = (int(sf) for sf in sfs)  # type: ignore[arg-type]
+    return _Model711(instance, table, values, count, db_sf, k_sf, rsp_tms_sf)
+
+
+def _curve_registers(model: _Model711, index: int, params: DroopParams) -> list[int]:
+    """The registers of ``Ctl[index]`` from ``DbOf`` to ``RspTms`` for ``params``.
+
+    Raises ``ValueError`` for a value the device cannot hold at its scale factors (out of
+    the register's range, or a droop that rounds to 0).
+    """
+    values = (
+        (params.db_of_hz, model.db_sf),
+        (params.db_uf_hz, model.db_sf),
+        (params.k_of, model.k_sf),
+        (params.k_uf, model.k_sf),
+        (params.response_time_s, model.rsp_tms_sf),
+    )
+    registers: list[int] = []
+    for name, (value, sf) in zip(_CURVE_POINTS, values, strict=True):
+        point = model.table.point(f"Ctl[{index}].{name}")
+        raw = unscale(value, sf)
+        top = (1 << (16 * point.size)) - 2  # all ones means "not implemented"
+        low = 1 if name in ("KOf", "KUf") else 0
+        if not low <= raw <= top:
+            raise ValueError(f"711 {name} = {value:g} does not fit the device (scale 10^{sf})")
+        registers += [(raw >> (16 * i)) & 0xFFFF for i in reversed(range(point.size))]
+    first, last = (model.table.point(f"Ctl[{index}].{n}") for n in ("DbOf", "RspTms"))
+    assert last.offset + last.size - first.offset == len(registers)
+    return registers
+
+
+async def _write(
+    client: AsyncModbusTcpClient, address: int, registers: Sequence[int], unit_id: int, what: str
+) -> None:
+    reply = await client.write_registers(address, list(registers), device_id=unit_id)
+    if reply.isError():
+        code = getattr(reply, "exception_code", None)
+        raise DeviceError(f"{what} refused: Modbus exception {code}", code)
+
+
+async def _adopt(
+    client: AsyncModbusTcpClient,
+    model: _Model711,
+    index: int,
+    unit_id: int,
+    *,
+    timeout_s: float,
+    poll_s: float,
+) -> None:
+    """Adopt ``Ctl[index]`` (``AdptCtlReq`` = index + 1) and wait for ``AdptCtlRslt``.
+
+    A device with one writable, always active set that refuses ``AdptCtlReq`` (illegal
+    data address) has nothing to adopt: the set written is already the one in force.
+    """
+    try:
+        await _write(client, model.address("AdptCtlReq"), [index + 1], unit_id, "711 AdptCtlReq")
+    except DeviceError as exc:
+        if exc.code == _ILLEGAL_DATA_ADDRESS and index == 0 and model.controls == 1:
+            log.debug("711 AdptCtlReq not writable: the one control set is the active one")
+            return
+        raise
+    read = register_reader(client, unit_id)
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout_s
+    while True:
+        (result,) = await read(model.address("AdptCtlRslt"), 1)
+        if result == _ADOPT_FAILED:
+            raise DeviceError(f"device refused droop control set {index + 1} (AdptCtlRslt FAILED)")
+        if result != _ADOPT_IN_PROGRESS:  # COMPLETED, or not implemented: the read-back tells
+            return
+        if loop.time() >= deadline:
+            raise DeviceError(f"droop adoption still in progress after {timeout_s:g} s")
+        await asyncio.sleep(poll_s)
+
+
+async def write_droop(
+    client: AsyncModbusTcpClient,
+    model_map: ModelMap,
+    unit_id: int,
+    params: DroopParams,
+    *,
+    adopt_timeout_s: float = 5.0,
+    poll_s: float = 0.05,
+) -> int:
+    """Program ``params`` as the device's frequency droop (711) and switch it on.
+
+    Reads 711 (layout from its ``L``, scale factors, which sets are read-only), writes the
+    curve into the first writable control set in one function-16 write, adopts that set
+    (``AdptCtlReq``, waiting up to ``adopt_timeout_s`` for ``AdptCtlRslt``), then sets
+    ``Ena`` = 1. Idempotent: the same call again writes the same registers.
+
+    Returns:
+        The 1-based index of the control set now in force.
+
+    Raises:
+        DeviceError: No 711, no writable set, a refused write or adoption.
+        ValueError: A value the device cannot hold at its scale factors.
+
+    """
+    model = await _read_711(client, model_map, unit_id)
+    index = next(
+        (i for i in range(model.controls) if model.values[f"Ctl[{i}].ReadOnly"] != _READ_ONLY),
+        None,
+    )
+    if index is None:
+        raise DeviceError("model 711 has no writable control set (all are ReadOnly)")
+    registers = _curve_registers(model, index, params)
+    await _write(client, model.address(f"Ctl[{index}].DbOf"), registers, unit_id, "711 droop curve")
+    await _adopt(client, model, index, unit_id, timeout_s=adopt_timeout_s, poll_s=poll_s)
+    await _write(client, model.address("Ena"), [_ENABLED], unit_id, "711 Ena")
+    return index + 1
+
+
+async def read_droop(
+    client: AsyncModbusTcpClient, model_map: ModelMap, unit_id: int = 1
+) -> DroopReadback:
+    """The frequency droop in force on the device (711), with the device's resolution.
+
+    The set in force is the one ``AdptCtlReq`` names (the first when the point is not
+    implemented); ``enabled`` needs ``Ena`` = 1 and ``AdptCtlReq`` != 0 (no active control).
+    Raises ``DeviceError`` when the device lacks 711 or refuses the read.
+    """
+    model = await _read_711(client, model_map, unit_id)
+    request = model.values["AdptCtlReq"]
+    active = request if isinstance(request, int) and 1 <= request <= model.controls else 1
+    return DroopReadback(
+        enabled=model.values["Ena"] == _ENABLED and request != 0,
+        params=model.control_set(active - 1),
+        db_step_hz=10.0**model.db_sf,
+        k_step=10.0**model.k_sf,
+        response_step_s=10.0**model.rsp_tms_sf,
+    )
+
+
 class SunSpecDevice:
-    """A SunSpec inverter as the control writer's ``SetpointDevice`` (704 ``WSet``).
+    """A SunSpec inverter: the writer's ``SetpointDevice`` (704) and ``DroopProgrammable`` (711).
 
     Every :meth:`write` sets the reversion timer to ``revert_s`` seconds first and then the
     setpoint, so the setpoint is never in force without its fail-safe: should the writer
@@ -132,3 +359,20 @@ class SunSpecDevice:
         if value_w is None:
             raise DeviceError("no active-power setpoint in force (704 WSetEna/WSetMod)")
         return value_w
+
+    async def program_droop(self, params: DroopParams) -> DroopReadback:
+        """Program the droop (711), read it back; ``DeviceError`` when it did not take.
+
+        The read-back may differ from ``params`` by half a step of the device's scale
+        factors (it rounds), not more.
+        """
+        await write_droop(self.client, self.model_map, self.unit_id, params)
+        readback = await self.read_droop()
+        differences = readback.differences(params)
+        if differences:
+            raise DeviceError("droop read-back differs: " + "; ".join(differences))
+        return readback
+
+    async def read_droop(self) -> DroopReadback:
+        """The droop in force on the device (711)."""
+        return await read_droop(self.client, self.model_map, self.unit_id)

@@ -18,6 +18,14 @@ derived from it) is decided at once, so a response never waits for an analytics 
   on every reading (O(log n) per reading, not O(n)). Every asset reports every 200 ms, so
   the commands follow a frequency step within one reading period.
 
+With ``local_droop`` (the devices droop on their own, programmed by ``control.droop``) the
+``droop`` commands carry the base setpoint only, never the droop delta (the device adds it
+itself; both would double the response). They still go out on every base move and as
+keep-alives (the devices' 704 reversion timer stays fed), their reason names the local
+droop and the response the device is expected to give, and the summary's requested /
+allocated are that expected response: the law on the asset's own reading (else the site
+frequency), and what the envelope leaves of it.
+
 A command goes out when the setpoint moves by at least ``min_step_w`` from the last one
 sent, or when the last one is ``refresh_s`` old (a keep-alive, by event time). Its id comes
 from the reading and the decision (:func:`~pipelines.dispatch.command_id`).
@@ -60,6 +68,7 @@ class DispatchSettings:
     site: str
     nominal_hz: float
     mode: Mode = "off"
+    local_droop: bool = False
     fcr_capacity_w: float = 0.0
     fcr_deadband_hz: float = 0.010
     fcr_full_at_hz: float = 0.200
@@ -123,6 +132,7 @@ class _Slot:
 
     update: AssetUpdate
     requested_w: float = 0.0
+    expected_w: float = 0.0  # local droop: the response the device should give, W
     member: bool = False  # counted in the running sums and the frequency median
     freq_hz: float | None = None  # the value inserted in the sorted list
 
@@ -260,8 +270,11 @@ class SiteDispatcher:
             self.newest_ms = max(self.newest_ms, self.newest_at_last_received_ms + idle_ms)
         return self._maybe_summary(now_ms)
 
-    def _target(self, slot: _Slot) -> tuple[float, float, str, float | None] | None:
-        """``(setpoint, requested response, reason, frequency used)`` for one asset."""
+    def _target(self, slot: _Slot) -> tuple[float, float, float, str, float | None] | None:
+        """``(setpoint, requested, expected, reason, frequency used)`` for one asset.
+
+        ``expected`` is the response the device gives by itself (local droop), else 0.
+        """
         s = self.settings
         u = slot.update
         if not u.dispatchable or u.faulted:
@@ -277,6 +290,9 @@ class SiteDispatcher:
             own = u.freq_hz is not None
             freq = u.freq_hz if u.freq_hz is not None else self.site_freq_hz()
             if freq is None:
+                if s.local_droop:  # the device needs no frequency from us
+                    reason = f"base {base:+.0f} W, local droop on the device (no frequency)"
+                    return base, 0.0, 0.0, reason + moved_base, None
                 return None
             delta = droop_delta_w(
                 freq,
@@ -285,11 +301,18 @@ class SiteDispatcher:
                 rated_charge_w=u.rated_charge_w,
                 rated_discharge_w=u.rated_discharge_w,
             )
+            if s.local_droop:
+                expected = clip(base + delta, u.min_w, u.max_w) - base
+                reason = (
+                    f"base {base:+.0f} W, local droop on the device: expected {expected:+.0f} W"
+                    f" at {'f' if own else 'site f'}={freq:.3f} Hz"
+                )
+                return base, delta, expected, reason + moved_base, freq
             setpoint = clip(base + delta, u.min_w, u.max_w)
             reason = f"droop {'f' if own else 'site f'}={freq:.3f} Hz: {delta:+.0f} W"
             if abs(setpoint - (base + delta)) > 0.05:
                 reason += f", held to the envelope {u.min_w:.0f}..{u.max_w:.0f} W"
-            return setpoint, delta, reason + moved_base, freq
+            return setpoint, delta, 0.0, reason + moved_base, freq
         freq = self.site_freq_hz()
         if freq is None:
             return None
@@ -315,7 +338,7 @@ class SiteDispatcher:
         reason = f"fcr site f={freq:.3f} Hz: fleet {request:+.0f} W, share {share:+.0f} W"
         if abs(delivered - request) > 0.5:
             reason += f", fleet short by {abs(request - delivered):.0f} W"
-        return setpoint, share, reason + moved_base, freq
+        return setpoint, share, 0.0, reason + moved_base, freq
 
     def _decide(self, slot: _Slot) -> DispatchCommand | None:
         s = self.settings
@@ -324,9 +347,10 @@ class SiteDispatcher:
         target = self._target(slot)
         if target is None:
             return None
-        setpoint, requested, reason, freq = target
+        setpoint, requested, expected, reason, freq = target
         setpoint = round(setpoint, 1)
         slot.requested_w = requested
+        slot.expected_w = expected
         u = slot.update
         last = self.sent.get(u.asset)
         refresh = last is not None and u.ts_ms - last[1] >= s.refresh_ms
@@ -397,7 +421,10 @@ class SiteDispatcher:
                 last = self.sent.get(u.asset)
                 if slot.member and u.dispatchable and not u.faulted and last is not None:
                     requested += slot.requested_w
-                    allocated += last[0] - clip(u.base_w, u.min_w, u.max_w)
+                    if s.local_droop:
+                        allocated += slot.expected_w
+                    else:
+                        allocated += last[0] - clip(u.base_w, u.min_w, u.max_w)
             shortfall = abs(requested - allocated)
         self.summary_seq += 1
         return SiteSummary(

@@ -2,9 +2,10 @@
 
 :class:`SiteLike` is the part of ``gridflex.config.SiteConfig`` the dataflow reads (a
 protocol, so tests and notebooks can pass anything shaped like it);
-:func:`dispatch_settings`, :func:`asset_profiles` and :func:`car_defaults` turn the
-``[dispatch]`` table and ``[[assets]]`` into the plain values of :mod:`pipelines.fleet`
-and :mod:`pipelines.assets`.
+:func:`dispatch_settings`, :func:`asset_profiles`, :func:`droop_params` and
+:func:`car_defaults` turn the ``[dispatch]`` table and ``[[assets]]`` into the plain values
+of :mod:`pipelines.fleet` and :mod:`pipelines.assets` (``control.droop`` programs the same
+:func:`droop_params` into the devices with ``local_droop``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from pipelines.assets import AssetProfile, CarDefaults
 from pipelines.dispatch import DroopParams
 from pipelines.fleet import DispatchSettings
 
-__all__ = ["SiteLike", "asset_profiles", "car_defaults", "dispatch_settings"]
+__all__ = ["SiteLike", "asset_profiles", "car_defaults", "dispatch_settings", "droop_params"]
 
 
 class _MqttSettings(Protocol):
@@ -83,6 +84,7 @@ def dispatch_settings(site: SiteLike) -> DispatchSettings:
         site=site.id,
         nominal_hz=float(site.nominal_frequency_hz),
         mode=d.mode,
+        local_droop=d.local_droop,
         fcr_capacity_w=d.fcr.capacity_w,
         fcr_deadband_hz=d.fcr.deadband_hz,
         fcr_full_at_hz=d.fcr.full_at_hz,
@@ -96,18 +98,26 @@ def dispatch_settings(site: SiteLike) -> DispatchSettings:
     )
 
 
+def droop_params(site_droop: Any, override: Any | None) -> DroopParams:
+    """One asset's droop: ``[dispatch.droop]`` with the keys its ``droop`` table overrides.
+
+    ``site_droop`` is shaped like ``gridflex.config.DroopConfig`` and ``override`` like
+    ``DroopOverride`` (a key left out, or None, keeps the site's value).
+    """
+    values = {
+        name: getattr(site_droop, name)
+        if override is None or getattr(override, name) is None
+        else getattr(override, name)
+        for name in DroopParams.__dataclass_fields__
+    }
+    return DroopParams(**values)
+
+
 def asset_profiles(site: SiteLike) -> dict[str, AssetProfile]:
     """Each asset of the site file with its droop parameters (site defaults + overrides)."""
-    droop = site.dispatch.droop
     profiles = {}
     for a in site.assets:
-        own = a.droop
-        params = DroopParams(
-            db_of_hz=own.db_of_hz if own and own.db_of_hz is not None else droop.db_of_hz,
-            db_uf_hz=own.db_uf_hz if own and own.db_uf_hz is not None else droop.db_uf_hz,
-            k_of=own.k_of if own and own.k_of is not None else droop.k_of,
-            k_uf=own.k_uf if own and own.k_uf is not None else droop.k_uf,
-        )
+        params = droop_params(site.dispatch.droop, a.droop)
         profiles[a.id] = AssetProfile(
             asset=a.id,
             kind=a.kind,
