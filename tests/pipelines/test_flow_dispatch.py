@@ -127,3 +127,23 @@ def test_deeply_nested_json_is_dead_lettered_and_the_stream_goes_on(tmp_path: Pa
     assert dead[0].reason.startswith("unprocessable: RecursionError")
     cmds = of_type(out, "/command")
     assert {c.asset for c in cmds} == set(ASSETS)  # readings after it were decided
+
+
+def test_local_droop_commands_carry_the_base_and_the_summary_the_expected_response(
+    tmp_path: Path,
+) -> None:
+    step = T0_MS + 1000
+    site = dispatch_site("droop", local_droop=True)
+    out = run(list(readings(step_at_ms=step)), tmp_path, site=site)
+    cmds: list[DispatchCommand] = of_type(out, "/command")
+    # the devices droop on their own: one base command per asset, no droop delta after the step
+    assert sorted(c.asset for c in cmds) == ASSETS
+    assert {c.setpoint_w for c in cmds} == {0.0}
+    assert all("local droop on the device" in c.reason for c in cmds)
+    summaries: list[SiteSummary] = of_type(out, "/summary")
+    after = [s for s in summaries if s.freq_hz == 49.8]
+    assert after, "a summary after the step"
+    # what the three devices are expected to do at 49.80 Hz: -656 W each
+    assert_allclose(after[-1].requested_w, -3 * 656.0, atol=1.0)
+    assert_allclose(after[-1].allocated_w, -3 * 656.0, atol=1.0)
+    assert after[-1].shortfall_w == 0.0
