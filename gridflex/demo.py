@@ -107,6 +107,7 @@ class DemoPlan:
     seed: int = 1
     dispatch: DispatchMode = "droop"
     fcr_capacity_w: float | None = None
+    local_droop: bool = False
 
     def station_id(self, i: int) -> str:
         """Station identity of the i-th simulated charger (``CS001`` ...)."""
@@ -164,6 +165,7 @@ def site_toml(plan: DemoPlan) -> str:
         "",
         "[dispatch]",
         f'mode = "{plan.dispatch}"',
+        *(["local_droop = true"] if plan.local_droop else []),
         "",
     ]
     if plan.dispatch == "fcr":
@@ -454,6 +456,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="FCR capacity for --dispatch fcr (default: half the fleet's discharge rating)",
     )
     parser.add_argument(
+        "--local-droop",
+        action="store_true",
+        help="write [dispatch] local_droop = true: the writer programs the droop into the "
+        "devices, which respond on their own (not with --dispatch fcr)",
+    )
+    parser.add_argument(
         "--frequency-profile", type=Path, default=None, help="CSV of t_s,freq_hz to replay"
     )
     parser.add_argument("--mqtt-url", default=None, help="use this broker instead of one's own")
@@ -556,6 +564,9 @@ def _stop_all(parts: Sequence[Part]) -> dict[str, int | None]:
 
 def main(args: argparse.Namespace) -> int:
     """Run the demo until Ctrl-C, SIGTERM or ``--duration``; returns 0 when all parts stopped."""
+    if args.local_droop and args.dispatch == "fcr":
+        log.error("--local-droop adds the devices' own droop: use it with --dispatch droop or off")
+        return 2
     data_dir: Path = args.data_dir.resolve()
     if args.keep_history:
         log.info("keeping the history in %s (--keep-history)", data_dir)
@@ -581,6 +592,7 @@ def main(args: argparse.Namespace) -> int:
         seed=args.seed,
         dispatch=args.dispatch,
         fcr_capacity_w=args.fcr_capacity_w,
+        local_droop=args.local_droop,
     )
     site_file = data_dir / "site.toml"
     site_file.write_text(site_toml(plan), encoding="utf-8")
