@@ -151,21 +151,28 @@ class _Model711:
         return self.instance.point_address(self.table.point(name).offset)
 
     def control_set(self, index: int) -> DroopParams | None:
-        """``Ctl[index]`` in engineering units; None when the droop law cannot use it."""
-        raw = [self.values[f"Ctl[{index}].{name}"] for name in _CURVE_POINTS]
-        if not all(isinstance(v, int) for v in raw) or raw[2] == 0 or raw[3] == 0:
-            return None
+        """``Ctl[index]`` in engineering units; None when the droop law cannot use it.
+
+        Unusable: a point not implemented, or a droop ``KOf``/``KUf`` of 0 (it divides).
+        """
         sfs = (self.db_sf, self.db_sf, self.k_sf, self.k_sf, self.rsp_tms_sf)
-        db_of, db_uf, k_of, k_uf, rsp = (
-            apply_sf(v, sf)  # type: ignore[arg-type]
-            for v, sf in zip(raw, sfs, strict=True)
-        )
-        assert db_of is not None and db_uf is not None and rsp is not None
-        assert k_of is not None and k_uf is not None
-        return DroopParams(db_of, db_uf, k_of, k_uf, rsp)
+        scaled: list[float] = []
+        for name, sf in zip(_CURVE_POINTS, sfs, strict=True):
+            raw = self.values[f"Ctl[{index}].{name}"]
+            value = apply_sf(raw, sf) if isinstance(raw, int) else None
+            if value is None or (name in ("KOf", "KUf") and value == 0):
+                return None
+            scaled.append(value)
+        return DroopParams(*scaled)
 
 
 _CURVE_POINTS = ("DbOf", "DbUf", "KOf", "KUf", "RspTms")
+
+
+def _sf(value: Value) -> int:
+    if not isinstance(value, int):
+        raise DeviceError("model 711 scale factors Db_SF/K_SF/RspTms_SF not implemented")
+    return value
 
 
 def _table_711(instance: ModelInstance) -> tuple[ModelTable, int]:
@@ -190,10 +197,7 @@ async def _read_711(client: AsyncModbusTcpClient, model_map: ModelMap, unit_id: 
         n = min(_MAX_READ, table.size - len(registers))
         registers += await read(instance.address + len(registers), n)
     values = table.decode(registers)
-    sfs = [values[name] for name in ("Db_SF", "K_SF", "RspTms_SF")]
-    if not all(isinstance(sf, int) for sf in sfs):
-        raise DeviceError("model 711 scale factors Db_SF/K_SF/RspTms_SF not implemented")
-    db_sf, k_sf, rsp_tms_sf = (int(sf) for sf in sfs)  # type: ignore[arg-type]
+    db_sf, k_sf, rsp_tms_sf = (_sf(values[n]) for n in ("Db_SF", "K_SF", "RspTms_SF"))
     return _Model711(instance, table, values, count, db_sf, k_sf, rsp_tms_sf)
 
 

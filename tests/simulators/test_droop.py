@@ -7,7 +7,17 @@ import math
 import pytest
 from numpy.testing import assert_allclose
 
-from simulators.droop import DroopParams, droop_delta_w, first_order_step, time_constant_s
+from gridflex.sunspec.codec import Value
+from simulators.droop import (
+    ADOPT_COMPLETED,
+    ADOPT_FAILED,
+    DroopParams,
+    DroopScale,
+    droop_delta_w,
+    droop_state,
+    first_order_step,
+    time_constant_s,
+)
 
 RATED_W = 10_000.0
 
@@ -52,3 +62,57 @@ def test_first_order_step_edge_cases() -> None:
     assert first_order_step(1.0, 5.0, 0.1, 0.0) == 5.0  # no lag: follows at once
     assert first_order_step(1.0, 5.0, 0.0, 2.0) == 1.0  # no time: no change
     assert_allclose(first_order_step(1.0, 5.0, 2.0, 2.0), 5.0 - 4.0 / math.e)
+
+
+# --------------------------------------------------------------------------- 711 control sets
+
+SCALE = DroopScale(db_sf=-3, k_sf=-3, rsp_tms_sf=-1)
+IEEE_RAW = {"DbOf": 36, "DbUf": 36, "KOf": 50, "KUf": 50, "RspTms": 50}
+
+
+def _values(ena: int = 1, req: int = 1, **second: int) -> dict[str, Value]:
+    """A two-set 711: ``Ctl[0]`` the IEEE defaults, ``Ctl[1]`` IEEE with ``second`` changed."""
+    values: dict[str, Value] = {"Ena": ena, "AdptCtlReq": req, "NCtl": 2}
+    for i, curve in enumerate((IEEE_RAW, {**IEEE_RAW, **second})):
+        values |= {f"Ctl[{i}].{name}": raw for name, raw in curve.items()}
+    return values
+
+
+@pytest.mark.parametrize(
+    ("values", "active", "adopt", "expected"),
+    [
+        # adopt set 2 (KUf 0.02): it is in force, COMPLETED
+        (_values(req=2, KUf=20), 1, True, (True, DroopParams(k_uf=0.02), 2, ADOPT_COMPLETED)),
+        # adopt a set with a droop of 0: FAILED, set 1 stays
+        (_values(req=2, KOf=0), 1, True, (True, DroopParams(), 1, ADOPT_FAILED)),
+        # adopt 0: no active control, no droop even with Ena set
+        (_values(req=0), 1, True, (False, None, 0, ADOPT_COMPLETED)),
+        # a stored set written but not adopted: nothing changes
+        (_values(KUf=20), 1, False, (True, DroopParams(), 1, None)),
+        # Ena cleared: set 1 stays in force, switched off
+        (_values(ena=0), 1, False, (False, DroopParams(), 1, None)),
+    ],
+)
+def test_droop_state_follows_the_711_adoption_rules(
+    values: dict[str, Value],
+    active: int,
+    adopt: bool,
+    expected: tuple[bool, DroopParams | None, int, int | None],
+) -> None:
+    state = droop_state(values, active=active, adopt_requested=adopt, scale=SCALE)
+    assert state is not None
+    assert (state.enabled, state.params, state.active, state.result) == expected
+
+
+@pytest.mark.parametrize(
+    ("values", "active"),
+    [
+        (_values(ena=2), 1),  # Ena is 0 or 1
+        (_values(req=3), 1),  # beyond NCtl
+        (_values(KOf=0), 2),  # the active set itself made unusable
+    ],
+)
+def test_droop_state_refuses_a_write_that_leaves_nothing_usable(
+    values: dict[str, Value], active: int
+) -> None:
+    assert droop_state(values, active=active, adopt_requested=False, scale=SCALE) is None
