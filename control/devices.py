@@ -3,7 +3,9 @@
 :class:`LazySunSpecDevice` is a SunSpec inverter behind the writer's ``SetpointDevice``:
 it connects and discovers the device (``discover_plan``) on the first command, and drops
 the connection on any failure so that the next command starts afresh. A device that cannot
-be reached costs its own asset a ``failed`` ack and nothing else.
+be reached costs its own asset a ``failed`` ack and nothing else. It is also the inverter's
+``control.droop.DroopProgrammable`` for the local-droop supervisor, which shares its
+connection (``connect`` opens one at a time).
 """
 
 from __future__ import annotations

@@ -11,8 +11,8 @@ import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from collectors.modbus.connection import discover_plan, register_reader
+from control.devices import LazySunSpecDevice
 from control.droop import LocalDroopSupervisor
-from control.service import LazySunSpecDevice
 from control.sunspec import SunSpecDevice
 from gridflex.config import parse_site
 from gridflex.net import free_port_block
