@@ -47,14 +47,15 @@ import contextlib
 import logging
 import math
 import time
-from collections import Counter, OrderedDict, deque
-from collections.abc import AsyncIterator, Callable
-from dataclasses import asdict, dataclass, field
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
 from control.clamp import Limits
 from control.devices import LazySunSpecDevice, describe_error
+from control.droop import LocalDroopSupervisor
 from control.faults import FaultLatch, faults_in_status, faults_in_telemetry
 from control.ledger import APPLIED_RESULTS, Ledger
 from control.live import LiveState, ProfileLimits, limits_for, parse_reading
@@ -90,11 +91,6 @@ COMPONENT = "control"
 EVSE_NOT_WIRED = "OCPP setpoints are not wired yet"
 #: How often the ledger forgets command ids older than ``[control] retention_days``.
 PRUNE_INTERVAL_S = 3600.0
-#: Manual (REST) answers kept in memory for repeated transaction ids; older ones are
-#: rebuilt from the ledger.
-MANUAL_ANSWERS = 1024
-#: Items a slow stream subscriber may fall behind before the oldest are dropped.
-STREAM_QUEUE = 1000
 
 
 def _now_ms() -> int:
@@ -228,8 +224,10 @@ class ControlService:
         self.acks = 0
         self.watchdog_trips = 0
         self.results: Counter[str] = Counter()
-        self._manual_answers: OrderedDict[str, DispatchAck] = OrderedDict()
-        self._listeners: set[asyncio.Queue[tuple[str, bytes]]] = set()
+        #: Called with ``(topic, payload)`` of every reading, command and ack passing
+        #: through (the REST API's live stream).
+        self.taps: list[Callable[[str, bytes], None]] = []
+        self.droop: LocalDroopSupervisor | None = None
         self.started_ms: int | None = None
 
     # ------------------------------------------------------------------ lifecycle
@@ -246,6 +244,11 @@ class ControlService:
         self.mqtt.subscribe(f"{PREFIX}/{site}/+/+/telemetry", self._on_telemetry, qos=0)
         self.mqtt.subscribe(f"{PREFIX}/{site}/+/+/status", self._on_status, qos=1)
         self.mqtt.subscribe(command_filter(site), self._on_command, qos=1)
+        if self.site.dispatch.local_droop:
+            self.droop = LocalDroopSupervisor.for_site(
+                self.site.dispatch, self.assets, self.sunspec
+            )
+            await self.droop.start()
         for asset_id in self.assets:  # faults latched before a restart stop again
             if self.faults.latched(asset_id):
                 self._queue_stop(asset_id, "faults latched before the restart")
@@ -260,6 +263,8 @@ class ControlService:
 
     async def stop(self) -> None:
         """Cancel the workers (a command being applied is abandoned) and drop connections."""
+        if self.droop is not None:
+            await self.droop.stop()
         for task in self.tasks:
             task.cancel()
         for task in self.tasks:
@@ -296,7 +301,7 @@ class ControlService:
         codes = faults_in_telemetry(reading.status, reading.device_status)
         if codes:
             self._latch(reading.asset, codes, "telemetry", reading.device_status)
-        self._broadcast(topic, payload)
+        self._tap(topic, payload)
 
     def _on_status(self, _topic: str, payload: bytes) -> None:
         try:
@@ -329,7 +334,7 @@ class ControlService:
         elif message.asset not in self.control:
             self._dead_letter(topic, payload, f"unknown asset {message.asset!r}")
         else:
-            self._broadcast(topic, payload)
+            self._tap(topic, payload)
             self._enqueue(_Job("command", message))
 
     def _enqueue(self, job: _Job) -> None:
@@ -343,6 +348,10 @@ class ControlService:
                 ts_ms=self.now_ms(),
             )
             self._publish_ack(dropped.command.asset, ack)
+
+    def _tap(self, topic: str, payload: bytes) -> None:
+        for tap in self.taps:
+            tap(topic, payload)
 
     def _dead_letter(self, topic: str, payload: bytes, reason: str) -> None:
         self.dead_letters += 1
@@ -433,7 +442,7 @@ class ControlService:
         topic = ack_topic(self.site.id, asset_id)
         payload = ack.to_json()
         self.mqtt.publish(topic, payload, qos=1)
-        self._broadcast(topic, payload)
+        self._tap(topic, payload)
 
     async def _watchdog(self, asset_id: str) -> None:
         """No command within ``watchdog_s``: write the default setpoint once.
@@ -468,7 +477,14 @@ class ControlService:
             last.setpoint_w,
         )
 
-    def _override(self, asset_id: str, now_ms: int) -> str | None:
+    def limits_now(self, asset_id: str, now_ms: int) -> Limits:
+        """The limits the clamp uses for ``asset_id`` at ``now_ms`` (``control.live``)."""
+        profile = None if self.profiles is None else self.profiles.active(asset_id, now_ms)
+        asset = self.assets[asset_id]
+        return limits_for(asset, derate=self.live.derate(asset_id, now_ms), profile=profile)
+
+    def override(self, asset_id: str, now_ms: int) -> str | None:
+        """Why automatic commands are refused for ``asset_id`` now (a manual override)."""
         control = self.control[asset_id]
         if control.manual_until_ms is None:
             return None
@@ -484,7 +500,7 @@ class ControlService:
         control.last_command = command
         now_ms = self.now_ms()
         if not manual:
-            override = self._override(asset.id, now_ms)
+            override = self.override(asset.id, now_ms)
             if override is not None:
                 return make_ack(command, "rejected", reason=override, ts_ms=now_ms)
         device = self.devices.get(asset.id)
@@ -505,12 +521,11 @@ class ControlService:
                 return make_ack(command, "failed", reason=reason, ts_ms=self.now_ms())
             if soc_pct is None:
                 soc_pct = await sunspec.read_soc_pct()
-        profile = None if self.profiles is None else self.profiles.active(asset.id, now_ms)
         ack = await apply_command(
             command,
             ledger=self.ledger,
             device=device,
-            limits=limits_for(asset, derate=self.live.derate(asset.id, now_ms), profile=profile),
+            limits=self.limits_now(asset.id, now_ms),
             site_headroom=self.live.headroom(
                 asset.id, self.site.max_import_w, self.site.max_export_w, now_ms
             ),
@@ -522,168 +537,3 @@ class ControlService:
         if ack.result in APPLIED_RESULTS and ack.applied_w is not None:
             control.previous = PreviousSetpoint(ack.applied_w, ack.ts_ms)
         return ack
-
-    # ------------------------------------------------------------------ operator (REST API)
-
-    def asset_ids(self) -> list[str]:
-        """The ids of the site's assets, in site-file order."""
-        return list(self.assets)
-
-    def current_limits(self, asset_id: str) -> Limits:
-        """The limits the clamp would use for ``asset_id`` now."""
-        now_ms = self.now_ms()
-        profile = None if self.profiles is None else self.profiles.active(asset_id, now_ms)
-        asset = self.assets[asset_id]
-        return limits_for(asset, derate=self.live.derate(asset_id, now_ms), profile=profile)
-
-    def asset_view(self, asset_id: str) -> dict[str, Any] | None:
-        """Live state, limits, last command and ack, latched faults, override; None if unknown."""
-        asset = self.assets.get(asset_id)
-        if asset is None:
-            return None
-        now_ms = self.now_ms()
-        control = self.control[asset_id]
-        reading = self.live.readings.get(asset_id)
-        return {
-            "asset": asset_id,
-            "kind": asset.kind,
-            "telemetry": None if reading is None else reading.as_dict(),
-            "fresh": self.live.fresh(asset_id, now_ms) is not None,
-            "limits": asdict(self.current_limits(asset_id)),
-            "default_setpoint_w": asset.default_setpoint_w,
-            "setpoint_w": None if control.previous is None else control.previous.setpoint_w,
-            "last_command": _dump(control.last_command),
-            "last_ack": _dump(control.last_ack),
-            "acks": dict(control.acks),
-            "faults": [asdict(f) for f in self.faults.latched(asset_id)],
-            "emergency_stop": control.estop,
-            "manual_override": None
-            if self._override(asset_id, now_ms) is None
-            else {"command_id": control.manual_command_id, "until_ms": control.manual_until_ms},
-            "queued": len(control.mailbox.items),
-        }
-
-    async def manual_dispatch(
-        self, asset_id: str, setpoint_w: float, transaction_id: str, valid_for_s: float
-    ) -> DispatchAck:
-        """Apply an operator's command now, through the same ledger and clamp.
-
-        The command id is ``api-{asset}-{transaction_id}``: the same transaction twice is
-        applied once and answered with the first answer. While it is valid, automatic
-        commands for the asset are refused (``rejected``, ``manual override``).
-        """
-        if asset_id not in self.assets:
-            raise KeyError(asset_id)
-        command_id = f"api-{asset_id}-{transaction_id}"
-        first = self._manual_answers.get(command_id)
-        if first is not None:
-            return first
-        record = self.ledger.check(asset_id, command_id, 0, None, self.now_ms()).previous
-        if record is not None:  # answered before a restart: rebuild the first answer
-            return DispatchAck(
-                site=self.site.id,
-                asset=asset_id,
-                ts_ms=record.recorded_ms,
-                seq=0,
-                command_id=command_id,
-                result=record.result,  # type: ignore[arg-type]
-                reason=record.reason,
-                requested_w=record.requested_w,
-                applied_w=record.applied_w,
-                issued_ms=record.issued_ms,
-            )
-        now_ms = self.now_ms()
-        valid_until_ms = now_ms + round(valid_for_s * 1000)
-        command = DispatchCommand(
-            site=self.site.id,
-            asset=asset_id,
-            ts_ms=now_ms,
-            seq=0,
-            command_id=command_id,
-            issued_ms=now_ms,
-            setpoint_w=setpoint_w,
-            base_setpoint_w=setpoint_w,
-            valid_until_ms=valid_until_ms,
-            mode="manual",
-            reason=f"operator, transaction {transaction_id}",
-        )
-        control = self.control[asset_id]
-        control.manual_until_ms, control.manual_command_id = valid_until_ms, command_id
-        reply: asyncio.Future[DispatchAck] = asyncio.get_running_loop().create_future()
-        control.mailbox.put(_Job("command", command, manual=True, reply=reply))
-        ack = await reply
-        if ack.result != "failed":
-            self._manual_answers[command_id] = ack
-            while len(self._manual_answers) > MANUAL_ANSWERS:
-                self._manual_answers.popitem(last=False)
-        return ack
-
-    async def cancel_manual(self, asset_id: str) -> bool:
-        """End the asset's manual override; False when none was in force."""
-        control = self.control[asset_id]
-        active = self._override(asset_id, self.now_ms()) is not None
-        control.manual_until_ms = control.manual_command_id = None
-        return active
-
-    async def clear_fault(self, asset_id: str) -> list[str]:
-        """Clear the asset's latched faults; returns their codes.
-
-        A fault the device still reports latches again with its next reading or status.
-        """
-        cleared = self.faults.clear(asset_id)
-        control = self.control[asset_id]
-        control.estop = None
-        if cleared:
-            log.warning(
-                "%s: faults cleared by an operator: %s",
-                asset_id,
-                ", ".join(f.describe() for f in cleared),
-            )
-        return [f.code for f in cleared]
-
-    async def profile_changed(self, asset_id: str) -> None:
-        """A charge profile changed: nothing to push, the next command is clamped with it.
-
-        Commands come at least every ``dispatch.refresh_s``, so new limits are in force on
-        the device within that time.
-        """
-        log.info(
-            "%s: charge profile changed; limits now %s", asset_id, self.current_limits(asset_id)
-        )
-
-    def health(self) -> dict[str, Any]:
-        """Whether the service is up and talking to the broker, with counters."""
-        return {
-            "status": "ok" if self.mqtt.connected else "degraded",
-            "mqtt_connected": self.mqtt.connected,
-            "site": self.site.id,
-            "assets": len(self.assets),
-            "faulted_assets": sum(1 for a in self.assets if self.faults.latched(a)),
-            "acks": dict(self.results),
-            "dead_letters": self.dead_letters,
-            "watchdog_trips": self.watchdog_trips,
-            "started_ms": self.started_ms,
-        }
-
-    async def stream(self) -> AsyncIterator[tuple[str, bytes]]:
-        """``(topic, payload)`` of the telemetry, commands and acks passing through, live.
-
-        A subscriber that falls more than ``STREAM_QUEUE`` items behind loses the oldest.
-        """
-        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(STREAM_QUEUE)
-        self._listeners.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._listeners.discard(queue)
-
-    def _broadcast(self, topic: str, payload: bytes) -> None:
-        for queue in self._listeners:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait((topic, payload))
-
-
-def _dump(message: DispatchCommand | DispatchAck | None) -> dict[str, Any] | None:
-    return None if message is None else message.model_dump(mode="json", by_alias=True)

@@ -95,7 +95,6 @@ class AssetTracker:
         )
 
 
-
 def _car_capacity_wh(needs: EvChargingNeeds | None, soc_pct: float, default_wh: float) -> float:
     if needs is None or needs.requested_energy_wh is None or needs.target_soc_pct is None:
         return default_wh

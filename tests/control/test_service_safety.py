@@ -16,6 +16,7 @@ import pytest
 
 from control.faults import FaultLatch
 from control.ledger import Ledger
+from control.operator import Operator
 from control.service import ControlService
 from gridflex.broker import Broker
 from gridflex.config import SiteConfig, parse_site
@@ -142,7 +143,7 @@ def test_a_ground_fault_forces_0_w_and_stays_latched_until_cleared(
         collector.status("inv1", online=True, state="faulted", faults=["Error 0x04"])
         # the emergency stop: 0 W without any command
         await _until(lambda: sim.decode_point(704, "WSet") == 0, "no emergency stop")
-        view = service.asset_view("inv1")
+        view = Operator(service).asset_view("inv1")
         assert view is not None and [f["code"] for f in view["faults"]] == ["Error 0x04"]
 
         # the device reports healthy again, but the latch holds until an operator clears it
@@ -153,7 +154,7 @@ def test_a_ground_fault_forces_0_w_and_stays_latched_until_cleared(
         assert held.reason is not None and "Error 0x04" in held.reason
         assert sim.decode_point(704, "WSet") == 0
 
-        assert await service.clear_fault("inv1") == ["Error 0x04"]
+        assert await Operator(service).clear_fault("inv1") == ["Error 0x04"]
         obs.send(_command("inv1", "g3", -4_000.0))
         assert (await obs.ack("g3")).result == "applied"
         assert sim.decode_point(704, "WSet") == 4_000
@@ -269,10 +270,11 @@ def test_manual_dispatch_is_applied_once_and_overrides_automatic(
     async def body(obs: Observer, collector: Collector, service: ControlService) -> None:
         collector.reading("inv1", 0.0, soc_pct=50.0)
         await _until(lambda: service.live.fresh("inv1", _now_ms()) is not None, "no telemetry")
-        first = await service.manual_dispatch("inv1", -5_000.0, "tx-1", 60.0)
+        operator = Operator(service)
+        first = await operator.manual_dispatch("inv1", -5_000.0, "tx-1", 60.0)
         assert (first.result, first.applied_w) == ("applied", -5_000.0)
         assert sim.decode_point(704, "WSet") == 5_000
-        again = await service.manual_dispatch("inv1", -5_000.0, "tx-1", 60.0)
+        again = await operator.manual_dispatch("inv1", -5_000.0, "tx-1", 60.0)
         assert again == first  # the first answer, nothing written twice
         assert service.results["applied"] == 1
 
@@ -282,7 +284,7 @@ def test_manual_dispatch_is_applied_once_and_overrides_automatic(
         assert refused.reason is not None and refused.reason.startswith("manual override")
         assert sim.decode_point(704, "WSet") == 5_000
 
-        assert await service.cancel_manual("inv1") is True
+        assert await operator.cancel_manual("inv1") is True
         obs.send(_command("inv1", "auto2", 2_000.0))
         assert (await obs.ack("auto2")).result == "applied"
         assert sim.decode_point(704, "WSet") == -2_000
@@ -307,5 +309,32 @@ def test_watchdog_returns_to_the_configured_default(mosquitto: Broker, tmp_path:
         assert (await obs.ack("w1")).result == "applied"
         await _until(lambda: sim.decode_point(704, "WSet") == -1_000, "watchdog default")
         assert service.watchdog_trips == 1
+
+    _run(fleet, mosquitto, site, tmp_path, body)
+
+
+def test_local_droop_is_programmed_by_the_control_service(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    base = free_port_block(1)
+    fleet = InverterFleet(1, base, seed=19)
+    sim = fleet.devices[0]
+    site = _site(mosquitto, {"inv1": base}, inv1_extra={"droop": {"k_of": 0.04}})
+    dispatch = site.dispatch.model_copy(update={"mode": "droop", "local_droop": True})
+    site = site.model_copy(update={"dispatch": dispatch})
+
+    async def body(obs: Observer, collector: Collector, service: ControlService) -> None:
+        assert service.droop is not None
+        await _until(lambda: sim.decode_point(711, "Ena") == 1, "711 not enabled")
+        snapshot = service.droop.snapshot()["inv1"]
+        await _until(
+            lambda: (
+                service.droop is not None
+                and service.droop.snapshot()["inv1"]["status"] == "programmed"
+            ),
+            f"not programmed: {snapshot}",
+        )
+        view = Operator(service).asset_view("inv1")
+        assert view is not None and view["local_droop"]["status"] == "programmed"
 
     _run(fleet, mosquitto, site, tmp_path, body)
