@@ -300,7 +300,7 @@ class ControlService:
             return
         codes = faults_in_telemetry(reading.status, reading.device_status)
         if codes:
-            self._latch(reading.asset, codes, "telemetry", reading.device_status)
+            self._latch(reading.asset, codes, "telemetry", None)
         self._tap(topic, payload)
 
     def _on_status(self, _topic: str, payload: bytes) -> None:

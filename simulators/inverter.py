@@ -106,7 +106,9 @@ _READ_ONLY = 1  # 711 Ctl.ReadOnly: R
 
 # 701 InvSt values used by the simulator.
 _INVST_RUNNING = 3
+_INVST_FAULT = 6
 _INVST_STANDBY = 7
+_ALRM_GROUND_FAULT = 1 << 0
 _ENABLED = 1
 
 #: 704 points a client may write (the simulator implements them); other RW points refuse.
@@ -204,6 +206,8 @@ class InverterModel:
     ratings: InverterRatings = field(default_factory=InverterRatings)
     soc_pct: float = 50.0
     power_w: float = 0.0
+    #: A ground fault trips the inverter: 0 W at once, 701 InvSt FAULT, Alrm GROUND_FAULT.
+    ground_fault: bool = False
     energy_import_wh: float = 0.0
     energy_export_wh: float = 0.0
     ambient_c: float = 25.0
@@ -255,6 +259,8 @@ class InverterModel:
 
     def target_w(self) -> float:
         """Power the inverter heads for now: setpoint + droop, ratings, WMaxLimPct, SoC."""
+        if self.ground_fault:
+            return 0.0
         target = (self.setpoint_w if self.setpoint_enabled else 0.0) + self.droop_w
         limit = 1.0
         if self.wmax_lim_enabled:
@@ -302,6 +308,8 @@ class InverterModel:
         target = self.target_w()
         max_change = self.ratings.ramp_w_per_s * dt_s
         self.power_w += min(max(target - self.power_w, -max_change), max_change)
+        if self.ground_fault:  # tripped: no ramp
+            self.power_w = 0.0
         energy_wh = self.power_w * dt_s / 3600.0
         if energy_wh > 0:
             self.energy_import_wh += energy_wh
@@ -381,6 +389,7 @@ class SimulatedInverter:
             name: 2 * (self.address_of(mid, name) - BASE_ADDRESS)
             for mid, name in (
                 (701, "InvSt"),
+                (701, "Alrm"),
                 (701, "W"),  # W and VA (next register) are written together
                 (701, "A"),
                 (701, "Hz"),
@@ -507,7 +516,9 @@ class SimulatedInverter:
         m, img, at = self.model, self.image, self._addr
         w_scale = 10 ** self.sf["W_SF"]
         sunspec_w = round(sunspec_w_from_power_w(m.power_w) / w_scale)
-        struct.pack_into(">H", img, at["InvSt"], _INVST_RUNNING if sunspec_w else _INVST_STANDBY)
+        state = _INVST_RUNNING if sunspec_w else _INVST_STANDBY
+        struct.pack_into(">H", img, at["InvSt"], _INVST_FAULT if m.ground_fault else state)
+        struct.pack_into(">I", img, at["Alrm"], _ALRM_GROUND_FAULT if m.ground_fault else 0)
         struct.pack_into(">hh", img, at["W"], sunspec_w, abs(sunspec_w))
         amps = abs(m.power_w) / m.ratings.voltage_v
         struct.pack_into(">h", img, at["A"], round(amps / 10 ** self.sf["A_SF"]))
@@ -799,6 +810,12 @@ class InverterFleet:
         await ep.server.wait_closed()
         ep.server = None
 
+    def set_ground_fault(self, index: int, faulted: bool) -> None:
+        """Trip device ``index`` with a ground fault (or clear it); it shows at once."""
+        device = self._endpoints[index].device
+        device.model.ground_fault = faulted
+        device.refresh(device.freq_hz)
+
     async def reboot_device(self, index: int) -> None:
         """Power-cycle device ``index``: off the network, controls to factory, back on."""
         await self.stop_device(index)
@@ -853,6 +870,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-power-w", type=float, default=11_000.0, help="charge/discharge")
     parser.add_argument("--capacity-wh", type=float, default=60_000.0, help="battery capacity")
     parser.add_argument("--ramp-w-per-s", type=float, default=5_000.0, help="power ramp limit")
+    parser.add_argument(
+        "--ground-fault-after-s",
+        type=float,
+        default=None,
+        help="trip device 0 with a ground fault (InvSt FAULT, Alrm GROUND_FAULT) after S s",
+    )
 
 
 async def _serve(args: argparse.Namespace, frequency: FrequencySource) -> None:
@@ -881,6 +904,12 @@ async def _serve(args: argparse.Namespace, frequency: FrequencySource) -> None:
             args.base_port,
             args.base_port + args.count - 1,
         )
+        if args.ground_fault_after_s is not None:
+            try:
+                await asyncio.wait_for(stop.wait(), args.ground_fault_after_s)
+            except TimeoutError:
+                fleet.set_ground_fault(0, True)
+                log.warning("device 0: ground fault (InvSt FAULT, Alrm GROUND_FAULT)")
         await stop.wait()
     log.info("inverter simulator stopped")
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from collectors.modbus.poller import run as collect
 from control.faults import FaultLatch
 from control.ledger import Ledger
 from control.operator import Operator
@@ -336,5 +337,39 @@ def test_local_droop_is_programmed_by_the_control_service(
         )
         view = Operator(service).asset_view("inv1")
         assert view is not None and view["local_droop"]["status"] == "programmed"
+
+    _run(fleet, mosquitto, site, tmp_path, body)
+
+
+def test_a_simulated_ground_fault_seen_by_the_real_collector_stops_the_inverter(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    """Simulator trips (InvSt FAULT) -> the Modbus collector's telemetry -> latch -> 0 W."""
+    base = free_port_block(2)
+    fleet = InverterFleet(2, base, seed=20)
+    site = _site(mosquitto, {"inv1": base, "inv2": base + 1})
+
+    async def body(obs: Observer, collector: Collector, service: ControlService) -> None:
+        publisher = AsyncMqttClient(mosquitto.url, f"test-collector-{time.time_ns()}")
+        await publisher.start()
+        stop = asyncio.Event()
+        polling = asyncio.create_task(collect(site, publisher, stop))
+        try:
+            await _until(lambda: service.live.soc_pct("inv1", _now_ms()) is not None, "no poll")
+            obs.send(_command("inv1", "t1", -4_000.0))
+            obs.send(_command("inv2", "t2", -4_000.0))
+            assert (await obs.ack("t1")).result == "applied"
+            assert (await obs.ack("t2")).result == "applied"
+
+            fleet.set_ground_fault(0, True)
+            await _until(lambda: service.faults.latched("inv1") != [], "fault not latched")
+            assert service.faults.describe("inv1") == "FAULT"
+            await _until(lambda: fleet.devices[0].decode_point(704, "WSet") == 0, "no e-stop")
+            assert service.faults.latched("inv2") == []  # the other one goes on
+            assert fleet.devices[1].decode_point(704, "WSet") == 4_000
+        finally:
+            stop.set()
+            await polling
+            await publisher.stop()
 
     _run(fleet, mosquitto, site, tmp_path, body)
