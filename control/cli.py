@@ -13,6 +13,7 @@ from pathlib import Path
 
 from control.faults import FaultLatch
 from control.ledger import Ledger
+from control.modbus_client import CONTROL_MODBUS_CLIENTS
 from control.service import ControlService, default_ledger_path
 from gridflex.config import load_site
 from gridflex.mqtt_asyncio import AsyncMqttClient
@@ -41,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "max(2 x dispatch.refresh_s, 10) s)",
     )
 
+    parser.add_argument(
+        "--modbus-client",
+        choices=CONTROL_MODBUS_CLIENTS,
+        default="lean",
+        help="Modbus TCP client for the SunSpec writes (default lean; pymodbus selectable)",
+    )
+
 
 def main(args: argparse.Namespace) -> int:
     """Run ``gridflex control`` until SIGINT/SIGTERM; 0 after a clean stop."""
@@ -62,7 +70,14 @@ def main(args: argparse.Namespace) -> int:
             queue_limit=site.mqtt.queue_limit,
             keepalive_s=site.mqtt.keepalive_s,
         )
-        service = ControlService(site, ledger, mqtt, faults=faults, watchdog_s=args.watchdog_s)
+        service = ControlService(
+            site,
+            ledger,
+            mqtt,
+            faults=faults,
+            watchdog_s=args.watchdog_s,
+            modbus_client=args.modbus_client,
+        )
         await mqtt.start()
         if not await mqtt.wait_connected(10.0):
             log.warning(

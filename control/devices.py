@@ -13,10 +13,9 @@ from __future__ import annotations
 import asyncio
 import logging
 
-from pymodbus.client import AsyncModbusTcpClient
-
-from collectors.modbus.connection import discover_plan, register_reader
+from collectors.modbus.connection import RegisterClient, discover_plan, register_reader
 from control.droop import DroopReadback
+from control.modbus_client import ControlModbusClient, open_client
 from control.sunspec import SunSpecDevice
 from gridflex.config import InverterAsset
 from gridflex.sunspec.discovery import ModelMap
@@ -41,11 +40,19 @@ class LazySunSpecDevice:
     command starts from a fresh connection and discovery.
     """
 
-    def __init__(self, asset: InverterAsset, *, revert_s: int, timeout_s: float) -> None:
+    def __init__(
+        self,
+        asset: InverterAsset,
+        *,
+        revert_s: int,
+        timeout_s: float,
+        modbus_client: ControlModbusClient = "lean",
+    ) -> None:
         self.asset = asset
         self.revert_s = revert_s
         self.timeout_s = timeout_s
-        self._client: AsyncModbusTcpClient | None = None
+        self.modbus_client: ControlModbusClient = modbus_client
+        self._client: RegisterClient | None = None
         self._device: SunSpecDevice | None = None
         self._connect_lock = asyncio.Lock()
 
@@ -68,18 +75,16 @@ class LazySunSpecDevice:
             return self._device
         self.drop()
         a = self.asset
-        client = AsyncModbusTcpClient(
-            a.host, port=a.port, timeout=self.timeout_s, retries=0, reconnect_delay=0
-        )
+        client = await open_client(self.modbus_client, a.host, a.port, timeout_s=self.timeout_s)
         try:
-            if not await client.connect():
-                raise ConnectionError(f"cannot connect to {a.host}:{a.port}")
             plan = await discover_plan(register_reader(client, a.unit_id))
         except BaseException:
             client.close()
             raise
         self._client = client
-        self._device = SunSpecDevice(client, plan.model_map, a.unit_id, self.revert_s)
+        self._device = SunSpecDevice(
+            client, plan.model_map, a.unit_id, self.revert_s, default_w=a.default_setpoint_w
+        )
         log.info("%s: connected to %s:%d", a.id, a.host, a.port)
         return self._device
 
@@ -134,9 +139,7 @@ class LazySunSpecDevice:
             return None
 
 
-async def _read_soc_pct(
-    client: AsyncModbusTcpClient, model_map: ModelMap, unit_id: int
-) -> float | None:
+async def _read_soc_pct(client: RegisterClient, model_map: ModelMap, unit_id: int) -> float | None:
     instance = model_map.find(713)
     if instance is None:
         return None

@@ -59,6 +59,7 @@ from control.droop import LocalDroopSupervisor
 from control.faults import FaultLatch, faults_in_status, faults_in_telemetry
 from control.ledger import APPLIED_RESULTS, Ledger
 from control.live import LiveState, ProfileLimits, limits_for, parse_reading
+from control.modbus_client import ControlModbusClient
 from control.writer import PreviousSetpoint, SetpointDevice, apply_command, make_ack
 from gridflex.config import EvseAsset, InverterAsset, SiteConfig
 from gridflex.contract import (
@@ -193,6 +194,7 @@ class ControlService:
         profiles: ProfileSource | None = None,
         now_ms: Callable[[], int] = _now_ms,
         watchdog_s: float | None = None,
+        modbus_client: ControlModbusClient = "lean",
     ) -> None:
         self.site = site
         self.ledger = ledger
@@ -212,7 +214,10 @@ class ControlService:
         self.sunspec: dict[str, LazySunSpecDevice] = {}
         for inverter in site.inverters:
             device = LazySunSpecDevice(
-                inverter, revert_s=self.revert_s, timeout_s=site.modbus.timeout_s
+                inverter,
+                revert_s=self.revert_s,
+                timeout_s=site.modbus.timeout_s,
+                modbus_client=modbus_client,
             )
             self.sunspec[inverter.id] = device
             self.devices[inverter.id] = device

@@ -25,9 +25,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pymodbus.client import AsyncModbusTcpClient
-
-from collectors.modbus.connection import register_reader
+from collectors.modbus.connection import RegisterClient, register_reader
 from collectors.modbus.fast import DeviceError
 from control.droop import DroopReadback
 from gridflex.sunspec.codec import Value, apply_sf, decode, unscale
@@ -40,6 +38,8 @@ log = logging.getLogger(__name__)
 
 _ENABLED = 1
 _WATTS_MODE = 1
+#: 704 points written together with ``WSetEna`` (their offsets from it are asserted).
+_BLOCK = ("WSetMod", "WSet", "WSetRvrt", "WSetEnaRvrt")
 
 
 def _model_704(model_map: ModelMap) -> ModelInstance:
@@ -60,7 +60,7 @@ __all__ = [
 
 
 async def write_setpoint(
-    client: AsyncModbusTcpClient, model_map: ModelMap, power_w: float, unit_id: int = 1
+    client: RegisterClient, model_map: ModelMap, power_w: float, unit_id: int = 1
 ) -> float:
     """Write an absolute active-power setpoint (gridflex sign) to 704; idempotent.
 
@@ -86,7 +86,7 @@ async def write_setpoint(
 
 
 async def read_setpoint(
-    client: AsyncModbusTcpClient, model_map: ModelMap, unit_id: int = 1
+    client: RegisterClient, model_map: ModelMap, unit_id: int = 1
 ) -> float | None:
     """The active-power setpoint in force on the device, W, gridflex sign (+ charge).
 
@@ -109,7 +109,7 @@ async def read_setpoint(
 
 
 async def write_reversion_timer(
-    client: AsyncModbusTcpClient, model_map: ModelMap, revert_s: int, unit_id: int = 1
+    client: RegisterClient, model_map: ModelMap, revert_s: int, unit_id: int = 1
 ) -> None:
     """Set 704 ``WSetRvrtTms``: revert to ``WSetRvrt`` after ``revert_s`` s without a write.
 
@@ -186,7 +186,7 @@ def _table_711(instance: ModelInstance) -> tuple[ModelTable, int]:
     return load_model(711, {"Ctl": count}), count
 
 
-async def _read_711(client: AsyncModbusTcpClient, model_map: ModelMap, unit_id: int) -> _Model711:
+async def _read_711(client: RegisterClient, model_map: ModelMap, unit_id: int) -> _Model711:
     instance = model_map.find(711)
     if instance is None:
         raise DeviceError("device has no SunSpec model 711 (DER frequency droop)")
@@ -229,7 +229,7 @@ def _curve_registers(model: _Model711, index: int, params: DroopParams) -> list[
 
 
 async def _write(
-    client: AsyncModbusTcpClient, address: int, registers: Sequence[int], unit_id: int, what: str
+    client: RegisterClient, address: int, registers: Sequence[int], unit_id: int, what: str
 ) -> None:
     reply = await client.write_registers(address, list(registers), device_id=unit_id)
     if reply.isError():
@@ -238,7 +238,7 @@ async def _write(
 
 
 async def _adopt(
-    client: AsyncModbusTcpClient,
+    client: RegisterClient,
     model: _Model711,
     index: int,
     unit_id: int,
@@ -273,7 +273,7 @@ async def _adopt(
 
 
 async def write_droop(
-    client: AsyncModbusTcpClient,
+    client: RegisterClient,
     model_map: ModelMap,
     unit_id: int,
     params: DroopParams,
@@ -311,7 +311,7 @@ async def write_droop(
 
 
 async def read_droop(
-    client: AsyncModbusTcpClient, model_map: ModelMap, unit_id: int = 1
+    client: RegisterClient, model_map: ModelMap, unit_id: int = 1
 ) -> DroopReadback:
     """The frequency droop in force on the device (711), with the device's resolution.
 
@@ -334,16 +334,27 @@ async def read_droop(
 class SunSpecDevice:
     """A SunSpec inverter: the writer's ``SetpointDevice`` (704) and ``DroopProgrammable`` (711).
 
-    Every :meth:`write` sets the reversion timer to ``revert_s`` seconds first and then the
-    setpoint, so the setpoint is never in force without its fail-safe: should the writer
-    go silent, the device reverts by itself ``revert_s`` after the last write (a device
-    restarted since the last command gets its timer back with the next one). The keep-alive
-    commands of the pipeline (``dispatch.refresh_s``) must come more often than
-    ``revert_s``.
+    The setpoint is never in force without its fail-safe: before the first setpoint on a
+    connection the device gets its reversion (``WSetEnaRvrt`` = enabled, ``WSetRvrtTms`` =
+    ``revert_s``), and every setpoint write carries ``WSetRvrt`` = ``default_w``, so should
+    the writer go silent the device goes back to its default ``revert_s`` after the last
+    write. The keep-alive commands of the pipeline (``dispatch.refresh_s``) must come more
+    often than ``revert_s``. A device that reboots drops the connection, and the next one
+    sets the reversion again; the read-back checks it too and sets it again if it is gone.
+
+    Per command: one function-16 write (``WSetEna``, ``WSetMod``, ``WSet``, ``WSetRvrt``)
+    and one function-3 read (``WSetEna`` .. ``WSetRvrtTms``). ``WSet_SF`` is read once per
+    connection.
     """
 
     def __init__(
-        self, client: AsyncModbusTcpClient, model_map: ModelMap, unit_id: int, revert_s: int
+        self,
+        client: RegisterClient,
+        model_map: ModelMap,
+        unit_id: int,
+        revert_s: int,
+        *,
+        default_w: float = 0.0,
     ) -> None:
         if revert_s < 1:
             raise ValueError(f"revert_s: expected >= 1 s (the fail-safe), got {revert_s!r}")
@@ -351,18 +362,63 @@ class SunSpecDevice:
         self.model_map = model_map
         self.unit_id = unit_id
         self.revert_s = revert_s
+        self.default_w = default_w
+        self._sf: int | None = None
+        self._reversion_set = False
+        instance = _model_704(model_map)
+        table = load_model(704)
+        self._ena = instance.point_address(table.point("WSetEna").offset)
+        self._sf_address = instance.point_address(table.point("WSet_SF").offset)
+        self._rvrt_ena = instance.point_address(table.point("WSetEnaRvrt").offset)
+        tms = table.point("WSetRvrtTms")
+        self._span = tms.offset + tms.size - table.point("WSetEna").offset
+        offsets = {n: table.point(n).offset - table.point("WSetEna").offset for n in _BLOCK}
+        assert offsets == {"WSetMod": 1, "WSet": 2, "WSetRvrt": 4, "WSetEnaRvrt": 8}
+
+    async def _scale(self) -> int:
+        if self._sf is None:
+            read = register_reader(self.client, self.unit_id)
+            sf_raw = decode("sunssf", await read(self._sf_address, 1))
+            self._sf = sf_raw if isinstance(sf_raw, int) else 0
+        return self._sf
+
+    async def _set_reversion(self) -> None:
+        await _write(
+            self.client,
+            self._rvrt_ena,
+            [_ENABLED, (self.revert_s >> 16) & 0xFFFF, self.revert_s & 0xFFFF],
+            self.unit_id,
+            "704 reversion",
+        )
+        self._reversion_set = True
 
     async def write(self, setpoint_w: float) -> None:
-        """Set the reversion timer, then write the setpoint (gridflex sign), W."""
-        await write_reversion_timer(self.client, self.model_map, self.revert_s, self.unit_id)
-        await write_setpoint(self.client, self.model_map, setpoint_w, self.unit_id)
+        """Write the setpoint (gridflex sign, W) with the default to revert to."""
+        sf = await self._scale()
+        if not self._reversion_set:
+            await self._set_reversion()
+        raw = unscale(sunspec_w_from_power_w(setpoint_w), sf) & 0xFFFFFFFF
+        rvrt = unscale(sunspec_w_from_power_w(self.default_w), sf) & 0xFFFFFFFF
+        await _write(
+            self.client,
+            self._ena,
+            [_ENABLED, _WATTS_MODE, raw >> 16, raw & 0xFFFF, rvrt >> 16, rvrt & 0xFFFF],
+            self.unit_id,
+            "setpoint write",
+        )
 
     async def read_back(self) -> float:
         """The setpoint in force, W; ``DeviceError`` when no watt setpoint is in force."""
-        value_w = await read_setpoint(self.client, self.model_map, self.unit_id)
-        if value_w is None:
+        sf = await self._scale()
+        regs = await register_reader(self.client, self.unit_id)(self._ena, self._span)
+        raw = decode("int32", regs, 2)
+        if regs[0] != _ENABLED or regs[1] != _WATTS_MODE or not isinstance(raw, int):
             raise DeviceError("no active-power setpoint in force (704 WSetEna/WSetMod)")
-        return value_w
+        tms = decode("uint32", regs, self._span - 2)
+        if regs[8] != _ENABLED or tms != self.revert_s:
+            log.warning("704 reversion lost (device restarted?): setting it again")
+            await self._set_reversion()
+        return power_w_from_sunspec(raw * 10.0**sf)
 
     async def program_droop(self, params: DroopParams) -> DroopReadback:
         """Program the droop (711), read it back; ``DeviceError`` when it did not take.

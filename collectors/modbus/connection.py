@@ -10,8 +10,8 @@ the SunSpec map, reads the scale factors and capabilities once and plans the pol
 from __future__ import annotations
 
 import struct
-from collections.abc import Sequence
-from typing import Literal, Protocol
+from collections.abc import Awaitable, Sequence
+from typing import Any, Literal, Protocol
 
 from pymodbus.client import AsyncModbusTcpClient
 from pymodbus.exceptions import ModbusIOException
@@ -29,6 +29,7 @@ __all__ = [
     "ModbusClientKind",
     "ModbusConnection",
     "PymodbusConnection",
+    "RegisterClient",
     "discover_plan",
     "modbus_connection",
     "register_reader",
@@ -54,7 +55,24 @@ class _HoldingRegistersResponse(ReadHoldingRegistersResponse):
         return f"ReadHoldingRegistersResponse({len(self.registers)} registers)"
 
 
-def register_reader(client: AsyncModbusTcpClient, unit_id: int) -> ReadRegisters:
+class RegisterClient(Protocol):
+    """The part of pymodbus' async client the SunSpec writes use."""
+
+    @property
+    def connected(self) -> bool:
+        """Whether the connection is open."""
+
+    def read_holding_registers(self, address: int, *, count: int, device_id: int) -> Awaitable[Any]:
+        """Function 3; the reply has ``isError()``, ``registers``, ``exception_code``."""
+
+    def write_registers(self, address: int, values: list[int], *, device_id: int) -> Awaitable[Any]:
+        """Function 16; the reply has ``isError()`` and ``exception_code``."""
+
+    def close(self) -> None:
+        """Close the connection."""
+
+
+def register_reader(client: RegisterClient, unit_id: int) -> ReadRegisters:
     """An async ``read(address, count)`` over ``client`` for discovery and polls.
 
     Raises ``IllegalAddress`` for Modbus exception 2, ``DeviceError`` for other exceptions

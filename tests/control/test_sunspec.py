@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import Iterator
 
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
 from collectors.modbus.connection import discover_plan, register_reader
-from control.sunspec import write_setpoint
+from control.modbus_client import CONTROL_MODBUS_CLIENTS, ControlModbusClient, open_client
+from control.sunspec import SunSpecDevice, write_setpoint
 from gridflex.net import free_port_block
 from simulators.inverter import InverterFleet
 from tests.loop_helpers import LoopThread
@@ -40,3 +43,56 @@ def test_write_setpoint_is_absolute_and_idempotent(loop_thread: LoopThread) -> N
     model = fleet.devices[0].model
     assert model.setpoint_enabled and model.setpoint_w == -2_500.0
     assert fleet.devices[0].decode_point(704, "WSet") == 2_500  # SunSpec: + injection
+
+
+@pytest.mark.parametrize("kind", CONTROL_MODBUS_CLIENTS)
+def test_the_device_reverts_to_its_default_on_its_own(
+    loop_thread: LoopThread, kind: ControlModbusClient
+) -> None:
+    """Both clients: setpoint and read-back, then silence -> the device's WSetRvrt default."""
+    base = free_port_block(1)
+    fleet = InverterFleet(1, base, seed=21)
+    sim = fleet.devices[0]
+
+    async def scenario() -> tuple[float, float]:
+        async with fleet:
+            client = await open_client(kind, "127.0.0.1", base, timeout_s=2.0)
+            try:
+                plan = await discover_plan(register_reader(client, 1))
+                device = SunSpecDevice(client, plan.model_map, 1, revert_s=1, default_w=1_500.0)
+                await device.write(-4_000.0)
+                readback = await device.read_back()
+                assert sim.decode_point(704, "WSetEnaRvrt") == 1
+                deadline = time.monotonic() + 5
+                while sim.model.setpoint_w != 1_500.0:
+                    assert time.monotonic() < deadline, "the device did not revert"
+                    await asyncio.sleep(0.05)
+                return readback, sim.model.setpoint_w
+            finally:
+                client.close()
+
+    assert loop_thread.run(scenario()) == (-4_000.0, 1_500.0)
+
+
+def test_a_lost_reversion_is_set_again_at_read_back(loop_thread: LoopThread) -> None:
+    base = free_port_block(1)
+    fleet = InverterFleet(1, base, seed=22)
+    sim = fleet.devices[0]
+
+    async def scenario() -> int:
+        async with fleet:
+            client = await open_client("lean", "127.0.0.1", base, timeout_s=2.0)
+            try:
+                plan = await discover_plan(register_reader(client, 1))
+                device = SunSpecDevice(client, plan.model_map, 1, revert_s=10)
+                await device.write(1_000.0)
+                sim.reboot()  # controls back to factory, the connection stays (worst case)
+                await device.write(2_000.0)
+                assert await device.read_back() == 2_000.0
+                value = sim.decode_point(704, "WSetRvrtTms")
+                assert isinstance(value, int)
+                return value
+            finally:
+                client.close()
+
+    assert loop_thread.run(scenario()) == 10
