@@ -1,4 +1,4 @@
-"""A lean Modbus TCP client for the collector's hot path: function 3 over an asyncio Protocol.
+"""A lean Modbus TCP client for the hot paths: functions 3 and 16 over an asyncio Protocol.
 
 The collector polls every inverter every 200 ms; at 1,000 inverters that is 5,000 reads a
 second from one process. Why the hot path does not use pymodbus' async client: per read
@@ -24,11 +24,13 @@ process' samples (py-spy). This client does only what a SunSpec poll needs:
   poll loop);
 - ``Ticker``: the fleet's poll slots and request deadlines on one loop timer.
 
-pymodbus stays where it is cheap and valuable: the setpoint writer
-(``control.sunspec.write_setpoint``, function 16: setpoint writes are rare next to five
-reads a second per device), and ``gridflex collect modbus --modbus-client pymodbus``, the
-full client kept selectable next to this one for devices that need its tolerance and so
-the two can be compared (``bench/poll.py`` runs both; the table is in ``bench/README.md``).
+It also writes (function 16, ``write()``): at a frequency step every asset gets a command
+within one poll period, and the control writer (``control.modbus_client``) uses this
+client by default for its one write and one read per command. pymodbus stays selectable
+on both sides (``gridflex collect modbus --modbus-client pymodbus``, ``gridflex control
+--modbus-client pymodbus``) for devices that need its tolerance and so the two can be
+compared (``bench/poll.py``, ``bench/closed_loop.py``; the tables are in
+``bench/README.md``).
 
 Reference: Modbus Application Protocol Specification V1.1b3, sections 4.1 (PDU), 6.3
 (Read Holding Registers) and 7 (exception responses); Modbus Messaging on TCP/IP
