@@ -34,8 +34,11 @@ Inputs of the clamp, and their simplifications for now:
   pipeline's keep-alive comes every ``refresh_s``) is written back to 0 W by the writer
   itself, for a pipeline that went silent while the writer runs.
 
-Charging stations (``kind = "evse"``) are not wired yet: their commands are acked
-``rejected`` with the reason ``OCPP setpoints are not wired yet`` (nothing recorded).
+Charging stations (``kind = "evse"``): per EVSE an :class:`~control.ocpp.OcppDevice`, written
+through the CSMS process over MQTT (one shared :class:`~control.ocpp.CsmsClient`, see
+``control.ocpp``) with the command's ``command_id`` as correlation id; the ack carries the
+station's next meter value as ``measured_w`` and its latencies run to the station's answer.
+The SoC comes from the EVSE's latest telemetry (None when unknown: no discharge).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ from pymodbus.client import AsyncModbusTcpClient
 from collectors.modbus.connection import discover_plan, register_reader
 from control.clamp import Limits, SiteHeadroom
 from control.ledger import APPLIED_RESULTS, Ledger
+from control.ocpp import CsmsClient, OcppDevice
 from control.sunspec import SunSpecDevice
 from control.writer import PreviousSetpoint, apply_command, make_ack
 from gridflex.config import EvseAsset, InverterAsset, SiteConfig
@@ -75,7 +79,6 @@ from gridflex.sunspec.tables import load_model
 
 __all__ = [
     "COMPONENT",
-    "EVSE_NOT_WIRED",
     "ControlService",
     "command_filter",
     "default_ledger_path",
@@ -87,7 +90,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 COMPONENT = "control"
-EVSE_NOT_WIRED = "OCPP setpoints are not wired yet"
 
 
 def _now_ms() -> int:
@@ -240,10 +242,15 @@ class ControlService:
         self.watchdog_trips = 0
         self.headroom = site_headroom_of(site)
         self.assets: dict[str, InverterAsset | EvseAsset] = {a.id: a for a in site.assets}
-        self.devices: dict[str, LazySunSpecDevice] = {
+        self.devices: dict[str, LazySunSpecDevice | OcppDevice] = {
             a.id: LazySunSpecDevice(a, revert_s=self.revert_s, timeout_s=site.modbus.timeout_s)
             for a in site.inverters
         }
+        self.csms = CsmsClient.from_site(mqtt, site, now_ms=now_ms)
+        for evse in site.evses:
+            self.devices[evse.id] = OcppDevice(
+                evse, self.csms, hold_s=self.revert_s, nominal_hz=site.nominal_frequency_hz
+            )
         self.previous: dict[str, PreviousSetpoint] = {}
         self.queues: dict[str, asyncio.Queue[DispatchCommand]] = {}
         self.workers: list[asyncio.Task[None]] = []
@@ -260,11 +267,13 @@ class ControlService:
             self.workers.append(
                 asyncio.create_task(self._worker(asset_id, queue), name=f"control-{asset_id}")
             )
+        if self.site.evses:
+            self.csms.start()
         self.mqtt.subscribe(command_filter(self.site.id), self._on_message, qos=1)
         log.info(
             "control: %d assets (%d inverters), revert_s %d, subscribed to %s",
             len(self.assets),
-            len(self.devices),
+            len(self.site.inverters),
             self.revert_s,
             command_filter(self.site.id),
         )
@@ -386,9 +395,9 @@ class ControlService:
     async def handle(self, command: DispatchCommand) -> DispatchAck:
         """Apply one command to its asset and return the ack (one at a time per asset)."""
         asset = self.assets[command.asset]
-        if isinstance(asset, EvseAsset):
-            return make_ack(command, "rejected", reason=EVSE_NOT_WIRED, ts_ms=self.now_ms())
         device = self.devices[asset.id]
+        if isinstance(device, OcppDevice):
+            device.prepare(command.command_id, command.valid_until_ms)
         soc_pct: float | None = None
         verdict = self.ledger.check(
             asset.id,
@@ -419,4 +428,13 @@ class ControlService:
         )
         if ack.result in APPLIED_RESULTS and ack.applied_w is not None:
             self.previous[asset.id] = PreviousSetpoint(ack.applied_w, ack.ts_ms)
+            if isinstance(device, OcppDevice) and device.confirmed_ms is not None:
+                confirmed = device.confirmed_ms  # latencies run to the station's answer
+                ack = ack.model_copy(
+                    update={
+                        "measured_w": device.measured_w,
+                        "latency_from_issued_ms": confirmed - command.issued_ms,
+                        "latency_from_telemetry_ms": confirmed - command.ts_ms,
+                    }
+                )
         return ack
