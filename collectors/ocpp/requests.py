@@ -127,7 +127,9 @@ class RequestServer:
             self._dead_letter(topic, payload, str(exc))
             return
         if not isinstance(request, CsmsRequest):
-            self._dead_letter(topic, payload, f"expected csms-setpoint/1, got {type(request).__name__}")
+            self._dead_letter(
+                topic, payload, f"expected csms-setpoint/1, got {type(request).__name__}"
+            )
             return
         if request.site != self.site_id or topic != csms_request_topic(self.site_id, request.asset):
             self._dead_letter(topic, payload, "request for another site or asset than its topic")

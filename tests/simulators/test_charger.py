@@ -33,7 +33,7 @@ ALL = frozenset(
 
 
 def station(version: str = "2.1", car: CarSpec = V2X_CAR) -> SimStation:
-    spec = StationSpec("cs-1", None, "2.1" if version == "2.1" else "2.0.1", car)
+    spec = StationSpec.single("cs-1", None, "2.1" if version == "2.1" else "2.0.1", car)
     return SimStation(spec, "ws://127.0.0.1:1/ocpp")
 
 
@@ -48,7 +48,7 @@ def test_fleet_is_seeded_with_exact_version_and_v2x_shares() -> None:
     fleet = build_fleet(10, seed=3, v21_fraction=0.3, v2x_fraction=0.6, password="p" * 16)
     assert fleet == build_fleet(10, seed=3, v21_fraction=0.3, v2x_fraction=0.6, password="p" * 16)
     assert sum(s.ocpp_version == "2.1" for s in fleet) == 3
-    assert sum(s.car.v2x for s in fleet) == 6
+    assert sum(e.car.v2x for s in fleet for e in s.evses) == 6
     assert [s.station_id for s in fleet][:2] == ["sim-cs-0001", "sim-cs-0002"]
     assert len({s.seed for s in fleet}) == 10
 
@@ -127,10 +127,12 @@ def test_control_in_amperes_is_refused() -> None:
 
 def test_station_accepts_a_central_setpoint_for_its_transaction() -> None:
     sim = station("2.1")
-    sim.plug_in()
+    evse = sim.evses[1]
+    evse.plug_in(sim.thermal)
     profile = {
+        "id": 1001,
         "charging_profile_purpose": "TxProfile",
-        "transaction_id": sim.transaction_id,
+        "transaction_id": evse.transaction_id,
         "charging_schedule": [
             {
                 "charging_rate_unit": "W",
@@ -141,14 +143,14 @@ def test_station_accepts_a_central_setpoint_for_its_transaction() -> None:
         ],
     }
     assert sim.apply_profile(1, profile) == ("Accepted", None)
-    assert sim.control == Control("CentralSetpoint", None, -5000, None)
+    assert sim.control_of(1) == Control("CentralSetpoint", None, -5000, None)
 
 
 def test_station_rejects_a_profile_for_another_transaction_or_evse() -> None:
     sim = station("2.1")
     profile = {"charging_profile_purpose": "TxProfile", "transaction_id": "other"}
     assert sim.apply_profile(1, profile) == ("Rejected", "TxNotFound")
-    sim.plug_in()
+    sim.evses[1].plug_in(sim.thermal)
     assert sim.apply_profile(2, profile) == ("Rejected", "UnknownEVSE")
     assert len(sim.received_profiles) == 2
 
@@ -208,15 +210,22 @@ def test_sampled_values_follow_the_measurands_asked_for() -> None:
 @pytest.mark.parametrize("version", ["2.0.1", "2.1"])
 def test_transaction_events_validate_against_the_ocpp_schema(version: str) -> None:
     sim = station(version)
-    sim.measurands = ALL
-    sim.plug_in()
+    sim.measurands = ALL | {"Frequency"}
+    sim.freq_hz = 49.9
+    evse = sim.evses[1]
+    evse.plug_in(sim.thermal)
     validate(
-        version, "TransactionEvent", sim.transaction_event_request("Started", "CablePluggedIn")
+        version,
+        "TransactionEvent",
+        sim.transaction_event_request(evse, "Started", "CablePluggedIn"),
     )
-    updated = sim.transaction_event_request("Updated", "MeterValuePeriodic")
+    updated = sim.transaction_event_request(evse, "Updated", "MeterValuePeriodic")
     validate(version, "TransactionEvent", updated)
+    assert {"measurand": "Frequency", "value": 49.9, "unitOfMeasure": {"unit": "Hz"}} in (
+        updated["meterValue"][0]["sampledValue"]
+    )
     ended = sim.transaction_event_request(
-        "Ended", "AbnormalCondition", stopped_reason="GroundFault"
+        evse, "Ended", "AbnormalCondition", stopped_reason="GroundFault"
     )
     validate(version, "TransactionEvent", ended)
     assert [updated["seqNo"], ended["seqNo"]] == [1, 2]
@@ -226,7 +235,7 @@ def test_transaction_events_validate_against_the_ocpp_schema(version: str) -> No
 def test_idle_meter_values_validate_and_carry_no_soc(version: str) -> None:
     sim = station(version)
     sim.measurands = ALL
-    request = sim.meter_values_request()
+    request = sim.evses[1].meter_values_request(sim.measurands)
     validate(version, "MeterValues", request)
     assert "SoC" not in {v["measurand"] for v in request["meterValue"][0]["sampledValue"]}
 
