@@ -342,9 +342,10 @@ def plan_local_frequency(
     ``curve`` is ``(freq_hz, power_w)`` points (1-20, frequencies increasing; see
     :func:`freq_watt_curve`); the station's power is ``v2xBaseline`` (``baseline_w``) plus
     the curve interpolated at the frequency it measures, within ``limit`` (charge cap) and
-    ``dischargeLimit`` (-discharge cap: 0 for a charge-only car). Points and baseline are
-    clipped into the caps (``clamped`` says so). Refused for OCPP 2.0.1 (no operation
-    modes) and without a transaction (a TxProfile needs one).
+    ``dischargeLimit`` (-discharge cap: 0 for a charge-only car), so the station clips the
+    response at the caps while the curve keeps its slope. The baseline is clipped into the
+    caps (``clamped`` says so). Refused for OCPP 2.0.1 (no operation modes) and without a
+    transaction (a TxProfile needs one).
     """
     if facts.ocpp_version != "2.1":
         return Refusal("OCPP 2.0.1 has no LocalFrequency operation mode (OCPP 2.1 only)")
@@ -362,11 +363,8 @@ def plan_local_frequency(
     def clip(value: float) -> float:
         return min(charge_cap_w, max(-discharge_cap_w, value))
 
-    points = [{"frequency": f, "power": clip(p)} for f, p in curve]
+    points = [{"frequency": f, "power": p} for f, p in curve]
     sent_w = clip(baseline_w)
-    clamped = sent_w != baseline_w or any(
-        pt["power"] != p for pt, (_f, p) in zip(points, curve, strict=True)
-    )
     period: dict[str, Any] = {
         "startPeriod": 0,
         "operationMode": "LocalFrequency",
@@ -385,7 +383,7 @@ def plan_local_frequency(
         max_offline_s=max_offline_s,
         ocpp_version="2.1",
     )
-    return ChargingProfilePlan(request, "TxProfile", "LocalFrequency", sent_w, clamped)
+    return ChargingProfilePlan(request, "TxProfile", "LocalFrequency", sent_w, sent_w != baseline_w)
 
 
 def clear_requests(evse_id: int) -> list[dict[str, Any]]:

@@ -255,23 +255,23 @@ CURVE = ((49.914, -10_000.0), (49.964, 0.0), (50.036, 0.0), (50.086, 10_000.0))
 
 
 def test_local_frequency_is_a_tx_profile_with_the_curve_and_the_caps() -> None:
-    plan = plan_local_frequency(facts(), CURVE, baseline_w=2_000, valid_to=TS)
+    plan = plan_local_frequency(facts(), CURVE, baseline_w=12_000, valid_to=TS)
     assert isinstance(plan, ChargingProfilePlan)
     validate("2.1", "SetChargingProfile", plan.request)
     assert (plan.purpose, plan.operation_mode, plan.sent_w) == (
         "TxProfile",
         "LocalFrequency",
-        2_000,
+        11_000,
     )
-    assert plan.clamped is True  # the car discharges at most 6 kW
+    assert plan.clamped is True  # the baseline: the car charges at most 11 kW
     assert period(plan) == {
         "startPeriod": 0,
         "operationMode": "LocalFrequency",
         "limit": 11_000,
         "dischargeLimit": -6_000,
-        "v2xBaseline": 2_000,
-        "v2xFreqWattCurve": [
-            {"frequency": 49.914, "power": -6_000},
+        "v2xBaseline": 11_000,
+        "v2xFreqWattCurve": [  # as given: the station clips at limit and dischargeLimit
+            {"frequency": 49.914, "power": -10_000},
             {"frequency": 49.964, "power": 0.0},
             {"frequency": 50.036, "power": 0.0},
             {"frequency": 50.086, "power": 10_000.0},
@@ -285,7 +285,6 @@ def test_local_frequency_for_a_charge_only_car_allows_no_discharge() -> None:
     plan = plan_local_frequency(facts(needs=CHARGE_ONLY), CURVE)
     assert isinstance(plan, ChargingProfilePlan)
     assert period(plan)["dischargeLimit"] == 0
-    assert period(plan)["v2xFreqWattCurve"][0]["power"] == 0
 
 
 @pytest.mark.parametrize(
