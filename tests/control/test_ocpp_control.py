@@ -71,6 +71,7 @@ class Rig:
         *,
         offline: tuple[str, ...] = (),
         frequency: SteppedFrequency | None = None,
+        station_max_w: float | None = None,
     ) -> None:
         self.broker = broker
         self.site_id = f"o{uuid.uuid4().hex[:8]}"
@@ -93,6 +94,8 @@ class Rig:
                         "soc_max_pct": 100.0,
                     }
                 )
+                if station_max_w is not None:
+                    assets[-1]["station_max_w"] = station_max_w
         self.site: SiteConfig = parse_site(
             {
                 "site": {"id": self.site_id},
@@ -383,5 +386,19 @@ def test_local_frequency_profile_follows_a_frequency_step_without_commands(
         assert isinstance(old, OcppDevice)
         with pytest.raises(CsmsError, match=r"refused: OCPP 2\.0\.1 has no LocalFrequency"):
             await old.program_droop(DroopConfig())
+
+    asyncio.run(rig.run(body))
+
+
+def test_the_station_wide_limit_is_shared_by_its_evses(mosquitto: Broker, tmp_path: Path) -> None:
+    rig = Rig(mosquitto, tmp_path, [station("cs-m", V2X_CAR, V2X_CAR)], station_max_w=8_000)
+
+    async def body(rig: Rig) -> None:
+        await rig.charging("cs-m-1", "cs-m-2")
+        # both cars want 11 kW; the ChargingStationMaxProfile sent after boot caps the sum
+        await until(lambda: (rig.power_w("cs-m-1"), rig.power_w("cs-m-2")) == (4_000, 4_000), 10)
+        station_max = rig.stations[0].station_max
+        assert station_max is not None and station_max.control.limit_w == 8_000
+        assert station_max.profile_id == profile_id("ChargingStationMaxProfile", 0)
 
     asyncio.run(rig.run(body))
