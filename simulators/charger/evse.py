@@ -23,10 +23,18 @@ __all__ = ["Profile", "SimEvse"]
 
 @dataclass(frozen=True)
 class Profile:
-    """A charging profile in force: its id and what the car has to follow."""
+    """A charging profile held by the station: id, what the car follows, and until when.
+
+    ``valid_to_s`` is the profile's ``validTo`` as UTC epoch seconds; None: until replaced.
+    """
 
     profile_id: int
     control: Control
+    valid_to_s: float | None = None
+
+    def valid(self, now_s: float) -> bool:
+        """Whether the profile is still in force at ``now_s`` (UTC epoch seconds)."""
+        return self.valid_to_s is None or now_s < self.valid_to_s
 
 
 class SimEvse:
@@ -47,12 +55,18 @@ class SimEvse:
         self.default_profile: Profile | None = None
         self.next_meter_s = 0.0
 
-    @property
-    def control(self) -> Control | None:
-        """The EVSE's own profile in force: the TxProfile in a transaction, else its default."""
-        if self.transaction_id is not None and self.tx_profile is not None:
-            return self.tx_profile.control
-        return self.default_profile.control if self.default_profile is not None else None
+    def own_control(self, now_s: float) -> Control | None:
+        """The EVSE's own profile in force: the TxProfile in a transaction, else its default.
+
+        A profile past its ``validTo`` is not in force (the station's own fail-safe).
+        """
+        held = [self.default_profile]
+        if self.transaction_id is not None:
+            held.insert(0, self.tx_profile)
+        for profile in held:
+            if profile is not None and profile.valid(now_s):
+                return profile.control
+        return None
 
     def plug_in(self, thermal: ThermalSpec) -> None:
         """The car arrives: a new transaction starts (state only; no message sent)."""
@@ -84,8 +98,12 @@ class SimEvse:
         version: OcppVersion,
         stopped_reason: str | None = None,
         freq_hz: float | None = None,
+        control: Control | None = None,
     ) -> dict[str, Any]:
-        """A TransactionEventRequest in wire format (camelCase), with a meter value."""
+        """A TransactionEventRequest in wire format (camelCase), with a meter value.
+
+        ``control`` is the profile in force (its 2.1 ``setpoint`` is reported).
+        """
         self.tx_seq_no += 1
         now = ocpp_time()
         info: dict[str, Any] = {"transactionId": self.transaction_id}
@@ -102,7 +120,6 @@ class SimEvse:
             "evse": {"id": self.evse_id, "connectorId": 1},
         }
         if self.ev is not None:
-            control = self.control
             setpoint = None
             if version == "2.1" and control is not None:
                 setpoint = control.setpoint_w

@@ -24,6 +24,7 @@ import ssl
 import time
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ocpp.messages import CallError, MessageType
@@ -244,11 +245,19 @@ class SimStation:
 
         Its own is the TxProfile during a transaction, else its TxDefaultProfile.
         """
-        evse = self.evses[evse_id]
-        own = evse.control
+        now_s = time.time()
+        own = self.evses[evse_id].own_control(now_s)
         if own is not None:
             return own
-        return self.station_default.control if self.station_default is not None else None
+        held = self.station_default
+        return held.control if held is not None and held.valid(now_s) else None
+
+    def station_max_w(self) -> float | None:
+        """The ChargingStationMaxProfile's limit in force, W; None when there is none."""
+        held = self.station_max
+        if held is None or not held.valid(time.time()):
+            return None
+        return held.control.limit_w
 
     def apply_profile(self, evse_id: int, profile: dict[str, Any]) -> tuple[str, str | None]:
         """Apply a SetChargingProfile request; (status, reason code)."""
@@ -274,7 +283,12 @@ class SimStation:
             return "Rejected", "InvalidSchedule"
         if self.spec.ocpp_version == "2.0.1" and (control.limit_w or 0.0) < 0:
             return "Rejected", "InvalidValue"
-        applied = Profile(int(profile["id"]), control)
+        valid_to = profile.get("valid_to")
+        try:
+            valid_to_s = None if valid_to is None else datetime.fromisoformat(valid_to).timestamp()
+        except ValueError:
+            return "Rejected", "InvalidSchedule"
+        applied = Profile(int(profile["id"]), control, valid_to_s)
         if purpose == "ChargingStationMaxProfile":
             self.station_max = applied
         elif purpose == "TxDefaultProfile" and evse is None:
@@ -285,7 +299,16 @@ class SimStation:
         else:
             assert evse is not None
             evse.tx_profile = applied
+        self._follow_now()
         return "Accepted", None
+
+    def _follow_now(self) -> None:
+        """The cars take up changed profiles at once (a step of 0 s: power, no energy).
+
+        So every meter value sent after the answer shows the new power, also one of another
+        EVSE already due in the same loop turn.
+        """
+        self._advance(0.0, self._sim_time_s())
 
     def clear_profiles(
         self, profile_id: int | None = None, criteria: dict[str, Any] | None = None
@@ -312,6 +335,7 @@ class SimStation:
             self.station_default, cleared = None, True
         if matches(self.station_max, "ChargingStationMaxProfile", 0):
             self.station_max, cleared = None, True
+        self._follow_now()
         return "Accepted" if cleared else "Unknown"
 
     # -- run
@@ -443,10 +467,10 @@ class SimStation:
     # -- physics and events
 
     def _advance(self, dt_s: float, now_s: float) -> None:
-        """Step every car over ``dt_s`` under its profile, the station limit and the grid."""
+        """Step every car over ``dt_s`` (>= 0) under its profile, the station limit, the grid."""
         self.freq_hz = self.frequency.freq_hz(now_s)
         active = [e for e in self.evses.values() if e.ev is not None]
-        if not active or dt_s <= 0:
+        if not active or dt_s < 0:
             return
         requested = [
             requested_power_w(e.spec.car, e.ev.soc_pct, self.control_of(e.evse_id), self.freq_hz)
@@ -454,7 +478,7 @@ class SimStation:
             else 0.0
             for e in active
         ]
-        station_max = self.station_max.control.limit_w if self.station_max else None
+        station_max = self.station_max_w()
         for evse, power_w in zip(active, share_station_max(requested, station_max), strict=True):
             assert evse.ev is not None
             evse.ev = step(
@@ -525,6 +549,7 @@ class SimStation:
             version=self.spec.ocpp_version,
             stopped_reason=stopped_reason,
             freq_hz=self.freq_hz,
+            control=self.control_of(evse.evse_id),
         )
 
     async def _plug_in(self, cp: Any, evse: SimEvse) -> None:

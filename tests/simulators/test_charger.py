@@ -264,6 +264,20 @@ def test_default_profiles_apply_without_a_transaction_per_evse_or_station_wide()
     assert sim.apply_profile(3, tx_default(1_000)) == ("Rejected", "UnknownEVSE")
 
 
+def test_a_profile_past_its_valid_to_is_no_longer_followed() -> None:
+    sim = station()
+    sim.evses[1].plug_in(sim.thermal)
+    tx = sim.evses[1].transaction_id
+    for profile_id, valid_to in ((1001, "2000-01-01T00:00:00.000Z"), (2001, None)):
+        profile = {**tx_default(2_000 * (profile_id // 1000), profile_id)}
+        if profile_id == 1001:
+            profile.update(charging_profile_purpose="TxProfile", transaction_id=tx)
+            profile["valid_to"] = valid_to
+        assert sim.apply_profile(1, profile) == ("Accepted", None)
+    # the TxProfile (2 kW) expired long ago: the EVSE's default (4 kW) is in force
+    assert sim.control_of(1) == Control("ChargingOnly", limit_w=4_000)
+
+
 def test_the_station_max_profile_belongs_on_evse_0() -> None:
     sim = station()
     profile = {**tx_default(8_000, 3000), "charging_profile_purpose": "ChargingStationMaxProfile"}
