@@ -27,6 +27,11 @@ The clamp's inputs at the moment a command is applied (``control.live``):
   emergency stop (0 W written at once, ahead of any waiting command) and every later
   command is written as 0 W (rule ``fault``) until an operator clears it.
 
+Charging stations (``kind = "evse"``): per EVSE an :class:`~control.ocpp.OcppDevice`, written
+through the CSMS process over MQTT (one shared :class:`~control.ocpp.CsmsClient`, see
+``control.ocpp``) with the command's ``command_id`` as correlation id; the ack carries the
+station's next meter value as ``measured_w`` and its latencies run to the station's answer.
+
 Fail-safe: every write restarts the device's own reversion timer (``revert_s`` = ``max(2
 x dispatch.refresh_s, 10)`` s) so a dead writer leaves devices at their default; and a
 watchdog puts an asset back to its ``default_setpoint_w`` when no command came for
@@ -55,11 +60,12 @@ from typing import Any, Literal, Protocol
 
 from control.clamp import Limits
 from control.devices import LazySunSpecDevice, describe_error
-from control.droop import LocalDroopSupervisor
+from control.droop import LocalDroopSupervisor, droop_params_of
 from control.faults import FaultLatch, faults_in_status, faults_in_telemetry
 from control.ledger import APPLIED_RESULTS, Ledger
 from control.live import LiveState, ProfileLimits, limits_for, parse_reading
 from control.modbus_client import ControlModbusClient
+from control.ocpp import CsmsClient, OcppDevice
 from control.writer import PreviousSetpoint, SetpointDevice, apply_command, make_ack
 from gridflex.config import EvseAsset, InverterAsset, SiteConfig
 from gridflex.contract import (
@@ -78,7 +84,6 @@ from gridflex.mqtt_asyncio import AsyncMqttClient
 
 __all__ = [
     "COMPONENT",
-    "EVSE_NOT_WIRED",
     "ControlService",
     "ProfileSource",
     "command_filter",
@@ -89,7 +94,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 COMPONENT = "control"
-EVSE_NOT_WIRED = "OCPP setpoints are not wired yet"
 #: How often the ledger forgets command ids older than ``[control] retention_days``.
 PRUNE_INTERVAL_S = 3600.0
 
@@ -221,6 +225,14 @@ class ControlService:
             )
             self.sunspec[inverter.id] = device
             self.devices[inverter.id] = device
+        self.csms = CsmsClient.from_site(mqtt, site, now_ms=now_ms)
+        self.ocpp: dict[str, OcppDevice] = {}
+        for evse in site.evses:
+            station = OcppDevice(
+                evse, self.csms, hold_s=self.revert_s, nominal_hz=site.nominal_frequency_hz
+            )
+            self.ocpp[evse.id] = station
+            self.devices[evse.id] = station
         self.control: dict[str, _AssetControl] = {
             a: _AssetControl(_Mailbox(cfg.queue_limit)) for a in self.assets
         }
@@ -245,11 +257,17 @@ class ControlService:
                 asyncio.create_task(self._worker(asset_id, control), name=f"control-{asset_id}")
             )
         self.tasks.append(asyncio.create_task(self._prune_loop(), name="control-prune"))
+        if self.site.evses:
+            self.csms.start()
         site = self.site.id
         self.mqtt.subscribe(f"{PREFIX}/{site}/+/+/telemetry", self._on_telemetry, qos=0)
         self.mqtt.subscribe(f"{PREFIX}/{site}/+/+/status", self._on_status, qos=1)
         self.mqtt.subscribe(command_filter(site), self._on_command, qos=1)
         if self.site.dispatch.local_droop:
+            # stations get the curve with every setpoint (a LocalFrequency profile whose
+            # baseline is the setpoint); inverters keep it in 711, supervised
+            for asset_id, station in self.ocpp.items():
+                station.local_droop = droop_params_of(self.site.dispatch, self.assets[asset_id])
             self.droop = LocalDroopSupervisor.for_site(
                 self.site.dispatch, self.assets, self.sunspec
             )
@@ -508,9 +526,10 @@ class ControlService:
             override = self.override(asset.id, now_ms)
             if override is not None:
                 return make_ack(command, "rejected", reason=override, ts_ms=now_ms)
-        device = self.devices.get(asset.id)
-        if device is None:
-            return make_ack(command, "rejected", reason=EVSE_NOT_WIRED, ts_ms=now_ms)
+        device = self.devices[asset.id]
+        station = self.ocpp.get(asset.id)
+        if station is not None:
+            station.prepare(command.command_id, command.valid_until_ms)
         soc_pct = self.live.soc_pct(asset.id, now_ms)
         verdict = self.ledger.check(
             asset.id, command.command_id, command.issued_ms, command.valid_until_ms, now_ms
@@ -541,4 +560,13 @@ class ControlService:
         )
         if ack.result in APPLIED_RESULTS and ack.applied_w is not None:
             control.previous = PreviousSetpoint(ack.applied_w, ack.ts_ms)
+            if station is not None and station.confirmed_ms is not None:
+                confirmed = station.confirmed_ms  # latencies run to the station's answer
+                ack = ack.model_copy(
+                    update={
+                        "measured_w": station.measured_w,
+                        "latency_from_issued_ms": confirmed - command.issued_ms,
+                        "latency_from_telemetry_ms": confirmed - command.ts_ms,
+                    }
+                )
         return ack

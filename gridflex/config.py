@@ -275,10 +275,23 @@ class InverterAsset(_AssetBase):
 
 
 class EvseAsset(_AssetBase):
-    """A charging station (one EVSE) that connects to gridflex's CSMS over OCPP."""
+    """One EVSE of a charging station that connects to gridflex's CSMS over OCPP.
+
+    A station with several EVSEs is several assets with the same ``station_id`` and their
+    own ``evse_id`` (OCPP 2.x numbers the EVSEs of a station from 1); their ``password``
+    and ``station_max_w`` must agree.
+    """
 
     kind: Literal["evse"]
     station_id: Annotated[str, Field(min_length=1, max_length=48)] | None = None
+    evse_id: Annotated[int, Field(ge=1, le=99)] = Field(
+        default=1, description="the EVSE's number within its station (OCPP evseId)"
+    )
+    station_max_w: _NonNegW | None = Field(
+        default=None,
+        description="limit of the station's EVSEs together, sent as a "
+        "ChargingStationMaxProfile (evseId 0); none = not sent",
+    )
     password: Annotated[str, Field(min_length=16, max_length=40)] | None = Field(
         default=None, description="HTTP Basic auth password (OCPP: 16 to 40 characters)"
     )
@@ -320,9 +333,9 @@ class SiteConfig(_Section):
             if asset.id in seen:
                 raise ValueError(f"asset id {asset.id!r} appears twice")
             seen.add(asset.id)
-        stations = [a.station for a in self.evses]
-        if len(set(stations)) != len(stations):
-            raise ValueError("two evse assets share a station_id")
+        evses = [(a.station, a.evse_id) for a in self.evses]
+        if len(set(evses)) != len(evses):
+            raise ValueError("two evse assets share a station_id and evse_id")
         return self
 
     @property

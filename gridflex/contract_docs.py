@@ -70,6 +70,21 @@ CHANNELS: dict[str, tuple[str, str, bool, str]] = {
         "Site aggregate for a higher level (hierarchical scaling): online assets, power, "
         "flexibility, site frequency, requested/allocated response and shortfall; >= 1/s.",
     ),
+    "csmsSetpoint": (
+        PREFIX + "/{site}/csms/{asset}/setpoint",
+        "csms-setpoint/1",
+        False,
+        "Internal, control to the CSMS: program one EVSE (setpoint, local_frequency or "
+        "clear) with a correlation id (the command_id); executed once per id, refused after "
+        "valid_until_ms.",
+    ),
+    "csmsResult": (
+        PREFIX + "/{site}/csms/{asset}/result",
+        "csms-result/1",
+        False,
+        "Internal, the CSMS to control: the station's answer (accepted, rejected, refused, "
+        "timeout, offline, error) and then, as read-back, the power of its next meter value.",
+    ),
     "deadletter": (
         PREFIX + "/deadletter/{component}",
         "deadletter/1",

@@ -1,4 +1,7 @@
-"""``gridflex collect ocpp --site FILE``: run the CSMS until SIGINT or SIGTERM."""
+"""``gridflex collect ocpp --site FILE``: run the CSMS until SIGINT or SIGTERM.
+
+It also executes ``gridflex control``'s setpoint requests (``collectors.ocpp.requests``).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +15,7 @@ from dataclasses import replace
 
 from collectors.ocpp import gc_policy
 from collectors.ocpp.csms import Csms, CsmsSettings, collector_will
+from collectors.ocpp.requests import RequestServer
 from collectors.ocpp.security import KeyFileError, check_private_key_file
 from gridflex.config import ConfigError, load_site
 from gridflex.mqtt import MqttClient
@@ -47,14 +51,19 @@ async def run(
     *,
     policy: gc_policy.FreezePolicy | None = None,
     tick_s: float = _TICK_S,
+    requests: RequestServer | None = None,
 ) -> None:
     """Serve until ``stop`` is set, then stop cleanly.
+
+    ``requests`` (when given) takes control's setpoint requests from MQTT while serving.
 
     Logs counters every minute and keeps full garbage collections short
     (``collectors.ocpp.gc_policy``, checked every ``tick_s``): what start-up built is
     frozen at once, the stations' long-lived objects once their connections have settled.
     """
     await csms.start()
+    if requests is not None:
+        requests.start()
     gc_policy.apply("freeze")
     policy = policy or gc_policy.FreezePolicy()
     try:
@@ -84,6 +93,8 @@ async def run(
                 )
                 last = stats.telemetry_published
     finally:
+        if requests is not None:
+            await requests.stop()
         await csms.stop()
 
 
@@ -113,17 +124,18 @@ def main(args: argparse.Namespace) -> int:
         keepalive_s=site.mqtt.keepalive_s,
     )
     csms = Csms(settings, mqtt, boot_id=boot_id)
+    requests = RequestServer(csms, mqtt)
 
     async def _with_asyncio_mqtt(client: AsyncMqttClient) -> None:
         stop = stop_on_signals()
         await client.start()  # no wait: stations are served while the broker is unreachable
         try:
-            await run(csms, stop)
+            await run(csms, stop, requests=requests)
         finally:
             await client.stop(flush_timeout_s=5.0)
 
     async def _with_thread_mqtt() -> None:
-        await run(csms, stop_on_signals())
+        await run(csms, stop_on_signals(), requests=requests)
 
     try:
         if isinstance(mqtt, AsyncMqttClient):

@@ -1,7 +1,9 @@
 """Pure conversions between OCPP 2.0.1/2.1 payloads and gridflex's telemetry contract.
 
 No I/O here: the CSMS hands in the validated wire payloads (camelCase dicts, exactly as in
-the OCPP specification) and publishes what these functions return.
+the OCPP specification) and publishes what these functions return. What goes the other way
+(setpoints as charging profiles) is decided in ``control.ocpp_plan``: every device write
+lives in ``control/``.
 
 Measurands to telemetry fields (OCPP 2.0.1/2.1 Part 2, ``MeasurandEnumType``; values are
 scaled by ``10 ** unitOfMeasure.multiplier`` and converted from kW/kWh/kV/kA/...):
@@ -32,23 +34,19 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Literal
+from typing import Any
 
 from gridflex.contract import EvChargingNeeds, TelemetryStatus
 
 __all__ = [
     "BPT_MODES",
     "LINE_TO_LINE_ABOVE_V",
-    "ChargingProfilePlan",
     "MeterReading",
-    "Refusal",
-    "StationFacts",
     "ac_power_w",
     "charging_needs",
     "device_status",
     "format_ocpp_time",
     "parse_ocpp_time",
-    "plan_setpoint",
     "read_meter_value",
     "telemetry_status",
 ]
@@ -372,137 +370,4 @@ def charging_needs(needs: Mapping[str, Any]) -> EvChargingNeeds:
         target_soc_pct=_pct(target_soc_pct),
         v2x=v2x,
         energy_transfer_mode=mode or None,
-    )
-
-
-# --------------------------------------------------------------------------- setpoints
-
-
-@dataclass(frozen=True)
-class StationFacts:
-    """What the setpoint rules need to know about one station right now."""
-
-    ocpp_version: Literal["2.0.1", "2.1"]
-    transaction_id: str | None
-    needs: EvChargingNeeds | None
-    max_charge_w: float
-    max_discharge_w: float
-
-
-@dataclass(frozen=True)
-class ChargingProfilePlan:
-    """A SetChargingProfile request to send (wire format, camelCase) and what it asks for."""
-
-    request: dict[str, Any]
-    operation_mode: Literal["CentralSetpoint", "ChargingOnly", "TxProfileLimit"]
-    sent_w: float
-    clamped: bool
-
-
-@dataclass(frozen=True)
-class Refusal:
-    """A setpoint that is not sent, with the reason."""
-
-    reason: str
-
-
-def _discharge_refusal(facts: StationFacts) -> Refusal | None:
-    if facts.ocpp_version == "2.0.1":
-        return Refusal("OCPP 2.0.1 has no discharge: a TxProfile limit cannot be negative")
-    if facts.needs is None:
-        return Refusal(
-            "the car has not sent its charging needs: discharge needs an ISO 15118-20 V2X car"
-        )
-    if not facts.needs.v2x:
-        mode = facts.needs.energy_transfer_mode or "unknown"
-        return Refusal(
-            f"the car is charge-only (requested energy transfer {mode}, no V2X / ISO 15118-20)"
-        )
-    if facts.max_discharge_w <= 0:
-        return Refusal("the EVSE's max_discharge_w is 0 in the site configuration")
-    if not facts.needs.max_discharge_w:
-        return Refusal("the car reports a maximum discharge power of 0 W")
-    return None
-
-
-def plan_setpoint(
-    facts: StationFacts,
-    power_w: float,
-    *,
-    profile_id: int = 1,
-    stack_level: int = 1,
-    valid_to: str | None = None,
-    max_offline_s: int | None = None,
-) -> ChargingProfilePlan | Refusal:
-    """Decide the SetChargingProfile request for an absolute setpoint of ``power_w``.
-
-    Rules (docs/ocpp.md, "Setpoints"):
-
-    - A TxProfile needs a running transaction; without one the setpoint is refused.
-    - Discharge (``power_w < 0``) is refused for an OCPP 2.0.1 station, for a car whose
-      charging needs show no V2X (ISO 15118-2, or no needs sent), and where the site or the
-      car allows no discharge.
-    - OCPP 2.1 with a V2X car: ``operationMode`` CentralSetpoint, ``setpoint`` = ``power_w``
-      clamped to [-discharge cap, charge cap], ``limit`` = charge cap and ``dischargeLimit``
-      = -discharge cap, where each cap is the smaller of the site's EVSE limit and the car's.
-    - OCPP 2.1 with a charge-only car, and OCPP 2.0.1: a TxProfile ``limit`` in W, never
-      negative (``operationMode`` ChargingOnly on 2.1).
-    - ``valid_to`` (RFC 3339 ``Z``) lets the station fall back to its default when commands
-      stop; ``max_offline_s`` (2.1 only) drops the profile after that long offline.
-    """
-    if facts.transaction_id is None:
-        return Refusal("no transaction is running on the station (a TxProfile needs one)")
-    if power_w < 0:
-        refusal = _discharge_refusal(facts)
-        if refusal is not None:
-            return refusal
-
-    charge_cap_w = facts.max_charge_w
-    if facts.needs is not None and facts.needs.max_charge_w is not None:
-        charge_cap_w = min(charge_cap_w, facts.needs.max_charge_w)
-    v2x = facts.ocpp_version == "2.1" and facts.needs is not None and facts.needs.v2x
-    discharge_cap_w = 0.0
-    if v2x and facts.needs is not None:
-        discharge_cap_w = min(facts.max_discharge_w, facts.needs.max_discharge_w or 0.0)
-    sent_w = min(charge_cap_w, max(-discharge_cap_w, power_w))
-
-    period: dict[str, Any] = {"startPeriod": 0}
-    mode: Literal["CentralSetpoint", "ChargingOnly", "TxProfileLimit"]
-    if v2x:
-        mode = "CentralSetpoint"
-        period.update(
-            operationMode=mode,
-            setpoint=sent_w,
-            limit=charge_cap_w,
-            dischargeLimit=-discharge_cap_w if discharge_cap_w else 0.0,
-        )
-    else:
-        sent_w = max(0.0, sent_w)
-        period["limit"] = sent_w
-        if facts.ocpp_version == "2.1":
-            mode = "ChargingOnly"
-            period["operationMode"] = mode
-        else:
-            mode = "TxProfileLimit"
-
-    profile: dict[str, Any] = {
-        "id": profile_id,
-        "stackLevel": stack_level,
-        "chargingProfilePurpose": "TxProfile",
-        "chargingProfileKind": "Relative",
-        "transactionId": facts.transaction_id,
-        "chargingSchedule": [
-            {"id": profile_id, "chargingRateUnit": "W", "chargingSchedulePeriod": [period]}
-        ],
-    }
-    if valid_to is not None:
-        profile["validTo"] = valid_to
-    if max_offline_s is not None and facts.ocpp_version == "2.1":
-        profile["maxOfflineDuration"] = max_offline_s
-        profile["invalidAfterOfflineDuration"] = True
-    return ChargingProfilePlan(
-        request={"evseId": 1, "chargingProfile": profile},
-        operation_mode=mode,
-        sent_w=sent_w,
-        clamped=sent_w != power_w,
     )

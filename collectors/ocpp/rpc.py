@@ -26,10 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import itertools
 import json
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -170,11 +171,17 @@ class RpcChargePoint(ChargePoint):
         validators: ValidatorCache,
         response_timeout_s: float = 30.0,
         on_bad_input: BadInputHook = _ignore_bad_input,
+        frames: Iterator[int] | None = None,
     ) -> None:
         super().__init__(station_id, connection, response_timeout=response_timeout_s, logger=log)
         self._validators = validators
         self._on_bad_input = on_bad_input
         self._after_tasks: set[asyncio.Task[Any]] = set()
+        self._frames = frames if frames is not None else itertools.count(1)
+        #: Number of the frame being routed (from ``frames``: increasing across sessions
+        #: that share the counter), so handlers can tell what arrived after an answer.
+        self.frame_no = 0
+        self._answer_frames: dict[str, int] = {}
 
     async def start(self) -> None:
         """Route every frame until the connection closes (raises ``ConnectionClosed``)."""
@@ -189,6 +196,7 @@ class RpcChargePoint(ChargePoint):
 
     async def route_message(self, raw_msg: str | bytes) -> None:
         """Answer one frame (see the module docstring); never raises for bad input."""
+        self.frame_no = next(self._frames)
         try:
             msg = decode_frame(raw_msg, self._ocpp_version)
         except FrameError as exc:
@@ -200,6 +208,8 @@ class RpcChargePoint(ChargePoint):
         elif isinstance(msg, Call):
             await self._handle_call(msg)
         else:
+            if msg.unique_id in self._answer_frames:
+                self._answer_frames[msg.unique_id] = self.frame_no
             self._response_queue.put_nowait(msg)
 
     def _refused(self, reason: str, raw: str | bytes) -> None:
@@ -260,11 +270,25 @@ class RpcChargePoint(ChargePoint):
         requires) and response queue. Raises ``asyncio.TimeoutError`` after the response
         timeout, and the matching ``OCPPError`` when the station answers with a CALLERROR.
         """
+        result, _frame_no = await self.call_numbered(action, payload)
+        return result
+
+    async def call_numbered(
+        self, action: str, payload: dict[str, Any]
+    ) -> tuple[dict[str, Any], int]:
+        """``call_payload``, also returning the ``frame_no`` of the station's answer.
+
+        Frames routed later have higher numbers: what the station sent after answering.
+        """
         self._validators.validate(self._ocpp_version, action, payload, request=True)
         call = Call(str(uuid.uuid4()), action, payload)
-        async with self._call_lock:
-            await self._send(call.to_json())
-            response = await self._get_specific_response(call.unique_id, self._response_timeout)
+        self._answer_frames[call.unique_id] = 0
+        try:
+            async with self._call_lock:
+                await self._send(call.to_json())
+                response = await self._get_specific_response(call.unique_id, self._response_timeout)
+        finally:
+            answer_frame = self._answer_frames.pop(call.unique_id, 0)
         if isinstance(response, CallError):
             try:
                 raise response.to_exception()
@@ -279,4 +303,4 @@ class RpcChargePoint(ChargePoint):
         except OCPPError as error:
             log.warning("%s: %s response breaks the schema: %s", self.id, action, error)
             raise
-        return result
+        return result, answer_frame

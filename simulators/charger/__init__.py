@@ -1,7 +1,8 @@
-"""Simulated OCPP 2.0.1 / 2.1 charging stations, each with one EVSE and a car.
+"""Simulated OCPP 2.0.1 / 2.1 charging stations, each with one or more EVSEs and cars.
 
-``gridflex sim chargers --count M --csms-url URL [--ocpp 2.0.1|2.1|mix]`` starts M stations
-built on the ``ocpp`` package's client over ``websockets``. Each station:
+``gridflex sim chargers --count M --csms-url URL [--ocpp 2.0.1|2.1|mix]
+[--evses-per-station N] [--frequency-profile CSV]`` starts M stations built on the ``ocpp``
+package's client over ``websockets``. Each station (per EVSE where OCPP keeps it per EVSE):
 
 - connects to ``{csms-url}/{station_id}`` with the ``ocpp2.1`` or ``ocpp2.0.1`` subprotocol
   and HTTP Basic auth (security profile 1; ``wss://`` plus ``--ca-file`` for profile 2),
@@ -12,9 +13,11 @@ built on the ``ocpp`` package's client over ``websockets``. Each station:
   from a charge-only ISO 15118-2 car); then TransactionEvent Updated with meter values every
   ``SampledDataCtrlr.TxUpdatedInterval`` (set by the CSMS with SetVariables), MeterValues
   when idle, TransactionEvent Ended when the car leaves;
-- applies SetChargingProfile to the car (``simulators.ev``): a CentralSetpoint ``setpoint``
-  within ``limit``/``dischargeLimit``, or a charging ``limit``; power follows within the car's
-  limits and the SoC integrates.
+- applies SetChargingProfile to the car (``simulators.ev``): a TxProfile (CentralSetpoint
+  ``setpoint`` within ``limit``/``dischargeLimit``, LocalFrequency curve at the station's own
+  grid frequency, or a charging ``limit``), a TxDefaultProfile (with or without a
+  transaction), a ChargingStationMaxProfile (the EVSEs together); power follows within the
+  car's limits and the SoC integrates.
 
 Fault injection: ``--overtemp`` (connector heats up, power is derated, temperature reported
 with NotifyEvent), ``--ground-fault-after-s`` (StatusNotification Faulted, NotifyEvent
@@ -28,13 +31,14 @@ For the demo, ``build_fleet(count, seed=..., v21_fraction=..., v2x_fraction=...)
 
 The package, in layers (each module imports only the ones above it):
 
-- ``fleet``: ``Faults``, ``StationSpec``, ``OcppVersion``, ``build_fleet``,
-  ``fleet_from_site`` (seeded version and car mix); pure;
+- ``fleet``: ``Faults``, ``EvseSpec``, ``StationSpec``, ``OcppVersion``, ``build_fleet``,
+  ``fleet_from_site``, ``site_assets`` (seeded version and car mix); pure;
 - ``control``: ``Control``, ``control_from_profile``, ``requested_power_w`` (the car's
-  answer to the charging profile in force); pure;
+  answer to the charging profile in force), ``curve_power_w``, ``share_station_max``; pure;
 - ``wire``: the hot-path messages in wire format (``sampled_values``,
   ``charging_needs_payload``, ``ocpp_time``), the meter-value schedule (``next_meter_s``)
   and the answer matching of ``call_wire`` (``answer_frame``); pure;
+- ``evse``: ``SimEvse`` (one EVSE: car, transaction, profiles, its messages), ``Profile``;
 - ``station``: ``StationCounters``, the ``ChargePoint`` handler classes, ``SimStation`` (one
   station on its connection) and ``run_fleet``;
 - ``cli``: ``add_arguments``/``main`` of ``gridflex sim chargers``.
@@ -45,12 +49,20 @@ package; new code imports from the submodules.
 
 from simulators.charger.cli import add_arguments, main
 from simulators.charger.control import Control, control_from_profile, requested_power_w
-from simulators.charger.fleet import Faults, StationSpec, build_fleet, fleet_from_site
+from simulators.charger.fleet import (
+    EvseSpec,
+    Faults,
+    StationSpec,
+    build_fleet,
+    fleet_from_site,
+    site_assets,
+)
 from simulators.charger.station import SimStation, run_fleet
 from simulators.charger.wire import charging_needs_payload, next_meter_s, sampled_values
 
 __all__ = [
     "Control",
+    "EvseSpec",
     "Faults",
     "SimStation",
     "StationSpec",
@@ -64,4 +76,5 @@ __all__ = [
     "requested_power_w",
     "run_fleet",
     "sampled_values",
+    "site_assets",
 ]

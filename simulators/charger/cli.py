@@ -13,6 +13,7 @@ from typing import Any
 from gridflex.runtime import stop_on_signals
 from simulators.charger.fleet import Faults, StationSpec, build_fleet, fleet_from_site
 from simulators.charger.station import SimStation, run_fleet
+from simulators.grid_frequency import FrequencyProfile, FrequencySource, ProfileError
 
 __all__ = ["add_arguments", "main"]
 
@@ -41,6 +42,20 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--drop-rate", type=float, default=0.0, help="lose meter values")
     parser.add_argument("--hang-after-s", type=float, help="stop answering the CSMS")
     parser.add_argument("--faulty", type=int, help="faults only on the first N stations")
+    parser.add_argument(
+        "--evses-per-station",
+        type=int,
+        default=1,
+        help="EVSEs per station, each with its own car (without --site; default 1)",
+    )
+    parser.add_argument(
+        "--frequency-profile",
+        type=Path,
+        default=None,
+        help="CSV t_s,freq_hz the stations measure (LocalFrequency profiles follow it); "
+        "default: nominal",
+    )
+    parser.add_argument("--nominal-hz", type=float, default=50.0, help="nominal grid frequency")
 
 
 def _specs_from_args(args: argparse.Namespace) -> list[StationSpec]:
@@ -64,7 +79,13 @@ def _specs_from_args(args: argparse.Namespace) -> list[StationSpec]:
         return fleet_from_site(args.site, count=args.count, **common)
     if args.count is None:
         raise SystemExit("gridflex sim chargers: give --count (or --site)")
-    return build_fleet(args.count, id_prefix=args.id_prefix, password=args.password, **common)
+    return build_fleet(
+        args.count,
+        id_prefix=args.id_prefix,
+        password=args.password,
+        evses_per_station=args.evses_per_station,
+        **common,
+    )
 
 
 _FREEZE_AFTER_RAMP_S = 15.0
@@ -78,15 +99,24 @@ def main(args: argparse.Namespace) -> int:
     pauses the process, and the stations due meanwhile then send together, in one burst.
     """
     specs = _specs_from_args(args)
+    frequency: FrequencySource | None = None
+    if args.frequency_profile is not None:
+        try:
+            frequency = FrequencyProfile.from_csv(args.frequency_profile)
+        except ProfileError as exc:
+            log.error("frequency profile: %s", exc)
+            return 2
     ssl_context = None
     if args.csms_url.startswith("wss://"):
         ssl_context = ssl.create_default_context(cafile=args.ca_file)
     n21 = sum(s.ocpp_version == "2.1" for s in specs)
-    n_v2x = sum(s.car.v2x for s in specs)
+    n_evses = sum(len(s.evses) for s in specs)
+    n_v2x = sum(e.car.v2x for s in specs for e in s.evses)
     log.info(
-        "%d simulated stations (%d OCPP 2.1, %d V2X cars) -> %s",
+        "%d simulated stations (%d OCPP 2.1), %d EVSEs, %d V2X cars -> %s",
         len(specs),
         n21,
+        n_evses,
         n_v2x,
         args.csms_url,
     )
@@ -98,7 +128,13 @@ def main(args: argparse.Namespace) -> int:
         freezer = loop.call_later(args.ramp_s + _FREEZE_AFTER_RAMP_S, gc.freeze)
         try:
             return await run_fleet(
-                specs, args.csms_url, stop, ssl_context=ssl_context, ramp_s=args.ramp_s
+                specs,
+                args.csms_url,
+                stop,
+                ssl_context=ssl_context,
+                ramp_s=args.ramp_s,
+                frequency=frequency,
+                nominal_hz=args.nominal_hz,
             )
         finally:
             freezer.cancel()

@@ -3,9 +3,14 @@
 ``SimStation`` connects to ``{csms-url}/{station_id}`` (``websockets``' client, its own
 reconnect backoff), runs the OCPP conversation with the ``ocpp`` library's ``ChargePoint``
 (``_SimChargePoint201``/``_SimChargePoint21``: the handlers of SetVariables,
-SetChargingProfile and ClearChargingProfile, and the hot-path ``call_wire``), steps its car
-(``simulators.ev``) under the profile in force and injects its faults. ``run_fleet`` runs a
-list of ``StationSpec`` until ``stop`` is set.
+SetChargingProfile and ClearChargingProfile, and the hot-path ``call_wire``), steps each
+EVSE's car (``simulators.charger.evse``, ``simulators.ev``) under the profiles in force and
+injects its faults. Profiles it acts on: TxProfile (the EVSE's transaction; CentralSetpoint,
+LocalFrequency, ChargingOnly or a plain limit), TxDefaultProfile (an EVSE, or every EVSE
+with evseId 0; with or without a transaction), ChargingStationMaxProfile (evseId 0: the
+EVSEs' charging together). LocalFrequency follows the station's own grid frequency
+(``frequency``: a ``simulators.grid_frequency`` source; nominal when none is given).
+``run_fleet`` runs a list of ``StationSpec`` until ``stop`` is set.
 """
 
 from __future__ import annotations
@@ -18,7 +23,8 @@ import random
 import ssl
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from ocpp.messages import CallError, MessageType
@@ -28,7 +34,13 @@ from ocpp.v201 import ChargePoint as ChargePoint201
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
-from simulators.charger.control import Control, control_from_profile, requested_power_w
+from simulators.charger.control import (
+    Control,
+    control_from_profile,
+    requested_power_w,
+    share_station_max,
+)
+from simulators.charger.evse import Profile, SimEvse
 from simulators.charger.fleet import StationSpec
 from simulators.charger.wire import (
     DEFAULT_MEASURANDS,
@@ -38,9 +50,9 @@ from simulators.charger.wire import (
     charging_needs_payload,
     next_meter_s,
     ocpp_time,
-    sampled_values,
 )
-from simulators.ev import EvState, ThermalSpec, initial_state, step
+from simulators.ev import ThermalSpec, initial_state, step
+from simulators.grid_frequency import FrequencyProfile, FrequencySource
 
 __all__ = ["SimStation", "StationCounters", "run_fleet"]
 
@@ -77,16 +89,21 @@ class _SimHandlers:
     def on_set_charging_profile(
         self, evse_id: int, charging_profile: dict[str, Any], **_kw: Any
     ) -> Any:
-        """Apply a charging profile to the car."""
+        """Apply a charging profile to an EVSE (0: the station)."""
         status, reason = self.station.apply_profile(evse_id, charging_profile)
         info = {"reason_code": reason} if reason else None
         return self._call_result.SetChargingProfile(status=status, status_info=info)
 
     @on("ClearChargingProfile")
-    def on_clear_charging_profile(self, **_kw: Any) -> Any:
-        """Drop the profile in force: the car falls back to charging at full power."""
-        self.station.control = None
-        return self._call_result.ClearChargingProfile(status="Accepted")
+    def on_clear_charging_profile(
+        self,
+        charging_profile_id: int | None = None,
+        charging_profile_criteria: dict[str, Any] | None = None,
+        **_kw: Any,
+    ) -> Any:
+        """Drop profiles by id or criteria: the car falls back to what is left."""
+        status = self.station.clear_profiles(charging_profile_id, charging_profile_criteria)
+        return self._call_result.ClearChargingProfile(status=status)
 
     async def start(self) -> None:
         """Receive and route frames (the library logs every frame at INFO; here DEBUG)."""
@@ -151,7 +168,7 @@ class _SimChargePoint21(_SimHandlers, ChargePoint21):
 
 
 class SimStation:
-    """One simulated station: connection, OCPP behaviour and the car model."""
+    """One simulated station: connection, OCPP behaviour, and per EVSE a car."""
 
     def __init__(
         self,
@@ -161,12 +178,15 @@ class SimStation:
         ssl_context: ssl.SSLContext | None = None,
         response_timeout_s: float = 30.0,
         thermal: ThermalSpec | None = None,
+        frequency: FrequencySource | None = None,
+        nominal_hz: float = 50.0,
     ) -> None:
         self.spec = spec
         self.url = f"{csms_url.rstrip('/')}/{spec.station_id}"
         self.ssl_context = ssl_context
         self.response_timeout_s = response_timeout_s
         self.thermal = thermal or ThermalSpec()
+        self.frequency: FrequencySource = frequency or FrequencyProfile((0.0,), (nominal_hz,))
         self.counters = StationCounters()
         self.rng = random.Random(spec.seed)
         # OCPP device model, as set by the CSMS
@@ -174,20 +194,15 @@ class SimStation:
         self.aligned_interval_s = 60.0
         self.measurands = DEFAULT_MEASURANDS
         self.heartbeat_interval_s = 300.0
-        # station and car
-        self.ev: EvState | None = None
-        self.meter_import_wh = 1_000_000.0 * self.rng.random()
-        self.meter_export_wh = 0.0
-        self.control: Control | None = None
+        # station and cars
+        self.evses = {e.evse_id: SimEvse(e, 1_000_000.0 * self.rng.random()) for e in spec.evses}
+        self.station_default: Profile | None = None
+        self.station_max: Profile | None = None
         self.received_profiles: list[dict[str, Any]] = []
-        self.transaction_id: str | None = None
-        self.tx_seq_no = 0
         self.event_seq_no = 0
-        self.connector_status = "Available"
         self.faulted = False
         self.hung = False
-        self.departed = False
-        self.reported_temp_c: float | None = None
+        self.freq_hz: float | None = None
         self._t0 = time.monotonic()
         self._epoch0 = time.time()
 
@@ -225,24 +240,103 @@ class SimStation:
             "variable": item["variable"],
         }
 
+    def control_of(self, evse_id: int) -> Control | None:
+        """The profile an EVSE follows: its own, else the station's TxDefaultProfile (evseId 0).
+
+        Its own is the TxProfile during a transaction, else its TxDefaultProfile.
+        """
+        now_s = time.time()
+        own = self.evses[evse_id].own_control(now_s)
+        if own is not None:
+            return own
+        held = self.station_default
+        return held.control if held is not None and held.valid(now_s) else None
+
+    def station_max_w(self) -> float | None:
+        """The ChargingStationMaxProfile's limit in force, W; None when there is none."""
+        held = self.station_max
+        if held is None or not held.valid(time.time()):
+            return None
+        return held.control.limit_w
+
     def apply_profile(self, evse_id: int, profile: dict[str, Any]) -> tuple[str, str | None]:
         """Apply a SetChargingProfile request; (status, reason code)."""
         self.counters.profiles_received += 1
         self.received_profiles.append(profile)
-        if evse_id != 1:
-            return "Rejected", "UnknownEVSE"
-        if profile.get("charging_profile_purpose") != "TxProfile":
+        purpose = profile.get("charging_profile_purpose")
+        if purpose not in ("TxProfile", "TxDefaultProfile", "ChargingStationMaxProfile"):
             return "Rejected", "UnsupportedPurpose"
-        if self.transaction_id is None or profile.get("transaction_id") != self.transaction_id:
+        evse = self.evses.get(evse_id)
+        if purpose == "ChargingStationMaxProfile" and evse_id != 0:
+            return "Rejected", "InvalidValue"  # the station-wide limit is set on evseId 0
+        if evse is None and (purpose == "TxProfile" or evse_id != 0):
+            return "Rejected", "UnknownEVSE"
+        if purpose == "TxProfile" and (
+            evse is None
+            or evse.transaction_id is None
+            or profile.get("transaction_id") != evse.transaction_id
+        ):
             return "Rejected", "TxNotFound"
         try:
             control = control_from_profile(profile)
-        except (ValueError, KeyError, IndexError):
+        except (ValueError, KeyError, IndexError, TypeError):
             return "Rejected", "InvalidSchedule"
         if self.spec.ocpp_version == "2.0.1" and (control.limit_w or 0.0) < 0:
             return "Rejected", "InvalidValue"
-        self.control = control
+        valid_to = profile.get("valid_to")
+        try:
+            valid_to_s = None if valid_to is None else datetime.fromisoformat(valid_to).timestamp()
+        except ValueError:
+            return "Rejected", "InvalidSchedule"
+        applied = Profile(int(profile["id"]), control, valid_to_s)
+        if purpose == "ChargingStationMaxProfile":
+            self.station_max = applied
+        elif purpose == "TxDefaultProfile" and evse is None:
+            self.station_default = applied
+        elif purpose == "TxDefaultProfile":
+            assert evse is not None
+            evse.default_profile = applied
+        else:
+            assert evse is not None
+            evse.tx_profile = applied
+        self._follow_now()
         return "Accepted", None
+
+    def _follow_now(self) -> None:
+        """The cars take up changed profiles at once (a step of 0 s: power, no energy).
+
+        So every meter value sent after the answer shows the new power, also one of another
+        EVSE already due in the same loop turn.
+        """
+        self._advance(0.0, self._sim_time_s())
+
+    def clear_profiles(
+        self, profile_id: int | None = None, criteria: dict[str, Any] | None = None
+    ) -> str:
+        """ClearChargingProfile by id or by criteria (evse_id, purpose); Accepted or Unknown."""
+        criteria = criteria or {}
+        purpose = criteria.get("charging_profile_purpose")
+        evse_id = criteria.get("evse_id")
+        cleared = False
+
+        def matches(held: Profile | None, its_purpose: str, its_evse: int) -> bool:
+            if held is None:
+                return False
+            if profile_id is not None:
+                return held.profile_id == profile_id
+            return purpose in (None, its_purpose) and evse_id in (None, its_evse)
+
+        for evse in self.evses.values():
+            if matches(evse.tx_profile, "TxProfile", evse.evse_id):
+                evse.tx_profile, cleared = None, True
+            if matches(evse.default_profile, "TxDefaultProfile", evse.evse_id):
+                evse.default_profile, cleared = None, True
+        if matches(self.station_default, "TxDefaultProfile", 0):
+            self.station_default, cleared = None, True
+        if matches(self.station_max, "ChargingStationMaxProfile", 0):
+            self.station_max, cleared = None, True
+        self._follow_now()
+        return "Accepted" if cleared else "Unknown"
 
     # -- run
 
@@ -344,47 +438,62 @@ class SimStation:
                 self.heartbeat_interval_s = float(boot.interval)
                 break
             await asyncio.sleep(max(1.0, float(boot.interval)))
-        await self._status(cp)
+        for evse in self.evses.values():
+            await self._status(cp, evse)
         loop_last = self._sim_time_s()
         phase = self.rng.uniform(0.0, self.tx_interval_s)
-        next_meter = loop_last + min(phase, self.tx_interval_s)
+        for evse in self.evses.values():
+            evse.next_meter_s = loop_last + min(phase, self.tx_interval_s)
         next_heartbeat = loop_last + self.heartbeat_interval_s
         while not stop.is_set():
             now = self._sim_time_s()
-            self._advance(now - loop_last)
+            self._advance(now - loop_last, now)
             loop_last = now
             await self._events(cp, now)
-            if now >= next_meter:
-                await self._send_meter_values(cp)
-                interval = self.tx_interval_s if self.transaction_id else self.aligned_interval_s
-                next_meter = next_meter_s(next_meter, interval, now)
+            for evse in self.evses.values():
+                if now >= evse.next_meter_s:
+                    await self._send_meter_values(cp, evse)
+                    interval = (
+                        self.tx_interval_s if evse.transaction_id else self.aligned_interval_s
+                    )
+                    evse.next_meter_s = next_meter_s(evse.next_meter_s, interval, now)
             if now >= next_heartbeat:
                 await self._call(cp, calls.Heartbeat())
                 next_heartbeat = now + self.heartbeat_interval_s
+            next_meter = min(e.next_meter_s for e in self.evses.values())
             wake = min(next_meter, next_heartbeat, now + 1.0)
             await asyncio.sleep(max(0.0, wake - self._sim_time_s()))
 
     # -- physics and events
 
-    def _advance(self, dt_s: float) -> None:
-        if self.ev is None or dt_s <= 0:
+    def _advance(self, dt_s: float, now_s: float) -> None:
+        """Step every car over ``dt_s`` (>= 0) under its profile, the station limit, the grid."""
+        self.freq_hz = self.frequency.freq_hz(now_s)
+        active = [e for e in self.evses.values() if e.ev is not None]
+        if not active or dt_s < 0:
             return
-        requested = 0.0
-        if self.transaction_id is not None and not self.faulted:
-            requested = requested_power_w(self.spec.car, self.ev.soc_pct, self.control)
-        self.ev = step(
-            self.ev,
-            self.spec.car,
-            requested,
-            dt_s,
-            station_max_charge_w=self.spec.max_charge_w,
-            station_max_discharge_w=self.spec.max_discharge_w,
-            heat_offset_c=OVERTEMP_OFFSET_C if self.spec.faults.overtemp else 0.0,
-            thermal=self.thermal,
-        )
+        requested = [
+            requested_power_w(e.spec.car, e.ev.soc_pct, self.control_of(e.evse_id), self.freq_hz)
+            if e.transaction_id is not None and not self.faulted and e.ev is not None
+            else 0.0
+            for e in active
+        ]
+        station_max = self.station_max_w()
+        for evse, power_w in zip(active, share_station_max(requested, station_max), strict=True):
+            assert evse.ev is not None
+            evse.ev = step(
+                evse.ev,
+                evse.spec.car,
+                power_w,
+                dt_s,
+                station_max_charge_w=evse.spec.max_charge_w,
+                station_max_discharge_w=evse.spec.max_discharge_w,
+                heat_offset_c=OVERTEMP_OFFSET_C if self.spec.faults.overtemp else 0.0,
+                thermal=self.thermal,
+            )
 
     async def _events(self, cp: Any, now: float) -> None:
-        car, faults = self.spec.car, self.spec.faults
+        faults = self.spec.faults
         if faults.hang_after_s is not None and now >= faults.hang_after_s and not self.hung:
             log.info("%s: hanging (no more answers to the CSMS)", self.spec.station_id)
             self.hung = True
@@ -394,121 +503,106 @@ class SimStation:
             and not self.faulted
         ):
             await self._ground_fault(cp)
-        if self.ev is None and not self.departed and now >= car.arrival_s and not self.faulted:
-            await self._plug_in(cp)
-        if (
-            self.ev is not None
-            and car.departure_s is not None
-            and now >= car.departure_s
-            and not self.departed
-        ):
-            await self._depart(cp)
-        if self.ev is not None and faults.overtemp:
-            temp_c = self.ev.connector_temp_c
-            if self.reported_temp_c is None or abs(temp_c - self.reported_temp_c) >= 2.0:
-                self.reported_temp_c = temp_c
-                await self._notify_event(
-                    cp, "Connector", "Temperature", f"{temp_c:.1f}", trigger="Delta"
-                )
+        for evse in self.evses.values():
+            car = evse.spec.car
+            if evse.ev is None and not evse.departed and now >= car.arrival_s and not self.faulted:
+                await self._plug_in(cp, evse)
+            if (
+                evse.ev is not None
+                and car.departure_s is not None
+                and now >= car.departure_s
+                and not evse.departed
+            ):
+                await self._depart(cp, evse)
+            if evse.ev is not None and faults.overtemp:
+                temp_c = evse.ev.connector_temp_c
+                if evse.reported_temp_c is None or abs(temp_c - evse.reported_temp_c) >= 2.0:
+                    evse.reported_temp_c = temp_c
+                    await self._notify_event(
+                        cp, evse, "Connector", "Temperature", f"{temp_c:.1f}", trigger="Delta"
+                    )
 
-    async def _status(self, cp: Any) -> None:
+    async def _status(self, cp: Any, evse: SimEvse) -> None:
         await self._call(
             cp,
             cp._call.StatusNotification(
                 timestamp=ocpp_time(),
-                connector_status=self.connector_status,
-                evse_id=1,
+                connector_status=evse.connector_status,
+                evse_id=evse.evse_id,
                 connector_id=1,
             ),
         )
 
     def transaction_event_request(
-        self, event_type: str, trigger: str, *, stopped_reason: str | None = None
+        self,
+        evse: SimEvse,
+        event_type: str,
+        trigger: str,
+        *,
+        stopped_reason: str | None = None,
     ) -> dict[str, Any]:
-        """A TransactionEventRequest in wire format (camelCase), with a meter value."""
-        self.tx_seq_no += 1
-        now = ocpp_time()
-        info: dict[str, Any] = {"transactionId": self.transaction_id}
-        if self.ev is not None and event_type != "Ended":
-            info["chargingState"] = "Charging" if self.ev.power_w != 0 else "SuspendedEV"
-        if stopped_reason is not None:
-            info["stoppedReason"] = stopped_reason
-        payload: dict[str, Any] = {
-            "eventType": event_type,
-            "timestamp": now,
-            "triggerReason": trigger,
-            "seqNo": self.tx_seq_no,
-            "transactionInfo": info,
-            "evse": {"id": 1, "connectorId": 1},
-        }
-        if self.ev is not None:
-            setpoint = None
-            if self.spec.ocpp_version == "2.1" and self.control is not None:
-                setpoint = self.control.setpoint_w
-            values = sampled_values(self.ev, self.measurands, setpoint_w=setpoint)
-            payload["meterValue"] = [{"timestamp": now, "sampledValue": values}]
-        return payload
-
-    def plug_in(self) -> None:
-        """The car arrives: a new transaction starts (state only; no message sent)."""
-        self.ev = replace(
-            initial_state(self.spec.car, self.thermal),
-            energy_import_wh=self.meter_import_wh,
-            energy_export_wh=self.meter_export_wh,
+        """A TransactionEventRequest of one EVSE in wire format, with a meter value."""
+        return evse.transaction_event_request(
+            event_type,
+            trigger,
+            measurands=self.measurands,
+            version=self.spec.ocpp_version,
+            stopped_reason=stopped_reason,
+            freq_hz=self.freq_hz,
+            control=self.control_of(evse.evse_id),
         )
-        self.transaction_id = uuid.uuid4().hex[:16]
-        self.tx_seq_no = -1
-        self.control = None
-        self.connector_status = "Occupied"
 
-    async def _plug_in(self, cp: Any) -> None:
-        car = self.spec.car
-        self.plug_in()
-        log.info("%s: car plugged in (V2X %s)", self.spec.station_id, car.v2x)
-        await self._status(cp)
+    async def _plug_in(self, cp: Any, evse: SimEvse) -> None:
+        car = evse.spec.car
+        evse.plug_in(self.thermal)
+        log.info(
+            "%s: car plugged in on EVSE %d (V2X %s)", self.spec.station_id, evse.evse_id, car.v2x
+        )
+        await self._status(cp, evse)
         await self._send_wire(
-            cp, "TransactionEvent", self.transaction_event_request("Started", "CablePluggedIn")
+            cp,
+            "TransactionEvent",
+            self.transaction_event_request(evse, "Started", "CablePluggedIn"),
         )
         departure = None
         if car.departure_s is not None:
             departure = self._epoch0 + car.departure_s
-        ev = self.ev if self.ev is not None else initial_state(car, self.thermal)
+        ev = evse.ev if evse.ev is not None else initial_state(car, self.thermal)
         needs = charging_needs_payload(car, ev, self.spec.ocpp_version, departure_epoch_s=departure)
-        await self._call(cp, cp._call.NotifyEVChargingNeeds(charging_needs=needs, evse_id=1))
+        await self._call(
+            cp, cp._call.NotifyEVChargingNeeds(charging_needs=needs, evse_id=evse.evse_id)
+        )
 
-    async def _end_transaction(self, cp: Any, trigger: str, reason: str) -> None:
-        if self.transaction_id is None:
+    async def _end_transaction(self, cp: Any, evse: SimEvse, trigger: str, reason: str) -> None:
+        if evse.transaction_id is None:
             return
-        event = self.transaction_event_request("Ended", trigger, stopped_reason=reason)
+        event = self.transaction_event_request(evse, "Ended", trigger, stopped_reason=reason)
         await self._send_wire(cp, "TransactionEvent", event)
-        self.transaction_id = None
-        self.control = None
-        if self.ev is not None:
-            self.meter_import_wh = self.ev.energy_import_wh
-            self.meter_export_wh = self.ev.energy_export_wh
-            self.ev = replace(self.ev, power_w=0.0)
+        evse.end_transaction()
 
-    async def _depart(self, cp: Any) -> None:
-        await self._end_transaction(cp, "EVDeparted", "EVDisconnected")
-        self.ev = None
-        self.departed = True
+    async def _depart(self, cp: Any, evse: SimEvse) -> None:
+        await self._end_transaction(cp, evse, "EVDeparted", "EVDisconnected")
+        evse.ev = None
+        evse.departed = True
         if not self.faulted:
-            self.connector_status = "Available"
-            await self._status(cp)
+            evse.connector_status = "Available"
+            await self._status(cp, evse)
 
     async def _ground_fault(self, cp: Any) -> None:
         log.info("%s: ground fault", self.spec.station_id)
         self.faulted = True
-        self.connector_status = "Faulted"
-        await self._status(cp)
-        await self._notify_event(
-            cp, "EVSE", "Problem", "true", trigger="Alerting", tech_code="GroundFault"
-        )
-        await self._end_transaction(cp, "AbnormalCondition", "GroundFault")
+        for evse in self.evses.values():
+            evse.connector_status = "Faulted"
+            await self._status(cp, evse)
+            await self._notify_event(
+                cp, evse, "EVSE", "Problem", "true", trigger="Alerting", tech_code="GroundFault"
+            )
+            await self._end_transaction(cp, evse, "AbnormalCondition", "GroundFault")
 
     async def _notify_event(
         self,
         cp: Any,
+        evse: SimEvse,
         component: str,
         variable: str,
         value: str,
@@ -523,7 +617,7 @@ class SimStation:
             "trigger": trigger,
             "actual_value": value,
             "event_notification_type": "HardWiredMonitor",
-            "component": {"name": component, "evse": {"id": 1, "connector_id": 1}},
+            "component": {"name": component, "evse": {"id": evse.evse_id, "connector_id": 1}},
             "variable": {"name": variable},
         }
         if tech_code is not None:
@@ -535,24 +629,13 @@ class SimStation:
             ),
         )
 
-    def meter_values_request(self) -> dict[str, Any]:
-        """A MeterValuesRequest in wire format for an idle station (registers, no SoC)."""
-        ev = self.ev or EvState(
-            soc_pct=0.0,
-            energy_import_wh=self.meter_import_wh,
-            energy_export_wh=self.meter_export_wh,
-        )
-        values = [
-            v for v in sampled_values(ev, self.measurands) if v["measurand"] != "SoC" or self.ev
-        ]
-        return {"evseId": 1, "meterValue": [{"timestamp": ocpp_time(), "sampledValue": values}]}
-
-    async def _send_meter_values(self, cp: Any) -> None:
-        if self.transaction_id is not None:
-            event = self.transaction_event_request("Updated", "MeterValuePeriodic")
+    async def _send_meter_values(self, cp: Any, evse: SimEvse) -> None:
+        if evse.transaction_id is not None:
+            event = self.transaction_event_request(evse, "Updated", "MeterValuePeriodic")
             await self._send_wire(cp, "TransactionEvent", event, periodic=True)
         else:
-            await self._send_wire(cp, "MeterValues", self.meter_values_request(), periodic=True)
+            request = evse.meter_values_request(self.measurands, freq_hz=self.freq_hz)
+            await self._send_wire(cp, "MeterValues", request, periodic=True)
 
 
 async def run_fleet(
@@ -564,14 +647,24 @@ async def run_fleet(
     ramp_s: float = 0.0,
     response_timeout_s: float = 30.0,
     grace_s: float = 3.0,
+    frequency: FrequencySource | None = None,
+    nominal_hz: float = 50.0,
 ) -> list[SimStation]:
     """Run stations until ``stop`` is set; connections start spread over ``ramp_s``.
 
-    Returns when every station has ended (refused, or stopped); after ``stop`` at most
-    ``grace_s`` later.
+    Every station measures the grid frequency of the one ``frequency`` source (nominal
+    when None). Returns when every station has ended (refused, or stopped); after ``stop``
+    at most ``grace_s`` later.
     """
     stations = [
-        SimStation(spec, csms_url, ssl_context=ssl_context, response_timeout_s=response_timeout_s)
+        SimStation(
+            spec,
+            csms_url,
+            ssl_context=ssl_context,
+            response_timeout_s=response_timeout_s,
+            frequency=frequency,
+            nominal_hz=nominal_hz,
+        )
         for spec in specs
     ]
 

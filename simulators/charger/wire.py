@@ -48,6 +48,7 @@ SUPPORTED_MEASURANDS = frozenset(
         "Current.Import",
         "Current.Export",
         "Voltage",
+        "Frequency",
     }
 )
 VOLTAGE_V = 230.0
@@ -61,9 +62,17 @@ def ocpp_time(ts: float | None = None) -> str:
 
 
 def sampled_values(
-    ev: EvState, measurands: frozenset[str], *, setpoint_w: float | None = None
+    ev: EvState,
+    measurands: frozenset[str],
+    *,
+    setpoint_w: float | None = None,
+    freq_hz: float | None = None,
 ) -> list[dict[str, Any]]:
-    """Sampled values (wire format, camelCase) for the measurands the CSMS asked for."""
+    """Sampled values (wire format, camelCase) for the measurands the CSMS asked for.
+
+    ``Power.Active.Setpoint`` whenever ``setpoint_w`` is given (OCPP 2.1); ``Frequency``
+    when asked for and ``freq_hz`` is known.
+    """
     power_w = ev.power_w
     current_a = abs(power_w) / (VOLTAGE_V * PHASES)
     table: list[tuple[str, float, str, str | None]] = [
@@ -78,12 +87,14 @@ def sampled_values(
     ]
     if setpoint_w is not None:
         table.append(("Power.Active.Setpoint", setpoint_w, "W", None))
+    if freq_hz is not None:
+        table.append(("Frequency", freq_hz, "Hz", None))
     values = []
     for measurand, value, unit, location in table:
         if measurand not in measurands and measurand != "Power.Active.Setpoint":
             continue
         item: dict[str, Any] = {
-            "value": round(value, 2),
+            "value": round(value, 3 if unit == "Hz" else 2),
             "measurand": measurand,
             "unitOfMeasure": {"unit": unit},
         }

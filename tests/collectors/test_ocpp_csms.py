@@ -62,7 +62,7 @@ class Site:
         )
         self.mqtt.start()
         stations = {
-            s.station_id: StationConfig(
+            s.station_id: StationConfig.single(
                 s.station_id, s.station_id, PASSWORD, 22_000, max_discharge_w
             )
             for s in specs
@@ -115,7 +115,7 @@ def loop_thread() -> Iterator[LoopThread]:
 
 
 def spec(station_id: str, version: str, car: CarSpec = V2X_CAR, **faults: Any) -> StationSpec:
-    return StationSpec(
+    return StationSpec.single(
         station_id,
         PASSWORD,
         "2.1" if version == "2.1" else "2.0.1",
@@ -393,7 +393,7 @@ def test_201_station_is_never_sent_a_discharge(mosquitto: Broker, loop_thread: L
             site.close()
     assert refused.status == "refused" and "2.0.1" in (refused.reason or "")
     assert refused_iso2.status == "refused" and "charge-only" in (refused_iso2.reason or "")
-    assert charge.status == "accepted" and charge.operation_mode == "TxProfileLimit"
+    assert charge.status == "accepted" and charge.operation_mode == "Limit"
     old, iso2 = site.stations
     assert iso2.received_profiles == []
     limits = [

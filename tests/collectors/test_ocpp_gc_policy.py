@@ -82,7 +82,7 @@ def applied(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
 def test_the_collect_command_freezes_at_start_and_after_stations_settle(
     applied: list[str],
 ) -> None:
-    stations = {"cs1": StationConfig("cs1", "evse-1", "station-password-0123", 22_000, 0)}
+    stations = {"cs1": StationConfig.single("cs1", "evse-1", "station-password-0123", 22_000, 0)}
     csms = Csms(CsmsSettings(site_id="s1", stations=stations, port=0), _NullPublisher())
 
     async def scenario() -> None:

@@ -7,22 +7,16 @@ from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
-from ocpp.messages import MessageType, get_validator
 
 from collectors.ocpp.mapping import (
-    ChargingProfilePlan,
-    Refusal,
-    StationFacts,
     ac_power_w,
     charging_needs,
     device_status,
     format_ocpp_time,
     parse_ocpp_time,
-    plan_setpoint,
     read_meter_value,
     telemetry_status,
 )
-from gridflex.contract import EvChargingNeeds
 
 TS = "2025-03-01T10:00:00.250Z"
 TS_MS = 1740823200250
@@ -310,119 +304,3 @@ def test_bpt_parameters_without_a_bpt_request_do_not_make_a_v2x_car() -> None:
     )
     assert needs.v2x is False
     assert needs.max_discharge_w == 0
-
-
-# --------------------------------------------------------------------------- setpoints
-
-V2X = EvChargingNeeds(
-    v2x=True, max_charge_w=11_000, max_discharge_w=6_000, energy_transfer_mode="DC_BPT"
-)
-CHARGE_ONLY = EvChargingNeeds(v2x=False, max_charge_w=11_040, energy_transfer_mode="AC_three_phase")
-
-
-def facts(
-    version: str = "2.1", needs: EvChargingNeeds | None = V2X, tx: str | None = "tx-1"
-) -> StationFacts:
-    return StationFacts(
-        ocpp_version="2.1" if version == "2.1" else "2.0.1",
-        transaction_id=tx,
-        needs=needs,
-        max_charge_w=22_000,
-        max_discharge_w=10_000,
-    )
-
-
-def period(plan: ChargingProfilePlan) -> dict[str, Any]:
-    return plan.request["chargingProfile"]["chargingSchedule"][0]["chargingSchedulePeriod"][0]
-
-
-def test_21_v2x_discharge_is_a_central_setpoint_with_discharge_limit() -> None:
-    plan = plan_setpoint(facts(), -5_000)
-    assert isinstance(plan, ChargingProfilePlan)
-    assert plan.operation_mode == "CentralSetpoint"
-    assert period(plan) == {
-        "startPeriod": 0,
-        "operationMode": "CentralSetpoint",
-        "setpoint": -5_000,
-        "limit": 11_000,  # min(site 22 kW, car 11 kW)
-        "dischargeLimit": -6_000,  # min(site 10 kW, car 6 kW), negative
-    }
-    profile = plan.request["chargingProfile"]
-    assert profile["chargingProfilePurpose"] == "TxProfile"
-    assert profile["transactionId"] == "tx-1"
-    assert plan.request["chargingProfile"]["chargingSchedule"][0]["chargingRateUnit"] == "W"
-
-
-def test_21_v2x_discharge_beyond_the_car_is_clamped_and_says_so() -> None:
-    plan = plan_setpoint(facts(), -9_000)
-    assert isinstance(plan, ChargingProfilePlan)
-    assert plan.sent_w == -6_000
-    assert plan.clamped is True
-    assert period(plan)["setpoint"] == -6_000
-
-
-@pytest.mark.parametrize(
-    ("station", "reason_part"),
-    [
-        (facts(version="2.0.1"), "OCPP 2.0.1"),  # 2.0.1 has no discharge
-        (facts(needs=CHARGE_ONLY), "charge-only"),  # ISO 15118-2 car
-        (facts(needs=None), "charging needs"),  # no NotifyEVChargingNeeds yet
-        (facts(tx=None), "no transaction"),
-    ],
-)
-def test_discharge_that_cannot_be_honoured_is_refused(
-    station: StationFacts, reason_part: str
-) -> None:
-    result = plan_setpoint(station, -5_000)
-    assert isinstance(result, Refusal)
-    assert reason_part in result.reason
-
-
-def test_site_without_discharge_refuses_discharge() -> None:
-    station = StationFacts("2.1", "tx-1", V2X, max_charge_w=22_000, max_discharge_w=0)
-    assert isinstance(plan_setpoint(station, -1_000), Refusal)
-
-
-def test_201_charge_is_a_non_negative_tx_profile_limit_without_operation_mode() -> None:
-    plan = plan_setpoint(facts(version="2.0.1", needs=CHARGE_ONLY), 3_000)
-    assert isinstance(plan, ChargingProfilePlan)
-    assert plan.operation_mode == "TxProfileLimit"
-    assert period(plan) == {"startPeriod": 0, "limit": 3_000}
-
-
-def test_21_charge_only_car_gets_a_charging_only_limit() -> None:
-    plan = plan_setpoint(facts(needs=CHARGE_ONLY), 4_000)
-    assert isinstance(plan, ChargingProfilePlan)
-    assert period(plan) == {"startPeriod": 0, "limit": 4_000, "operationMode": "ChargingOnly"}
-
-
-def test_zero_watts_pauses_with_a_zero_limit() -> None:
-    plan = plan_setpoint(facts(version="2.0.1", needs=None), 0)
-    assert isinstance(plan, ChargingProfilePlan)
-    assert period(plan)["limit"] == 0
-
-
-def test_valid_to_and_offline_duration_are_fail_safes() -> None:
-    plan = plan_setpoint(facts(), 1_000, valid_to="2025-03-01T10:05:00.000Z", max_offline_s=60)
-    assert isinstance(plan, ChargingProfilePlan)
-    profile = plan.request["chargingProfile"]
-    assert profile["validTo"] == "2025-03-01T10:05:00.000Z"
-    assert profile["maxOfflineDuration"] == 60
-    assert profile["invalidAfterOfflineDuration"] is True
-    plan_201 = plan_setpoint(facts(version="2.0.1", needs=None), 1_000, max_offline_s=60)
-    assert isinstance(plan_201, ChargingProfilePlan)
-    assert "maxOfflineDuration" not in plan_201.request["chargingProfile"]  # not in 2.0.1
-
-
-@pytest.mark.parametrize(
-    ("version", "needs", "power_w"),
-    [("2.1", V2X, -5_000), ("2.1", CHARGE_ONLY, 2_000), ("2.0.1", None, 7_000), ("2.1", V2X, 1e6)],
-)
-def test_planned_requests_validate_against_the_ocpp_schema(
-    version: str, needs: EvChargingNeeds | None, power_w: float
-) -> None:
-    plan = plan_setpoint(
-        facts(version=version, needs=needs), power_w, valid_to=TS, max_offline_s=30
-    )
-    assert isinstance(plan, ChargingProfilePlan)
-    get_validator(MessageType.Call, "SetChargingProfile", version).validate(plan.request)

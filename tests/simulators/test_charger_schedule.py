@@ -73,7 +73,9 @@ class _Wire:
 def station_cp(response_timeout_s: float = 5.0) -> tuple[_SimChargePoint21, _Wire]:
     wire = _Wire()
     cp = _SimChargePoint21("cs-1", wire, response_timeout=response_timeout_s)
-    cp.station = SimStation(StationSpec("cs-1", None, "2.1", CarSpec()), "ws://127.0.0.1:1/ocpp")
+    cp.station = SimStation(
+        StationSpec.single("cs-1", None, "2.1", CarSpec()), "ws://127.0.0.1:1/ocpp"
+    )
     cp._unique_id_generator = iter(f"id-{n}" for n in range(1, 100)).__next__
     return cp, wire
 
