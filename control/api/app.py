@@ -27,7 +27,6 @@ a store change the service hears :meth:`ControlApi.profile_changed` and re-appli
 asset's limits at once.
 """
 
-from __future__ import annotations
 
 import asyncio
 import contextlib
