@@ -27,18 +27,29 @@ a store change the service hears :meth:`ControlApi.profile_changed` and re-appli
 asset's limits at once.
 """
 
-
-import asyncio
 import contextlib
 import dataclasses
 import hmac
 import json
 import logging
+import math
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, WebSocket, status
+import anyio
+from fastapi import (
+    APIRouter,
+    Depends,
+    FastAPI,
+    HTTPException,
+    Query,
+    Request,
+    WebSocket,
+    status,
+)
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
@@ -171,6 +182,13 @@ def create_app(
         docs_url=None,
         redoc_url=None,
     )
+
+    @app.exception_handler(RequestValidationError)
+    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+        """422 naming each bad field; an echoed NaN or infinity is sent as text."""
+        detail = _json_safe(jsonable_encoder(exc.errors()))
+        return JSONResponse({"detail": detail}, status_code=422)
+
     open_routes = APIRouter(prefix=PREFIX)
     routes = APIRouter(prefix=PREFIX, dependencies=[Depends(require_token)])
 
@@ -346,6 +364,8 @@ def create_app(
         try:
             await websocket.accept()
             await _pump(websocket, messages, wanted)
+            with contextlib.suppress(Exception):  # the client may have closed first
+                await websocket.close()
         finally:
             closer = getattr(messages, "aclose", None)
             if closer is not None:
@@ -357,29 +377,45 @@ def create_app(
 async def _pump(
     websocket: WebSocket, messages: AsyncIterator[tuple[str, bytes]], wanted: set[str] | None
 ) -> None:
-    """Send the messages until the client leaves or the stream ends."""
+    """Send the messages until the client leaves or the stream ends.
 
-    async def forward() -> None:
-        async for topic, payload in messages:
-            if wanted is None or _asset_of(topic) in wanted:
-                await websocket.send_text(_frame(topic, payload))
+    An anyio task group (Starlette's own concurrency) rather than bare asyncio tasks, so a
+    server or test client cancelling the connection cancels both halves cleanly.
+    """
+    async with anyio.create_task_group() as group:
 
-    async def until_disconnect() -> None:
-        while (await websocket.receive())["type"] != "websocket.disconnect":
-            pass  # clients send nothing that matters; this only sees them leave
+        async def forward() -> None:
+            try:
+                async for topic, payload in messages:
+                    if wanted is None or _asset_of(topic) in wanted:
+                        await websocket.send_text(_frame(topic, payload))
+            except Exception as exc:  # the client went away mid-send
+                log.info("stream: client dropped: %r", exc)
+            finally:
+                group.cancel_scope.cancel()
 
-    tasks = [asyncio.create_task(forward()), asyncio.create_task(until_disconnect())]
-    try:
-        done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-    for task in done:
-        if not task.cancelled() and task.exception() is not None:
-            log.info("stream: client dropped: %r", task.exception())
-    with contextlib.suppress(Exception):  # the client may be gone already
-        await websocket.close()
+        async def until_disconnect() -> None:
+            try:
+                while (await websocket.receive())["type"] != "websocket.disconnect":
+                    pass  # clients send nothing that matters; this only sees them leave
+            except Exception as exc:
+                log.info("stream: client dropped: %r", exc)
+            finally:
+                group.cancel_scope.cancel()
+
+        group.start_soon(forward)
+        group.start_soon(until_disconnect)
+
+
+def _json_safe(value: Any) -> Any:
+    """``value`` with every NaN or infinity replaced by its text (JSON has neither)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_json_safe(item) for item in value]
+    return value
 
 
 def _limits_dict(limits: ActiveLimits) -> dict[str, Any]:
