@@ -7,8 +7,9 @@ SIGINT/SIGTERM to the command (``gridflex control`` stops it with :meth:`ApiServ
 HTTPS when ``[api] tls_cert`` and ``tls_key`` are set.
 
 uvicorn's own loggers (``uvicorn.error``, ``uvicorn.access``) go through gridflex's logging
-setup (``log_config=None``) with a filter that blanks any ``token=`` in a logged URL: a
-WebSocket client may pass the token in the query string, and the token is never logged.
+setup (``log_config=None``) with a filter that blanks any ``token=`` in a logged URL and
+any bearer credential in a logged header: a WebSocket client may pass the token in the query
+string, and the token is never logged.
 """
 
 from __future__ import annotations
@@ -32,16 +33,20 @@ log = logging.getLogger(__name__)
 #: How long a stop waits for open requests and WebSockets before it cancels them, s.
 GRACEFUL_STOP_S = 3
 
-_TOKEN_IN_URL = re.compile(r"(token=)[^&\s\"']+", re.IGNORECASE)
+_SECRET = re.compile(r"(token=|bearer\s+)[^&\s\"']+", re.IGNORECASE)
 
 
 class RedactToken(logging.Filter):
-    """Replace the value of any ``token=`` in a log record's message by ``***``."""
+    """Replace any ``token=VALUE`` or ``Bearer VALUE`` in a log record's message by ``***``.
+
+    uvicorn logs the request line (with the query string) and, at DEBUG, the handshake
+    headers (with ``Authorization``).
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
         """Rewrite the record in place; always keep it."""
         message = record.getMessage()
-        redacted = _TOKEN_IN_URL.sub(r"\1***", message)
+        redacted = _SECRET.sub(r"\1***", message)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
