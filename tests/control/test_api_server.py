@@ -21,6 +21,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import InvalidStatus
 
 from control.api import ApiServer, create_app, serve_api
+from control.cli import _start_api
 from control.profiles import ProfileStore
 from gridflex.cli import main as gridflex_main
 from gridflex.config import API_TOKEN_ENV, ApiConfig
@@ -352,3 +353,26 @@ def test_control_refuses_a_bad_api_listen_option(
     site = _site_file(tmp_path, [])
     assert gridflex_main(["control", "--site", str(site), "--api-listen", "nowhere"]) == 2
     assert "--api-listen: expected HOST:PORT" in capsys.readouterr().err
+
+
+def test_control_serves_the_api_only_over_a_service_that_implements_the_protocol(
+    store: ProfileStore, caplog: pytest.LogCaptureFixture
+) -> None:
+    config = ApiConfig(listen=f"127.0.0.1:{free_port()}")
+
+    async def scenario() -> tuple[ApiServer | None, int]:
+        assert await _start_api(object(), store, config, TOKEN, None) is None
+        server = await _start_api(FakeControl(), store, config, TOKEN, None)
+        assert server is not None
+        try:
+            async with httpx2.AsyncClient(base_url=server.url) as http:
+                status = (await http.get("/api/v1/assets", headers=AUTH)).status_code
+        finally:
+            await server.stop()
+        return server, status
+
+    caplog.set_level(logging.INFO)
+    _, status = asyncio.run(scenario())
+    assert status == 200
+    assert "does not implement control.api.ControlApi" in caplog.text
+    assert TOKEN not in caplog.text
