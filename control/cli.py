@@ -24,7 +24,7 @@ from pathlib import Path
 
 from control.api import ApiClientError, ApiServer, ControlApi, clear_fault, create_app, serve_api
 from control.ledger import Ledger
-from control.profiles import ProfileStore, default_profiles_path
+from control.profiles import PROFILES_FILE, ProfileStore
 from control.service import ControlService, default_ledger_path
 from gridflex.config import (
     ApiConfig,
@@ -117,7 +117,7 @@ def main(args: argparse.Namespace) -> int:
     token = resolve_api_token(api, site.source or args.site) if api is not None else None
     ledger_path: Path = args.ledger or default_ledger_path(site)
     ledger_path.parent.mkdir(parents=True, exist_ok=True)
-    profiles_path = default_profiles_path(site.history.dir)
+    profiles_path = ledger_path.parent / PROFILES_FILE  # beside the ledger
 
     async def _run(ledger: Ledger, profiles: ProfileStore) -> int:
         stop = stop_on_signals()

@@ -17,11 +17,11 @@ above the ceiling, i.e. between the two the asset may neither charge nor dischar
 what "never looser than any valid profile" means, so it is kept as is.
 
 :class:`ProfileStore` keeps the profiles in one SQLite file in WAL mode (the style of
-:mod:`control.ledger`), by default ``{history.dir}/control/profiles.sqlite3`` beside the
-ledger. Writes (``put``/``delete``/``prune``) are transactions; reads (``active``, called
-for every command by the control writer) come from an in-memory copy loaded at open and
-kept in step by the writes, so the hot path does no I/O. One process (``gridflex
-control``) owns the file.
+:mod:`control.ledger`) beside the ledger, by default
+``{history.dir}/control/profiles.sqlite3``. Writes (``put``/``delete``/``prune``) are
+transactions; reads (``active``, called for every command by the control writer) come from
+an in-memory copy loaded at open and kept in step by the writes, so the hot path does no
+I/O. One process (``gridflex control``) owns the file.
 
 Idempotency: the same ``profile_id`` posted again with the same body (compared after
 normalisation: instants in UTC, numbers as floats) is ``unchanged``; with another body it
@@ -50,6 +50,7 @@ from pydantic import (
 from gridflex.contract import ASSET_ID_PATTERN
 
 __all__ = [
+    "PROFILES_FILE",
     "PROFILE_ID_PATTERN",
     "ActiveLimits",
     "ChargeProfile",
@@ -79,9 +80,13 @@ def to_ms(instant: datetime) -> int:
     return (instant - _EPOCH) // timedelta(milliseconds=1)
 
 
+PROFILES_FILE = "profiles.sqlite3"
+"""The store's file name; ``gridflex control`` keeps it in the ledger's folder."""
+
+
 def default_profiles_path(history_dir: Path) -> Path:
-    """``{history.dir}/control/profiles.sqlite3``, beside the ledger."""
-    return history_dir / "control" / "profiles.sqlite3"
+    """``{history.dir}/control/profiles.sqlite3``, beside the default ledger."""
+    return history_dir / "control" / PROFILES_FILE
 
 
 class ProfilePeriod(BaseModel):
