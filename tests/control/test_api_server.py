@@ -142,7 +142,9 @@ def test_stream_handshake_without_the_token_is_http_401(store: ProfileStore) -> 
 def test_the_token_is_never_logged_by_the_server(
     store: ProfileStore, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG)  # uvicorn logs the handshake's headers at DEBUG
+    caplog.set_level(logging.DEBUG)
+    # uvicorn logs the handshake's headers at DEBUG, whatever other tests left set before.
+    caplog.set_level(logging.DEBUG, logger="uvicorn.error")
     fake = FakeControl(preload=[TELEMETRY])
 
     async def scenario(server: ApiServer) -> None:
