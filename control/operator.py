@@ -16,18 +16,17 @@ from collections.abc import AsyncIterator
 from dataclasses import asdict
 from typing import Any
 
+from control.api.stream import StreamHub
 from control.service import ControlService, _Job
 from gridflex.contract import DispatchAck, DispatchCommand
 
-__all__ = ["MANUAL_ANSWERS", "STREAM_QUEUE", "Operator", "manual_command_id"]
+__all__ = ["MANUAL_ANSWERS", "Operator", "manual_command_id"]
 
 log = logging.getLogger(__name__)
 
 #: Manual answers kept in memory for repeated transaction ids; older ones are rebuilt from
 #: the ledger.
 MANUAL_ANSWERS = 1024
-#: Items a slow stream subscriber may fall behind before the oldest are dropped.
-STREAM_QUEUE = 1000
 
 
 def manual_command_id(asset_id: str, transaction_id: str) -> str:
@@ -44,10 +43,15 @@ class Operator:
 
     def __init__(self, service: ControlService) -> None:
         self.service = service
-        self.site_id = service.site.id
         self._answers: OrderedDict[str, DispatchAck] = OrderedDict()
-        self._listeners: set[asyncio.Queue[tuple[str, bytes]]] = set()
-        service.taps.append(self._broadcast)
+        self._manual: dict[str, dict[str, Any]] = {}
+        self.hub = StreamHub()
+        service.taps.append(self.hub.publish)
+
+    @property
+    def site_id(self) -> str:
+        """The site's id."""
+        return self.service.site.id
 
     def asset_ids(self) -> list[str]:
         """The ids of the site's assets, in site-file order."""
@@ -63,22 +67,24 @@ class Operator:
         control = svc.control[asset_id]
         reading = svc.live.readings.get(asset_id)
         override = svc.override(asset_id, now_ms)
+        profile = None if svc.profiles is None else svc.profiles.active(asset_id, now_ms)
+        limits = asdict(svc.limits_now(asset_id, now_ms))
+        limits["profile"] = None if profile is None else _as_dict(profile)
         return {
             "asset": asset_id,
             "kind": asset.kind,
             "telemetry": None if reading is None else reading.as_dict(),
             "fresh": svc.live.fresh(asset_id, now_ms) is not None,
-            "limits": asdict(svc.limits_now(asset_id, now_ms)),
+            "limits": limits,
             "default_setpoint_w": asset.default_setpoint_w,
             "setpoint_w": None if control.previous is None else control.previous.setpoint_w,
             "last_command": _dump(control.last_command),
             "last_ack": _dump(control.last_ack),
             "acks": dict(control.acks),
-            "faults": [asdict(f) for f in svc.faults.latched(asset_id)],
+            "faults": [f.code for f in svc.faults.latched(asset_id)],
+            "fault_details": [asdict(f) for f in svc.faults.latched(asset_id)],
             "emergency_stop": control.estop,
-            "manual_override": None
-            if override is None
-            else {"command_id": control.manual_command_id, "until_ms": control.manual_until_ms},
+            "manual": None if override is None else self._manual.get(asset_id),
             "local_droop": None if svc.droop is None else svc.droop.snapshot().get(asset_id),
             "queued": len(control.mailbox.items),
         }
@@ -101,7 +107,8 @@ class Operator:
         if first is not None:
             return first
         now_ms = svc.now_ms()
-        record = svc.ledger.check(asset_id, command_id, 0, None, now_ms).previous
+        decision = svc.ledger.check(asset_id, command_id, now_ms, None, now_ms)
+        record = decision.previous if decision.verdict == "duplicate" else None
         if record is not None:  # answered before a restart: rebuild the first answer
             return DispatchAck(
                 site=self.site_id,
@@ -131,6 +138,11 @@ class Operator:
         )
         control = svc.control[asset_id]
         control.manual_until_ms, control.manual_command_id = valid_until_ms, command_id
+        self._manual[asset_id] = {
+            "setpoint_w": setpoint_w,
+            "transaction_id": transaction_id,
+            "valid_until_ms": valid_until_ms,
+        }
         reply: asyncio.Future[DispatchAck] = asyncio.get_running_loop().create_future()
         control.mailbox.put(_Job("command", command, manual=True, reply=reply))
         ack = await reply
@@ -188,21 +200,13 @@ class Operator:
             "started_ms": svc.started_ms,
         }
 
-    async def stream(self) -> AsyncIterator[tuple[str, bytes]]:
-        """``(topic, payload)`` of the readings, commands and acks passing through, live.
+    def stream(self) -> AsyncIterator[tuple[str, bytes]]:
+        """A new subscription to the readings, commands and acks passing through, live.
 
-        A subscriber that falls more than ``STREAM_QUEUE`` items behind loses the oldest.
+        A subscriber that falls behind loses its oldest messages (``StreamHub``).
         """
-        queue: asyncio.Queue[tuple[str, bytes]] = asyncio.Queue(STREAM_QUEUE)
-        self._listeners.add(queue)
-        try:
-            while True:
-                yield await queue.get()
-        finally:
-            self._listeners.discard(queue)
+        return self.hub.subscribe()
 
-    def _broadcast(self, topic: str, payload: bytes) -> None:
-        for queue in self._listeners:
-            if queue.full():
-                queue.get_nowait()
-            queue.put_nowait((topic, payload))
+
+def _as_dict(value: Any) -> dict[str, Any]:
+    return asdict(value) if hasattr(value, "__dataclass_fields__") else dict(vars(value))

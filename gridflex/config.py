@@ -10,7 +10,10 @@ See ``examples/site.toml`` for a complete, commented example.
 
 from __future__ import annotations
 
+import ipaddress
+import os
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
@@ -20,6 +23,8 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from gridflex.contract import ASSET_ID_PATTERN
 
 __all__ = [
+    "API_TOKEN_ENV",
+    "ApiConfig",
     "ConfigError",
     "ControlConfig",
     "DispatchConfig",
@@ -37,6 +42,8 @@ __all__ = [
     "SiteConfig",
     "load_site",
     "parse_site",
+    "resolve_api_token",
+    "split_listen",
 ]
 
 _AssetId = Annotated[str, Field(pattern=ASSET_ID_PATTERN)]
@@ -236,6 +243,99 @@ class OcppConfig(_Section):
         return self
 
 
+API_TOKEN_ENV = "GRIDFLEX_API_TOKEN"
+"""The environment variable that gives the API's bearer token when the site file has none."""
+
+_Token = Annotated[str, Field(min_length=16, max_length=256, pattern=r"^[\x21-\x7e]+$")]
+
+
+def split_listen(value: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[::1]:8080`` for IPv6) as ``(host, port)``; ValueError when malformed."""
+    host, sep, port_text = value.rpartition(":")
+    if not sep or not host or not port_text.isdigit():
+        raise ValueError("expected HOST:PORT, e.g. 127.0.0.1:8080 or [::1]:8080")
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        ipaddress.IPv6Address(host)  # raises ValueError
+    elif ":" in host:
+        raise ValueError("expected an IPv6 address in brackets, e.g. [::1]:8080")
+    port = int(port_text)
+    if not 1 <= port <= 65535:
+        raise ValueError("expected a port number 1..65535")
+    return host, port
+
+
+class ApiConfig(_Section):
+    """The REST API that ``gridflex control`` serves (FastAPI + uvicorn).
+
+    A site file with an ``[api]`` table serves it unless ``enabled = false``. ``token`` is
+    the bearer token every route but ``/api/v1/health`` requires; without it the token comes
+    from ``GRIDFLEX_API_TOKEN`` (see :func:`resolve_api_token`). TLS when both ``tls_cert``
+    and ``tls_key`` are set (PEM files, relative to the site file).
+    """
+
+    enabled: bool = True
+    listen: str = "127.0.0.1:8080"
+    token: _Token | None = None
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _listen_is_host_port(cls, value: str) -> str:
+        split_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _tls_pair(self) -> ApiConfig:
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ValueError("tls_cert and tls_key go together: set both or neither")
+        return self
+
+    @property
+    def host(self) -> str:
+        """The address to listen on (IPv6 without brackets)."""
+        return split_listen(self.listen)[0]
+
+    @property
+    def port(self) -> int:
+        """The TCP port to listen on."""
+        return split_listen(self.listen)[1]
+
+    @property
+    def tls(self) -> bool:
+        """Whether the API is served over HTTPS."""
+        return self.tls_cert is not None and self.tls_key is not None
+
+
+def resolve_api_token(
+    api: ApiConfig, source: str | Path | None, environ: Mapping[str, str] = os.environ
+) -> str:
+    """The API's bearer token: ``[api] token`` of the site file, else ``GRIDFLEX_API_TOKEN``.
+
+    Raises ``ConfigError`` naming the file and the key when neither gives a usable token
+    (16 to 256 visible ASCII characters).
+    """
+    if api.token is not None:
+        return api.token
+    value = environ.get(API_TOKEN_ENV, "")
+    where = source if source is not None else "<memory>"
+    if not value:
+        raise ConfigError(
+            f"config error in {where}: api.token: required to serve the API "
+            f"(or set {API_TOKEN_ENV}); e.g. python -c 'import secrets; "
+            "print(secrets.token_urlsafe(32))'"
+        )
+    try:
+        ApiConfig(token=value)
+    except ValidationError:
+        raise ConfigError(
+            f"config error in environment: {API_TOKEN_ENV}: expected 16 to 256 visible "
+            "ASCII characters"
+        ) from None
+    return value
+
+
 class _AssetBase(_Section):
     id: _AssetId
     max_charge_w: _NonNegW
@@ -323,6 +423,9 @@ class SiteConfig(_Section):
     ocpp: OcppConfig = OcppConfig()
     dispatch: DispatchConfig = DispatchConfig()
     control: ControlConfig = ControlConfig()
+    api: ApiConfig | None = Field(
+        default=None, description="the REST API of gridflex control; none = not served"
+    )
     assets: list[Asset] = Field(default_factory=list)
     source: Path | None = Field(default=None, exclude=True)
 
@@ -365,6 +468,10 @@ def _key(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
     return out or "(top level)"
 
 
+#: Keys whose value an error message never repeats (secrets).
+_SECRET_KEYS = frozenset({"token", "password"})
+
+
 def _expectation(err: Any) -> str:
     msg = str(err["msg"])
     for prefix in ("Value error, ", "Assertion failed, "):
@@ -378,7 +485,8 @@ def _expectation(err: Any) -> str:
     msg = msg.replace("greater than or equal to", ">=").replace("less than or equal to", "<=")
     msg = msg.replace("greater than", ">").replace("less than", "<")
     text = msg[0].lower() + msg[1:] if msg else msg
-    if "input" in err and err["type"] not in ("model_type",):
+    secret = bool(err["loc"]) and err["loc"][-1] in _SECRET_KEYS
+    if "input" in err and err["type"] not in ("model_type",) and not secret:
         text += f", got {err['input']!r}"
     return text
 
@@ -387,7 +495,7 @@ def parse_site(raw: dict[str, Any], source: str | Path = "<memory>") -> SiteConf
     """Validate a site from an already parsed TOML/dict document.
 
     The document has a ``[site]`` table (``id``, ``nominal_frequency_hz``), optional
-    ``[mqtt]``, ``[history]``, ``[modbus]``, ``[pipeline]``, ``[ocpp]`` tables and an
+    ``[mqtt]``, ``[history]``, ``[modbus]``, ``[pipeline]``, ``[ocpp]``, ``[api]`` tables and an
     ``[[assets]]`` array. Raises ``ConfigError`` naming the source, the key and the expectation.
     """
     doc = dict(raw)
@@ -434,4 +542,9 @@ def load_site(path: str | Path) -> SiteConfig:
         update={"tls_cert": _abs(site.ocpp.tls_cert), "tls_key": _abs(site.ocpp.tls_key)}
     )
     pipeline = site.pipeline.model_copy(update={"recovery_dir": _abs(site.pipeline.recovery_dir)})
-    return site.model_copy(update={"history": history, "ocpp": ocpp, "pipeline": pipeline})
+    api = site.api
+    if api is not None:
+        api = api.model_copy(update={"tls_cert": _abs(api.tls_cert), "tls_key": _abs(api.tls_key)})
+    return site.model_copy(
+        update={"history": history, "ocpp": ocpp, "pipeline": pipeline, "api": api}
+    )

@@ -14,7 +14,9 @@ operator would::
 
 and shows a live terminal view of the MQTT topics: per asset its last reading and the last
 dispatch command, and the pipeline's site summary. ``--dispatch off|droop|fcr`` chooses the
-``[dispatch]`` mode written into the site file.
+``[dispatch]`` mode written into the site file. The site file also gets an ``[api]`` table
+(a free loopback port and a fresh token from ``secrets.token_urlsafe``): ``gridflex
+control`` serves its REST API there, and the view's banner shows the URL and the token.
 
 Each run starts with a fresh history: what an earlier run wrote into the data directory (the
 history streams, the pipeline's recovery state, the control ledger, ``logs/``,
@@ -32,6 +34,7 @@ import argparse
 import json
 import logging
 import math
+import secrets
 import shutil
 import signal
 import subprocess
@@ -57,6 +60,7 @@ __all__ = [
     "LiveView",
     "Part",
     "add_arguments",
+    "api_banner",
     "clear_history",
     "main",
     "plan_parts",
@@ -108,6 +112,13 @@ class DemoPlan:
     dispatch: DispatchMode = "droop"
     fcr_capacity_w: float | None = None
     local_droop: bool = False
+    api_port: int | None = None
+    api_token: str | None = None
+
+    @property
+    def api_url(self) -> str | None:
+        """The REST API that ``gridflex control`` serves (``[api] listen``), or None."""
+        return None if self.api_port is None else f"http://127.0.0.1:{self.api_port}/api/v1"
 
     def station_id(self, i: int) -> str:
         """Station identity of the i-th simulated charger (``CS001`` ...)."""
@@ -170,6 +181,14 @@ def site_toml(plan: DemoPlan) -> str:
     ]
     if plan.dispatch == "fcr":
         lines += ["[dispatch.fcr]", f"capacity_w = {plan.fcr_capacity:.1f}", ""]
+    if plan.api_port is not None:
+        lines += [
+            "[api]                          # the REST API of `gridflex control`",
+            f'listen = "127.0.0.1:{plan.api_port}"',
+        ]
+        if plan.api_token is not None:
+            lines.append(f'token = "{plan.api_token}"   # a fresh one each demo run')
+        lines.append("")
     for i in range(plan.inverters):
         lines += [
             "[[assets]]",
@@ -194,6 +213,16 @@ def site_toml(plan: DemoPlan) -> str:
             "",
         ]
     return "\n".join(lines)
+
+
+def api_banner(plan: DemoPlan) -> str | None:
+    """The banner line with the API's URL and token, when the demo serves the API.
+
+    ``gridflex control`` serves it, and the demo runs the writer only with inverters.
+    """
+    if plan.api_url is None or plan.api_token is None or not plan.inverters:
+        return None
+    return f"REST API        {plan.api_url}   token {plan.api_token}"
 
 
 def clear_history(data_dir: Path) -> list[Path]:
@@ -280,6 +309,7 @@ class LiveView:
 
     site: str
     dispatch_mode: str = "off"
+    api_banner: str | None = None
     assets: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -349,6 +379,8 @@ class LiveView:
             assets = {k: dict(v) for k, v in sorted(self.assets.items())}
             dead, count = self.deadletters, self.telemetry_count
         out = [f"gridflex demo - site {self.site}   (Ctrl-C stops)", ""]
+        if self.api_banner is not None:
+            out[1:1] = [self.api_banner]
         if grid:
             dev, rocof = _num(grid, "deviation_hz"), _num(grid, "rocof_hz_per_s")
             out.append(
@@ -381,7 +413,8 @@ class LiveView:
     def headline(self) -> str:
         """Grid frequency and dispatch in one line, for a log instead of the screen."""
         lines = self.render(max_rows=0).splitlines()
-        return f"{lines[2]} | {lines[4]}"
+        skip = 0 if self.api_banner is None else 1
+        return f"{lines[2 + skip]} | {lines[4 + skip]}"
 
 
 def _kw(value_w: float | None) -> float | None:
@@ -593,16 +626,21 @@ def main(args: argparse.Namespace) -> int:
         dispatch=args.dispatch,
         fcr_capacity_w=args.fcr_capacity_w,
         local_droop=args.local_droop,
+        api_port=free_port(),
+        api_token=secrets.token_urlsafe(32),
     )
     site_file = data_dir / "site.toml"
     site_file.write_text(site_toml(plan), encoding="utf-8")
     log.info("site file: %s (dispatch %s)", site_file, plan.dispatch)
+    banner = api_banner(plan)
+    if banner is not None:
+        sys.stdout.write(banner + "\n")  # the operator's token: printed, never logged
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
-    view = LiveView(SITE_ID, dispatch_mode=plan.dispatch)
+    view = LiveView(SITE_ID, dispatch_mode=plan.dispatch, api_banner=banner)
     watcher = MqttClient(mqtt_url, f"gridflex-demo-view-{uuid.uuid4().hex[:6]}", clean_session=True)
     watcher.subscribe(f"{PREFIX}/{SITE_ID}/#", view.on_message, qos=0)
     watcher.subscribe(f"{PREFIX}/deadletter/#", view.on_message, qos=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import tomllib
 from pathlib import Path
@@ -16,6 +17,7 @@ from gridflex.demo import (
     DemoPlan,
     LiveView,
     add_arguments,
+    api_banner,
     clear_history,
     main,
     plan_parts,
@@ -344,3 +346,30 @@ def test_live_view_shows_the_ack_beside_the_command() -> None:
     assert "-0.66" in row
     assert "applied" in row
     assert row.index("applied") < row.index("droop")
+
+
+# --------------------------------------------------------------------------- the REST API
+
+
+def test_site_file_carries_the_api_listen_and_token() -> None:
+    plan = dataclasses.replace(_plan(), api_port=18123, api_token="demo-token-" + "x" * 32)
+    site = parse_site(tomllib.loads(site_toml(plan)), "site.toml")
+    assert site.api is not None
+    assert (site.api.host, site.api.port) == ("127.0.0.1", 18123)
+    assert site.api.token == "demo-token-" + "x" * 32
+    assert not site.api.tls
+
+
+def test_site_file_without_an_api_port_has_no_api_table() -> None:
+    assert parse_site(tomllib.loads(site_toml(_plan())), "site.toml").api is None
+
+
+def test_banner_shows_the_api_url_and_token_and_the_view_keeps_its_headline() -> None:
+    plan = dataclasses.replace(_plan(), api_port=18123, api_token="t" * 43)
+    banner = api_banner(plan)
+    assert banner == f"REST API        http://127.0.0.1:18123/api/v1   token {'t' * 43}"
+    view = LiveView("demo", api_banner=banner)
+    assert view.render().splitlines()[1] == banner
+    assert view.headline().startswith("grid frequency")
+    # The API is served by `gridflex control`, which the demo runs only with inverters.
+    assert api_banner(dataclasses.replace(plan, inverters=0)) is None
