@@ -288,7 +288,9 @@ QUALIFY row_number() OVER (PARTITION BY site, command_id ORDER BY issued_ms) = 1
 # An ack redelivered by the broker is the same message (the writer stamps ts_ms when it
 # makes the ack): one row per (asset, command_id, result, ts_ms). Two acks of one command
 # that differ in result or time are two events and both stay: the first delivery
-# `applied` and each later copy `duplicate`, or a `failed` attempt and the `applied` retry.
+# `applied` and a later copy `duplicate`, a `failed` attempt and the `applied` retry, or
+# two writes of one command (a broken ledger). Copies acked within the same millisecond
+# are byte-identical, indistinguishable from a redelivery: one row.
 _ACKS_VIEW: Final = """
 CREATE OR REPLACE VIEW acks AS
 SELECT

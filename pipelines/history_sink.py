@@ -204,7 +204,8 @@ class RecentAcks:
     The control writer stamps ``ts_ms`` when it makes an ack, so a broker redelivery (QoS
     1, around a reconnect) repeats all three, while a second ack of the same command (a
     ``duplicate`` delivery, a retry after ``failed``) differs in ``result`` or ``ts_ms``
-    and is kept. The keys are plain strings in insertion-ordered dicts: objects the garbage
+    and is kept (unless it was made in the same millisecond: then the two are identical
+    and one is kept). The keys are plain strings in insertion-ordered dicts: objects the garbage
     collector does not track (see :class:`RecentKeys`). Older redeliveries are removed by
     the ``acks`` view.
     """
