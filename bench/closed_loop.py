@@ -243,7 +243,8 @@ def _history(data_dir: Path) -> dict[str, Any]:
         acks = [
             Ack(*row)
             for row in con.execute(
-                "select asset, command_id, result, ts_ms, seq, latency_from_telemetry_ms from acks"
+                "select asset, command_id, result, ts_ms, seq, latency_from_telemetry_ms, "
+                "latency_from_issued_ms from acks"
             ).fetchall()
         ]
         commands = [ts for (ts,) in con.execute("select ts_ms from commands").fetchall()]
@@ -316,7 +317,9 @@ def run_one(n: int, local_droop: bool, args: argparse.Namespace) -> dict[str, An
                 spy = pyspy_record(PYSPY, procs["control"].pid, out, steps * args.step_s)
             cpu0 = {k: busy_s(v) for k, v in groups.items()}
             machine0, t0 = machine_busy_s(), time.monotonic()
-            time.sleep(steps * args.step_s)
+            time.sleep(steps * args.step_s / 2)
+            busiest = busiest_processes(1.0, top=8)  # who else shares the cores
+            time.sleep(max(0.0, t0 + steps * args.step_s - time.monotonic()))
             cpu1 = {k: busy_s(v) for k, v in groups.items()}
             machine1, t1 = machine_busy_s(), time.monotonic()
             rss = {k: rss_mib(v) for k, v in groups.items()}
@@ -347,6 +350,7 @@ def run_one(n: int, local_droop: bool, args: argparse.Namespace) -> dict[str, An
         - sum(100 * (cpu1[k] - cpu0[k]) / elapsed_s for k in cpu0),
         rss=rss,
         exits=exits,
+        busiest=busiest,
     )
 
 
@@ -362,6 +366,7 @@ def analyse(
     other_pct: float,
     rss: dict[str, float],
     exits: dict[str, int],
+    busiest: list[tuple[float, str]],
 ) -> dict[str, Any]:
     """Turn the history of one run into the table's numbers."""
     readings: list[Reading] = history["readings"]
@@ -369,7 +374,7 @@ def analyse(
     seen = step_readings(readings)
     times = step_times(seen, group_of)
     targets = [droop_target_w(f) for f in step_levels(steps)]
-    reported, measured, unacked = write_latencies(seen, acks)
+    writes = write_latencies(seen, acks)
     settled, never = settle_latencies(readings, seen, times, group_of, targets)
     first_ms = min(times.values(), default=0)
     groups = {g for g, _k in times}
@@ -391,10 +396,12 @@ def analyse(
         "steps_seen": sum(len(s) for s in seen.values()),
         "steps_expected": n * steps,
         "groups": len(groups),
-        "write": quantiles(reported),
-        "write_check": quantiles(measured),
-        "write_max": max(reported, default=None),
-        "unacked": unacked,
+        "write": quantiles(writes.reported),
+        "write_check": quantiles(writes.measured),
+        "write_pipeline": quantiles(writes.pipeline),
+        "write_writer": quantiles(writes.writer),
+        "write_max": max(writes.reported, default=None),
+        "unacked": writes.missing,
         "all_writes": quantiles(in_window),
         "settle": quantiles(settled),
         "never": never,
@@ -408,6 +415,7 @@ def analyse(
         "other_pct": other_pct,
         "rss": rss,
         "exits": exits,
+        "busiest": busiest,
     }
 
 
@@ -423,6 +431,7 @@ def latency_table(results: list[dict[str, Any]]) -> str:
         "variant",
         "write p50 / p99 ms",
         "check ack-reading p50 / p99 ms",
+        "of it: to issue / writer p99 ms",
         "all writes p50 / p99 ms",
         "settle ±10 % p50 / p99 ms",
         "commands/s",
@@ -439,6 +448,7 @@ def latency_table(results: list[dict[str, Any]]) -> str:
                 r["variant"],
                 pair(r["write"]),
                 pair(r["write_check"]),
+                f"{pair(r['write_pipeline'][1:], '.0f')} / {pair(r['write_writer'][1:], '.0f')}",
                 pair(r["all_writes"]),
                 pair(r["settle"], ".0f"),
                 "-" if r["commands_per_s"] is None else f"{r['commands_per_s']:.0f}",
@@ -447,7 +457,7 @@ def latency_table(results: list[dict[str, Any]]) -> str:
                 f"{'-' if rec is None else rec.extra} / {r['extra']}",
             ]
         )
-    return markdown_table(header, rows, right={0, 2, 3, 4, 5, 6, 8, 9})
+    return markdown_table(header, rows, right={0, 2, 3, 4, 5, 6, 7, 9, 10})
 
 
 def _by_count(counts: dict[str, int]) -> list[tuple[str, int]]:
@@ -481,7 +491,8 @@ def notes(r: dict[str, Any]) -> str:
         f"history {r['history_commands']}, first sight at the recorder "
         f"{'-' if rec is None else rec.commands}; acks in history: {stored} (copies acked "
         f"within the same ms are one row); "
-        f"exit codes {r['exits']}"
+        f"exit codes {r['exits']}; busiest processes mid-run (CPU %): "
+        + "; ".join(f"{pct:.0f} {proc}" for pct, proc in r["busiest"])
     )
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "STEP_LEVELS_HZ",
     "Ack",
     "Reading",
+    "WriteLatencies",
     "config_problem",
     "droop_target_w",
     "extra_applications",
@@ -98,6 +99,7 @@ class Ack:
     ts_ms: int
     seq: int
     latency_from_telemetry_ms: int | None
+    latency_from_issued_ms: int | None = None
 
 
 # --------------------------------------------------------------------------- plan
@@ -225,15 +227,35 @@ def step_times(
     return times
 
 
-def write_latencies(
-    steps: Mapping[str, Sequence[Reading]], acks: Iterable[Ack]
-) -> tuple[list[float], list[float], int]:
-    """The confirmed writes that the step readings caused.
+@dataclass
+class WriteLatencies:
+    """The confirmed writes that the step readings caused, ms.
 
-    Returns ``(latency_from_telemetry_ms of each ack, ack.ts_ms - reading.ts_ms of each,
-    step readings without such an ack)``. An ack belongs to a reading by asset and
-    ``seq`` (a command carries its reading's ``seq``, an ack its command's); only acks that
-    wrote the device (:data:`APPLIED_RESULTS`) count, the earliest when there are several.
+    Attributes:
+        reported: Each ack's ``latency_from_telemetry_ms``.
+        measured: ``ack.ts_ms - reading.ts_ms`` of each (the cross-check).
+        writer: Each ack's ``latency_from_issued_ms``: the writer's part (the command's
+            way from the pipeline to the writer, the queue, the ledger, the Modbus write
+            and read-back).
+        pipeline: ``reported - writer``: from the reading to the command's issue (the
+            collector's publish, Mosquitto, the pipeline's input and dataflow).
+        missing: Step readings without such an ack.
+
+    """
+
+    reported: list[float]
+    measured: list[float]
+    writer: list[float]
+    pipeline: list[float]
+    missing: int
+
+
+def write_latencies(steps: Mapping[str, Sequence[Reading]], acks: Iterable[Ack]) -> WriteLatencies:
+    """The confirmed writes that the step readings caused (see :class:`WriteLatencies`).
+
+    An ack belongs to a reading by asset and ``seq`` (a command carries its reading's
+    ``seq``, an ack its command's); only acks that wrote the device
+    (:data:`APPLIED_RESULTS`) count, the earliest when there are several.
     """
     written: dict[tuple[str, int], Ack] = {}
     for a in acks:
@@ -242,19 +264,23 @@ def write_latencies(
         key = (a.asset, a.seq)
         if key not in written or a.ts_ms < written[key].ts_ms:
             written[key] = a
-    reported: list[float] = []
-    measured: list[float] = []
-    missing = 0
+    out = WriteLatencies([], [], [], [], 0)
     for asset, seen in steps.items():
         for r in seen:
             ack = written.get((asset, r.seq))
             if ack is None:
-                missing += 1
+                out.missing += 1
                 continue
+            out.measured.append(float(ack.ts_ms - r.ts_ms))
             if ack.latency_from_telemetry_ms is not None:
-                reported.append(float(ack.latency_from_telemetry_ms))
-            measured.append(float(ack.ts_ms - r.ts_ms))
-    return reported, measured, missing
+                out.reported.append(float(ack.latency_from_telemetry_ms))
+            if ack.latency_from_issued_ms is not None:
+                out.writer.append(float(ack.latency_from_issued_ms))
+                if ack.latency_from_telemetry_ms is not None:
+                    out.pipeline.append(
+                        float(ack.latency_from_telemetry_ms - ack.latency_from_issued_ms)
+                    )
+    return out
 
 
 def settle_latencies(

@@ -40,7 +40,9 @@ def reading(asset: str, ts: int, freq: float = 50.0, power: float = 0.0, seq: in
 
 
 def ack(asset: str, seq: int, ts: int, result: str = "applied", cid: str = "") -> Ack:
-    return Ack(asset, cid or f"{asset}-{seq}", result, T0 + ts, seq, ts - seq * 200)
+    # the reading of seq k at k * 200 ms; the command issued 5 ms after it
+    latency = ts - seq * 200
+    return Ack(asset, cid or f"{asset}-{seq}", result, T0 + ts, seq, latency, latency - 5)
 
 
 # --------------------------------------------------------------------------- plan
@@ -142,10 +144,11 @@ def test_write_latency_pairs_each_step_reading_with_its_applied_ack() -> None:
         ack("a", 2, 470),  # a second write of it: the first counts
         ack("a", 1, 300),  # another reading's command
     ]
-    reported, measured, missing = write_latencies(seen, acks)
-    assert reported == [30.0]  # latency_from_telemetry_ms as the ack says
-    assert measured == [30.0]  # ack.ts_ms - reading.ts_ms
-    assert missing == 1  # b's step reading caused no write
+    out = write_latencies(seen, acks)
+    assert out.reported == [30.0]  # latency_from_telemetry_ms as the ack says
+    assert out.measured == [30.0]  # ack.ts_ms - reading.ts_ms
+    assert (out.writer, out.pipeline) == ([25.0], [5.0])  # from issued_ms; the rest
+    assert out.missing == 1  # b's step reading caused no write
 
 
 def test_settle_time_runs_from_the_groups_step_to_the_first_reading_within_10_percent() -> None:
