@@ -6,13 +6,15 @@ Layout (hive partitioning by stream and UTC date of the measurement)::
     {data_dir}/grid_frequency/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/forecasts/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/commands/date=YYYY-MM-DD/part-*.parquet
+    {data_dir}/acks/date=YYYY-MM-DD/part-*.parquet
 
 Writers (``pipelines.history_sink``) write each file under a hidden temporary name in the
 same directory and rename it into place, so a reader only ever sees whole files; the views
 read ``part-*.parquet`` only and never see the temporary names. The data is
 at-least-once, so the views de-duplicate: ``telemetry`` on ``(site, asset, boot, seq)``,
 ``grid_frequency`` on ``(site, window_start_ms)``, ``forecasts`` on ``(site, asset,
-ts_ms)``, ``commands`` on ``(site, command_id)``. See ``docs/history.md``.
+ts_ms)``, ``commands`` on ``(site, command_id)``, ``acks`` on ``(site, asset, command_id,
+result, ts_ms)``. See ``docs/history.md``.
 """
 
 from __future__ import annotations
@@ -30,6 +32,8 @@ import duckdb
 import pyarrow as pa
 
 __all__ = [
+    "ACKS",
+    "ACKS_SCHEMA",
     "COMMANDS",
     "COMMANDS_SCHEMA",
     "FORECASTS",
@@ -54,7 +58,8 @@ TELEMETRY: Final = "telemetry"
 GRID_FREQUENCY: Final = "grid_frequency"
 FORECASTS: Final = "forecasts"
 COMMANDS: Final = "commands"
-STREAMS: Final = (TELEMETRY, GRID_FREQUENCY, FORECASTS, COMMANDS)
+ACKS: Final = "acks"
+STREAMS: Final = (TELEMETRY, GRID_FREQUENCY, FORECASTS, COMMANDS, ACKS)
 
 #: Glob of the finished files of one stream, relative to ``{data_dir}/{stream}``.
 PART_GLOB: Final = "date=*/part-*.parquet"
@@ -149,11 +154,32 @@ COMMANDS_SCHEMA: Final = pa.schema(
     ]
 )
 
+#: One row per ``ack/1`` the control writer published (``gridflex.contract.DispatchAck``).
+ACKS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("asset", pa.string(), nullable=False),
+        pa.field("ts_ms", pa.int64(), nullable=False),
+        pa.field("seq", pa.int64(), nullable=False),
+        pa.field("command_id", pa.string(), nullable=False),
+        pa.field("result", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("requested_w", pa.float64(), nullable=False),
+        pa.field("applied_w", pa.float64()),
+        pa.field("readback_w", pa.float64()),
+        pa.field("rules", pa.list_(pa.string()), nullable=False),
+        pa.field("issued_ms", pa.int64(), nullable=False),
+        pa.field("latency_from_issued_ms", pa.int64()),
+        pa.field("latency_from_telemetry_ms", pa.int64()),
+    ]
+)
+
 SCHEMAS: Final[dict[str, pa.Schema]] = {
     TELEMETRY: TELEMETRY_SCHEMA,
     GRID_FREQUENCY: GRID_FREQUENCY_SCHEMA,
     FORECASTS: FORECASTS_SCHEMA,
     COMMANDS: COMMANDS_SCHEMA,
+    ACKS: ACKS_SCHEMA,
 }
 
 _DUCKDB_TYPES: Final = {
@@ -161,6 +187,7 @@ _DUCKDB_TYPES: Final = {
     pa.int64(): "BIGINT",
     pa.float64(): "DOUBLE",
     pa.bool_(): "BOOLEAN",
+    pa.list_(pa.string()): "VARCHAR[]",
 }
 
 
@@ -258,16 +285,37 @@ FROM {source}
 QUALIFY row_number() OVER (PARTITION BY site, command_id ORDER BY issued_ms) = 1
 """
 
+# An ack redelivered by the broker is the same message (the writer stamps ts_ms when it
+# makes the ack): one row per (asset, command_id, result, ts_ms). Two acks of one command
+# that differ in result or time are two events and both stay: the first delivery
+# `applied` and a later copy `duplicate`, a `failed` attempt and the `applied` retry, or
+# two writes of one command (a broken ledger). Copies acked within the same millisecond
+# are byte-identical, indistinguishable from a redelivery: one row.
+_ACKS_VIEW: Final = """
+CREATE OR REPLACE VIEW acks AS
+SELECT
+    site, asset, command_id, result, reason, requested_w, applied_w, readback_w, rules,
+    ts_ms, make_timestamptz(ts_ms * 1000) AS ts, seq,
+    issued_ms, make_timestamptz(issued_ms * 1000) AS issued,
+    latency_from_issued_ms, latency_from_telemetry_ms,
+    date
+FROM {source}
+QUALIFY row_number() OVER (
+    PARTITION BY site, asset, command_id, result, ts_ms ORDER BY seq
+) = 1
+"""
+
 _VIEWS: Final = {
     TELEMETRY: _TELEMETRY_VIEW,
     GRID_FREQUENCY: _GRID_FREQUENCY_VIEW,
     FORECASTS: _FORECASTS_VIEW,
     COMMANDS: _COMMANDS_VIEW,
+    ACKS: _ACKS_VIEW,
 }
 
 
 def refresh_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
-    """(Re)create the views ``telemetry``, ``grid_frequency``, ``forecasts``, ``commands``.
+    """(Re)create the views of :data:`STREAMS` (``telemetry`` ... ``acks``).
 
     A view over a stream with files re-reads the directory on every query, so new files
     show up by themselves. A stream without files yet gets an empty view with the same
@@ -287,7 +335,7 @@ def connect(data_dir: str | Path, *, database: str = ":memory:") -> duckdb.DuckD
 
     Returns:
         A connection whose session time zone is UTC, with the views ``telemetry``,
-        ``grid_frequency``, ``forecasts`` and ``commands``.
+        ``grid_frequency``, ``forecasts``, ``commands`` and ``acks``.
 
     """
     con = duckdb.connect(database)
@@ -306,7 +354,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--site", type=Path, help="site file; its history.dir is used")
     parser.add_argument(
         "sql",
-        help="one SQL query over the views telemetry, grid_frequency, forecasts, commands",
+        help="one SQL query over the views telemetry, grid_frequency, forecasts, commands, acks",
     )
 
 

@@ -2,7 +2,9 @@
 
 ::
 
-    mqtt_in ─▶ validate ─▶ split_valid
+    mqtt_in ─▶ validate ─▶ split_acks
+      acks ───▶ ack_row ─▶ history_acks (Parquet)
+      rest ───▶ split_valid
       valid ──┬─▶ telemetry_row ─▶ history_telemetry (Parquet)
               ├─▶ frequency_sample ─▶ key_site ─▶ frequency_window (pipelines.windows)
               │     ─▶ frequency_stats ─┬─▶ grid_frequency_row ─▶ history_grid_frequency
@@ -17,6 +19,11 @@
                                          └─▶ dispatch_json ─▶ merge_out
       refused ─▶ key_reason ─▶ count_rejected ─▶ unkey_rejected ─▶ dead_letter ─▶ merge_out
 
+The source subscribes to the telemetry and to the control writer's acks
+(``…/dispatch/+/ack``, :func:`pipeline_filters`); ``validate`` checks each against its
+own schema (:func:`pipelines.validate.validate_ack` for acks), and a valid ack only goes to
+the ``acks`` history, de-duplicated on ``(asset, command_id, result, ts_ms)``.
+
 Dispatch does not wait for the frequency windows: each reading's decision follows it
 through ``asset_state`` and ``dispatch`` (keyed by asset, then by site).
 
@@ -25,8 +32,8 @@ the valid side, telemetry_row drops them): on one path they keep their place in 
 stream, so a heartbeat never overtakes readings that came before it. The dispatcher uses
 them to publish its summary while no reading arrives.
 
-Anything raised while one message is handled (validation, the asset state) sends that
-message to the dead-letter topic with the reason; the stream goes on.
+Anything raised while one message (reading or ack) is handled (validation, the asset
+state) sends that message to the dead-letter topic with the reason; the stream goes on.
 
 Step ids are stable (recovery keys on them). The domain logic lives in
 :mod:`pipelines.validate`, :mod:`pipelines.frequency`, :mod:`pipelines.windows`,
@@ -54,6 +61,7 @@ from bytewax.outputs import Sink
 
 from gridflex.contract import (
     PREFIX,
+    DispatchAck,
     DispatchCommand,
     Forecast,
     GridFrequency,
@@ -66,12 +74,13 @@ from gridflex.contract import (
     summary_topic,
     telemetry_topic,
 )
-from gridflex.history import COMMANDS, FORECASTS, GRID_FREQUENCY, TELEMETRY
+from gridflex.history import ACKS, COMMANDS, FORECASTS, GRID_FREQUENCY, TELEMETRY
 from pipelines.assets import AssetTracker, track
 from pipelines.fleet import AssetUpdate, SiteDispatcher
 from pipelines.frequency import FrequencyAccumulator, FrequencySample, summarize_window
 from pipelines.history_sink import (
     HistorySink,
+    ack_row,
     command_row,
     forecast_row,
     frequency_row,
@@ -84,6 +93,7 @@ from pipelines.validate import (
     RawMessage,
     Rejected,
     to_dead_letter,
+    validate_ack,
     validate_telemetry,
 )
 from pipelines.windows import (
@@ -99,11 +109,13 @@ __all__ = [
     "FLOW_ID",
     "FlowOptions",
     "SiteLike",
+    "ack_filter",
     "asset_profiles",
     "build_flow",
     "car_defaults",
     "dispatch_settings",
     "mqtt_source",
+    "pipeline_filters",
     "telemetry_filter",
 ]
 
@@ -159,6 +171,16 @@ def telemetry_filter(site_id: str) -> str:
     return f"{PREFIX}/{site_id}/+/+/telemetry"
 
 
+def ack_filter(site_id: str) -> str:
+    """Return the subscription ``gridflex/v1/{site}/dispatch/+/ack`` (the writer's acks)."""
+    return f"{PREFIX}/{site_id}/dispatch/+/ack"
+
+
+def pipeline_filters(site_id: str) -> tuple[str, str]:
+    """What the pipeline subscribes to: :func:`telemetry_filter` and :func:`ack_filter`."""
+    return telemetry_filter(site_id), ack_filter(site_id)
+
+
 def _client_id(site: SiteLike, opts: FlowOptions) -> str:
     return opts.client_id or f"gridflex-pipeline-{site.id}"
 
@@ -166,11 +188,11 @@ def _client_id(site: SiteLike, opts: FlowOptions) -> str:
 def mqtt_source(
     site: SiteLike, options: FlowOptions | None = None, stop_event: threading.Event | None = None
 ) -> MqttSource:
-    """The site's telemetry subscription as a Bytewax source (ends when ``stop_event`` is set)."""
+    """The site's telemetry and ack subscriptions as a Bytewax source (ends on ``stop_event``)."""
     opts = options or FlowOptions()
     return MqttSource(
         site.mqtt.url,
-        telemetry_filter(site.id),
+        pipeline_filters(site.id),
         client_id=_client_id(site, opts),
         stop_event=stop_event or threading.Event(),
         partitions=opts.mqtt_partitions,
@@ -210,14 +232,14 @@ def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejecte
     count = (count or 0) + 1
     if count == 1:
         log.warning(
-            "refused telemetry (%s) on %s: %s; further refusals of this kind are counted "
+            "refused a message (%s) on %s: %s; further refusals of this kind are counted "
             "and logged at debug level",
             rejected.kind,
             rejected.message.topic,
             rejected.reason,
         )
     else:
-        log.debug("refused telemetry #%d (%s): %s", count, rejected.kind, rejected.reason)
+        log.debug("refused message #%d (%s): %s", count, rejected.kind, rejected.reason)
     return count, rejected
 
 
@@ -228,6 +250,10 @@ def _dead_letter_message(rejected: Rejected, *, site: str) -> tuple[str, bytes]:
 
 def _is_not_rejected(item: Accepted | Heartbeat | Rejected) -> bool:
     return not isinstance(item, Rejected)
+
+
+def _is_ack(item: Accepted | Heartbeat | Rejected | DispatchAck) -> bool:
+    return isinstance(item, DispatchAck)
 
 
 def _reading(item: Accepted | Heartbeat) -> Accepted | None:
@@ -281,9 +307,9 @@ def build_flow(
         data_dir: History directory; default ``site.history.dir``.
         options: Tuning; see :class:`FlowOptions`.
         source: Input of :class:`RawMessage` and :class:`~pipelines.windows.Heartbeat`;
-            default an :class:`MqttSource` subscribed to the site's telemetry on
-            ``site.mqtt.url``. Without heartbeats, windows close on readings and at the
-            end of input only.
+            default an :class:`MqttSource` subscribed to the site's telemetry and acks
+            (:func:`pipeline_filters`) on ``site.mqtt.url``. Without heartbeats, windows
+            close on readings and at the end of input only.
         mqtt_sink: Output of ``(topic, payload)``; default an :class:`MqttSink` on the
             site's broker.
         stop_event: Ends the default MQTT source when set (clean shutdown).
@@ -321,9 +347,13 @@ def build_flow(
             client=opts.mqtt_client,
         )
 
-    def validate(message: RawMessage | Heartbeat) -> Accepted | Heartbeat | Rejected:
+    def validate(
+        message: RawMessage | Heartbeat,
+    ) -> Accepted | Heartbeat | Rejected | DispatchAck:
         if isinstance(message, Heartbeat):
             return message
+        if message.topic.endswith("/ack"):
+            return validate_ack(message, site_id=site_id)
         result = validate_telemetry(
             message,
             site_id=site_id,
@@ -402,7 +432,15 @@ def build_flow(
     flow = Dataflow(FLOW_ID)
     inp: Stream[RawMessage | Heartbeat] = op.input("mqtt_in", flow, source)
     checked = op.map("validate", inp, validate)
-    split = op.branch("split_valid", checked, _is_not_rejected)
+    by_kind = op.branch("split_acks", checked, _is_ack)
+    acks: Stream[DispatchAck] = by_kind.trues  # type: ignore[assignment]
+    op.output(
+        "history_acks",
+        op.map("ack_row", acks, lambda a: (a.asset, ack_row(a))),
+        history(ACKS),
+    )
+    readings_in: Stream[Accepted | Heartbeat | Rejected] = by_kind.falses  # type: ignore[assignment]
+    split = op.branch("split_valid", readings_in, _is_not_rejected)
     valid: Stream[Accepted | Heartbeat] = split.trues  # type: ignore[assignment]
     refused: Stream[Rejected] = split.falses  # type: ignore[assignment]
 

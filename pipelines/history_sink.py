@@ -2,8 +2,10 @@
 
 The file layout and schemas are the history contract in :mod:`gridflex.history`. Here:
 
-* pure row builders (:func:`telemetry_row`, :func:`frequency_row`);
-* :class:`RecentKeys`, a bounded per-asset memory of ``(boot, seq)`` for de-duplication;
+* pure row builders (:func:`telemetry_row`, :func:`frequency_row`, :func:`ack_row`, ...);
+* :class:`RecentKeys`, a bounded per-asset memory of ``(boot, seq)`` for de-duplicating
+  telemetry, and :class:`RecentAcks`, the same for acks (their ``(command_id, result,
+  ts_ms)``);
 * :func:`write_parquet_atomic` (temporary name in the same directory, fsync, rename,
   fsync of the directory);
 * :class:`ParquetStreamWriter`, a buffer that flushes every ``flush_rows`` rows or
@@ -22,7 +24,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 from zlib import crc32
 
 import pyarrow as pa
@@ -30,8 +32,9 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from bytewax.outputs import FixedPartitionedSink, StatefulSinkPartition
 
-from gridflex.contract import DispatchCommand, Forecast, GridFrequency, Telemetry
+from gridflex.contract import DispatchAck, DispatchCommand, Forecast, GridFrequency, Telemetry
 from gridflex.history import (
+    ACKS,
     COMMANDS,
     FORECASTS,
     GRID_FREQUENCY,
@@ -42,9 +45,13 @@ from gridflex.history import (
 )
 
 __all__ = [
+    "ACK_MEMORY",
     "HistorySink",
     "ParquetStreamWriter",
+    "RecentAcks",
     "RecentKeys",
+    "RowMemory",
+    "ack_row",
     "command_row",
     "forecast_row",
     "frequency_row",
@@ -55,6 +62,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+#: Acks remembered per asset by the ``acks`` sink (a QoS 1 redelivery repeats a recent one).
+ACK_MEMORY = 64
 #: Rows being gathered, by column, in the stream's schema order.
 Columns = dict[str, list[Any]]
 
@@ -87,6 +96,7 @@ def telemetry_row(telemetry: Telemetry) -> Row:
 
 _FORECAST_FIELDS = SCHEMAS[FORECASTS].names
 _COMMAND_FIELDS = SCHEMAS[COMMANDS].names
+_ACK_FIELDS = SCHEMAS[ACKS].names
 
 
 def forecast_row(forecast: Forecast) -> Row:
@@ -99,6 +109,14 @@ def command_row(command: DispatchCommand) -> Row:
     """Turn a published command into a ``commands`` history row."""
     values = command.__dict__
     return {name: values[name] for name in _COMMAND_FIELDS}
+
+
+def ack_row(ack: DispatchAck) -> Row:
+    """Turn an ack of the control writer into an ``acks`` history row (``rules`` a list)."""
+    values = ack.__dict__
+    row = {name: values[name] for name in _ACK_FIELDS}
+    row["rules"] = list(ack.rules)
+    return row
 
 
 def frequency_row(frequency: GridFrequency) -> Row:
@@ -119,6 +137,14 @@ def frequency_row(frequency: GridFrequency) -> Row:
 
 
 # --------------------------------------------------------------------------- de-dup
+
+
+class RowMemory(Protocol):
+    """A bounded memory of recent rows of one stream, to drop redeliveries."""
+
+    def seen_row(self, row: Row) -> bool:
+        """Record the row's key; return True when it was already recorded (a duplicate)."""
+        ...
 
 
 class RecentKeys:
@@ -166,6 +192,46 @@ class RecentKeys:
             return True
         state[1] = mask | bit
         return False
+
+    def seen_row(self, row: Row) -> bool:
+        """:meth:`seen_before` on a ``telemetry`` row's ``(asset, boot, seq)``."""
+        return self.seen_before(row["asset"], row["boot"], row["seq"])
+
+
+class RecentAcks:
+    """Bounded memory of the last ``capacity`` acks per asset, by ``(command_id, result, ts_ms)``.
+
+    The control writer stamps ``ts_ms`` when it makes an ack, so a broker redelivery (QoS
+    1, around a reconnect) repeats all three, while a second ack of the same command (a
+    ``duplicate`` delivery, a retry after ``failed``) differs in ``result`` or ``ts_ms``
+    and is kept (unless it was made in the same millisecond: then the two are identical
+    and one is kept). The keys are plain strings in insertion-ordered dicts: objects the garbage
+    collector does not track (see :class:`RecentKeys`). Older redeliveries are removed by
+    the ``acks`` view.
+    """
+
+    def __init__(self, capacity: int = ACK_MEMORY) -> None:
+        if capacity < 1:
+            raise ValueError(f"capacity must be >= 1, got {capacity}")
+        self.capacity = capacity
+        self._seen: dict[str, dict[str, None]] = {}
+
+    def seen_before(self, asset: str, command_id: str, result: str, ts_ms: int) -> bool:
+        """Record the key; return True when it was already recorded (a duplicate)."""
+        keys = self._seen.get(asset)
+        if keys is None:
+            keys = self._seen[asset] = {}
+        key = f"{ts_ms}|{result}|{command_id}"
+        if key in keys:
+            return True
+        if len(keys) >= self.capacity:
+            del keys[next(iter(keys))]
+        keys[key] = None
+        return False
+
+    def seen_row(self, row: Row) -> bool:
+        """:meth:`seen_before` on an ``acks`` row."""
+        return self.seen_before(row["asset"], row["command_id"], row["result"], row["ts_ms"])
 
 
 # --------------------------------------------------------------------------- files
@@ -356,7 +422,7 @@ class _HistoryPartition(StatefulSinkPartition[Row, None]):
     readings late). A failed write is raised in the dataflow at the next batch.
     """
 
-    def __init__(self, writer: ParquetStreamWriter, dedup: RecentKeys | None) -> None:
+    def __init__(self, writer: ParquetStreamWriter, dedup: RowMemory | None) -> None:
         self._writer = writer
         self._dedup = dedup
         self._lock = threading.Lock()
@@ -392,14 +458,14 @@ class _HistoryPartition(StatefulSinkPartition[Row, None]):
             raise RuntimeError(f"history {self._writer.name}: write failed") from self._error
 
     def write_batch(self, values: list[Row]) -> None:
-        """Buffer a batch, dropping rows whose (asset, boot, seq) was seen recently."""
+        """Buffer a batch, dropping rows the stream's memory has seen recently."""
         self._raise_if_failed()
         if self._dedup is not None:
             fresh = []
             for row in values:
-                if self._dedup.seen_before(row["asset"], row["boot"], row["seq"]):
+                if self._dedup.seen_row(row):
                     self.duplicates += 1
-                    log.debug("duplicate %s/%s/%s dropped", row["asset"], row["boot"], row["seq"])
+                    log.debug("duplicate %s row of %s dropped", self._writer.stream, row["asset"])
                 else:
                     fresh.append(row)
             values = fresh
@@ -435,11 +501,14 @@ class HistorySink(FixedPartitionedSink[Row, None]):
     Args:
         data_dir: History root.
         stream: One of :data:`gridflex.history.STREAMS`; ``"telemetry"`` is de-duplicated
-            on asset, boot, seq here, the others in their views.
+            on asset, boot, seq here and ``"acks"`` on asset, command_id, result, ts_ms
+            (recent keys: :class:`RecentKeys`, :class:`RecentAcks`), every stream in its
+            view.
         partitions: Number of sink partitions (files are written in parallel per partition).
         flush_rows: Rows per flush.
         flush_interval_s: Longest time a row waits in memory.
-        dedup_capacity: ``(boot, seq)`` keys remembered per asset (telemetry only).
+        dedup_capacity: ``(boot, seq)`` keys remembered per asset (telemetry; acks keep
+            the last :data:`ACK_MEMORY` per asset: far fewer acks than readings arrive).
 
     """
 
@@ -483,5 +552,9 @@ class HistorySink(FixedPartitionedSink[Row, None]):
             flush_rows=self.flush_rows,
             flush_interval_s=self.flush_interval_s,
         )
-        dedup = RecentKeys(self.dedup_capacity) if self.stream == TELEMETRY else None
+        dedup: RowMemory | None = None
+        if self.stream == TELEMETRY:
+            dedup = RecentKeys(self.dedup_capacity)
+        elif self.stream == ACKS:
+            dedup = RecentAcks(ACK_MEMORY)
         return _HistoryPartition(writer, dedup)

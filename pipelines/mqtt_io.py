@@ -36,6 +36,7 @@ import contextlib
 import logging
 import multiprocessing
 import threading
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
@@ -228,11 +229,12 @@ class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
 
 
 class MqttSource(FixedPartitionedSource[Arrival, None]):
-    """Subscribe to a topic filter at QoS 1 on a persistent session.
+    """Subscribe to one or more topic filters at QoS 1 on a persistent session.
 
     Args:
         url: Broker URL, ``mqtt://host:port``.
-        topic_filter: What to subscribe to.
+        topic_filter: What to subscribe to: one filter, or several (one subscriber
+            client holds them all, and the messages of all arrive in one stream).
         client_id: Stable client id (the session's name); partitions append ``-{i}``.
         stop_event: Set it to end the source (clean shutdown).
         partitions: Subscribers; more than one uses a shared subscription.
@@ -254,7 +256,7 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
     def __init__(
         self,
         url: str,
-        topic_filter: str,
+        topic_filter: str | Sequence[str],
         *,
         client_id: str,
         stop_event: threading.Event,
@@ -272,7 +274,11 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         if receiver not in ("process", "thread"):
             raise ValueError(f"receiver must be 'process' or 'thread', got {receiver!r}")
         self.host, self.port, self.tls = parse_url(url)
-        self.topic_filter = topic_filter
+        self.topic_filters: tuple[str, ...] = (
+            (topic_filter,) if isinstance(topic_filter, str) else tuple(topic_filter)
+        )
+        if not self.topic_filters:
+            raise ValueError("topic_filter: at least one filter is needed")
         self.client_id = client_id
         self.stop_event = stop_event
         self.partitions = partitions
@@ -294,15 +300,15 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
     ) -> StatefulSourcePartition[Arrival, None]:
         """Start the subscriber of one partition."""
         index = for_part.rsplit("-", 1)[1]
-        topic_filter = self.topic_filter
+        topic_filters = self.topic_filters
         if self.partitions > 1:
-            topic_filter = f"$share/{self.client_id}/{self.topic_filter}"
+            topic_filters = tuple(f"$share/{self.client_id}/{f}" for f in topic_filters)
         settings = ReceiverSettings(
             host=self.host,
             port=self.port,
             tls=self.tls,
             client_id=f"{self.client_id}-{index}",
-            topic_filter=topic_filter,
+            topic_filters=topic_filters,
             qos=self.qos,
             username=self.username,
             password=self.password,

@@ -2,10 +2,10 @@
 
 :class:`MqttReceiver` is an MQTT client (``gridflex.mqtt_asyncio``, on an event loop in its
 own thread) on a persistent session (MQTT 3.1.1 ``clean_session=False``, stable client id,
-QoS 1 subscription renewed on every connect) that collects messages as ``(topic, payload,
-received_ms)`` tuples; :meth:`~MqttReceiver.take` hands over what arrived since the last
-call, with the time it vouches for: every message received before it has been handed over
-(the source turns that into heartbeats).
+QoS 1 subscriptions, one per topic filter, renewed on every connect) that collects messages
+as ``(topic, payload, received_ms)`` tuples; :meth:`~MqttReceiver.take` hands over what
+arrived since the last call, with the time it vouches for: every message received before
+it has been handed over (the source turns that into heartbeats).
 
 Receiving costs CPU per message (paho's Python packet handling took ~100 µs per QoS 1
 message here, as much as the whole dataflow; the native client a fraction of it), and in
@@ -51,7 +51,7 @@ class ReceiverSettings:
         port: Broker port.
         tls: Use TLS.
         client_id: Stable client id, the name of the broker's persistent session.
-        topic_filter: Subscription.
+        topic_filters: Subscriptions (the pipeline's: telemetry and acks).
         qos: Subscription QoS.
         username: Broker user name.
         password: Broker password.
@@ -66,7 +66,7 @@ class ReceiverSettings:
     port: int
     tls: bool
     client_id: str
-    topic_filter: str
+    topic_filters: tuple[str, ...]
     qos: int = 1
     username: str | None = None
     password: str | None = None
@@ -96,7 +96,8 @@ class MqttReceiver:
             reconnect_min_s=1.0,
             reconnect_max_s=30.0,
         )
-        self._client.subscribe(settings.topic_filter, self._on_message, qos=settings.qos)
+        for topic_filter in settings.topic_filters:
+            self._client.subscribe(topic_filter, self._on_message, qos=settings.qos)
         self._loop: LoopThread | None = None
 
     def start(self) -> None:
@@ -106,7 +107,7 @@ class MqttReceiver:
         log.info(
             "MQTT source %s subscribing to %s at %s:%d",
             self.settings.client_id,
-            self.settings.topic_filter,
+            ", ".join(self.settings.topic_filters),
             self.settings.host,
             self.settings.port,
         )

@@ -1,14 +1,17 @@
-"""Validation of raw telemetry messages (pure functions, no I/O).
+"""Validation of raw telemetry and ack messages (pure functions, no I/O).
 
 ``validate_telemetry`` turns one MQTT message into either a :class:`~gridflex.contract.Telemetry`
-or a :class:`Rejected` that says why, in one of a few reason kinds:
+or a :class:`Rejected` that says why, in one of a few reason kinds; ``validate_ack`` does
+the same for the control writer's acks (:class:`~gridflex.contract.DispatchAck` on
+``gridflex/v1/{site}/dispatch/{asset}/ack``), with the same kinds:
 
 =================  =====================================================================
 kind               meaning
 =================  =====================================================================
 ``bad_topic``      the topic is not ``gridflex/v1/{site}/{inverter|evse}/{asset}/telemetry``
+                   (for an ack: ``gridflex/v1/{site}/dispatch/{asset}/ack``)
 ``not_json``       the payload is not UTF-8 JSON (``NaN``/``Infinity`` are not JSON)
-``wrong_schema``   the JSON is not an object whose ``schema`` is ``"telemetry/1"``
+``wrong_schema``   the JSON is not an object whose ``schema`` is ``"telemetry/1"`` (``"ack/1"``)
 ``invalid``        the object does not validate against the contract (missing field, type)
 ``out_of_range``   a value outside its contract bound (``soc_pct`` 0..100, ...) or outside a
                    plausible band (``freq_hz`` off nominal by more than 10 %, ``ts_ms`` in
@@ -37,6 +40,7 @@ from pydantic import ValidationError
 from gridflex.contract import (
     ContractError,
     DeadLetter,
+    DispatchAck,
     Telemetry,
     describe_validation_error,
     parse_topic,
@@ -50,6 +54,7 @@ __all__ = [
     "RawMessage",
     "Rejected",
     "to_dead_letter",
+    "validate_ack",
     "validate_telemetry",
 ]
 
@@ -257,6 +262,62 @@ def _validate(
             message,
         )
     return telemetry
+
+
+def validate_ack(message: RawMessage, *, site_id: str) -> DispatchAck | Rejected:
+    """Validate one ack of the control writer against the contract and its topic.
+
+    Args:
+        message: The raw message, from ``gridflex/v1/{site}/dispatch/{asset}/ack``.
+        site_id: The site this pipeline serves.
+
+    Returns:
+        The parsed ack, or a :class:`Rejected` naming the first reason (the kinds of
+        :data:`REASON_KINDS`). Nothing raised while validating escapes: it becomes an
+        ``unprocessable`` refusal.
+
+    """
+    try:
+        return _validate_ack(message, site_id)
+    except Exception as exc:  # one message never stops the stream
+        return Rejected("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}", message)
+
+
+def _validate_ack(message: RawMessage, site_id: str) -> DispatchAck | Rejected:
+    try:
+        parts = parse_topic(message.topic)
+    except ContractError as exc:
+        return Rejected("bad_topic", str(exc), message)
+    if parts["leaf"] != "ack":
+        return Rejected("bad_topic", f"topic {message.topic!r} is not an ack topic", message)
+    try:
+        obj = json.loads(message.payload, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Rejected("not_json", f"not JSON: {exc}", message)
+    if not isinstance(obj, dict):
+        return Rejected("wrong_schema", "payload is not a JSON object", message)
+    if obj.get("schema") != "ack/1":
+        return Rejected(
+            "wrong_schema", f"schema is {obj.get('schema')!r}, expected 'ack/1'", message
+        )
+    try:
+        ack = DispatchAck.model_validate(obj)
+    except ValidationError as exc:
+        errors = exc.errors()
+        kind = "out_of_range" if all(e["type"] in _RANGE_ERROR_TYPES for e in errors) else "invalid"
+        return Rejected(kind, describe_validation_error(exc), message)
+    mismatches = [
+        f"{name} {parts[name]!r} in topic, {value!r} in payload"
+        for name, value in (("site", ack.site), ("asset", ack.asset))
+        if parts[name] != value
+    ]
+    if mismatches:
+        return Rejected("topic_mismatch", "; ".join(mismatches), message)
+    if ack.site != site_id:
+        return Rejected(
+            "topic_mismatch", f"site {ack.site!r} is not this pipeline's {site_id!r}", message
+        )
+    return ack
 
 
 def to_dead_letter(rejected: Rejected, *, site: str, component: str = "pipeline") -> DeadLetter:

@@ -14,7 +14,9 @@ import pytest
 
 from gridflex import cli
 from gridflex.history import (
-    GRID_FREQUENCY_SCHEMA,
+    ACKS_SCHEMA,
+    SCHEMAS,
+    STREAMS,
     TELEMETRY_SCHEMA,
     connect,
     partition_dir,
@@ -50,9 +52,30 @@ def frequency_row(window_start_ms: int, mean_hz: float, samples: int) -> dict:
     }
 
 
+def ack_row(asset: str, command_id: str, *, ts_ms: int = T0_MS + 60, **kw: Any) -> dict:
+    base: dict[str, Any] = dict.fromkeys(ACKS_SCHEMA.names)
+    base.update(
+        site="s1",
+        asset=asset,
+        ts_ms=ts_ms,
+        seq=1,
+        command_id=command_id,
+        result="applied",
+        requested_w=-656.0,
+        applied_w=-656.0,
+        readback_w=-656.0,
+        rules=[],
+        issued_ms=T0_MS + 10,
+        latency_from_issued_ms=ts_ms - T0_MS - 10,
+        latency_from_telemetry_ms=ts_ms - T0_MS,
+    )
+    base.update(kw)
+    return base
+
+
 def write(root: Path, stream: str, name: str, rows: list[dict]) -> None:
-    schema = TELEMETRY_SCHEMA if stream == "telemetry" else GRID_FREQUENCY_SCHEMA
-    ts = "ts_ms" if stream == "telemetry" else "window_start_ms"
+    schema = SCHEMAS[stream]
+    ts = "window_start_ms" if stream == "grid_frequency" else "ts_ms"
     folder = partition_dir(root, stream, utc_date(rows[0][ts]))
     folder.mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(rows, schema=schema), folder / f"part-{name}.parquet")
@@ -78,8 +101,9 @@ def test_views_have_the_same_columns_with_and_without_files(tmp_path: Path) -> N
     empty = connect(tmp_path)
     write(tmp_path, "telemetry", "1", [telemetry_row("a", 1)])
     write(tmp_path, "grid_frequency", "1", [frequency_row(T0_MS, 50.0, 5)])
+    write(tmp_path, "acks", "1", [ack_row("a", "c1", rules=["ramp"])])
     full = connect(tmp_path)
-    for view in ("telemetry", "grid_frequency"):
+    for view in ("telemetry", "grid_frequency", "acks"):
         q = f"select column_name, column_type from (describe {view})"
         assert empty.execute(q).fetchall() == full.execute(q).fetchall()
 
@@ -128,6 +152,49 @@ def test_grid_frequency_view_keeps_the_fuller_copy_of_a_window(tmp_path: Path) -
         .fetchall()
     )
     assert rows == [(T0_MS, 49.8, 3), (T0_MS + 1000, 50.0, 5)]
+
+
+def test_every_stream_has_a_view(tmp_path: Path) -> None:
+    con = connect(tmp_path)
+    views = {name for (name,) in con.execute("select view_name from duckdb_views()").fetchall()}
+    assert set(STREAMS) <= views
+
+
+def test_acks_view_has_typed_columns_and_rules_as_a_list(tmp_path: Path) -> None:
+    empty = connect(tmp_path)
+    types = dict(empty.execute("select column_name, column_type from (describe acks)").fetchall())
+    assert types["rules"] == "VARCHAR[]"
+    assert types["ts"] == types["issued"] == "TIMESTAMP WITH TIME ZONE"
+    assert types["latency_from_telemetry_ms"] == "BIGINT"
+    write(tmp_path, "acks", "1", [ack_row("a", "c1", result="clamped", rules=["soc_min"])])
+    rows = connect(tmp_path).execute("select result, rules, ts from acks").fetchall()
+    assert rows == [("clamped", ["soc_min"], datetime(2023, 11, 14, 22, 13, 20, 60000, tzinfo=UTC))]
+
+
+def test_acks_view_removes_redeliveries_but_keeps_each_later_delivery(tmp_path: Path) -> None:
+    applied = ack_row("a", "c1")
+    duplicate = ack_row("a", "c1", result="duplicate", ts_ms=T0_MS + 900, applied_w=-656.0)
+    write(tmp_path, "acks", "1", [applied, ack_row("b", "c1")])
+    write(tmp_path, "acks", "2", [applied, duplicate])  # the broker redelivered `applied`
+    write(tmp_path, "acks", "3", [duplicate, ack_row("a", "c1", result="duplicate")])
+    rows = (
+        connect(tmp_path)
+        .execute("select asset, result, ts_ms - ? from acks order by asset, 3", [T0_MS])
+        .fetchall()
+    )
+    assert rows == [
+        ("a", "applied", 60),
+        ("a", "duplicate", 60),
+        ("a", "duplicate", 900),
+        ("b", "applied", 60),
+    ]
+
+
+def test_query_cli_reads_the_acks_view(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    write(tmp_path, "acks", "1", [ack_row("a", "c1"), ack_row("b", "c2", result="failed")])
+    sql = "select result, count(*) as n from acks group by result order by result"
+    code, out, _ = run_query(["--data-dir", str(tmp_path), sql], capsys)
+    assert (code, out) == (0, "result,n\napplied,1\nfailed,1\n")
 
 
 def test_refresh_views_picks_up_the_first_files(tmp_path: Path) -> None:

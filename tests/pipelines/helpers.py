@@ -11,7 +11,7 @@ from typing import Any
 import paho.mqtt.client as mqtt
 
 from gridflex.config import SiteConfig, parse_site
-from gridflex.contract import telemetry_topic
+from gridflex.contract import ack_topic, telemetry_topic
 from gridflex.mqtt import MqttClient, parse_url
 from pipelines.validate import RawMessage
 
@@ -80,6 +80,48 @@ def raw(
         topic = topic or telemetry_topic(payload["site"], payload["kind"], payload["asset"])
         received_ms = received_ms or payload["ts_ms"] + 3
     return RawMessage(topic, body, received_ms)
+
+
+def ack(
+    asset: str,
+    command_id: str,
+    *,
+    site: str = "s1",
+    result: str = "applied",
+    ts_ms: int = T0_MS + 60,
+    seq: int = 1,
+    setpoint_w: float = -656.0,
+    **extra: Any,
+) -> dict[str, Any]:
+    """A valid ack/1 payload as a dict: a command of reading ``seq`` (at ``T0_MS``) applied."""
+    payload: dict[str, Any] = {
+        "schema": "ack/1",
+        "site": site,
+        "asset": asset,
+        "ts_ms": ts_ms,
+        "seq": seq,
+        "command_id": command_id,
+        "result": result,
+        "requested_w": setpoint_w,
+        "applied_w": setpoint_w,
+        "readback_w": setpoint_w,
+        "issued_ms": T0_MS + 10,
+        "latency_from_issued_ms": ts_ms - T0_MS - 10,
+        "latency_from_telemetry_ms": ts_ms - T0_MS,
+    }
+    payload.update(extra)
+    return {k: v for k, v in payload.items() if v is not None}
+
+
+def raw_ack(
+    payload: dict[str, Any] | bytes, *, topic: str | None = None, received_ms: int = 0
+) -> RawMessage:
+    """A RawMessage on the ack's own topic (unless ``topic`` is given)."""
+    if isinstance(payload, bytes):
+        assert topic is not None
+        return RawMessage(topic, payload, received_ms or T0_MS)
+    topic = topic or ack_topic(payload["site"], payload["asset"])
+    return RawMessage(topic, json.dumps(payload).encode(), received_ms or payload["ts_ms"] + 2)
 
 
 def step_series(

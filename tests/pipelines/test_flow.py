@@ -17,7 +17,15 @@ from gridflex.history import connect
 from pipelines.flow import FlowOptions, build_flow
 from pipelines.validate import RawMessage
 from pipelines.windows import Heartbeat
-from tests.pipelines.helpers import T0_MS, make_site, raw, step_series, telemetry
+from tests.pipelines.helpers import (
+    T0_MS,
+    ack,
+    make_site,
+    raw,
+    raw_ack,
+    step_series,
+    telemetry,
+)
 
 
 def run(
@@ -138,6 +146,51 @@ def test_every_refusal_is_dead_lettered_and_the_stream_goes_on(tmp_path: Path) -
     out = run(messages, tmp_path)
     reasons = sorted(d.reason.split(":")[0] for d in dead_letters(out))
     assert reasons == ["not_json", "not_json", "out_of_range", "topic_mismatch"]
+    assert [r["seq"] for r in history_rows(tmp_path, "telemetry")] == [3]
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_acks_go_to_the_acks_history_once_and_not_into_the_readings(
+    tmp_path: Path, workers: int
+) -> None:
+    readings = [telemetry(f"inv-{i % 2}", T0_MS + i * 100, i // 2) for i in range(10)]
+    applied = raw_ack(ack("inv-0", "c1", seq=0))
+    messages = [raw(p) for p in readings]
+    messages[3:3] = [applied, raw_ack(ack("inv-1", "c2", seq=1, result="clamped", rules=["ramp"]))]
+    messages[7:7] = [applied, raw_ack(ack("inv-0", "c1", result="duplicate", ts_ms=T0_MS + 700))]
+
+    out = run(messages, tmp_path, workers=workers)
+
+    acks = sorted(
+        (r["asset"], r["command_id"], r["result"], r["rules"])
+        for r in history_rows(tmp_path, "acks")
+    )
+    assert acks == [
+        ("inv-0", "c1", "applied", []),
+        ("inv-0", "c1", "duplicate", []),
+        ("inv-1", "c2", "clamped", ["ramp"]),
+    ]
+    assert len(history_rows(tmp_path, "telemetry")) == len(readings)
+    assert dead_letters(out) == []
+    con = connect(tmp_path)
+    assert con.execute("select count(*) from acks").fetchall() == [(3,)]
+
+
+def test_a_bad_ack_is_dead_lettered_and_the_stream_goes_on(tmp_path: Path) -> None:
+    messages = [
+        raw_ack(b'{"schema": "ack/1"}', topic="gridflex/v1/s1/dispatch/inv-1/ack"),
+        raw_ack(ack("inv-1", "c1"), topic="gridflex/v1/s1/dispatch/inv-2/ack"),
+        raw(telemetry("inv-1", T0_MS + 400, 3)),
+        raw_ack(ack("inv-1", "c2")),
+    ]
+    out = run(messages, tmp_path)
+    letters = dead_letters(out)
+    assert sorted(d.reason.split(":")[0] for d in letters) == ["invalid", "topic_mismatch"]
+    assert {d.topic for d in letters} == {
+        "gridflex/v1/s1/dispatch/inv-1/ack",
+        "gridflex/v1/s1/dispatch/inv-2/ack",
+    }
+    assert [r["command_id"] for r in history_rows(tmp_path, "acks")] == ["c2"]
     assert [r["seq"] for r in history_rows(tmp_path, "telemetry")] == [3]
 
 

@@ -12,17 +12,19 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gridflex.contract import Telemetry
-from gridflex.history import TELEMETRY_SCHEMA, connect
+from gridflex.contract import DispatchAck, Telemetry
+from gridflex.history import ACKS_SCHEMA, TELEMETRY_SCHEMA, connect
 from pipelines import history_sink
 from pipelines.history_sink import (
     HistorySink,
     ParquetStreamWriter,
+    RecentAcks,
     RecentKeys,
+    ack_row,
     telemetry_row,
     write_parquet_atomic,
 )
-from tests.pipelines.helpers import T0_MS, telemetry
+from tests.pipelines.helpers import T0_MS, ack, telemetry
 
 
 def row(asset: str, seq: int, ts_ms: int = T0_MS, boot: str = "b1") -> dict[str, Any]:
@@ -254,3 +256,65 @@ def test_rows_gathered_over_several_record_batches_are_written_in_order(tmp_path
     (path,) = writer.flush()
     assert pq.read_table(path).column("seq").to_pylist() == list(range(8))
     assert writer.buffered == 0
+
+
+# --------------------------------------------------------------------------- acks
+
+
+def an_ack_row(asset: str, command_id: str, **kw: Any) -> dict[str, Any]:
+    return ack_row(DispatchAck.model_validate(ack(asset, command_id, **kw)))
+
+
+def test_ack_row_has_every_schema_column_with_rules_as_a_list() -> None:
+    out = an_ack_row("inv-1", "c1", result="clamped", rules=["soc_min", "ramp"], applied_w=-100.0)
+    assert list(out) == ACKS_SCHEMA.names
+    assert out["rules"] == ["soc_min", "ramp"]
+    assert (out["result"], out["requested_w"], out["applied_w"]) == ("clamped", -656.0, -100.0)
+    assert out["latency_from_telemetry_ms"] == 60
+
+
+def test_ack_row_of_an_ack_without_a_write_has_null_values() -> None:
+    out = an_ack_row(
+        "inv-1",
+        "c1",
+        result="stale",
+        applied_w=None,
+        readback_w=None,
+        latency_from_issued_ms=None,
+        latency_from_telemetry_ms=None,
+    )
+    assert out["applied_w"] is None and out["latency_from_telemetry_ms"] is None
+    assert out["rules"] == []
+
+
+def test_recent_acks_flag_a_redelivery_but_keep_another_result_or_time() -> None:
+    acks = RecentAcks(capacity=8)
+    assert not acks.seen_before("a", "c1", "applied", T0_MS)
+    assert acks.seen_before("a", "c1", "applied", T0_MS)  # the broker redelivered it
+    assert not acks.seen_before("a", "c1", "duplicate", T0_MS + 5)  # a second delivery
+    assert not acks.seen_before("a", "c1", "duplicate", T0_MS + 9)  # and a third
+    assert not acks.seen_before("b", "c1", "applied", T0_MS)  # another asset
+
+
+def test_recent_acks_forget_the_oldest_beyond_their_capacity() -> None:
+    acks = RecentAcks(capacity=2)
+    for i in range(3):
+        assert not acks.seen_before("a", f"c{i}", "applied", T0_MS + i)
+    assert not acks.seen_before("a", "c0", "applied", T0_MS)  # forgotten
+    assert acks.seen_before("a", "c2", "applied", T0_MS + 2)
+
+
+def test_ack_sink_drops_redelivered_acks_and_keeps_later_duplicates(tmp_path: Path) -> None:
+    sink = HistorySink(tmp_path, "acks", flush_interval_s=60)
+    part = sink.build_part("history_acks", sink.list_parts()[0], None)
+    first = an_ack_row("a", "c1")
+    part.write_batch([first, an_ack_row("b", "c2")])
+    part.write_batch([first, an_ack_row("a", "c1", result="duplicate", ts_ms=T0_MS + 900)])
+    part.close()
+    table = pq.read_table(finished_files(tmp_path))
+    assert sorted(zip(table["asset"].to_pylist(), table["result"].to_pylist(), strict=True)) == [
+        ("a", "applied"),
+        ("a", "duplicate"),
+        ("b", "applied"),
+    ]
+    assert table.schema.field("rules").type == ACKS_SCHEMA.field("rules").type

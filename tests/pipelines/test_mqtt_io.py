@@ -47,6 +47,7 @@ class FlowThread:
         partitions: int = 1,
         workers: int = 1,
         receiver: Literal["process", "thread"] = "process",
+        topic_filter: str | tuple[str, ...] = FILTER,
     ) -> None:
         self.stop_event = threading.Event()
         self.arrivals: list[RawMessage | Heartbeat] = []
@@ -55,7 +56,7 @@ class FlowThread:
         flow = Dataflow("mqtt_io_test")
         self.source = source = MqttSource(
             url,
-            FILTER,
+            topic_filter,
             client_id=client_id,
             stop_event=self.stop_event,
             partitions=partitions,
@@ -145,6 +146,30 @@ def test_messages_published_while_the_pipeline_is_down_arrive_after_a_restart(
     assert second.wait_for(lambda out: len(out) >= len(while_down))
     second.stop()
     assert [(m.topic, m.payload) for m in second.out] == while_down
+
+
+@pytest.mark.parametrize("receiver", ["process", "thread"])
+def test_one_subscriber_delivers_the_messages_of_every_filter(
+    mosquitto: Broker, receiver: Literal["process", "thread"]
+) -> None:
+    client_id = f"t-two-{uuid.uuid4().hex[:8]}"
+    acks = "gridflex/v1/mq/dispatch/+/ack"
+    for topic_filter in (FILTER, acks):
+        create_session(mosquitto.url, f"{client_id}-0", topic_filter)
+    sent = messages(0, 20)
+    sent[5:5] = [(f"gridflex/v1/mq/dispatch/inv-{i}/ack", b"a%d" % i) for i in range(3)]
+    sent.append(("gridflex/v1/mq/dispatch/inv-0/command", b"not subscribed"))
+    publish_all(mosquitto.url, sent)
+
+    flow = FlowThread(mosquitto.url, client_id, receiver=receiver, topic_filter=(FILTER, acks))
+    assert flow.wait_for(lambda out: len(out) >= len(sent) - 1)
+    flow.stop()
+    assert [(m.topic, m.payload) for m in flow.out] == sent[:-1]
+
+
+def test_a_source_needs_a_filter() -> None:
+    with pytest.raises(ValueError, match="at least one filter"):
+        MqttSource("mqtt://127.0.0.1:1", (), client_id="x", stop_event=threading.Event())
 
 
 def test_two_partitions_share_the_subscription_without_duplicates(mosquitto: Broker) -> None:

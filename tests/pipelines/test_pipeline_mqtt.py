@@ -17,11 +17,18 @@ from bytewax.testing import run_main
 from numpy.testing import assert_allclose
 
 from gridflex.broker import Broker
-from gridflex.contract import deadletter_topic, grid_frequency_topic, telemetry_topic
+from gridflex.contract import ack_topic, deadletter_topic, grid_frequency_topic, telemetry_topic
 from gridflex.history import connect
-from pipelines.flow import FlowOptions, build_flow, telemetry_filter
+from pipelines.flow import FlowOptions, build_flow, pipeline_filters, telemetry_filter
 from tests.mqtt_helpers import Subscriber
-from tests.pipelines.helpers import create_session, make_site, publish_all, step_series
+from tests.pipelines.helpers import (
+    ack,
+    create_session,
+    make_site,
+    publish_all,
+    step_series,
+    telemetry,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -123,6 +130,54 @@ def test_frequency_step_dead_letter_and_history_end_to_end(
     assert [(r[0], r[2]) for r in rows] == [(0, 15), (1000, 15), (2000, 15), (3000, 15)]
     assert_allclose([r[1] for r in rows], [0, 0, -0.2, -0.2], atol=1e-9)
     assert history_count(tmp_path, "telemetry") == len(readings)
+
+
+def test_acks_on_the_broker_reach_the_acks_view_and_bad_ones_the_dead_letters(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    site_id = f"ack{uuid.uuid4().hex[:6]}"
+    site = make_site(site_id, url=mosquitto.url, data_dir=tmp_path)
+    client_id = f"gridflex-pipeline-{site_id}"
+    for topic_filter in pipeline_filters(site_id):
+        create_session(mosquitto.url, f"{client_id}-0", topic_filter)
+    now_ms = recent_second_ms(1)
+    applied = ack("inv-1", "c1", site=site_id, ts_ms=now_ms)
+    duplicate = ack("inv-1", "c1", site=site_id, ts_ms=now_ms + 300, result="duplicate")
+    reading = telemetry("inv-1", now_ms - 100, 1, site=site_id)
+    messages = [
+        (ack_topic(site_id, "inv-1"), json.dumps(applied).encode()),
+        (ack_topic(site_id, "inv-1"), json.dumps(applied).encode()),  # redelivered
+        (ack_topic(site_id, "inv-2"), json.dumps(duplicate).encode()),  # wrong asset
+        (ack_topic(site_id, "inv-1"), json.dumps(duplicate).encode()),
+        *as_messages([reading]),
+    ]
+
+    stop_event = threading.Event()
+    flow = build_flow(
+        site,
+        options=FlowOptions(client_id=client_id, flush_interval_s=0.2),
+        stop_event=stop_event,
+    )
+    runner = threading.Thread(target=run_main, args=(flow,), daemon=True)
+    dead_topic = deadletter_topic("pipeline")
+    with Subscriber(mosquitto.url, dead_topic) as dl:
+        runner.start()
+        publish_all(mosquitto.url, messages)
+        assert wait_until(lambda: history_count(tmp_path, "acks") == 2)
+        assert dl.wait_for(lambda msgs: len(msgs) >= 1)
+        (letter,) = dl.json_on(lambda t: t == dead_topic)
+        assert letter["reason"].startswith("topic_mismatch")
+        assert letter["topic"] == ack_topic(site_id, "inv-2")
+    stop_event.set()
+    runner.join(30)
+    assert not runner.is_alive()
+
+    con = connect(tmp_path)
+    rows = con.execute(
+        "select asset, command_id, result, ts_ms - ? from acks order by ts_ms", [now_ms]
+    ).fetchall()
+    assert rows == [("inv-1", "c1", "applied", 0), ("inv-1", "c1", "duplicate", 300)]
+    assert history_count(tmp_path, "telemetry") == 1
 
 
 @pytest.mark.slow

@@ -1,4 +1,4 @@
-"""Validation of raw telemetry: what passes, and why each refusal is refused."""
+"""Validation of raw telemetry and acks: what passes, and why each refusal is refused."""
 
 from __future__ import annotations
 
@@ -7,9 +7,15 @@ import json
 
 import pytest
 
-from gridflex.contract import DeadLetter, Telemetry, parse_payload
-from pipelines.validate import RawMessage, Rejected, to_dead_letter, validate_telemetry
-from tests.pipelines.helpers import T0_MS, raw, telemetry
+from gridflex.contract import DeadLetter, DispatchAck, Telemetry, parse_payload
+from pipelines.validate import (
+    RawMessage,
+    Rejected,
+    to_dead_letter,
+    validate_ack,
+    validate_telemetry,
+)
+from tests.pipelines.helpers import T0_MS, ack, raw, raw_ack, telemetry
 
 
 def check(message: RawMessage, *, now_ms: int | None = None) -> Telemetry | Rejected:
@@ -143,3 +149,70 @@ def test_dead_letter_of_binary_payload_is_base64() -> None:
     letter = to_dead_letter(rejected(message), site="s1")
     assert letter.payload_encoding == "base64"
     assert base64.b64decode(letter.payload) == body
+
+
+# --------------------------------------------------------------------------- acks
+
+
+def ack_refusal(message: RawMessage) -> Rejected:
+    result = validate_ack(message, site_id="s1")
+    assert isinstance(result, Rejected), result
+    return result
+
+
+def test_a_valid_ack_passes_with_its_values() -> None:
+    result = validate_ack(raw_ack(ack("inv-1", "c1", rules=["ramp"])), site_id="s1")
+    assert isinstance(result, DispatchAck)
+    assert (result.asset, result.command_id, result.result) == ("inv-1", "c1", "applied")
+    assert result.rules == ["ramp"]
+    assert result.latency_from_telemetry_ms == 60
+
+
+def test_an_ack_without_latencies_passes() -> None:
+    payload = ack("inv-1", "c1", result="duplicate", latency_from_issued_ms=None)
+    payload.pop("latency_from_telemetry_ms")
+    result = validate_ack(raw_ack(payload), site_id="s1")
+    assert isinstance(result, DispatchAck)
+    assert result.latency_from_telemetry_ms is None
+
+
+@pytest.mark.parametrize(
+    ("payload", "kind"),
+    [
+        (b"{not json", "not_json"),
+        (b'{"schema": "ack/1", "requested_w": NaN}', "not_json"),
+        (b"[1, 2]", "wrong_schema"),
+        (json.dumps(telemetry("inv-1", T0_MS, 1)).encode(), "wrong_schema"),
+        (json.dumps({**ack("inv-1", "c1"), "result": "maybe"}).encode(), "invalid"),
+        (json.dumps({**ack("inv-1", "c1"), "seq": -1}).encode(), "out_of_range"),
+        (json.dumps({**ack("inv-1", "c1"), "extra": 1}).encode(), "invalid"),
+    ],
+    ids=["not-json", "nan", "array", "telemetry", "bad-result", "negative-seq", "extra-field"],
+)
+def test_a_bad_ack_is_refused_with_its_reason_kind(payload: bytes, kind: str) -> None:
+    message = raw_ack(payload, topic="gridflex/v1/s1/dispatch/inv-1/ack")
+    assert ack_refusal(message).kind == kind
+
+
+def test_an_ack_on_another_assets_topic_is_a_topic_mismatch() -> None:
+    refusal = ack_refusal(raw_ack(ack("inv-1", "c1"), topic="gridflex/v1/s1/dispatch/inv-2/ack"))
+    assert refusal.kind == "topic_mismatch"
+    assert refusal.reason.startswith("asset 'inv-2' in topic")
+
+
+def test_an_ack_of_another_site_is_refused() -> None:
+    refusal = ack_refusal(raw_ack(ack("inv-1", "c1", site="s9")))
+    assert refusal.kind == "topic_mismatch"
+    assert "s9" in refusal.reason
+
+
+@pytest.mark.parametrize(
+    "topic", ["gridflex/v1/s1/dispatch/inv-1/command", "gridflex/v1/s1/ack", "other/ack"]
+)
+def test_an_ack_off_the_ack_topic_is_a_bad_topic(topic: str) -> None:
+    assert ack_refusal(raw_ack(ack("inv-1", "c1"), topic=topic)).kind == "bad_topic"
+
+
+def test_a_deeply_nested_ack_is_unprocessable_or_not_json_never_raised() -> None:
+    message = raw_ack(b"[" * 100_000 + b"]" * 100_000, topic="gridflex/v1/s1/dispatch/a/ack")
+    assert ack_refusal(message).kind in ("not_json", "unprocessable")
