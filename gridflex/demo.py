@@ -52,6 +52,7 @@ from gridflex.contract import PREFIX, DispatchMode
 from gridflex.history import STREAMS
 from gridflex.mqtt import MqttClient, open_session
 from gridflex.net import free_port, free_port_block
+from pipelines.flow import pipeline_filters
 
 __all__ = [
     "DEMO_DIRS",
@@ -218,9 +219,9 @@ def site_toml(plan: DemoPlan) -> str:
 def api_banner(plan: DemoPlan) -> str | None:
     """The banner line with the API's URL and token, when the demo serves the API.
 
-    ``gridflex control`` serves it, and the demo runs the writer only with inverters.
+    ``gridflex control`` serves it; the demo runs the writer whenever it has assets.
     """
-    if plan.api_url is None or plan.api_token is None or not plan.inverters:
+    if plan.api_url is None or plan.api_token is None or not (plan.inverters or plan.chargers):
         return None
     return f"REST API        {plan.api_url}   token {plan.api_token}"
 
@@ -571,6 +572,13 @@ def plan_parts(
                     site,
                     "--seed",
                     str(plan.seed),
+                    "--nominal-hz",
+                    str(plan.nominal_hz),
+                    *(
+                        ["--frequency-profile", str(frequency_profile.resolve())]
+                        if frequency_profile is not None
+                        else []
+                    ),
                 ],
             )
         )
@@ -581,7 +589,9 @@ def plan_parts(
     )
     if plan.inverters:
         parts.append(Part("collect-modbus", "collector", ["collect", "modbus", "--site", site]))
-        # The setpoint writer closes the loop for the inverters (SunSpec 704).
+    if plan.inverters or plan.chargers:
+        # The setpoint writer closes the loop: SunSpec 704 for the inverters, OCPP charging
+        # profiles through the CSMS for the chargers.
         parts.append(Part("control", "control", ["control", "--site", site]))
     return parts
 
@@ -649,7 +659,8 @@ def main(args: argparse.Namespace) -> int:
     # Open the pipeline's persistent session before any producer starts: the broker then
     # keeps every reading for the pipeline while Bytewax is still starting (its single MQTT
     # partition connects as "{client id}-0"), so the history starts at seq 0.
-    open_session(mqtt_url, f"{PIPELINE_CLIENT_ID}-0", f"{PREFIX}/{SITE_ID}/+/+/telemetry")
+    for topic_filter in pipeline_filters(SITE_ID):  # readings and the writer's acks
+        open_session(mqtt_url, f"{PIPELINE_CLIENT_ID}-0", topic_filter)
     parts = plan_parts(plan, site_file, args.frequency_profile)
     codes: dict[str, int | None] = {}
     try:

@@ -329,7 +329,8 @@ def test_producers_stop_before_the_pipeline() -> None:
 def test_stop_order_with_one_kind_of_asset() -> None:
     only_chargers = DemoPlan(0, 2, 15020, 19000, "mqtt://127.0.0.1:1883")
     names = [p.name for p in stop_order(plan_parts(only_chargers, Path("site.toml")))]
-    assert names == ["sim-chargers", "collect-ocpp", "pipeline"]
+    # the writer runs for the chargers too (through the CSMS) and stops first
+    assert names == ["control", "sim-chargers", "collect-ocpp", "pipeline"]
 
 
 def test_live_view_shows_the_ack_beside_the_command() -> None:
@@ -371,5 +372,6 @@ def test_banner_shows_the_api_url_and_token_and_the_view_keeps_its_headline() ->
     view = LiveView("demo", api_banner=banner)
     assert view.render().splitlines()[1] == banner
     assert view.headline().startswith("grid frequency")
-    # The API is served by `gridflex control`, which the demo runs only with inverters.
-    assert api_banner(dataclasses.replace(plan, inverters=0)) is None
+    # The API is served by `gridflex control`, which the demo runs whenever it has assets.
+    assert api_banner(dataclasses.replace(plan, inverters=0)) == banner
+    assert api_banner(dataclasses.replace(plan, inverters=0, chargers=0)) is None
