@@ -291,7 +291,9 @@ def run_one(n: int, local_droop: bool, args: argparse.Namespace) -> dict[str, An
             recorder.start()
             if not ready.wait(30):
                 raise RuntimeError("recorder did not start")
-            procs["control"] = _gridflex("control", "--site", str(site))
+            procs["control"] = _gridflex(
+                "control", "--site", str(site), "--modbus-client", args.modbus_client, "--no-api"
+            )
             client_id = f"gridflex-pipeline-{SITE}"
             for topic_filter in pipeline_filters(SITE):
                 open_session(broker.url, f"{client_id}-0", topic_filter)
@@ -525,6 +527,12 @@ def main() -> int:
         "--local-droop",
         action="store_true",
         help="also run each N with [dispatch] local_droop = true",
+    )
+    parser.add_argument(
+        "--modbus-client",
+        choices=("lean", "pymodbus"),
+        default="lean",
+        help="the writer's Modbus client (gridflex control --modbus-client)",
     )
     parser.add_argument("--pyspy-dir", type=Path, help="py-spy the writer into this folder")
     args = parser.parse_args()

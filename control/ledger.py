@@ -41,8 +41,10 @@ is refused as ``expired`` (or ``stale``) instead of ``duplicate``, and never app
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -53,6 +55,7 @@ __all__ = [
     "CommandRecord",
     "Decision",
     "Ledger",
+    "RecordEntry",
     "Verdict",
 ]
 
@@ -111,6 +114,20 @@ class CommandRecord:
 
 
 @dataclass(frozen=True, slots=True)
+class RecordEntry:
+    """One command to record (the arguments of :meth:`Ledger.record`)."""
+
+    asset: str
+    command_id: str
+    issued_ms: int
+    result: str
+    requested_w: float
+    applied_w: float | None
+    reason: str | None
+    now_ms: int
+
+
+@dataclass(frozen=True, slots=True)
 class Decision:
     """The ledger's verdict on a command.
 
@@ -157,6 +174,8 @@ class Ledger:
         # thread (at a frequency step, a thousand commits in a row). Each read statement
         # sees every transaction committed before it started.
         self._read_lock = threading.Lock()
+        self._pending: list[tuple[RecordEntry, asyncio.Future[bool]]] = []
+        self._flusher: asyncio.Task[None] | None = None
         self._reader = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
         self._reader.execute("PRAGMA busy_timeout=5000")
 
@@ -206,40 +225,79 @@ class Ledger:
         ``command_id`` are keyword-only: two watts and two epoch-ms values are too easy to
         swap by position.
         """
+        entry = RecordEntry(
+            asset, command_id, issued_ms, result, requested_w, applied_w, reason, now_ms
+        )
+        return self.record_many([entry])[0]
+
+    def record_many(self, entries: Sequence[RecordEntry]) -> list[bool]:
+        """:meth:`record` for several commands in one transaction (one fsync); in order."""
+        inserted: list[bool] = []
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                values = (
-                    asset,
-                    command_id,
-                    issued_ms,
-                    result,
-                    requested_w,
-                    applied_w,
-                    reason,
-                    now_ms,
-                )
-                cursor = self._conn.execute(
-                    f"INSERT OR IGNORE INTO command ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    values,
-                )
-                inserted = cursor.rowcount == 1
-                if inserted and result in APPLIED_RESULTS:
-                    self._conn.execute(
-                        f"INSERT INTO last_applied ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (asset) DO UPDATE SET "
-                        "command_id = excluded.command_id, issued_ms = excluded.issued_ms, "
-                        "result = excluded.result, requested_w = excluded.requested_w, "
-                        "applied_w = excluded.applied_w, reason = excluded.reason, "
-                        "recorded_ms = excluded.recorded_ms "
-                        "WHERE excluded.issued_ms >= last_applied.issued_ms",
+                for e in entries:
+                    values = (
+                        e.asset,
+                        e.command_id,
+                        e.issued_ms,
+                        e.result,
+                        e.requested_w,
+                        e.applied_w,
+                        e.reason,
+                        e.now_ms,
+                    )
+                    cursor = self._conn.execute(
+                        f"INSERT OR IGNORE INTO command ({_COLUMNS}) "
+                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         values,
                     )
+                    inserted.append(cursor.rowcount == 1)
+                    if inserted[-1] and e.result in APPLIED_RESULTS:
+                        self._conn.execute(
+                            f"INSERT INTO last_applied ({_COLUMNS}) "
+                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+                            "ON CONFLICT (asset) DO UPDATE SET "
+                            "command_id = excluded.command_id, issued_ms = excluded.issued_ms, "
+                            "result = excluded.result, requested_w = excluded.requested_w, "
+                            "applied_w = excluded.applied_w, reason = excluded.reason, "
+                            "recorded_ms = excluded.recorded_ms "
+                            "WHERE excluded.issued_ms >= last_applied.issued_ms",
+                            values,
+                        )
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
         return inserted
+
+    async def record_async(self, entry: RecordEntry) -> bool:
+        """:meth:`record` from the event loop, committed together with its neighbours.
+
+        Group commit: the entries that arrive while a commit runs (in a worker thread) go
+        into the next one, so a burst of a thousand commands costs a few fsyncs, not a
+        thousand, and the loop never waits for the disk.
+        """
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[bool] = loop.create_future()
+        self._pending.append((entry, future))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = loop.create_task(self._flush())
+        return await future
+
+    async def _flush(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            try:
+                results = await asyncio.to_thread(self.record_many, [e for e, _ in batch])
+            except Exception as exc:
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), inserted in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(inserted)
 
     def last_applied(self, asset: str) -> CommandRecord | None:
         """The last command applied (or clamped) to ``asset``, or None if there was none."""

@@ -43,7 +43,6 @@ Why these choices:
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 from collections.abc import Callable
@@ -51,7 +50,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from control.clamp import Clamped, Limits, SiteHeadroom, clamp
-from control.ledger import Ledger
+from control.ledger import Ledger, RecordEntry
 from gridflex.contract import AckResult, DispatchAck, DispatchCommand
 
 __all__ = [
@@ -255,17 +254,18 @@ async def _record(
     applied_w: float | None,
     now_ms: int,
 ) -> None:
-    # record() commits with an fsync (synchronous=FULL): off the event loop.
-    inserted = await asyncio.to_thread(
-        ledger.record,
-        command.asset,
-        command.command_id,
-        issued_ms=command.issued_ms,
-        result=clamped.result,
-        requested_w=command.setpoint_w,
-        applied_w=applied_w,
-        reason=clamped.reason,
-        now_ms=now_ms,
+    # an fsync'd commit (synchronous=FULL) off the event loop, grouped with its neighbours
+    inserted = await ledger.record_async(
+        RecordEntry(
+            asset=command.asset,
+            command_id=command.command_id,
+            issued_ms=command.issued_ms,
+            result=clamped.result,
+            requested_w=command.setpoint_w,
+            applied_w=applied_w,
+            reason=clamped.reason,
+            now_ms=now_ms,
+        )
     )
     if not inserted:
         log.warning("%s: command %s was recorded twice", command.asset, command.command_id)

@@ -43,8 +43,6 @@ import ssl
 import time
 from typing import cast
 
-from paho.mqtt.client import topic_matches_sub
-
 from gridflex.mqtt import MessageCallback, MqttStats, parse_url, plain_filter
 from gridflex.mqtt_wire import (
     CONNACK,
@@ -63,6 +61,7 @@ from gridflex.mqtt_wire import (
     encode_publish,
     encode_subscribe,
     encode_topic,
+    filter_matches,
     publish_header,
     with_dup,
 )
@@ -72,6 +71,8 @@ __all__ = ["AsyncMqttClient"]
 log = logging.getLogger(__name__)
 
 _MAX_MID = 0xFFFF
+#: Topics whose callbacks are remembered (a site has a few per asset); beyond, start over.
+_MAX_ROUTES = 65_536
 _CONNECT_TIMEOUT_S = 10.0
 _STOP_CLOSE_TIMEOUT_S = 2.0
 _U16_MAX_INFLIGHT = _MAX_MID - 1  # one identifier stays free to find the next one
@@ -162,6 +163,9 @@ class AsyncMqttClient:
         self._out: list[bytes] = []
         self._mid = 0
         self._subs: dict[str, tuple[int, MessageCallback]] = {}
+        #: The callbacks of each topic seen, so a filter is matched once per topic, not per
+        #: message (cleared when the subscriptions change, or when it grows too big).
+        self._routes: dict[str, list[MessageCallback]] = {}
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: _Connection | None = None
         self._connected = False
@@ -289,6 +293,7 @@ class AsyncMqttClient:
         if qos not in (0, 1):
             raise ValueError(f"QoS {qos}: this client subscribes at QoS 0 or 1")
         self._subs[topic_filter] = (qos, callback)
+        self._routes.clear()
         if self._connected:
             self._queue_packet(encode_subscribe(self._next_mid(), [(topic_filter, qos)]))
 
@@ -517,17 +522,25 @@ class AsyncMqttClient:
             mid = (body[pos] << 8) | body[pos + 1]
             pos += 2
         payload = body[pos:]
-        delivered = False
-        for topic_filter, (_qos, callback) in self._subs.items():
-            if topic_matches_sub(plain_filter(topic_filter), topic):
-                delivered = True
-                with self.stats.lock:
-                    self.stats.received += 1
-                try:
-                    callback(topic, payload)
-                except Exception:  # a subscriber's bug must not break the connection
-                    log.exception("mqtt %s: message callback failed on %s", self.client_id, topic)
-        if not delivered:
+        callbacks = self._routes.get(topic)
+        if callbacks is None:
+            callbacks = [
+                callback
+                for topic_filter, (_qos, callback) in self._subs.items()
+                if filter_matches(plain_filter(topic_filter), topic)
+            ]
+            if len(self._routes) >= _MAX_ROUTES:
+                self._routes.clear()
+            self._routes[topic] = callbacks
+        if callbacks:
+            with self.stats.lock:
+                self.stats.received += len(callbacks)
+        for callback in callbacks:
+            try:
+                callback(topic, payload)
+            except Exception:  # a subscriber's bug must not break the connection
+                log.exception("mqtt %s: message callback failed on %s", self.client_id, topic)
+        if not callbacks:
             log.debug("mqtt %s: message on %s matched no subscription", self.client_id, topic)
         if qos == 1:
             self._queue_packet(encode_puback(mid))

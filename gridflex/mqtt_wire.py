@@ -32,6 +32,7 @@ __all__ = [
     "encode_subscribe",
     "encode_topic",
     "encode_varint",
+    "filter_matches",
     "publish_header",
     "with_dup",
 ]
@@ -210,3 +211,23 @@ def _remaining_length(buf: bytearray, pos: int) -> tuple[int, int] | None:
             return length, pos
     buf.clear()
     raise MalformedPacket("remaining length longer than four bytes")
+
+
+def filter_matches(topic_filter: str, topic: str) -> bool:
+    """Whether ``topic`` matches ``topic_filter`` (MQTT 3.1.1 section 4.7: ``+``, ``#``).
+
+    ``#`` also matches the parent level (``a/#`` matches ``a``); a topic starting with ``$``
+    is not matched by a filter starting with a wildcard (section 4.7.2).
+    """
+    if topic.startswith("$") and topic_filter[:1] in ("+", "#"):
+        return False
+    levels = topic.split("/")
+    parts = topic_filter.split("/")
+    for i, part in enumerate(parts):
+        if part == "#":
+            return True
+        if i >= len(levels):
+            return False
+        if part != "+" and part != levels[i]:
+            return False
+    return len(parts) == len(levels)

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from control.ledger import RETENTION_MS, CommandRecord, Ledger
+from control.ledger import RETENTION_MS, CommandRecord, Ledger, RecordEntry
 
 T0 = 1_780_000_000_000  # epoch ms
 
@@ -289,3 +291,40 @@ def test_no_id_is_new_twice_and_last_applied_never_decreases(
             if last is not None:
                 assert last.issued_ms >= last_issued.get(asset, last.issued_ms)
                 last_issued[asset] = last.issued_ms
+
+
+def test_group_commit_records_a_burst_in_few_transactions(tmp_path: Path) -> None:
+    """A burst of records from the loop: every one stored, in a few commits, dups refused."""
+
+    def entry(i: int) -> RecordEntry:
+        return RecordEntry(
+            asset=f"a{i % 50}",
+            command_id=f"c{i}",
+            issued_ms=i,
+            result="applied",
+            requested_w=float(i),
+            applied_w=float(i),
+            reason=None,
+            now_ms=1_000 + i,
+        )
+
+    with Ledger(tmp_path / "ledger.sqlite3") as ledger:
+        batches: list[int] = []
+        inner = ledger.record_many
+
+        def counting(entries: Any) -> list[bool]:
+            batches.append(len(entries))
+            return inner(entries)
+
+        ledger.record_many = counting  # type: ignore[method-assign]
+
+        async def burst() -> list[bool]:
+            entries = [entry(i) for i in range(500)] + [entry(7)]  # the last is a repeat
+            return list(await asyncio.gather(*(ledger.record_async(e) for e in entries)))
+
+        results = asyncio.run(burst())
+    assert results == [True] * 500 + [False]
+    assert sum(batches) == 501 and len(batches) < 50
+    with Ledger(tmp_path / "ledger.sqlite3") as again:
+        last = again.last_applied("a49")
+        assert last is not None and last.command_id == "c499"

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from paho.mqtt.client import topic_matches_sub
 
 from gridflex.mqtt_wire import (
     MalformedPacket,
@@ -13,6 +16,7 @@ from gridflex.mqtt_wire import (
     encode_subscribe,
     encode_topic,
     encode_varint,
+    filter_matches,
     publish_header,
     with_dup,
 )
@@ -118,3 +122,32 @@ def test_reader_splits_a_stream_cut_anywhere_into_the_same_packets() -> None:
 def test_reader_refuses_a_five_byte_length() -> None:
     with pytest.raises(MalformedPacket):
         PacketReader().feed(b"\x30\xff\xff\xff\xff\x01")
+
+
+_LEVEL = st.sampled_from(["a", "b", "gridflex", "v1", "", "$SYS", "x y"])
+
+
+@given(
+    topic=st.lists(_LEVEL, min_size=1, max_size=5).map("/".join),
+    pattern=st.lists(st.sampled_from(["a", "b", "v1", "", "+", "$SYS"]), min_size=1, max_size=5),
+    hash_tail=st.booleans(),
+)
+@settings(max_examples=500)
+def test_filter_matches_agrees_with_paho(topic: str, pattern: list[str], hash_tail: bool) -> None:
+    topic_filter = "/".join([*pattern, "#"] if hash_tail else pattern)
+    assert filter_matches(topic_filter, topic) == topic_matches_sub(topic_filter, topic)
+
+
+@pytest.mark.parametrize(
+    ("topic_filter", "topic", "expected"),
+    [
+        ("gridflex/v1/s/+/+/telemetry", "gridflex/v1/s/inverter/inv1/telemetry", True),
+        ("gridflex/v1/s/+/+/telemetry", "gridflex/v1/s/inverter/inv1/status", False),
+        ("gridflex/v1/s/dispatch/+/ack", "gridflex/v1/s/dispatch/a/ack", True),
+        ("a/#", "a", True),
+        ("#", "$SYS/broker", False),
+        ("+/x", "/x", True),
+    ],
+)
+def test_filter_matches_examples(topic_filter: str, topic: str, expected: bool) -> None:
+    assert filter_matches(topic_filter, topic) is expected
