@@ -177,13 +177,14 @@ class Operator:
         return [f.code for f in cleared]
 
     async def profile_changed(self, asset_id: str) -> None:
-        """A charge profile changed: the next command is clamped with it.
+        """A charge profile changed: the asset's last setpoint is clamped anew at once.
 
-        Commands come at least every ``dispatch.refresh_s`` (the keep-alive), so the new
-        limits are on the device within that time; nothing is pushed at once.
+        For an OCPP station that is a new SetChargingProfile through the CSMS, for an
+        inverter a 704 write; the next commands are clamped with the new limits anyway.
         """
         limits = self.service.limits_now(asset_id, self.service.now_ms())
         log.info("%s: charge profile changed; limits now %s", asset_id, limits)
+        self.service.queue_reapply(asset_id)
 
     def health(self) -> dict[str, Any]:
         """Whether the service is up and talking to the broker, with counters."""

@@ -58,7 +58,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
-from control.clamp import Limits
+from control.clamp import Limits, clamp
 from control.devices import LazySunSpecDevice, describe_error
 from control.droop import LocalDroopSupervisor, droop_params_of
 from control.faults import FaultLatch, faults_in_status, faults_in_telemetry
@@ -128,7 +128,7 @@ class ProfileSource(Protocol):
 class _Job:
     """One thing for an asset's worker: a command (``reply`` for a manual one) or a stop."""
 
-    kind: Literal["command", "stop"]
+    kind: Literal["command", "stop", "reapply"]
     command: DispatchCommand | None = None
     manual: bool = False
     reply: asyncio.Future[DispatchAck] | None = None
@@ -165,7 +165,8 @@ class _Mailbox:
         if not self.items:
             self._ready.clear()
             try:
-                await asyncio.wait_for(self._ready.wait(), timeout_s)
+                async with asyncio.timeout(timeout_s):  # no task per wait, unlike wait_for
+                    await self._ready.wait()
             except TimeoutError:
                 return None
         return self.items.popleft()
@@ -440,6 +441,9 @@ class ControlService:
             if job.kind == "stop":
                 await self._emergency_stop(asset_id)
                 continue
+            if job.kind == "reapply":
+                await self._reapply(asset_id)
+                continue
             command = job.command
             assert command is not None
             try:
@@ -498,6 +502,54 @@ class ControlService:
             self.watchdog_s,
             default_w,
             last.setpoint_w,
+        )
+
+    def queue_reapply(self, asset_id: str) -> None:
+        """Clamp the asset's last command anew with the limits in force (a profile changed).
+
+        It runs after the commands already waiting.
+        """
+        self.control[asset_id].mailbox.put(_Job("reapply"))
+
+    async def _reapply(self, asset_id: str) -> None:
+        """Write the last command's setpoint clamped anew, if that changes what is in force.
+
+        Not a command: nothing is recorded in the ledger and no ack is published; the log
+        says what changed. A faulted asset stays at 0 W; a refusal leaves the device as is.
+        """
+        control = self.control[asset_id]
+        last, previous = control.last_command, control.previous
+        if last is None or previous is None or self.faults.latched(asset_id):
+            return
+        now_ms = self.now_ms()
+        clamped = clamp(
+            last.setpoint_w,
+            limits=self.limits_now(asset_id, now_ms),
+            soc_pct=self.live.soc_pct(asset_id, now_ms),
+            previous_w=previous.setpoint_w,
+            elapsed_s=(now_ms - previous.at_ms) / 1000.0,
+            site=self.live.headroom(
+                asset_id, self.site.max_import_w, self.site.max_export_w, now_ms
+            ),
+            faulted=None,
+        )
+        if clamped.applied_w is None or clamped.applied_w == previous.setpoint_w:
+            return
+        device = self.devices[asset_id]
+        try:
+            await device.write(clamped.applied_w)
+            readback_w = await device.read_back()
+        except Exception as exc:
+            log.warning("%s: new limits not applied: %s", asset_id, describe_error(exc))
+            return
+        control.previous = PreviousSetpoint(clamped.applied_w, self.now_ms())
+        log.info(
+            "%s: new limits: %.0f W -> %.0f W (read back %.0f W, %s)",
+            asset_id,
+            previous.setpoint_w,
+            clamped.applied_w,
+            readback_w,
+            ", ".join(clamped.rules) or "no rule",
         )
 
     def limits_now(self, asset_id: str, now_ms: int) -> Limits:

@@ -107,6 +107,13 @@ async def _exercise(
     view = (await http.get("/api/v1/assets/inv1")).json()
     assert view["limits"]["profile"]["profile_ids"] == ["depot-evening"]
 
+    # a tighter profile takes effect at once, without a command; removing it undoes that
+    tighter = {**body, "profile_id": "grid-alert", "max_discharge_kw": 1.0}
+    assert (await http.post("/api/v1/charge-profile", json=tighter)).status_code == 201
+    await _until(lambda: sim.decode_point(704, "WSet") == 1_000, "the new limit not applied")
+    assert (await http.delete("/api/v1/charge-profile/grid-alert")).status_code == 200
+    await _until(lambda: sim.decode_point(704, "WSet") == 2_000, "the old limit not back")
+
     # a manual "discharge 1.5 kW", twice: applied once, the same answer
     order = {"asset": "inv1", "setpoint_w": -1_500.0, "transaction_id": "T-42", "valid_for_s": 60}
     first = await http.post("/api/v1/dispatch", json=order)

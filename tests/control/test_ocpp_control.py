@@ -35,7 +35,7 @@ from gridflex.contract import (
 )
 from gridflex.mqtt_asyncio import AsyncMqttClient
 from pipelines.dispatch import DroopParams, droop_delta_w
-from simulators.charger.fleet import EvseSpec, StationSpec
+from simulators.charger.fleet import EvseSpec, Faults, StationSpec
 from simulators.charger.station import SimStation
 from simulators.ev import CarSpec
 
@@ -72,6 +72,7 @@ class Rig:
         offline: tuple[str, ...] = (),
         frequency: SteppedFrequency | None = None,
         station_max_w: float | None = None,
+        soc_min_pct: float = 0.0,
     ) -> None:
         self.broker = broker
         self.site_id = f"o{uuid.uuid4().hex[:8]}"
@@ -90,7 +91,7 @@ class Rig:
                         "password": PASSWORD,
                         "max_charge_w": 11_000.0,
                         "max_discharge_w": 10_000.0,
-                        "soc_min_pct": 0.0,
+                        "soc_min_pct": soc_min_pct,
                         "soc_max_pct": 100.0,
                     }
                 )
@@ -400,5 +401,43 @@ def test_the_station_wide_limit_is_shared_by_its_evses(mosquitto: Broker, tmp_pa
         station_max = rig.stations[0].station_max
         assert station_max is not None and station_max.control.limit_w == 8_000
         assert station_max.profile_id == profile_id("ChargingStationMaxProfile", 0)
+
+    asyncio.run(rig.run(body))
+
+
+def test_a_car_at_its_soc_floor_is_not_discharged(mosquitto: Broker, tmp_path: Path) -> None:
+    low_car = replace(V2X_CAR, initial_soc_pct=15)
+    rig = Rig(mosquitto, tmp_path, [station("cs-low", low_car)], soc_min_pct=20.0)
+
+    async def body(rig: Rig) -> None:
+        await rig.charging("cs-low")
+        await until(lambda: rig.service.live.soc_pct("cs-low", _now_ms()) is not None, 20)
+        rig.command("cs-low", "low-1", -5_000.0)
+        ack = await rig.ack("low-1")
+        assert (ack.result, ack.applied_w, ack.rules) == ("clamped", 0.0, ["soc_floor"])
+        rig.command("cs-low", "low-2", 3_000.0)  # charging is fine
+        assert (await rig.ack("low-2")).result == "applied"
+
+    asyncio.run(rig.run(body))
+
+
+def test_a_station_ground_fault_latches_and_stops_the_evse(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    faulty = replace(station("cs-gf", V2X_CAR), faults=Faults(ground_fault_after_s=3.0))
+    rig = Rig(mosquitto, tmp_path, [faulty, station("cs-ok", V2X_CAR)])
+
+    async def body(rig: Rig) -> None:
+        await rig.charging("cs-ok")
+        # the connector goes Faulted and the station names the fault (techCode)
+        await until(
+            lambda: "GroundFault" in [f.code for f in rig.service.faults.latched("cs-gf")], 30
+        )
+        rig.command("cs-gf", "gf-1", 5_000.0)
+        held = await rig.ack("gf-1")
+        assert (held.applied_w, held.rules) == (0.0, ["fault"])
+        assert rig.service.faults.latched("cs-ok") == []  # the other station goes on
+        rig.command("cs-ok", "ok-1", 4_000.0)
+        assert (await rig.ack("ok-1")).result == "applied"
 
     asyncio.run(rig.run(body))
