@@ -17,7 +17,8 @@ from dataclasses import asdict
 from typing import Any
 
 from control.api.stream import StreamHub
-from control.service import ControlService, _Job
+from control.mailbox import Job
+from control.service import ControlService
 from gridflex.contract import DispatchAck, DispatchCommand
 
 __all__ = ["MANUAL_ANSWERS", "Operator", "manual_command_id"]
@@ -144,7 +145,7 @@ class Operator:
             "valid_until_ms": valid_until_ms,
         }
         reply: asyncio.Future[DispatchAck] = asyncio.get_running_loop().create_future()
-        control.mailbox.put(_Job("command", command, manual=True, reply=reply))
+        control.mailbox.put(Job("command", command, manual=True, reply=reply))
         ack = await reply
         if ack.result != "failed":
             self._answers[command_id] = ack

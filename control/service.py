@@ -52,7 +52,7 @@ import contextlib
 import logging
 import math
 import time
-from collections import Counter, deque
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,6 +64,7 @@ from control.droop import LocalDroopSupervisor, droop_params_of
 from control.faults import FaultLatch, faults_in_status, faults_in_telemetry
 from control.ledger import APPLIED_RESULTS, Ledger
 from control.live import LiveState, ProfileLimits, limits_for, parse_reading
+from control.mailbox import Job, Mailbox
 from control.modbus_client import ControlModbusClient
 from control.ocpp import CsmsClient, OcppDevice
 from control.writer import PreviousSetpoint, SetpointDevice, apply_command, make_ack
@@ -125,58 +126,10 @@ class ProfileSource(Protocol):
 
 
 @dataclass(slots=True)
-class _Job:
-    """One thing for an asset's worker: a command (``reply`` for a manual one) or a stop."""
-
-    kind: Literal["command", "stop", "reapply"]
-    command: DispatchCommand | None = None
-    manual: bool = False
-    reply: asyncio.Future[DispatchAck] | None = None
-
-
-class _Mailbox:
-    """An asset's bounded queue; an emergency stop goes to the front."""
-
-    def __init__(self, limit: int) -> None:
-        self.limit = limit
-        self.items: deque[_Job] = deque()
-        self._ready = asyncio.Event()
-
-    def put(self, job: _Job) -> _Job | None:
-        """Queue ``job``; returns the oldest waiting command when it had to make room."""
-        dropped = None
-        if len(self.items) >= self.limit:
-            for old in self.items:
-                if old.kind == "command" and old.reply is None:
-                    dropped = old
-                    break
-            if dropped is not None:
-                self.items.remove(dropped)
-        self.items.append(job)
-        self._ready.set()
-        return dropped
-
-    def put_front(self, job: _Job) -> None:
-        self.items.appendleft(job)
-        self._ready.set()
-
-    async def get(self, timeout_s: float) -> _Job | None:
-        """The next job, or None after ``timeout_s`` without one."""
-        if not self.items:
-            self._ready.clear()
-            try:
-                async with asyncio.timeout(timeout_s):  # no task per wait, unlike wait_for
-                    await self._ready.wait()
-            except TimeoutError:
-                return None
-        return self.items.popleft()
-
-
-@dataclass(slots=True)
 class _AssetControl:
     """What the service holds per asset beside its device."""
 
-    mailbox: _Mailbox
+    mailbox: Mailbox
     previous: PreviousSetpoint | None = None
     last_command: DispatchCommand | None = None
     last_ack: DispatchAck | None = None
@@ -235,7 +188,7 @@ class ControlService:
             self.ocpp[evse.id] = station
             self.devices[evse.id] = station
         self.control: dict[str, _AssetControl] = {
-            a: _AssetControl(_Mailbox(cfg.queue_limit)) for a in self.assets
+            a: _AssetControl(Mailbox(cfg.queue_limit)) for a in self.assets
         }
         self.tasks: list[asyncio.Task[None]] = []
         self.dead_letters = 0
@@ -359,9 +312,9 @@ class ControlService:
             self._dead_letter(topic, payload, f"unknown asset {message.asset!r}")
         else:
             self._tap(topic, payload)
-            self._enqueue(_Job("command", message))
+            self._enqueue(Job("command", message))
 
-    def _enqueue(self, job: _Job) -> None:
+    def _enqueue(self, job: Job) -> None:
         assert job.command is not None
         dropped = self.control[job.command.asset].mailbox.put(job)
         if dropped is not None and dropped.command is not None:
@@ -406,7 +359,7 @@ class ControlService:
             self._queue_stop(asset_id, text)
 
     def _queue_stop(self, asset_id: str, reason: str) -> None:
-        self.control[asset_id].mailbox.put_front(_Job("stop"))
+        self.control[asset_id].mailbox.put_front(Job("stop"))
         self.control[asset_id].estop = {"reason": reason, "queued_ms": self.now_ms()}
 
     async def _emergency_stop(self, asset_id: str) -> None:
@@ -509,7 +462,7 @@ class ControlService:
 
         It runs after the commands already waiting.
         """
-        self.control[asset_id].mailbox.put(_Job("reapply"))
+        self.control[asset_id].mailbox.put(Job("reapply"))
 
     async def _reapply(self, asset_id: str) -> None:
         """Write the last command's setpoint clamped anew, if that changes what is in force.

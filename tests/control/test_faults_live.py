@@ -12,7 +12,7 @@ import pytest
 from control.clamp import SiteHeadroom
 from control.faults import LOST_DEVICE, FaultLatch, faults_in_status, faults_in_telemetry
 from control.live import LiveReading, LiveState, limits_for, parse_reading
-from control.service import _Job, _Mailbox
+from control.mailbox import Job, Mailbox
 from gridflex.config import parse_site
 from gridflex.contract import AssetStatus, DispatchCommand, Telemetry
 
@@ -161,12 +161,12 @@ def _command(n: int) -> DispatchCommand:
 
 def test_the_mailbox_drops_the_oldest_command_and_puts_stops_first() -> None:
     async def scenario() -> None:
-        box = _Mailbox(limit=2)
-        assert box.put(_Job("command", _command(1))) is None
-        assert box.put(_Job("command", _command(2))) is None
-        dropped = box.put(_Job("command", _command(3)))
+        box = Mailbox(limit=2)
+        assert box.put(Job("command", _command(1))) is None
+        assert box.put(Job("command", _command(2))) is None
+        dropped = box.put(Job("command", _command(3)))
         assert dropped is not None and dropped.command == _command(1)
-        box.put_front(_Job("stop"))
+        box.put_front(Job("stop"))
         kinds = [(await box.get(1.0)) for _ in range(3)]
         assert [j.kind if j else None for j in kinds] == ["stop", "command", "command"]
         assert [j.command.command_id for j in kinds[1:] if j and j.command] == ["c2", "c3"]
