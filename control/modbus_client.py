@@ -14,6 +14,7 @@ either client fits behind :class:`RegisterClient`:
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -49,11 +50,14 @@ class LeanRegisterClient:
     """pymodbus' ``read_holding_registers``/``write_registers`` over ``LeanModbusClient``.
 
     A Modbus exception comes back as a reply with ``exception_code`` (as pymodbus does);
-    timeouts and a lost connection raise (``TimeoutError``, ``ConnectionError``).
+    timeouts and a lost connection raise (``TimeoutError``, ``ConnectionError``). Requests
+    from several tasks (the command worker and the local-droop supervisor share a device)
+    take turns: the connection carries one request at a time.
     """
 
     def __init__(self, host: str, port: int, *, timeout_s: float) -> None:
         self._client = LeanModbusClient(host, port, timeout_s=timeout_s)
+        self._turn = asyncio.Lock()
 
     async def connect(self) -> bool:
         """Open the connection; False when it cannot be opened (as pymodbus)."""
@@ -71,7 +75,8 @@ class LeanRegisterClient:
     async def read_holding_registers(self, address: int, *, count: int, device_id: int) -> _Reply:
         """Function 3."""
         try:
-            return _Reply(await self._client.read(address, count, device_id))
+            async with self._turn:
+                return _Reply(await self._client.read(address, count, device_id))
         except IllegalAddress:
             return _Reply(exception_code=2)
         except DeviceError as exc:
@@ -82,7 +87,8 @@ class LeanRegisterClient:
     async def write_registers(self, address: int, values: list[int], *, device_id: int) -> _Reply:
         """Function 16."""
         try:
-            await self._client.write(address, values, device_id)
+            async with self._turn:
+                await self._client.write(address, values, device_id)
         except DeviceError as exc:
             if exc.code is None:
                 raise

@@ -373,3 +373,39 @@ def test_a_simulated_ground_fault_seen_by_the_real_collector_stops_the_inverter(
             await publisher.stop()
 
     _run(fleet, mosquitto, site, tmp_path, body)
+
+
+def test_duplicate_stale_and_expired_change_nothing_across_a_writer_restart(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    base = free_port_block(1)
+    fleet = InverterFleet(1, base, seed=23)
+    sim = fleet.devices[0]
+    site = _site(mosquitto, {"inv1": base})
+    first = _command("inv1", "r-new", -3_000.0)
+    older = first.model_copy(
+        update={"command_id": "r-old", "issued_ms": first.issued_ms - 1_000, "setpoint_w": 9e3}
+    )
+    expired = first.model_copy(
+        update={"command_id": "r-exp", "valid_until_ms": first.issued_ms - 1, "setpoint_w": 8e3}
+    )
+
+    async def before(obs: Observer, collector: Collector, service: ControlService) -> None:
+        collector.reading("inv1", 0.0, soc_pct=50.0)
+        await _until(lambda: service.live.fresh("inv1", _now_ms()) is not None, "no reading")
+        obs.send(first)
+        assert (await obs.ack("r-new")).result == "applied"
+        assert sim.decode_point(704, "WSet") == 3_000
+
+    async def after(obs: Observer, collector: Collector, service: ControlService) -> None:
+        collector.reading("inv1", 0.0, soc_pct=50.0)
+        await _until(lambda: service.live.fresh("inv1", _now_ms()) is not None, "no reading")
+        for command in (first, older, expired):
+            obs.send(command)
+        results = [(await obs.ack(c.command_id)).result for c in (first, older, expired)]
+        assert results == ["duplicate", "stale", "expired"]
+        assert sim.decode_point(704, "WSet") == 3_000  # nothing moved
+        assert service.results["applied"] == 0
+
+    _run(fleet, mosquitto, site, tmp_path, before)
+    _run(fleet, mosquitto, site, tmp_path, after)

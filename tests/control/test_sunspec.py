@@ -96,3 +96,25 @@ def test_a_lost_reversion_is_set_again_at_read_back(loop_thread: LoopThread) -> 
                 client.close()
 
     assert loop_thread.run(scenario()) == 10
+
+
+def test_the_lean_client_takes_concurrent_requests_in_turn(loop_thread: LoopThread) -> None:
+    """The command worker and the droop supervisor share one connection."""
+    base = free_port_block(1)
+    fleet = InverterFleet(1, base, seed=24)
+
+    async def scenario() -> list[float]:
+        async with fleet:
+            client = await open_client("lean", "127.0.0.1", base, timeout_s=2.0)
+            try:
+                plan = await discover_plan(register_reader(client, 1))
+                device = SunSpecDevice(client, plan.model_map, 1, revert_s=10)
+                await device.write(500.0)
+                results = await asyncio.gather(
+                    *(device.read_back() for _ in range(5)), device.read_droop()
+                )
+                return [r for r in results if isinstance(r, float)]
+            finally:
+                client.close()
+
+    assert loop_thread.run(scenario()) == [500.0] * 5
