@@ -175,6 +175,9 @@ class Ledger:
         # sees every transaction committed before it started.
         self._read_lock = threading.Lock()
         self._pending: list[tuple[RecordEntry, asyncio.Future[bool]]] = []
+        #: Each asset's last-applied row as read or committed by this ledger (the process
+        #: writing the file is the only writer), so check() asks SQLite once per asset.
+        self._last: dict[str, CommandRecord | None] = {}
         self._flusher: asyncio.Task[None] | None = None
         self._reader = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
         self._reader.execute("PRAGMA busy_timeout=5000")
@@ -269,6 +272,22 @@ class Ledger:
             except BaseException:
                 self._conn.execute("ROLLBACK")
                 raise
+        with self._read_lock:  # the cache follows the committed last_applied rows
+            for e, new in zip(entries, inserted, strict=True):
+                if not new or e.result not in APPLIED_RESULTS or e.asset not in self._last:
+                    continue
+                held = self._last[e.asset]
+                if held is None or e.issued_ms >= held.issued_ms:
+                    self._last[e.asset] = CommandRecord(
+                        e.asset,
+                        e.command_id,
+                        e.issued_ms,
+                        e.result,
+                        e.requested_w,
+                        e.applied_w,
+                        e.reason,
+                        e.now_ms,
+                    )
         return inserted
 
     async def record_async(self, entry: RecordEntry) -> bool:
@@ -305,10 +324,14 @@ class Ledger:
             return self._last_applied_locked(asset)
 
     def _last_applied_locked(self, asset: str) -> CommandRecord | None:
+        if asset in self._last:
+            return self._last[asset]
         row = self._reader.execute(
             f"SELECT {_COLUMNS} FROM last_applied WHERE asset = ?", (asset,)
         ).fetchone()
-        return None if row is None else _row_to_record(row)
+        record = None if row is None else _row_to_record(row)
+        self._last[asset] = record
+        return record
 
     def prune(self, now_ms: int, retention_ms: int = RETENTION_MS) -> int:
         """Delete command ids recorded before ``now_ms - retention_ms``; returns how many.

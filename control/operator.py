@@ -66,7 +66,7 @@ class Operator:
             return None
         now_ms = svc.now_ms()
         control = svc.control[asset_id]
-        reading = svc.live.readings.get(asset_id)
+        reading = svc.live.reading(asset_id)
         override = svc.override(asset_id, now_ms)
         profile = None if svc.profiles is None else svc.profiles.active(asset_id, now_ms)
         limits = asdict(svc.limits_now(asset_id, now_ms))

@@ -58,12 +58,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
+from pydantic import ValidationError
+
 from control.clamp import Limits, clamp
 from control.devices import LazySunSpecDevice, describe_error
 from control.droop import LocalDroopSupervisor, droop_params_of
 from control.faults import FaultLatch, faults_in_status, faults_in_telemetry
 from control.ledger import APPLIED_RESULTS, Ledger
-from control.live import LiveState, ProfileLimits, limits_for, parse_reading
+from control.live import LiveState, ProfileLimits, limits_for
 from control.mailbox import Job, Mailbox
 from control.modbus_client import ControlModbusClient
 from control.ocpp import CsmsClient, OcppDevice
@@ -270,14 +272,19 @@ class ControlService:
     # ------------------------------------------------------------------ input
 
     def _on_telemetry(self, topic: str, payload: bytes) -> None:
-        reading = parse_reading(payload)
-        if reading is None or reading.asset not in self.assets:
+        # gridflex/v1/{site}/{kind}/{asset}/telemetry; parsed only when needed (LiveState)
+        # or when it may show a fault (a cheap byte search first)
+        parts = topic.split("/")
+        if len(parts) != 6 or parts[4] not in self.assets:
             return
-        if not self.live.update(reading):
-            return
-        codes = faults_in_telemetry(reading.status, reading.device_status)
-        if codes:
-            self._latch(reading.asset, codes, "telemetry", None)
+        asset = parts[4]
+        self.live.offer(asset, payload)
+        if b"fault" in payload:
+            reading = self.live.reading(asset)
+            if reading is not None:
+                codes = faults_in_telemetry(reading.status, reading.device_status)
+                if codes:
+                    self._latch(asset, codes, "telemetry", None)
         self._tap(topic, payload)
 
     def _on_status(self, _topic: str, payload: bytes) -> None:
@@ -292,11 +299,15 @@ class ControlService:
             self._latch(status.asset, codes, "status", status.reason)
 
     def _on_command(self, topic: str, payload: bytes) -> None:
-        try:
-            message = parse_payload(payload)
-        except ContractError as exc:
-            self._dead_letter(topic, payload, str(exc))
-            return
+        message: object
+        try:  # the common case in one pass; anything else gets parse_payload's reason
+            message = DispatchCommand.model_validate_json(payload)
+        except ValidationError:
+            try:
+                message = parse_payload(payload)
+            except ContractError as exc:
+                self._dead_letter(topic, payload, str(exc))
+                return
         if not isinstance(message, DispatchCommand):
             self._dead_letter(topic, payload, f"expected command/1, got {type(message).__name__}")
             return
@@ -536,9 +547,10 @@ class ControlService:
         if station is not None:
             station.prepare(command.command_id, command.valid_until_ms)
         soc_pct = self.live.soc_pct(asset.id, now_ms)
-        verdict = self.ledger.check(
+        decision = self.ledger.check(
             asset.id, command.command_id, command.issued_ms, command.valid_until_ms, now_ms
-        ).verdict
+        )
+        verdict = decision.verdict
         sunspec = self.sunspec.get(asset.id)
         if verdict == "new" and sunspec is not None:  # only then is the device needed
             try:
@@ -562,6 +574,7 @@ class ControlService:
             faulted=self.faults.describe(asset.id),
             now_ms=self.now_ms,
             previous=control.previous,
+            decision=decision,
         )
         if ack.result in APPLIED_RESULTS and ack.applied_w is not None:
             control.previous = PreviousSetpoint(ack.applied_w, ack.ts_ms)

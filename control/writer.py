@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from control.clamp import Clamped, Limits, SiteHeadroom, clamp
-from control.ledger import Ledger, RecordEntry
+from control.ledger import Decision, Ledger, RecordEntry
 from gridflex.contract import AckResult, DispatchAck, DispatchCommand
 
 __all__ = [
@@ -135,6 +135,7 @@ async def apply_command(
     now_ms: Callable[[], int],
     previous: PreviousSetpoint | None,
     readback_tolerance_w: float = READBACK_TOLERANCE_W,
+    decision: Decision | None = None,
 ) -> DispatchAck:
     """Apply one command to one device and say what happened (see the module docstring).
 
@@ -144,15 +145,22 @@ async def apply_command(
     returns the writer's clock, UTC epoch ms: read once for the ledger's decision and once
     after the read-back (the ack's ``ts_ms`` and the latencies). Commands for one asset
     must be applied one at a time (the ledger's check-then-record assumes it).
+    ``decision`` is the ledger's verdict when the caller already asked for it for this
+    command (a ``new`` one that has expired by now is asked again).
     """
     decided_ms = now_ms()
-    decision = ledger.check(
-        command.asset,
-        command.command_id,
-        command.issued_ms,
-        command.valid_until_ms,
-        decided_ms,
-    )
+    if decision is None or (
+        decision.verdict == "new"
+        and command.valid_until_ms is not None
+        and decided_ms > command.valid_until_ms
+    ):
+        decision = ledger.check(
+            command.asset,
+            command.command_id,
+            command.issued_ms,
+            command.valid_until_ms,
+            decided_ms,
+        )
     if decision.verdict == "duplicate":
         first = decision.previous
         assert first is not None

@@ -95,13 +95,25 @@ def test_parse_reading_takes_what_the_writer_needs_and_ignores_the_rest() -> Non
 
 def test_live_state_keeps_the_newest_and_forgets_old_readings() -> None:
     live = LiveState(max_age_ms=1_000)
-    assert live.update(_reading("a", 100, 1.0, soc_pct=50.0))
-    assert not live.update(_reading("a", 50, 2.0))  # older: ignored
+    live.update(_reading("a", 100, 1.0, soc_pct=50.0))
     assert live.soc_pct("a", 1_100) == 50.0
     assert live.soc_pct("a", 1_101) is None  # too old
     assert live.derate("a", 200) == 1.0
     live.update(_reading("a", 200, 1.0, temp_c=85.0))
     assert live.derate("a", 300) == pytest.approx(0.25)
+
+
+def test_live_state_parses_an_offered_payload_once_when_asked() -> None:
+    live = LiveState(max_age_ms=1_000)
+    t = Telemetry(site="s", asset="a", kind="inverter", ts_ms=10, seq=1, boot="b", power_w=7.0)
+    live.offer("a", t.to_json())
+    first = live.reading("a")
+    assert first is not None and first.power_w == 7.0
+    assert live.reading("a") is first  # parsed once
+    live.offer("a", b"{not json")  # the latest is unreadable: unknown, not the older one
+    assert live.reading("a") is None
+    live.offer("b", t.to_json())  # a payload of another asset on b's topic is refused
+    assert live.reading("b") is None
 
 
 def test_headroom_is_the_limit_minus_the_other_assets() -> None:
