@@ -94,6 +94,11 @@ class ModbusConfig(_Section):
     timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
     backoff_initial_s: Annotated[float, Field(gt=0, le=600)] = 1.0
     backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    failures_before_offline: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=3,
+        description="polls failing in a row (timeouts, busy replies) before the device is "
+        "taken offline and rediscovered; fewer cost only their slots",
+    )
 
     @model_validator(mode="after")
     def _backoff_order(self) -> ModbusConfig:
