@@ -374,14 +374,22 @@ def write_csv(description: Iterable[Any], rows: Iterable[Iterable[Any]], out: An
 
 def _data_dir_of(args: argparse.Namespace) -> Path:
     if args.data_dir is not None:
-        return Path(args.data_dir)
+        data_dir = Path(args.data_dir)
+        if not data_dir.is_dir():
+            raise ValueError(f"--data-dir {data_dir}: expected an existing history directory")
+        return data_dir
     from gridflex.config import load_site  # only needed for --site
 
     return Path(load_site(args.site).history.dir)
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run one query and print the result as CSV with a header; 2 on a bad query."""
+    """Run one query and print the result as CSV with a header.
+
+    Returns 2 on a bad query, a bad site file or a ``--data-dir`` that is not a directory
+    (a typo must not look like an empty history). A ``--site`` whose history folder does not
+    exist yet queries empty views: nothing has been recorded.
+    """
     try:
         data_dir = _data_dir_of(args)
     except Exception as exc:  # a config error is reported, not raised
