@@ -92,6 +92,9 @@ TELEMETRY_SCHEMA: Final = pa.schema(
         pa.field("ev_target_soc_pct", pa.float64()),
         pa.field("ev_v2x", pa.bool_()),
         pa.field("ev_energy_transfer_mode", pa.string()),
+        # True: an energy register is lower than in the asset's previous reading of this
+        # boot (pipelines.validate.check_registers); NULL in files written before the check.
+        pa.field("register_decreased", pa.bool_()),
     ]
 )
 
@@ -240,8 +243,10 @@ SELECT
     temp_c, setpoint_w, status, device_status, transaction_id,
     ev_departure_ms, ev_requested_energy_wh, ev_max_charge_w, ev_max_discharge_w,
     ev_min_soc_pct, ev_target_soc_pct, ev_v2x, ev_energy_transfer_mode,
+    bool_or(register_decreased) OVER reading AS register_decreased,
     date
 FROM {source}
+WINDOW reading AS (PARTITION BY site, asset, boot, seq)
 QUALIFY row_number() OVER (PARTITION BY site, asset, boot, seq ORDER BY ts_ms) = 1
 """
 
