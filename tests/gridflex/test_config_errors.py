@@ -6,6 +6,8 @@ import typing
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from gridflex import config
@@ -169,3 +171,46 @@ def test_every_path_field_reads_a_toml_string_although_the_tables_are_strict() -
             assert getattr(value, name) == Path("some/file"), (model, name)
             checked.append(f"{model.__name__}.{name}")
     assert "HistoryConfig.dir" in checked and "OcppConfig.tls_key" in checked
+
+
+_SCALARS = st.one_of(
+    st.booleans(),
+    st.integers(-(10**6), 10**6),
+    st.floats(allow_nan=False),
+    st.text(max_size=20),
+    st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=5), st.integers(), max_size=2),
+)
+_ASSET_KEYS = st.sampled_from(
+    ["id", "kind", "max_charge_w", "soc_min_pct", "soc_max_pct", "evse_id", "station_id",
+     "station_max_w", "base_setpoint_w", "colour", "droop"]
+)  # fmt: skip
+_SECRET = "Zq-secret-password-7781"
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    edits=st.lists(st.tuples(st.integers(0, 2), _ASSET_KEYS, _SCALARS), max_size=4),
+    mqtt_password=_SCALARS,
+)
+def test_no_site_error_repeats_a_password_or_spans_two_lines(
+    edits: list[tuple[int, str, object]], mqtt_password: object
+) -> None:
+    assets: list[dict[str, object]] = [
+        {"id": f"ev-{i}", "kind": "evse", "max_charge_w": 7400, "password": _SECRET}
+        for i in range(3)
+    ]
+    for index, key, value in edits:
+        assets[index][key] = value
+    doc = {"site": {"id": "s1"}, "mqtt": {"password": mqtt_password}, "assets": assets}
+    try:
+        config.parse_site(doc, "site.toml")
+    except ConfigError as exc:
+        message = str(exc)
+        assert _SECRET not in message
+        assert "\n" not in message and "\r" not in message
+        assert message.startswith("config error in site.toml: ")
+        segments = message.removeprefix("config error in site.toml: ").split("; ")
+        about_password = [s for s in segments if s.startswith("mqtt.password:")]
+        if not isinstance(mqtt_password, str):  # named, its value not repeated
+            assert about_password == ["mqtt.password: expected a quoted string"]
