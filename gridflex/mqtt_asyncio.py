@@ -123,7 +123,11 @@ _MAX_MID = 0xFFFF
 _MAX_ROUTES = 65_536
 _CONNECT_TIMEOUT_S = 10.0
 _STOP_CLOSE_TIMEOUT_S = 2.0
-_U16_MAX_INFLIGHT = _MAX_MID - 1  # one identifier stays free to find the next one
+#: SUBSCRIBE packets awaiting their SUBACK at most; more subscriptions wait for a SUBACK.
+_SUBSCRIBE_IDS = 256
+#: Publishes in flight at most: the rest of the identifiers are the SUBSCRIBEs' and one
+#: stays free, so ``_next_mid`` always finds one.
+_U16_MAX_INFLIGHT = _MAX_MID - 1 - _SUBSCRIBE_IDS
 #: Protocol errors logged at WARNING: the first, then one in this many (the rest at DEBUG).
 _LOG_EVERY = 100
 
@@ -255,6 +259,8 @@ class AsyncMqttClient:
         self._subs: dict[str, tuple[int, MessageCallback]] = {}
         #: SUBSCRIBE packets awaiting their SUBACK: mid -> filters (ids reserved, 2.3.1).
         self._sub_mids: dict[int, list[str]] = {}
+        #: Subscriptions made while ``_SUBSCRIBE_IDS`` SUBSCRIBEs were in flight.
+        self._unsent_subs: list[tuple[str, int]] = []
         #: SUBACK return code per filter on the current connection.
         self._granted: dict[str, int] = {}
         #: The callbacks of each topic seen, so a filter is matched once per topic, not per
@@ -410,7 +416,10 @@ class AsyncMqttClient:
         self._granted.pop(topic_filter, None)
         self._routes.clear()
         if self._connected:
-            self._send_subscribe([(topic_filter, qos)])
+            if len(self._sub_mids) < _SUBSCRIBE_IDS:
+                self._send_subscribe([(topic_filter, qos)])
+            else:
+                self._unsent_subs.append((topic_filter, qos))
 
     # ------------------------------------------------------------------ sending
 
@@ -617,6 +626,7 @@ class AsyncMqttClient:
         self._conn = None
         self._out.clear()
         self._sub_mids.clear()  # re-subscribed, with new ids, on the next CONNACK
+        self._unsent_subs.clear()
         self._granted.clear()
         if not conn.protocol_error:
             self._penalty_s = 0.0
@@ -702,6 +712,9 @@ class AsyncMqttClient:
         if filters is None:
             log.debug("mqtt %s: SUBACK for unknown packet id %d", self.client_id, mid)
             return
+        if self._unsent_subs:
+            self._send_subscribe(self._unsent_subs)
+            self._unsent_subs = []
         if len(codes) != len(filters):
             raise MalformedPacket(f"SUBACK with {len(codes)} codes for {len(filters)} filters")
         refused = []
