@@ -22,44 +22,39 @@ Delivery, per MQTT 3.1.1:
 - QoS 1 messages get a packet identifier when they go out and stay "in flight" until
   their PUBACK; on reconnect the in-flight ones are sent again first (DUP set, same
   identifier, 4.4), then the queue, so the order holds and nothing is lost (at least once).
-- ``max_inflight`` bounds the messages awaiting PUBACK (0: up to the protocol's 65,535);
+- ``max_inflight`` bounds the messages awaiting PUBACK (0: up to 65,278 of the protocol's
+  65,535 identifiers; the rest are for SUBSCRIBEs);
   the rest wait in the queue. ``queue_limit`` bounds queue + in flight; past it (or for QoS
   0 while disconnected) ``publish`` returns False and counts the message as dropped.
 - Keepalive: a PINGREQ every ``keepalive_s``; no PINGRESP by the next one closes the
   connection (and reconnects).
 - ``stop()`` sends DISCONNECT, so the broker discards the last will.
 
-Hostile or broken input from the broker (section 4.8: close the connection):
+Hostile or broken input from the broker closes the connection (4.8) and the client
+reconnects; a run of such errors keeps the backoff growing (docs/operations.md, "MQTT
+client limits"):
 
-- A packet longer than ``max_packet_size`` (default 1 MiB, fixed header included) is
-  refused as soon as its length is read: the connection is closed, ``stats.oversized``
-  counts it, the first one is logged as a warning (later ones at debug), and the client
-  reconnects with backoff. Its body is never buffered. With a persistent session the broker
-  re-delivers such a message on every reconnect: cap it at the broker too (Mosquitto
-  ``message_size_limit``), so it is refused where it is published.
-- A truncated or malformed packet (a body shorter than its fields, trailing bytes, reserved
-  flags, QoS 2/3, a topic that is not valid UTF-8 or holds a wildcard or NUL, 1.5.3)
-  closes the connection, counted in ``stats.malformed``. Packets before it in the same
-  read are processed (their PUBACKs counted), so ``pending()`` stays exact; in-flight
-  messages are re-sent on the next connection. Repeated protocol errors keep the
-  reconnect backoff growing instead of resetting it at each CONNACK.
+- A packet beyond ``max_packet_size`` (default 1 MiB, fixed header included) is refused
+  from its length alone, never buffered; counted in ``stats.oversized``, the first logged
+  as a warning. Cap messages at the broker too (Mosquitto ``message_size_limit``), or a
+  persistent session re-delivers the same one on every reconnect.
+- A malformed or truncated packet (see ``gridflex.mqtt_wire``; a topic that is not UTF-8,
+  1.5.3) is counted in ``stats.malformed``. The packets before it in the same read are
+  handled, so PUBACKs are counted and ``pending()`` stays exact; what is still in flight
+  is re-sent on the next connection.
 
-Errors the caller must see are raised or handed to it, not only logged:
+Errors the caller must see (``gridflex.mqtt_subscriptions``):
 
-- ``subscribe`` refuses an invalid topic filter at the call (``ValueError`` naming the
-  filter and the rule, see ``gridflex.mqtt_wire.validate_filter``); it is never sent.
-- A subscription the broker refuses (SUBACK 0x80) raises ``SubscriptionRefused`` from
-  ``await wait_subscribed()``, and every refusal (also on a re-subscription after a
-  reconnect) is passed to ``on_error`` and counted in ``stats.refused_subscriptions``.
-- A persistent session the broker no longer has (CONNACK session-present 0 with
-  ``clean_session=False``, after this client has connected once, or from the first
-  connection with ``expect_session=True``) is passed to ``on_error`` as ``SessionLost``
-  and counted in ``stats.sessions_lost``: what was queued for the client while it was
-  away is gone.
-- ``on_error`` runs on the loop; without one, these errors are logged at ERROR.
+- ``subscribe`` raises ``ValueError`` for an invalid topic filter (naming the filter and
+  the rule); it is never sent. SUBSCRIBE packet ids stay reserved until their SUBACK.
+- A refused subscription (SUBACK 0x80) raises ``SubscriptionRefused`` from
+  ``await wait_subscribed()``; each refusal, re-subscriptions included, also goes to
+  ``on_error`` and ``stats.refused_subscriptions``.
+- A lost persistent session (CONNACK session present 0 with ``clean_session=False`` after
+  a first connection, or from the first with ``expect_session=True``: what the broker
+  queued meanwhile is gone) goes to ``on_error`` as ``SessionLost`` and to
+  ``stats.sessions_lost``. ``on_error`` runs on the loop; without one, ERROR log lines.
 - A password without a user name is refused at construction (3.1.2.9).
-- SUBSCRIBE packet identifiers stay reserved until their SUBACK (2.3.1): a publish never
-  reuses one that is in flight.
 
 All methods except ``stats`` must be called from the loop's thread; message callbacks run
 on the loop (keep them short).
@@ -73,10 +68,17 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Callable
 from typing import cast
 
-from gridflex.mqtt import MessageCallback, MqttStats, parse_url, plain_filter
+from gridflex.mqtt import MessageCallback, MqttStats, parse_url
+from gridflex.mqtt_subscriptions import (
+    SUBSCRIBE_IDS,
+    ErrorCallback,
+    MqttClientError,
+    SessionLost,
+    SubscriptionRefused,
+    Subscriptions,
+)
 from gridflex.mqtt_wire import (
     CONNACK,
     CONNACK_REASONS,
@@ -87,7 +89,6 @@ from gridflex.mqtt_wire import (
     PUBACK,
     PUBLISH,
     SUBACK,
-    SUBACK_FAILURE,
     UNSUBACK,
     MalformedPacket,
     PacketReader,
@@ -101,9 +102,7 @@ from gridflex.mqtt_wire import (
     encode_publish,
     encode_subscribe,
     encode_topic,
-    filter_matches,
     publish_header,
-    validate_filter,
     with_dup,
 )
 
@@ -119,40 +118,13 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 _MAX_MID = 0xFFFF
-#: Topics whose callbacks are remembered (a site has a few per asset); beyond, start over.
-_MAX_ROUTES = 65_536
 _CONNECT_TIMEOUT_S = 10.0
 _STOP_CLOSE_TIMEOUT_S = 2.0
-#: SUBSCRIBE packets awaiting their SUBACK at most; more subscriptions wait for a SUBACK.
-_SUBSCRIBE_IDS = 256
-#: Publishes in flight at most: the rest of the identifiers are the SUBSCRIBEs' and one
-#: stays free, so ``_next_mid`` always finds one.
-_U16_MAX_INFLIGHT = _MAX_MID - 1 - _SUBSCRIBE_IDS
+#: Publishes in flight at most: the other identifiers are for SUBSCRIBEs, and one stays
+#: free so ``_next_mid`` always finds one.
+_U16_MAX_INFLIGHT = _MAX_MID - 1 - SUBSCRIBE_IDS
 #: Protocol errors logged at WARNING: the first, then one in this many (the rest at DEBUG).
 _LOG_EVERY = 100
-
-
-class MqttClientError(Exception):
-    """An error the broker reported that the caller must act on (see the module docstring)."""
-
-
-class SubscriptionRefused(MqttClientError):
-    """The broker refused a subscription (SUBACK return code 0x80)."""
-
-    def __init__(self, client_id: str, topic_filter: str) -> None:
-        super().__init__(
-            f"mqtt {client_id}: the broker refused the subscription to {topic_filter!r} "
-            "(SUBACK 0x80: not authorised, or a filter the broker does not accept)"
-        )
-        self.topic_filter = topic_filter
-
-
-class SessionLost(MqttClientError):
-    """The broker had no persistent session for the client (CONNACK session present 0)."""
-
-
-#: Receives ``SubscriptionRefused`` and ``SessionLost`` on the loop.
-ErrorCallback = Callable[[MqttClientError], None]
 
 
 class _Connection(asyncio.Protocol):
@@ -256,16 +228,7 @@ class AsyncMqttClient:
         self._inflight: dict[int, bytes] = {}
         self._out: list[bytes] = []
         self._mid = 0
-        self._subs: dict[str, tuple[int, MessageCallback]] = {}
-        #: SUBSCRIBE packets awaiting their SUBACK: mid -> filters (ids reserved, 2.3.1).
-        self._sub_mids: dict[int, list[str]] = {}
-        #: Subscriptions made while ``_SUBSCRIBE_IDS`` SUBSCRIBEs were in flight.
-        self._unsent_subs: list[tuple[str, int]] = []
-        #: SUBACK return code per filter on the current connection.
-        self._granted: dict[str, int] = {}
-        #: The callbacks of each topic seen, so a filter is matched once per topic, not per
-        #: message (cleared when the subscriptions change, or when it grows too big).
-        self._routes: dict[str, list[MessageCallback]] = {}
+        self._subs = Subscriptions()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: _Connection | None = None
         self._connected = False
@@ -322,10 +285,10 @@ class AsyncMqttClient:
         """
         deadline = time.monotonic() + timeout_s
         while True:
-            if self._connected and all(f in self._granted for f in self._subs):
-                for topic_filter in self._subs:
-                    if self._granted[topic_filter] == SUBACK_FAILURE:
-                        raise SubscriptionRefused(self.client_id, topic_filter)
+            if self._connected and self._subs.answered():
+                refused = self._subs.first_refused()
+                if refused is not None:
+                    raise SubscriptionRefused(self.client_id, refused)
                 return True
             if time.monotonic() >= deadline:
                 return False
@@ -409,17 +372,12 @@ class AsyncMqttClient:
         raises ``ValueError`` naming it and the rule it breaks, and is never sent; a filter
         the broker refuses surfaces through ``wait_subscribed`` and ``on_error``.
         """
-        if qos not in (0, 1):
-            raise ValueError(f"QoS {qos}: this client subscribes at QoS 0 or 1")
-        validate_filter(topic_filter)
-        self._subs[topic_filter] = (qos, callback)
-        self._granted.pop(topic_filter, None)
-        self._routes.clear()
+        can_send = self._subs.add(topic_filter, qos, callback)
         if self._connected:
-            if len(self._sub_mids) < _SUBSCRIBE_IDS:
+            if can_send:
                 self._send_subscribe([(topic_filter, qos)])
             else:
-                self._unsent_subs.append((topic_filter, qos))
+                self._subs.defer(topic_filter, qos)
 
     # ------------------------------------------------------------------ sending
 
@@ -429,7 +387,7 @@ class AsyncMqttClient:
     def _next_mid(self) -> int:
         mid = self._mid
         inflight = self._inflight
-        subscribing = self._sub_mids
+        subscribing = self._subs.in_flight
         while True:
             mid = mid + 1 if mid < _MAX_MID else 1
             if mid not in inflight and mid not in subscribing:
@@ -438,7 +396,7 @@ class AsyncMqttClient:
 
     def _send_subscribe(self, filters: list[tuple[str, int]]) -> None:
         mid = self._next_mid()
-        self._sub_mids[mid] = [topic_filter for topic_filter, _qos in filters]
+        self._subs.sent(mid, filters)
         self._queue_packet(encode_subscribe(mid, filters))
 
     def _send(self, header: int, topic: bytes, payload: bytes) -> None:
@@ -567,8 +525,8 @@ class AsyncMqttClient:
         log.info("mqtt %s: connected to %s:%d", self.client_id, self.host, self.port)
         self._next_delay_s = self._reconnect_min_s
         self._connected = True
-        if self._subs:
-            self._send_subscribe([(f, qos) for f, (qos, _cb) in self._subs.items()])
+        if self._subs.filters:
+            self._send_subscribe(self._subs.everything())
         for packet in self._inflight.values():  # unacknowledged: again, same id, DUP (4.4)
             self._queue_packet(with_dup(packet))
         self._pump()
@@ -625,9 +583,7 @@ class AsyncMqttClient:
             return
         self._conn = None
         self._out.clear()
-        self._sub_mids.clear()  # re-subscribed, with new ids, on the next CONNACK
-        self._unsent_subs.clear()
-        self._granted.clear()
+        self._subs.connection_lost()  # re-subscribed, with new ids, on the next CONNACK
         if not conn.protocol_error:
             self._penalty_s = 0.0
         was_connected = self._connected
@@ -707,21 +663,9 @@ class AsyncMqttClient:
                     self._pump()
 
     def _on_suback(self, first: int, body: bytes) -> None:
-        mid, codes = decode_suback(first, body)
-        filters = self._sub_mids.pop(mid, None)
-        if filters is None:
-            log.debug("mqtt %s: SUBACK for unknown packet id %d", self.client_id, mid)
-            return
-        if self._unsent_subs:
-            self._send_subscribe(self._unsent_subs)
-            self._unsent_subs = []
-        if len(codes) != len(filters):
-            raise MalformedPacket(f"SUBACK with {len(codes)} codes for {len(filters)} filters")
-        refused = []
-        for topic_filter, code in zip(filters, codes, strict=True):
-            self._granted[topic_filter] = code
-            if code == SUBACK_FAILURE:
-                refused.append(topic_filter)
+        refused, deferred = self._subs.acknowledged(*decode_suback(first, body))
+        if deferred:
+            self._send_subscribe(deferred)
         if refused:
             with self.stats.lock:
                 self.stats.refused_subscriptions += len(refused)
@@ -730,16 +674,7 @@ class AsyncMqttClient:
 
     def _on_publish(self, first: int, body: bytes) -> None:
         topic, qos, mid, payload = decode_publish(first, body)
-        callbacks = self._routes.get(topic)
-        if callbacks is None:
-            callbacks = [
-                callback
-                for topic_filter, (_qos, callback) in self._subs.items()
-                if filter_matches(plain_filter(topic_filter), topic)
-            ]
-            if len(self._routes) >= _MAX_ROUTES:
-                self._routes.clear()
-            self._routes[topic] = callbacks
+        callbacks = self._subs.callbacks(topic)
         if callbacks:
             with self.stats.lock:
                 self.stats.received += len(callbacks)

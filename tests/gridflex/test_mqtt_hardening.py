@@ -385,6 +385,31 @@ def test_subscribe_packet_id_is_not_reused_by_publishes_while_in_flight() -> Non
     assert len(publish_mids) == 65_534  # every other identifier was used
 
 
+def test_subscriptions_beyond_the_in_flight_bound_wait_for_a_suback_then_go_together() -> None:
+    async def scenario() -> tuple[int, list[str], int]:
+        async with FakeBroker() as broker:
+            broker.answer_subscribe = False
+            client = AsyncMqttClient(broker.url, "t-subs-bound")
+            await client.start()
+            assert await client.wait_connected(5)
+            for i in range(300):
+                client.subscribe(f"t/{i}", lambda _t, _p: None)
+            assert await until(lambda: len(broker.subscribes) == 256)
+            await asyncio.sleep(0.05)
+            held_back = len(broker.subscribes)
+            first_mid = broker.subscribes[0][1]
+            await broker.send(b"\x90\x03" + first_mid.to_bytes(2, "big") + b"\x01")
+            assert await until(lambda: len(broker.subscribes) == 257)
+            mids = {mid for _c, mid, _f in broker.subscribes}
+            await client.stop()
+            return held_back, broker.subscribes[-1][2], len(mids)
+
+    held_back, last_filters, distinct_mids = asyncio.run(scenario())
+    assert held_back == 256
+    assert last_filters == [f"t/{i}" for i in range(256, 300)]
+    assert distinct_mids == 257
+
+
 # ---------------------------------------------------------------- sessions and login
 
 
