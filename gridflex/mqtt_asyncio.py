@@ -50,10 +50,11 @@ Errors the caller must see (``gridflex.mqtt_subscriptions``):
 - A refused subscription (SUBACK 0x80) raises ``SubscriptionRefused`` from
   ``await wait_subscribed()``; each refusal, re-subscriptions included, also goes to
   ``on_error`` and ``stats.refused_subscriptions``.
-- A lost persistent session (CONNACK session present 0 with ``clean_session=False`` after
-  a first connection, or from the first with ``expect_session=True``: what the broker
-  queued meanwhile is gone) goes to ``on_error`` as ``SessionLost`` and to
-  ``stats.sessions_lost``. ``on_error`` runs on the loop; without one, ERROR log lines.
+- A lost persistent session (CONNACK session present 0 with ``clean_session=False`` for a
+  client with subscriptions after a first connection, or from the first one with
+  ``expect_session=True``: what the broker queued meanwhile is gone) goes to ``on_error``
+  as ``SessionLost`` and to ``stats.sessions_lost``. ``on_error`` runs on the loop;
+  without one, ERROR log lines.
 - A password without a user name is refused at construction (3.1.2.9).
 
 All methods except ``stats`` must be called from the loop's thread; message callbacks run
@@ -518,8 +519,12 @@ class AsyncMqttClient:
             conn.transport.close()
             return
         with self.stats.lock:
-            expected = not self._clean_session and (self._expect_session or self.stats.connects)
-            lost = bool(expected) and not session_present
+            # A session matters to a subscriber (the broker queues for it), not to a client
+            # that only publishes (its unacknowledged messages are re-sent anyway).
+            expected = self._expect_session or (
+                not self._clean_session and bool(self.stats.connects and self._subs.filters)
+            )
+            lost = expected and not session_present
             self.stats.connects += 1
             self.stats.sessions_lost += lost
         log.info("mqtt %s: connected to %s:%d", self.client_id, self.host, self.port)

@@ -420,6 +420,7 @@ def test_lost_session_on_reconnect_reaches_on_error() -> None:
             client = AsyncMqttClient(
                 broker.url, "t-session", reconnect_min_s=0.05, on_error=errors.append
             )
+            client.subscribe("t/session", lambda _t, _p: None)
             await client.start()
             assert await client.wait_connected(5)
             first = list(errors)  # a first connection may create the session: no error
@@ -437,6 +438,23 @@ def test_lost_session_on_reconnect_reaches_on_error() -> None:
     errors, stats = asyncio.run(scenario())
     assert isinstance(errors[0], SessionLost)
     assert stats["sessions_lost"] == 1
+
+
+def test_a_publisher_without_subscriptions_has_no_session_to_lose() -> None:
+    async def scenario() -> tuple[int, list[MqttClientError]]:
+        async with FakeBroker(session_present=False) as broker:
+            errors: list[MqttClientError] = []
+            client = AsyncMqttClient(
+                broker.url, "t-pub-only", reconnect_min_s=0.05, on_error=errors.append
+            )
+            await client.start()
+            assert await client.wait_connected(5)
+            await broker.send(b"\xff\x00")  # malformed: the client reconnects
+            assert await until(lambda: client.stats.as_dict()["connects"] == 2)
+            await client.stop()
+            return client.stats.as_dict()["sessions_lost"], errors
+
+    assert asyncio.run(scenario()) == (0, [])
 
 
 @pytest.mark.parametrize(
