@@ -643,8 +643,10 @@ class AsyncMqttClient:
         try:
             for first, body in packets:
                 kind = first >> 4
-                if kind == PUBACK:
-                    if inflight.pop(decode_puback(first, body), None) is not None:
+                if kind == PUBACK:  # the hot path: ``decode_puback`` inlined
+                    if first != 0x40 or len(body) != 2:
+                        decode_puback(first, body)  # raises MalformedPacket
+                    if inflight.pop((body[0] << 8) | body[1], None) is not None:
                         acked += 1
                 elif kind == PUBLISH:
                     self._on_publish(first, body)
