@@ -124,7 +124,7 @@ _STOP_CLOSE_TIMEOUT_S = 2.0
 #: Publishes in flight at most: the other identifiers are for SUBSCRIBEs, and one stays
 #: free so ``_next_mid`` always finds one.
 _U16_MAX_INFLIGHT = _MAX_MID - 1 - SUBSCRIBE_IDS
-#: Protocol errors logged at WARNING: the first, then one in this many (the rest at DEBUG).
+#: Malformed packets logged at WARNING: the first, then one in this many (the rest at DEBUG).
 _LOG_EVERY = 100
 
 
@@ -567,7 +567,9 @@ class AsyncMqttClient:
             else:
                 self.stats.malformed += 1
                 count = self.stats.malformed
-        level = logging.WARNING if count == 1 or count % _LOG_EVERY == 0 else logging.DEBUG
+        # An oversized packet is logged once; malformed ones now and then (both counted).
+        loud = count == 1 or (not oversized and count % _LOG_EVERY == 0)
+        level = logging.WARNING if loud else logging.DEBUG
         log.log(
             level,
             "mqtt %s: %s from %s:%d (%d so far); closing the connection",
