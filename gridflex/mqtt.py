@@ -23,6 +23,8 @@ from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
+from gridflex.mqtt_wire import validate_filter
+
 __all__ = [
     "MessageCallback",
     "MqttClient",
@@ -47,6 +49,14 @@ class MqttStats:
     received: int = 0
     connects: int = 0
     disconnects: int = 0
+    #: Connections closed because the broker sent a malformed packet (not MQTT 3.1.1).
+    malformed: int = 0
+    #: Connections closed because a packet exceeded the client's maximum packet size.
+    oversized: int = 0
+    #: Subscriptions the broker refused (SUBACK 0x80), counted per refusal.
+    refused_subscriptions: int = 0
+    #: Persistent sessions the broker no longer had (session present 0 where expected).
+    sessions_lost: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_dict(self) -> dict[str, int]:
@@ -59,6 +69,10 @@ class MqttStats:
                 "received": self.received,
                 "connects": self.connects,
                 "disconnects": self.disconnects,
+                "malformed": self.malformed,
+                "oversized": self.oversized,
+                "refused_subscriptions": self.refused_subscriptions,
+                "sessions_lost": self.sessions_lost,
             }
 
 
@@ -112,6 +126,8 @@ class MqttClient:
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
     ) -> None:
+        if password is not None and username is None:
+            raise ValueError("a password needs a user name (MQTT 3.1.1 section 3.1.2.9)")
         self.host, self.port, tls = parse_url(url)
         self.url = url
         self.client_id = client_id
@@ -215,8 +231,10 @@ class MqttClient:
         """Call ``callback(topic, payload)`` for each message on ``topic_filter``.
 
         The subscription is renewed on every reconnect. Callbacks run on paho's network
-        thread: keep them short (hand work to a queue).
+        thread: keep them short (hand work to a queue). An invalid filter raises
+        ``ValueError`` here and is never sent.
         """
+        validate_filter(topic_filter)
 
         def _deliver(_client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
             with self.stats.lock:

@@ -22,12 +22,40 @@ Delivery, per MQTT 3.1.1:
 - QoS 1 messages get a packet identifier when they go out and stay "in flight" until
   their PUBACK; on reconnect the in-flight ones are sent again first (DUP set, same
   identifier, 4.4), then the queue, so the order holds and nothing is lost (at least once).
-- ``max_inflight`` bounds the messages awaiting PUBACK (0: up to the protocol's 65,535);
+- ``max_inflight`` bounds the messages awaiting PUBACK (0: up to 65,278 of the protocol's
+  65,535 identifiers; the rest are for SUBSCRIBEs);
   the rest wait in the queue. ``queue_limit`` bounds queue + in flight; past it (or for QoS
   0 while disconnected) ``publish`` returns False and counts the message as dropped.
 - Keepalive: a PINGREQ every ``keepalive_s``; no PINGRESP by the next one closes the
   connection (and reconnects).
 - ``stop()`` sends DISCONNECT, so the broker discards the last will.
+
+Hostile or broken input from the broker closes the connection (4.8) and the client
+reconnects; a run of such errors keeps the backoff growing (docs/operations.md, "MQTT
+client limits"):
+
+- A packet beyond ``max_packet_size`` (default 1 MiB, fixed header included) is refused
+  from its length alone, never buffered; counted in ``stats.oversized``, the first logged
+  as a warning. Cap messages at the broker too (Mosquitto ``message_size_limit``), or a
+  persistent session re-delivers the same one on every reconnect.
+- A malformed or truncated packet (see ``gridflex.mqtt_wire``; a topic that is not UTF-8,
+  1.5.3) is counted in ``stats.malformed``. The packets before it in the same read are
+  handled, so PUBACKs are counted and ``pending()`` stays exact; what is still in flight
+  is re-sent on the next connection.
+
+Errors the caller must see (``gridflex.mqtt_subscriptions``):
+
+- ``subscribe`` raises ``ValueError`` for an invalid topic filter (naming the filter and
+  the rule); it is never sent. SUBSCRIBE packet ids stay reserved until their SUBACK.
+- A refused subscription (SUBACK 0x80) raises ``SubscriptionRefused`` from
+  ``await wait_subscribed()``; each refusal, re-subscriptions included, also goes to
+  ``on_error`` and ``stats.refused_subscriptions``.
+- A lost persistent session (CONNACK session present 0 with ``clean_session=False`` for a
+  client with subscriptions after a first connection, or from the first one with
+  ``expect_session=True``: what the broker queued meanwhile is gone) goes to ``on_error``
+  as ``SessionLost`` and to ``stats.sessions_lost``. ``on_error`` runs on the loop;
+  without one, ERROR log lines.
+- A password without a user name is refused at construction (3.1.2.9).
 
 All methods except ``stats`` must be called from the loop's thread; message callbacks run
 on the loop (keep them short).
@@ -43,10 +71,19 @@ import ssl
 import time
 from typing import cast
 
-from gridflex.mqtt import MessageCallback, MqttStats, parse_url, plain_filter
+from gridflex.mqtt import MessageCallback, MqttStats, parse_url
+from gridflex.mqtt_subscriptions import (
+    SUBSCRIBE_IDS,
+    ErrorCallback,
+    MqttClientError,
+    SessionLost,
+    SubscriptionRefused,
+    Subscriptions,
+)
 from gridflex.mqtt_wire import (
     CONNACK,
     CONNACK_REASONS,
+    DEFAULT_MAX_PACKET_SIZE,
     DISCONNECT_PACKET,
     PINGREQ_PACKET,
     PINGRESP,
@@ -56,50 +93,63 @@ from gridflex.mqtt_wire import (
     UNSUBACK,
     MalformedPacket,
     PacketReader,
+    PacketTooLarge,
+    decode_connack,
+    decode_puback,
+    decode_publish,
+    decode_suback,
     encode_connect,
     encode_puback,
     encode_publish,
     encode_subscribe,
     encode_topic,
-    filter_matches,
     publish_header,
     with_dup,
 )
 
-__all__ = ["AsyncMqttClient"]
+__all__ = [
+    "DEFAULT_MAX_PACKET_SIZE",
+    "AsyncMqttClient",
+    "ErrorCallback",
+    "MqttClientError",
+    "SessionLost",
+    "SubscriptionRefused",
+]
 
 log = logging.getLogger(__name__)
 
 _MAX_MID = 0xFFFF
-#: Topics whose callbacks are remembered (a site has a few per asset); beyond, start over.
-_MAX_ROUTES = 65_536
 _CONNECT_TIMEOUT_S = 10.0
 _STOP_CLOSE_TIMEOUT_S = 2.0
-_U16_MAX_INFLIGHT = _MAX_MID - 1  # one identifier stays free to find the next one
+#: Publishes in flight at most: the other identifiers are for SUBSCRIBEs, and one stays
+#: free so ``_next_mid`` always finds one.
+_U16_MAX_INFLIGHT = _MAX_MID - 1 - SUBSCRIBE_IDS
+#: Malformed packets logged at WARNING: the first, then one in this many (the rest at DEBUG).
+_LOG_EVERY = 100
 
 
 class _Connection(asyncio.Protocol):
     """One TCP (or TLS) connection to the broker; hands packets to its client."""
 
-    def __init__(self, client: AsyncMqttClient) -> None:
+    def __init__(self, client: AsyncMqttClient, max_packet_size: int) -> None:
         self.client = client
         self.transport: asyncio.Transport | None = None
-        self.reader = PacketReader()
+        self.reader = PacketReader(max_packet_size)
         self.paused = False
+        self.protocol_error = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.client._connection_made(self)
 
     def data_received(self, data: bytes) -> None:
+        if self.protocol_error:
+            return  # closed after a protocol error: the rest of the stream is void
         try:
-            packets = self.reader.feed(data)
+            self.client._packets(self, self.reader.feed(data))
         except MalformedPacket as exc:
-            log.warning("mqtt %s: %s; closing the connection", self.client.client_id, exc)
-            assert self.transport is not None
-            self.transport.abort()
-            return
-        self.client._packets(self, packets)
+            self.protocol_error = True
+            self.client._protocol_error(self, exc)
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.client._connection_lost(self, exc)
@@ -115,11 +165,14 @@ class _Connection(asyncio.Protocol):
 class AsyncMqttClient:
     """An MQTT 3.1.1 client on the running asyncio loop, configured for gridflex.
 
-    Parameters are those of ``gridflex.mqtt.MqttClient``. ``await start()`` (returns at
+    Parameters are those of ``gridflex.mqtt.MqttClient``, plus ``max_packet_size`` (bytes,
+    the largest packet accepted from the broker), ``on_error`` (called on the loop with a
+    ``SubscriptionRefused`` or ``SessionLost``) and ``expect_session`` (a persistent
+    session should already exist at the first connection). ``await start()`` (returns at
     once; connects in the background and keeps reconnecting until ``stop()``),
     ``await wait_connected(timeout_s)``, ``publish(...) -> bool`` (False: dropped, queue
-    full), ``subscribe(topic_filter, callback)``, ``await flush(timeout_s)``,
-    ``await stop(flush_timeout_s)``, ``stats``.
+    full), ``subscribe(topic_filter, callback)``, ``await wait_subscribed(timeout_s)``,
+    ``await flush(timeout_s)``, ``await stop(flush_timeout_s)``, ``stats``.
     """
 
     def __init__(
@@ -136,7 +189,14 @@ class AsyncMqttClient:
         max_inflight: int = 100,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
+        max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
+        on_error: ErrorCallback | None = None,
+        expect_session: bool = False,
     ) -> None:
+        if password is not None and username is None:
+            raise ValueError("a password needs a user name (MQTT 3.1.1 section 3.1.2.9)")
+        if max_packet_size < 2:
+            raise ValueError(f"max_packet_size {max_packet_size}: at least 2 bytes")
         self.host, self.port, tls = parse_url(url)
         self.url = url
         self.client_id = client_id
@@ -150,22 +210,26 @@ class AsyncMqttClient:
             password=password,
         )
         self._ssl = ssl.create_default_context() if tls else None
+        self._clean_session = clean_session
+        self._expect_session = expect_session and not clean_session
+        self._max_packet_size = max_packet_size
+        self._on_error = on_error
         self._keepalive_s = keepalive_s
         self._queue_limit = queue_limit
         self._max_inflight = min(max_inflight or _U16_MAX_INFLIGHT, _U16_MAX_INFLIGHT)
         self._reconnect_min_s = reconnect_min_s
         self._reconnect_max_s = reconnect_max_s
         self._next_delay_s = reconnect_min_s
+        #: Backoff after a protocol error: grows with each one, so a broker that sends
+        #: garbage right after CONNACK is not hammered at the minimum delay.
+        self._penalty_s = 0.0
         self._topics: dict[str, bytes] = {}  # topic -> encoded, for repeated topics
         # (header, topic, payload) waiting to go out; in flight: mid -> packet sent
         self._queue: collections.deque[tuple[int, bytes, bytes]] = collections.deque()
         self._inflight: dict[int, bytes] = {}
         self._out: list[bytes] = []
         self._mid = 0
-        self._subs: dict[str, tuple[int, MessageCallback]] = {}
-        #: The callbacks of each topic seen, so a filter is matched once per topic, not per
-        #: message (cleared when the subscriptions change, or when it grows too big).
-        self._routes: dict[str, list[MessageCallback]] = {}
+        self._subs = Subscriptions()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._conn: _Connection | None = None
         self._connected = False
@@ -213,6 +277,23 @@ class AsyncMqttClient:
         """Messages published but not yet acknowledged by the broker."""
         with self.stats.lock:
             return self.stats.published - self.stats.acknowledged
+
+    async def wait_subscribed(self, timeout_s: float = 10.0) -> bool:
+        """Wait until the broker has answered every subscription on the current connection.
+
+        True when all are granted; False when ``timeout_s`` passes first (not connected,
+        or no SUBACK yet). Raises ``SubscriptionRefused`` for the first refused filter.
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            if self._connected and self._subs.answered():
+                refused = self._subs.first_refused()
+                if refused is not None:
+                    raise SubscriptionRefused(self.client_id, refused)
+                return True
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.01)
 
     async def flush(self, timeout_s: float = 2.0) -> bool:
         """Wait until every published message is acknowledged; False on timeout."""
@@ -288,14 +369,16 @@ class AsyncMqttClient:
     def subscribe(self, topic_filter: str, callback: MessageCallback, qos: int = 1) -> None:
         """Call ``callback(topic, payload)`` on the loop for each message on ``topic_filter``.
 
-        The subscription is renewed on every reconnect. QoS 0 or 1.
+        The subscription is renewed on every reconnect. QoS 0 or 1. An invalid filter
+        raises ``ValueError`` naming it and the rule it breaks, and is never sent; a filter
+        the broker refuses surfaces through ``wait_subscribed`` and ``on_error``.
         """
-        if qos not in (0, 1):
-            raise ValueError(f"QoS {qos}: this client subscribes at QoS 0 or 1")
-        self._subs[topic_filter] = (qos, callback)
-        self._routes.clear()
+        can_send = self._subs.add(topic_filter, qos, callback)
         if self._connected:
-            self._queue_packet(encode_subscribe(self._next_mid(), [(topic_filter, qos)]))
+            if can_send:
+                self._send_subscribe([(topic_filter, qos)])
+            else:
+                self._subs.defer(topic_filter, qos)
 
     # ------------------------------------------------------------------ sending
 
@@ -305,11 +388,17 @@ class AsyncMqttClient:
     def _next_mid(self) -> int:
         mid = self._mid
         inflight = self._inflight
+        subscribing = self._subs.in_flight
         while True:
             mid = mid + 1 if mid < _MAX_MID else 1
-            if mid not in inflight:
+            if mid not in inflight and mid not in subscribing:
                 self._mid = mid
                 return mid
+
+    def _send_subscribe(self, filters: list[tuple[str, int]]) -> None:
+        mid = self._next_mid()
+        self._subs.sent(mid, filters)
+        self._queue_packet(encode_subscribe(mid, filters))
 
     def _send(self, header: int, topic: bytes, payload: bytes) -> None:
         """Put one PUBLISH on the connection (QoS 1: in flight until its PUBACK)."""
@@ -375,7 +464,7 @@ class AsyncMqttClient:
         try:
             async with asyncio.timeout(_CONNECT_TIMEOUT_S):
                 await self._loop.create_connection(
-                    lambda: _Connection(self),
+                    lambda: _Connection(self, self._max_packet_size),
                     self.host,
                     self.port,
                     ssl=self._ssl,
@@ -391,7 +480,7 @@ class AsyncMqttClient:
         if self._stopping or not self._started or self._retry is not None:
             return
         assert self._loop is not None
-        delay_s = self._next_delay_s
+        delay_s = max(self._next_delay_s, self._penalty_s)
         self._next_delay_s = min(delay_s * 2, self._reconnect_max_s)
         log.info("mqtt %s: %s; reconnecting in %.1f s", self.client_id, reason, delay_s)
         self._retry = self._loop.call_later(delay_s, self._connect)
@@ -411,11 +500,13 @@ class AsyncMqttClient:
             log.warning("mqtt %s: no CONNACK from %s:%d", self.client_id, self.host, self.port)
             conn.transport.abort()
 
-    def _on_connack(self, conn: _Connection, body: bytes) -> None:
+    def _on_connack(self, conn: _Connection, first: int, body: bytes) -> None:
         if self._connack_timer is not None:
             self._connack_timer.cancel()
             self._connack_timer = None
-        code = body[1] if len(body) >= 2 else -1
+        if self._connected:
+            raise MalformedPacket("a second CONNACK on one connection")
+        session_present, code = decode_connack(first, body)
         assert conn.transport is not None
         if code != 0:
             log.warning(
@@ -428,25 +519,80 @@ class AsyncMqttClient:
             conn.transport.close()
             return
         with self.stats.lock:
+            # A session matters to a subscriber (the broker queues for it), not to a client
+            # that only publishes (its unacknowledged messages are re-sent anyway).
+            expected = self._expect_session or (
+                not self._clean_session and bool(self.stats.connects and self._subs.filters)
+            )
+            lost = expected and not session_present
             self.stats.connects += 1
+            self.stats.sessions_lost += lost
         log.info("mqtt %s: connected to %s:%d", self.client_id, self.host, self.port)
         self._next_delay_s = self._reconnect_min_s
         self._connected = True
-        if self._subs:
-            filters = [(f, qos) for f, (qos, _cb) in self._subs.items()]
-            self._queue_packet(encode_subscribe(self._next_mid(), filters))
+        if self._subs.filters:
+            self._send_subscribe(self._subs.everything())
         for packet in self._inflight.values():  # unacknowledged: again, same id, DUP (4.4)
             self._queue_packet(with_dup(packet))
         self._pump()
         self._arm_ping()
         assert self._connected_event is not None
         self._connected_event.set()
+        if lost:
+            self._report(
+                SessionLost(
+                    f"mqtt {self.client_id}: the broker at {self.host}:{self.port} has no "
+                    "session for this client id (CONNACK session present 0): what it "
+                    "queued for the client while it was away is lost"
+                )
+            )
+
+    def _report(self, error: MqttClientError) -> None:
+        """Hand ``error`` to ``on_error`` (logged at ERROR without one)."""
+        if self._on_error is None:
+            log.error("%s", error)
+            return
+        try:
+            self._on_error(error)
+        except Exception:  # the caller's bug must not break the connection
+            log.exception("mqtt %s: on_error callback failed on %s", self.client_id, error)
+
+    def _protocol_error(self, conn: _Connection, exc: MalformedPacket) -> None:
+        """Close ``conn`` after the broker broke the protocol; count and log it (4.8)."""
+        oversized = isinstance(exc, PacketTooLarge)
+        with self.stats.lock:
+            if oversized:
+                self.stats.oversized += 1
+                count = self.stats.oversized
+            else:
+                self.stats.malformed += 1
+                count = self.stats.malformed
+        # An oversized packet is logged once; malformed ones now and then (both counted).
+        loud = count == 1 or (not oversized and count % _LOG_EVERY == 0)
+        level = logging.WARNING if loud else logging.DEBUG
+        log.log(
+            level,
+            "mqtt %s: %s from %s:%d (%d so far); closing the connection",
+            self.client_id,
+            exc,
+            self.host,
+            self.port,
+            count,
+        )
+        self._penalty_s = min(
+            max(self._penalty_s * 2, self._reconnect_min_s), self._reconnect_max_s
+        )
+        if conn.transport is not None:
+            conn.transport.abort()
 
     def _connection_lost(self, conn: _Connection, exc: Exception | None) -> None:
         if conn is not self._conn:
             return
         self._conn = None
         self._out.clear()
+        self._subs.connection_lost()  # re-subscribed, with new ids, on the next CONNACK
+        if not conn.protocol_error:
+            self._penalty_s = 0.0
         was_connected = self._connected
         self._connected = False
         for handle in (self._ping, self._connack_timer):
@@ -489,49 +635,55 @@ class AsyncMqttClient:
     # ------------------------------------------------------------------ receiving
 
     def _packets(self, conn: _Connection, packets: list[tuple[int, bytes]]) -> None:
+        """Handle the packets of one read; a malformed one raises ``MalformedPacket``.
+
+        The PUBACKs before a malformed packet are counted (``finally``), so ``pending()``
+        matches the in-flight table whatever comes after them.
+        """
         acked = 0
         inflight = self._inflight
-        for first, body in packets:
-            kind = first >> 4
-            if kind == PUBACK:
-                if inflight.pop((body[0] << 8) | body[1], None) is not None:
-                    acked += 1
-            elif kind == PUBLISH:
-                self._on_publish(first, body)
-            elif kind == CONNACK:
-                self._on_connack(conn, body)
-            elif kind == PINGRESP:
-                self._ping_outstanding = False
-            elif kind in (SUBACK, UNSUBACK):
-                if kind == SUBACK and b"\x80" in body[2:]:
-                    log.warning("mqtt %s: the broker refused a subscription", self.client_id)
-            else:
-                log.warning("mqtt %s: unexpected packet type %d", self.client_id, kind)
-        if acked:
+        try:
+            for first, body in packets:
+                kind = first >> 4
+                if kind == PUBACK:  # the hot path: ``decode_puback`` inlined
+                    if first != 0x40 or len(body) != 2:
+                        decode_puback(first, body)  # raises MalformedPacket
+                    if inflight.pop((body[0] << 8) | body[1], None) is not None:
+                        acked += 1
+                elif kind == PUBLISH:
+                    self._on_publish(first, body)
+                elif kind == CONNACK:
+                    self._on_connack(conn, first, body)
+                elif kind == PINGRESP:
+                    if first & 0x0F or body:
+                        raise MalformedPacket(f"PINGRESP of {len(body)} bytes")
+                    self._ping_outstanding = False
+                elif kind == SUBACK:
+                    self._on_suback(first, body)
+                elif kind == UNSUBACK:  # never sent by this client: ignored
+                    log.debug("mqtt %s: UNSUBACK ignored", self.client_id)
+                else:
+                    raise MalformedPacket(f"packet type {kind} is not sent to a client")
+        finally:
+            if acked:
+                with self.stats.lock:
+                    self.stats.acknowledged += acked
+                if self._queue and self._connected:
+                    self._pump()
+
+    def _on_suback(self, first: int, body: bytes) -> None:
+        refused, deferred = self._subs.acknowledged(*decode_suback(first, body))
+        if deferred:
+            self._send_subscribe(deferred)
+        if refused:
             with self.stats.lock:
-                self.stats.acknowledged += acked
-            if self._queue:
-                self._pump()
+                self.stats.refused_subscriptions += len(refused)
+            for topic_filter in refused:
+                self._report(SubscriptionRefused(self.client_id, topic_filter))
 
     def _on_publish(self, first: int, body: bytes) -> None:
-        qos = (first >> 1) & 0x03
-        size = (body[0] << 8) | body[1]
-        topic = body[2 : 2 + size].decode("utf-8", "replace")
-        pos = 2 + size
-        if qos:
-            mid = (body[pos] << 8) | body[pos + 1]
-            pos += 2
-        payload = body[pos:]
-        callbacks = self._routes.get(topic)
-        if callbacks is None:
-            callbacks = [
-                callback
-                for topic_filter, (_qos, callback) in self._subs.items()
-                if filter_matches(plain_filter(topic_filter), topic)
-            ]
-            if len(self._routes) >= _MAX_ROUTES:
-                self._routes.clear()
-            self._routes[topic] = callbacks
+        topic, qos, mid, payload = decode_publish(first, body)
+        callbacks = self._subs.callbacks(topic)
         if callbacks:
             with self.stats.lock:
                 self.stats.received += len(callbacks)

@@ -3,7 +3,15 @@
 Only what a gridflex client sends and receives: CONNECT, PUBLISH (QoS 0/1, retain, DUP),
 PUBACK, SUBSCRIBE, PINGREQ and DISCONNECT out; CONNACK, PUBLISH, PUBACK, SUBACK, UNSUBACK
 and PINGRESP in. No I/O here: ``PacketReader`` turns a TCP byte stream into
-``(first byte, body)`` packets, the ``encode_*`` functions build packets.
+``(first byte, body)`` packets, the ``encode_*`` functions build packets and the
+``decode_*`` functions read the bodies that come in.
+
+Input from the broker is not trusted: a packet whose length exceeds the reader's
+``max_packet_size`` raises ``PacketTooLarge`` before its body is buffered, and a body that
+is truncated, has trailing bytes, reserved flags set, a topic that is not valid UTF-8
+(section 1.5.3) or a wildcard in a topic name raises ``MalformedPacket``; the client then
+closes the connection (section 4.8). ``validate_filter`` checks a topic filter (4.7.1)
+before it is ever sent.
 
 Reference: MQTT Version 3.1.1 (OASIS Standard, 29 October 2014), sections 2.2 (fixed
 header, remaining length), 3.1 (CONNECT), 3.2 (CONNACK), 3.3 (PUBLISH), 3.4 (PUBACK),
@@ -17,15 +25,22 @@ import struct
 __all__ = [
     "CONNACK",
     "CONNACK_REASONS",
+    "DEFAULT_MAX_PACKET_SIZE",
     "DISCONNECT_PACKET",
     "PINGREQ_PACKET",
     "PINGRESP",
     "PUBACK",
     "PUBLISH",
     "SUBACK",
+    "SUBACK_FAILURE",
     "UNSUBACK",
     "MalformedPacket",
     "PacketReader",
+    "PacketTooLarge",
+    "decode_connack",
+    "decode_puback",
+    "decode_publish",
+    "decode_suback",
     "encode_connect",
     "encode_puback",
     "encode_publish",
@@ -34,6 +49,7 @@ __all__ = [
     "encode_varint",
     "filter_matches",
     "publish_header",
+    "validate_filter",
     "with_dup",
 ]
 
@@ -55,6 +71,13 @@ _PUBACK_HEADER = b"\x40\x02"
 _DUP_BIT = 0x08
 _MAX_REMAINING_LENGTH = 268_435_455  # four varint bytes (2.2.3)
 _U16 = struct.Struct(">H")
+#: Largest packet (fixed header included) a ``PacketReader`` buffers unless told otherwise.
+DEFAULT_MAX_PACKET_SIZE = 1 << 20
+#: SUBACK return codes: QoS 0, 1, 2 granted, or 0x80 failure (3.9.3).
+SUBACK_FAILURE = 0x80
+_SUBACK_CODES = frozenset((0, 1, 2, SUBACK_FAILURE))
+#: Required flag nibble of the packets a client receives, PUBLISH aside (2.2.2).
+_FLAGS = {CONNACK: 0, PUBACK: 0, SUBACK: 0, UNSUBACK: 0, PINGRESP: 0}
 
 #: CONNACK return codes (3.2.2.3).
 CONNACK_REASONS = {
@@ -68,6 +91,10 @@ CONNACK_REASONS = {
 
 class MalformedPacket(ValueError):
     """The byte stream is not MQTT 3.1.1: the connection cannot continue."""
+
+
+class PacketTooLarge(MalformedPacket):
+    """A packet longer than the reader's ``max_packet_size``: the connection cannot continue."""
 
 
 def encode_varint(n: int) -> bytes:
@@ -129,7 +156,9 @@ def encode_puback(mid: int) -> bytes:
 
 
 def encode_subscribe(mid: int, filters: list[tuple[str, int]]) -> bytes:
-    """SUBSCRIBE for ``(topic filter, QoS)`` pairs."""
+    """SUBSCRIBE for ``(topic filter, QoS)`` pairs; each filter is checked first."""
+    for topic_filter, _qos in filters:
+        validate_filter(topic_filter)
     body = _U16.pack(mid) + b"".join(_string(f) + bytes((qos,)) for f, qos in filters)
     return bytes(((SUBSCRIBE << 4) | 0x02,)) + encode_varint(len(body)) + body
 
@@ -152,6 +181,8 @@ def encode_connect(
         topic, message, qos, retain = will
         flags |= 0x04 | (qos << 3) | (0x20 if retain else 0)
         payload += [encode_topic(topic), _string(message)]
+    if password is not None and username is None:
+        raise ValueError("a password needs a user name (MQTT 3.1.1 section 3.1.2.9)")
     if username is not None:
         flags |= 0x80
         payload.append(_string(username))
@@ -163,22 +194,32 @@ def encode_connect(
 
 
 class PacketReader:
-    """Reassembles MQTT packets from a TCP byte stream (pure: bytes in, packets out)."""
+    """Reassembles MQTT packets from a TCP byte stream (pure: bytes in, packets out).
 
-    def __init__(self) -> None:
+    ``max_packet_size`` bounds one packet, fixed header included: a longer one is refused
+    as soon as its remaining length is read, so its body is never buffered.
+    """
+
+    def __init__(self, max_packet_size: int = DEFAULT_MAX_PACKET_SIZE) -> None:
+        if max_packet_size < 2:
+            raise ValueError(f"max_packet_size {max_packet_size}: at least 2 bytes")
+        self.max_packet_size = max_packet_size
         self._buffer = bytearray()
 
     def feed(self, data: bytes) -> list[tuple[int, bytes]]:
         """Add ``data``; return the complete packets as ``(first byte, body)``.
 
         ``body`` is everything after the fixed header. An incomplete packet stays buffered.
-        Raises ``MalformedPacket`` for a remaining length longer than four bytes.
+        Raises ``MalformedPacket`` for a remaining length longer than four bytes and
+        ``PacketTooLarge`` for a packet beyond ``max_packet_size``; the buffer is then
+        cleared (the stream cannot be resynchronised: close the connection).
         """
         buf = self._buffer
         buf += data
         packets = []
         start = 0
         size = len(buf)
+        limit = self.max_packet_size
         while size - start >= 2:
             length = buf[start + 1]
             if length < 0x80:  # one length byte: PUBACK, PINGRESP, small PUBLISH
@@ -189,6 +230,13 @@ class PacketReader:
                     break  # the length itself is incomplete
                 length, pos = decoded
             end = pos + length
+            if end - start > limit:
+                kind = buf[start] >> 4
+                buf.clear()
+                raise PacketTooLarge(
+                    f"packet of {end - start} bytes (type {kind}) exceeds "
+                    f"the maximum packet size of {limit} bytes"
+                )
             if end > size:
                 break
             packets.append((buf[start], bytes(buf[pos:end])))
@@ -211,6 +259,115 @@ def _remaining_length(buf: bytearray, pos: int) -> tuple[int, int] | None:
             return length, pos
     buf.clear()
     raise MalformedPacket("remaining length longer than four bytes")
+
+
+def _check_flags(first: int) -> None:
+    flags = _FLAGS.get(first >> 4)
+    if flags is not None and first & 0x0F != flags:
+        raise MalformedPacket(f"packet type {first >> 4} with reserved flags {first & 0x0F:#x}")
+
+
+def decode_puback(first: int, body: bytes) -> int:
+    """The packet identifier of a PUBACK body (3.4): exactly two bytes."""
+    if len(body) != 2 or first != PUBACK << 4:
+        raise MalformedPacket(f"PUBACK of {len(body)} bytes, flags {first & 0x0F:#x}")
+    return (body[0] << 8) | body[1]
+
+
+def decode_connack(first: int, body: bytes) -> tuple[bool, int]:
+    """``(session present, return code)`` of a CONNACK body (3.2)."""
+    _check_flags(first)
+    if len(body) != 2 or body[0] & 0xFE:
+        raise MalformedPacket(f"CONNACK body {body.hex()}: two bytes, flags 0 or 1")
+    return bool(body[0]), body[1]
+
+
+def decode_suback(first: int, body: bytes) -> tuple[int, bytes]:
+    """``(packet identifier, return codes)`` of a SUBACK body (3.9)."""
+    _check_flags(first)
+    if len(body) < 3:
+        raise MalformedPacket(f"SUBACK of {len(body)} bytes: a packet id and a return code")
+    codes = body[2:]
+    for code in codes:
+        if code not in _SUBACK_CODES:
+            raise MalformedPacket(f"SUBACK return code {code:#x}")
+    return (body[0] << 8) | body[1], codes
+
+
+def decode_publish(first: int, body: bytes) -> tuple[str, int, int, bytes]:
+    """``(topic, QoS, packet identifier, payload)`` of a PUBLISH (3.3); mid 0 at QoS 0.
+
+    Refuses QoS 2 and 3 (this client never subscribes at QoS 2), DUP at QoS 0, a body
+    shorter than its topic and packet id, and a topic name that is empty, not UTF-8, or
+    holds a NUL or a wildcard (1.5.3, 3.3.2.1).
+    """
+    qos = (first >> 1) & 0x03
+    if qos > 1 or (qos == 0 and first & _DUP_BIT):
+        raise MalformedPacket(f"PUBLISH flags {first & 0x0F:#x}: QoS 0 or 1 expected")
+    if len(body) < 2:
+        raise MalformedPacket(f"PUBLISH of {len(body)} bytes: no topic length")
+    size = (body[0] << 8) | body[1]
+    pos = 2 + size
+    if qos:
+        if len(body) < pos + 2:
+            raise MalformedPacket("PUBLISH truncated inside its topic or packet id")
+        mid = (body[pos] << 8) | body[pos + 1]
+        if mid == 0:
+            raise MalformedPacket("PUBLISH at QoS 1 with packet id 0")
+        start = pos + 2
+    elif len(body) < pos:
+        raise MalformedPacket("PUBLISH truncated inside its topic")
+    else:
+        mid = 0
+        start = pos
+    try:
+        topic = body[2:pos].decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise MalformedPacket(f"PUBLISH topic is not valid UTF-8 ({exc.reason})") from None
+    if not topic or "\0" in topic or "+" in topic or "#" in topic:
+        raise MalformedPacket(f"PUBLISH topic name {topic!r}: non-empty, without + # or NUL")
+    return topic, qos, mid, body[start:]
+
+
+def validate_filter(topic_filter: str) -> None:
+    """Raise ``ValueError`` naming ``topic_filter`` and the rule it breaks (4.7.1, 1.5.3).
+
+    A filter is 1..65535 bytes of UTF-8 without NUL; ``+`` fills a whole level; ``#`` fills
+    the last level. A shared subscription ``$share/{group}/{filter}`` needs a group without
+    wildcards and a valid filter after it.
+    """
+    if not topic_filter:
+        raise ValueError("topic filter '': a topic filter is at least one character")
+    if "\0" in topic_filter:
+        raise ValueError(f"topic filter {topic_filter!r}: must not contain NUL (1.5.3)")
+    try:
+        encoded = topic_filter.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(
+            f"topic filter {topic_filter!r}: must be valid UTF-8 (no lone surrogates, 1.5.3)"
+        ) from None
+    if len(encoded) > 0xFFFF:
+        raise ValueError(
+            f"topic filter {topic_filter[:40]!r}...: {len(encoded)} bytes, at most 65535"
+        )
+    levels = topic_filter.split("/")
+    if levels[0] == "$share":
+        if len(levels) < 3 or not levels[1] or "+" in levels[1] or "#" in levels[1]:
+            raise ValueError(
+                f"topic filter {topic_filter!r}: a shared subscription is "
+                "$share/{group}/{filter}, the group non-empty without + or #"
+            )
+        levels = levels[2:]
+        if levels == [""]:
+            raise ValueError(f"topic filter {topic_filter!r}: the shared filter is empty")
+    last = len(levels) - 1
+    for i, level in enumerate(levels):
+        if "#" in level and (level != "#" or i != last):
+            raise ValueError(
+                f"topic filter {topic_filter!r}: '#' must be a whole level and the last one"
+            )
+        if "+" in level and level != "+":
+            raise ValueError(f"topic filter {topic_filter!r}: '+' must fill a whole level")
 
 
 def filter_matches(topic_filter: str, topic: str) -> bool:

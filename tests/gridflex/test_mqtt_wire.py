@@ -10,6 +10,11 @@ from paho.mqtt.client import topic_matches_sub
 from gridflex.mqtt_wire import (
     MalformedPacket,
     PacketReader,
+    PacketTooLarge,
+    decode_connack,
+    decode_puback,
+    decode_publish,
+    decode_suback,
     encode_connect,
     encode_puback,
     encode_publish,
@@ -18,6 +23,7 @@ from gridflex.mqtt_wire import (
     encode_varint,
     filter_matches,
     publish_header,
+    validate_filter,
     with_dup,
 )
 
@@ -122,6 +128,57 @@ def test_reader_splits_a_stream_cut_anywhere_into_the_same_packets() -> None:
 def test_reader_refuses_a_five_byte_length() -> None:
     with pytest.raises(MalformedPacket):
         PacketReader().feed(b"\x30\xff\xff\xff\xff\x01")
+
+
+def test_reader_refuses_a_packet_beyond_its_maximum_size_from_the_header_alone() -> None:
+    reader = PacketReader(max_packet_size=100)
+    assert reader.feed(b"\x30\x62\x00\x01t" + b"x" * 95) == [(0x30, b"\x00\x01t" + b"x" * 95)]
+    with pytest.raises(PacketTooLarge, match=r"101 bytes .* maximum packet size of 100"):
+        reader.feed(b"\x30\x63\x00")  # 2 + 99 bytes announced; the body never came
+
+
+def test_connect_with_a_password_but_no_user_name_is_refused() -> None:
+    with pytest.raises(ValueError, match="a password needs a user name"):
+        encode_connect("c", clean_session=True, keepalive_s=0, password="secret")
+
+
+def test_decoders_read_the_standards_layouts() -> None:
+    assert decode_puback(0x40, b"\x12\x34") == 0x1234
+    assert decode_connack(0x20, b"\x01\x00") == (True, 0)
+    assert decode_connack(0x20, b"\x00\x05") == (False, 5)
+    assert decode_suback(0x90, b"\x00\x07\x01\x80") == (7, b"\x01\x80")
+    assert decode_publish(0x3B, b"\x00\x03a/b\x00\x09hi") == ("a/b", 1, 9, b"hi")
+    assert decode_publish(0x31, b"\x00\x01tpayload") == ("t", 0, 0, b"payload")
+
+
+@pytest.mark.parametrize(
+    ("first", "body"),
+    [
+        (0x32, b"\x00\x09a"),  # topic cut short (an IndexError before)
+        (0x32, b"\x00\x01t\x00"),  # packet id cut short
+        (0x30, b"\x00\x02\xff\xfe"),  # topic not UTF-8 (1.5.3)
+        (0x30, b"\x00\x03a\x00b"),  # NUL in the topic
+        (0x30, b"\x00\x00"),  # empty topic
+        (0x36, b"\x00\x01t\x00\x01"),  # QoS 3
+        (0x30, b"\x00"),  # no topic length
+    ],
+)
+def test_malformed_publish_bodies_are_refused(first: int, body: bytes) -> None:
+    with pytest.raises(MalformedPacket):
+        decode_publish(first, body)
+
+
+@pytest.mark.parametrize(
+    "topic_filter",
+    ["#", "+", "a/+/c", "a/#", "/", "+/+", "$share/g/a/+/c", "$SYS/#", "a//b", "é/ü"],
+)
+def test_valid_filters_pass(topic_filter: str) -> None:
+    validate_filter(topic_filter)
+
+
+def test_subscribe_refuses_an_invalid_filter_before_encoding() -> None:
+    with pytest.raises(ValueError, match=r"topic filter 'a/#/b'"):
+        encode_subscribe(1, [("a/#/b", 1)])
 
 
 _LEVEL = st.sampled_from(["a", "b", "gridflex", "v1", "", "$SYS", "x y"])
