@@ -67,6 +67,9 @@ def _networks(value: Any) -> tuple[IpNetwork, ...]:
         raise ValueError('expected a list of networks, e.g. ["127.0.0.1/32", "10.0.0.0/8"]')
     out: list[IpNetwork] = []
     for item in value:
+        if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            out.append(item)
+            continue
         if not isinstance(item, str):
             raise ValueError(f"expected a network as a string, got {item!r}")
         try:

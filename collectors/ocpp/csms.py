@@ -57,6 +57,7 @@ from collectors.ocpp.settings import (
     sampling_variables,
 )
 from collectors.ocpp.telemetry import StationFields, TelemetryEncoder
+from gridflex.access import address_allowed
 from gridflex.config import ConfigError
 from gridflex.contract import (
     AssetStatus,
@@ -219,6 +220,13 @@ class Csms(ChargingProfiles):
     # -- connections
 
     def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
+        peer = connection.remote_address[0] if connection.remote_address else None
+        if not address_allowed(peer, self.settings.allow_from):
+            self.stats.refused_connections += 1
+            if (str(peer), "allow_from") not in self._logged_reasons:
+                self._logged_reasons.add((str(peer), "allow_from"))
+                log.warning("refused %s: address not in [ocpp] allow_from", peer)
+            return connection.respond(http.HTTPStatus.FORBIDDEN, "Address not allowed\n")
         station_id = station_id_from_path(request.path)
         state = self._states.get(station_id) if station_id else None
         if state is None:

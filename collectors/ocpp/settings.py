@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from gridflex.access import IpNetwork
 from gridflex.config import ConfigError, EvseAsset, SiteConfig
 
 __all__ = [
@@ -98,6 +99,7 @@ class CsmsSettings:
     security_profile: Literal[1, 2] = 1
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    allow_from: tuple[IpNetwork, ...] = ()
 
     @classmethod
     def from_site(cls, site: SiteConfig) -> CsmsSettings:
@@ -139,6 +141,7 @@ class CsmsSettings:
             security_profile=ocpp.security_profile,
             tls_cert=ocpp.tls_cert,
             tls_key=ocpp.tls_key,
+            allow_from=ocpp.allow_from,
         )
 
 
