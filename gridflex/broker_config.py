@@ -46,6 +46,7 @@ __all__ = [
     "main",
     "mosquitto_conf",
     "mosquitto_password_hash",
+    "read_credentials",
     "role_username",
     "write_broker_config",
 ]
@@ -197,15 +198,24 @@ def _credentials_toml(site_id: str, role: Role, creds: Credentials) -> str:
     )
 
 
+def read_credentials(path: Path) -> Credentials:
+    """A role's credentials file; ``PrivateFileError`` when others may read it or it is bad."""
+    check_private_file(path, "credentials file")
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        return Credentials(str(doc["username"]), str(doc["password"]))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError):
+        raise PrivateFileError(f"{path}: expected a TOML file with username and password") from None
+
+
 def _existing(path: Path) -> Credentials | None:
     if not path.exists():
         return None
     check_private_file(path, "credentials file")
     try:
-        doc = tomllib.loads(path.read_text(encoding="utf-8"))
-        return Credentials(str(doc["username"]), str(doc["password"]))
-    except (OSError, tomllib.TOMLDecodeError, KeyError):
-        return None
+        return read_credentials(path)
+    except PrivateFileError:
+        return None  # unreadable: a new password replaces it
 
 
 def write_broker_config(

@@ -20,7 +20,8 @@ from cryptography.x509.oid import NameOID
 
 from gridflex.broker import Broker, BrokerAuth, find_mosquitto, start_broker
 from gridflex.broker_config import ROLES, Role, acl_rules
-from gridflex.mqtt import MqttClient, parse_url
+from gridflex.mqtt import MqttClient
+from tests.mqtt_helpers import connack_code
 
 SITE = "auth-site"
 
@@ -87,39 +88,13 @@ def secured(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
     broker.stop()
 
 
-def _connack(url: str, username: str | None, password: str | None, **tls: str) -> int:
-    """The CONNACK return code a broker gives these credentials (paho, MQTT 3.1.1)."""
-    host, port, use_tls = parse_url(url)
-    result: list[int] = []
-    done = threading.Event()
-    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}")
-    if username is not None:
-        client.username_pw_set(username, password)
-    if use_tls:
-        client.tls_set(ca_certs=tls["ca"])
-
-    def on_connect(_c: paho.Client, _u: object, _f: object, rc: object, _p: object) -> None:
-        result.append(int(getattr(rc, "value", rc)))  # type: ignore[call-overload]
-        done.set()
-
-    client.on_connect = on_connect
-    client.connect(host, port, keepalive=30)
-    client.loop_start()
-    try:
-        assert done.wait(15), "no CONNACK"
-    finally:
-        client.disconnect()
-        client.loop_stop()
-    return result[0]
-
-
 def test_each_role_logs_in_and_anonymous_or_wrong_password_is_refused(secured: Broker) -> None:
     for role in ROLES:
         username, password = _creds(secured, role)
-        assert _connack(secured.url, username, password) == 0, role
-        assert _connack(secured.url, username, password + "x") != 0, role
-    assert _connack(secured.url, None, None) != 0
-    assert _connack(secured.url, "nobody", "secret-secret") != 0
+        assert connack_code(secured.url, username, password) == 0, role
+        assert connack_code(secured.url, username, password + "x") != 0, role
+    assert connack_code(secured.url, None, None) != 0
+    assert connack_code(secured.url, "nobody", "secret-secret") != 0
 
 
 def test_every_role_can_write_and_read_what_its_acl_grants(secured: Broker) -> None:
@@ -267,8 +242,8 @@ def test_tls_listener_serves_mqtts_with_a_private_ca(
     try:
         assert broker.url.startswith("mqtts://")
         username, password = _creds(broker, "collector")
-        assert _connack(broker.url, username, password, ca=str(ca)) == 0
-        assert _connack(broker.url, username, "wrong-password", ca=str(ca)) != 0
+        assert connack_code(broker.url, username, password, ca=str(ca)) == 0
+        assert connack_code(broker.url, username, "wrong-password", ca=str(ca)) != 0
         # The project's own client trusts a private CA through SSL_CERT_FILE.
         monkeypatch.setenv("SSL_CERT_FILE", str(ca))
         watcher = _Client(broker, "integrator", ("gridflex/v1/#",))
