@@ -277,8 +277,10 @@ class ControlConfig(_Section):
 class OcppConfig(_Section):
     """The OCPP CSMS (charging station management system) endpoint.
 
-    ``allow_from``: the networks (CIDR) stations may connect from; others get HTTP 403 at
-    the WebSocket handshake. Empty (the default): any peer that reaches ``host``.
+    ``security_profile``: 1 (HTTP Basic), 2 (TLS and Basic; ``tls_cert``, ``tls_key``), 3
+    (TLS with client certificates signed by ``tls_ca``; the identity is the certificate's
+    CN). ``allow_from``: the networks (CIDR) stations may connect from; others get HTTP 403
+    at the WebSocket handshake. Empty (the default): any peer that reaches ``host``.
     """
 
     host: str = "127.0.0.1"
@@ -286,15 +288,19 @@ class OcppConfig(_Section):
     meter_interval_s: Annotated[float, Field(ge=0.2, le=3600)] = 1.0
     response_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     heartbeat_interval_s: Annotated[int, Field(ge=1, le=86_400)] = 300
-    security_profile: Literal[1, 2] = 1
+    security_profile: Literal[1, 2, 3] = 1
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_ca: Path | None = None
     allow_from: _AllowFrom = ()
 
     @model_validator(mode="after")
     def _tls_paths(self) -> OcppConfig:
-        if self.security_profile == 2 and (self.tls_cert is None or self.tls_key is None):
-            raise ValueError("security_profile 2 needs tls_cert and tls_key")
+        profile = self.security_profile
+        if profile >= 2 and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError(f"security_profile {profile} needs tls_cert and tls_key")
+        if profile == 3 and self.tls_ca is None:
+            raise ValueError("security_profile 3 needs tls_ca (the CA of the station certificates)")
         return self
 
 
@@ -643,7 +649,11 @@ def load_site(path: str | Path) -> SiteConfig:
     mqtt = resolve_mqtt_credentials(mqtt, path)
     history = site.history.model_copy(update={"dir": _abs(site.history.dir)})
     ocpp = site.ocpp.model_copy(
-        update={"tls_cert": _abs(site.ocpp.tls_cert), "tls_key": _abs(site.ocpp.tls_key)}
+        update={
+            "tls_cert": _abs(site.ocpp.tls_cert),
+            "tls_key": _abs(site.ocpp.tls_key),
+            "tls_ca": _abs(site.ocpp.tls_ca),
+        }
     )
     pipeline = site.pipeline.model_copy(update={"recovery_dir": _abs(site.pipeline.recovery_dir)})
     api = site.api

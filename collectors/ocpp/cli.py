@@ -106,7 +106,7 @@ def main(args: argparse.Namespace) -> int:
         settings = replace(settings, host=args.host)
     if args.port is not None:
         settings = replace(settings, port=args.port)
-    if settings.security_profile == 2 and settings.tls_key is not None:
+    if settings.security_profile >= 2 and settings.tls_key is not None:
         try:
             check_private_key_file(settings.tls_key)
         except KeyFileError as exc:

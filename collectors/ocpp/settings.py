@@ -96,9 +96,10 @@ class CsmsSettings:
     meter_interval_s: float = 1.0
     response_timeout_s: float = 10.0
     heartbeat_interval_s: int = 300
-    security_profile: Literal[1, 2] = 1
+    security_profile: Literal[1, 2, 3] = 1
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_ca: Path | None = None
     allow_from: tuple[IpNetwork, ...] = ()
 
     @classmethod
@@ -112,7 +113,7 @@ class CsmsSettings:
         for index, asset in enumerate(site.assets):
             if not isinstance(asset, EvseAsset):
                 continue
-            if asset.password is None:
+            if asset.password is None and site.ocpp.security_profile < 3:
                 raise ConfigError(
                     f"config error in {source}: assets[{index}].password: security profile "
                     f"{site.ocpp.security_profile} needs an HTTP Basic password (16-40 "
@@ -141,6 +142,7 @@ class CsmsSettings:
             security_profile=ocpp.security_profile,
             tls_cert=ocpp.tls_cert,
             tls_key=ocpp.tls_key,
+            tls_ca=ocpp.tls_ca,
             allow_from=ocpp.allow_from,
         )
 

@@ -131,3 +131,19 @@ def test_address_allowed_only_inside_the_listed_networks(
 
 def test_an_empty_allow_list_allows_every_peer() -> None:
     assert address_allowed("203.0.113.9", ())
+
+
+def test_security_profile_3_needs_the_station_ca_and_no_station_passwords(
+    tmp_path: Path,
+) -> None:
+    from collectors.ocpp.settings import CsmsSettings
+
+    tls = '[ocpp]\nsecurity_profile = 3\ntls_cert = "c.pem"\ntls_key = "c.key"\n'
+    with pytest.raises(ConfigError, match="security_profile 3 needs tls_ca"):
+        load_site(_site(tmp_path, tls))
+    evse = '[[assets]]\nid = "cs-1"\nkind = "evse"\nmax_charge_w = 11000\n'
+    site = load_site(_site(tmp_path, tls + 'tls_ca = "ca.pem"\n' + evse))
+    assert site.ocpp.tls_ca == tmp_path / "ca.pem"
+    settings = CsmsSettings.from_site(site)
+    assert settings.security_profile == 3
+    assert settings.stations["cs-1"].password is None
