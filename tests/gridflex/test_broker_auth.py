@@ -263,3 +263,16 @@ def test_tls_key_readable_by_others_is_refused(tmp_path: Path) -> None:
     key.chmod(0o640)
     with pytest.raises(ValueError, match="chmod 600"):
         start_broker(auth=BrokerAuth(SITE, tmp_path / "broker", tls_cert=cert, tls_key=key))
+
+
+def test_pipeline_shared_subscription_is_granted_by_the_acl(secured: Broker) -> None:
+    prefix = f"gridflex/v1/{SITE}"
+    # Several pipeline partitions subscribe through $share (gridflex.mqtt.plain_filter).
+    pipeline = _Client(secured, "pipeline", (f"$share/g/{prefix}/+/+/telemetry",))
+    collector = _Client(secured, "collector")
+    try:
+        collector.mqtt.publish(f"{prefix}/evse/a1/telemetry", b"shared", qos=1)
+        assert pipeline.wait_for(lambda: pipeline.got(b"shared"))
+    finally:
+        pipeline.close()
+        collector.close()

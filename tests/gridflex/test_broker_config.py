@@ -111,3 +111,72 @@ def test_cli_wants_a_certificate_for_an_mqtts_url(tmp_path: Path) -> None:
     done = _cli("broker-config", "--site", str(site), "--out", str(tmp_path / "out"))
     assert done.returncode == 2
     assert "--tls-cert and --tls-key" in done.stderr
+
+
+def _grants(role: str, access: str, topic: str) -> bool:
+    from paho.mqtt.client import topic_matches_sub
+
+    from gridflex.broker_config import acl_rules
+
+    return any(a == access and topic_matches_sub(f, topic) for a, f in acl_rules("s1")[role])
+
+
+def test_acl_grants_every_topic_the_parts_publish_and_subscribe() -> None:
+    from collectors.ocpp.requests import request_filter
+    from control.ocpp import result_filter
+    from control.service import command_filter
+    from gridflex import contract as c
+    from pipelines.flow import pipeline_filters
+
+    def concrete(topic_filter: str) -> str:
+        return topic_filter.replace("+", "x")
+
+    writes = {
+        "collector": [
+            c.telemetry_topic("s1", "inverter", "a"),
+            c.telemetry_topic("s1", "evse", "a"),
+            c.status_topic("s1", "inverter", "a"),
+            c.status_topic("s1", "evse", "a"),
+            c.collector_topic("s1", "modbus"),
+            c.collector_topic("s1", "ocpp"),
+            c.csms_result_topic("s1", "a"),
+            c.deadletter_topic("modbus"),
+            c.deadletter_topic("ocpp"),
+        ],
+        "pipeline": [
+            c.grid_frequency_topic("s1"),
+            c.forecast_topic("s1", "a"),
+            c.command_topic("s1", "a"),
+            c.summary_topic("s1"),
+            c.deadletter_topic("pipeline"),
+        ],
+        "control": [
+            c.ack_topic("s1", "a"),
+            c.csms_request_topic("s1", "a"),
+            c.deadletter_topic("control"),
+        ],
+    }
+    reads = {
+        "collector": [request_filter("s1")],
+        "pipeline": list(pipeline_filters("s1")),
+        "control": [
+            command_filter("s1"),
+            result_filter("s1"),
+            "gridflex/v1/s1/+/+/telemetry",
+            "gridflex/v1/s1/+/+/status",
+            c.collector_topic("s1", "ocpp"),
+        ],
+    }
+    for role, topics in writes.items():
+        for topic in topics:
+            assert _grants(role, "write", topic), (role, topic)
+            assert _grants("integrator", "read", topic), topic
+            assert not _grants("integrator", "write", topic), topic
+    for role, filters in reads.items():
+        for topic_filter in filters:
+            assert _grants(role, "read", concrete(topic_filter)), (role, topic_filter)
+    # and what each must not do
+    assert not _grants("collector", "write", c.command_topic("s1", "a"))
+    assert not _grants("pipeline", "write", c.telemetry_topic("s1", "inverter", "a"))
+    assert not _grants("control", "write", c.command_topic("s1", "a"))
+    assert not _grants("collector", "read", c.telemetry_topic("s1", "inverter", "a"))
