@@ -11,13 +11,20 @@ import tomllib
 from pathlib import Path
 
 import pytest
+from paho.mqtt.client import topic_matches_sub
 
+from collectors.ocpp.requests import request_filter
+from control.ocpp import result_filter
+from control.service import command_filter
+from gridflex import contract as c
 from gridflex.broker_config import (
     ROLES,
+    acl_rules,
     acl_text,
     mosquitto_password_hash,
     write_broker_config,
 )
+from pipelines.flow import pipeline_filters
 
 
 def _mode(path: Path) -> int:
@@ -114,20 +121,10 @@ def test_cli_wants_a_certificate_for_an_mqtts_url(tmp_path: Path) -> None:
 
 
 def _grants(role: str, access: str, topic: str) -> bool:
-    from paho.mqtt.client import topic_matches_sub
-
-    from gridflex.broker_config import acl_rules
-
     return any(a == access and topic_matches_sub(f, topic) for a, f in acl_rules("s1")[role])
 
 
 def test_acl_grants_every_topic_the_parts_publish_and_subscribe() -> None:
-    from collectors.ocpp.requests import request_filter
-    from control.ocpp import result_filter
-    from control.service import command_filter
-    from gridflex import contract as c
-    from pipelines.flow import pipeline_filters
-
     def concrete(topic_filter: str) -> str:
         return topic_filter.replace("+", "x")
 

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from collectors.ocpp.settings import CsmsSettings
 from gridflex.access import address_allowed
 from gridflex.config import MQTT_CREDENTIALS_ENV, ConfigError, load_site
 
@@ -136,8 +137,6 @@ def test_an_empty_allow_list_allows_every_peer() -> None:
 def test_security_profile_3_needs_the_station_ca_and_no_station_passwords(
     tmp_path: Path,
 ) -> None:
-    from collectors.ocpp.settings import CsmsSettings
-
     tls = '[ocpp]\nsecurity_profile = 3\ntls_cert = "c.pem"\ntls_key = "c.key"\n'
     with pytest.raises(ConfigError, match="security_profile 3 needs tls_ca"):
         load_site(_site(tmp_path, tls))
