@@ -105,7 +105,7 @@ class MqttConfig(_Section):
 
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
-    password: str | None = None
+    password: str | None = Field(default=None, repr=False)
     credentials: Path | None = None
     queue_limit: Annotated[int, Field(ge=1)] = 100_000
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
@@ -340,7 +340,7 @@ class ApiConfig(_Section):
 
     enabled: bool = True
     listen: str = "127.0.0.1:8080"
-    token: _Token | None = None
+    token: _Token | None = Field(default=None, repr=False)
     allow_from: _AllowFrom = ()
     tls_cert: Path | None = None
     tls_key: Path | None = None

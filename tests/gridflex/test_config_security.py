@@ -146,3 +146,15 @@ def test_security_profile_3_needs_the_station_ca_and_no_station_passwords(
     settings = CsmsSettings.from_site(site)
     assert settings.security_profile == 3
     assert settings.stations["cs-1"].password is None
+
+
+def test_repr_of_the_config_never_shows_the_mqtt_password_or_the_api_token(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv(MQTT_CREDENTIALS_ENV, raising=False)
+    token = "t" * 32
+    text = f'[mqtt]\nusername = "u"\npassword = "{SECRET}"\n[api]\ntoken = "{token}"\n'
+    site = load_site(_site(tmp_path, text))
+    assert site.mqtt.password == SECRET
+    assert SECRET not in repr(site)
+    assert token not in repr(site)
