@@ -130,7 +130,7 @@ def dispatch_site_toml(
     ]
     parts.extend(
         f'\n[[assets]]\nid = "{asset_id(i)}"\nkind = "inverter"\nhost = "127.0.0.1"\n'
-        f"port = 1502\nmax_charge_w = {RATING_W}\nmax_discharge_w = {RATING_W}\n"
+        f"port = {1502 + i}\nmax_charge_w = {RATING_W}\nmax_discharge_w = {RATING_W}\n"
         f"capacity_wh = {CAPACITY_WH}\n"
         for i in range(n)
     )

@@ -3,6 +3,10 @@
 Each subcommand lives in the module of its part, which exposes
 ``add_arguments(parser)`` and ``main(args) -> int``; modules are imported only when their
 subcommand runs, so ``gridflex query`` does not pay for Bytewax or OCPP.
+
+Exit codes: 0 done, 2 a usage or configuration error (one line on standard error), 141
+(128 + SIGPIPE) when the reader of standard output went away, as in ``gridflex query ... |
+head``: the command stops quietly, without a traceback, like a shell tool would.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 
@@ -17,7 +22,7 @@ from gridflex import __version__
 from gridflex.config import ConfigError
 from gridflex.log import setup_logging
 
-__all__ = ["COMMANDS", "build_parser", "main"]
+__all__ = ["COMMANDS", "EXIT_BROKEN_PIPE", "build_parser", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +50,9 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("contract", "export"), "gridflex.contract_docs", "write JSON Schemas and AsyncAPI to docs/"),
 ]
 
+
+#: Exit code when standard output is a closed pipe (128 + SIGPIPE, what a shell tool reports).
+EXIT_BROKEN_PIPE = 141
 
 #: Top-level options that take a value (their value is not a command word).
 _VALUED_OPTIONS = frozenset({"--log-level"})
@@ -111,12 +119,34 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     module = importlib.import_module(args._module)
     try:
-        return int(module.main(args) or 0)
+        code = int(module.main(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows here, not in the interpreter's exit
+    except BrokenPipeError:
+        _drop_stdout()
+        return EXIT_BROKEN_PIPE
     except ConfigError as exc:
         sys.stderr.write(f"gridflex: {exc}\n")
         return 2
     except KeyboardInterrupt:
         return 0
+    return code
+
+
+def _drop_stdout() -> None:
+    """Point standard output at /dev/null so the interpreter's last flush cannot fail again.
+
+    The usual remedy for ``BrokenPipeError`` (see the Python ``signal`` documentation, "Note
+    on SIGPIPE"); a stdout without a file descriptor (tests capturing it) is left alone.
+    """
+    try:
+        fd = sys.stdout.fileno()
+    except (AttributeError, OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,11 @@
 The file is read and validated once at start-up into frozen, typed objects. Any error names
 the file, the key and what was expected, for example::
 
-    config error in site.toml: assets[2].max_charge_w: expected a number >= 0, got -5
+    config error in site.toml: assets[id=inv-004].max_charge_w: expected >= 0, got -5
+
+Types are strict: a number is a TOML number (an integer is accepted where a float is
+expected), never a quoted string or a boolean; messages never repeat a secret (see
+``gridflex.config_errors``).
 
 See ``examples/site.toml`` for a complete, commented example.
 """
@@ -15,7 +19,7 @@ import os
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
 from pydantic import (
@@ -29,6 +33,7 @@ from pydantic import (
 )
 
 from gridflex.access import IpNetwork, PrivateFileError, check_private_file
+from gridflex.config_errors import FieldError, format_validation_error
 from gridflex.contract import ASSET_ID_PATTERN
 
 __all__ = [
@@ -60,6 +65,15 @@ __all__ = [
 _AssetId = Annotated[str, Field(pattern=ASSET_ID_PATTERN)]
 _NonNegW = Annotated[float, Field(ge=0)]
 _Pct = Annotated[float, Field(ge=0, le=100)]
+#: A file path: a TOML string is accepted although the sections are strict.
+_FilePath = Annotated[Path, Field(strict=False)]
+
+
+def _literal_values(annotation: Any) -> list[Any]:
+    """The values of the ``Literal`` in ``annotation`` (through ``Annotated``/``Optional``)."""
+    if get_origin(annotation) is Literal:
+        return list(get_args(annotation))
+    return [v for arg in get_args(annotation) for v in _literal_values(arg)]
 
 
 def _networks(value: Any) -> tuple[IpNetwork, ...]:
@@ -89,7 +103,28 @@ class ConfigError(ValueError):
 
 
 class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    """A table of the site file: unknown keys refused, values frozen, types strict.
+
+    Strict mode refuses ``true`` and ``"5000"`` for numbers (lax pydantic reads them as 1
+    and 5000) while an integer still fills a float. Path fields must use ``_FilePath``.
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_for_numeric_literal(cls, data: Any) -> Any:
+        """Refuse ``true`` for ``Literal[1, 2]`` (``True == 1``: strict mode lets it pass)."""
+        if isinstance(data, dict):
+            for name, value in data.items():
+                field = cls.model_fields.get(name)
+                if not isinstance(value, bool) or field is None:
+                    continue
+                choices = [a for a in _literal_values(field.annotation) if not isinstance(a, str)]
+                if choices:
+                    expected = " or ".join(str(c) for c in choices)
+                    raise FieldError(name, f"expected {expected}, got {str(value).lower()}")
+        return data
 
 
 class MqttConfig(_Section):
@@ -106,7 +141,7 @@ class MqttConfig(_Section):
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
     password: str | None = Field(default=None, repr=False)
-    credentials: Path | None = None
+    credentials: _FilePath | None = None
     queue_limit: Annotated[int, Field(ge=1)] = 100_000
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
 
@@ -134,7 +169,7 @@ class MqttConfig(_Section):
 class HistoryConfig(_Section):
     """Where the Parquet history lives."""
 
-    dir: Path = Path("data")
+    dir: _FilePath = Path("data")
 
 
 class ModbusConfig(_Section):
@@ -144,11 +179,16 @@ class ModbusConfig(_Section):
     timeout_s: Annotated[float, Field(gt=0, le=30)] = 1.0
     backoff_initial_s: Annotated[float, Field(gt=0, le=600)] = 1.0
     backoff_max_s: Annotated[float, Field(gt=0, le=3600)] = 30.0
+    failures_before_offline: Annotated[int, Field(ge=1, le=100)] = Field(
+        default=3,
+        description="polls failing in a row (timeouts, busy replies) before the device is "
+        "taken offline and rediscovered; fewer cost only their slots",
+    )
 
     @model_validator(mode="after")
     def _backoff_order(self) -> ModbusConfig:
         if self.backoff_max_s < self.backoff_initial_s:
-            raise ValueError("backoff_max_s must be >= backoff_initial_s")
+            raise FieldError("backoff_max_s", "expected >= backoff_initial_s")
         return self
 
 
@@ -158,7 +198,7 @@ class PipelineConfig(_Section):
     window_ms: Annotated[int, Field(ge=100, le=3_600_000)] = 1000
     allowed_lateness_ms: Annotated[int, Field(ge=0, le=60_000)] = 500
     recovery: bool = True
-    recovery_dir: Path | None = Field(
+    recovery_dir: _FilePath | None = Field(
         default=None, description="Bytewax recovery database; default {history.dir}/recovery"
     )
     snapshot_interval_s: Annotated[float, Field(gt=0, le=600)] = 5.0
@@ -204,7 +244,7 @@ class FcrConfig(_Section):
     @model_validator(mode="after")
     def _order(self) -> FcrConfig:
         if self.full_at_hz <= self.deadband_hz:
-            raise ValueError("full_at_hz must be above deadband_hz")
+            raise FieldError("full_at_hz", "expected above deadband_hz")
         return self
 
 
@@ -289,9 +329,9 @@ class OcppConfig(_Section):
     response_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     heartbeat_interval_s: Annotated[int, Field(ge=1, le=86_400)] = 300
     security_profile: Literal[1, 2, 3] = 1
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
-    tls_ca: Path | None = None
+    tls_cert: _FilePath | None = None
+    tls_key: _FilePath | None = None
+    tls_ca: _FilePath | None = None
     allow_from: _AllowFrom = ()
 
     @model_validator(mode="after")
@@ -342,8 +382,8 @@ class ApiConfig(_Section):
     listen: str = "127.0.0.1:8080"
     token: _Token | None = Field(default=None, repr=False)
     allow_from: _AllowFrom = ()
-    tls_cert: Path | None = None
-    tls_key: Path | None = None
+    tls_cert: _FilePath | None = None
+    tls_key: _FilePath | None = None
 
     @field_validator("listen")
     @classmethod
@@ -462,10 +502,18 @@ class _AssetBase(_Section):
     @model_validator(mode="after")
     def _soc_order(self) -> Any:
         if self.soc_min_pct >= self.soc_max_pct:
-            raise ValueError("soc_min_pct must be below soc_max_pct")
+            raise FieldError(
+                "soc_min_pct",
+                f"expected below soc_max_pct ({self.soc_max_pct:g}), got {self.soc_min_pct:g}",
+            )
         for name in ("base_setpoint_w", "default_setpoint_w"):
-            if not -self.max_discharge_w <= getattr(self, name) <= self.max_charge_w:
-                raise ValueError(f"{name} must lie within -max_discharge_w..max_charge_w")
+            value = getattr(self, name)
+            if not -self.max_discharge_w <= value <= self.max_charge_w:
+                raise FieldError(
+                    name,
+                    f"expected within -max_discharge_w..max_charge_w "
+                    f"({-self.max_discharge_w:g}..{self.max_charge_w:g}), got {value:g}",
+                )
         return self
 
 
@@ -531,18 +579,33 @@ class SiteConfig(_Section):
         default=None, description="the REST API of gridflex control; none = not served"
     )
     assets: list[Asset] = Field(default_factory=list)
-    source: Path | None = Field(default=None, exclude=True)
+    source: _FilePath | None = Field(default=None, exclude=True)
 
     @model_validator(mode="after")
     def _unique_ids(self) -> SiteConfig:
-        seen: set[str] = set()
-        for asset in self.assets:
-            if asset.id in seen:
-                raise ValueError(f"asset id {asset.id!r} appears twice")
-            seen.add(asset.id)
-        evses = [(a.station, a.evse_id) for a in self.evses]
-        if len(set(evses)) != len(evses):
-            raise ValueError("two evse assets share a station_id and evse_id")
+        """Each id, each inverter endpoint and each station EVSE belongs to one asset."""
+        first: dict[tuple[str, object], int] = {}
+        for position, asset in enumerate(self.assets):
+            checks: list[tuple[str, object, str]] = [
+                ("id", asset.id, f"expected unique asset ids, {asset.id!r} appears twice")
+            ]
+            if isinstance(asset, InverterAsset):
+                where = f"{asset.host.lower()}:{asset.port} unit_id {asset.unit_id}"
+                expectation = f"expected one inverter asset per host:port:unit_id, {where} twice"
+                checks.append(("host", where, expectation))
+            else:
+                expectation = (
+                    f"expected one asset per station and evse_id, station {asset.station!r} "
+                    f"evse_id {asset.evse_id} twice"
+                )
+                checks.append(("evse_id", (asset.station, asset.evse_id), expectation))
+            for key, value, expectation in checks:
+                earlier = first.setdefault((key, value), position)
+                if earlier != position:
+                    raise FieldError(
+                        f"assets[{earlier}].{key} and assets[{position}].{key}",
+                        f"{expectation} (assets counted from 0)",
+                    )
         return self
 
     @property
@@ -554,45 +617,6 @@ class SiteConfig(_Section):
     def evses(self) -> list[EvseAsset]:
         """The OCPP charging stations of the site."""
         return [a for a in self.assets if isinstance(a, EvseAsset)]
-
-
-def _key(loc: tuple[int | str, ...], raw: dict[str, Any]) -> str:
-    """Render a pydantic location as a TOML key path (``assets[2].max_charge_w``)."""
-    out = ""
-    node: Any = raw
-    for part in loc:
-        if isinstance(part, int):
-            out += f"[{part}]"
-            node = node[part] if isinstance(node, list) and part < len(node) else None
-        elif part in ("inverter", "evse") and isinstance(node, dict) and node.get("kind") == part:
-            continue  # discriminator tag inserted by pydantic, not a key in the file
-        else:
-            out += f".{part}" if out else str(part)
-            node = node.get(part) if isinstance(node, dict) else None
-    return out or "(top level)"
-
-
-#: Keys whose value an error message never repeats (secrets).
-_SECRET_KEYS = frozenset({"token", "password"})
-
-
-def _expectation(err: Any) -> str:
-    msg = str(err["msg"])
-    for prefix in ("Value error, ", "Assertion failed, "):
-        if msg.startswith(prefix):
-            msg = msg[len(prefix) :]
-    if err["type"] == "missing":
-        return "required key is missing"
-    if err["type"] == "extra_forbidden":
-        return "unknown key"
-    msg = msg.replace("Input should be ", "expected ").replace("input should be ", "expected ")
-    msg = msg.replace("greater than or equal to", ">=").replace("less than or equal to", "<=")
-    msg = msg.replace("greater than", ">").replace("less than", "<")
-    text = msg[0].lower() + msg[1:] if msg else msg
-    secret = bool(err["loc"]) and err["loc"][-1] in _SECRET_KEYS
-    if "input" in err and err["type"] not in ("model_type",) and not secret:
-        text += f", got {err['input']!r}"
-    return text
 
 
 def parse_site(raw: dict[str, Any], source: str | Path = "<memory>") -> SiteConfig:
@@ -610,15 +634,8 @@ def parse_site(raw: dict[str, Any], source: str | Path = "<memory>") -> SiteConf
     try:
         site = SiteConfig.model_validate(merged)
     except ValidationError as exc:
-        lines = []
-        for err in exc.errors():
-            loc = tuple(err["loc"])
-            # Keys of the [site] table are validated at the top level of the model.
-            key = _key(loc, merged)
-            if loc and loc[0] in site_table:
-                key = f"site.{key}"
-            lines.append(f"{key}: {_expectation(err)}")
-        raise ConfigError(f"config error in {source}: " + "; ".join(lines)) from None
+        message = format_validation_error(exc, merged, frozenset(site_table))
+        raise ConfigError(f"config error in {source}: {message}") from None
     return site.model_copy(update={"source": Path(source) if source != "<memory>" else None})
 
 

@@ -54,6 +54,7 @@ from typing import IO, Any, Final, Literal, get_args
 from gridflex.broker import Broker, BrokerAuth, find_mosquitto, start_broker
 from gridflex.broker_config import Role as BrokerRole
 from gridflex.broker_config import read_credentials
+from gridflex.cli_args import count, existing_file, positive_seconds
 from gridflex.config import MQTT_CREDENTIALS_ENV
 from gridflex.contract import PREFIX, DispatchMode
 from gridflex.history import STREAMS
@@ -86,6 +87,8 @@ PIPELINE_CLIENT_ID = f"gridflex-pipeline-{SITE_ID}"
 INVERTER_RATING_W: Final = 10_000.0
 INVERTER_CAPACITY_WH: Final = 60_000.0
 EVSE_RATING_W: Final = 11_000.0
+#: Most simulated inverters (or chargers) one demo runs: one TCP port each.
+MAX_DEMO_DEVICES: Final = 5_000
 
 #: What a demo run writes into its data directory, and all that a fresh run removes: the
 #: history streams, the streams and recovery state the dispatching pipeline adds, the logs.
@@ -469,18 +472,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``gridflex demo``."""
     parser.add_argument(
         "--inverters",
-        type=int,
+        type=count(MAX_DEMO_DEVICES),
         default=20,
         help="simulated SunSpec inverters (default: %(default)s)",
     )
     parser.add_argument(
         "--chargers",
-        type=int,
+        type=count(MAX_DEMO_DEVICES),
         default=10,
         help="simulated OCPP stations with cars (default: %(default)s)",
     )
     parser.add_argument(
-        "--duration", type=float, default=None, metavar="S", help="stop after S seconds"
+        "--duration", type=positive_seconds, default=None, metavar="S", help="stop after S seconds"
     )
     parser.add_argument(
         "--data-dir",
@@ -513,7 +516,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "devices, which respond on their own (not with --dispatch fcr)",
     )
     parser.add_argument(
-        "--frequency-profile", type=Path, default=None, help="CSV of t_s,freq_hz to replay"
+        "--frequency-profile", type=existing_file, default=None, help="CSV of t_s,freq_hz to replay"
     )
     parser.add_argument("--mqtt-url", default=None, help="use this broker instead of one's own")
     parser.add_argument("--no-ui", action="store_true", help="log a summary instead of a view")

@@ -92,6 +92,9 @@ TELEMETRY_SCHEMA: Final = pa.schema(
         pa.field("ev_target_soc_pct", pa.float64()),
         pa.field("ev_v2x", pa.bool_()),
         pa.field("ev_energy_transfer_mode", pa.string()),
+        # True: an energy register is lower than in the asset's previous reading of this
+        # boot (pipelines.validate.check_registers); NULL in files written before the check.
+        pa.field("register_decreased", pa.bool_()),
     ]
 )
 
@@ -240,8 +243,10 @@ SELECT
     temp_c, setpoint_w, status, device_status, transaction_id,
     ev_departure_ms, ev_requested_energy_wh, ev_max_charge_w, ev_max_discharge_w,
     ev_min_soc_pct, ev_target_soc_pct, ev_v2x, ev_energy_transfer_mode,
+    bool_or(register_decreased) OVER reading AS register_decreased,
     date
 FROM {source}
+WINDOW reading AS (PARTITION BY site, asset, boot, seq)
 QUALIFY row_number() OVER (PARTITION BY site, asset, boot, seq ORDER BY ts_ms) = 1
 """
 
@@ -374,14 +379,22 @@ def write_csv(description: Iterable[Any], rows: Iterable[Iterable[Any]], out: An
 
 def _data_dir_of(args: argparse.Namespace) -> Path:
     if args.data_dir is not None:
-        return Path(args.data_dir)
+        data_dir = Path(args.data_dir)
+        if not data_dir.is_dir():
+            raise ValueError(f"--data-dir {data_dir}: expected an existing history directory")
+        return data_dir
     from gridflex.config import load_site  # only needed for --site
 
     return Path(load_site(args.site).history.dir)
 
 
 def main(args: argparse.Namespace) -> int:
-    """Run one query and print the result as CSV with a header; 2 on a bad query."""
+    """Run one query and print the result as CSV with a header.
+
+    Returns 2 on a bad query, a bad site file or a ``--data-dir`` that is not a directory
+    (a typo must not look like an empty history). A ``--site`` whose history folder does not
+    exist yet queries empty views: nothing has been recorded.
+    """
     try:
         data_dir = _data_dir_of(args)
     except Exception as exc:  # a config error is reported, not raised

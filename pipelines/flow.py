@@ -5,15 +5,16 @@
     mqtt_in ─▶ validate ─▶ split_acks
       acks ───▶ ack_row ─▶ history_acks (Parquet)
       rest ───▶ split_valid
-      valid ──┬─▶ telemetry_row ─▶ history_telemetry (Parquet)
-              ├─▶ frequency_sample ─▶ key_site ─▶ frequency_window (pipelines.windows)
+      valid ──┬─▶ frequency_sample ─▶ key_site ─▶ frequency_window (pipelines.windows)
               │     ─▶ frequency_stats ─┬─▶ grid_frequency_row ─▶ history_grid_frequency
               │                         └─▶ grid_frequency_json ─▶ merge_out ─▶ mqtt_out
-              ├─▶ readings ─▶ key_asset ─▶ asset_state (pipelines.assets: needs, forecast,
-              │     envelope) ─┬─▶ forecast ─┬─▶ forecast_row ─▶ history_forecasts
-              │                │             └─▶ forecast_json ─▶ merge_out
-              │                └─▶ asset_update ─┐
-              └─▶ ticks ─────────────────────────┴─▶ key_dispatch ─▶ dispatch
+              ├─▶ readings ─┬─▶ key_register ─▶ register_check (energy registers that went
+              │             │     back in a boot: flagged) ─▶ history_telemetry (Parquet)
+              │             └─▶ key_asset ─▶ asset_state (pipelines.assets: needs, forecast,
+              │                   envelope) ─┬─▶ forecast ─┬─▶ forecast_row ─▶ history_forecasts
+              │                              │             └─▶ forecast_json ─▶ merge_out
+              │                              └─▶ asset_update ─┐
+              └─▶ ticks ───────────────────────────────────────┴─▶ key_dispatch ─▶ dispatch
                     (pipelines.fleet: droop / fcr, one decision per reading, summary)
                     ─▶ flatten_dispatch ─┬─▶ command_row ─▶ history_commands
                                          └─▶ dispatch_json ─▶ merge_out
@@ -28,7 +29,7 @@ Dispatch does not wait for the frequency windows: each reading's decision follow
 through ``asset_state`` and ``dispatch`` (keyed by asset, then by site).
 
 The source's heartbeats travel with the readings (validate and split_valid pass them on
-the valid side, telemetry_row drops them): on one path they keep their place in the
+the valid side, readings drops them): on one path they keep their place in the
 stream, so a heartbeat never overtakes readings that came before it. The dispatcher uses
 them to publish its summary while no reading arrives.
 
@@ -90,8 +91,11 @@ from pipelines.mqtt_io import MqttSink, MqttSource
 from pipelines.site import SiteLike, asset_profiles, car_defaults, dispatch_settings
 from pipelines.validate import (
     DEFAULT_MAX_FUTURE_MS,
+    REGISTER_FIELDS,
     RawMessage,
+    RegisterState,
     Rejected,
+    check_registers,
     to_dead_letter,
     validate_ack,
     validate_telemetry,
@@ -221,10 +225,28 @@ def _frequency_sample(item: Accepted | Heartbeat) -> WindowInput | None:
     return ArrivedSample(FrequencySample(t.site, t.asset, t.ts_ms, t.freq_hz), item.received_ms)
 
 
-def _telemetry_row(item: Accepted | Heartbeat) -> tuple[str, dict[str, Any]] | None:
-    if isinstance(item, Heartbeat):
-        return None
-    return item.telemetry.asset, telemetry_row(item.telemetry)
+def _check_registers(
+    state: RegisterState | None, item: Accepted
+) -> tuple[RegisterState, dict[str, Any]]:
+    """The history row of a reading, flagged when an energy register went back in its boot.
+
+    The reading is kept either way (it is what the device said); the first flag of each
+    asset and boot is a warning, the others are logged at debug level.
+    """
+    t = item.telemetry
+    new_state, went_back = check_registers(state, t)
+    if went_back and state is not None:
+        before = dict(zip(REGISTER_FIELDS, state.registers, strict=True))
+        (log.warning if new_state.decreases == 1 else log.debug)(
+            "%s (boot %s) seq %d: %s went back (%s); the reading is kept, flagged "
+            "register_decreased in the history; further ones of this boot at debug level",
+            t.asset,
+            t.boot,
+            t.seq,
+            ", ".join(went_back),
+            ", ".join(f"{before[n]:g} -> {getattr(t, n):g} Wh" for n in went_back),
+        )
+    return new_state, telemetry_row(t, register_decreased=bool(went_back))
 
 
 def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejected]:
@@ -444,8 +466,14 @@ def build_flow(
     valid: Stream[Accepted | Heartbeat] = split.trues  # type: ignore[assignment]
     refused: Stream[Rejected] = split.falses  # type: ignore[assignment]
 
-    # History of every valid reading, keyed by asset so its de-dup memory stays in one place.
-    telemetry_rows = op.filter_map("telemetry_row", valid, _telemetry_row)
+    # History of every valid reading, keyed by asset so its de-dup memory stays in one place;
+    # on the way, its energy registers are compared with the asset's previous reading.
+    readings = op.filter_map("readings", valid, _reading)
+    telemetry_rows = op.stateful_map(
+        "register_check",
+        op.key_on("key_register", readings, lambda a: a.telemetry.asset),
+        _check_registers,
+    )
     op.output(
         "history_telemetry",
         telemetry_rows,
@@ -479,7 +507,6 @@ def build_flow(
 
     # Per asset: charging needs, SoC forecast, flexibility envelope; then one decision per
     # reading at the site's dispatcher (droop or fleet FCR), never waiting for a window.
-    readings = op.filter_map("readings", valid, _reading)
     tracked = op.stateful_map(
         "asset_state", op.key_on("key_asset", readings, lambda a: a.telemetry.asset), asset_state
     )

@@ -68,7 +68,9 @@ ACK_MEMORY = 64
 Columns = dict[str, list[Any]]
 
 #: Columns taken as they are from the reading (the ``ev_*`` ones are flattened).
-_TELEMETRY_FIELDS = tuple(n for n in SCHEMAS[TELEMETRY].names if not n.startswith("ev_"))
+_TELEMETRY_FIELDS = tuple(
+    n for n in SCHEMAS[TELEMETRY].names if not n.startswith("ev_") and n != "register_decreased"
+)
 _EV_FIELDS = (
     "departure_ms",
     "requested_energy_wh",
@@ -84,13 +86,18 @@ _EV_FIELDS = (
 # --------------------------------------------------------------------------- rows
 
 
-def telemetry_row(telemetry: Telemetry) -> Row:
-    """Flatten a telemetry reading into a ``telemetry`` history row (EV needs as ``ev_*``)."""
+def telemetry_row(telemetry: Telemetry, *, register_decreased: bool | None = None) -> Row:
+    """Flatten a telemetry reading into a ``telemetry`` history row (EV needs as ``ev_*``).
+
+    ``register_decreased`` is the flag of :func:`pipelines.validate.check_registers`
+    (None: not checked).
+    """
     values = telemetry.__dict__
     row: Row = {name: values[name] for name in _TELEMETRY_FIELDS}
     ev = telemetry.ev
     for name in _EV_FIELDS:
         row[f"ev_{name}"] = getattr(ev, name) if ev is not None else None
+    row["register_decreased"] = register_decreased
     return row
 
 

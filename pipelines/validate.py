@@ -25,6 +25,13 @@ kind               meaning
 
 A future ``ts_ms`` is refused because windows close on event time: one device with a clock
 a minute ahead would push the watermark ahead and make every other asset's readings late.
+
+Some readings are suspicious but still true to the device, so they go on, flagged:
+:func:`check_registers` follows each asset's cumulative energy registers
+(``energy_import_wh``, ``energy_export_wh``) within one boot and names those that went back
+(a station whose last ``Energy.Active.Import.Register`` is 0 after 1,510 Wh, a meter
+swapped or reset). Billing comes from these registers (invariant 4), so the history keeps
+the flag beside the reading (``register_decreased``, docs/history.md).
 """
 
 from __future__ import annotations
@@ -51,8 +58,11 @@ __all__ = [
     "DEFAULT_FREQ_BAND",
     "DEFAULT_MAX_FUTURE_MS",
     "REASON_KINDS",
+    "REGISTER_FIELDS",
     "RawMessage",
+    "RegisterState",
     "Rejected",
+    "check_registers",
     "to_dead_letter",
     "validate_ack",
     "validate_telemetry",
@@ -318,6 +328,65 @@ def _validate_ack(message: RawMessage, site_id: str) -> DispatchAck | Rejected:
             "topic_mismatch", f"site {ack.site!r} is not this pipeline's {site_id!r}", message
         )
     return ack
+
+
+#: Cumulative meter registers that never go back within one boot of a device.
+REGISTER_FIELDS: Final = ("energy_import_wh", "energy_export_wh")
+
+
+@dataclass(frozen=True, slots=True)
+class RegisterState:
+    """The last registers seen of one asset in one boot (the state of :func:`check_registers`).
+
+    Attributes:
+        boot: The boot the registers belong to.
+        seq: ``seq`` of the latest reading compared.
+        registers: Latest value of each of :data:`REGISTER_FIELDS` (None: never reported).
+        decreases: Readings flagged so far in this boot.
+
+    """
+
+    boot: str
+    seq: int
+    registers: tuple[float | None, ...]
+    decreases: int = 0
+
+
+def check_registers(
+    state: RegisterState | None, telemetry: Telemetry
+) -> tuple[RegisterState, tuple[str, ...]]:
+    """Compare a reading's energy registers with the asset's previous reading of this boot.
+
+    Pure: the caller keeps the state per asset. Only readings in ``seq`` order are compared;
+    a new boot starts afresh (a collector restart may reset what it counts from), and a
+    redelivered or older reading (``seq`` not above the last) is passed without a check. A
+    register the reading leaves out keeps its last value for the next comparison.
+
+    Args:
+        state: What the previous call returned for this asset, or None.
+        telemetry: The reading (already valid).
+
+    Returns:
+        The new state and the names of the registers that are lower than before (empty
+        when none is).
+
+    """
+    values = tuple(getattr(telemetry, name) for name in REGISTER_FIELDS)
+    if state is None or state.boot != telemetry.boot:
+        return RegisterState(telemetry.boot, telemetry.seq, values), ()
+    if telemetry.seq <= state.seq:
+        return state, ()
+    went_back = tuple(
+        name
+        for name, before, now in zip(REGISTER_FIELDS, state.registers, values, strict=True)
+        if before is not None and now is not None and now < before
+    )
+    kept = tuple(
+        now if now is not None else before
+        for before, now in zip(state.registers, values, strict=True)
+    )
+    decreases = state.decreases + (1 if went_back else 0)
+    return RegisterState(telemetry.boot, telemetry.seq, kept, decreases), went_back
 
 
 def to_dead_letter(rejected: Rejected, *, site: str, component: str = "pipeline") -> DeadLetter:

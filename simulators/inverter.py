@@ -361,6 +361,8 @@ class SimulatedInverter:
         self.writable_points = writable_points(droop_controls)
         #: 711 ``AdptCtlReq`` in force: the active control set, 1-based (0: none).
         self.active_control = 1
+        #: Fault injection: this many coming requests get no answer (the client times out).
+        self.unanswered = 0
         self._factory = {name: getattr(model, name) for name in _CONTROL_FIELDS}
         r = model.ratings
         max_w = max(r.max_charge_w, r.max_discharge_w)
@@ -721,6 +723,9 @@ class _ModbusTcpProtocol(asyncio.Protocol):
                 return
             response = self._device.handle_pdu(unit, bytes(buf[7:end]))
             del buf[:end]
+            if self._device.unanswered > 0:  # fault injection: a request lost on the way
+                self._device.unanswered -= 1
+                continue
             transport.write(struct.pack(">HHHB", tid, 0, len(response) + 1, unit) + response)
 
 

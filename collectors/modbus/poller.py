@@ -18,7 +18,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
-from pymodbus.exceptions import ModbusException
+from pymodbus.exceptions import ModbusException, ModbusIOException
 
 from collectors.modbus.connection import ModbusClientKind, discover_plan, modbus_connection
 from collectors.modbus.fast import DeviceError, LeanModbusClient, Reply, Ticker
@@ -53,6 +53,10 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+#: Modbus exception codes after which the next slot is tried on the same connection:
+#: 5 acknowledge (the device is busy with a long request), 6 server device busy.
+TRANSIENT_EXCEPTION_CODES = frozenset({5, 6})
+
 COMPONENT = "modbus"
 
 
@@ -72,6 +76,7 @@ class CollectorStats:
     missed: int = 0
     published: int = 0
     failures: int = 0
+    slot_failures: int = 0
     invalid: int = 0
     counting: bool = True
     window_s: float = 0.0  # length of the counting window (set when the run ends)
@@ -112,6 +117,7 @@ class DevicePoller:
         self._encoder = TelemetryEncoder(site.id, asset.id, boot)
         self._invalid_logged = False
         self._polls = 0
+        self._slot_failures = 0
         self.stopping = False
         #: Set once the first connect-and-discover attempt has ended (either way).
         self.tried = asyncio.Event()
@@ -171,14 +177,24 @@ class DevicePoller:
                     await self._poll_chained(client, plan, schedule)
                 else:
                     await self._poll(read, plan, schedule)
-            except (ModbusException, DeviceError, DiscoveryError, IllegalAddress, OSError) as exc:
+            except Exception as exc:  # whatever it is: mark the device and try again
                 self.tried.set()
                 self.failures += 1
                 self.stats.failures += 1
-                garbage = isinstance(exc, DeviceError | DiscoveryError | IllegalAddress)
+                known = isinstance(
+                    exc, ModbusException | DeviceError | DiscoveryError | IllegalAddress | OSError
+                )
+                garbage = not known or isinstance(
+                    exc, DeviceError | DiscoveryError | IllegalAddress
+                )
                 delay_s = backoff_s(self.failures, cfg.backoff_initial_s, cfg.backoff_max_s)
                 reason = f"{type(exc).__name__}: {exc}"[:200]
-                if self.failures == 1:
+                if not known:
+                    reason = f"internal error: {reason}"[:200]
+                    log.error(
+                        "%s: %s; retry in %.1f s", self.asset.id, reason, delay_s, exc_info=exc
+                    )
+                elif self.failures == 1:
                     log.warning("%s: %s; retry in %.1f s", self.asset.id, reason, delay_s)
                 self.publish_status(
                     "error" if garbage else "offline", reason, retry_in_ms=round(delay_s * 1000)
@@ -186,6 +202,25 @@ class DevicePoller:
             finally:
                 client.close()
             await asyncio.sleep(delay_s)
+
+    def _transient(self, exc: BaseException) -> bool:
+        """Whether a failed poll costs only its slot; counts it.
+
+        A timeout or a busy device, fewer than ``[modbus] failures_before_offline`` times in
+        a row: the next slot is tried on the same connection (a late reply is discarded by
+        its transaction id). Anything else, or too many in a row, takes the device offline
+        and rediscovers it.
+        """
+        busy = isinstance(exc, DeviceError) and exc.code in TRANSIENT_EXCEPTION_CODES
+        if not (busy or isinstance(exc, TimeoutError | ModbusIOException)):
+            return False
+        self._slot_failures += 1
+        self.stats.slot_failures += 1
+        if self._slot_failures >= self.site.modbus.failures_before_offline:
+            return False
+        if self._slot_failures == 1:
+            log.info("%s: a poll failed (%s); trying the next slot", self.asset.id, exc)
+        return True
 
     def _begin_poll(self, plan: PollPlan, schedule: PollSchedule, now_s: float) -> int:
         """Start the poll due now: count lateness and missed slots; return how many reads."""
@@ -228,9 +263,16 @@ class DevicePoller:
             if delay > 0:
                 await asyncio.sleep(delay)
             last = self._begin_poll(plan, schedule, loop.time())
-            for i in range(last):
-                blocks[i] = await read(*plan.reads[i])
+            try:
+                for i in range(last):
+                    blocks[i] = await read(*plan.reads[i])
+            except (TimeoutError, DeviceError, ModbusException) as exc:
+                if not self._transient(exc):
+                    raise
+                schedule.finish()  # this slot is lost, the next one is tried
+                continue
             schedule.finish()
+            self._slot_failures = 0
             self._publish_reading(decode_reading(plan, blocks))
 
     async def _poll_chained(
@@ -267,6 +309,10 @@ class DevicePoller:
             if done.done():  # stopped or failed meanwhile
                 return
             if isinstance(reply, Exception):
+                if self._transient(reply):  # this slot is lost, the next one is tried
+                    schedule.finish()
+                    ticker.call_at(schedule.due_s(), start)
+                    return
                 done.set_exception(reply)
                 return
             data[index] = reply
@@ -275,6 +321,7 @@ class DevicePoller:
                 client.request(*reads[index], unit_id, on_reply)
                 return
             schedule.finish()
+            self._slot_failures = 0
             try:
                 self._publish_reading(decode_data(plan, data))
             except Exception as exc:  # a bug must end the poll loop visibly, not silently

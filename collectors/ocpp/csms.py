@@ -92,6 +92,7 @@ __all__ = [
     "StationConfig",
     "StationState",
     "collector_will",
+    "offered_subprotocols",
     "sampling_variables",
 ]
 
@@ -274,7 +275,7 @@ class Csms(ChargingProfiles):
                     "wrong or missing HTTP Basic credentials",
                 )
         self.auth_delay.succeeded(state.config.station_id, peer)
-        return None
+        return self._refuse_other_subprotocols(connection, request, state.config.station_id)
 
     async def _refuse(
         self,
@@ -300,6 +301,32 @@ class Csms(ChargingProfiles):
             response.headers["WWW-Authenticate"] = build_www_authenticate_basic("gridflex")
             return response
         return connection.respond(status, "Certificate does not match the station\n")
+
+    def _refuse_other_subprotocols(
+        self, connection: ServerConnection, request: Request, station_id: str
+    ) -> Response | None:
+        """HTTP 400 for a station offering no OCPP version this CSMS speaks (OCPP 1.6, none).
+
+        Refused before the WebSocket handshake, so ``websockets`` does not log a failed
+        negotiation with its traceback: counted in ``refused_connections``, logged as one
+        warning per station (repeats at debug level).
+        """
+        offered = offered_subprotocols(request)
+        if any(name in SUBPROTOCOLS for name in offered):
+            return None
+        self.stats.refused_connections += 1
+        what = "offered " + ", ".join(offered) if offered else "offered no subprotocol"
+        self._log_once(
+            station_id,
+            "subprotocol",
+            "%s: refused connection: %s; this CSMS speaks %s",
+            what[:200],
+            ", ".join(SUBPROTOCOLS),
+        )
+        return connection.respond(
+            http.HTTPStatus.BAD_REQUEST,
+            f"Unsupported OCPP version: expected subprotocol {' or '.join(SUBPROTOCOLS)}\n",
+        )
 
     async def _serve_connection(self, connection: ServerConnection) -> None:
         station_id = station_id_from_path(connection.request.path if connection.request else "")
@@ -482,6 +509,16 @@ class Csms(ChargingProfiles):
             return
         self._logged_reasons.add(key)
         log.warning(message, station_id, *args)
+
+
+def offered_subprotocols(request: Request) -> list[str]:
+    """The WebSocket subprotocols a client offers (``Sec-WebSocket-Protocol``), in order."""
+    return [
+        name.strip()
+        for header in request.headers.get_all("Sec-WebSocket-Protocol")
+        for name in header.split(",")
+        if name.strip()
+    ]
 
 
 def collector_will(site_id: str, boot_id: str | None = None) -> tuple[str, bytes]:

@@ -54,5 +54,6 @@ def test_evses_of_one_station_that_disagree_are_a_config_error() -> None:
 
 
 def test_the_same_evse_twice_is_a_config_error() -> None:
-    with pytest.raises(ConfigError, match="share a station_id and evse_id"):
+    both = r"assets\[0\]\.evse_id and assets\[1\]\.evse_id: expected one asset per station"
+    with pytest.raises(ConfigError, match=both):
         parse_site(site(evse("a", "cs"), evse("b", "cs")))

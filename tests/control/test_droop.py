@@ -70,6 +70,7 @@ def _site(**dispatch: Any) -> Any:
                     "id": "inv-2",
                     "kind": "inverter",
                     "host": "h",
+                    "unit_id": 2,
                     "max_charge_w": 10_000,
                     "droop": {"k_uf": 0.02, "response_time_s": 1.0},
                 },

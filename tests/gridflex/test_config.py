@@ -48,12 +48,16 @@ def test_defaults_fill_what_the_file_leaves_out(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("edit", "key", "expectation"),
     [
-        (("max_charge_w = 5000", "max_charge_w = -5"), "assets[0].max_charge_w", ">= 0"),
+        (("max_charge_w = 5000", "max_charge_w = -5"), "assets[id=inv-1].max_charge_w", ">= 0"),
         (('id = "s1"', 'id = "s1"\nnominal_frequency_hz = 55'), "site.nominal_frequency_hz", "50"),
-        (('kind = "inverter"', 'kind = "toaster"'), "assets[0]", "inverter"),
-        (("port = 1502", 'port = "x"'), "assets[0].port", "integer"),
-        (('host = "127.0.0.1"\n', ""), "assets[0].host", "required"),
-        (("max_charge_w = 5000", "max_charge_w = 5000\ncolour = 1"), "assets[0].colour", "unknown"),
+        (('kind = "inverter"', 'kind = "toaster"'), "assets[id=inv-1].kind", "inverter"),
+        (("port = 1502", 'port = "x"'), "assets[id=inv-1].port", "whole number"),
+        (('host = "127.0.0.1"\n', ""), "assets[id=inv-1].host", "required"),
+        (
+            ("max_charge_w = 5000", "max_charge_w = 5000\ncolour = 1"),
+            "assets[id=inv-1].colour",
+            "unknown",
+        ),
     ],
 )
 def test_error_names_file_key_and_expectation(
@@ -103,7 +107,7 @@ def test_check_command_exits_non_zero_and_prints_the_message(
     path = _write(tmp_path, MINIMAL.replace("max_charge_w = 5000", "max_charge_w = -5"))
     assert main(["check", "--site", str(path)]) == 2
     err = capsys.readouterr().err
-    assert f"config error in {path}: assets[0].max_charge_w: expected >= 0, got -5" in err
+    assert f"config error in {path}: assets[id=inv-1].max_charge_w: expected >= 0, got -5" in err
 
 
 def test_check_command_accepts_a_good_site(

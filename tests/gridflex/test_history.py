@@ -273,3 +273,28 @@ def test_query_cli_reports_bad_sql_on_stderr_with_exit_2(
     assert code == 2
     assert out == ""
     assert err.startswith("gridflex query: ") and message in err
+
+
+def test_files_written_before_the_register_check_read_register_decreased_as_null(
+    tmp_path: Path,
+) -> None:
+    field = TELEMETRY_SCHEMA.get_field_index("register_decreased")
+    old_schema = TELEMETRY_SCHEMA.remove(field)
+    old_row = {k: v for k, v in telemetry_row("a", 1).items() if k in old_schema.names}
+    folder = partition_dir(tmp_path, "telemetry", utc_date(T0_MS))
+    folder.mkdir(parents=True)
+    pq.write_table(pa.Table.from_pylist([old_row], schema=old_schema), folder / "part-0.parquet")
+    write(tmp_path, "telemetry", "1", [telemetry_row("a", 2, register_decreased=True)])
+    query = "select seq, register_decreased from telemetry order by seq"
+    assert connect(tmp_path).execute(query).fetchall() == [(1, None), (2, True)]
+
+
+def test_a_redelivered_copy_does_not_hide_the_register_flag_of_its_reading(
+    tmp_path: Path,
+) -> None:
+    # The first run flagged seq 2; a later run saw it again after a restart, unchecked.
+    write(tmp_path, "telemetry", "1", [telemetry_row("a", 2, register_decreased=True)])
+    write(tmp_path, "telemetry", "2", [telemetry_row("a", 2, register_decreased=False)])
+    write(tmp_path, "telemetry", "3", [telemetry_row("a", 3, register_decreased=False)])
+    query = "select seq, register_decreased from telemetry order by seq"
+    assert connect(tmp_path).execute(query).fetchall() == [(2, True), (3, False)]

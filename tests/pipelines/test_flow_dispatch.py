@@ -28,11 +28,12 @@ def dispatch_site(mode: str, **dispatch: Any) -> SiteConfig:
                 "id": a,
                 "kind": "inverter",
                 "host": "127.0.0.1",
+                "unit_id": i + 1,
                 "max_charge_w": 10_000,
                 "max_discharge_w": 10_000,
                 "capacity_wh": 60_000,
             }
-            for a in ASSETS
+            for i, a in enumerate(ASSETS)
         ],
     }
     return parse_site(doc)
