@@ -111,6 +111,12 @@ def main(args: argparse.Namespace) -> int:
             check_private_key_file(settings.tls_key)
         except KeyFileError as exc:
             raise ConfigError(f"config error in {site.source}: ocpp.tls_key: {exc}") from None
+    ca = settings.tls_ca
+    if settings.security_profile == 3 and ca is not None and not ca.is_file():
+        raise ConfigError(
+            f"config error in {site.source}: ocpp.tls_ca: {ca}: expected a "
+            "readable PEM file (the CA of the station certificates)"
+        )
 
     boot_id = uuid.uuid4().hex[:12]
     mqtt_class = AsyncMqttClient if args.mqtt_client == "asyncio" else MqttClient
