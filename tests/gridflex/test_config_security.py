@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import ipaddress
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -158,3 +160,31 @@ def test_repr_of_the_config_never_shows_the_mqtt_password_or_the_api_token(
     assert site.mqtt.password == SECRET
     assert SECRET not in repr(site)
     assert token not in repr(site)
+
+
+def test_collect_ocpp_with_a_missing_profile_3_ca_exits_2_naming_the_key(tmp_path: Path) -> None:
+    key = tmp_path / "c.key"
+    key.write_text("not used\n", encoding="utf-8")
+    key.chmod(0o600)
+    text = (
+        '[ocpp]\nsecurity_profile = 3\ntls_cert = "c.pem"\ntls_key = "c.key"\n'
+        'tls_ca = "missing-ca.pem"\n'
+    )
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "gridflex.cli",
+            "collect",
+            "ocpp",
+            "--site",
+            str(_site(tmp_path, text)),
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    assert done.returncode == 2
+    assert "ocpp.tls_ca" in done.stderr
+    assert "missing-ca.pem" in done.stderr
