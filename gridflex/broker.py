@@ -4,6 +4,11 @@ Mosquitto is the production broker. The config written here raises
 ``max_queued_messages`` (Mosquitto's default of 1000 drops QoS 1 messages for a slow
 subscriber during bursts, NOTES.md) and keeps persistence off (a throw-away broker).
 The embedded amqtt broker is only the no-install convenience default (~4-5k msg/s).
+
+With ``auth`` (:class:`BrokerAuth`) Mosquitto runs the configuration of ``gridflex
+broker-config``: ``allow_anonymous false``, one generated user per role with its ACL, and a
+TLS listener when a certificate and key are given (the demo's broker; tests that need
+authentication). Without it the broker is anonymous (the tests' shared broker).
 """
 
 from __future__ import annotations
@@ -20,9 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gridflex.broker_config import Role, write_broker_config
 from gridflex.net import free_port, wait_for_port
 
-__all__ = ["Broker", "find_mosquitto", "start_broker"]
+__all__ = ["Broker", "BrokerAuth", "find_mosquitto", "start_broker"]
 
 log = logging.getLogger(__name__)
 
@@ -54,22 +60,42 @@ def find_mosquitto() -> str | None:
     return None
 
 
+@dataclass(frozen=True)
+class BrokerAuth:
+    """Run Mosquitto with users, ACL and optionally TLS (``gridflex broker-config``).
+
+    ``config_dir`` receives the configuration, the password file and the per-role
+    credential files (``credentials/{role}.toml``, mode 0600).
+    """
+
+    site_id: str
+    config_dir: Path
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+
+
 @dataclass
 class Broker:
-    """A running broker; ``stop()`` ends it (by PID for Mosquitto)."""
+    """A running broker; ``stop()`` ends it (by PID for Mosquitto).
+
+    ``credentials``: the credentials file of each role when the broker runs with
+    :class:`BrokerAuth` (empty for an anonymous broker).
+    """
 
     host: str
     port: int
     kind: Literal["mosquitto", "amqtt"]
     process: subprocess.Popen[bytes] | None = None
+    tls: bool = False
+    credentials: dict[Role, Path] = field(default_factory=dict)
     _thread: threading.Thread | None = None
     _stop: Any = None
     _workdir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
-        """``mqtt://host:port``."""
-        return f"mqtt://{self.host}:{self.port}"
+        """``mqtt://host:port`` (``mqtts://`` with TLS)."""
+        return f"{'mqtts' if self.tls else 'mqtt'}://{self.host}:{self.port}"
 
     @property
     def pid(self) -> int | None:
@@ -100,31 +126,56 @@ class Broker:
         self.stop()
 
 
-def _start_mosquitto(binary: str, host: str, port: int, persistence_dir: Path | None) -> Broker:
+def _start_mosquitto(
+    binary: str, host: str, port: int, persistence_dir: Path | None, auth: BrokerAuth | None
+) -> Broker:
     workdir = tempfile.TemporaryDirectory(prefix="gridflex-mosquitto-")
-    conf = Path(workdir.name) / "mosquitto.conf"
-    persistence = (
-        f"persistence true\npersistence_location {persistence_dir}/"
-        if persistence_dir is not None
-        else "persistence false"
-    )
-    text = MOSQUITTO_CONF.format(host=host, port=port, persistence=persistence)
-    if os.geteuid() == 0:
-        # Started as root, Mosquitto would switch to the `mosquitto` user and could not
-        # write its persistence file into our folder; stay the user that started it.
-        text += "user root\n"
-    conf.write_text(text, encoding="utf-8")
+    # Started as root, Mosquitto would switch to the `mosquitto` user and could not read
+    # our files or write its persistence file into our folder; stay the user that started it.
+    as_root = "user root\n" if os.geteuid() == 0 else ""
+    credentials: dict[Role, Path] = {}
+    if auth is not None:
+        files = write_broker_config(
+            auth.site_id,
+            auth.config_dir,
+            bind=host,
+            port=port,
+            tls_cert=auth.tls_cert,
+            tls_key=auth.tls_key,
+            persistence_dir=persistence_dir,
+            extra_conf=as_root,
+        )
+        conf = files.conf
+        credentials = dict(files.credentials)
+    else:
+        conf = Path(workdir.name) / "mosquitto.conf"
+        persistence = (
+            f"persistence true\npersistence_location {persistence_dir}/"
+            if persistence_dir is not None
+            else "persistence false"
+        )
+        text = MOSQUITTO_CONF.format(host=host, port=port, persistence=persistence)
+        conf.write_text(text + as_root, encoding="utf-8")
     proc = subprocess.Popen(
         [binary, "-c", str(conf)],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
-    broker = Broker(host, port, "mosquitto", process=proc, _workdir=workdir)
+    tls = auth is not None and auth.tls_cert is not None and auth.tls_key is not None
+    broker = Broker(
+        host, port, "mosquitto", process=proc, tls=tls, credentials=credentials, _workdir=workdir
+    )
     if not wait_for_port(host, port, timeout_s=10):
         broker.stop()
         raise RuntimeError(f"mosquitto did not start listening on {host}:{port}")
-    log.info("mosquitto (pid %d) listening on %s:%d", proc.pid, host, port)
+    log.info(
+        "mosquitto (pid %d) listening on %s:%d%s",
+        proc.pid,
+        host,
+        port,
+        " (users and ACL)" if auth is not None else "",
+    )
     return broker
 
 
@@ -180,14 +231,20 @@ def start_broker(
     host: str = "127.0.0.1",
     port: int | None = None,
     persistence_dir: Path | None = None,
+    auth: BrokerAuth | None = None,
 ) -> Broker:
     """Start a broker on ``host`` (a free port unless given) and return once it listens.
 
     ``persistence_dir`` (Mosquitto only) keeps sessions and queued messages across a
-    restart of the broker on the same port.
+    restart of the broker on the same port. ``auth`` runs Mosquitto without anonymous
+    access (see :class:`BrokerAuth`); it needs Mosquitto (``RuntimeError`` otherwise).
     """
     port = port or free_port(host)
-    binary = find_mosquitto() if prefer == "mosquitto" else None
+    binary = find_mosquitto() if prefer == "mosquitto" or auth is not None else None
     if binary:
-        return _start_mosquitto(binary, host, port, persistence_dir)
+        return _start_mosquitto(binary, host, port, persistence_dir, auth)
+    if auth is not None:
+        raise RuntimeError(
+            "a broker with users and ACL needs Mosquitto (apt-get install mosquitto)"
+        )
     return _start_amqtt(host, port)

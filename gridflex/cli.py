@@ -29,6 +29,11 @@ log = logging.getLogger(__name__)
 #: (command words, module, one-line help)
 COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     (("check",), "gridflex.check", "validate a site file and summarise it"),
+    (
+        ("broker-config",),
+        "gridflex.broker_config",
+        "write a Mosquitto config: TLS, one user per role, an ACL",
+    ),
     (("demo",), "gridflex.demo", "run broker, simulators, collectors and the dataflow together"),
     (("sim", "inverters"), "simulators.inverter", "simulated SunSpec inverters over Modbus TCP"),
     (("sim", "chargers"), "simulators.charger", "simulated OCPP charging stations with EVs"),

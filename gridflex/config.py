@@ -22,13 +22,23 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
+from gridflex.access import IpNetwork, PrivateFileError, check_private_file
 from gridflex.config_errors import FieldError, format_validation_error
 from gridflex.contract import ASSET_ID_PATTERN
 
 __all__ = [
     "API_TOKEN_ENV",
+    "MQTT_CREDENTIALS_ENV",
     "ApiConfig",
     "ConfigError",
     "ControlConfig",
@@ -48,6 +58,7 @@ __all__ = [
     "load_site",
     "parse_site",
     "resolve_api_token",
+    "resolve_mqtt_credentials",
     "split_listen",
 ]
 
@@ -63,6 +74,28 @@ def _literal_values(annotation: Any) -> list[Any]:
     if get_origin(annotation) is Literal:
         return list(get_args(annotation))
     return [v for arg in get_args(annotation) for v in _literal_values(arg)]
+
+
+def _networks(value: Any) -> tuple[IpNetwork, ...]:
+    if not isinstance(value, list | tuple):
+        raise ValueError('expected a list of networks, e.g. ["127.0.0.1/32", "10.0.0.0/8"]')
+    out: list[IpNetwork] = []
+    for item in value:
+        if isinstance(item, ipaddress.IPv4Network | ipaddress.IPv6Network):
+            out.append(item)
+            continue
+        if not isinstance(item, str):
+            raise ValueError(f"expected a network as a string, got {item!r}")
+        try:
+            out.append(ipaddress.ip_network(item, strict=True))
+        except ValueError:
+            raise ValueError(
+                f"expected a network like 10.0.0.0/8 or fd00::/8 (no host bits set), got {item!r}"
+            ) from None
+    return tuple(out)
+
+
+_AllowFrom = Annotated[tuple[IpNetwork, ...], BeforeValidator(_networks)]
 
 
 class ConfigError(ValueError):
@@ -95,13 +128,30 @@ class _Section(BaseModel):
 
 
 class MqttConfig(_Section):
-    """Broker connection."""
+    """Broker connection.
+
+    The credentials of a process: ``username``/``password``, or ``credentials``, a TOML
+    file with both (``gridflex broker-config`` writes one per role, mode 0600); the
+    ``GRIDFLEX_MQTT_CREDENTIALS`` environment variable names such a file and wins over the
+    site file, so one site file serves processes of different roles (see
+    :func:`resolve_mqtt_credentials`). An ``mqtts://`` broker's certificate is checked
+    against the system's trust store; for a private CA, point ``SSL_CERT_FILE`` at it.
+    """
 
     url: str = "mqtt://127.0.0.1:1883"
     username: str | None = None
-    password: str | None = None
+    password: str | None = Field(default=None, repr=False)
+    credentials: _FilePath | None = None
     queue_limit: Annotated[int, Field(ge=1)] = 100_000
     keepalive_s: Annotated[int, Field(ge=5, le=3600)] = 30
+
+    @model_validator(mode="after")
+    def _one_source_of_credentials(self) -> MqttConfig:
+        if self.credentials is not None and (self.username or self.password):
+            raise ValueError("credentials replaces username and password: set one or the other")
+        if self.password is not None and self.username is None:
+            raise ValueError("password needs a username")
+        return self
 
     @field_validator("url")
     @classmethod
@@ -265,26 +315,38 @@ class ControlConfig(_Section):
 
 
 class OcppConfig(_Section):
-    """The OCPP CSMS (charging station management system) endpoint."""
+    """The OCPP CSMS (charging station management system) endpoint.
+
+    ``security_profile``: 1 (HTTP Basic), 2 (TLS and Basic; ``tls_cert``, ``tls_key``), 3
+    (TLS with client certificates signed by ``tls_ca``; the identity is the certificate's
+    CN). ``allow_from``: the networks (CIDR) stations may connect from; others get HTTP 403
+    at the WebSocket handshake. Empty (the default): any peer that reaches ``host``.
+    """
 
     host: str = "127.0.0.1"
     port: Annotated[int, Field(ge=0, le=65535)] = 9000
     meter_interval_s: Annotated[float, Field(ge=0.2, le=3600)] = 1.0
     response_timeout_s: Annotated[float, Field(gt=0, le=300)] = 10.0
     heartbeat_interval_s: Annotated[int, Field(ge=1, le=86_400)] = 300
-    security_profile: Literal[1, 2] = 1
+    security_profile: Literal[1, 2, 3] = 1
     tls_cert: _FilePath | None = None
     tls_key: _FilePath | None = None
+    tls_ca: _FilePath | None = None
+    allow_from: _AllowFrom = ()
 
     @model_validator(mode="after")
     def _tls_paths(self) -> OcppConfig:
-        if self.security_profile == 2 and (self.tls_cert is None or self.tls_key is None):
-            raise ValueError("security_profile 2 needs tls_cert and tls_key")
+        profile = self.security_profile
+        if profile >= 2 and (self.tls_cert is None or self.tls_key is None):
+            raise ValueError(f"security_profile {profile} needs tls_cert and tls_key")
+        if profile == 3 and self.tls_ca is None:
+            raise ValueError("security_profile 3 needs tls_ca (the CA of the station certificates)")
         return self
 
 
 API_TOKEN_ENV = "GRIDFLEX_API_TOKEN"
 """The environment variable that gives the API's bearer token when the site file has none."""
+
 
 _Token = Annotated[str, Field(min_length=16, max_length=256, pattern=r"^[\x21-\x7e]+$")]
 
@@ -311,12 +373,15 @@ class ApiConfig(_Section):
     A site file with an ``[api]`` table serves it unless ``enabled = false``. ``token`` is
     the bearer token every route but ``/api/v1/health`` requires; without it the token comes
     from ``GRIDFLEX_API_TOKEN`` (see :func:`resolve_api_token`). TLS when both ``tls_cert``
-    and ``tls_key`` are set (PEM files, relative to the site file).
+    and ``tls_key`` are set (PEM files, relative to the site file). ``allow_from``: the
+    networks (CIDR) clients may connect from; others get 403 before the token is looked at.
+    Empty (the default): any client that reaches ``listen``.
     """
 
     enabled: bool = True
     listen: str = "127.0.0.1:8080"
-    token: _Token | None = None
+    token: _Token | None = Field(default=None, repr=False)
+    allow_from: _AllowFrom = ()
     tls_cert: _FilePath | None = None
     tls_key: _FilePath | None = None
 
@@ -374,6 +439,45 @@ def resolve_api_token(
             "ASCII characters"
         ) from None
     return value
+
+
+MQTT_CREDENTIALS_ENV = "GRIDFLEX_MQTT_CREDENTIALS"
+"""The environment variable naming a process's MQTT credentials file (wins over the site)."""
+
+
+def resolve_mqtt_credentials(
+    mqtt: MqttConfig, source: str | Path | None, environ: Mapping[str, str] = os.environ
+) -> MqttConfig:
+    """``mqtt`` with ``username``/``password`` read from the process's credentials file.
+
+    The file is ``$GRIDFLEX_MQTT_CREDENTIALS`` when set, else ``[mqtt] credentials``; a
+    TOML document with ``username`` and ``password``. Without either, ``mqtt`` is returned
+    as it is. Raises ``ConfigError`` (naming the file, never the password) when the file is
+    missing, readable by group or others, or incomplete.
+    """
+    env_path = environ.get(MQTT_CREDENTIALS_ENV, "")
+    if env_path:
+        path, where = Path(env_path), f"environment: {MQTT_CREDENTIALS_ENV}"
+    elif mqtt.credentials is not None:
+        path, where = mqtt.credentials, f"{source or '<memory>'}: mqtt.credentials"
+    else:
+        return mqtt
+    try:
+        check_private_file(path, "MQTT credentials file")
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except PrivateFileError as exc:
+        raise ConfigError(f"config error in {where}: {exc}") from None
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        raise ConfigError(
+            f"config error in {where}: {path}: expected a readable TOML file with "
+            "username and password"
+        ) from None
+    username, password = doc.get("username"), doc.get("password")
+    if not isinstance(username, str) or not username or not isinstance(password, str):
+        raise ConfigError(
+            f"config error in {where}: {path}: expected string keys username and password"
+        )
+    return mqtt.model_copy(update={"username": username, "password": password})
 
 
 class _AssetBase(_Section):
@@ -536,7 +640,11 @@ def parse_site(raw: dict[str, Any], source: str | Path = "<memory>") -> SiteConf
 
 
 def load_site(path: str | Path) -> SiteConfig:
-    """Read and validate a site file; relative history/TLS paths resolve against its folder."""
+    """Read and validate a site file; relative history/TLS paths resolve against its folder.
+
+    The MQTT credentials come from the process's credentials file when there is one
+    (:func:`resolve_mqtt_credentials`).
+    """
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -554,14 +662,20 @@ def load_site(path: str | Path) -> SiteConfig:
     def _abs(p: Path | None) -> Path | None:
         return p if p is None or p.is_absolute() else base / p
 
+    mqtt = site.mqtt.model_copy(update={"credentials": _abs(site.mqtt.credentials)})
+    mqtt = resolve_mqtt_credentials(mqtt, path)
     history = site.history.model_copy(update={"dir": _abs(site.history.dir)})
     ocpp = site.ocpp.model_copy(
-        update={"tls_cert": _abs(site.ocpp.tls_cert), "tls_key": _abs(site.ocpp.tls_key)}
+        update={
+            "tls_cert": _abs(site.ocpp.tls_cert),
+            "tls_key": _abs(site.ocpp.tls_key),
+            "tls_ca": _abs(site.ocpp.tls_ca),
+        }
     )
     pipeline = site.pipeline.model_copy(update={"recovery_dir": _abs(site.pipeline.recovery_dir)})
     api = site.api
     if api is not None:
         api = api.model_copy(update={"tls_cert": _abs(api.tls_cert), "tls_key": _abs(api.tls_key)})
     return site.model_copy(
-        update={"history": history, "ocpp": ocpp, "pipeline": pipeline, "api": api}
+        update={"mqtt": mqtt, "history": history, "ocpp": ocpp, "pipeline": pipeline, "api": api}
     )

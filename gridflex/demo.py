@@ -3,7 +3,10 @@
 It starts a broker (Mosquitto on a free loopback port when installed, else the embedded
 amqtt broker; ``--mqtt-url`` uses an existing one), writes the site file it runs into the
 data directory (``site.toml``), then starts each part as its own process, exactly as an
-operator would::
+operator would. Its own Mosquitto refuses anonymous clients: ``DATA/broker/`` holds the
+configuration of ``gridflex broker-config`` with a generated password per role, and each
+part gets its role's credentials file through ``GRIDFLEX_MQTT_CREDENTIALS`` (the site file
+holds no MQTT secret)::
 
     gridflex sim inverters  --count N --base-port P
     gridflex sim chargers   --count M --csms-url ws://127.0.0.1:Q/ocpp
@@ -34,6 +37,7 @@ import argparse
 import json
 import logging
 import math
+import os
 import secrets
 import shutil
 import signal
@@ -47,8 +51,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, Literal, get_args
 
-from gridflex.broker import Broker, start_broker
+from gridflex.broker import Broker, BrokerAuth, find_mosquitto, start_broker
+from gridflex.broker_config import Role as BrokerRole
+from gridflex.broker_config import read_credentials
 from gridflex.cli_args import count, existing_file, positive_seconds
+from gridflex.config import MQTT_CREDENTIALS_ENV
 from gridflex.contract import PREFIX, DispatchMode
 from gridflex.history import STREAMS
 from gridflex.mqtt import MqttClient, open_session
@@ -85,7 +92,7 @@ MAX_DEMO_DEVICES: Final = 5_000
 
 #: What a demo run writes into its data directory, and all that a fresh run removes: the
 #: history streams, the streams and recovery state the dispatching pipeline adds, the logs.
-DEMO_DIRS: Final = (*STREAMS, "recovery", "control", "logs")
+DEMO_DIRS: Final = (*STREAMS, "recovery", "control", "logs", "broker")
 DEMO_FILES: Final = ("site.toml",)
 
 #: Seconds between stopping the last collector and the pipeline: the collectors' last
@@ -93,6 +100,14 @@ DEMO_FILES: Final = ("site.toml",)
 _SETTLE_S: Final = 0.5
 
 Role = Literal["control", "simulator", "collector", "pipeline"]
+
+#: The broker user each kind of part logs in as (simulators do not use MQTT).
+_MQTT_ROLE: Final[dict[Role, BrokerRole | None]] = {
+    "control": "control",
+    "simulator": None,
+    "collector": "collector",
+    "pipeline": "pipeline",
+}
 #: Stop order by role: the writer first (the devices then revert on their own timers), then
 #: producers before their consumers (see :func:`stop_order`).
 _STOP_RANK: Final[dict[Role, int]] = {"control": 0, "simulator": 1, "collector": 2, "pipeline": 3}
@@ -264,6 +279,8 @@ class Part:
     role: Role
     argv: list[str]
     process: subprocess.Popen[bytes] | None = None
+    #: the MQTT credentials file of the part's role (the demo's own broker), or None
+    mqtt_credentials: Path | None = None
     log_file: IO[bytes] | None = None
 
 
@@ -508,8 +525,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _spawn(part: Part, logs: Path) -> None:
     part.log_file = (logs / f"{part.name}.log").open("ab")
+    env = None
+    if part.mqtt_credentials is not None:
+        env = {**os.environ, MQTT_CREDENTIALS_ENV: str(part.mqtt_credentials)}
     part.process = subprocess.Popen(
         [sys.executable, "-m", "gridflex.cli", *part.argv],
+        env=env,
         stdout=part.log_file,
         stderr=subprocess.STDOUT,
         start_new_session=True,  # Ctrl-C reaches the demo only; it stops parts in order
@@ -624,9 +645,16 @@ def main(args: argparse.Namespace) -> int:
         log.warning("--fcr-capacity-w applies to --dispatch fcr only; ignored")
     broker: Broker | None = None
     if args.mqtt_url is None:
-        broker = start_broker("mosquitto")
+        # Mosquitto with a generated user per role and the ACL; anonymous clients refused.
+        auth = BrokerAuth(SITE_ID, data_dir / "broker")
+        broker = start_broker("mosquitto", auth=auth if find_mosquitto() is not None else None)
         mqtt_url = broker.url
-        log.info("broker: %s (%s)", mqtt_url, broker.kind)
+        log.info(
+            "broker: %s (%s%s)",
+            mqtt_url,
+            broker.kind,
+            ", users and ACL" if broker.credentials else ", anonymous",
+        )
     else:
         mqtt_url = args.mqtt_url
     plan = DemoPlan(
@@ -653,8 +681,17 @@ def main(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
 
+    creds = broker.credentials if broker is not None else {}
+    viewer = read_credentials(creds["integrator"]) if creds else None
+    pipeline = read_credentials(creds["pipeline"]) if creds else None
     view = LiveView(SITE_ID, dispatch_mode=plan.dispatch, api_banner=banner)
-    watcher = MqttClient(mqtt_url, f"gridflex-demo-view-{uuid.uuid4().hex[:6]}", clean_session=True)
+    watcher = MqttClient(
+        mqtt_url,
+        f"gridflex-demo-view-{uuid.uuid4().hex[:6]}",
+        username=viewer.username if viewer else None,
+        password=viewer.password if viewer else None,
+        clean_session=True,
+    )
     watcher.subscribe(f"{PREFIX}/{SITE_ID}/#", view.on_message, qos=0)
     watcher.subscribe(f"{PREFIX}/deadletter/#", view.on_message, qos=0)
     watcher.start()
@@ -663,8 +700,17 @@ def main(args: argparse.Namespace) -> int:
     # keeps every reading for the pipeline while Bytewax is still starting (its single MQTT
     # partition connects as "{client id}-0"), so the history starts at seq 0.
     for topic_filter in pipeline_filters(SITE_ID):  # readings and the writer's acks
-        open_session(mqtt_url, f"{PIPELINE_CLIENT_ID}-0", topic_filter)
+        open_session(
+            mqtt_url,
+            f"{PIPELINE_CLIENT_ID}-0",
+            topic_filter,
+            username=pipeline.username if pipeline else None,
+            password=pipeline.password if pipeline else None,
+        )
     parts = plan_parts(plan, site_file, args.frequency_profile)
+    for part in parts:
+        role = _MQTT_ROLE[part.role]
+        part.mqtt_credentials = creds[role] if creds and role is not None else None
     codes: dict[str, int | None] = {}
     try:
         for part in parts:

@@ -303,7 +303,15 @@ class MqttClient:
         log.debug("mqtt %s: message on %s matched no subscription", self.client_id, msg.topic)
 
 
-def open_session(url: str, client_id: str, topic_filter: str, timeout_s: float = 10.0) -> None:
+def open_session(
+    url: str,
+    client_id: str,
+    topic_filter: str,
+    timeout_s: float = 10.0,
+    *,
+    username: str | None = None,
+    password: str | None = None,
+) -> None:
     """Create (or keep) the persistent session ``client_id`` subscribed to ``topic_filter``.
 
     From then on the broker queues QoS 1 messages on ``topic_filter`` for that client until
@@ -318,6 +326,8 @@ def open_session(url: str, client_id: str, topic_filter: str, timeout_s: float =
         clean_session=False,
         protocol=mqtt.MQTTv311,
     )
+    if username is not None:
+        client.username_pw_set(username, password)
     if tls:
         client.tls_set(cert_reqs=ssl.CERT_REQUIRED)
     client.on_connect = lambda c, *_: c.subscribe(topic_filter, qos=1)

@@ -9,16 +9,31 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
-from gridflex.mqtt import MqttClient
+import paho.mqtt.client as paho
+
+from gridflex.mqtt import MqttClient, parse_url
 
 
 class Subscriber:
     """Collects every message on ``topic_filter`` (QoS 1) into ``messages``."""
 
-    def __init__(self, url: str, topic_filter: str = "#") -> None:
+    def __init__(
+        self,
+        url: str,
+        topic_filter: str = "#",
+        *,
+        username: str | None = None,
+        password: str | None = None,
+    ) -> None:
         self.messages: list[tuple[str, bytes]] = []
         self._cond = threading.Condition()
-        self.client = MqttClient(url, f"test-sub-{uuid.uuid4().hex[:8]}", clean_session=True)
+        self.client = MqttClient(
+            url,
+            f"test-sub-{uuid.uuid4().hex[:8]}",
+            username=username,
+            password=password,
+            clean_session=True,
+        )
         self.client.subscribe(topic_filter, self._on_message)
         self.client.start()
         if not self.client.wait_connected(10):
@@ -58,3 +73,31 @@ class Subscriber:
 
     def __exit__(self, *_exc: object) -> None:
         self.close()
+
+
+def connack_code(
+    url: str, username: str | None, password: str | None, ca: str | None = None
+) -> int:
+    """The CONNACK return code a broker gives these credentials (paho, MQTT 3.1.1)."""
+    host, port, use_tls = parse_url(url)
+    result: list[int] = []
+    done = threading.Event()
+    client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=f"t-{uuid.uuid4().hex[:8]}")
+    if username is not None:
+        client.username_pw_set(username, password)
+    if use_tls:
+        client.tls_set(ca_certs=ca)
+
+    def on_connect(_c: paho.Client, _u: object, _f: object, rc: object, _p: object) -> None:
+        result.append(int(getattr(rc, "value", rc)))  # type: ignore[call-overload]
+        done.set()
+
+    client.on_connect = on_connect
+    client.connect(host, port, keepalive=30)
+    client.loop_start()
+    try:
+        assert done.wait(15), "no CONNACK"
+    finally:
+        client.disconnect()
+        client.loop_stop()
+    return result[0]

@@ -106,11 +106,17 @@ def main(args: argparse.Namespace) -> int:
         settings = replace(settings, host=args.host)
     if args.port is not None:
         settings = replace(settings, port=args.port)
-    if settings.security_profile == 2 and settings.tls_key is not None:
+    if settings.security_profile >= 2 and settings.tls_key is not None:
         try:
             check_private_key_file(settings.tls_key)
         except KeyFileError as exc:
             raise ConfigError(f"config error in {site.source}: ocpp.tls_key: {exc}") from None
+    ca = settings.tls_ca
+    if settings.security_profile == 3 and ca is not None and not ca.is_file():
+        raise ConfigError(
+            f"config error in {site.source}: ocpp.tls_ca: {ca}: expected a "
+            "readable PEM file (the CA of the station certificates)"
+        )
 
     boot_id = uuid.uuid4().hex[:12]
     mqtt_class = AsyncMqttClient if args.mqtt_client == "asyncio" else MqttClient

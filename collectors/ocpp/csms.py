@@ -18,6 +18,7 @@ Everything runs on one asyncio event loop; per-station state is only touched fro
 
 from __future__ import annotations
 
+import asyncio
 import http
 import itertools
 import logging
@@ -40,7 +41,13 @@ from collectors.ocpp.mapping import (
 )
 from collectors.ocpp.profiles import ChargingProfiles, SetpointResult
 from collectors.ocpp.schema import ValidatorCache
-from collectors.ocpp.security import check_basic_auth, server_ssl_context, station_id_from_path
+from collectors.ocpp.security import (
+    FailedAuthDelay,
+    certificate_identity,
+    check_basic_auth,
+    server_ssl_context,
+    station_id_from_path,
+)
 from collectors.ocpp.session import (
     FAULT_REASONS,
     SESSION_CLASSES,
@@ -57,6 +64,7 @@ from collectors.ocpp.settings import (
     sampling_variables,
 )
 from collectors.ocpp.telemetry import StationFields, TelemetryEncoder
+from gridflex.access import address_allowed
 from gridflex.config import ConfigError
 from gridflex.contract import (
     AssetStatus,
@@ -116,6 +124,7 @@ class CsmsStats:
     connections: int = 0
     disconnections: int = 0
     refused_connections: int = 0
+    delayed_refusals: int = 0
     bad_frames: int = 0
     telemetry_published: int = 0
     telemetry_dropped: int = 0
@@ -150,16 +159,25 @@ class Csms(ChargingProfiles):
         self._sessions: dict[str, StationSession] = {}
         self._server: Server | None = None
         self._logged_reasons: set[tuple[str, str]] = set()
+        #: Delays the answer to stations and addresses that keep failing authentication.
+        self.auth_delay = FailedAuthDelay()
 
     # -- lifecycle
 
     async def start(self) -> None:
         """Listen for stations; raises ``KeyFileError`` for an unusable TLS key (profile 2)."""
         ssl_context = None
-        if self.settings.security_profile == 2:
+        profile = self.settings.security_profile
+        if profile >= 2:
             if self.settings.tls_cert is None or self.settings.tls_key is None:
-                raise ConfigError("ocpp: security profile 2 needs tls_cert and tls_key")
-            ssl_context = server_ssl_context(self.settings.tls_cert, self.settings.tls_key)
+                raise ConfigError(f"ocpp: security profile {profile} needs tls_cert and tls_key")
+            if profile == 3 and self.settings.tls_ca is None:
+                raise ConfigError("ocpp: security profile 3 needs tls_ca")
+            ssl_context = server_ssl_context(
+                self.settings.tls_cert,
+                self.settings.tls_key,
+                client_ca=self.settings.tls_ca if profile == 3 else None,
+            )
         self._server = await serve(
             self._serve_connection,
             self.settings.host,
@@ -219,21 +237,70 @@ class Csms(ChargingProfiles):
 
     # -- connections
 
-    def _authenticate(self, connection: ServerConnection, request: Request) -> Response | None:
+    async def _authenticate(
+        self, connection: ServerConnection, request: Request
+    ) -> Response | None:
+        peer = connection.remote_address[0] if connection.remote_address else None
+        if not address_allowed(peer, self.settings.allow_from):
+            self.stats.refused_connections += 1
+            if (str(peer), "allow_from") not in self._logged_reasons:
+                self._logged_reasons.add((str(peer), "allow_from"))
+                log.warning("refused %s: address not in [ocpp] allow_from", peer)
+            return connection.respond(http.HTTPStatus.FORBIDDEN, "Address not allowed\n")
         station_id = station_id_from_path(request.path)
         state = self._states.get(station_id) if station_id else None
         if state is None:
             self.stats.refused_connections += 1
             log.warning("refused %s: unknown charging station", request.path)
             return connection.respond(http.HTTPStatus.NOT_FOUND, "Unknown charging station\n")
-        header = request.headers.get("Authorization")
-        if not check_basic_auth(header, state.config.station_id, state.config.password):
-            self.stats.refused_connections += 1
-            log.warning("refused %s: wrong or missing HTTP Basic credentials", station_id)
-            response = connection.respond(http.HTTPStatus.UNAUTHORIZED, "Invalid credentials\n")
+        if self.settings.security_profile == 3:
+            ssl_object = connection.transport.get_extra_info("ssl_object")
+            identity = certificate_identity(ssl_object.getpeercert() if ssl_object else None)
+            if identity != state.config.station_id:
+                return await self._refuse(
+                    connection,
+                    state.config.station_id,
+                    peer,
+                    http.HTTPStatus.FORBIDDEN,
+                    f"certificate names {identity!r}, not this station",
+                )
+        else:
+            header = request.headers.get("Authorization")
+            if not check_basic_auth(header, state.config.station_id, state.config.password):
+                return await self._refuse(
+                    connection,
+                    state.config.station_id,
+                    peer,
+                    http.HTTPStatus.UNAUTHORIZED,
+                    "wrong or missing HTTP Basic credentials",
+                )
+        self.auth_delay.succeeded(state.config.station_id, peer)
+        return self._refuse_other_subprotocols(connection, request, state.config.station_id)
+
+    async def _refuse(
+        self,
+        connection: ServerConnection,
+        station_id: str,
+        peer: str | None,
+        status: http.HTTPStatus,
+        reason: str,
+    ) -> Response:
+        """Answer a failed authentication, later each time the station or address fails."""
+        self.stats.refused_connections += 1
+        now_s = time.monotonic()
+        delay_s = self.auth_delay.delay_s(station_id, peer, now_s)
+        self.auth_delay.failed(station_id, peer, now_s)
+        log.warning(
+            "refused %s from %s: %s (answered after %.1f s)", station_id, peer, reason, delay_s
+        )
+        if delay_s > 0:
+            self.stats.delayed_refusals += 1
+            await asyncio.sleep(delay_s)
+        if status == http.HTTPStatus.UNAUTHORIZED:
+            response = connection.respond(status, "Invalid credentials\n")
             response.headers["WWW-Authenticate"] = build_www_authenticate_basic("gridflex")
             return response
-        return self._refuse_other_subprotocols(connection, request, state.config.station_id)
+        return connection.respond(status, "Certificate does not match the station\n")
 
     def _refuse_other_subprotocols(
         self, connection: ServerConnection, request: Request, station_id: str

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from gridflex.access import IpNetwork
 from gridflex.config import ConfigError, EvseAsset, SiteConfig
 
 __all__ = [
@@ -95,9 +96,11 @@ class CsmsSettings:
     meter_interval_s: float = 1.0
     response_timeout_s: float = 10.0
     heartbeat_interval_s: int = 300
-    security_profile: Literal[1, 2] = 1
+    security_profile: Literal[1, 2, 3] = 1
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    tls_ca: Path | None = None
+    allow_from: tuple[IpNetwork, ...] = ()
 
     @classmethod
     def from_site(cls, site: SiteConfig) -> CsmsSettings:
@@ -110,7 +113,7 @@ class CsmsSettings:
         for index, asset in enumerate(site.assets):
             if not isinstance(asset, EvseAsset):
                 continue
-            if asset.password is None:
+            if asset.password is None and site.ocpp.security_profile < 3:
                 raise ConfigError(
                     f"config error in {source}: assets[{index}].password: security profile "
                     f"{site.ocpp.security_profile} needs an HTTP Basic password (16-40 "
@@ -139,6 +142,8 @@ class CsmsSettings:
             security_profile=ocpp.security_profile,
             tls_cert=ocpp.tls_cert,
             tls_key=ocpp.tls_key,
+            tls_ca=ocpp.tls_ca,
+            allow_from=ocpp.allow_from,
         )
 
 

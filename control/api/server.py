@@ -4,7 +4,9 @@
 for the caller, not uvicorn's ``sys.exit``), then runs :class:`ApiServer` as a task of the
 running loop: one process, one loop, the API calls the service directly. The server leaves
 SIGINT/SIGTERM to the command (``gridflex control`` stops it with :meth:`ApiServer.stop`).
-HTTPS when ``[api] tls_cert`` and ``tls_key`` are set.
+HTTPS when ``[api] tls_cert`` and ``tls_key`` are set (a key that group or others may
+read is refused); ``[api] allow_from`` turns away other addresses with 403 before the
+token is looked at (:class:`control.api.allow.AllowFrom`).
 
 uvicorn's own loggers (``uvicorn.error``, ``uvicorn.access``) go through gridflex's logging
 setup (``log_config=None``) with a filter that blanks any ``token=`` in a logged URL and
@@ -24,7 +26,9 @@ from collections.abc import Generator
 import uvicorn
 from fastapi import FastAPI
 
-from gridflex.config import ApiConfig, split_listen
+from control.api.allow import AllowFrom
+from gridflex.access import PrivateFileError, check_private_file
+from gridflex.config import ApiConfig, ConfigError, split_listen
 
 __all__ = ["ApiServer", "RedactToken", "serve_api"]
 
@@ -128,7 +132,8 @@ def serve_api(app: FastAPI, config: ApiConfig, *, listen: str | None = None) -> 
 
     ``listen`` (``HOST:PORT``, port 0 for any) overrides ``config.listen``. Raises
     ``OSError`` when the address cannot be bound and ``ssl.SSLError``/``OSError`` when the
-    TLS files cannot be loaded, both before anything runs. Await ``wait_started`` to know
+    TLS files cannot be loaded, both before anything runs; ``ConfigError`` for a private
+    key that group or others may read. Await ``wait_started`` to know
     it accepts connections and ``stop`` to end it.
     """
     if listen is None:
@@ -136,8 +141,13 @@ def serve_api(app: FastAPI, config: ApiConfig, *, listen: str | None = None) -> 
     else:
         host, port = _split_any_port(listen)
     tls = config.tls
+    if config.tls_key is not None and config.tls_key.exists():  # missing: OSError below
+        try:
+            check_private_file(config.tls_key, "TLS private key")
+        except PrivateFileError as exc:
+            raise ConfigError(f"config error: api.tls_key: {exc}") from None
     uv_config = uvicorn.Config(
-        app,
+        AllowFrom(app, config.allow_from) if config.allow_from else app,
         host=host,
         port=port,
         ssl_certfile=str(config.tls_cert) if config.tls_cert is not None else None,

@@ -1,0 +1,331 @@
+"""``gridflex broker-config``: a Mosquitto configuration with one user per role.
+
+``gridflex broker-config --site site.toml --out DIR`` writes into ``DIR``:
+
+- ``mosquitto.conf``: ``allow_anonymous false``, the password and ACL files, the listener of
+  the site's ``[mqtt] url`` (``mqtts://`` gives a TLS listener with ``--tls-cert`` and
+  ``--tls-key``), and the queue settings gridflex relies on (NOTES.md);
+- ``passwd``: one user per role, PBKDF2-SHA512 hashes in Mosquitto 2's ``$7$`` format
+  (written here, so ``mosquitto_passwd`` need not be installed), mode 0600;
+- ``acl``: what each role may publish and read (:func:`acl_rules`);
+- ``credentials/{role}.toml``: the user name and password of each role, mode 0600. A process
+  reads its role's file through ``GRIDFLEX_MQTT_CREDENTIALS`` (or ``[mqtt] credentials``),
+  so the shared site file holds no secret.
+
+The roles: ``collector`` (the Modbus collector and the OCPP CSMS), ``pipeline``,
+``control`` and ``integrator`` (read only). Running it again keeps the passwords already in
+``credentials/`` (running processes keep working); ``--rotate`` makes new ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import hashlib
+import logging
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Literal, get_args
+from urllib.parse import urlsplit
+
+from gridflex.access import PrivateFileError, check_private_file, write_private
+from gridflex.config import ConfigError, load_site
+from gridflex.contract import PREFIX
+
+__all__ = [
+    "ROLES",
+    "BrokerFiles",
+    "Credentials",
+    "Role",
+    "acl_rules",
+    "acl_text",
+    "add_arguments",
+    "main",
+    "mosquitto_conf",
+    "mosquitto_password_hash",
+    "read_credentials",
+    "role_username",
+    "write_broker_config",
+]
+
+log = logging.getLogger(__name__)
+
+Role = Literal["collector", "pipeline", "control", "integrator"]
+ROLES: Final[tuple[Role, ...]] = get_args(Role)
+
+#: Mosquitto 2.0's ``mosquitto_passwd`` defaults: 12-byte salt, 101 iterations, SHA-512.
+_SALT_BYTES = 12
+_ITERATIONS = 101
+
+
+@dataclass(frozen=True)
+class Credentials:
+    """A role's MQTT user name and password (``repr`` never shows the password)."""
+
+    username: str
+    password: str
+
+    def __repr__(self) -> str:
+        return f"Credentials(username={self.username!r}, password=<hidden>)"
+
+
+@dataclass(frozen=True)
+class BrokerFiles:
+    """What :func:`write_broker_config` wrote."""
+
+    conf: Path
+    password_file: Path
+    acl_file: Path
+    credentials: Mapping[Role, Path]
+
+
+def role_username(site_id: str, role: Role) -> str:
+    """The broker user of ``role`` for a site: ``{site}-{role}``."""
+    return f"{site_id}-{role}"
+
+
+def mosquitto_password_hash(
+    password: str, *, salt: bytes | None = None, iterations: int = _ITERATIONS
+) -> str:
+    """A password-file hash Mosquitto 2 accepts: ``$7$iterations$salt$hash`` (base64).
+
+    PBKDF2-HMAC-SHA512 with a 64-byte output, as ``mosquitto_passwd`` writes it.
+    """
+    salt = secrets.token_bytes(_SALT_BYTES) if salt is None else salt
+    digest = hashlib.pbkdf2_hmac("sha512", password.encode("utf-8"), salt, iterations, 64)
+    b64 = base64.b64encode
+    return f"$7${iterations}${b64(salt).decode()}${b64(digest).decode()}"
+
+
+def acl_rules(site_id: str) -> dict[Role, list[tuple[Literal["read", "write"], str]]]:
+    """Per role, the topics it may read or write (Mosquitto ``topic read|write`` lines).
+
+    A collector publishes telemetry and statuses, its presence, the CSMS's answers to
+    control and its dead letters, and reads the CSMS requests; the pipeline reads telemetry
+    and acks and writes analytics, forecasts, commands, the summary and its dead letters;
+    control reads commands, telemetry, statuses and CSMS answers and writes acks, CSMS
+    requests and its dead letters; an integrator reads everything under ``gridflex/v1/``.
+    """
+    site = f"{PREFIX}/{site_id}"
+    dead = f"{PREFIX}/deadletter"
+    return {
+        "collector": [
+            ("write", f"{site}/inverter/+/telemetry"),
+            ("write", f"{site}/evse/+/telemetry"),
+            ("write", f"{site}/inverter/+/status"),
+            ("write", f"{site}/evse/+/status"),
+            ("write", f"{site}/collector/+/status"),
+            ("write", f"{site}/csms/+/result"),
+            ("read", f"{site}/csms/+/setpoint"),
+            ("write", f"{dead}/modbus"),
+            ("write", f"{dead}/ocpp"),
+        ],
+        "pipeline": [
+            ("read", f"{site}/+/+/telemetry"),
+            ("read", f"{site}/dispatch/+/ack"),
+            ("write", f"{site}/grid/frequency"),
+            ("write", f"{site}/ev/+/forecast"),
+            ("write", f"{site}/dispatch/+/command"),
+            ("write", f"{site}/summary"),
+            ("write", f"{dead}/pipeline"),
+        ],
+        "control": [
+            ("read", f"{site}/+/+/telemetry"),
+            ("read", f"{site}/+/+/status"),
+            ("read", f"{site}/dispatch/+/command"),
+            ("read", f"{site}/csms/+/result"),
+            ("write", f"{site}/dispatch/+/ack"),
+            ("write", f"{site}/csms/+/setpoint"),
+            ("write", f"{dead}/control"),
+        ],
+        "integrator": [("read", f"{PREFIX}/#")],
+    }
+
+
+def acl_text(site_id: str) -> str:
+    """The Mosquitto ACL file for a site (anonymous clients get nothing)."""
+    lines = [f"# written by `gridflex broker-config` for site {site_id}", ""]
+    for role, rules in acl_rules(site_id).items():
+        lines.append(f"user {role_username(site_id, role)}")
+        lines += [f"topic {access} {topic}" for access, topic in rules]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def mosquitto_conf(
+    *,
+    bind: str,
+    port: int,
+    password_file: Path,
+    acl_file: Path,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    persistence_dir: Path | None = None,
+    extra: str = "",
+) -> str:
+    """A ``mosquitto.conf``: one listener (TLS when cert and key are given), no anonymous."""
+    lines = [
+        "# written by gridflex: one user per role, see the acl file",
+        "per_listener_settings false",
+        "allow_anonymous false",
+        f"password_file {password_file}",
+        f"acl_file {acl_file}",
+        "max_queued_messages 0",
+        "max_inflight_messages 100",
+        "max_keepalive 600",
+        "set_tcp_nodelay true",
+    ]
+    if persistence_dir is not None:
+        lines += ["persistence true", f"persistence_location {persistence_dir}/"]
+    else:
+        lines.append("persistence false")
+    lines += ["log_dest stderr", "log_type error", "log_type warning", ""]
+    lines.append(f"listener {port} {bind}")
+    if tls_cert is not None and tls_key is not None:
+        lines += [f"certfile {tls_cert}", f"keyfile {tls_key}", "tls_version tlsv1.2"]
+    return "\n".join(lines) + "\n" + extra
+
+
+def _credentials_toml(site_id: str, role: Role, creds: Credentials) -> str:
+    return (
+        f"# MQTT credentials of the {role} role of site {site_id}, written by "
+        "`gridflex broker-config`.\n# Give it to the process with "
+        "GRIDFLEX_MQTT_CREDENTIALS=<this file>; keep it mode 600.\n"
+        f'username = "{creds.username}"\npassword = "{creds.password}"\n'
+    )
+
+
+def read_credentials(path: Path) -> Credentials:
+    """A role's credentials file; ``PrivateFileError`` when others may read it or it is bad."""
+    check_private_file(path, "credentials file")
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+        return Credentials(str(doc["username"]), str(doc["password"]))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError, KeyError):
+        raise PrivateFileError(f"{path}: expected a TOML file with username and password") from None
+
+
+def _existing(path: Path) -> Credentials | None:
+    if not path.exists():
+        return None
+    check_private_file(path, "credentials file")
+    try:
+        return read_credentials(path)
+    except PrivateFileError:
+        return None  # unreadable: a new password replaces it
+
+
+def write_broker_config(
+    site_id: str,
+    out_dir: Path,
+    *,
+    bind: str,
+    port: int,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    persistence_dir: Path | None = None,
+    rotate: bool = False,
+    extra_conf: str = "",
+) -> BrokerFiles:
+    """Write conf, password file, ACL and per-role credentials into ``out_dir``.
+
+    Keeps the passwords of existing credential files unless ``rotate``. Raises
+    ``PrivateFileError`` for a TLS key (or an existing credentials file) that group or
+    others may read.
+    """
+    if tls_key is not None:
+        check_private_file(tls_key, "TLS private key")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cred_dir = out_dir / "credentials"
+    cred_dir.mkdir(mode=0o700, exist_ok=True)
+    cred_dir.chmod(0o700)
+    paths: dict[Role, Path] = {}
+    hashes: list[str] = []
+    for role in ROLES:
+        path = cred_dir / f"{role}.toml"
+        creds = None if rotate else _existing(path)
+        if creds is None or creds.username != role_username(site_id, role):
+            creds = Credentials(role_username(site_id, role), secrets.token_urlsafe(24))
+            write_private(path, _credentials_toml(site_id, role, creds))
+        paths[role] = path
+        hashes.append(f"{creds.username}:{mosquitto_password_hash(creds.password)}")
+    password_file = out_dir / "passwd"
+    write_private(password_file, "\n".join(hashes) + "\n")
+    acl_file = out_dir / "acl"
+    write_private(acl_file, acl_text(site_id))
+    conf = out_dir / "mosquitto.conf"
+    conf.write_text(
+        mosquitto_conf(
+            bind=bind,
+            port=port,
+            password_file=password_file.resolve(),
+            acl_file=acl_file.resolve(),
+            tls_cert=tls_cert.resolve() if tls_cert else None,
+            tls_key=tls_key.resolve() if tls_key else None,
+            persistence_dir=persistence_dir.resolve() if persistence_dir else None,
+            extra=extra_conf,
+        ),
+        encoding="utf-8",
+    )
+    return BrokerFiles(conf, password_file, acl_file, paths)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options of ``gridflex broker-config``."""
+    parser.add_argument("--site", required=True, type=Path, help="the site file (TOML)")
+    parser.add_argument("--out", required=True, type=Path, help="folder to write the files to")
+    parser.add_argument(
+        "--bind",
+        default=None,
+        help="address the listener binds to (default: the host of [mqtt] url)",
+    )
+    parser.add_argument(
+        "--tls-cert", type=Path, default=None, help="broker certificate (PEM) for mqtts://"
+    )
+    parser.add_argument(
+        "--tls-key", type=Path, default=None, help="broker private key (PEM, mode 600)"
+    )
+    parser.add_argument(
+        "--persistence-dir",
+        type=Path,
+        default=None,
+        help="where Mosquitto keeps sessions and queued messages (default: none)",
+    )
+    parser.add_argument(
+        "--rotate", action="store_true", help="new passwords for every role (default: keep)"
+    )
+
+
+def main(args: argparse.Namespace) -> int:
+    """Write the broker configuration of a site; 2 on a config or key-file error."""
+    site = load_site(args.site)
+    url = urlsplit(site.mqtt.url)
+    tls = url.scheme == "mqtts"
+    if tls and (args.tls_cert is None or args.tls_key is None):
+        raise ConfigError(
+            f"config error in {args.site}: mqtt.url: {site.mqtt.url} is a TLS URL: "
+            "give --tls-cert and --tls-key"
+        )
+    if not tls and (args.tls_cert is not None or args.tls_key is not None):
+        log.warning("--tls-cert/--tls-key ignored: [mqtt] url is mqtt:// (plain TCP)")
+    try:
+        files = write_broker_config(
+            site.id,
+            args.out,
+            bind=args.bind or url.hostname or "127.0.0.1",
+            port=url.port or (8883 if tls else 1883),
+            tls_cert=args.tls_cert if tls else None,
+            tls_key=args.tls_key if tls else None,
+            persistence_dir=args.persistence_dir,
+            rotate=args.rotate,
+        )
+    except PrivateFileError as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("wrote %s, %s and %s", files.conf, files.password_file, files.acl_file)
+    for role, path in files.credentials.items():
+        log.info("%s credentials: GRIDFLEX_MQTT_CREDENTIALS=%s", role, path)
+    return 0
