@@ -40,6 +40,9 @@ allow_anonymous true
 max_queued_messages 0
 max_inflight_messages 100
 max_keepalive 600
+# the clients' own limit (gridflex.mqtt_wire.DEFAULT_MAX_PACKET_SIZE): a bigger message
+# would stay in a persistent session and be refused again at every reconnect
+max_packet_size 1048576
 # no Nagle delay: a QoS 0 subscriber otherwise gets ~+10 ms per message once idle
 set_tcp_nodelay true
 log_dest stderr

@@ -34,6 +34,7 @@ from urllib.parse import urlsplit
 from gridflex.access import PrivateFileError, check_private_file, write_private
 from gridflex.config import ConfigError, load_site
 from gridflex.contract import PREFIX
+from gridflex.mqtt_wire import DEFAULT_MAX_PACKET_SIZE
 
 __all__ = [
     "ROLES",
@@ -176,6 +177,7 @@ def mosquitto_conf(
         "max_queued_messages 0",
         "max_inflight_messages 100",
         "max_keepalive 600",
+        f"max_packet_size {DEFAULT_MAX_PACKET_SIZE}",  # the clients' own limit
         "set_tcp_nodelay true",
     ]
     if persistence_dir is not None:
