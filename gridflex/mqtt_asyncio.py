@@ -28,6 +28,10 @@ Delivery, per MQTT 3.1.1:
 - Keepalive: a PINGREQ every ``keepalive_s``; no PINGRESP by the next one closes the
   connection (and reconnects).
 - ``stop()`` sends DISCONNECT, so the broker discards the last will.
+- ``manual_ack=True`` withholds the PUBACK of each received QoS 1 message until the owner
+  says the message is safe (the pipeline: once it is in its write-ahead log):
+  :meth:`AsyncMqttClient.take_held_acks` then :meth:`AsyncMqttClient.send_acks`. PUBACKs
+  held when a connection drops are forgotten: the broker redelivers those messages.
 
 All methods except ``stats`` must be called from the loop's thread; message callbacks run
 on the loop (keep them short).
@@ -41,7 +45,7 @@ import contextlib
 import logging
 import ssl
 import time
-from typing import cast
+from typing import NamedTuple, cast
 
 from gridflex.mqtt import MessageCallback, MqttStats, parse_url, plain_filter
 from gridflex.mqtt_wire import (
@@ -66,7 +70,7 @@ from gridflex.mqtt_wire import (
     with_dup,
 )
 
-__all__ = ["AsyncMqttClient"]
+__all__ = ["AsyncMqttClient", "HeldAcks"]
 
 log = logging.getLogger(__name__)
 
@@ -112,6 +116,13 @@ class _Connection(asyncio.Protocol):
         self.client._pump()
 
 
+class HeldAcks(NamedTuple):
+    """PUBACKs withheld by a ``manual_ack`` client: their connection and identifiers."""
+
+    connection: object | None
+    mids: list[int]
+
+
 class AsyncMqttClient:
     """An MQTT 3.1.1 client on the running asyncio loop, configured for gridflex.
 
@@ -136,6 +147,7 @@ class AsyncMqttClient:
         max_inflight: int = 100,
         reconnect_min_s: float = 0.5,
         reconnect_max_s: float = 30.0,
+        manual_ack: bool = False,
     ) -> None:
         self.host, self.port, tls = parse_url(url)
         self.url = url
@@ -179,6 +191,8 @@ class AsyncMqttClient:
         self._write_scheduled = False
         self._started = False
         self._stopping = False
+        self._manual_ack = manual_ack
+        self._held_acks: list[int] = []  # withheld PUBACKs (manual_ack), this connection's
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -296,6 +310,28 @@ class AsyncMqttClient:
         self._routes.clear()
         if self._connected:
             self._queue_packet(encode_subscribe(self._next_mid(), [(topic_filter, qos)]))
+
+    def take_held_acks(self) -> HeldAcks:
+        """The PUBACKs withheld (``manual_ack``) for the messages delivered so far.
+
+        Take them at the moment the messages delivered until then are handed on to be made
+        durable; pass them to :meth:`send_acks` once they are.
+        """
+        held = HeldAcks(self._conn, self._held_acks)
+        self._held_acks = []
+        return held
+
+    def send_acks(self, held: HeldAcks) -> int:
+        """Send the PUBACKs of ``held``; return how many (0 if its connection is gone).
+
+        On another connection the broker has redelivered (or will) those messages with
+        their new identifiers, so old identifiers are not sent.
+        """
+        if not held.mids or held.connection is None or held.connection is not self._conn:
+            return 0
+        for mid in held.mids:
+            self._queue_packet(encode_puback(mid))
+        return len(held.mids)
 
     # ------------------------------------------------------------------ sending
 
@@ -447,6 +483,7 @@ class AsyncMqttClient:
             return
         self._conn = None
         self._out.clear()
+        self._held_acks = []  # the broker redelivers these on the next session
         was_connected = self._connected
         self._connected = False
         for handle in (self._ping, self._connack_timer):
@@ -543,4 +580,7 @@ class AsyncMqttClient:
         if not callbacks:
             log.debug("mqtt %s: message on %s matched no subscription", self.client_id, topic)
         if qos == 1:
-            self._queue_packet(encode_puback(mid))
+            if self._manual_ack:
+                self._held_acks.append(mid)
+            else:
+                self._queue_packet(encode_puback(mid))
