@@ -23,7 +23,11 @@ receiver acknowledges a message to the broker only once it is in the write-ahead
 (appended and fsynced in groups, ``pipelines.wal``). With ``both`` each N runs with and
 then without, and a ratio line follows (on / off) for the history rate (rows of the
 history per second of publishing: the publish rate when the pipeline keeps up), the
-window p99 and the CPU.
+window p99 and the CPU. At these loads the pipeline keeps up either way, so the same
+run also measures the hop that changed at its ceiling: a receiver process (as the
+pipeline runs it) draining a backlog of ``--backlog`` messages from its persistent
+session, messages/s with and without the log (with it, the broker's in-flight window of
+100 waits for each group's fsync).
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import multiprocessing
 import os
 import random
 import sys
@@ -58,7 +63,9 @@ from bench._harness import (
 )
 from gridflex.broker import start_broker
 from gridflex.contract import grid_frequency_topic
-from gridflex.mqtt import MqttClient
+from gridflex.mqtt import MqttClient, open_session, parse_url
+from gridflex.mqtt_asyncio import AsyncMqttClient
+from pipelines.mqtt_receiver import ReceiverSettings, receiver_main
 
 SITE = "bench"
 
@@ -173,6 +180,61 @@ def run_one(
     }
 
 
+async def _publish_backlog(url: str, topic: str, count: int) -> None:
+    pub = AsyncMqttClient(url, f"bench-backlog-{os.getpid()}", clean_session=True)
+    await pub.start()
+    if not await pub.wait_connected(10):
+        raise RuntimeError("backlog publisher: no broker")
+    payload = json.dumps(
+        {"schema": "telemetry/1", "site": SITE, "asset": "inv-00001", "kind": "inverter"}
+        | {"ts_ms": 1_700_000_000_000, "seq": 1, "boot": "b", "power_w": -1500.0}
+        | {"freq_hz": 50.0, "voltage_v": 230.0, "energy_import_wh": 1, "energy_export_wh": 2}
+    ).encode()
+    for i in range(count):
+        while not pub.publish(topic, payload):
+            await asyncio.sleep(0.01)  # queue full: let it drain
+        if i % 1000 == 0:
+            await asyncio.sleep(0)
+    if not await pub.flush(120):
+        raise RuntimeError("backlog publisher: not every message was acknowledged")
+    await pub.stop()
+
+
+def receiver_capacity(count: int, *, durable_ack: bool) -> float:
+    """Messages/s of a receiver process draining ``count`` messages from its session."""
+    with tempfile.TemporaryDirectory(prefix="gridflex-bench-") as tmp, start_broker() as broker:
+        client_id = f"bench-receiver-{os.getpid()}"
+        topic = f"gridflex/v1/{SITE}/inverter/inv-00001/telemetry"
+        open_session(broker.url, client_id, topic)
+        asyncio.run(_publish_backlog(broker.url, topic, count))
+        host, port, tls = parse_url(broker.url)
+        settings = ReceiverSettings(
+            host=host,
+            port=port,
+            tls=tls,
+            client_id=client_id,
+            topic_filters=(topic,),
+            wal_dir=str(Path(tmp) / "wal") if durable_ack else None,
+        )
+        ctx = multiprocessing.get_context("spawn")
+        conn, child_conn = ctx.Pipe(duplex=False)
+        child_control, control = ctx.Pipe(duplex=False)
+        proc = ctx.Process(target=receiver_main, args=(settings, child_conn, child_control))
+        proc.start()
+        got, first, last = 0, 0.0, 0.0
+        while got < count and conn.poll(60):
+            _through_ms, batch = conn.recv()
+            if batch:
+                last = time.monotonic()
+                first = first or last
+                got += len(batch)
+        control.send("stop")
+        while conn.poll(30) and conn.recv() is not None:
+            pass
+        proc.join(30)
+    return got / (last - first) if last > first else 0.0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("-n", type=int, action="append", help="inverters (repeatable)")
@@ -188,6 +250,12 @@ def main() -> int:
         choices=("on", "off", "both"),
         default="on",
         help="PUBACK only once in the write-ahead log (on), on receipt (off), or both",
+    )
+    parser.add_argument(
+        "--backlog",
+        type=int,
+        default=50_000,
+        help="messages of the receiver-capacity run (0: skip it)",
     )
     args = parser.parse_args()
     settings = {"on": [True], "off": [False], "both": [True, False]}[args.durable_ack]
@@ -220,6 +288,13 @@ def main() -> int:
             )
         if len(results) == 2:
             print(f"{n:>5} on/off: {ratios(results[0], results[1])}", flush=True)
+    if args.backlog:
+        print(f"receiver draining a backlog of {args.backlog} messages (messages/s):")
+        rates = {d: receiver_capacity(args.backlog, durable_ack=d) for d in settings}
+        for durable, rate in rates.items():
+            print(f"  {'wal' if durable else 'recv':>4} {rate:>8.0f}", flush=True)
+        if len(rates) == 2 and rates[False]:
+            print(f"  on/off: x{rates[True] / rates[False]:.2f}", flush=True)
     return 0
 
 
