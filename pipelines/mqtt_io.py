@@ -111,7 +111,7 @@ class _Replay:
 
 
 class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
-    """A receiver in paho's thread of this process (simple; shares the GIL)."""
+    """A receiver on a loop thread of this process (simple; shares the GIL)."""
 
     def __init__(
         self,
