@@ -19,7 +19,7 @@ dispatch command, and the pipeline's site summary. ``--dispatch off|droop|fcr`` 
 control`` serves its REST API there, and the view's banner shows the URL and the token.
 
 Each run starts with a fresh history: what an earlier run wrote into the data directory (the
-history streams, the pipeline's recovery state, the control ledger, ``logs/``,
+history streams, the pipeline's recovery state and write-ahead log, the control ledger, ``logs/``,
 ``site.toml``) is removed first, nothing else; ``--keep-history`` keeps it. Ctrl-C or
 ``--duration`` stops the parts in :func:`stop_order`: the setpoint writer first (the
 simulated inverters then revert on their own 704 timers), the producers next (simulators,
@@ -81,8 +81,9 @@ INVERTER_CAPACITY_WH: Final = 60_000.0
 EVSE_RATING_W: Final = 11_000.0
 
 #: What a demo run writes into its data directory, and all that a fresh run removes: the
-#: history streams, the streams and recovery state the dispatching pipeline adds, the logs.
-DEMO_DIRS: Final = (*STREAMS, "recovery", "control", "logs")
+#: history streams, the streams, recovery state and write-ahead log the dispatching pipeline
+#: adds, the logs.
+DEMO_DIRS: Final = (*STREAMS, "recovery", "wal", "control", "logs")
 DEMO_FILES: Final = ("site.toml",)
 
 #: Seconds between stopping the last collector and the pipeline: the collectors' last
