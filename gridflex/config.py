@@ -202,6 +202,13 @@ class PipelineConfig(_Section):
         default=None, description="Bytewax recovery database; default {history.dir}/recovery"
     )
     snapshot_interval_s: Annotated[float, Field(gt=0, le=600)] = 5.0
+    durable_ack: bool = Field(
+        default=True,
+        description="PUBACK telemetry and acks only once in the write-ahead log (fsynced)",
+    )
+    wal_dir: Path | None = Field(
+        default=None, description="Write-ahead log of received messages; default {history.dir}/wal"
+    )
 
 
 _ResponseTimeS = Annotated[float, Field(ge=0.2, le=10.0)]

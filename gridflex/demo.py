@@ -22,7 +22,7 @@ dispatch command, and the pipeline's site summary. ``--dispatch off|droop|fcr`` 
 control`` serves its REST API there, and the view's banner shows the URL and the token.
 
 Each run starts with a fresh history: what an earlier run wrote into the data directory (the
-history streams, the pipeline's recovery state, the control ledger, ``logs/``,
+history streams, the pipeline's recovery state and write-ahead log, the control ledger, ``logs/``,
 ``site.toml``) is removed first, nothing else; ``--keep-history`` keeps it. Ctrl-C or
 ``--duration`` stops the parts in :func:`stop_order`: the setpoint writer first (the
 simulated inverters then revert on their own 704 timers), the producers next (simulators,
@@ -91,8 +91,9 @@ EVSE_RATING_W: Final = 11_000.0
 MAX_DEMO_DEVICES: Final = 5_000
 
 #: What a demo run writes into its data directory, and all that a fresh run removes: the
-#: history streams, the streams and recovery state the dispatching pipeline adds, the logs.
-DEMO_DIRS: Final = (*STREAMS, "recovery", "control", "logs", "broker")
+#: history streams, the streams, recovery state and write-ahead log the dispatching pipeline
+#: adds, the writer's ledger, the logs and the broker's configuration.
+DEMO_DIRS: Final = (*STREAMS, "recovery", "wal", "control", "logs", "broker")
 DEMO_FILES: Final = ("site.toml",)
 
 #: Seconds between stopping the last collector and the pipeline: the collectors' last

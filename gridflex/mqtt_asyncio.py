@@ -29,6 +29,10 @@ Delivery, per MQTT 3.1.1:
 - Keepalive: a PINGREQ every ``keepalive_s``; no PINGRESP by the next one closes the
   connection (and reconnects).
 - ``stop()`` sends DISCONNECT, so the broker discards the last will.
+- ``manual_ack=True`` withholds the PUBACK of each received QoS 1 message until the owner
+  says the message is safe (the pipeline: once it is in its write-ahead log):
+  :meth:`AsyncMqttClient.take_held_acks` then :meth:`AsyncMqttClient.send_acks`. PUBACKs
+  held when a connection drops are forgotten: the broker redelivers those messages.
 
 Hostile or broken input from the broker closes the connection (4.8) and the client
 reconnects; a run of such errors keeps the backoff growing (docs/operations.md, "MQTT
@@ -69,7 +73,7 @@ import contextlib
 import logging
 import ssl
 import time
-from typing import cast
+from typing import NamedTuple, cast
 
 from gridflex.mqtt import MessageCallback, MqttStats, parse_url
 from gridflex.mqtt_subscriptions import (
@@ -111,6 +115,7 @@ __all__ = [
     "DEFAULT_MAX_PACKET_SIZE",
     "AsyncMqttClient",
     "ErrorCallback",
+    "HeldAcks",
     "MqttClientError",
     "SessionLost",
     "SubscriptionRefused",
@@ -162,6 +167,13 @@ class _Connection(asyncio.Protocol):
         self.client._pump()
 
 
+class HeldAcks(NamedTuple):
+    """PUBACKs withheld by a ``manual_ack`` client: their connection and identifiers."""
+
+    connection: object | None
+    mids: list[int]
+
+
 class AsyncMqttClient:
     """An MQTT 3.1.1 client on the running asyncio loop, configured for gridflex.
 
@@ -192,6 +204,7 @@ class AsyncMqttClient:
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
         on_error: ErrorCallback | None = None,
         expect_session: bool = False,
+        manual_ack: bool = False,
     ) -> None:
         if password is not None and username is None:
             raise ValueError("a password needs a user name (MQTT 3.1.1 section 3.1.2.9)")
@@ -243,6 +256,8 @@ class AsyncMqttClient:
         self._write_scheduled = False
         self._started = False
         self._stopping = False
+        self._manual_ack = manual_ack
+        self._held_acks: list[int] = []  # withheld PUBACKs (manual_ack), this connection's
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -379,6 +394,28 @@ class AsyncMqttClient:
                 self._send_subscribe([(topic_filter, qos)])
             else:
                 self._subs.defer(topic_filter, qos)
+
+    def take_held_acks(self) -> HeldAcks:
+        """The PUBACKs withheld (``manual_ack``) for the messages delivered so far.
+
+        Take them at the moment the messages delivered until then are handed on to be made
+        durable; pass them to :meth:`send_acks` once they are.
+        """
+        held = HeldAcks(self._conn, self._held_acks)
+        self._held_acks = []
+        return held
+
+    def send_acks(self, held: HeldAcks) -> int:
+        """Send the PUBACKs of ``held``; return how many (0 if its connection is gone).
+
+        On another connection the broker has redelivered (or will) those messages with
+        their new identifiers, so old identifiers are not sent.
+        """
+        if not held.mids or held.connection is None or held.connection is not self._conn:
+            return 0
+        for mid in held.mids:
+            self._queue_packet(encode_puback(mid))
+        return len(held.mids)
 
     # ------------------------------------------------------------------ sending
 
@@ -593,6 +630,7 @@ class AsyncMqttClient:
         self._subs.connection_lost()  # re-subscribed, with new ids, on the next CONNACK
         if not conn.protocol_error:
             self._penalty_s = 0.0
+        self._held_acks = []  # the broker redelivers these on the next session
         was_connected = self._connected
         self._connected = False
         for handle in (self._ping, self._connack_timer):
@@ -695,4 +733,7 @@ class AsyncMqttClient:
         if not callbacks:
             log.debug("mqtt %s: message on %s matched no subscription", self.client_id, topic)
         if qos == 1:
-            self._queue_packet(encode_puback(mid))
+            if self._manual_ack:
+                self._held_acks.append(mid)
+            else:
+                self._queue_packet(encode_puback(mid))

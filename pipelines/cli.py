@@ -4,12 +4,16 @@
 SIGTERM, then ends the MQTT source, lets the open windows close and the sinks flush, and
 exits 0. With ``[pipeline] recovery`` (on by default) Bytewax snapshots the state every
 ``snapshot_interval_s`` into ``recovery_dir`` (default ``{history}/recovery``) and a
-restarted pipeline resumes from it.
+restarted pipeline resumes from it. With ``[pipeline] durable_ack`` (on by default) the
+source acknowledges a message to the broker only once it is in the write-ahead log in
+``wal_dir`` (default ``{history}/wal``), which a restarted pipeline replays first
+(``--durable-ack off`` turns it off for one run).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import gc
 import logging
 import signal
@@ -26,7 +30,7 @@ from bytewax.run import cli_main
 from pipelines.flow import FlowOptions, build_flow, mqtt_source
 from pipelines.site import SiteLike
 
-__all__ = ["add_arguments", "main", "recovery_config", "run"]
+__all__ = ["add_arguments", "main", "recovery_config", "run", "wal_dir"]
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +62,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="MQTT client id prefix, names the persistent session "
         "(default gridflex-pipeline-{site})",
+    )
+    parser.add_argument(
+        "--durable-ack",
+        choices=("on", "off"),
+        default=None,
+        help="acknowledge telemetry and acks to the broker only once in the write-ahead log "
+        "(default: pipeline.durable_ack, on)",
     )
 
 
@@ -106,6 +117,20 @@ def recovery_config(
     return RecoveryConfig(str(db_dir))
 
 
+def wal_dir(
+    site: SiteLike, data_dir: str | Path | None = None, *, durable_ack: bool | None = None
+) -> Path | None:
+    """The source's write-ahead log folder, or None when durable acknowledgement is off.
+
+    ``durable_ack`` overrides ``[pipeline] durable_ack``; the folder is ``[pipeline]
+    wal_dir``, default ``{history}/wal``.
+    """
+    if not (site.pipeline.durable_ack if durable_ack is None else durable_ack):
+        return None
+    history = Path(data_dir if data_dir is not None else site.history.dir)
+    return Path(site.pipeline.wal_dir or history / "wal")
+
+
 def run(
     site: SiteLike,
     data_dir: str | Path | None = None,
@@ -113,6 +138,7 @@ def run(
     workers: int = 1,
     options: FlowOptions | None = None,
     stop_event: threading.Event | None = None,
+    durable_ack: bool | None = None,
 ) -> list[str]:
     """Run the dataflow in this process until SIGINT/SIGTERM (or ``stop_event``).
 
@@ -120,12 +146,20 @@ def run(
     source; the dataflow then drains, closes its windows and flushes its sinks. A second
     signal aborts.
 
+    ``durable_ack`` overrides ``[pipeline] durable_ack`` when ``options.wal_dir`` is unset
+    (see :func:`wal_dir`).
+
     Returns:
         Why the input ended early, if it did (a receiver process died); empty after a
         requested stop.
 
     """
     stop_event = stop_event or threading.Event()
+    options = options or FlowOptions()
+    if options.wal_dir is None:
+        options = dataclasses.replace(
+            options, wal_dir=wal_dir(site, data_dir, durable_ack=durable_ack)
+        )
     source = mqtt_source(site, options, stop_event)
     flow = build_flow(site, data_dir, options=options, source=source, stop_event=stop_event)
     log.info(
@@ -163,8 +197,9 @@ def main(args: argparse.Namespace) -> int:
     from gridflex.config import load_site
 
     site = load_site(args.site)
+    durable = None if args.durable_ack is None else args.durable_ack == "on"
     options = FlowOptions(
         lateness_ms=args.lateness_ms, client_id=args.client_id, mqtt_client=args.mqtt_client
     )
-    failures = run(site, args.data_dir, workers=args.workers, options=options)
+    failures = run(site, args.data_dir, workers=args.workers, options=options, durable_ack=durable)
     return 1 if failures else 0

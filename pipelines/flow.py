@@ -154,6 +154,9 @@ class FlowOptions:
             names the broker's persistent session: keep it stable across restarts.
         mqtt_client: The publisher of the ``mqtt_out`` sink: ``"asyncio"`` (the native
             client on a loop thread) or ``"thread"`` (paho).
+        wal_dir: Durable acknowledgement: the source's write-ahead logs live here, and
+            are replayed on start (:mod:`pipelines.wal`); ``None``: PUBACK on receipt.
+            ``gridflex pipeline`` sets it from ``[pipeline] durable_ack`` / ``wal_dir``.
 
     """
 
@@ -168,6 +171,16 @@ class FlowOptions:
     mqtt_receiver: Literal["process", "thread"] = "process"
     client_id: str | None = None
     mqtt_client: Literal["asyncio", "thread"] = "asyncio"
+    wal_dir: Path | None = None
+
+
+def wal_retention_s(site: SiteLike, opts: FlowOptions) -> float:
+    """When a sealed write-ahead log segment is covered (see :mod:`pipelines.wal`), s.
+
+    Its rows have left the history buffer (``flush_interval_s``) and the epoch that held
+    them is in a completed Bytewax snapshot (at most two snapshot intervals), plus slack.
+    """
+    return opts.flush_interval_s + 2 * site.pipeline.snapshot_interval_s + 5.0
 
 
 def telemetry_filter(site_id: str) -> str:
@@ -203,6 +216,9 @@ def mqtt_source(
         username=site.mqtt.username,
         password=site.mqtt.password,
         receiver=opts.mqtt_receiver,
+        wal_dir=opts.wal_dir,
+        wal_retention_s=wal_retention_s(site, opts),
+        wal_segment_s=site.pipeline.snapshot_interval_s,
     )
 
 

@@ -20,6 +20,12 @@ finite input, so every window closes and every sink is closed (flushed). If a re
 process dies, its partition ends the same clean way and records why in
 ``MqttSource.failures`` (the CLI then exits non-zero).
 
+Durable acknowledgement. With ``wal_dir`` each partition's receiver logs every message
+(append + grouped fsync, :mod:`pipelines.wal`) before it acknowledges it to the broker,
+and the partition first replays what its log holds (``{wal_dir}/{client_id}-{i}``) into
+the dataflow, then what the receiver gets. A ``kill -9`` at any moment loses nothing the
+broker accepted; what is replayed twice (or redelivered) is de-duplicated by the history.
+
 Sink. :class:`MqttSink` takes ``(topic, payload)`` pairs and publishes them at QoS 1
 through the project's :class:`gridflex.mqtt.MqttClient` (bounded outgoing queue); on close
 it waits (bounded) until the broker has acknowledged them.
@@ -38,6 +44,7 @@ import multiprocessing
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Literal
 
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
@@ -49,6 +56,7 @@ from gridflex.mqtt import MqttClient, parse_url
 from gridflex.mqtt_asyncio import AsyncMqttClient
 from pipelines.mqtt_receiver import MqttReceiver, ReceiverSettings, receiver_main
 from pipelines.validate import RawMessage
+from pipelines.wal import replay
 from pipelines.windows import Heartbeat
 
 __all__ = ["Arrival", "MqttSink", "MqttSource"]
@@ -80,8 +88,30 @@ def _utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+class _Replay:
+    """What a partition's write-ahead log held at start, handed over before anything new."""
+
+    def __init__(self, settings: ReceiverSettings) -> None:
+        self._messages: list[RawMessage] = []
+        if settings.wal_dir is not None:
+            self._messages = [RawMessage(t, p, r) for t, p, r in replay(Path(settings.wal_dir))]
+            if self._messages:
+                log.info(
+                    "MQTT source %s: replaying %d messages from the write-ahead log",
+                    settings.client_id,
+                    len(self._messages),
+                )
+
+    def __bool__(self) -> bool:
+        return bool(self._messages)
+
+    def take(self, limit: int) -> list[Arrival]:
+        taken, self._messages = self._messages[:limit], self._messages[limit:]
+        return list(taken)
+
+
 class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
-    """A receiver in paho's thread of this process (simple; shares the GIL)."""
+    """A receiver on a loop thread of this process (simple; shares the GIL)."""
 
     def __init__(
         self,
@@ -91,6 +121,7 @@ class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
         poll_ms: int,
         heartbeat_ms: int,
     ) -> None:
+        self._replay = _Replay(settings)  # before the receiver opens a new segment
         self._receiver = MqttReceiver(settings)
         self._heartbeats = _Heartbeats(heartbeat_ms)
         self._stop_event = stop_event
@@ -101,6 +132,8 @@ class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
 
     def next_batch(self) -> list[Arrival]:
         """Return what has arrived (and a heartbeat now and then); after a stop, the end."""
+        if self._replay:
+            return self._replay.take(5000)
         if self._stop_event.is_set() and not self._stopped:
             # Disconnect before the last take: what paho acknowledged goes into the
             # dataflow; what it did not stays with the broker's session.
@@ -118,7 +151,7 @@ class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
 
     def next_awake(self) -> datetime | None:
         """Hand over a batch every ``poll_ms`` (low per-batch cost, bounded latency)."""
-        return None if self._stopped else _utc_now() + self._poll
+        return None if self._stopped or self._replay else _utc_now() + self._poll
 
     def snapshot(self) -> None:
         """MQTT cannot seek; the persistent session is the resume mechanism."""
@@ -142,6 +175,7 @@ class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
         batch_size: int,
         failures: list[str],
     ) -> None:
+        self._replay = _Replay(settings)  # before the receiver opens a new segment
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=False)
         child_control, self._control = ctx.Pipe(duplex=False)
@@ -179,6 +213,8 @@ class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
 
     def next_batch(self) -> list[Arrival]:
         """Return the batches shipped so far (and a heartbeat when drained); then the end."""
+        if self._replay:
+            return self._replay.take(self._batch_size)
         if self._stop_event.is_set():
             self._send_stop()
         batch: list[Arrival] = []
@@ -209,7 +245,7 @@ class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
 
     def next_awake(self) -> datetime | None:
         """Hand over a batch every ``poll_ms`` (low per-batch cost, bounded latency)."""
-        if self._full or self._finished:
+        if self._full or self._finished or self._replay:
             return None
         return _utc_now() + self._poll
 
@@ -247,6 +283,10 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         poll_ms: Interval between two hand-overs, ms.
         heartbeat_ms: Least interval between two :class:`~pipelines.windows.Heartbeat`
             items, ms.
+        wal_dir: Durable acknowledgement: the partitions' write-ahead logs live here (one
+            folder per partition), replayed on start; ``None``: PUBACK on receipt.
+        wal_retention_s: Age at which a sealed log segment is covered and deleted, s.
+        wal_segment_s: Age at which a log starts a new segment, s.
 
     Attributes:
         failures: Why partitions ended early (a receiver process died), for the CLI.
@@ -268,6 +308,9 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         batch_size: int = 5000,
         poll_ms: int = 10,
         heartbeat_ms: int = 250,
+        wal_dir: str | Path | None = None,
+        wal_retention_s: float = 30.0,
+        wal_segment_s: float = 5.0,
     ) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
@@ -289,6 +332,9 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         self.batch_size = batch_size
         self.poll_ms = poll_ms
         self.heartbeat_ms = heartbeat_ms
+        self.wal_dir = None if wal_dir is None else Path(wal_dir)
+        self.wal_retention_s = wal_retention_s
+        self.wal_segment_s = wal_segment_s
         self.failures: list[str] = []
 
     def list_parts(self) -> list[str]:
@@ -312,6 +358,11 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
             qos=self.qos,
             username=self.username,
             password=self.password,
+            wal_dir=(
+                None if self.wal_dir is None else str(self.wal_dir / f"{self.client_id}-{index}")
+            ),
+            wal_retention_s=self.wal_retention_s,
+            wal_segment_s=self.wal_segment_s,
         )
         if self.receiver == "thread":
             return _ThreadPartition(
