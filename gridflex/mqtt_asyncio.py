@@ -40,7 +40,7 @@ client limits"):
 
 - A packet beyond ``max_packet_size`` (default 1 MiB, fixed header included) is refused
   from its length alone, never buffered; counted in ``stats.oversized``, the first logged
-  as a warning. Cap messages at the broker too (Mosquitto ``message_size_limit``), or a
+  as a warning. Cap messages at the broker too (Mosquitto ``max_packet_size``), or a
   persistent session re-delivers the same one on every reconnect.
 - A malformed or truncated packet (see ``gridflex.mqtt_wire``; a topic that is not UTF-8,
   1.5.3) is counted in ``stats.malformed``. The packets before it in the same read are
