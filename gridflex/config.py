@@ -206,7 +206,7 @@ class PipelineConfig(_Section):
         default=True,
         description="PUBACK telemetry and acks only once in the write-ahead log (fsynced)",
     )
-    wal_dir: Path | None = Field(
+    wal_dir: _FilePath | None = Field(
         default=None, description="Write-ahead log of received messages; default {history.dir}/wal"
     )
 

@@ -40,9 +40,9 @@ PERIOD_S = 0.02
 
 def write_site(path: Path, site_id: str, url: str, history_dir: Path) -> Path:
     assets = "".join(
-        f'[[assets]]\nid = "{a}"\nkind = "inverter"\nhost = "127.0.0.1"\n'
+        f'[[assets]]\nid = "{a}"\nkind = "inverter"\nhost = "127.0.0.1"\nunit_id = {i + 1}\n'
         "max_charge_w = 10000\nmax_discharge_w = 10000\ncapacity_wh = 60000\n\n"
-        for a in ASSETS
+        for i, a in enumerate(ASSETS)
     )
     path.write_text(
         f'[site]\nid = "{site_id}"\n\n[mqtt]\nurl = "{url}"\n\n'
