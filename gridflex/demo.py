@@ -92,8 +92,8 @@ MAX_DEMO_DEVICES: Final = 5_000
 
 #: What a demo run writes into its data directory, and all that a fresh run removes: the
 #: history streams, the streams, recovery state and write-ahead log the dispatching pipeline
-#: adds, the writer's ledger, the logs and the broker's configuration.
-DEMO_DIRS: Final = (*STREAMS, "recovery", "wal", "control", "logs", "broker")
+#: adds, the writer's ledger, the logs, the broker's configuration and persistence.
+DEMO_DIRS: Final = (*STREAMS, "recovery", "wal", "control", "logs", "broker", "mosquitto")
 DEMO_FILES: Final = ("site.toml",)
 
 #: Seconds between stopping the last collector and the pipeline: the collectors' last
@@ -647,8 +647,16 @@ def main(args: argparse.Namespace) -> int:
     broker: Broker | None = None
     if args.mqtt_url is None:
         # Mosquitto with a generated user per role and the ACL; anonymous clients refused.
+        # Persistence in the data folder: sessions and queued messages survive a restart
+        # of the broker (a fresh demo run starts it empty, see DEMO_DIRS).
         auth = BrokerAuth(SITE_ID, data_dir / "broker")
-        broker = start_broker("mosquitto", auth=auth if find_mosquitto() is not None else None)
+        store = data_dir / "mosquitto"
+        store.mkdir(parents=True, exist_ok=True)
+        broker = start_broker(
+            "mosquitto",
+            auth=auth if find_mosquitto() is not None else None,
+            persistence_dir=store,
+        )
         mqtt_url = broker.url
         log.info(
             "broker: %s (%s%s)",
