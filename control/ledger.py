@@ -45,7 +45,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -55,7 +55,6 @@ __all__ = [
     "CommandRecord",
     "Decision",
     "Ledger",
-    "RecordEntry",
     "Verdict",
 ]
 
@@ -114,20 +113,6 @@ class CommandRecord:
 
 
 @dataclass(frozen=True, slots=True)
-class RecordEntry:
-    """One command to record (the arguments of :meth:`Ledger.record`)."""
-
-    asset: str
-    command_id: str
-    issued_ms: int
-    result: str
-    requested_w: float
-    applied_w: float | None
-    reason: str | None
-    now_ms: int
-
-
-@dataclass(frozen=True, slots=True)
 class Decision:
     """The ledger's verdict on a command.
 
@@ -174,7 +159,7 @@ class Ledger:
         # thread (at a frequency step, a thousand commits in a row). Each read statement
         # sees every transaction committed before it started.
         self._read_lock = threading.Lock()
-        self._pending: list[tuple[RecordEntry, asyncio.Future[bool]]] = []
+        self._pending: list[tuple[CommandRecord, asyncio.Future[bool]]] = []
         #: Each asset's last-applied row as read or committed by this ledger (the process
         #: writing the file is the only writer), so check() asks SQLite once per asset.
         self._last: dict[str, CommandRecord | None] = {}
@@ -228,28 +213,22 @@ class Ledger:
         ``command_id`` are keyword-only: two watts and two epoch-ms values are too easy to
         swap by position.
         """
-        entry = RecordEntry(
+        entry = CommandRecord(
             asset, command_id, issued_ms, result, requested_w, applied_w, reason, now_ms
         )
         return self.record_many([entry])[0]
 
-    def record_many(self, entries: Sequence[RecordEntry]) -> list[bool]:
-        """:meth:`record` for several commands in one transaction (one fsync); in order."""
+    def record_many(self, entries: Sequence[CommandRecord]) -> list[bool]:
+        """:meth:`record` for several commands in one transaction (one fsync); in order.
+
+        Each entry's ``recorded_ms`` is the writer's clock at the decision (``now_ms``).
+        """
         inserted: list[bool] = []
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
                 for e in entries:
-                    values = (
-                        e.asset,
-                        e.command_id,
-                        e.issued_ms,
-                        e.result,
-                        e.requested_w,
-                        e.applied_w,
-                        e.reason,
-                        e.now_ms,
-                    )
+                    values = astuple(e)  # in _COLUMNS order
                     cursor = self._conn.execute(
                         f"INSERT OR IGNORE INTO command ({_COLUMNS}) "
                         "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -278,19 +257,10 @@ class Ledger:
                     continue
                 held = self._last[e.asset]
                 if held is None or e.issued_ms >= held.issued_ms:
-                    self._last[e.asset] = CommandRecord(
-                        e.asset,
-                        e.command_id,
-                        e.issued_ms,
-                        e.result,
-                        e.requested_w,
-                        e.applied_w,
-                        e.reason,
-                        e.now_ms,
-                    )
+                    self._last[e.asset] = e
         return inserted
 
-    async def record_async(self, entry: RecordEntry) -> bool:
+    async def record_async(self, entry: CommandRecord) -> bool:
         """:meth:`record` from the event loop, committed together with its neighbours.
 
         Group commit: the entries that arrive while a commit runs (in a worker thread) go

@@ -50,7 +50,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from control.clamp import Clamped, Limits, SiteHeadroom, clamp
-from control.ledger import Decision, Ledger, RecordEntry
+from control.ledger import CommandRecord, Decision, Ledger
 from gridflex.contract import AckResult, DispatchAck, DispatchCommand
 
 __all__ = [
@@ -264,7 +264,7 @@ async def _record(
 ) -> None:
     # an fsync'd commit (synchronous=FULL) off the event loop, grouped with its neighbours
     inserted = await ledger.record_async(
-        RecordEntry(
+        CommandRecord(
             asset=command.asset,
             command_id=command.command_id,
             issued_ms=command.issued_ms,
@@ -272,7 +272,7 @@ async def _record(
             requested_w=command.setpoint_w,
             applied_w=applied_w,
             reason=clamped.reason,
-            now_ms=now_ms,
+            recorded_ms=now_ms,
         )
     )
     if not inserted:

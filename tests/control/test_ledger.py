@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from control.ledger import RETENTION_MS, CommandRecord, Ledger, RecordEntry
+from control.ledger import RETENTION_MS, CommandRecord, Ledger
 
 T0 = 1_780_000_000_000  # epoch ms
 
@@ -296,8 +296,8 @@ def test_no_id_is_new_twice_and_last_applied_never_decreases(
 def test_group_commit_records_a_burst_in_few_transactions(tmp_path: Path) -> None:
     """A burst of records from the loop: every one stored, in a few commits, dups refused."""
 
-    def entry(i: int) -> RecordEntry:
-        return RecordEntry(
+    def entry(i: int) -> CommandRecord:
+        return CommandRecord(
             asset=f"a{i % 50}",
             command_id=f"c{i}",
             issued_ms=i,
@@ -305,7 +305,7 @@ def test_group_commit_records_a_burst_in_few_transactions(tmp_path: Path) -> Non
             requested_w=float(i),
             applied_w=float(i),
             reason=None,
-            now_ms=1_000 + i,
+            recorded_ms=1_000 + i,
         )
 
     with Ledger(tmp_path / "ledger.sqlite3") as ledger:
