@@ -47,7 +47,6 @@ and a stream of what passes through.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import gc
 import logging
@@ -57,7 +56,7 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
 from pydantic import ValidationError
 
@@ -73,6 +72,7 @@ from control.ocpp import CsmsClient, OcppDevice
 from control.writer import PreviousSetpoint, SetpointDevice, apply_command, make_ack
 from gridflex.config import EvseAsset, InverterAsset, SiteConfig
 from gridflex.contract import (
+    DEAD_LETTER_LIMIT,
     PREFIX,
     AssetStatus,
     ContractError,
@@ -366,19 +366,14 @@ class ControlService:
     def _dead_letter(self, topic: str, payload: bytes, reason: str) -> None:
         self.dead_letters += 1
         log.warning("control: refused a message on %s: %s", topic, reason)
-        encoding: Literal["utf-8", "base64"] = "utf-8"
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
-        letter = DeadLetter(
+        letter = DeadLetter.of(
+            payload,
             site=self.site.id,
             component=COMPONENT,
             ts_ms=self.now_ms(),
-            reason=reason[:1000],
+            reason=reason,
             topic=topic,
-            payload=text[:10_000],
-            payload_encoding=encoding,
+            limit=DEAD_LETTER_LIMIT,
         )
         self.mqtt.publish(deadletter_topic(COMPONENT), letter.to_json(), qos=1)
 

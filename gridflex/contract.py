@@ -11,6 +11,7 @@ export/discharge. Timestamps on the wire are UTC epoch milliseconds.
 
 from __future__ import annotations
 
+import base64
 import re
 from typing import Annotated, Any, Literal, get_args
 
@@ -19,6 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 __all__ = [
     "ACK_RESULTS",
     "ASSET_ID_PATTERN",
+    "DEAD_LETTER_LIMIT",
     "PREFIX",
     "TELEMETRY_STATUSES",
     "AckResult",
@@ -599,6 +601,11 @@ class CollectorStatus(_Payload):
         return self.model_dump_json(exclude_none=True, by_alias=True).encode()
 
 
+#: What a component keeps of a refused input on the dead-letter topic: the payload's first
+#: characters (its reason: a tenth of that), so a huge input does not travel twice.
+DEAD_LETTER_LIMIT = 10_000
+
+
 class DeadLetter(_Payload):
     """A refused input, with why it was refused."""
 
@@ -616,6 +623,39 @@ class DeadLetter(_Payload):
     def to_json(self) -> bytes:
         """Serialise with the ``schema`` alias."""
         return self.model_dump_json(exclude_none=True, by_alias=True).encode()
+
+    @classmethod
+    def of(
+        cls,
+        raw: bytes,
+        *,
+        site: str,
+        component: str,
+        ts_ms: int,
+        reason: str,
+        topic: str | None,
+        limit: int | None = None,
+    ) -> DeadLetter:
+        """The dead letter of ``raw``: kept as UTF-8 text when it decodes, else base64.
+
+        ``limit`` cuts the reason to a tenth of it and the kept payload to it (characters).
+        """
+        encoding: Literal["utf-8", "base64"] = "utf-8"
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
+        if limit is not None:
+            reason, text = reason[: limit // 10], text[:limit]
+        return cls(
+            site=site,
+            component=component,
+            ts_ms=ts_ms,
+            reason=reason,
+            topic=topic,
+            payload=text,
+            payload_encoding=encoding,
+        )
 
 
 CsmsRequestKind = Literal["setpoint", "local_frequency", "clear"]

@@ -36,11 +36,10 @@ the flag beside the reading (``register_decreased``, docs/history.md).
 
 from __future__ import annotations
 
-import base64
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Final, Literal
+from typing import Any, Final
 
 from pydantic import ValidationError
 
@@ -397,18 +396,11 @@ def to_dead_letter(rejected: Rejected, *, site: str, component: str = "pipeline"
     ``"{kind}: {reason}"``; the raw payload is kept as UTF-8 text when it decodes, else
     base64.
     """
-    raw = rejected.message.payload
-    encoding: Literal["utf-8", "base64"]
-    try:
-        text, encoding = raw.decode("utf-8"), "utf-8"
-    except UnicodeDecodeError:
-        text, encoding = base64.b64encode(raw).decode("ascii"), "base64"
-    return DeadLetter(
+    return DeadLetter.of(
+        rejected.message.payload,
         site=site,
         component=component,
         ts_ms=rejected.message.received_ms,
         reason=f"{rejected.kind}: {rejected.reason}",
         topic=rejected.message.topic,
-        payload=text,
-        payload_encoding=encoding,
     )

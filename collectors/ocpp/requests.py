@@ -23,7 +23,6 @@ Rules:
 from __future__ import annotations
 
 import asyncio
-import base64
 import logging
 import time
 from collections import OrderedDict
@@ -32,6 +31,7 @@ from typing import Any, Literal, Protocol
 
 from collectors.ocpp.csms import COMPONENT, Csms, SetpointResult
 from gridflex.contract import (
+    DEAD_LETTER_LIMIT,
     PREFIX,
     ContractError,
     CsmsRequest,
@@ -260,18 +260,13 @@ class RequestServer:
 
     def _dead_letter(self, topic: str, payload: bytes, reason: str) -> None:
         log.warning("csms: refused a request on %s: %s", topic, reason)
-        encoding: Literal["utf-8", "base64"] = "utf-8"
-        try:
-            text = payload.decode("utf-8")
-        except UnicodeDecodeError:
-            text, encoding = base64.b64encode(payload).decode("ascii"), "base64"
-        letter = DeadLetter(
+        letter = DeadLetter.of(
+            payload,
             site=self.site_id,
             component=COMPONENT,
             ts_ms=self.now_ms(),
-            reason=reason[:1000],
+            reason=reason,
             topic=topic,
-            payload=text[:10_000],
-            payload_encoding=encoding,
+            limit=DEAD_LETTER_LIMIT,
         )
         self.mqtt.publish(deadletter_topic(COMPONENT), letter.to_json(), qos=1)
