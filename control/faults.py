@@ -22,11 +22,11 @@ cleared.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from dataclasses import dataclass
 from pathlib import Path
 
+from control.store import open_durable
 from gridflex.contract import AssetStatus
 
 __all__ = [
@@ -92,11 +92,7 @@ class FaultLatch:
 
     def __init__(self, path: str | Path) -> None:
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(Path(path), check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
-        self._conn.executescript(_SCHEMA)
+        self._conn = open_durable(Path(path), _SCHEMA)
         self._latched: dict[str, dict[str, LatchedFault]] = {}
         for asset, code, source, detail, since_ms in self._conn.execute(
             "SELECT asset, code, source, detail, since_ms FROM fault ORDER BY since_ms"

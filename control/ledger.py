@@ -49,6 +49,8 @@ from dataclasses import astuple, dataclass
 from pathlib import Path
 from typing import Literal
 
+from control.store import open_durable
+
 __all__ = [
     "APPLIED_RESULTS",
     "RETENTION_MS",
@@ -149,11 +151,7 @@ class Ledger:
         self._path = Path(path)
         self._lock = threading.Lock()
         # isolation_level=None: no implicit transactions; record() opens its own.
-        self._conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
-        self._conn.executescript(_SCHEMA)
+        self._conn = open_durable(self._path, _SCHEMA)
         # Reads on a connection of their own: in WAL mode a reader never waits for a writer,
         # so check() on the event loop does not wait for record()'s fsync in a worker
         # thread (at a frequency step, a thousand commits in a row). Each read statement

@@ -30,7 +30,6 @@ is a ``conflict`` (HTTP 409) and the stored profile stays.
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -47,6 +46,7 @@ from pydantic import (
     field_validator,
 )
 
+from control.store import open_durable
 from gridflex.contract import ASSET_ID_PATTERN
 
 __all__ = [
@@ -302,11 +302,7 @@ class ProfileStore:
     def __init__(self, path: str | Path) -> None:
         self._path = Path(path)
         self._lock = threading.Lock()
-        self._conn = sqlite3.connect(self._path, check_same_thread=False, isolation_level=None)
-        self._conn.execute("PRAGMA journal_mode=WAL")
-        self._conn.execute("PRAGMA synchronous=FULL")
-        self._conn.execute("PRAGMA busy_timeout=5000")
-        self._conn.executescript(_SCHEMA)
+        self._conn = open_durable(self._path, _SCHEMA)
         self._by_id: dict[str, ChargeProfile] = {}
         self._by_asset: dict[str, dict[str, ChargeProfile]] = {}
         for (body,) in self._conn.execute("SELECT body FROM profile ORDER BY profile_id"):
