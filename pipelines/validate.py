@@ -39,7 +39,7 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 from pydantic import ValidationError
 
@@ -164,23 +164,9 @@ def _parse_explained(message: RawMessage, site_id: str) -> Telemetry | Rejected:
     if parts["leaf"] != "telemetry" or parts["kind"] not in ("inverter", "evse"):
         return Rejected("bad_topic", f"topic {message.topic!r} is not a telemetry topic", message)
 
-    try:
-        obj = json.loads(message.payload, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return Rejected("not_json", f"not JSON: {exc}", message)
-    if not isinstance(obj, dict):
-        return Rejected("wrong_schema", "payload is not a JSON object", message)
-    if obj.get("schema") != "telemetry/1":
-        return Rejected(
-            "wrong_schema", f"schema is {obj.get('schema')!r}, expected 'telemetry/1'", message
-        )
-
-    try:
-        telemetry = Telemetry.model_validate(obj)
-    except ValidationError as exc:
-        errors = exc.errors()
-        kind = "out_of_range" if all(e["type"] in _RANGE_ERROR_TYPES for e in errors) else "invalid"
-        return Rejected(kind, describe_validation_error(exc), message)
+    telemetry = _decode(message, "telemetry/1", Telemetry)
+    if isinstance(telemetry, Rejected):
+        return telemetry
 
     mismatches = [
         f"{name} {parts[name]!r} in topic, {value!r} in payload"
@@ -199,6 +185,29 @@ def _parse_explained(message: RawMessage, site_id: str) -> Telemetry | Rejected:
         )
 
     return telemetry
+
+
+_Model = TypeVar("_Model", Telemetry, DispatchAck)
+
+
+def _decode(message: RawMessage, schema: str, model: type[_Model]) -> _Model | Rejected:
+    """JSON, an object, the ``schema`` expected, the model's checks: the first that fails."""
+    try:
+        obj = json.loads(message.payload, parse_constant=_reject_constant)
+    except (ValueError, UnicodeDecodeError) as exc:
+        return Rejected("not_json", f"not JSON: {exc}", message)
+    if not isinstance(obj, dict):
+        return Rejected("wrong_schema", "payload is not a JSON object", message)
+    if obj.get("schema") != schema:
+        return Rejected(
+            "wrong_schema", f"schema is {obj.get('schema')!r}, expected {schema!r}", message
+        )
+    try:
+        return model.model_validate(obj)
+    except ValidationError as exc:
+        errors = exc.errors()
+        kind = "out_of_range" if all(e["type"] in _RANGE_ERROR_TYPES for e in errors) else "invalid"
+        return Rejected(kind, describe_validation_error(exc), message)
 
 
 def validate_telemetry(
@@ -299,22 +308,9 @@ def _validate_ack(message: RawMessage, site_id: str) -> DispatchAck | Rejected:
         return Rejected("bad_topic", str(exc), message)
     if parts["leaf"] != "ack":
         return Rejected("bad_topic", f"topic {message.topic!r} is not an ack topic", message)
-    try:
-        obj = json.loads(message.payload, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
-        return Rejected("not_json", f"not JSON: {exc}", message)
-    if not isinstance(obj, dict):
-        return Rejected("wrong_schema", "payload is not a JSON object", message)
-    if obj.get("schema") != "ack/1":
-        return Rejected(
-            "wrong_schema", f"schema is {obj.get('schema')!r}, expected 'ack/1'", message
-        )
-    try:
-        ack = DispatchAck.model_validate(obj)
-    except ValidationError as exc:
-        errors = exc.errors()
-        kind = "out_of_range" if all(e["type"] in _RANGE_ERROR_TYPES for e in errors) else "invalid"
-        return Rejected(kind, describe_validation_error(exc), message)
+    ack = _decode(message, "ack/1", DispatchAck)
+    if isinstance(ack, Rejected):
+        return ack
     mismatches = [
         f"{name} {parts[name]!r} in topic, {value!r} in payload"
         for name, value in (("site", ack.site), ("asset", ack.asset))
