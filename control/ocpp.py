@@ -10,7 +10,8 @@ carries the setpoint is decided in ``control.ocpp_plan``.
 - :class:`CsmsClient`, one per control process: multiplexes the requests and results of
   every EVSE over the service's MQTT client (one subscription to ``…/csms/+/result``),
   follows the CSMS's presence (its retained ``collector/ocpp/status``: a request to a CSMS
-  known to be offline fails at once) and the EVSEs' last SoC from their telemetry.
+  known to be offline fails at once). The EVSEs' SoC comes from the service's telemetry
+  (``control.live``), not from here.
 - :class:`OcppDevice`, one per EVSE asset: a ``control.writer.SetpointDevice``.
   ``write`` sends the request and waits for the station's answer (raises
   :class:`CsmsError` with the reason unless it accepted, ``TimeoutError`` without an
@@ -47,7 +48,6 @@ from gridflex.contract import (
 from gridflex.mqtt_asyncio import AsyncMqttClient
 
 __all__ = [
-    "SOC_MAX_AGE_MS",
     "CsmsClient",
     "CsmsError",
     "OcppDevice",
@@ -55,9 +55,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-#: An EVSE's SoC from telemetry older than this is not used (the clamp then sees None).
-SOC_MAX_AGE_MS = 30_000
 
 #: Added to the CSMS's own bounds (response timeout, read-back wait) for the MQTT hops.
 _MARGIN_S = 2.0
@@ -106,7 +103,6 @@ class CsmsClient:
         #: The CSMS's presence from its retained collector status; None until known.
         self.csms_online: bool | None = None
         self._pending: dict[tuple[str, str], _Pending] = {}
-        self._soc: dict[str, tuple[float, int]] = {}
 
     @classmethod
     def from_site(
@@ -129,10 +125,9 @@ class CsmsClient:
         )
 
     def start(self) -> None:
-        """Subscribe to the results, the CSMS's presence and the EVSEs' telemetry."""
+        """Subscribe to the results and the CSMS's presence."""
         self.mqtt.subscribe(result_filter(self.site_id), self._on_result, qos=1)
         self.mqtt.subscribe(collector_topic(self.site_id, "ocpp"), self._on_collector, qos=1)
-        self.mqtt.subscribe(f"{PREFIX}/{self.site_id}/evse/+/telemetry", self._on_telemetry, 0)
 
     # -- input
 
@@ -156,20 +151,6 @@ class CsmsClient:
     def _on_collector(self, _topic: str, payload: bytes) -> None:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
             self.csms_online = bool(json.loads(payload).get("online"))
-
-    def _on_telemetry(self, topic: str, payload: bytes) -> None:
-        with contextlib.suppress(ValueError, TypeError, AttributeError, IndexError):
-            obj = json.loads(payload)
-            soc_pct = obj.get("soc_pct")
-            if soc_pct is not None:
-                self._soc[topic.split("/")[4]] = (float(soc_pct), int(obj["ts_ms"]))
-
-    def soc_pct(self, asset_id: str) -> float | None:
-        """The EVSE's SoC from its latest telemetry, %; None when unknown or stale."""
-        known = self._soc.get(asset_id)
-        if known is None or self.now_ms() - known[1] > SOC_MAX_AGE_MS:
-            return None
-        return known[0]
 
     # -- requests
 
@@ -258,10 +239,6 @@ class OcppDevice:
 
     def drop(self) -> None:
         """Nothing to drop."""
-
-    async def read_soc_pct(self) -> float | None:
-        """The car's SoC from the EVSE's latest telemetry, %; None when unknown."""
-        return self.client.soc_pct(self.asset.id)
 
     # -- SetpointDevice
 

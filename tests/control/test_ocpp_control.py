@@ -234,7 +234,7 @@ def test_evse_commands_apply_with_and_without_a_transaction(
         await rig.charging("cs-tx")
         await rig.connected("cs-idle")
         # SoC from the EVSE's telemetry: with it, a V2X discharge passes the clamp
-        await until(lambda: rig.service.csms.soc_pct("cs-tx") is not None, 10)
+        await until(lambda: rig.service.live.soc_pct("cs-tx", _now_ms()) is not None, 10)
 
         rig.command("cs-tx", "tx-1", -4_000.0)
         ack = await rig.ack("tx-1")
