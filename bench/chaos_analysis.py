@@ -19,6 +19,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 
+from control.ledger import APPLIED_RESULTS
+
 __all__ = [
     "Gap",
     "Recovery",
@@ -27,8 +29,6 @@ __all__ = [
     "seq_gaps",
     "verdicts",
 ]
-
-APPLIED = frozenset({"applied", "clamped"})
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,7 +76,7 @@ def double_applications(acks: Iterable[tuple[str, str]]) -> dict[str, int]:
     """Command ids applied more than once, with how many times; ``acks`` are (id, result)."""
     applied: dict[str, int] = defaultdict(int)
     for command_id, result in acks:
-        if result in APPLIED:
+        if result in APPLIED_RESULTS:
             applied[command_id] += 1
     return {cid: n for cid, n in sorted(applied.items()) if n > 1}
 

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench._harness import percentile
+from control.ledger import APPLIED_RESULTS  # what the writer counts as written
 from gridflex.config import ConfigError, parse_site
 from pipelines.dispatch import DroopParams, droop_delta_w
 
@@ -75,7 +76,6 @@ CAPACITY_WH = 60_000.0
 #: W at 10 kW), beyond the dispatcher's ``min_step_w`` of 100 W.
 STEP_LEVELS_HZ = (49.80, 50.00, 50.15, 50.00)
 #: Ack results that wrote the device.
-APPLIED_RESULTS = frozenset({"applied", "clamped"})
 
 
 @dataclass(frozen=True, slots=True)
