@@ -18,12 +18,12 @@ profile (REST API) together into the clamp's :class:`~control.clamp.Limits`.
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from control.clamp import Limits, SiteHeadroom
+from gridflex import jsonio
 from gridflex.config import EvseAsset, InverterAsset
 from gridflex.derating import derate_factor
 
@@ -79,8 +79,8 @@ def parse_reading(payload: bytes) -> LiveReading | None:
     0..100 counts as unknown.
     """
     try:
-        data = json.loads(payload)
-    except (ValueError, RecursionError):
+        data = jsonio.loads(payload)
+    except ValueError:
         return None
     if not isinstance(data, dict) or data.get("schema") != "telemetry/1":
         return None

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -33,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from control.ocpp_plan import DroopLike, freq_watt_curve
+from gridflex import jsonio
 from gridflex.config import EvseAsset, SiteConfig
 from gridflex.contract import (
     PREFIX,
@@ -150,7 +150,7 @@ class CsmsClient:
 
     def _on_collector(self, _topic: str, payload: bytes) -> None:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
-            self.csms_online = bool(json.loads(payload).get("online"))
+            self.csms_online = bool(jsonio.loads(payload).get("online"))
 
     # -- requests
 

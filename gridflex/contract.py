@@ -794,11 +794,11 @@ def parse_payload(raw: bytes | str) -> _Payload:
     Raises ``ContractError`` with a one-line reason when the payload is not JSON, names no
     known schema, or does not validate.
     """
-    import json
+    from gridflex import jsonio
 
     try:
-        obj: Any = json.loads(raw)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:  # [[[[…]]]] recurses
+        obj: Any = jsonio.loads(raw)
+    except ValueError as exc:
         raise ContractError(f"not JSON: {exc}") from None
     if not isinstance(obj, dict):
         raise ContractError("payload is not a JSON object")

@@ -34,7 +34,6 @@ part's log is in ``DATA/logs/``; each part can be rerun on its own against ``DAT
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import math
 import os
@@ -51,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, Final, Literal, get_args
 
+from gridflex import jsonio
 from gridflex.broker import Broker, BrokerAuth, find_mosquitto, start_broker
 from gridflex.broker_config import Role as BrokerRole
 from gridflex.broker_config import read_credentials
@@ -342,8 +342,8 @@ class LiveView:
     def on_message(self, topic: str, payload: bytes) -> None:
         """Fold one MQTT message into the view; anything that is not a JSON object is ignored."""
         try:
-            obj = json.loads(payload)
-        except (ValueError, TypeError):
+            obj = jsonio.loads(payload)
+        except ValueError:
             return
         if not isinstance(obj, dict):
             return

@@ -36,13 +36,13 @@ the flag beside the reading (``register_decreased``, docs/history.md).
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Final, TypeVar
 
 from pydantic import ValidationError
 
+from gridflex import jsonio
 from gridflex.contract import (
     ContractError,
     DeadLetter,
@@ -123,10 +123,6 @@ class Rejected:
     message: RawMessage
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not valid JSON")
-
-
 def _parse_fast(message: RawMessage, site_id: str) -> Telemetry | None:
     """The common case in one pass: a finite, valid reading on its own topic, else None.
 
@@ -193,8 +189,8 @@ _Model = TypeVar("_Model", Telemetry, DispatchAck)
 def _decode(message: RawMessage, schema: str, model: type[_Model]) -> _Model | Rejected:
     """JSON, an object, the ``schema`` expected, the model's checks: the first that fails."""
     try:
-        obj = json.loads(message.payload, parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError) as exc:
+        obj = jsonio.loads(message.payload)
+    except ValueError as exc:
         return Rejected("not_json", f"not JSON: {exc}", message)
     if not isinstance(obj, dict):
         return Rejected("wrong_schema", "payload is not a JSON object", message)

@@ -48,6 +48,7 @@ from ocpp.v21.enums import Action as Action21
 from ocpp.v201.enums import Action as Action201
 
 from collectors.ocpp.schema import ValidatorCache
+from gridflex import jsonio
 
 __all__ = [
     "BadInputHook",
@@ -117,9 +118,8 @@ def decode_frame(raw: str | bytes, ocpp_version: str) -> Call | CallResult | Cal
     Raises ``FrameError`` carrying the CALLERROR to answer with.
     """
     try:
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        frame = json.loads(text)
-    except (UnicodeDecodeError, ValueError):
+        frame = jsonio.loads(raw)
+    except ValueError:
         raise _frame_error("-1", RpcFrameworkError, "the frame is not valid JSON") from None
     if not isinstance(frame, list) or len(frame) < 2:
         raise _frame_error("-1", RpcFrameworkError, "the frame is not an array of 3 to 5 items")

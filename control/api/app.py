@@ -56,7 +56,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from control.api.protocol import ControlApi
 from control.profiles import ActiveLimits, ChargeProfile, ProfileStore
-from gridflex import __version__
+from gridflex import __version__, jsonio
 from gridflex.contract import ASSET_ID_PATTERN, ContractError, DispatchAck, parse_topic
 
 __all__ = [
@@ -131,7 +131,7 @@ def _bearer_of(header: str | None) -> str | None:
 def _frame(topic: str, payload: bytes) -> str:
     """One WebSocket text frame: ``{"topic": ..., "payload": <the JSON payload>}``."""
     try:
-        body: Any = json.loads(payload)
+        body: Any = jsonio.loads(payload)
     except ValueError:  # not JSON (never for gridflex payloads): pass it as text
         return json.dumps({"topic": topic, "payload_text": payload.decode("utf-8", "replace")})
     return json.dumps({"topic": topic, "payload": body}, separators=(",", ":"))

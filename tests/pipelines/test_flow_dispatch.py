@@ -125,7 +125,7 @@ def test_deeply_nested_json_is_dead_lettered_and_the_stream_goes_on(tmp_path: Pa
         if t == "gridflex/v1/deadletter/pipeline"
     ]
     assert len(dead) == 1
-    assert dead[0].reason.startswith("unprocessable: RecursionError")
+    assert dead[0].reason.startswith("not_json: not JSON: recursion limit exceeded")
     cmds = of_type(out, "/command")
     assert {c.asset for c in cmds} == set(ASSETS)  # readings after it were decided
 
