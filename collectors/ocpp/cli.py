@@ -20,6 +20,7 @@ from collectors.ocpp.security import KeyFileError, check_private_key_file
 from gridflex.config import ConfigError, load_site
 from gridflex.mqtt import MqttClient
 from gridflex.mqtt_asyncio import AsyncMqttClient
+from gridflex.mqtt_drops import DropWatch
 from gridflex.runtime import stop_on_signals
 
 __all__ = ["add_arguments", "main", "run"]
@@ -69,6 +70,7 @@ async def run(
     try:
         last = csms.stats.telemetry_published
         next_stats = time.monotonic() + _STATS_EVERY_S
+        drops = DropWatch(csms.publisher)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=tick_s)
@@ -82,6 +84,9 @@ async def run(
             )
             if action is not None:
                 gc_policy.apply(action)
+            dropped = drops.due()
+            if dropped is not None:  # never silent: the retained presence says it
+                csms.publish_presence(dropped)
             if now >= next_stats:
                 next_stats = now + _STATS_EVERY_S
                 log.info(
