@@ -29,7 +29,7 @@ from typing import Any, Literal
 from gridflex.broker_config import BrokerLimits, Role, write_broker_config
 from gridflex.net import free_port, wait_for_port
 
-__all__ = ["Broker", "BrokerAuth", "find_mosquitto", "start_broker"]
+__all__ = ["Broker", "BrokerAuth", "anonymous_conf", "find_mosquitto", "start_broker"]
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,23 @@ log_dest stderr
 log_type error
 log_type warning
 """
+
+
+def anonymous_conf(
+    host: str, port: int, *, persistence_dir: Path | None = None, limits: BrokerLimits | None = None
+) -> str:
+    """The ``mosquitto.conf`` of an anonymous loopback broker (tests, benchmarks)."""
+    persistence = (
+        f"persistence true\npersistence_location {persistence_dir}/"
+        if persistence_dir is not None
+        else "persistence false"
+    )
+    return MOSQUITTO_CONF.format(
+        host=host,
+        port=port,
+        persistence=persistence,
+        limits="\n".join((limits or BrokerLimits()).conf_lines()),
+    )
 
 
 def find_mosquitto() -> str | None:
@@ -159,17 +176,7 @@ def _start_mosquitto(
         credentials = dict(files.credentials)
     else:
         conf = Path(workdir.name) / "mosquitto.conf"
-        persistence = (
-            f"persistence true\npersistence_location {persistence_dir}/"
-            if persistence_dir is not None
-            else "persistence false"
-        )
-        text = MOSQUITTO_CONF.format(
-            host=host,
-            port=port,
-            persistence=persistence,
-            limits="\n".join((limits or BrokerLimits()).conf_lines()),
-        )
+        text = anonymous_conf(host, port, persistence_dir=persistence_dir, limits=limits)
         conf.write_text(text + as_root, encoding="utf-8")
     proc = subprocess.Popen(
         [binary, "-c", str(conf)],
