@@ -441,7 +441,6 @@ class _NativeSinkPartition(StatelessSinkPartition[tuple[str, bytes]]):
         self._client = client
         self._qos = qos
         self._flush_timeout_s = flush_timeout_s
-        self.dropped = 0
         self._loop = LoopThread(f"mqtt-{client.client_id}")
         self._loop.run(client.start())
         if not self._loop.run(client.wait_connected(flush_timeout_s), flush_timeout_s + 5):
@@ -450,8 +449,12 @@ class _NativeSinkPartition(StatelessSinkPartition[tuple[str, bytes]]):
     def _publish(self, items: list[tuple[str, bytes]]) -> None:
         for topic, payload in items:
             retain = is_retained_topic(topic)
-            if not self._client.publish(topic, payload, qos=self._qos, retain=retain):
-                self.dropped += 1
+            self._client.publish(topic, payload, qos=self._qos, retain=retain)
+
+    @property
+    def dropped(self) -> int:
+        """Messages the client dropped (a full queue drops the oldest; counted there)."""
+        return self._client.stats.as_dict()["dropped"]
 
     def write_batch(self, items: list[tuple[str, bytes]]) -> None:
         """Hand ``(topic, payload)`` items to the loop thread; retained as the contract says."""

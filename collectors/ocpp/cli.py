@@ -20,7 +20,7 @@ from collectors.ocpp.security import KeyFileError, check_private_key_file
 from gridflex.config import ConfigError, load_site
 from gridflex.mqtt import MqttClient
 from gridflex.mqtt_asyncio import AsyncMqttClient
-from gridflex.mqtt_drops import DropWatch
+from gridflex.mqtt_drops import DropWatch, dropped_count
 from gridflex.runtime import stop_on_signals
 
 __all__ = ["add_arguments", "main", "run"]
@@ -44,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "event loop, ~0.15 ms less CPU per meter value) or thread (gridflex.mqtt, paho on "
         "its own network thread)",
     )
+
+
+def _mqtt_dropped(csms: Csms) -> int:
+    """Messages the CSMS's MQTT client dropped (its count; else the refused publishes)."""
+    dropped = dropped_count(csms.publisher)
+    return csms.stats.telemetry_dropped if dropped is None else dropped
 
 
 async def run(
@@ -93,7 +99,7 @@ async def run(
                     "ocpp: %d stations connected, %.0f telemetry/min, %d dropped, %d refused",
                     len(csms.connected_stations),
                     stats.telemetry_published - last,
-                    stats.telemetry_dropped,
+                    _mqtt_dropped(csms),
                     stats.bad_frames,
                 )
                 last = stats.telemetry_published

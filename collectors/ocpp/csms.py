@@ -128,6 +128,8 @@ class CsmsStats:
     delayed_refusals: int = 0
     bad_frames: int = 0
     telemetry_published: int = 0
+    #: Telemetry ``publish`` refused (paho: the new message at a full queue; the native
+    #: client drops the oldest instead and counts it in ``stats.dropped`` of the client).
     telemetry_dropped: int = 0
     readings_refused: int = 0
     missed_transaction_events: int = 0
