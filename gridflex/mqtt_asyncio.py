@@ -31,28 +31,17 @@ Delivery, per MQTT 3.1.1:
   ``stats.dropped``; the first of an outage is a WARNING, and the next CONNACK logs
   "dropped N messages while the broker was unreachable for X s".
 - Receive flow control: ``pause_reading()`` / ``resume_reading()`` (see
-  ``gridflex.mqtt_inbound``) stop handing messages over and stop reading the socket, so
-  TCP back-pressure makes the broker hold the rest; counted in ``stats.read_pauses``.
+  ``gridflex.mqtt_inbound``): TCP back-pressure, counted in ``stats.read_pauses``.
 - Keepalive: a PINGREQ every ``keepalive_s``; no PINGRESP by the next one closes the
-  connection (and reconnects).
+  connection (and reconnects), unless reading is paused.
 - ``stop()`` sends DISCONNECT, so the broker discards the last will.
 - ``manual_ack=True`` withholds the PUBACK of each received QoS 1 message until the owner
   says the message is safe (the pipeline: once it is in its write-ahead log):
   :meth:`AsyncMqttClient.take_held_acks` then :meth:`AsyncMqttClient.send_acks`. PUBACKs
   held when a connection drops are forgotten: the broker redelivers those messages.
 
-Hostile or broken input from the broker closes the connection (4.8) and the client
-reconnects; a run of such errors keeps the backoff growing (docs/operations.md, "MQTT
-client limits"):
-
-- A packet beyond ``max_packet_size`` (default 1 MiB, fixed header included) is refused
-  from its length alone, never buffered; counted in ``stats.oversized``, the first logged
-  as a warning. Cap messages at the broker too (Mosquitto ``max_packet_size``), or a
-  persistent session re-delivers the same one on every reconnect.
-- A malformed or truncated packet (see ``gridflex.mqtt_wire``; a topic that is not UTF-8,
-  1.5.3) is counted in ``stats.malformed``. The packets before it in the same read are
-  handled, so PUBACKs are counted and ``pending()`` stays exact; what is still in flight
-  is re-sent on the next connection.
+Hostile or broken input from the broker (oversized, malformed or truncated packets)
+closes the connection (4.8); see ``gridflex.mqtt_inbound``.
 
 Errors the caller must see (``gridflex.mqtt_subscriptions``):
 

@@ -17,6 +17,19 @@ acknowledged only after its callback ran. While reading is paused a PINGRESP may
 behind the backlog, so a missing PINGRESP does not close the connection then (the client
 still sends its PINGREQs, so the broker's keepalive holds). The pause outlives a
 reconnect: on a new connection CONNACK and SUBACK are handled, the first PUBLISH waits.
+
+Hostile or broken input from the broker closes the connection (4.8) and the client
+reconnects; a run of such errors keeps the backoff growing (docs/operations.md, "MQTT
+client limits"):
+
+- A packet beyond ``max_packet_size`` (default 1 MiB, fixed header included) is refused
+  from its length alone, never buffered; counted in ``stats.oversized``, the first logged
+  as a warning. Cap messages at the broker too (Mosquitto ``max_packet_size``), or a
+  persistent session re-delivers the same one on every reconnect.
+- A malformed or truncated packet (see ``gridflex.mqtt_wire``; a topic that is not UTF-8,
+  1.5.3) is counted in ``stats.malformed``. The packets before it in the same read are
+  handled, so PUBACKs are counted and ``pending()`` stays exact; what is still in flight
+  is re-sent on the next connection.
 """
 
 from __future__ import annotations
