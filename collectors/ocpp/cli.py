@@ -20,6 +20,7 @@ from collectors.ocpp.security import KeyFileError, check_private_key_file
 from gridflex.config import ConfigError, load_site
 from gridflex.mqtt import MqttClient
 from gridflex.mqtt_asyncio import AsyncMqttClient
+from gridflex.mqtt_drops import DropWatch, dropped_count
 from gridflex.runtime import stop_on_signals
 
 __all__ = ["add_arguments", "main", "run"]
@@ -43,6 +44,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "event loop, ~0.15 ms less CPU per meter value) or thread (gridflex.mqtt, paho on "
         "its own network thread)",
     )
+
+
+def _mqtt_dropped(csms: Csms) -> int:
+    """Messages the CSMS's MQTT client dropped (its count; else the refused publishes)."""
+    dropped = dropped_count(csms.publisher)
+    return csms.stats.telemetry_dropped if dropped is None else dropped
 
 
 async def run(
@@ -69,6 +76,7 @@ async def run(
     try:
         last = csms.stats.telemetry_published
         next_stats = time.monotonic() + _STATS_EVERY_S
+        drops = DropWatch(csms.publisher)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=tick_s)
@@ -82,13 +90,16 @@ async def run(
             )
             if action is not None:
                 gc_policy.apply(action)
+            dropped = drops.due()
+            if dropped is not None:  # never silent: the retained presence says it
+                csms.publish_presence(dropped)
             if now >= next_stats:
                 next_stats = now + _STATS_EVERY_S
                 log.info(
                     "ocpp: %d stations connected, %.0f telemetry/min, %d dropped, %d refused",
                     len(csms.connected_stations),
                     stats.telemetry_published - last,
-                    stats.telemetry_dropped,
+                    _mqtt_dropped(csms),
                     stats.bad_frames,
                 )
                 last = stats.telemetry_published
