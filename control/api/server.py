@@ -27,6 +27,7 @@ import uvicorn
 from fastapi import FastAPI
 
 from control.api.allow import AllowFrom
+from control.api.limits import BodyLimit
 from gridflex.access import PrivateFileError, check_private_file
 from gridflex.config import ApiConfig, ConfigError, split_listen
 
@@ -146,8 +147,9 @@ def serve_api(app: FastAPI, config: ApiConfig, *, listen: str | None = None) -> 
             check_private_file(config.tls_key, "TLS private key")
         except PrivateFileError as exc:
             raise ConfigError(f"config error: api.tls_key: {exc}") from None
+    bounded = BodyLimit(app)
     uv_config = uvicorn.Config(
-        AllowFrom(app, config.allow_from) if config.allow_from else app,
+        AllowFrom(bounded, config.allow_from) if config.allow_from else bounded,
         host=host,
         port=port,
         ssl_certfile=str(config.tls_cert) if config.tls_cert is not None else None,
