@@ -1,196 +1,17 @@
-"""The MQTT contract, version 1: topics and payload models.
+"""The payloads of devices, the pipeline and the writer.
 
-Every message gridflex publishes is one of the models below, serialised as a JSON object
-whose ``schema`` field names the model and its version (``"telemetry/1"``). The JSON Schema
-documents in ``docs/schemas/`` and the AsyncAPI document ``docs/asyncapi.yaml`` are generated
-from these models (``gridflex contract export``); a test keeps them in step.
-
-Sign convention, written once: ``power_w`` is + for import/charging and - for
-export/discharge. Timestamps on the wire are UTC epoch milliseconds.
+Telemetry, status, grid frequency, forecasts, commands, acks, the site summary, the
+collectors' status and dead letters.
 """
 
 from __future__ import annotations
 
 import base64
-import re
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field
 
-__all__ = [
-    "ACK_RESULTS",
-    "ASSET_ID_PATTERN",
-    "DEAD_LETTER_LIMIT",
-    "PREFIX",
-    "TELEMETRY_STATUSES",
-    "AckResult",
-    "AssetKind",
-    "AssetStatus",
-    "Capabilities",
-    "CollectorStatus",
-    "ContractError",
-    "CsmsRequest",
-    "CsmsRequestKind",
-    "CsmsResult",
-    "CsmsStatus",
-    "DeadLetter",
-    "DispatchAck",
-    "DispatchCommand",
-    "DispatchMode",
-    "EvChargingNeeds",
-    "Forecast",
-    "FreqWattPoint",
-    "GridFrequency",
-    "SiteSummary",
-    "Telemetry",
-    "TelemetryStatus",
-    "ack_topic",
-    "collector_topic",
-    "command_topic",
-    "csms_request_topic",
-    "csms_result_topic",
-    "deadletter_topic",
-    "forecast_topic",
-    "grid_frequency_topic",
-    "is_retained_topic",
-    "parse_topic",
-    "status_topic",
-    "summary_topic",
-    "telemetry_topic",
-]
-
-PREFIX = "gridflex/v1"
-ASSET_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
-_ASSET_ID_RE = re.compile(ASSET_ID_PATTERN)
-
-AssetKind = Literal["inverter", "evse"]
-AssetId = Annotated[str, Field(pattern=ASSET_ID_PATTERN)]
-SiteId = Annotated[str, Field(pattern=ASSET_ID_PATTERN)]
-EpochMs = Annotated[int, Field(ge=0, description="UTC epoch milliseconds")]
-
-
-class ContractError(ValueError):
-    """A topic or payload that does not follow the contract."""
-
-
-def _check_id(value: str, what: str) -> str:
-    if not _ASSET_ID_RE.match(value):
-        raise ContractError(f"{what} {value!r} does not match {ASSET_ID_PATTERN}")
-    return value
-
-
-# --------------------------------------------------------------------------- topics
-
-
-def telemetry_topic(site: str, kind: str, asset: str) -> str:
-    """Return ``gridflex/v1/{site}/{kind}/{asset}/telemetry``."""
-    return f"{PREFIX}/{_check_id(site, 'site')}/{kind}/{_check_id(asset, 'asset')}/telemetry"
-
-
-def status_topic(site: str, kind: str, asset: str) -> str:
-    """Return ``gridflex/v1/{site}/{kind}/{asset}/status`` (retained)."""
-    return f"{PREFIX}/{_check_id(site, 'site')}/{kind}/{_check_id(asset, 'asset')}/status"
-
-
-def grid_frequency_topic(site: str) -> str:
-    """Return ``gridflex/v1/{site}/grid/frequency``."""
-    return f"{PREFIX}/{_check_id(site, 'site')}/grid/frequency"
-
-
-def forecast_topic(site: str, asset: str) -> str:
-    """Return ``gridflex/v1/{site}/ev/{asset}/forecast``."""
-    return f"{PREFIX}/{_check_id(site, 'site')}/ev/{_check_id(asset, 'asset')}/forecast"
-
-
-def command_topic(site: str, asset: str) -> str:
-    """Return ``gridflex/v1/{site}/dispatch/{asset}/command``."""
-    return f"{PREFIX}/{_check_id(site, 'site')}/dispatch/{_check_id(asset, 'asset')}/command"
-
-
-def ack_topic(site: str, asset: str) -> str:
-    """Return ``gridflex/v1/{site}/dispatch/{asset}/ack``."""
-    return f"{PREFIX}/{_check_id(site, 'site')}/dispatch/{_check_id(asset, 'asset')}/ack"
-
-
-def csms_request_topic(site: str, asset: str) -> str:
-    """Return ``gridflex/v1/{site}/csms/{asset}/setpoint``: control asks the CSMS (internal)."""
-    return f"{PREFIX}/{_check_id(site, 'site')}/csms/{_check_id(asset, 'asset')}/setpoint"
-
-
-def csms_result_topic(site: str, asset: str) -> str:
-    """Return ``gridflex/v1/{site}/csms/{asset}/result``: the CSMS answers control (internal)."""
-    return f"{PREFIX}/{_check_id(site, 'site')}/csms/{_check_id(asset, 'asset')}/result"
-
-
-def summary_topic(site: str) -> str:
-    """Return ``gridflex/v1/{site}/summary`` (retained)."""
-    return f"{PREFIX}/{_check_id(site, 'site')}/summary"
-
-
-def collector_topic(site: str, component: str) -> str:
-    """Return ``gridflex/v1/{site}/collector/{component}/status`` (retained, last will).
-
-    MQTT allows one last will per connection, so a collector's death is announced here, once
-    for all its assets; a consumer treats the asset statuses of an offline collector as stale.
-    """
-    component = _check_id(component, "component")
-    return f"{PREFIX}/{_check_id(site, 'site')}/collector/{component}/status"
-
-
-def deadletter_topic(component: str) -> str:
-    """Return ``gridflex/v1/deadletter/{component}``."""
-    return f"{PREFIX}/deadletter/{_check_id(component, 'component')}"
-
-
-def is_retained_topic(topic: str) -> bool:
-    """Whether the contract publishes ``topic`` retained (statuses and the site summary)."""
-    return topic.endswith(("/status", "/summary")) and topic.startswith(PREFIX + "/")
-
-
-def parse_topic(topic: str) -> dict[str, str]:
-    """Split a contract topic into its parts.
-
-    Returns a dict with ``site``, ``kind`` (``inverter``/``evse``/``grid``/``ev``/
-    ``dispatch``/``summary``/``deadletter``), ``asset`` where the topic has one, and
-    ``leaf`` (``telemetry``, ``status``, ``frequency``, ...). Raises ``ContractError`` for a
-    topic outside the tree.
-    """
-    parts = topic.split("/")
-    if len(parts) < 3 or f"{parts[0]}/{parts[1]}" != PREFIX:
-        raise ContractError(f"topic {topic!r} is not under {PREFIX}/")
-    rest = parts[2:]
-    if rest[0] == "deadletter" and len(rest) == 2:
-        return {"kind": "deadletter", "component": rest[1], "leaf": "deadletter"}
-    if len(rest) == 2 and rest[1] == "summary":
-        return {"site": rest[0], "kind": "summary", "leaf": "summary"}
-    if len(rest) == 3 and rest[1:] == ["grid", "frequency"]:
-        return {"site": rest[0], "kind": "grid", "leaf": "frequency"}
-    if len(rest) == 4:
-        site, kind, asset, leaf = rest
-        known = {
-            "inverter": {"telemetry", "status"},
-            "evse": {"telemetry", "status"},
-            "ev": {"forecast"},
-            "dispatch": {"command", "ack"},
-            "csms": {"setpoint", "result"},
-            "collector": {"status"},
-        }
-        if leaf in known.get(kind, set()) and _ASSET_ID_RE.match(asset):
-            return {"site": site, "kind": kind, "asset": asset, "leaf": leaf}
-    raise ContractError(f"topic {topic!r} is not in the gridflex/v1 topic tree")
-
-
-# --------------------------------------------------------------------------- payloads
-
-
-class _Payload(BaseModel):
-    """Base for every payload: strict field names, no extras accepted."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    def to_json(self) -> bytes:
-        """Serialise to compact JSON bytes, leaving out fields that are ``None``."""
-        return self.model_dump_json(exclude_none=True).encode()
+from gridflex.contract.base import AssetId, AssetKind, EpochMs, Payload, SiteId
 
 
 class EvChargingNeeds(BaseModel):
@@ -260,7 +81,7 @@ InvSt                                    status
 TELEMETRY_STATUSES: frozenset[str] = frozenset(get_args(TelemetryStatus))
 
 
-class Telemetry(_Payload):
+class Telemetry(Payload):
     """One reading of one asset, taken at ``ts_ms``."""
 
     schema_: Literal["telemetry/1"] = Field(default="telemetry/1", alias="schema")
@@ -337,7 +158,7 @@ class Capabilities(BaseModel):
     firmware: str | None = None
 
 
-class AssetStatus(_Payload):
+class AssetStatus(Payload):
     """Retained status of one asset; the collector's last will sets ``online: false``."""
 
     schema_: Literal["status/1"] = Field(default="status/1", alias="schema")
@@ -365,7 +186,7 @@ class AssetStatus(_Payload):
         return self.model_dump_json(exclude_none=True, by_alias=True).encode()
 
 
-class GridFrequency(_Payload):
+class GridFrequency(Payload):
     """Grid frequency over one window ``[window_start_ms, window_end_ms)`` at one site."""
 
     schema_: Literal["grid_frequency/1"] = Field(default="grid_frequency/1", alias="schema")
@@ -392,7 +213,7 @@ class GridFrequency(_Payload):
 DispatchMode = Literal["off", "droop", "fcr"]
 
 
-class Forecast(_Payload):
+class Forecast(Payload):
     """SoC forecast and flexibility envelope of one car or battery inverter.
 
     Published at most once a second per asset (``dispatch.forecast_interval_s``) from the
@@ -443,7 +264,7 @@ class Forecast(_Payload):
         return self.model_dump_json(exclude_none=True, by_alias=True).encode()
 
 
-class DispatchCommand(_Payload):
+class DispatchCommand(Payload):
     """One absolute setpoint for one asset (never a delta), applied at most once.
 
     ``command_id`` is derived from the reading that caused the decision and the decision
@@ -501,7 +322,7 @@ result         meaning
 ACK_RESULTS: frozenset[str] = frozenset(get_args(AckResult))
 
 
-class DispatchAck(_Payload):
+class DispatchAck(Payload):
     """What the control writer did with one command, made after the device read back.
 
     ``ts_ms`` is when the ack was made; ``seq`` and ``issued_ms`` are copied from the
@@ -551,7 +372,7 @@ class DispatchAck(_Payload):
         return self.model_dump_json(exclude_none=True, by_alias=True).encode()
 
 
-class SiteSummary(_Payload):
+class SiteSummary(Payload):
     """Site aggregate for a higher-level dispatcher (retained, at least once a second)."""
 
     schema_: Literal["summary/1"] = Field(default="summary/1", alias="schema")
@@ -583,7 +404,7 @@ class SiteSummary(_Payload):
         return self.model_dump_json(exclude_none=True, by_alias=True).encode()
 
 
-class CollectorStatus(_Payload):
+class CollectorStatus(Payload):
     """Retained presence of one collector process; its last will says ``online: false``."""
 
     schema_: Literal["collector/1"] = Field(default="collector/1", alias="schema")
@@ -612,7 +433,7 @@ class CollectorStatus(_Payload):
 DEAD_LETTER_LIMIT = 10_000
 
 
-class DeadLetter(_Payload):
+class DeadLetter(Payload):
     """A refused input, with why it was refused."""
 
     schema_: Literal["deadletter/1"] = Field(default="deadletter/1", alias="schema")
@@ -662,167 +483,3 @@ class DeadLetter(_Payload):
             payload=text,
             payload_encoding=encoding,
         )
-
-
-CsmsRequestKind = Literal["setpoint", "local_frequency", "clear"]
-"""What control asks the CSMS to do with one EVSE (``csms-setpoint/1`` ``kind``)."""
-
-CsmsStatus = Literal["accepted", "rejected", "refused", "timeout", "offline", "error"]
-"""What became of a request to the CSMS (``csms-result/1`` ``status``).
-
-``accepted``/``rejected`` are the station's answer; ``refused``: not sent (``reason``:
-e.g. discharge to a charge-only car, an expired request); ``timeout``: the station did not
-answer in time; ``offline``: the station is not connected; ``error``: a CALLERROR or an
-invalid answer.
-"""
-
-
-class FreqWattPoint(BaseModel):
-    """One point of a frequency-watt curve (OCPP 2.1 ``V2XFreqWattPointType``)."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    freq_hz: Annotated[float, Field(gt=0, lt=100)]
-    power_w: float = Field(description="power at that frequency, + charge, - discharge")
-
-
-class CsmsRequest(_Payload):
-    """Control asks the CSMS to program one EVSE (internal, ``…/csms/{asset}/setpoint``).
-
-    ``request_id`` correlates the answer (the dispatch command's ``command_id``) and makes
-    the request idempotent: the CSMS executes an id once and answers a repeat with the same
-    result. A request received after ``valid_until_ms`` is refused. ``kind``: ``setpoint``
-    (``power_w`` absolute, + charge), ``local_frequency`` (OCPP 2.1 LocalFrequency profile:
-    ``curve`` around the baseline ``power_w``, default 0) or ``clear`` (remove gridflex's
-    profiles of the EVSE).
-    """
-
-    schema_: Literal["csms-setpoint/1"] = Field(default="csms-setpoint/1", alias="schema")
-    site: SiteId
-    asset: AssetId
-    ts_ms: EpochMs = Field(description="when control made the request")
-    request_id: Annotated[str, Field(min_length=1, max_length=128)]
-    kind: CsmsRequestKind
-    power_w: float | None = Field(
-        default=None, description="setpoint (setpoint) or baseline (local_frequency), + charge"
-    )
-    valid_until_ms: EpochMs = Field(description="the request is refused when received later")
-    hold_until_ms: EpochMs | None = Field(
-        default=None,
-        description="when the station drops the profile and falls back to its default (the "
-        "profile's validTo: the device's own fail-safe); none = until replaced",
-    )
-    curve: Annotated[list[FreqWattPoint], Field(min_length=1, max_length=20)] | None = Field(
-        default=None, description="frequency-watt curve for local_frequency, frequencies rising"
-    )
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    @model_validator(mode="after")
-    def _fields_of_kind(self) -> CsmsRequest:
-        if self.kind == "setpoint" and self.power_w is None:
-            raise ValueError("a setpoint request needs power_w")
-        if self.kind == "local_frequency" and not self.curve:
-            raise ValueError("a local_frequency request needs a curve")
-        return self
-
-    def to_json(self) -> bytes:
-        """Serialise with the ``schema`` alias."""
-        return self.model_dump_json(exclude_none=True, by_alias=True).encode()
-
-
-class CsmsResult(_Payload):
-    """The CSMS's answer to one ``csms-setpoint/1`` (internal, ``…/csms/{asset}/result``).
-
-    Two messages per accepted request: ``phase`` ``answer`` as soon as the station answered
-    the SetChargingProfile, then ``readback`` with the power of the station's next meter
-    value after that answer (``measured_w``, absent when none came within twice the meter
-    interval). Any other outcome has only the ``answer``.
-    """
-
-    schema_: Literal["csms-result/1"] = Field(default="csms-result/1", alias="schema")
-    site: SiteId
-    asset: AssetId
-    ts_ms: EpochMs = Field(description="when the CSMS made this message")
-    request_id: Annotated[str, Field(min_length=1, max_length=128)]
-    kind: CsmsRequestKind
-    phase: Literal["answer", "readback"]
-    status: CsmsStatus
-    reason: str | None = None
-    requested_w: float | None = None
-    sent_w: float | None = Field(
-        default=None, description="setpoint or limit the profile carries, + charge"
-    )
-    operation_mode: str | None = Field(
-        default=None,
-        description="CentralSetpoint, ChargingOnly, LocalFrequency (OCPP 2.1) or Limit (2.0.1)",
-    )
-    purpose: str | None = Field(
-        default=None, description="the profile's purpose: TxProfile or TxDefaultProfile"
-    )
-    ocpp_version: str | None = None
-    station_id: str | None = None
-    evse_id: Annotated[int, Field(ge=0)] | None = None
-    answered_ms: EpochMs | None = Field(
-        default=None, description="when the station's answer arrived at the CSMS"
-    )
-    measured_w: float | None = Field(
-        default=None, description="power of the station's next meter value after the answer"
-    )
-    measured_ms: EpochMs | None = Field(default=None, description="that meter value's time")
-
-    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
-
-    def to_json(self) -> bytes:
-        """Serialise with the ``schema`` alias."""
-        return self.model_dump_json(exclude_none=True, by_alias=True).encode()
-
-
-#: Every payload model, by its ``schema`` value.
-PAYLOADS: dict[str, type[_Payload]] = {
-    "telemetry/1": Telemetry,
-    "status/1": AssetStatus,
-    "grid_frequency/1": GridFrequency,
-    "forecast/1": Forecast,
-    "command/1": DispatchCommand,
-    "ack/1": DispatchAck,
-    "summary/1": SiteSummary,
-    "collector/1": CollectorStatus,
-    "deadletter/1": DeadLetter,
-    "csms-setpoint/1": CsmsRequest,
-    "csms-result/1": CsmsResult,
-}
-
-
-def parse_payload(raw: bytes | str) -> _Payload:
-    """Parse and validate a JSON payload by its ``schema`` field.
-
-    Raises ``ContractError`` with a one-line reason when the payload is not JSON, names no
-    known schema, or does not validate.
-    """
-    from gridflex import jsonio
-
-    try:
-        obj: Any = jsonio.loads(raw)
-    except ValueError as exc:
-        raise ContractError(f"not JSON: {exc}") from None
-    if not isinstance(obj, dict):
-        raise ContractError("payload is not a JSON object")
-    schema = obj.get("schema")
-    model = PAYLOADS.get(schema) if isinstance(schema, str) else None
-    if model is None:
-        raise ContractError(f"unknown schema {schema!r}")
-    try:
-        return model.model_validate(obj)
-    except ValidationError as exc:
-        raise ContractError(describe_validation_error(exc)) from None
-
-
-def describe_validation_error(exc: ValidationError) -> str:
-    """Turn a pydantic error into one line: ``field: what was expected``."""
-    parts = []
-    for err in exc.errors()[:3]:
-        loc = ".".join(str(p) for p in err["loc"]) or "(root)"
-        parts.append(f"{loc}: {err['msg']}")
-    more = exc.error_count() - len(parts)
-    return "; ".join(parts) + (f" (+{more} more)" if more > 0 else "")
