@@ -20,7 +20,7 @@ from typing import Literal, Protocol
 
 from pymodbus.exceptions import ModbusException, ModbusIOException
 
-from collectors.modbus.connection import ModbusClientKind, discover_plan, modbus_connection
+from collectors.modbus.connection import ConnectionFactory, discover_plan
 from collectors.modbus.fast import DeviceError, LeanModbusClient, Reply, Ticker
 from collectors.modbus.plan import (
     LOW_PRIORITY_EVERY,
@@ -98,7 +98,7 @@ class DevicePoller:
         *,
         boot: str,
         phase_s: float = 0.0,
-        modbus_client: ModbusClientKind = "lean",
+        connection: ConnectionFactory = LeanModbusClient,
         ticker: Ticker | None = None,
     ) -> None:
         self.site = site
@@ -107,7 +107,7 @@ class DevicePoller:
         self.stats = stats
         self.boot = boot
         self.phase_s = phase_s
-        self.modbus_client: ModbusClientKind = modbus_client
+        self.connection = connection
         self.ticker = ticker
         self.seq = 0
         self.failures = 0
@@ -153,8 +153,7 @@ class DevicePoller:
         schedule = PollSchedule(loop.time() + self.phase_s, cfg.poll_interval_ms / 1000.0)
         while not self.stopping:
             delay_s = cfg.backoff_initial_s
-            client = modbus_connection(
-                self.modbus_client,
+            client = self.connection(
                 self.asset.host,
                 self.asset.port,
                 timeout_s=cfg.timeout_s,
@@ -383,15 +382,16 @@ async def run(
     boot: str | None = None,
     stats: CollectorStats | None = None,
     warmup_s: float = 0.0,
-    modbus_client: ModbusClientKind = "lean",
+    connection: ConnectionFactory = LeanModbusClient,
     on_discovered: Callable[[], object] | None = None,
 ) -> CollectorStats:
     """Poll every inverter of ``site`` until ``stop`` is set; publish statuses on the way out.
 
     The caller owns the MQTT client (connect before, flush and stop after).
-    ``modbus_client`` picks the Modbus TCP client for discovery and polls (see
-    ``modbus_connection``); ``on_discovered`` is called once every device has been tried
-    once (discovered, or failed and waiting for its retry).
+    ``connection`` makes the Modbus TCP connections for discovery and polls (the lean
+    client; the benchmarks' pymodbus baseline plugs in here); ``on_discovered`` is called
+    once every device has been tried once (discovered, or failed and waiting for its
+    retry).
     """
     boot = boot or uuid.uuid4().hex[:12]
     stats = stats or CollectorStats()
@@ -408,7 +408,7 @@ async def run(
             stats,
             boot=boot,
             phase_s=interval_s * i / len(inverters),
-            modbus_client=modbus_client,
+            connection=connection,
             ticker=ticker,
         )
         for i, asset in enumerate(inverters)
