@@ -59,15 +59,14 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.parametrize("mqtt_client", ["thread", "asyncio"])
 def test_collect_and_sim_commands_report_and_exit_0_on_sigterm(
-    mosquitto: Broker, tmp_path: Path, mqtt_client: str
+    mosquitto: Broker, tmp_path: Path
 ) -> None:
     site = f"t{uuid.uuid4().hex[:8]}"
     port = free_port()
     path = site_file(tmp_path, site, mosquitto.url, port)
     with Subscriber(mosquitto.url, f"gridflex/v1/{site}/#") as sub:
-        csms = gridflex("collect", "ocpp", "--site", str(path), "--mqtt-client", mqtt_client)
+        csms = gridflex("collect", "ocpp", "--site", str(path))
         sim = None
         try:
             assert wait_for_port("127.0.0.1", port, timeout_s=20)
