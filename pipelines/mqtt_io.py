@@ -135,7 +135,7 @@ class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
         if self._replay:
             return self._replay.take(5000)
         if self._stop_event.is_set() and not self._stopped:
-            # Disconnect before the last take: what paho acknowledged goes into the
+            # Disconnect before the last take: what the receiver acknowledged goes into the
             # dataflow; what it did not stays with the broker's session.
             self._stopped = True
             self._receiver.stop()
@@ -277,7 +277,7 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         username: Broker user name.
         password: Broker password.
         qos: Subscription QoS.
-        receiver: ``"process"`` (paho in a child process, the default: it leaves this
+        receiver: ``"process"`` (the subscriber in a child process, the default: it leaves this
             process's GIL to the dataflow) or ``"thread"``.
         batch_size: Most messages handed over per ``next_batch``.
         poll_ms: Interval between two hand-overs, ms.

@@ -61,7 +61,7 @@ COMPONENT = "modbus"
 
 
 class Publisher(Protocol):
-    """What the collector needs of an MQTT client (``gridflex.mqtt.MqttClient`` fits)."""
+    """What the collector needs of an MQTT client (``AsyncMqttClient`` fits)."""
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         """Queue one message."""
