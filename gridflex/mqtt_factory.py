@@ -6,6 +6,10 @@
 ``AsyncMqttClient``, the class itself) so that the benchmarks' baseline
 (``bench/baselines.py``) can run the same collector with paho's threaded client
 (``gridflex.mqtt.MqttClient`` behind an asyncio lifecycle) and print the ratio.
+
+``MqttPublisher`` and ``MqttSubscriber`` are what components take of a client
+(``collectors.modbus.poller.Publisher`` is ``MqttPublisher``); ``ServiceMqttClient`` adds
+the lifecycle a command drives.
 """
 
 from __future__ import annotations
@@ -13,10 +17,28 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Protocol
 
-__all__ = ["MqttClientFactory", "ServiceMqttClient"]
+__all__ = ["MqttClientFactory", "MqttPublisher", "MqttSubscriber", "ServiceMqttClient"]
 
 
-class ServiceMqttClient(Protocol):
+class MqttPublisher(Protocol):
+    """What a publishing component needs of an MQTT client (the Modbus poller's)."""
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        """Queue one message; False when the bounded queue dropped it."""
+        ...
+
+
+class MqttSubscriber(MqttPublisher, Protocol):
+    """A client that also subscribes."""
+
+    def subscribe(
+        self, topic_filter: str, callback: Callable[[str, bytes], None], qos: int = 1
+    ) -> None:
+        """Subscribe (again after every reconnect); the callback gets topic and payload."""
+        ...
+
+
+class ServiceMqttClient(MqttSubscriber, Protocol):
     """What a collector's command needs of its MQTT client: a lifecycle on its loop."""
 
     async def start(self) -> None:
@@ -29,16 +51,6 @@ class ServiceMqttClient(Protocol):
 
     async def stop(self, flush_timeout_s: float = 2.0) -> None:
         """Drain the outgoing queue (bounded) and disconnect."""
-        ...
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
-        """Queue one message; False when the bounded queue dropped it."""
-        ...
-
-    def subscribe(
-        self, topic_filter: str, callback: Callable[[str, bytes], None], qos: int = 1
-    ) -> None:
-        """Subscribe (again after every reconnect); the callback gets topic and payload."""
         ...
 
 

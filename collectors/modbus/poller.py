@@ -16,7 +16,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
 from pymodbus.exceptions import ModbusException, ModbusIOException
 
@@ -40,6 +40,7 @@ from gridflex.contract import (
     status_topic,
     telemetry_topic,
 )
+from gridflex.mqtt_factory import MqttPublisher
 from gridflex.sunspec.discovery import DiscoveryError, IllegalAddress, ReadRegisters
 
 __all__ = [
@@ -60,12 +61,8 @@ TRANSIENT_EXCEPTION_CODES = frozenset({5, 6})
 COMPONENT = "modbus"
 
 
-class Publisher(Protocol):
-    """What the collector needs of an MQTT client (``AsyncMqttClient`` fits)."""
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
-        """Queue one message."""
-        ...
+#: What the collector needs of an MQTT client (``AsyncMqttClient`` fits).
+Publisher = MqttPublisher
 
 
 @dataclass
