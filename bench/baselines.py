@@ -29,7 +29,7 @@ import sys
 from collections.abc import Callable, Sequence
 
 from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusIOException
+from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
 from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
 
 from collectors.modbus.connection import (
@@ -37,7 +37,7 @@ from collectors.modbus.connection import (
     RegisterClient,
     register_reader,
 )
-from collectors.modbus.fast import LeanModbusClient, Ticker
+from collectors.modbus.fast import DeviceError, LeanModbusClient, Ticker
 from gridflex.config import ConfigError
 from gridflex.log import setup_logging
 from gridflex.mqtt import MqttClient
@@ -81,6 +81,7 @@ class PymodbusConnection:
     ``retries=0`` and ``reconnect_delay=0``: the collector's own retry loop re-discovers a
     returning device and shows its backoff in the asset status. Fits
     ``ConnectionFactory`` (the class itself); ``ticker`` is the lean client's and ignored.
+    pymodbus' exceptions become the ones the collector knows (those of the lean client).
     """
 
     def __init__(
@@ -98,8 +99,21 @@ class PymodbusConnection:
             raise ConnectionError(f"cannot connect to {self.host}:{self.port}")
 
     def reader(self, unit_id: int) -> ReadRegisters:
-        """See ``register_reader``."""
-        return register_reader(self.client, unit_id)
+        """See ``register_reader``; a lost connection raises ``ConnectionError``, no usable
+        reply in time ``TimeoutError``, any other pymodbus error ``DeviceError``."""
+        read = register_reader(self.client, unit_id)
+
+        async def translated(address: int, count: int) -> Sequence[int]:
+            try:
+                return await read(address, count)
+            except ConnectionException as exc:
+                raise ConnectionError(str(exc)) from exc
+            except ModbusIOException as exc:
+                raise TimeoutError(str(exc)) from exc
+            except ModbusException as exc:
+                raise DeviceError(str(exc)) from exc
+
+        return translated
 
     def close(self) -> None:
         """Close the connection."""

@@ -18,8 +18,6 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pymodbus.exceptions import ModbusException, ModbusIOException
-
 from collectors.modbus.connection import ConnectionFactory, discover_plan
 from collectors.modbus.fast import DeviceError, LeanModbusClient, Reply, Ticker
 from collectors.modbus.plan import (
@@ -177,9 +175,7 @@ class DevicePoller:
                 self.tried.set()
                 self.failures += 1
                 self.stats.failures += 1
-                known = isinstance(
-                    exc, ModbusException | DeviceError | DiscoveryError | IllegalAddress | OSError
-                )
+                known = isinstance(exc, DeviceError | DiscoveryError | IllegalAddress | OSError)
                 garbage = not known or isinstance(
                     exc, DeviceError | DiscoveryError | IllegalAddress
                 )
@@ -208,7 +204,7 @@ class DevicePoller:
         and rediscovers it.
         """
         busy = isinstance(exc, DeviceError) and exc.code in TRANSIENT_EXCEPTION_CODES
-        if not (busy or isinstance(exc, TimeoutError | ModbusIOException)):
+        if not (busy or isinstance(exc, TimeoutError)):
             return False
         self._slot_failures += 1
         self.stats.slot_failures += 1
@@ -262,7 +258,7 @@ class DevicePoller:
             try:
                 for i in range(last):
                     blocks[i] = await read(*plan.reads[i])
-            except (TimeoutError, DeviceError, ModbusException) as exc:
+            except (TimeoutError, DeviceError) as exc:
                 if not self._transient(exc):
                     raise
                 schedule.finish()  # this slot is lost, the next one is tried
