@@ -255,9 +255,18 @@ def test_device_answering_garbage_is_marked_error_and_retried(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "collector_argv",
+    [
+        ["gridflex.cli", "collect", "modbus"],
+        ["bench.baselines", "collect-modbus", "--modbus", "pymodbus", "--mqtt", "paho"],
+    ],
+    ids=["command", "pymodbus-paho-baseline"],
+)
 def test_collect_modbus_command_exits_0_on_sigterm_with_retained_offline(
-    mosquitto: Broker, tmp_path: Path
+    mosquitto: Broker, tmp_path: Path, collector_argv: list[str]
 ) -> None:
+    """The command, and the benchmarks' library baseline built on the same collector."""
     base = free_port_block(2)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     sim = subprocess.Popen(
@@ -294,9 +303,7 @@ def test_collect_modbus_command_exits_0_on_sigterm_with_retained_offline(
                 [
                     sys.executable,
                     "-m",
-                    "gridflex.cli",
-                    "collect",
-                    "modbus",
+                    *collector_argv,
                     "--site",
                     str(site_file),
                     "--stats-file",
