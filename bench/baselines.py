@@ -40,7 +40,7 @@ from collectors.modbus.connection import (
 from collectors.modbus.fast import DeviceError, LeanModbusClient, Ticker
 from gridflex.config import ConfigError
 from gridflex.log import setup_logging
-from gridflex.mqtt import MqttClient
+from gridflex.mqtt import MqttClient, MqttStats
 from gridflex.mqtt_asyncio import AsyncMqttClient
 from gridflex.mqtt_factory import MqttClientFactory
 from gridflex.sunspec.discovery import ReadRegisters
@@ -159,6 +159,16 @@ class PahoAsyncClient:
             keepalive_s=keepalive_s,
             max_inflight=max_inflight,
         )
+
+    @property
+    def stats(self) -> MqttStats:
+        """paho's counters (what the collectors' drop watch reads)."""
+        return self.client.stats
+
+    @property
+    def connected(self) -> bool:
+        """Whether paho is connected right now."""
+        return self.client.connected
 
     async def start(self) -> None:
         """Start paho's network thread (connects in the background)."""

@@ -30,7 +30,6 @@ Run it with ``await supervisor.run(stop_event)`` or ``await supervisor.start()``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import Callable, Mapping
@@ -38,6 +37,7 @@ from dataclasses import dataclass, replace
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from gridflex.config import DispatchConfig, EvseAsset, InverterAsset
+from gridflex.runtime import cancel_and_wait
 from pipelines.dispatch import DroopParams
 from pipelines.site import droop_params
 
@@ -260,11 +260,7 @@ class LocalDroopSupervisor:
 
     async def stop(self) -> None:
         """Cancel the tasks (a program or read in flight is abandoned)."""
-        for task in self._tasks:
-            task.cancel()
-        for task in self._tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self._tasks, log)
         self._tasks.clear()
 
     async def run(self, stop: asyncio.Event) -> None:

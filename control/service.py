@@ -47,7 +47,6 @@ and a stream of what passes through.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import gc
 import logging
 import math
@@ -85,6 +84,7 @@ from gridflex.contract import (
     parse_topic,
 )
 from gridflex.mqtt_asyncio import AsyncMqttClient
+from gridflex.runtime import cancel_and_wait
 
 __all__ = [
     "COMPONENT",
@@ -248,11 +248,7 @@ class ControlService:
         """Cancel the workers (a command being applied is abandoned) and drop connections."""
         if self.droop is not None:
             await self.droop.stop()
-        for task in self.tasks:
-            task.cancel()
-        for task in self.tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await cancel_and_wait(self.tasks, log)
         self.tasks.clear()
         for device in self.sunspec.values():
             device.drop()

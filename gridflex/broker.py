@@ -1,8 +1,9 @@
 """Start an MQTT broker on a free loopback port: Mosquitto when installed, else embedded amqtt.
 
-Mosquitto is the production broker. The config written here raises
-``max_queued_messages`` (Mosquitto's default of 1000 drops QoS 1 messages for a slow
-subscriber during bursts, NOTES.md) and keeps persistence off (a throw-away broker).
+Mosquitto is the production broker. The config written here sets the per-client queue
+limits of ``gridflex.broker_config.BrokerLimits`` (Mosquitto's default of 1000 drops QoS 1
+messages for a slow subscriber during bursts, NOTES.md) and keeps persistence off unless
+asked (a throw-away broker).
 The embedded amqtt broker is only the no-install convenience default (~4-5k msg/s).
 
 With ``auth`` (:class:`BrokerAuth`) Mosquitto runs the configuration of ``gridflex
@@ -25,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gridflex.broker_config import Role, write_broker_config
+from gridflex.broker_config import BrokerLimits, Role, write_broker_config
 from gridflex.net import free_port, wait_for_port
 
-__all__ = ["Broker", "BrokerAuth", "find_mosquitto", "start_broker"]
+__all__ = ["Broker", "BrokerAuth", "anonymous_conf", "find_mosquitto", "start_broker"]
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +38,7 @@ MOSQUITTO_CONF = """\
 listener {port} {host}
 allow_anonymous true
 {persistence}
-max_queued_messages 0
-max_inflight_messages 100
+{limits}
 max_keepalive 600
 # the clients' own limit (gridflex.mqtt_wire.DEFAULT_MAX_PACKET_SIZE): a bigger message
 # would stay in a persistent session and be refused again at every reconnect
@@ -49,6 +49,23 @@ log_dest stderr
 log_type error
 log_type warning
 """
+
+
+def anonymous_conf(
+    host: str, port: int, *, persistence_dir: Path | None = None, limits: BrokerLimits | None = None
+) -> str:
+    """The ``mosquitto.conf`` of an anonymous loopback broker (tests, benchmarks)."""
+    persistence = (
+        f"persistence true\npersistence_location {persistence_dir}/"
+        if persistence_dir is not None
+        else "persistence false"
+    )
+    return MOSQUITTO_CONF.format(
+        host=host,
+        port=port,
+        persistence=persistence,
+        limits="\n".join((limits or BrokerLimits()).conf_lines()),
+    )
 
 
 def find_mosquitto() -> str | None:
@@ -130,7 +147,13 @@ class Broker:
 
 
 def _start_mosquitto(
-    binary: str, host: str, port: int, persistence_dir: Path | None, auth: BrokerAuth | None
+    binary: str,
+    host: str,
+    port: int,
+    persistence_dir: Path | None,
+    auth: BrokerAuth | None,
+    *,
+    limits: BrokerLimits | None,
 ) -> Broker:
     workdir = tempfile.TemporaryDirectory(prefix="gridflex-mosquitto-")
     # Started as root, Mosquitto would switch to the `mosquitto` user and could not read
@@ -147,17 +170,13 @@ def _start_mosquitto(
             tls_key=auth.tls_key,
             persistence_dir=persistence_dir,
             extra_conf=as_root,
+            limits=limits,
         )
         conf = files.conf
         credentials = dict(files.credentials)
     else:
         conf = Path(workdir.name) / "mosquitto.conf"
-        persistence = (
-            f"persistence true\npersistence_location {persistence_dir}/"
-            if persistence_dir is not None
-            else "persistence false"
-        )
-        text = MOSQUITTO_CONF.format(host=host, port=port, persistence=persistence)
+        text = anonymous_conf(host, port, persistence_dir=persistence_dir, limits=limits)
         conf.write_text(text + as_root, encoding="utf-8")
     proc = subprocess.Popen(
         [binary, "-c", str(conf)],
@@ -235,17 +254,21 @@ def start_broker(
     port: int | None = None,
     persistence_dir: Path | None = None,
     auth: BrokerAuth | None = None,
+    *,
+    limits: BrokerLimits | None = None,
 ) -> Broker:
     """Start a broker on ``host`` (a free port unless given) and return once it listens.
 
     ``persistence_dir`` (Mosquitto only) keeps sessions and queued messages across a
     restart of the broker on the same port. ``auth`` runs Mosquitto without anonymous
     access (see :class:`BrokerAuth`); it needs Mosquitto (``RuntimeError`` otherwise).
+    ``limits`` replaces the per-client queue limits (default ``BrokerLimits()``; Mosquitto
+    only).
     """
     port = port or free_port(host)
     binary = find_mosquitto() if prefer == "mosquitto" or auth is not None else None
     if binary:
-        return _start_mosquitto(binary, host, port, persistence_dir, auth)
+        return _start_mosquitto(binary, host, port, persistence_dir, auth, limits=limits)
     if auth is not None:
         raise RuntimeError(
             "a broker with users and ACL needs Mosquitto (apt-get install mosquitto)"

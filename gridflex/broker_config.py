@@ -4,7 +4,7 @@
 
 - ``mosquitto.conf``: ``allow_anonymous false``, the password and ACL files, the listener of
   the site's ``[mqtt] url`` (``mqtts://`` gives a TLS listener with ``--tls-cert`` and
-  ``--tls-key``), and the queue settings gridflex relies on (NOTES.md);
+  ``--tls-key``), and the per-client queue limits gridflex is sized for (:class:`BrokerLimits`);
 - ``passwd``: one user per role, PBKDF2-SHA512 hashes in Mosquitto 2's ``$7$`` format
   (written here, so ``mosquitto_passwd`` need not be installed), mode 0600;
 - ``acl``: what each role may publish and read (:func:`acl_rules`);
@@ -37,8 +37,11 @@ from gridflex.contract import PREFIX
 from gridflex.mqtt_wire import DEFAULT_MAX_PACKET_SIZE
 
 __all__ = [
+    "ENVELOPE_OUTAGE_S",
+    "ENVELOPE_RATE_PER_S",
     "ROLES",
     "BrokerFiles",
+    "BrokerLimits",
     "Credentials",
     "Role",
     "acl_rules",
@@ -56,6 +59,45 @@ log = logging.getLogger(__name__)
 
 Role = Literal["collector", "pipeline", "control", "integrator"]
 ROLES: Final[tuple[Role, ...]] = get_args(Role)
+
+#: The envelope the broker's per-client limits are sized for (docs/operations.md, "Bounds
+#: and what happens at them"): a consumer on a persistent session (the pipeline) away or
+#: stalled for ``ENVELOPE_OUTAGE_S`` while 1,000 assets publish 5 messages a second loses
+#: nothing.
+ENVELOPE_RATE_PER_S: Final = 5_000
+ENVELOPE_OUTAGE_S: Final = 60
+
+
+@dataclass(frozen=True)
+class BrokerLimits:
+    """Mosquitto's per-client limits, set deliberately in every configuration we write.
+
+    Attributes:
+        max_queued_messages: QoS 1 messages queued per client beyond those in flight (the
+            envelope: 300,000). Mosquitto's default of 1,000 drops a slow subscriber's
+            messages in a burst; 0 (unlimited) lets one stuck client take the machine's
+            memory (and Mosquitto 2.0.21 mishandles 0, eclipse-mosquitto issue 3244).
+        max_queued_bytes: The same queue in payload bytes: 256 MiB, twice the envelope's
+            ~400-byte telemetry, so the message count is what binds.
+        max_inflight_messages: QoS 1 messages the broker sends a client before its PUBACKs
+            (the pipeline's write-ahead log holds PUBACKs until the fsync).
+
+    At a full queue Mosquitto drops what arrives for that client (the newest), counted in
+    ``$SYS/broker/publish/messages/dropped``.
+    """
+
+    max_queued_messages: int = ENVELOPE_RATE_PER_S * ENVELOPE_OUTAGE_S
+    max_queued_bytes: int = 256 * 1024 * 1024
+    max_inflight_messages: int = 100
+
+    def conf_lines(self) -> list[str]:
+        """The ``mosquitto.conf`` lines of these limits."""
+        return [
+            f"max_queued_messages {self.max_queued_messages}",
+            f"max_queued_bytes {self.max_queued_bytes}",
+            f"max_inflight_messages {self.max_inflight_messages}",
+        ]
+
 
 #: Mosquitto 2.0's ``mosquitto_passwd`` defaults: 12-byte salt, 101 iterations, SHA-512.
 _SALT_BYTES = 12
@@ -166,6 +208,7 @@ def mosquitto_conf(
     tls_key: Path | None = None,
     persistence_dir: Path | None = None,
     extra: str = "",
+    limits: BrokerLimits | None = None,
 ) -> str:
     """A ``mosquitto.conf``: one listener (TLS when cert and key are given), no anonymous."""
     lines = [
@@ -174,8 +217,7 @@ def mosquitto_conf(
         "allow_anonymous false",
         f"password_file {password_file}",
         f"acl_file {acl_file}",
-        "max_queued_messages 0",
-        "max_inflight_messages 100",
+        *(limits or BrokerLimits()).conf_lines(),
         "max_keepalive 600",
         f"max_packet_size {DEFAULT_MAX_PACKET_SIZE}",  # the clients' own limit
         "set_tcp_nodelay true",
@@ -231,6 +273,7 @@ def write_broker_config(
     persistence_dir: Path | None = None,
     rotate: bool = False,
     extra_conf: str = "",
+    limits: BrokerLimits | None = None,
 ) -> BrokerFiles:
     """Write conf, password file, ACL and per-role credentials into ``out_dir``.
 
@@ -269,6 +312,7 @@ def write_broker_config(
             tls_key=tls_key.resolve() if tls_key else None,
             persistence_dir=persistence_dir.resolve() if persistence_dir else None,
             extra=extra_conf,
+            limits=limits,
         ),
         encoding="utf-8",
     )

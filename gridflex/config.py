@@ -209,6 +209,11 @@ class PipelineConfig(_Section):
     wal_dir: _FilePath | None = Field(
         default=None, description="Write-ahead log of received messages; default {history.dir}/wal"
     )
+    receive_queue: Annotated[int, Field(ge=100, le=1_000_000)] = Field(
+        default=10_000,
+        description="Messages held between the MQTT socket and the dataflow, per receiver; "
+        "when full the receiver stops reading (TCP back-pressure, the broker holds the rest)",
+    )
 
 
 _ResponseTimeS = Annotated[float, Field(ge=0.2, le=10.0)]

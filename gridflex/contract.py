@@ -593,6 +593,12 @@ class CollectorStatus(_Payload):
     online: bool
     boot: str | None = None
     assets: list[str] = Field(default_factory=list)
+    mqtt_dropped: Annotated[int, Field(ge=0)] | None = Field(
+        default=None,
+        description="messages the collector's MQTT client dropped since it started (its "
+        "bounded queue was full while the broker was unreachable; the oldest go first); "
+        "absent in the last will",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 

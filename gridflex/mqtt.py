@@ -5,8 +5,11 @@
 - A retained last will (the collector's ``online: false`` presence).
 - Reconnect with exponential backoff (paho's own loop; no home-made reconnect loop).
 - A bounded outgoing queue: while the broker is unreachable messages wait in memory up to
-  ``queue_limit``; past that ``publish`` drops the message, counts it and returns False, so
-  memory never grows without bound.
+  ``queue_limit``; past that ``publish`` drops the NEW message, counts it and returns
+  False, so memory never grows without bound. This differs from the native client
+  (``gridflex.mqtt_asyncio``, production), which drops the OLDEST queued message: paho's
+  queue is internal. This client is the tests' reference oracle and the benchmarks'
+  baseline, not a production path for bounded-queue behaviour.
 - Clean shutdown: ``stop()`` waits for the queue to drain (bounded), then disconnects, which
   does not fire the last will.
 """
@@ -57,6 +60,8 @@ class MqttStats:
     refused_subscriptions: int = 0
     #: Persistent sessions the broker no longer had (session present 0 where expected).
     sessions_lost: int = 0
+    #: Times the owner paused reading (receive queue full; native asyncio client only).
+    read_pauses: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
 
     def as_dict(self) -> dict[str, int]:
@@ -73,6 +78,7 @@ class MqttStats:
                 "oversized": self.oversized,
                 "refused_subscriptions": self.refused_subscriptions,
                 "sessions_lost": self.sessions_lost,
+                "read_pauses": self.read_pauses,
             }
 
 

@@ -2,9 +2,9 @@
 
 Same delivery rules and interface as ``gridflex.mqtt.MqttClient`` (paho on its own thread):
 QoS 1 and a persistent session by default, a retained last will, a bounded outgoing queue
-that drops and counts past ``queue_limit``, reconnect with exponential backoff, and a clean
-stop after a bounded flush. It is an ``asyncio.Protocol`` on the caller's loop; the packets
-come from the pure codec ``gridflex.mqtt_wire``.
+that drops the oldest (and counts) past ``queue_limit``, reconnect with exponential
+backoff, and a clean stop after a bounded flush. It is an ``asyncio.Protocol`` on the
+caller's loop; the packets come from the pure codec ``gridflex.mqtt_wire``.
 
 Why not paho here: the Modbus collector publishes 5,000 telemetry messages a second at
 1,000 inverters, from one process, on one core. paho cost ~90 us of CPU per QoS 1 message
@@ -24,28 +24,24 @@ Delivery, per MQTT 3.1.1:
   identifier, 4.4), then the queue, so the order holds and nothing is lost (at least once).
 - ``max_inflight`` bounds the messages awaiting PUBACK (0: up to 65,278 of the protocol's
   65,535 identifiers; the rest are for SUBSCRIBEs);
-  the rest wait in the queue. ``queue_limit`` bounds queue + in flight; past it (or for QoS
-  0 while disconnected) ``publish`` returns False and counts the message as dropped.
+  the rest wait in the queue. ``queue_limit`` bounds queue + in flight; at it the OLDEST
+  queued message is dropped for the new one (the freshest readings matter most after an
+  outage). Only when all ``queue_limit`` are in flight (or for QoS 0 while disconnected)
+  is the new one dropped and ``publish`` returns False. Every drop is counted in
+  ``stats.dropped``; the first of an outage is a WARNING, and the next CONNACK logs
+  "dropped N messages while the broker was unreachable for X s".
+- Receive flow control: ``pause_reading()`` / ``resume_reading()`` (see
+  ``gridflex.mqtt_inbound``): TCP back-pressure, counted in ``stats.read_pauses``.
 - Keepalive: a PINGREQ every ``keepalive_s``; no PINGRESP by the next one closes the
-  connection (and reconnects).
+  connection (and reconnects), unless reading is paused.
 - ``stop()`` sends DISCONNECT, so the broker discards the last will.
 - ``manual_ack=True`` withholds the PUBACK of each received QoS 1 message until the owner
   says the message is safe (the pipeline: once it is in its write-ahead log):
   :meth:`AsyncMqttClient.take_held_acks` then :meth:`AsyncMqttClient.send_acks`. PUBACKs
   held when a connection drops are forgotten: the broker redelivers those messages.
 
-Hostile or broken input from the broker closes the connection (4.8) and the client
-reconnects; a run of such errors keeps the backoff growing (docs/operations.md, "MQTT
-client limits"):
-
-- A packet beyond ``max_packet_size`` (default 1 MiB, fixed header included) is refused
-  from its length alone, never buffered; counted in ``stats.oversized``, the first logged
-  as a warning. Cap messages at the broker too (Mosquitto ``max_packet_size``), or a
-  persistent session re-delivers the same one on every reconnect.
-- A malformed or truncated packet (see ``gridflex.mqtt_wire``; a topic that is not UTF-8,
-  1.5.3) is counted in ``stats.malformed``. The packets before it in the same read are
-  handled, so PUBACKs are counted and ``pending()`` stays exact; what is still in flight
-  is re-sent on the next connection.
+Hostile or broken input from the broker (oversized, malformed or truncated packets)
+closes the connection (4.8); see ``gridflex.mqtt_inbound``.
 
 Errors the caller must see (``gridflex.mqtt_subscriptions``):
 
@@ -73,9 +69,9 @@ import contextlib
 import logging
 import ssl
 import time
-from typing import NamedTuple, cast
 
 from gridflex.mqtt import MessageCallback, MqttStats, parse_url
+from gridflex.mqtt_inbound import HeldAcks, Inbound, _Connection
 from gridflex.mqtt_subscriptions import (
     SUBSCRIBE_IDS,
     ErrorCallback,
@@ -85,25 +81,13 @@ from gridflex.mqtt_subscriptions import (
     Subscriptions,
 )
 from gridflex.mqtt_wire import (
-    CONNACK,
     CONNACK_REASONS,
     DEFAULT_MAX_PACKET_SIZE,
     DISCONNECT_PACKET,
     PINGREQ_PACKET,
-    PINGRESP,
-    PUBACK,
-    PUBLISH,
-    SUBACK,
-    UNSUBACK,
     MalformedPacket,
-    PacketReader,
-    PacketTooLarge,
     decode_connack,
-    decode_puback,
-    decode_publish,
-    decode_suback,
     encode_connect,
-    encode_puback,
     encode_publish,
     encode_subscribe,
     encode_topic,
@@ -129,52 +113,11 @@ _STOP_CLOSE_TIMEOUT_S = 2.0
 #: Publishes in flight at most: the other identifiers are for SUBSCRIBEs, and one stays
 #: free so ``_next_mid`` always finds one.
 _U16_MAX_INFLIGHT = _MAX_MID - 1 - SUBSCRIBE_IDS
-#: Malformed packets logged at WARNING: the first, then one in this many (the rest at DEBUG).
-_LOG_EVERY = 100
+#: While connected, drops past the first of an outage are logged once in this many.
+_DROP_LOG_EVERY = 1000
 
 
-class _Connection(asyncio.Protocol):
-    """One TCP (or TLS) connection to the broker; hands packets to its client."""
-
-    def __init__(self, client: AsyncMqttClient, max_packet_size: int) -> None:
-        self.client = client
-        self.transport: asyncio.Transport | None = None
-        self.reader = PacketReader(max_packet_size)
-        self.paused = False
-        self.protocol_error = False
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = cast(asyncio.Transport, transport)
-        self.client._connection_made(self)
-
-    def data_received(self, data: bytes) -> None:
-        if self.protocol_error:
-            return  # closed after a protocol error: the rest of the stream is void
-        try:
-            self.client._packets(self, self.reader.feed(data))
-        except MalformedPacket as exc:
-            self.protocol_error = True
-            self.client._protocol_error(self, exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.client._connection_lost(self, exc)
-
-    def pause_writing(self) -> None:
-        self.paused = True
-
-    def resume_writing(self) -> None:
-        self.paused = False
-        self.client._pump()
-
-
-class HeldAcks(NamedTuple):
-    """PUBACKs withheld by a ``manual_ack`` client: their connection and identifiers."""
-
-    connection: object | None
-    mids: list[int]
-
-
-class AsyncMqttClient:
+class AsyncMqttClient(Inbound):
     """An MQTT 3.1.1 client on the running asyncio loop, configured for gridflex.
 
     Parameters are those of ``gridflex.mqtt.MqttClient``, plus ``max_packet_size`` (bytes,
@@ -258,6 +201,10 @@ class AsyncMqttClient:
         self._stopping = False
         self._manual_ack = manual_ack
         self._held_acks: list[int] = []  # withheld PUBACKs (manual_ack), this connection's
+        self._read_paused = False  # pause_reading(): no PUBLISH handed over
+        #: Messages dropped since the last CONNACK, and since when the broker is away.
+        self._outage_dropped = 0
+        self._down_since = time.monotonic()
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -356,18 +303,30 @@ class AsyncMqttClient:
     # ------------------------------------------------------------------ messages
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
-        """Queue one message; False when the bounded queue is full and it was dropped."""
+        """Queue one message; False when it was dropped.
+
+        With the queue full (queue + in flight at ``queue_limit``) the OLDEST queued
+        message is dropped to make room, and this one is queued (True). Only when every
+        message is in flight, or for QoS 0 while disconnected, is this one dropped
+        (False). Every drop is counted in ``stats.dropped`` and logged (``_dropped``).
+        """
         header = publish_header(qos, retain)
         encoded = self._topics.get(topic)
         if encoded is None:
             encoded = encode_topic(topic)
             if len(self._topics) < 100_000:
                 self._topics[topic] = encoded
-        if len(self._queue) + len(self._inflight) >= self._queue_limit or (
-            qos == 0 and not self._connected
-        ):
-            self._dropped(full=qos > 0)
+        if qos == 0 and not self._connected:
+            self._dropped()
             return False
+        if len(self._queue) + len(self._inflight) >= self._queue_limit:
+            if not self._queue:
+                self._dropped()
+                return False
+            self._queue.popleft()  # never sent: it leaves published - acknowledged too
+            with self.stats.lock:
+                self.stats.published -= 1
+            self._dropped()
         with self.stats.lock:
             self.stats.published += 1
         if (
@@ -394,28 +353,6 @@ class AsyncMqttClient:
                 self._send_subscribe([(topic_filter, qos)])
             else:
                 self._subs.defer(topic_filter, qos)
-
-    def take_held_acks(self) -> HeldAcks:
-        """The PUBACKs withheld (``manual_ack``) for the messages delivered so far.
-
-        Take them at the moment the messages delivered until then are handed on to be made
-        durable; pass them to :meth:`send_acks` once they are.
-        """
-        held = HeldAcks(self._conn, self._held_acks)
-        self._held_acks = []
-        return held
-
-    def send_acks(self, held: HeldAcks) -> int:
-        """Send the PUBACKs of ``held``; return how many (0 if its connection is gone).
-
-        On another connection the broker has redelivered (or will) those messages with
-        their new identifiers, so old identifiers are not sent.
-        """
-        if not held.mids or held.connection is None or held.connection is not self._conn:
-            return 0
-        for mid in held.mids:
-            self._queue_packet(encode_puback(mid))
-        return len(held.mids)
 
     # ------------------------------------------------------------------ sending
 
@@ -478,13 +415,28 @@ class AsyncMqttClient:
                 return
             self._send(*queue.popleft())
 
-    def _dropped(self, *, full: bool) -> None:
+    def _dropped(self) -> None:
+        """Count one dropped message; WARNING at the first of an outage, then now and then."""
         with self.stats.lock:
             self.stats.dropped += 1
-            dropped = self.stats.dropped
-        if full and (dropped == 1 or dropped % 1000 == 0):
+            total = self.stats.dropped
+        self._outage_dropped += 1
+        if self._outage_dropped == 1:
+            where = "broker connected but slow" if self._connected else "broker unreachable"
             log.warning(
-                "mqtt %s: outgoing queue full, %d messages dropped", self.client_id, dropped
+                "mqtt %s: outgoing queue full (%d messages, %s): dropping the oldest "
+                "(%d dropped since start)",
+                self.client_id,
+                self._queue_limit,
+                where,
+                total,
+            )
+        elif self._outage_dropped % _DROP_LOG_EVERY == 0:
+            log.warning(
+                "mqtt %s: %d messages dropped in this outage (%d since start)",
+                self.client_id,
+                self._outage_dropped,
+                total,
             )
 
     # ------------------------------------------------------------------ connecting
@@ -565,6 +517,14 @@ class AsyncMqttClient:
             self.stats.connects += 1
             self.stats.sessions_lost += lost
         log.info("mqtt %s: connected to %s:%d", self.client_id, self.host, self.port)
+        if self._outage_dropped:
+            log.warning(
+                "mqtt %s: dropped %d messages while the broker was unreachable for %.1f s",
+                self.client_id,
+                self._outage_dropped,
+                time.monotonic() - self._down_since,
+            )
+            self._outage_dropped = 0
         self._next_delay_s = self._reconnect_min_s
         self._connected = True
         if self._subs.filters:
@@ -594,34 +554,6 @@ class AsyncMqttClient:
         except Exception:  # the caller's bug must not break the connection
             log.exception("mqtt %s: on_error callback failed on %s", self.client_id, error)
 
-    def _protocol_error(self, conn: _Connection, exc: MalformedPacket) -> None:
-        """Close ``conn`` after the broker broke the protocol; count and log it (4.8)."""
-        oversized = isinstance(exc, PacketTooLarge)
-        with self.stats.lock:
-            if oversized:
-                self.stats.oversized += 1
-                count = self.stats.oversized
-            else:
-                self.stats.malformed += 1
-                count = self.stats.malformed
-        # An oversized packet is logged once; malformed ones now and then (both counted).
-        loud = count == 1 or (not oversized and count % _LOG_EVERY == 0)
-        level = logging.WARNING if loud else logging.DEBUG
-        log.log(
-            level,
-            "mqtt %s: %s from %s:%d (%d so far); closing the connection",
-            self.client_id,
-            exc,
-            self.host,
-            self.port,
-            count,
-        )
-        self._penalty_s = min(
-            max(self._penalty_s * 2, self._reconnect_min_s), self._reconnect_max_s
-        )
-        if conn.transport is not None:
-            conn.transport.abort()
-
     def _connection_lost(self, conn: _Connection, exc: Exception | None) -> None:
         if conn is not self._conn:
             return
@@ -633,6 +565,8 @@ class AsyncMqttClient:
         self._held_acks = []  # the broker redelivers these on the next session
         was_connected = self._connected
         self._connected = False
+        if was_connected:
+            self._down_since = time.monotonic()
         for handle in (self._ping, self._connack_timer):
             if handle is not None:
                 handle.cancel()
@@ -661,7 +595,7 @@ class AsyncMqttClient:
         conn = self._conn
         if conn is None or conn.transport is None:
             return
-        if self._ping_outstanding:
+        if self._ping_outstanding and not (self._read_paused or conn.backlog):
             log.warning("mqtt %s: no PINGRESP within %d s", self.client_id, self._keepalive_s)
             self._ping_outstanding = False
             conn.transport.abort()
@@ -669,71 +603,3 @@ class AsyncMqttClient:
         self._ping_outstanding = True
         self._queue_packet(PINGREQ_PACKET)
         self._arm_ping()
-
-    # ------------------------------------------------------------------ receiving
-
-    def _packets(self, conn: _Connection, packets: list[tuple[int, bytes]]) -> None:
-        """Handle the packets of one read; a malformed one raises ``MalformedPacket``.
-
-        The PUBACKs before a malformed packet are counted (``finally``), so ``pending()``
-        matches the in-flight table whatever comes after them.
-        """
-        acked = 0
-        inflight = self._inflight
-        try:
-            for first, body in packets:
-                kind = first >> 4
-                if kind == PUBACK:  # the hot path: ``decode_puback`` inlined
-                    if first != 0x40 or len(body) != 2:
-                        decode_puback(first, body)  # raises MalformedPacket
-                    if inflight.pop((body[0] << 8) | body[1], None) is not None:
-                        acked += 1
-                elif kind == PUBLISH:
-                    self._on_publish(first, body)
-                elif kind == CONNACK:
-                    self._on_connack(conn, first, body)
-                elif kind == PINGRESP:
-                    if first & 0x0F or body:
-                        raise MalformedPacket(f"PINGRESP of {len(body)} bytes")
-                    self._ping_outstanding = False
-                elif kind == SUBACK:
-                    self._on_suback(first, body)
-                elif kind == UNSUBACK:  # never sent by this client: ignored
-                    log.debug("mqtt %s: UNSUBACK ignored", self.client_id)
-                else:
-                    raise MalformedPacket(f"packet type {kind} is not sent to a client")
-        finally:
-            if acked:
-                with self.stats.lock:
-                    self.stats.acknowledged += acked
-                if self._queue and self._connected:
-                    self._pump()
-
-    def _on_suback(self, first: int, body: bytes) -> None:
-        refused, deferred = self._subs.acknowledged(*decode_suback(first, body))
-        if deferred:
-            self._send_subscribe(deferred)
-        if refused:
-            with self.stats.lock:
-                self.stats.refused_subscriptions += len(refused)
-            for topic_filter in refused:
-                self._report(SubscriptionRefused(self.client_id, topic_filter))
-
-    def _on_publish(self, first: int, body: bytes) -> None:
-        topic, qos, mid, payload = decode_publish(first, body)
-        callbacks = self._subs.callbacks(topic)
-        if callbacks:
-            with self.stats.lock:
-                self.stats.received += len(callbacks)
-        for callback in callbacks:
-            try:
-                callback(topic, payload)
-            except Exception:  # a subscriber's bug must not break the connection
-                log.exception("mqtt %s: message callback failed on %s", self.client_id, topic)
-        if not callbacks:
-            log.debug("mqtt %s: message on %s matched no subscription", self.client_id, topic)
-        if qos == 1:
-            if self._manual_ack:
-                self._held_acks.append(mid)
-            else:
-                self._queue_packet(encode_puback(mid))

@@ -216,6 +216,7 @@ def mqtt_source(
         wal_dir=opts.wal_dir,
         wal_retention_s=wal_retention_s(site, opts),
         wal_segment_s=site.pipeline.snapshot_interval_s,
+        receive_queue=site.pipeline.receive_queue,
     )
 
 

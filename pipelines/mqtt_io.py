@@ -26,6 +26,13 @@ and the partition first replays what its log holds (``{wal_dir}/{client_id}-{i}`
 the dataflow, then what the receiver gets. A ``kill -9`` at any moment loses nothing the
 broker accepted; what is replayed twice (or redelivered) is de-duplicated by the history.
 
+Bounded memory. Between the socket and Bytewax every queue is bounded: the receiver's
+(``receive_queue`` messages; when full it stops reading its socket, so TCP back-pressure
+makes the broker hold the rest in the persistent session, nothing dropped), the pipe to
+this process (the OS's pipe buffer: the child's ``send`` blocks, then its queue fills) and
+``next_batch`` (at most about ``batch_size`` messages per call). The replay of the
+write-ahead log at start is bounded by the log's retention.
+
 Sink. :class:`MqttSink` takes ``(topic, payload)`` pairs and publishes them at QoS 1
 through the native asyncio client on a loop thread (bounded outgoing queue); on close it
 waits (bounded) until the broker has acknowledged them.
@@ -287,6 +294,8 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
             folder per partition), replayed on start; ``None``: PUBACK on receipt.
         wal_retention_s: Age at which a sealed log segment is covered and deleted, s.
         wal_segment_s: Age at which a log starts a new segment, s.
+        receive_queue: Most messages a receiver holds before the dataflow takes them; at
+            it the receiver stops reading its socket (TCP back-pressure, nothing dropped).
 
     Attributes:
         failures: Why partitions ended early (a receiver process died), for the CLI.
@@ -311,6 +320,7 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         wal_dir: str | Path | None = None,
         wal_retention_s: float = 30.0,
         wal_segment_s: float = 5.0,
+        receive_queue: int = 10_000,
     ) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
@@ -335,6 +345,7 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         self.wal_dir = None if wal_dir is None else Path(wal_dir)
         self.wal_retention_s = wal_retention_s
         self.wal_segment_s = wal_segment_s
+        self.receive_queue = receive_queue
         self.failures: list[str] = []
 
     def list_parts(self) -> list[str]:
@@ -363,6 +374,7 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
             ),
             wal_retention_s=self.wal_retention_s,
             wal_segment_s=self.wal_segment_s,
+            receive_queue=self.receive_queue,
         )
         if self.receiver == "thread":
             return _ThreadPartition(
@@ -397,7 +409,6 @@ class _NativeSinkPartition(StatelessSinkPartition[tuple[str, bytes]]):
         self._client = client
         self._qos = qos
         self._flush_timeout_s = flush_timeout_s
-        self.dropped = 0
         self._loop = LoopThread(f"mqtt-{client.client_id}")
         self._loop.run(client.start())
         if not self._loop.run(client.wait_connected(flush_timeout_s), flush_timeout_s + 5):
@@ -406,8 +417,12 @@ class _NativeSinkPartition(StatelessSinkPartition[tuple[str, bytes]]):
     def _publish(self, items: list[tuple[str, bytes]]) -> None:
         for topic, payload in items:
             retain = is_retained_topic(topic)
-            if not self._client.publish(topic, payload, qos=self._qos, retain=retain):
-                self.dropped += 1
+            self._client.publish(topic, payload, qos=self._qos, retain=retain)
+
+    @property
+    def dropped(self) -> int:
+        """Messages the client dropped (a full queue drops the oldest; counted there)."""
+        return self._client.stats.as_dict()["dropped"]
 
     def write_batch(self, items: list[tuple[str, bytes]]) -> None:
         """Hand ``(topic, payload)`` items to the loop thread; retained as the contract says."""

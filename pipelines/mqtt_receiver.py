@@ -22,6 +22,13 @@ commit thread, which appends and fsyncs the group and only then has the PUBACKs 
 the log (replayed on start), what was not is redelivered by the broker's session.
 Messages go to the dataflow at once, not after the fsync (no added latency).
 
+Bounded queue (``ReceiverSettings.receive_queue``). The messages waiting for
+:meth:`~MqttReceiver.take` never exceed ``receive_queue``: at it the client stops handing
+messages over and stops reading its socket (``AsyncMqttClient.pause_reading``): the
+kernel's receive buffer fills, TCP's window closes and the broker keeps the rest in the
+session's queue. :meth:`~MqttReceiver.take` resumes reading once the queue is at half the
+bound or less. Nothing is dropped; ``read_pauses`` and ``max_pending`` tell it happened.
+
 Shutdown: the parent writes to a control pipe; the child disconnects first (nothing more
 is acknowledged), sends what it still holds, then ``None`` as end marker, and exits. The
 child ignores SIGINT/SIGTERM (a Ctrl-C reaches the whole process group: the parent
@@ -31,6 +38,7 @@ decides) and exits by itself when the parent is gone (end of file on the control
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
 import threading
@@ -76,6 +84,10 @@ class ReceiverSettings:
         wal_retention_s: Age at which a sealed log segment is covered (deleted), s.
         wal_segment_s: Age at which the log starts a new segment, s.
         commit_ms: Longest wait between a message's arrival and its group's fsync, ms.
+        receive_queue: Most messages held between the socket and :meth:`MqttReceiver.take`;
+            at it the client stops reading its socket (TCP back-pressure: the broker holds
+            the rest in the session), and reads again once :meth:`~MqttReceiver.take`
+            brings the queue to half of it or less.
 
     """
 
@@ -95,6 +107,11 @@ class ReceiverSettings:
     wal_retention_s: float = 30.0
     wal_segment_s: float = 5.0
     commit_ms: float = 2.0
+    receive_queue: int = 10_000
+
+    def __post_init__(self) -> None:
+        if self.receive_queue < 1:
+            raise ValueError(f"receive_queue must be >= 1, got {self.receive_queue}")
 
 
 class MqttReceiver:
@@ -106,6 +123,11 @@ class MqttReceiver:
         self._pending: list[Message] = []
         self._stopping = False
         self.received = 0
+        self._limit = settings.receive_queue
+        self._low_water = settings.receive_queue // 2
+        self._paused = False  # under the lock: reading paused, resume not yet scheduled
+        #: Most messages the queue ever held (never above ``receive_queue``).
+        self.max_pending = 0
         host = f"[{settings.host}]" if ":" in settings.host else settings.host
         self._client = AsyncMqttClient(
             f"{'mqtts' if settings.tls else 'mqtt'}://{host}:{settings.port}",
@@ -145,11 +167,23 @@ class MqttReceiver:
             self.settings.port,
         )
 
+    @property
+    def read_pauses(self) -> int:
+        """Times the receiver stopped reading its socket because its queue was full."""
+        return self._client.stats.read_pauses
+
     def _on_message(self, topic: str, payload: bytes) -> None:
         with self._lock:  # receive time and take time come from under one lock
             received_ms = _now_ms()
-            self._pending.append((topic, payload, received_ms))
+            pending = self._pending
+            pending.append((topic, payload, received_ms))
             self.received += 1
+            full = len(pending) >= self._limit and not self._paused
+            if full:
+                self._paused = True
+            self.max_pending = max(self.max_pending, len(pending))
+        if full:  # the next message stays in the socket (then the broker) until take()
+            self._client.pause_reading()
         if self._committer is not None:
             self._wal_buffer.append(encode_record(topic, payload, received_ms))
             if self._commit_handle is None:
@@ -187,7 +221,19 @@ class MqttReceiver:
         with self._lock:
             taken, self._pending = self._pending, []
             through_ms = _now_ms()
+            resume = self._paused and len(self._pending) <= self._low_water
+        if resume and self._loop is not None and not self._stopping:
+            with contextlib.suppress(RuntimeError):  # the loop closed meanwhile: stopping
+                self._loop.call(self._resume)
         return taken, through_ms
+
+    def _resume(self) -> None:
+        """Loop thread: read again if :meth:`take` left the queue at the low-water mark."""
+        with self._lock:
+            if not self._paused or len(self._pending) > self._low_water:
+                return
+            self._paused = False
+        self._client.resume_reading()
 
     def stop(self) -> None:
         """Disconnect; what was acknowledged before is still returned by :meth:`take`."""

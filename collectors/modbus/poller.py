@@ -38,6 +38,7 @@ from gridflex.contract import (
     status_topic,
     telemetry_topic,
 )
+from gridflex.mqtt_drops import STATUS_REFRESH_S, DropWatch, dropped_count
 from gridflex.mqtt_factory import MqttPublisher
 from gridflex.sunspec.discovery import DiscoveryError, IllegalAddress, ReadRegisters
 
@@ -329,7 +330,9 @@ class DevicePoller:
                 ticker.close()
 
 
-def collector_status(site: SiteConfig, boot: str, *, online: bool) -> CollectorStatus:
+def collector_status(
+    site: SiteConfig, boot: str, *, online: bool, mqtt_dropped: int | None = None
+) -> CollectorStatus:
     """Return the collector's retained presence (its last will with ``online=False``)."""
     return CollectorStatus(
         site=site.id,
@@ -338,7 +341,23 @@ def collector_status(site: SiteConfig, boot: str, *, online: bool) -> CollectorS
         online=online,
         boot=boot,
         assets=[a.id for a in site.inverters],
+        mqtt_dropped=mqtt_dropped,
     )
+
+
+async def _refresh_presence(
+    site: SiteConfig, boot: str, mqtt: Publisher, stop: asyncio.Event
+) -> None:
+    """Publish the presence again whenever the MQTT drop count moved (``DropWatch``)."""
+    watch = DropWatch(mqtt)
+    topic = collector_topic(site.id, COMPONENT)
+    while not stop.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STATUS_REFRESH_S)
+        dropped = watch.due()
+        if dropped is not None:
+            status = collector_status(site, boot, online=True, mqtt_dropped=dropped)
+            mqtt.publish(topic, status.to_json(), qos=1, retain=True)
 
 
 async def _stop_pollers(pollers: list[DevicePoller], tasks: list[asyncio.Task[None]]) -> None:
@@ -391,7 +410,9 @@ async def run(
     interval_s = site.modbus.poll_interval_ms / 1000.0
     inverters = site.inverters
     topic = collector_topic(site.id, COMPONENT)
-    mqtt.publish(topic, collector_status(site, boot, online=True).to_json(), qos=1, retain=True)
+    presence = collector_status(site, boot, online=True, mqtt_dropped=dropped_count(mqtt))
+    mqtt.publish(topic, presence.to_json(), qos=1, retain=True)
+    refresher = asyncio.create_task(_refresh_presence(site, boot, mqtt, stop), name="presence")
     ticker = Ticker(asyncio.get_running_loop())
     pollers = [
         DevicePoller(
@@ -422,9 +443,11 @@ async def run(
     stats.window_s = asyncio.get_running_loop().time() - window_start
     if watcher is not None:
         watcher.cancel()
+    await refresher
     await _stop_pollers(pollers, tasks)
     ticker.close()
     for poller in pollers:
         poller.publish_status("offline", "collector stopped")
-    mqtt.publish(topic, collector_status(site, boot, online=False).to_json(), qos=1, retain=True)
+    presence = collector_status(site, boot, online=False, mqtt_dropped=dropped_count(mqtt))
+    mqtt.publish(topic, presence.to_json(), qos=1, retain=True)
     return stats

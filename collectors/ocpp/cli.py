@@ -22,6 +22,7 @@ from collectors.ocpp.requests import RequestServer
 from collectors.ocpp.security import KeyFileError, check_private_key_file
 from gridflex.config import ConfigError, load_site
 from gridflex.mqtt_asyncio import AsyncMqttClient
+from gridflex.mqtt_drops import DropWatch, dropped_count
 from gridflex.mqtt_factory import MqttClientFactory
 from gridflex.runtime import stop_on_signals
 
@@ -38,6 +39,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site file (TOML)")
     parser.add_argument("--host", help="listen address (default: site.ocpp.host)")
     parser.add_argument("--port", type=int, help="listen port (default: site.ocpp.port)")
+
+
+def _mqtt_dropped(csms: Csms) -> int:
+    """Messages the CSMS's MQTT client dropped (its count; else the refused publishes)."""
+    dropped = dropped_count(csms.publisher)
+    return csms.stats.telemetry_dropped if dropped is None else dropped
 
 
 async def run(
@@ -64,6 +71,7 @@ async def run(
     try:
         last = csms.stats.telemetry_published
         next_stats = time.monotonic() + _STATS_EVERY_S
+        drops = DropWatch(csms.publisher)
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=tick_s)
@@ -77,13 +85,16 @@ async def run(
             )
             if action is not None:
                 gc_policy.apply(action)
+            dropped = drops.due()
+            if dropped is not None:  # never silent: the retained presence says it
+                csms.publish_presence(dropped)
             if now >= next_stats:
                 next_stats = now + _STATS_EVERY_S
                 log.info(
                     "ocpp: %d stations connected, %.0f telemetry/min, %d dropped, %d refused",
                     len(csms.connected_stations),
                     stats.telemetry_published - last,
-                    stats.telemetry_dropped,
+                    _mqtt_dropped(csms),
                     stats.bad_frames,
                 )
                 last = stats.telemetry_published

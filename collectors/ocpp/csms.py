@@ -76,6 +76,7 @@ from gridflex.contract import (
     describe_validation_error,
     status_topic,
 )
+from gridflex.mqtt_drops import dropped_count
 
 __all__ = [
     "COMPONENT",
@@ -127,6 +128,8 @@ class CsmsStats:
     delayed_refusals: int = 0
     bad_frames: int = 0
     telemetry_published: int = 0
+    #: Telemetry ``publish`` refused (paho: the new message at a full queue; the native
+    #: client drops the oldest instead and counts it in ``stats.dropped`` of the client).
     telemetry_dropped: int = 0
     readings_refused: int = 0
     missed_transaction_events: int = 0
@@ -476,7 +479,11 @@ class Csms(ChargingProfiles):
         topic = status_topic(self.settings.site_id, "evse", config.asset_id)
         self.publisher.publish(topic, status.to_json(), qos=1, retain=True)
 
-    def _publish_collector(self, *, online: bool) -> None:
+    def publish_presence(self, mqtt_dropped: int | None) -> None:
+        """Publish the retained online presence again, with a new MQTT drop count."""
+        self._publish_collector(online=True, mqtt_dropped=mqtt_dropped)
+
+    def _publish_collector(self, *, online: bool, mqtt_dropped: int | None = None) -> None:
         status = CollectorStatus(
             site=self.settings.site_id,
             component=COMPONENT,
@@ -484,6 +491,7 @@ class Csms(ChargingProfiles):
             online=online,
             boot=self.boot_id,
             assets=sorted(self._evses),
+            mqtt_dropped=dropped_count(self.publisher) if mqtt_dropped is None else mqtt_dropped,
         )
         topic = collector_topic(self.settings.site_id, COMPONENT)
         self.publisher.publish(topic, status.to_json(), qos=1, retain=True)

@@ -42,6 +42,7 @@ from gridflex.contract import (
     deadletter_topic,
     parse_payload,
 )
+from gridflex.runtime import cancel_and_wait
 
 __all__ = ["DEFAULT_LRU_SIZE", "RequestServer", "Subscriber", "request_filter"]
 
@@ -109,9 +110,7 @@ class RequestServer:
 
     async def stop(self) -> None:
         """Cancel the requests still running."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await cancel_and_wait(self._tasks, log)
 
     def _on_message(self, topic: str, payload: bytes) -> None:
         loop = self._loop

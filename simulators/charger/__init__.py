@@ -39,8 +39,9 @@ The package, in layers (each module imports only the ones above it):
   ``charging_needs_payload``, ``ocpp_time``), the meter-value schedule (``next_meter_s``)
   and the answer matching of ``call_wire`` (``answer_frame``); pure;
 - ``evse``: ``SimEvse`` (one EVSE: car, transaction, profiles, its messages), ``Profile``;
-- ``station``: ``StationCounters``, the ``ChargePoint`` handler classes, ``SimStation`` (one
-  station on its connection) and ``run_fleet``;
+- ``handlers``: the ``ChargePoint`` handler classes;
+- ``station``: ``StationCounters``, ``SimStation`` (one station on its connection) and
+  ``run_fleet``;
 - ``cli``: ``add_arguments``/``main`` of ``gridflex sim chargers``.
 
 This module re-exports the names code imported from ``simulators.charger`` before it was a

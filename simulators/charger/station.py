@@ -1,9 +1,9 @@
-"""A simulated station on the wire: OCPP handlers, the station's behaviour, the fleet runner.
+"""A simulated station on the wire: the station's behaviour and the fleet runner.
 
 ``SimStation`` connects to ``{csms-url}/{station_id}`` (``websockets``' client, its own
 reconnect backoff), runs the OCPP conversation with the ``ocpp`` library's ``ChargePoint``
-(``_SimChargePoint201``/``_SimChargePoint21``: the handlers of SetVariables,
-SetChargingProfile and ClearChargingProfile, and the hot-path ``call_wire``), steps each
+(``simulators.charger.handlers``: the handlers of SetVariables, SetChargingProfile and
+ClearChargingProfile, and the hot-path ``call_wire``), steps each
 EVSE's car (``simulators.charger.evse``, ``simulators.ev``) under the profiles in force and
 injects its faults. Profiles it acts on: TxProfile (the EVSE's transaction; CentralSetpoint,
 LocalFrequency, ChargingOnly or a plain limit), TxDefaultProfile (an EVSE, or every EVSE
@@ -27,10 +27,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from ocpp.messages import CallError, MessageType
-from ocpp.routing import on
-from ocpp.v21 import ChargePoint as ChargePoint21
-from ocpp.v201 import ChargePoint as ChargePoint201
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -42,11 +38,10 @@ from simulators.charger.control import (
 )
 from simulators.charger.evse import Profile, SimEvse
 from simulators.charger.fleet import StationSpec
+from simulators.charger.handlers import SimChargePoint21, SimChargePoint201
 from simulators.charger.wire import (
     DEFAULT_MEASURANDS,
-    FRAME_ENCODER,
     SUPPORTED_MEASURANDS,
-    answer_frame,
     charging_needs_payload,
     next_meter_s,
     ocpp_time,
@@ -70,101 +65,6 @@ class StationCounters:
     messages_dropped: int = 0
     profiles_received: int = 0
     calls_ignored: int = 0
-
-
-class _SimHandlers:
-    """OCPP handlers of a simulated station (library style: snake_case keyword arguments)."""
-
-    station: SimStation
-    _call_result: Any
-    _awaiting: tuple[str, asyncio.Future[list[Any]]] | None = None
-
-    @on("SetVariables")
-    def on_set_variables(self, set_variable_data: list[dict[str, Any]], **_kw: Any) -> Any:
-        """Apply each variable and answer its status."""
-        results = [self.station.set_variable(item) for item in set_variable_data]
-        return self._call_result.SetVariables(set_variable_result=results)
-
-    @on("SetChargingProfile")
-    def on_set_charging_profile(
-        self, evse_id: int, charging_profile: dict[str, Any], **_kw: Any
-    ) -> Any:
-        """Apply a charging profile to an EVSE (0: the station)."""
-        status, reason = self.station.apply_profile(evse_id, charging_profile)
-        info = {"reason_code": reason} if reason else None
-        return self._call_result.SetChargingProfile(status=status, status_info=info)
-
-    @on("ClearChargingProfile")
-    def on_clear_charging_profile(
-        self,
-        charging_profile_id: int | None = None,
-        charging_profile_criteria: dict[str, Any] | None = None,
-        **_kw: Any,
-    ) -> Any:
-        """Drop profiles by id or criteria: the car falls back to what is left."""
-        status = self.station.clear_profiles(charging_profile_id, charging_profile_criteria)
-        return self._call_result.ClearChargingProfile(status=status)
-
-    async def start(self) -> None:
-        """Receive and route frames (the library logs every frame at INFO; here DEBUG)."""
-        while True:
-            message = await self._connection.recv()  # type: ignore[attr-defined]
-            log.debug("%s: received %s", self.station.spec.station_id, message)
-            await self.route_message(message)
-
-    async def _send(self, message: str) -> None:
-        log.debug("%s: send %s", self.station.spec.station_id, message)
-        await self._connection.send(message)  # type: ignore[attr-defined]
-
-    async def call_wire(self, action: str, payload: dict[str, Any]) -> dict[str, Any]:
-        """Send a wire-format CALL and return the answer's payload (the hot path).
-
-        One CALL at a time per connection (the library's call lock, as OCPP-J requires).
-        The answer is matched by its message id in ``route_message`` and handed over in a
-        future: the library's response queue costs a task per call (``wait_for``), and its
-        ``Call.to_json`` a new JSON encoder per frame.
-        """
-        unique_id = self._unique_id_generator()  # type: ignore[attr-defined]
-        frame = FRAME_ENCODER.encode([MessageType.Call, unique_id, action, payload])
-        async with self._call_lock:  # type: ignore[attr-defined]
-            answer: asyncio.Future[list[Any]] = asyncio.get_running_loop().create_future()
-            self._awaiting = (unique_id, answer)
-            try:
-                await self._send(frame)
-                async with asyncio.timeout(self._response_timeout):  # type: ignore[attr-defined]
-                    response = await answer
-            finally:
-                self._awaiting = None
-        if response[0] == MessageType.CallError:
-            raise CallError(*response[1:]).to_exception()
-        result: dict[str, Any] = response[2]
-        return result
-
-    async def route_message(self, raw_msg: str) -> None:
-        """Hand the answer to ``call_wire``'s CALL over; ignore CALLs while hung; else route.
-
-        Everything else is routed as the library does (its handlers, its response queue for
-        the CALLs sent with ``call()``).
-        """
-        awaiting = self._awaiting
-        if awaiting is not None and raw_msg.lstrip()[1:2] in ("3", "4"):
-            frame = answer_frame(raw_msg, awaiting[0])
-            if frame is not None:
-                if not awaiting[1].done():
-                    awaiting[1].set_result(frame)
-                return
-        if self.station.hung and raw_msg.lstrip().startswith("[2"):
-            self.station.counters.calls_ignored += 1
-            return
-        await super().route_message(raw_msg)  # type: ignore[misc]
-
-
-class _SimChargePoint201(_SimHandlers, ChargePoint201):
-    pass
-
-
-class _SimChargePoint21(_SimHandlers, ChargePoint21):
-    pass
 
 
 class SimStation:
@@ -365,7 +265,7 @@ class SimStation:
             log.error("%s: the CSMS refused the connection: %s", self.spec.station_id, exc)
 
     async def _session(self, ws: ClientConnection, stop: asyncio.Event) -> bool:
-        cls = _SimChargePoint21 if self.spec.ocpp_version == "2.1" else _SimChargePoint201
+        cls = SimChargePoint21 if self.spec.ocpp_version == "2.1" else SimChargePoint201
         cp = cls(self.spec.station_id, ws, response_timeout=self.response_timeout_s)
         cp.station = self
         ids = itertools.count(1)

@@ -149,8 +149,8 @@ def test_last_will_marks_a_killed_process_offline(mosquitto: Broker) -> None:
         proc.wait()
 
 
-def test_queue_is_bounded_while_the_broker_is_down_and_drains_on_reconnect(
-    tmp_path: Path,
+def test_full_queue_drops_the_oldest_while_the_broker_is_down_and_drains_on_reconnect(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     store = tmp_path / "mosquitto-store"
     store.mkdir()
@@ -193,9 +193,14 @@ def test_queue_is_bounded_while_the_broker_is_down_and_drains_on_reconnect(
     finally:
         for broker in brokers:
             broker.stop()
-    assert accepted.count(True) == 50
+    # Every publish was accepted; the 30 oldest made room for the newest (never silent).
+    assert accepted == [True] * 80
     assert stats["dropped"] == 30
-    assert sorted(int(p) for p in received) == list(range(50))
+    assert stats["published"] - stats["acknowledged"] == 50  # pending() counts the kept
+    assert [int(p) for p in received] == list(range(30, 80))
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert any("outgoing queue full" in m and "dropping the oldest" in m for m in warnings)
+    assert any("dropped 30 messages while the broker was unreachable" in m for m in warnings)
 
 
 def test_stop_before_the_broker_was_ever_reached_returns() -> None:

@@ -15,7 +15,8 @@ import pytest
 from ocpp.exceptions import FormatViolationError
 
 from simulators.charger.fleet import StationSpec
-from simulators.charger.station import SimStation, _SimChargePoint21
+from simulators.charger.handlers import SimChargePoint21
+from simulators.charger.station import SimStation
 from simulators.charger.wire import next_meter_s
 from simulators.ev import CarSpec
 
@@ -70,9 +71,9 @@ class _Wire:
         return ""
 
 
-def station_cp(response_timeout_s: float = 5.0) -> tuple[_SimChargePoint21, _Wire]:
+def station_cp(response_timeout_s: float = 5.0) -> tuple[SimChargePoint21, _Wire]:
     wire = _Wire()
-    cp = _SimChargePoint21("cs-1", wire, response_timeout=response_timeout_s)
+    cp = SimChargePoint21("cs-1", wire, response_timeout=response_timeout_s)
     cp.station = SimStation(
         StationSpec.single("cs-1", None, "2.1", CarSpec()), "ws://127.0.0.1:1/ocpp"
     )
@@ -80,7 +81,7 @@ def station_cp(response_timeout_s: float = 5.0) -> tuple[_SimChargePoint21, _Wir
     return cp, wire
 
 
-async def answer_after_send(cp: _SimChargePoint21, wire: _Wire, frames: list[str]) -> None:
+async def answer_after_send(cp: SimChargePoint21, wire: _Wire, frames: list[str]) -> None:
     while not wire.sent:
         await asyncio.sleep(0)
     for frame in frames:

@@ -8,14 +8,11 @@ import pytest
 
 from gridflex.sunspec.tables import load_model
 from simulators.droop import DroopParams
-from simulators.inverter import (
-    BASE_ADDRESS,
+from simulators.inverter import BASE_ADDRESS, InverterModel, InverterRatings, SimulatedInverter
+from simulators.inverter.registers import (
     ILLEGAL_DATA_ADDRESS,
     ILLEGAL_DATA_VALUE,
     ILLEGAL_FUNCTION,
-    InverterModel,
-    InverterRatings,
-    SimulatedInverter,
 )
 
 RATINGS = InverterRatings(
