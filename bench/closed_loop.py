@@ -42,7 +42,13 @@ telemetry to the confirmed write at 1,000 assets on the 2-core machine.
 
     .venv/bin/python bench/closed_loop.py                         # 100, 500, 1000
     .venv/bin/python bench/closed_loop.py --assets 100,1000 --local-droop
+    .venv/bin/python bench/closed_loop.py --assets 1000 --baseline
     .venv/bin/python bench/closed_loop.py --assets 1000 --pyspy-dir /tmp/spy
+
+``--baseline`` also runs each N and variant with the writer on pymodbus' client (the
+library baseline: ``python -m bench.baselines control --modbus pymodbus``, the same
+``gridflex control`` with pymodbus injected) and prints the baseline's write p99 and writer
+CPU as ratios of the command's.
 
 ``--pyspy-dir D`` records the writer (``gridflex control``) with py-spy (``$PYSPY``,
 default ``.venv/bin/py-spy``) over the measured time, raw collapsed stacks; py-spy takes
@@ -193,9 +199,11 @@ def recorder_main(
 # --------------------------------------------------------------------------- processes
 
 
-def _gridflex(*args: str, log_level: str = "WARNING") -> subprocess.Popen[bytes]:
+def _gridflex(
+    *args: str, log_level: str = "WARNING", module: str = "gridflex.cli"
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
-        [sys.executable, "-m", "gridflex.cli", f"--log-level={log_level}", *args],
+        [sys.executable, "-m", module, f"--log-level={log_level}", *args],
         cwd=ROOT,
         env={**os.environ, "PYTHONPATH": str(ROOT)},
     )
@@ -253,8 +261,14 @@ def _history(data_dir: Path) -> dict[str, Any]:
     return {"readings": readings, "acks": acks, "commands": commands}
 
 
-def run_one(n: int, local_droop: bool, args: argparse.Namespace) -> dict[str, Any]:
-    """One N and variant: start everything, step, stop, read the history back."""
+def run_one(
+    n: int, local_droop: bool, args: argparse.Namespace, *, pymodbus_writer: bool = False
+) -> dict[str, Any]:
+    """One N and variant: start everything, step, stop, read the history back.
+
+    ``pymodbus_writer``: the writer is the library baseline (``bench.baselines control
+    --modbus pymodbus``) instead of ``gridflex control``.
+    """
     ctx = multiprocessing.get_context("spawn")
     ready, stop = ctx.Event(), ctx.Event()
     results_in, results_out = ctx.Pipe(duplex=False)
@@ -291,9 +305,13 @@ def run_one(n: int, local_droop: bool, args: argparse.Namespace) -> dict[str, An
             recorder.start()
             if not ready.wait(30):
                 raise RuntimeError("recorder did not start")
-            procs["control"] = _gridflex(
-                "control", "--site", str(site), "--modbus-client", args.modbus_client, "--no-api"
-            )
+            if pymodbus_writer:
+                procs["control"] = _gridflex(
+                    *("control", "--site", str(site), "--no-api", "--modbus", "pymodbus"),
+                    module="bench.baselines",
+                )
+            else:
+                procs["control"] = _gridflex("control", "--site", str(site), "--no-api")
             client_id = f"gridflex-pipeline-{SITE}"
             for topic_filter in pipeline_filters(SITE):
                 open_session(broker.url, f"{client_id}-0", topic_filter)
@@ -343,6 +361,7 @@ def run_one(n: int, local_droop: bool, args: argparse.Namespace) -> dict[str, An
     return analyse(
         n=n,
         local_droop=local_droop,
+        pymodbus_writer=pymodbus_writer,
         steps=steps,
         history=history,
         group_of=group_of,
@@ -360,6 +379,7 @@ def analyse(
     *,
     n: int,
     local_droop: bool,
+    pymodbus_writer: bool = False,
     steps: int,
     history: dict[str, Any],
     group_of: dict[str, int],
@@ -394,7 +414,8 @@ def analyse(
     ready = {a.asset for a in acks if a.result in ("applied", "clamped") and a.ts_ms < first_ms}
     return {
         "n": n,
-        "variant": "local droop" if local_droop else "central",
+        "variant": ("local droop" if local_droop else "central")
+        + (PYMODBUS_WRITER if pymodbus_writer else ""),
         "steps_seen": sum(len(s) for s in seen.values()),
         "steps_expected": n * steps,
         "groups": len(groups),
@@ -422,6 +443,9 @@ def analyse(
 
 
 # --------------------------------------------------------------------------- table
+
+#: Suffix of a variant whose writer is the pymodbus baseline.
+PYMODBUS_WRITER = ", pymodbus writer"
 
 PROCESS_GROUPS = ("simulators", "collector", "pipeline", "control", "mosquitto", "recorder")
 
@@ -498,6 +522,27 @@ def notes(r: dict[str, Any]) -> str:
     )
 
 
+def baseline_ratios(results: list[dict[str, Any]]) -> list[str]:
+    """The pymodbus writer's write p99 and writer CPU as ratios of the command's."""
+    ours = {(r["n"], r["variant"]): r for r in results}
+    lines = []
+    for r in results:
+        if not r["variant"].endswith(PYMODBUS_WRITER):
+            continue
+        command = ours.get((r["n"], r["variant"].removesuffix(PYMODBUS_WRITER)))
+        if command is None:
+            continue
+        p99, base_p99 = command["write"][1], r["write"][1]
+        cpu, base_cpu = command["cpu"].get("control", 0.0), r["cpu"].get("control", 0.0)
+        p99_ratio = f"{base_p99 / p99:.2f} x" if p99 and base_p99 is not None else "-"
+        cpu_ratio = f"{base_cpu / cpu:.2f} x" if cpu else "-"
+        lines.append(
+            f"N={r['n']} {r['variant']}: write p99 {base_p99} ms = {p99_ratio} the command's "
+            f"({p99} ms); writer CPU {base_cpu:.0f} % = {cpu_ratio} the command's ({cpu:.0f} %)"
+        )
+    return lines
+
+
 def _assets(text: str) -> list[int]:
     try:
         sizes = [int(part) for part in text.split(",") if part.strip()]
@@ -529,10 +574,9 @@ def main() -> int:
         help="also run each N with [dispatch] local_droop = true",
     )
     parser.add_argument(
-        "--modbus-client",
-        choices=("lean", "pymodbus"),
-        default="lean",
-        help="the writer's Modbus client (gridflex control --modbus-client)",
+        "--baseline",
+        action="store_true",
+        help="also run each N and variant with the writer on pymodbus (bench.baselines)",
     )
     parser.add_argument("--pyspy-dir", type=Path, help="py-spy the writer into this folder")
     args = parser.parse_args()
@@ -571,6 +615,9 @@ def main() -> int:
         for local in variants:
             print(f"running N={n} {'local droop' if local else 'central'} ...", flush=True)
             results.append(run_one(n, local, args))
+            if args.baseline:
+                print(f"running N={n} the same with the pymodbus writer ...", flush=True)
+                results.append(run_one(n, local, args, pymodbus_writer=True))
     print()
     print(latency_table(results))
     print()
@@ -578,6 +625,11 @@ def main() -> int:
     print()
     for r in results:
         print(notes(r))
+    ratios = baseline_ratios(results)
+    if ratios:
+        print()
+        print("the pymodbus baseline against the command:")
+        print("\n".join(ratios))
     return 0
 
 

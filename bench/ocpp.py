@@ -18,7 +18,11 @@ with the CSMS, so a busy machine shows in the latency.
 
     .venv/bin/python bench/ocpp.py                     # N = 200, 500, 1000; 20 s each
     .venv/bin/python bench/ocpp.py -n 1000 --duration-s 60
-    .venv/bin/python bench/ocpp.py -n 1000 --mqtt-client thread
+    .venv/bin/python bench/ocpp.py -n 1000 --baseline    # also paho: the ratio
+
+``--baseline`` also runs each N with the CSMS on paho's threaded MQTT client (the library
+baseline: ``python -m bench.baselines collect-ocpp --mqtt paho``, the same CSMS with paho
+injected) and prints its CPU per meter value as a ratio of the command's.
 
 Diagnostics: ``--samples-file F.csv`` writes every measured message (arrival ms, meter
 timestamp ms, asset); ``--pyspy-dir D`` records the CSMS and each simulator with py-spy
@@ -197,11 +201,15 @@ def run_one(
     duration_s: float,
     mqtt_url: str,
     broker_pid: int | None,
-    mqtt_client: str,
+    baseline: bool = False,
     samples_file: Path | None = None,
     pyspy_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Measure one fleet size; the row's values."""
+    """Measure one fleet size; the row's values.
+
+    ``baseline``: the CSMS is ``bench.baselines collect-ocpp --mqtt paho`` instead of
+    ``gridflex collect ocpp``.
+    """
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     python = sys.executable
     per_proc = -(-n // sim_procs)
@@ -219,8 +227,13 @@ def run_one(
         site = Path(tmp) / "site.toml"
         site.write_text(site_toml(prefixes, port, mqtt_url), encoding="utf-8")
         cli = [python, "-m", "gridflex.cli", "--log-level=WARNING"]
+        if baseline:
+            command = [python, "-m", "bench.baselines", "--log-level=WARNING", "collect-ocpp"]
+            command += ["--mqtt", "paho"]
+        else:
+            command = [*cli, "collect", "ocpp"]
         csms = subprocess.Popen(
-            [*cli, "collect", "ocpp", "--site", str(site), "--mqtt-client", mqtt_client],
+            [*command, "--site", str(site)],
             cwd=ROOT,
             env=env,
         )
@@ -283,6 +296,7 @@ def run_one(
             probe.close()
     return {
         "stations": n,
+        "client": "paho" if baseline else "asyncio",
         "msgs_per_s": count / elapsed,
         "expected_per_s": float(n),
         "p50_ms": percentile(latencies, 50),
@@ -303,7 +317,9 @@ def main() -> int:
     parser.add_argument("--warmup-s", type=float, default=60.0, help="most time to get steady")
     parser.add_argument("--settle-s", type=float, default=10.0, help="wait once steady")
     parser.add_argument("--sim-procs", type=int, default=2)
-    parser.add_argument("--mqtt-client", choices=("thread", "asyncio"), default="asyncio")
+    parser.add_argument(
+        "--baseline", action="store_true", help="also run each N with paho (bench.baselines)"
+    )
     parser.add_argument("--samples-file", type=Path, help="write every measured message")
     parser.add_argument("--pyspy-dir", type=Path, help="py-spy the CSMS and simulators")
     args = parser.parse_args()
@@ -315,40 +331,43 @@ def main() -> int:
             samples_file = args.samples_file
             if samples_file is not None and len(sizes) > 1:
                 samples_file = samples_file.with_name(f"{samples_file.stem}-{n}.csv")
-            rows.append(
-                run_one(
-                    n,
-                    sim_procs=args.sim_procs,
-                    warmup_s=args.warmup_s,
-                    settle_s=args.settle_s,
-                    duration_s=args.duration_s,
-                    mqtt_url=broker.url,
-                    broker_pid=broker.pid,
-                    mqtt_client=args.mqtt_client,
-                    samples_file=samples_file,
-                    pyspy_dir=args.pyspy_dir,
+            for baseline in (False, True) if args.baseline else (False,):
+                rows.append(
+                    run_one(
+                        n,
+                        sim_procs=args.sim_procs,
+                        warmup_s=args.warmup_s,
+                        settle_s=args.settle_s,
+                        duration_s=args.duration_s,
+                        mqtt_url=broker.url,
+                        broker_pid=broker.pid,
+                        baseline=baseline,
+                        samples_file=samples_file,
+                        pyspy_dir=args.pyspy_dir,
+                    )
                 )
-            )
-            time.sleep(1.0)
+                time.sleep(1.0)
     finally:
         broker.stop()
     cores = psutil.cpu_count() or 1
     print()
     print(
         f"OCPP CSMS benchmark: {args.duration_s:.0f} s per row, meter values every 1 s, "
-        f"{args.sim_procs} simulator processes, {cores} cores, {args.mqtt_client} MQTT client"
+        f"{args.sim_procs} simulator processes, {cores} cores; MQTT client: asyncio "
+        "(gridflex collect ocpp) or paho (the baseline, bench.baselines)"
     )
     print("(CPU % of one core; machine % of all cores together)")
     print()
     print(
-        "| stations | telemetry msg/s (expected) | p50 ms | p99 ms | max ms "
+        "| stations | MQTT client | telemetry msg/s (expected) | p50 ms | p99 ms | max ms "
         "| CSMS CPU % (user+sys) | CSMS RSS MB | sims CPU % | Mosquitto CPU % "
         "| subscriber CPU % | other CPU % | machine CPU % | load 1 min |"
     )
-    print("|" + " ---: |" * 13)
+    print("| ---: | :--- |" + " ---: |" * 12)
     for r in rows:
         print(
-            f"| {r['stations']} | {r['msgs_per_s']:.0f} ({r['expected_per_s']:.0f}) "
+            f"| {r['stations']} | {r['client']} "
+            f"| {r['msgs_per_s']:.0f} ({r['expected_per_s']:.0f}) "
             f"| {r['p50_ms']:.1f} | {r['p99_ms']:.1f} | {r['max_ms']:.1f} "
             f"| {r['csms_cpu_pct']:.0f} ({r['csms_user_cpu_pct']:.0f}+{r['csms_sys_cpu_pct']:.0f}) "
             f"| {r['csms_rss_mb']:.0f} | {r['sims_cpu_pct']:.0f} "
@@ -356,10 +375,39 @@ def main() -> int:
             f"| {r['other_cpu_pct']:.0f} | {r['machine_cpu_pct'] / cores:.0f} "
             f"| {r['load_1m']:.1f} |"
         )
+    print_ratios(rows)
     failed = [r["stations"] for r in rows if r["csms_exit"] != 0]
     if failed:
         print(f"\nthe CSMS did not exit cleanly (code != 0) for N = {failed}", file=sys.stderr)
     return 0
+
+
+def cpu_per_message_ms(row: dict[str, Any]) -> float | None:
+    """The CSMS's CPU time per telemetry message, ms (None without messages)."""
+    if not row["msgs_per_s"]:
+        return None
+    return 10 * row["csms_cpu_pct"] / row["msgs_per_s"]
+
+
+def print_ratios(rows: list[dict[str, Any]]) -> None:
+    """The paho baseline's CPU per message and p99 against the command's at the same N."""
+    command = {r["stations"]: r for r in rows if r["client"] == "asyncio"}
+    lines = []
+    for r in rows:
+        ours = command.get(r["stations"])
+        if r["client"] == "asyncio" or ours is None:
+            continue
+        mine, theirs = cpu_per_message_ms(ours), cpu_per_message_ms(r)
+        if not mine or theirs is None:
+            continue
+        lines.append(
+            f"  N = {r['stations']}: paho {theirs * 1000:.0f} us CSMS CPU per meter value = "
+            f"{theirs / mine:.2f} x asyncio ({mine * 1000:.0f} us); p99 {r['p99_ms']:.1f} ms "
+            f"against {ours['p99_ms']:.1f} ms"
+        )
+    if lines:
+        print("\nthe paho baseline against the command:")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

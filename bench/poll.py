@@ -6,11 +6,13 @@ measures for ``--duration-s`` and prints one row per run: achieved and expected 
 missed polls, p50/p99 lateness against the schedule (from the collector's own
 ``--stats-file``), and the collector's CPU % and RSS (psutil).
 
-Each run is one N with one client variant ``MODBUS/MQTT``: the collector's
-``--modbus-client`` (``lean`` or ``pymodbus``) and ``--mqtt-client`` (``asyncio`` or
-``thread``). By default every N runs ``lean/asyncio`` (the collector's defaults) and
-N = 1000 also runs ``pymodbus/thread`` (the collector before issue 2) and the two mixed
-variants, so the table shows what each change buys.
+Each run is one N with one client variant ``MODBUS/MQTT``: ``lean/asyncio`` is the
+command (``gridflex collect modbus``, its only clients); the others are the library
+baselines, the same collector with pymodbus' Modbus client and/or paho's MQTT client
+injected (``python -m bench.baselines collect-modbus --modbus M --mqtt Q``). By default
+every N runs ``lean/asyncio`` and N = 1000 also runs ``pymodbus/paho`` (the collector
+before issue 2) and the two mixed variants, then prints each baseline's CPU per poll as a
+ratio of the command's, so the table shows what each change buys.
 
     .venv/bin/python bench/poll.py                 # N = 100, 500, 1000, 2000, 20 s each
     .venv/bin/python bench/poll.py -n 1000 --duration-s 60 --compare-n 0
@@ -54,7 +56,24 @@ def site_toml(n: int, ports: list[int], mqtt_url: str, interval_ms: int) -> str:
     return "\n".join(lines)
 
 
-VARIANTS = ("lean/asyncio", "pymodbus/thread", "pymodbus/asyncio", "lean/thread")
+COMMAND = "lean/asyncio"
+VARIANTS = (COMMAND, "pymodbus/paho", "pymodbus/asyncio", "lean/paho")
+
+
+def collector_argv(python: str, variant: str) -> list[str]:
+    """The collector process: the command, or the baseline with the variant's clients."""
+    if variant == COMMAND:
+        return [python, "-m", "gridflex.cli", "--log-level=ERROR", "collect", "modbus"]
+    modbus_client, mqtt_client = variant.split("/")
+    baseline = [python, "-m", "bench.baselines", "--log-level=ERROR", "collect-modbus"]
+    return [*baseline, "--modbus", modbus_client, "--mqtt", mqtt_client]
+
+
+def cpu_per_poll_ms(row: dict) -> float | None:
+    """The collector's CPU time per poll, ms (None without polls)."""
+    if not row["polls_per_s"]:
+        return None
+    return 10 * row["cpu_pct"] / row["polls_per_s"]
 
 
 @dataclass(frozen=True)
@@ -64,12 +83,11 @@ class Case:
     warmup_s: float
     duration_s: float
     interval_ms: int
-    variant: str = "lean/asyncio"
+    variant: str = COMMAND
 
 
 def run_one(case: Case, broker: Broker) -> dict:
     n, sim_procs, warmup_s, duration_s = case.n, case.sim_procs, case.warmup_s, case.duration_s
-    modbus_client, mqtt_client = case.variant.split("/")
     broker_pid, mqtt_url = broker.pid, broker.url
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     python = sys.executable
@@ -111,18 +129,9 @@ def run_one(case: Case, broker: Broker) -> dict:
             stats_file = Path(tmp) / "stats.json"
             collector = subprocess.Popen(
                 [
-                    python,
-                    "-m",
-                    "gridflex.cli",
-                    "--log-level=ERROR",
-                    "collect",
-                    "modbus",
+                    *collector_argv(python, case.variant),
                     "--site",
                     str(site),
-                    "--modbus-client",
-                    modbus_client,
-                    "--mqtt-client",
-                    mqtt_client,
                     "--stats-file",
                     str(stats_file),
                     "--stats-warmup-s",
@@ -178,7 +187,8 @@ def main() -> int:
         "--variant",
         action="append",
         choices=VARIANTS,
-        help="MODBUS/MQTT client variant for every N (repeatable; default lean/asyncio)",
+        help="MODBUS/MQTT client variant for every N (repeatable; default lean/asyncio, "
+        "the command; the others run bench.baselines)",
     )
     parser.add_argument(
         "--compare-n",
@@ -198,7 +208,7 @@ def main() -> int:
     )
     args = parser.parse_args()
     sizes = args.n or [100, 500, 1000, 2000]
-    variants = args.variant or ["lean/asyncio"]
+    variants = args.variant or [COMMAND]
     runs = [(n, v) for n in sizes for v in variants]
     if args.compare_n:
         runs += [(args.compare_n, v) for v in VARIANTS if (args.compare_n, v) not in runs]
@@ -216,12 +226,14 @@ def main() -> int:
     )
     print(header)
     print("-" * len(header))
+    rows: list[dict] = []
     with start_broker("mosquitto") as broker:
         for n, variant in runs:
             procs = args.sim_procs or max(1, min(4, -(-n // 500)))
             warmup_s = args.warmup_s if args.warmup_s is not None else 5 + n / 200
             case = Case(n, procs, warmup_s, args.duration_s, args.interval_ms, variant)
             r = run_one(case, broker)
+            rows.append(r)
             print(
                 f"{r['n']:>5} {r['variant']:<16} {r['polls_per_s']:>8.0f} "
                 f"{r['expected_per_s']:>8.0f} "
@@ -231,7 +243,25 @@ def main() -> int:
                 f"{r['exit']:>4} {r['rest_pct']:>10.0f} {r['other_pct']:>7.0f}",
                 flush=True,
             )
+    print_ratios(rows)
     return 0
+
+
+def print_ratios(rows: list[dict]) -> None:
+    """Each baseline's CPU per poll against the command's at the same N."""
+    command = {r["n"]: cpu_per_poll_ms(r) for r in rows if r["variant"] == COMMAND}
+    lines = []
+    for r in rows:
+        ours, theirs = command.get(r["n"]), cpu_per_poll_ms(r)
+        if r["variant"] == COMMAND or not ours or theirs is None:
+            continue
+        lines.append(
+            f"  N = {r['n']}: {r['variant']:<16} {theirs * 1000:6.0f} us CPU per poll, "
+            f"{theirs / ours:4.2f} x {COMMAND} ({ours * 1000:.0f} us)"
+        )
+    if lines:
+        print("baselines against the command (collector CPU per poll):")
+        print("\n".join(lines))
 
 
 if __name__ == "__main__":

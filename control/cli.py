@@ -25,7 +25,7 @@ from pathlib import Path
 from control.api import ApiClientError, ApiServer, ControlApi, clear_fault, create_app, serve_api
 from control.faults import FaultLatch
 from control.ledger import Ledger
-from control.modbus_client import CONTROL_MODBUS_CLIENTS
+from control.modbus_client import OpenRegisterClient, open_client
 from control.operator import Operator
 from control.profiles import PROFILES_FILE, ProfileStore
 from control.service import ControlService, default_ledger_path
@@ -63,12 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "max(2 x dispatch.refresh_s, 10) s)",
     )
 
-    parser.add_argument(
-        "--modbus-client",
-        choices=CONTROL_MODBUS_CLIENTS,
-        default="lean",
-        help="Modbus TCP client for the SunSpec writes (default lean; pymodbus selectable)",
-    )
     parser.add_argument(
         "--api-listen",
         default=None,
@@ -113,8 +107,12 @@ def api_config_of(
     return api
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run ``gridflex control`` (or its ``clear-fault`` action); the exit code."""
+def main(args: argparse.Namespace, *, open_modbus: OpenRegisterClient = open_client) -> int:
+    """Run ``gridflex control`` (or its ``clear-fault`` action); the exit code.
+
+    ``open_modbus`` opens the SunSpec writes' connections: the lean client; the seam
+    through which the benchmarks' baseline (``bench/baselines.py``) plugs pymodbus in.
+    """
     if args.site is None:
         log.error("gridflex control: --site FILE is required")
         return 2
@@ -148,7 +146,7 @@ def main(args: argparse.Namespace) -> int:
             faults=faults,
             profiles=profiles,
             watchdog_s=args.watchdog_s,
-            modbus_client=args.modbus_client,
+            open_modbus=open_modbus,
         )
         server: ApiServer | None = None
         if api is not None and token is not None:

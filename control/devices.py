@@ -15,7 +15,7 @@ import logging
 
 from collectors.modbus.connection import RegisterClient, discover_plan, register_reader
 from control.droop import DroopReadback
-from control.modbus_client import ControlModbusClient, open_client
+from control.modbus_client import OpenRegisterClient, open_client
 from control.sunspec import SunSpecDevice
 from gridflex.config import InverterAsset
 from gridflex.sunspec.discovery import ModelMap
@@ -46,12 +46,12 @@ class LazySunSpecDevice:
         *,
         revert_s: int,
         timeout_s: float,
-        modbus_client: ControlModbusClient = "lean",
+        open_modbus: OpenRegisterClient = open_client,
     ) -> None:
         self.asset = asset
         self.revert_s = revert_s
         self.timeout_s = timeout_s
-        self.modbus_client: ControlModbusClient = modbus_client
+        self.open_modbus = open_modbus
         self._client: RegisterClient | None = None
         self._device: SunSpecDevice | None = None
         self._connect_lock = asyncio.Lock()
@@ -75,7 +75,7 @@ class LazySunSpecDevice:
             return self._device
         self.drop()
         a = self.asset
-        client = await open_client(self.modbus_client, a.host, a.port, timeout_s=self.timeout_s)
+        client = await self.open_modbus(a.host, a.port, timeout_s=self.timeout_s)
         try:
             plan = await discover_plan(register_reader(client, a.unit_id))
         except BaseException:

@@ -1,40 +1,35 @@
-"""The Modbus TCP clients the control writer can use: pymodbus, or the project's lean client.
+"""The control writer's Modbus TCP client: the project's lean client behind pymodbus' interface.
 
 The SunSpec writes (``control.sunspec``) speak pymodbus' client interface
-(``read_holding_registers`` / ``write_registers`` returning a reply with ``isError()``), so
-either client fits behind :class:`RegisterClient`:
+(``read_holding_registers`` / ``write_registers`` returning a reply with ``isError()``,
+:class:`RegisterClient`). :class:`LeanRegisterClient` is that interface over
+``collectors.modbus.fast.LeanModbusClient`` (function 3 and 16 over an asyncio Protocol,
+one request in flight): at a frequency step every asset gets a command within one poll
+period, so the writer's per-request cost decides its p99.
 
-- ``pymodbus``: ``AsyncModbusTcpClient``, the well-kept library;
-- ``lean`` (default): :class:`LeanRegisterClient`, pymodbus' interface over
-  ``collectors.modbus.fast.LeanModbusClient`` (function 3 and 16 over an asyncio Protocol,
-  one request in flight). At a frequency step every asset gets a command within one poll
-  period, so the writer's per-request cost decides its p99; ``bench/closed_loop.py
-  --modbus-client`` compares the two.
+``open_client`` is the command's only way to a device. ``OpenRegisterClient`` is its type:
+the seam through which the benchmarks' baseline (``bench/baselines.py``, run by
+``bench/closed_loop.py``) plugs pymodbus' ``AsyncModbusTcpClient`` in, which also fits
+:class:`RegisterClient`.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Awaitable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
-
-from pymodbus.client import AsyncModbusTcpClient
+from typing import Protocol
 
 from collectors.modbus.connection import RegisterClient
 from collectors.modbus.fast import DeviceError, LeanModbusClient
 from gridflex.sunspec.discovery import IllegalAddress
 
 __all__ = [
-    "CONTROL_MODBUS_CLIENTS",
-    "ControlModbusClient",
     "LeanRegisterClient",
+    "OpenRegisterClient",
     "RegisterClient",
     "open_client",
 ]
-
-ControlModbusClient = Literal["lean", "pymodbus"]
-CONTROL_MODBUS_CLIENTS: tuple[ControlModbusClient, ...] = ("lean", "pymodbus")
 
 
 @dataclass(slots=True)
@@ -100,17 +95,17 @@ class LeanRegisterClient:
         self._client.close()
 
 
-async def open_client(
-    kind: ControlModbusClient, host: str, port: int, *, timeout_s: float
-) -> RegisterClient:
-    """A connected client of ``kind``; raises ``ConnectionError`` when none can be opened."""
-    client: LeanRegisterClient | AsyncModbusTcpClient
-    if kind == "lean":
-        client = LeanRegisterClient(host, port, timeout_s=timeout_s)
-    else:
-        client = AsyncModbusTcpClient(
-            host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0
-        )
+class OpenRegisterClient(Protocol):
+    """Opens a connected ``RegisterClient``; raises ``ConnectionError`` when it cannot."""
+
+    def __call__(self, host: str, port: int, *, timeout_s: float) -> Awaitable[RegisterClient]:
+        """The connected client."""
+        ...
+
+
+async def open_client(host: str, port: int, *, timeout_s: float) -> RegisterClient:
+    """A connected ``LeanRegisterClient``; raises ``ConnectionError`` when none can be opened."""
+    client = LeanRegisterClient(host, port, timeout_s=timeout_s)
     if not await client.connect():
         client.close()
         raise ConnectionError(f"cannot connect to {host}:{port}")

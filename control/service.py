@@ -66,7 +66,7 @@ from control.faults import FaultLatch, faults_in_status, faults_in_telemetry
 from control.ledger import APPLIED_RESULTS, Ledger
 from control.live import LiveState, ProfileLimits, limits_for
 from control.mailbox import Job, Mailbox
-from control.modbus_client import ControlModbusClient
+from control.modbus_client import OpenRegisterClient, open_client
 from control.ocpp import CsmsClient, OcppDevice
 from control.writer import PreviousSetpoint, SetpointDevice, apply_command, make_ack
 from gridflex.config import EvseAsset, InverterAsset, SiteConfig
@@ -157,7 +157,7 @@ class ControlService:
         profiles: ProfileSource | None = None,
         now_ms: Callable[[], int] = _now_ms,
         watchdog_s: float | None = None,
-        modbus_client: ControlModbusClient = "lean",
+        open_modbus: OpenRegisterClient = open_client,
     ) -> None:
         self.site = site
         self.ledger = ledger
@@ -180,7 +180,7 @@ class ControlService:
                 inverter,
                 revert_s=self.revert_s,
                 timeout_s=site.modbus.timeout_s,
-                modbus_client=modbus_client,
+                open_modbus=open_modbus,
             )
             self.sunspec[inverter.id] = device
             self.devices[inverter.id] = device

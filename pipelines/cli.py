@@ -51,13 +51,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="allowed lateness of frequency samples, ms (default: pipeline.allowed_lateness_ms)",
     )
     parser.add_argument(
-        "--mqtt-client",
-        choices=("asyncio", "thread"),
-        default="asyncio",
-        help="publisher of analytics and commands: the native asyncio client (default) "
-        "or paho's threaded client",
-    )
-    parser.add_argument(
         "--client-id",
         default=None,
         help="MQTT client id prefix, names the persistent session "
@@ -198,8 +191,6 @@ def main(args: argparse.Namespace) -> int:
 
     site = load_site(args.site)
     durable = None if args.durable_ack is None else args.durable_ack == "on"
-    options = FlowOptions(
-        lateness_ms=args.lateness_ms, client_id=args.client_id, mqtt_client=args.mqtt_client
-    )
+    options = FlowOptions(lateness_ms=args.lateness_ms, client_id=args.client_id)
     failures = run(site, args.data_dir, workers=args.workers, options=options, durable_ack=durable)
     return 1 if failures else 0

@@ -152,8 +152,6 @@ class FlowOptions:
             compete with the dataflow for the GIL) or ``"thread"``.
         client_id: MQTT client id prefix; ``None`` = ``gridflex-pipeline-{site}``. The id
             names the broker's persistent session: keep it stable across restarts.
-        mqtt_client: The publisher of the ``mqtt_out`` sink: ``"asyncio"`` (the native
-            client on a loop thread) or ``"thread"`` (paho).
         wal_dir: Durable acknowledgement: the source's write-ahead logs live here, and
             are replayed on start (:mod:`pipelines.wal`); ``None``: PUBACK on receipt.
             ``gridflex pipeline`` sets it from ``[pipeline] durable_ack`` / ``wal_dir``.
@@ -170,7 +168,6 @@ class FlowOptions:
     mqtt_partitions: int = 1
     mqtt_receiver: Literal["process", "thread"] = "process"
     client_id: str | None = None
-    mqtt_client: Literal["asyncio", "thread"] = "asyncio"
     wal_dir: Path | None = None
 
 
@@ -383,7 +380,6 @@ def build_flow(
             username=site.mqtt.username,
             password=site.mqtt.password,
             queue_limit=site.mqtt.queue_limit,
-            client=opts.mqtt_client,
         )
 
     def validate(

@@ -34,13 +34,13 @@ this process (the OS's pipe buffer: the child's ``send`` blocks, then its queue 
 write-ahead log at start is bounded by the log's retention.
 
 Sink. :class:`MqttSink` takes ``(topic, payload)`` pairs and publishes them at QoS 1
-through the project's :class:`gridflex.mqtt.MqttClient` (bounded outgoing queue); on close
-it waits (bounded) until the broker has acknowledged them.
+through the native asyncio client on a loop thread (bounded outgoing queue); on close it
+waits (bounded) until the broker has acknowledged them.
 
-The source's receiver uses the native asyncio client (``gridflex.mqtt_asyncio``) on a loop
-thread of its own rather than paho's ``MqttClient``: it costs a fraction of paho's CPU per
-received message (``bench/pipeline.py``), and ``MqttReceiver`` keeps control over the
-disconnect-then-drain order.
+Both ends use the native asyncio client (``gridflex.mqtt_asyncio``) rather than paho's
+``MqttClient``: it costs a fraction of paho's CPU per message (``bench/pipeline.py``;
+paho's ~70 µs per published QoS 1 message was the dataflow's own time in a burst of
+commands), and ``MqttReceiver`` keeps control over the disconnect-then-drain order.
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 
 from gridflex.contract import is_retained_topic
 from gridflex.loop_thread import LoopThread
-from gridflex.mqtt import MqttClient, parse_url
+from gridflex.mqtt import parse_url
 from gridflex.mqtt_asyncio import AsyncMqttClient
 from pipelines.mqtt_receiver import MqttReceiver, ReceiverSettings, receiver_main
 from pipelines.validate import RawMessage
@@ -142,7 +142,7 @@ class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
         if self._replay:
             return self._replay.take(5000)
         if self._stop_event.is_set() and not self._stopped:
-            # Disconnect before the last take: what paho acknowledged goes into the
+            # Disconnect before the last take: what the receiver acknowledged goes into the
             # dataflow; what it did not stays with the broker's session.
             self._stopped = True
             self._receiver.stop()
@@ -284,7 +284,7 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         username: Broker user name.
         password: Broker password.
         qos: Subscription QoS.
-        receiver: ``"process"`` (paho in a child process, the default: it leaves this
+        receiver: ``"process"`` (the subscriber in a child process, the default: it leaves this
             process's GIL to the dataflow) or ``"thread"``.
         batch_size: Most messages handed over per ``next_batch``.
         poll_ms: Interval between two hand-overs, ms.
@@ -396,38 +396,6 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
 # --------------------------------------------------------------------------- sink
 
 
-class _MqttSinkPartition(StatelessSinkPartition[tuple[str, bytes]]):
-    """One publisher per worker (a :class:`gridflex.mqtt.MqttClient`, clean session)."""
-
-    def __init__(self, client: MqttClient, *, qos: int, flush_timeout_s: float) -> None:
-        self._client = client
-        self._qos = qos
-        self._flush_timeout_s = flush_timeout_s
-        self.dropped = 0
-        self._client.start()
-        if not self._client.wait_connected(flush_timeout_s):
-            log.warning("MQTT sink %s: broker not reachable yet; queueing", client.client_id)
-
-    def write_batch(self, items: list[tuple[str, bytes]]) -> None:
-        """Publish each ``(topic, payload)``; a full outgoing queue drops (counted).
-
-        Topics the contract keeps retained (the site summary) are published retained.
-        """
-        for topic, payload in items:
-            retain = is_retained_topic(topic)
-            if not self._client.publish(topic, payload, qos=self._qos, retain=retain):
-                self.dropped += 1
-
-    def close(self) -> None:
-        """Wait (bounded) until the broker acknowledged what was published, then leave."""
-        if self._client.pending() > 0 and not self._client.connected:
-            # MqttClient.stop only flushes while connected: give a reconnect a chance.
-            self._client.wait_connected(self._flush_timeout_s)
-        self._client.stop(flush_timeout_s=self._flush_timeout_s)
-        if self.dropped:
-            log.warning("MQTT sink dropped %d messages (outgoing queue full)", self.dropped)
-
-
 class _NativeSinkPartition(StatelessSinkPartition[tuple[str, bytes]]):
     """One publisher per worker: the native asyncio client on its own loop thread.
 
@@ -484,8 +452,6 @@ class MqttSink(DynamicSink[tuple[str, bytes]]):
         qos: Publish QoS.
         queue_limit: Messages kept in memory while the broker is unreachable.
         flush_timeout_s: How long ``close`` waits for acknowledgements.
-        client: ``"asyncio"`` (default: the native client on a loop thread) or
-            ``"thread"`` (paho with its own network thread).
 
     """
 
@@ -499,10 +465,8 @@ class MqttSink(DynamicSink[tuple[str, bytes]]):
         qos: int = 1,
         queue_limit: int = 100_000,
         flush_timeout_s: float = 5.0,
-        client: Literal["asyncio", "thread"] = "asyncio",
     ) -> None:
         parse_url(url)  # fail early on a bad URL
-        self.client = client
         self.url = url
         self.client_id = client_id
         self.username = username
@@ -511,13 +475,9 @@ class MqttSink(DynamicSink[tuple[str, bytes]]):
         self.queue_limit = queue_limit
         self.flush_timeout_s = flush_timeout_s
 
-    def build(
-        self, step_id: str, worker_index: int, worker_count: int
-    ) -> _MqttSinkPartition | _NativeSinkPartition:
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _NativeSinkPartition:
         """Start the publisher of one worker."""
-        # The two clients share one constructor and one delivery contract.
-        client_class = AsyncMqttClient if self.client == "asyncio" else MqttClient
-        client = client_class(
+        client = AsyncMqttClient(
             self.url,
             f"{self.client_id}-w{worker_index}",
             username=self.username,
@@ -525,6 +485,4 @@ class MqttSink(DynamicSink[tuple[str, bytes]]):
             clean_session=True,
             queue_limit=self.queue_limit,
         )
-        if isinstance(client, AsyncMqttClient):
-            return _NativeSinkPartition(client, qos=self.qos, flush_timeout_s=self.flush_timeout_s)
-        return _MqttSinkPartition(client, qos=self.qos, flush_timeout_s=self.flush_timeout_s)
+        return _NativeSinkPartition(client, qos=self.qos, flush_timeout_s=self.flush_timeout_s)

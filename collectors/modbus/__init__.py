@@ -1,7 +1,6 @@
 """SunSpec Modbus TCP collector: poll every inverter of a site on a fixed schedule, publish MQTT.
 
-``gridflex collect modbus --site FILE [--modbus-client lean|pymodbus] [--mqtt-client
-asyncio|thread]``. For each inverter asset one asyncio task:
+``gridflex collect modbus --site FILE``. For each inverter asset one asyncio task:
 
 1. connect (one TCP connection per device), discover the SunSpec map (``SunS`` at 40000,
    else 0, else 50000; walk the model chain), read the scale factors (static points, read
@@ -36,8 +35,8 @@ The package, in layers (each module imports only the ones above it):
   ``decode_reading``, ``decode_data``, ``InverterReading``); pure;
 - ``telemetry``: ``to_telemetry`` and ``TelemetryEncoder``; pure;
 - ``schedule``: ``PollSchedule``, ``LatenessStats``, ``backoff_s``; pure;
-- ``connection``: the Modbus clients (``modbus_connection``, ``register_reader``) and
-  ``discover_plan``;
+- ``connection``: what a poller needs of a Modbus connection (``ModbusConnection``,
+  ``ConnectionFactory``), ``register_reader`` and ``discover_plan``;
 - ``poller``: ``DevicePoller`` (one device) and ``run`` (the site's fleet);
 - ``cli``: ``add_arguments``/``main`` of ``gridflex collect modbus``.
 
@@ -54,8 +53,8 @@ What the default path does instead, each measured in ``bench/poll.py`` and
 ``bench/README.md``:
 
 - Modbus: ``collectors.modbus.fast.LeanModbusClient``, function 3 over an
-  ``asyncio.Protocol`` (``--modbus-client pymodbus`` keeps pymodbus' client for
-  discovery and polls; ``control.sunspec.write_setpoint`` always uses pymodbus);
+  ``asyncio.Protocol``, the collector's only client (pymodbus' is the benchmarks'
+  baseline, ``bench/baselines.py``, and the tests' oracle);
 - the poll loop of a lean connection is a chain of callbacks
   (``DevicePoller._poll_chained``: slot -> request -> reply -> publish -> next slot)
   instead of a coroutine that sleeps and awaits a future per read; slots and request
@@ -68,7 +67,7 @@ What the default path does instead, each measured in ``bench/poll.py`` and
 - MQTT: ``gridflex.mqtt_asyncio.AsyncMqttClient``, a native asyncio MQTT 3.1.1 client on
   the collector's loop (no network thread; one socket write per loop pass; paho cost ~35 %
   of the collector's CPU at 1,000 inverters), with an unbounded in-flight window
-  (``MQTT_MAX_INFLIGHT``); ``--mqtt-client thread`` selects paho (``gridflex.mqtt``);
+  (``MQTT_MAX_INFLIGHT``); paho (``gridflex.mqtt``) is the benchmarks' baseline;
 - the garbage collector: once every device has been tried, the start-up objects are
   frozen (``gc.freeze``): full collections walked ~200,000 of them and paused the loop
   for up to ~190 ms.
@@ -79,8 +78,8 @@ package; new code imports from the submodules.
 
 from collectors.modbus.cli import add_arguments, main
 from collectors.modbus.connection import (
-    MODBUS_CLIENTS,
-    ModbusClientKind,
+    ConnectionFactory,
+    ModbusConnection,
     discover_plan,
     register_reader,
 )
@@ -98,13 +97,13 @@ from collectors.modbus.schedule import LatenessStats, PollSchedule, backoff_s
 from collectors.modbus.telemetry import TelemetryEncoder, to_telemetry
 
 __all__ = [
-    "MODBUS_CLIENTS",
     "CollectorStats",
+    "ConnectionFactory",
     "DeviceError",
     "DevicePoller",
     "InverterReading",
     "LatenessStats",
-    "ModbusClientKind",
+    "ModbusConnection",
     "PlannedPoint",
     "PollPlan",
     "PollSchedule",

@@ -1,4 +1,9 @@
-"""``gridflex collect modbus``: options, the MQTT client, the GC freeze, the stats summary."""
+"""``gridflex collect modbus``: options, the MQTT client, the GC freeze, the stats summary.
+
+One path per hop: the lean Modbus client and the native asyncio MQTT client. ``main``
+takes both makers as keywords (``connection``, ``mqtt_factory``) so that the benchmarks'
+baseline (``bench/baselines.py``) runs the same collector on pymodbus and paho.
+"""
 
 from __future__ import annotations
 
@@ -10,18 +15,18 @@ import logging
 import uuid
 from pathlib import Path
 
-from collectors.modbus.connection import MODBUS_CLIENTS, ModbusClientKind
+from collectors.modbus.connection import ConnectionFactory
+from collectors.modbus.fast import LeanModbusClient
 from collectors.modbus.poller import (
     COMPONENT,
     CollectorStats,
-    Publisher,
     collector_status,
     run,
 )
 from gridflex.config import load_site
 from gridflex.contract import collector_topic
-from gridflex.mqtt import MqttClient
 from gridflex.mqtt_asyncio import AsyncMqttClient
+from gridflex.mqtt_factory import MqttClientFactory
 from gridflex.net import raise_open_file_limit
 from gridflex.runtime import stop_on_signals
 
@@ -33,21 +38,6 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``gridflex collect modbus``."""
     parser.add_argument("--site", type=Path, required=True, help="site file (TOML)")
-    parser.add_argument(
-        "--modbus-client",
-        choices=MODBUS_CLIENTS,
-        default="lean",
-        help="Modbus TCP client for discovery and polls: lean (default, the fast function-3 "
-        "client of collectors.modbus.fast) or pymodbus (its full async client)",
-    )
-    parser.add_argument(
-        "--mqtt-client",
-        choices=("asyncio", "thread"),
-        default="asyncio",
-        help="MQTT client: asyncio (default, the native asyncio client of "
-        "gridflex.mqtt_asyncio on the collector's event loop) or thread (paho on its own "
-        "network thread, gridflex.mqtt)",
-    )
     parser.add_argument("--stats-file", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stats-warmup-s", type=float, default=0.0, help=argparse.SUPPRESS)
 
@@ -69,9 +59,10 @@ def stats_summary(stats: CollectorStats) -> dict[str, float | int | None]:
 
 _BROKER_NOT_YET = "MQTT broker %s not reachable yet; messages queue until it is"
 
-#: paho's in-flight window for telemetry: 0 = unbounded. With a window, paho scans its
-#: in-flight messages on every PUBACK, and a window of 100 stalled the collector's 5,000
-#: messages a second behind a busy loop; memory stays bounded by ``mqtt.queue_limit``.
+#: The in-flight window for telemetry: 0 = unbounded. With a window, paho (the baseline)
+#: scans its in-flight messages on every PUBACK, and a window of 100 stalled the
+#: collector's 5,000 messages a second behind a busy loop; memory stays bounded by
+#: ``mqtt.queue_limit``.
 MQTT_MAX_INFLIGHT = 0
 
 
@@ -85,8 +76,17 @@ def _freeze_gc() -> None:
     log.info("all devices tried; %d start-up objects frozen for the GC", gc.get_freeze_count())
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run ``gridflex collect modbus`` until SIGINT/SIGTERM; 0 after a clean shutdown."""
+def main(
+    args: argparse.Namespace,
+    *,
+    connection: ConnectionFactory = LeanModbusClient,
+    mqtt_factory: MqttClientFactory = AsyncMqttClient,
+) -> int:
+    """Run ``gridflex collect modbus`` until SIGINT/SIGTERM; 0 after a clean shutdown.
+
+    ``connection`` and ``mqtt_factory`` are the baseline's seams (module docstring); the
+    command always runs the defaults.
+    """
     site = load_site(args.site)
     if not site.inverters:
         log.error("%s has no inverter assets to poll", site.source or args.site)
@@ -94,8 +94,7 @@ def main(args: argparse.Namespace) -> int:
     raise_open_file_limit()
     boot = uuid.uuid4().hex[:12]
     will = collector_status(site, boot, online=False)
-    mqtt_class = AsyncMqttClient if args.mqtt_client == "asyncio" else MqttClient
-    mqtt = mqtt_class(
+    mqtt = mqtt_factory(
         site.mqtt.url,
         f"gridflex-collect-modbus-{site.id}",
         username=site.mqtt.username,
@@ -105,49 +104,32 @@ def main(args: argparse.Namespace) -> int:
         keepalive_s=site.mqtt.keepalive_s,
         max_inflight=MQTT_MAX_INFLIGHT,
     )
-    modbus_client: ModbusClientKind = args.modbus_client
     log.info(
-        "polling %d inverters every %d ms with the %s Modbus client (boot %s)",
+        "polling %d inverters every %d ms (boot %s)",
         len(site.inverters),
         site.modbus.poll_interval_ms,
-        modbus_client,
         boot,
     )
 
-    async def _run(mqtt: Publisher, stop: asyncio.Event) -> CollectorStats:
-        return await run(
-            site,
-            mqtt,
-            stop,
-            boot=boot,
-            warmup_s=args.stats_warmup_s,
-            modbus_client=modbus_client,
-            on_discovered=_freeze_gc,
-        )
-
-    async def _with_asyncio_mqtt(client: AsyncMqttClient) -> CollectorStats:
+    async def _run() -> CollectorStats:
         stop = stop_on_signals()
-        await client.start()
-        if not await client.wait_connected(10.0):
+        await mqtt.start()
+        if not await mqtt.wait_connected(10.0):
             log.warning(_BROKER_NOT_YET, site.mqtt.url)
         try:
-            return await _run(client, stop)
+            return await run(
+                site,
+                mqtt,
+                stop,
+                boot=boot,
+                warmup_s=args.stats_warmup_s,
+                connection=connection,
+                on_discovered=_freeze_gc,
+            )
         finally:
-            await client.stop(flush_timeout_s=5.0)
+            await mqtt.stop(flush_timeout_s=5.0)
 
-    async def _with_thread_mqtt(client: MqttClient) -> CollectorStats:
-        return await _run(client, stop_on_signals())
-
-    if isinstance(mqtt, AsyncMqttClient):
-        stats = asyncio.run(_with_asyncio_mqtt(mqtt))
-    else:
-        mqtt.start()
-        if not mqtt.wait_connected(10.0):
-            log.warning(_BROKER_NOT_YET, site.mqtt.url)
-        try:
-            stats = asyncio.run(_with_thread_mqtt(mqtt))
-        finally:
-            mqtt.stop(flush_timeout_s=5.0)
+    stats = asyncio.run(_run())
     summary = stats_summary(stats)
     log.info("modbus collector stopped: %s", json.dumps(summary))
     if args.stats_file is not None:

@@ -1,23 +1,20 @@
 """Modbus TCP connections to one device and SunSpec discovery over them.
 
-``modbus_connection`` gives the lean function-3 client (``collectors.modbus.fast``, the
-default) or ``PymodbusConnection`` (pymodbus' async client, ``retries=0`` and
-``reconnect_delay=0``: the collector's own retry loop re-discovers a returning device).
-``register_reader`` adapts a pymodbus client to ``ReadRegisters``; ``discover_plan`` walks
+The collector has one Modbus client, the lean function-3 client
+(``collectors.modbus.fast.LeanModbusClient``). ``ModbusConnection`` is what a poller needs
+of a connection and ``ConnectionFactory`` how it gets one: the seam through which the
+benchmarks' baseline (``bench/baselines.py``) and the tests' oracle plug pymodbus' client
+in; no command offers it. ``register_reader`` adapts a client with pymodbus' interface
+(``RegisterClient``: the control writer's) to ``ReadRegisters``; ``discover_plan`` walks
 the SunSpec map, reads the scale factors and capabilities once and plans the polls.
 """
 
 from __future__ import annotations
 
-import struct
 from collections.abc import Awaitable, Sequence
-from typing import Any, Literal, Protocol
+from typing import Any, Protocol
 
-from pymodbus.client import AsyncModbusTcpClient
-from pymodbus.exceptions import ModbusIOException
-from pymodbus.pdu.register_message import ReadHoldingRegistersResponse
-
-from collectors.modbus.fast import DeviceError, LeanModbusClient, Ticker
+from collectors.modbus.fast import DeviceError, Ticker
 from collectors.modbus.plan import POLLED, PollPlan, build_plan
 from gridflex.contract import Capabilities
 from gridflex.sunspec.codec import Value, apply_sf, decode
@@ -25,34 +22,12 @@ from gridflex.sunspec.discovery import IllegalAddress, ReadRegisters, discover, 
 from gridflex.sunspec.tables import load_model
 
 __all__ = [
-    "MODBUS_CLIENTS",
-    "ModbusClientKind",
+    "ConnectionFactory",
     "ModbusConnection",
-    "PymodbusConnection",
     "RegisterClient",
     "discover_plan",
-    "modbus_connection",
     "register_reader",
 ]
-
-
-class _HoldingRegistersResponse(ReadHoldingRegistersResponse):
-    """pymodbus' function-3 response with a one-call decode.
-
-    Registered on each client through pymodbus' public ``client.register()`` hook: the
-    stock class unpacks register by register and formats itself for a debug log line on
-    every reply, which was ~60 % of the client's decode time per poll here.
-    """
-
-    def decode(self, data: bytes) -> None:
-        """Decode ``byte count, registers...`` in one ``struct`` call."""
-        count = data[0]
-        if count >= len(data) or count % 2:
-            raise ModbusIOException(f"byte_count {count} does not fit a {len(data)}-byte reply")
-        self.registers = list(struct.unpack_from(f">{count // 2}H", data, 1))
-
-    def __str__(self) -> str:
-        return f"ReadHoldingRegistersResponse({len(self.registers)} registers)"
 
 
 class RegisterClient(Protocol):
@@ -97,10 +72,6 @@ def register_reader(client: RegisterClient, unit_id: int) -> ReadRegisters:
     return read
 
 
-ModbusClientKind = Literal["lean", "pymodbus"]
-MODBUS_CLIENTS: tuple[ModbusClientKind, ...] = ("lean", "pymodbus")
-
-
 class ModbusConnection(Protocol):
     """What ``DevicePoller`` needs of a Modbus TCP client (one connection to one device)."""
 
@@ -117,49 +88,18 @@ class ModbusConnection(Protocol):
         ...
 
 
-class PymodbusConnection:
-    """``ModbusConnection`` over pymodbus' ``AsyncModbusTcpClient``.
+class ConnectionFactory(Protocol):
+    """A not yet connected ``ModbusConnection`` to one device.
 
-    ``retries=0`` and ``reconnect_delay=0``: the collector's own retry loop re-discovers a
-    returning device and shows its backoff in the asset status.
+    ``LeanModbusClient`` (the class) is the collector's; ``ticker`` keeps its request
+    deadlines (see ``Ticker``), other clients may ignore it.
     """
 
-    def __init__(self, host: str, port: int, *, timeout_s: float) -> None:
-        self.host, self.port = host, port
-        self.client = AsyncModbusTcpClient(
-            host, port=port, timeout=timeout_s, retries=0, reconnect_delay=0
-        )
-        self.client.register(_HoldingRegistersResponse)
-
-    async def connect(self) -> None:
-        """Open the connection; ``ConnectionError`` when the device does not accept it."""
-        if not await self.client.connect():
-            raise ConnectionError(f"cannot connect to {self.host}:{self.port}")
-
-    def reader(self, unit_id: int) -> ReadRegisters:
-        """See ``register_reader``."""
-        return register_reader(self.client, unit_id)
-
-    def close(self) -> None:
-        """Close the connection."""
-        self.client.close()
-
-
-def modbus_connection(
-    kind: ModbusClientKind,
-    host: str,
-    port: int,
-    *,
-    timeout_s: float,
-    ticker: Ticker | None = None,
-) -> ModbusConnection:
-    """A not yet connected client of ``kind``: ``lean`` (the default) or ``pymodbus``.
-
-    ``ticker`` keeps the lean client's request deadlines (see ``Ticker``).
-    """
-    if kind == "lean":
-        return LeanModbusClient(host, port, timeout_s=timeout_s, ticker=ticker)
-    return PymodbusConnection(host, port, timeout_s=timeout_s)
+    def __call__(
+        self, host: str, port: int, *, timeout_s: float, ticker: Ticker | None = None
+    ) -> ModbusConnection:
+        """The connection, not yet opened."""
+        ...
 
 
 async def discover_plan(

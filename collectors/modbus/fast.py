@@ -26,11 +26,11 @@ process' samples (py-spy). This client does only what a SunSpec poll needs:
 
 It also writes (function 16, ``write()``): at a frequency step every asset gets a command
 within one poll period, and the control writer (``control.modbus_client``) uses this
-client by default for its one write and one read per command. pymodbus stays selectable
-on both sides (``gridflex collect modbus --modbus-client pymodbus``, ``gridflex control
---modbus-client pymodbus``) for devices that need its tolerance and so the two can be
-compared (``bench/poll.py``, ``bench/closed_loop.py``; the tables are in
-``bench/README.md``).
+client for its one write and one read per command. It is the only Modbus client of the
+commands; pymodbus' client is the reference it is tested against (against pymodbus'
+own server too, ``tests/collectors/test_modbus_fast_vs_pymodbus.py``) and the
+benchmarks' baseline (``bench/baselines.py``, run by ``bench/poll.py`` and
+``bench/closed_loop.py``; the tables are in ``bench/README.md``).
 
 Reference: Modbus Application Protocol Specification V1.1b3, sections 4.1 (PDU), 6.3
 (Read Holding Registers) and 7 (exception responses); Modbus Messaging on TCP/IP

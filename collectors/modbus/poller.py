@@ -16,11 +16,9 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Literal
 
-from pymodbus.exceptions import ModbusException, ModbusIOException
-
-from collectors.modbus.connection import ModbusClientKind, discover_plan, modbus_connection
+from collectors.modbus.connection import ConnectionFactory, discover_plan
 from collectors.modbus.fast import DeviceError, LeanModbusClient, Reply, Ticker
 from collectors.modbus.plan import (
     LOW_PRIORITY_EVERY,
@@ -41,6 +39,7 @@ from gridflex.contract import (
     telemetry_topic,
 )
 from gridflex.mqtt_drops import STATUS_REFRESH_S, DropWatch, dropped_count
+from gridflex.mqtt_factory import MqttPublisher
 from gridflex.sunspec.discovery import DiscoveryError, IllegalAddress, ReadRegisters
 
 __all__ = [
@@ -61,12 +60,8 @@ TRANSIENT_EXCEPTION_CODES = frozenset({5, 6})
 COMPONENT = "modbus"
 
 
-class Publisher(Protocol):
-    """What the collector needs of an MQTT client (``gridflex.mqtt.MqttClient`` fits)."""
-
-    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
-        """Queue one message."""
-        ...
+#: What the collector needs of an MQTT client (``AsyncMqttClient`` fits).
+Publisher = MqttPublisher
 
 
 @dataclass
@@ -99,7 +94,7 @@ class DevicePoller:
         *,
         boot: str,
         phase_s: float = 0.0,
-        modbus_client: ModbusClientKind = "lean",
+        connection: ConnectionFactory = LeanModbusClient,
         ticker: Ticker | None = None,
     ) -> None:
         self.site = site
@@ -108,7 +103,7 @@ class DevicePoller:
         self.stats = stats
         self.boot = boot
         self.phase_s = phase_s
-        self.modbus_client: ModbusClientKind = modbus_client
+        self.connection = connection
         self.ticker = ticker
         self.seq = 0
         self.failures = 0
@@ -154,8 +149,7 @@ class DevicePoller:
         schedule = PollSchedule(loop.time() + self.phase_s, cfg.poll_interval_ms / 1000.0)
         while not self.stopping:
             delay_s = cfg.backoff_initial_s
-            client = modbus_connection(
-                self.modbus_client,
+            client = self.connection(
                 self.asset.host,
                 self.asset.port,
                 timeout_s=cfg.timeout_s,
@@ -182,9 +176,7 @@ class DevicePoller:
                 self.tried.set()
                 self.failures += 1
                 self.stats.failures += 1
-                known = isinstance(
-                    exc, ModbusException | DeviceError | DiscoveryError | IllegalAddress | OSError
-                )
+                known = isinstance(exc, DeviceError | DiscoveryError | IllegalAddress | OSError)
                 garbage = not known or isinstance(
                     exc, DeviceError | DiscoveryError | IllegalAddress
                 )
@@ -213,7 +205,7 @@ class DevicePoller:
         and rediscovers it.
         """
         busy = isinstance(exc, DeviceError) and exc.code in TRANSIENT_EXCEPTION_CODES
-        if not (busy or isinstance(exc, TimeoutError | ModbusIOException)):
+        if not (busy or isinstance(exc, TimeoutError)):
             return False
         self._slot_failures += 1
         self.stats.slot_failures += 1
@@ -267,7 +259,7 @@ class DevicePoller:
             try:
                 for i in range(last):
                     blocks[i] = await read(*plan.reads[i])
-            except (TimeoutError, DeviceError, ModbusException) as exc:
+            except (TimeoutError, DeviceError) as exc:
                 if not self._transient(exc):
                     raise
                 schedule.finish()  # this slot is lost, the next one is tried
@@ -402,15 +394,16 @@ async def run(
     boot: str | None = None,
     stats: CollectorStats | None = None,
     warmup_s: float = 0.0,
-    modbus_client: ModbusClientKind = "lean",
+    connection: ConnectionFactory = LeanModbusClient,
     on_discovered: Callable[[], object] | None = None,
 ) -> CollectorStats:
     """Poll every inverter of ``site`` until ``stop`` is set; publish statuses on the way out.
 
     The caller owns the MQTT client (connect before, flush and stop after).
-    ``modbus_client`` picks the Modbus TCP client for discovery and polls (see
-    ``modbus_connection``); ``on_discovered`` is called once every device has been tried
-    once (discovered, or failed and waiting for its retry).
+    ``connection`` makes the Modbus TCP connections for discovery and polls (the lean
+    client; the benchmarks' pymodbus baseline plugs in here); ``on_discovered`` is called
+    once every device has been tried once (discovered, or failed and waiting for its
+    retry).
     """
     boot = boot or uuid.uuid4().hex[:12]
     stats = stats or CollectorStats()
@@ -429,7 +422,7 @@ async def run(
             stats,
             boot=boot,
             phase_s=interval_s * i / len(inverters),
-            modbus_client=modbus_client,
+            connection=connection,
             ticker=ticker,
         )
         for i, asset in enumerate(inverters)

@@ -1,6 +1,9 @@
 """``gridflex collect ocpp --site FILE``: run the CSMS until SIGINT or SIGTERM.
 
 It also executes ``gridflex control``'s setpoint requests (``collectors.ocpp.requests``).
+Its MQTT client is the native asyncio client; ``main`` takes the client's maker as a
+keyword (``mqtt_factory``) so that the benchmarks' baseline (``bench/baselines.py``) runs
+the same CSMS on paho.
 """
 
 from __future__ import annotations
@@ -18,9 +21,9 @@ from collectors.ocpp.csms import Csms, CsmsSettings, collector_will
 from collectors.ocpp.requests import RequestServer
 from collectors.ocpp.security import KeyFileError, check_private_key_file
 from gridflex.config import ConfigError, load_site
-from gridflex.mqtt import MqttClient
 from gridflex.mqtt_asyncio import AsyncMqttClient
 from gridflex.mqtt_drops import DropWatch, dropped_count
+from gridflex.mqtt_factory import MqttClientFactory
 from gridflex.runtime import stop_on_signals
 
 __all__ = ["add_arguments", "main", "run"]
@@ -36,14 +39,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site file (TOML)")
     parser.add_argument("--host", help="listen address (default: site.ocpp.host)")
     parser.add_argument("--port", type=int, help="listen port (default: site.ocpp.port)")
-    parser.add_argument(
-        "--mqtt-client",
-        choices=("asyncio", "thread"),
-        default="asyncio",
-        help="asyncio (default: gridflex.mqtt_asyncio, a native MQTT client on the CSMS's "
-        "event loop, ~0.15 ms less CPU per meter value) or thread (gridflex.mqtt, paho on "
-        "its own network thread)",
-    )
 
 
 def _mqtt_dropped(csms: Csms) -> int:
@@ -109,8 +104,12 @@ async def run(
         await csms.stop()
 
 
-def main(args: argparse.Namespace) -> int:
-    """Run the CSMS; exit 0 after SIGINT/SIGTERM, 2 for a configuration problem."""
+def main(args: argparse.Namespace, *, mqtt_factory: MqttClientFactory = AsyncMqttClient) -> int:
+    """Run the CSMS; exit 0 after SIGINT/SIGTERM, 2 for a configuration problem.
+
+    ``mqtt_factory`` is the baseline's seam (module docstring); the command always runs
+    the default.
+    """
     site = load_site(args.site)
     settings = CsmsSettings.from_site(site)
     if args.host:
@@ -130,8 +129,7 @@ def main(args: argparse.Namespace) -> int:
         )
 
     boot_id = uuid.uuid4().hex[:12]
-    mqtt_class = AsyncMqttClient if args.mqtt_client == "asyncio" else MqttClient
-    mqtt = mqtt_class(
+    mqtt = mqtt_factory(
         site.mqtt.url,
         f"gridflex-ocpp-{site.id}",
         username=site.mqtt.username,
@@ -143,26 +141,16 @@ def main(args: argparse.Namespace) -> int:
     csms = Csms(settings, mqtt, boot_id=boot_id)
     requests = RequestServer(csms, mqtt)
 
-    async def _with_asyncio_mqtt(client: AsyncMqttClient) -> None:
+    async def _run() -> None:
         stop = stop_on_signals()
-        await client.start()  # no wait: stations are served while the broker is unreachable
+        await mqtt.start()  # no wait: stations are served while the broker is unreachable
         try:
             await run(csms, stop, requests=requests)
         finally:
-            await client.stop(flush_timeout_s=5.0)
-
-    async def _with_thread_mqtt() -> None:
-        await run(csms, stop_on_signals(), requests=requests)
+            await mqtt.stop(flush_timeout_s=5.0)
 
     try:
-        if isinstance(mqtt, AsyncMqttClient):
-            asyncio.run(_with_asyncio_mqtt(mqtt))
-        else:
-            mqtt.start()  # no wait: stations are served while the broker is unreachable
-            try:
-                asyncio.run(_with_thread_mqtt())
-            finally:
-                mqtt.stop(flush_timeout_s=5.0)
+        asyncio.run(_run())
     except KeyFileError as exc:
         raise ConfigError(f"config error in {site.source}: ocpp.tls_key: {exc}") from None
     except OSError as exc:

@@ -15,7 +15,9 @@ from typing import Any
 
 import pytest
 
-from collectors.modbus.connection import MODBUS_CLIENTS, ModbusClientKind
+from bench.baselines import PymodbusConnection
+from collectors.modbus.connection import ConnectionFactory
+from collectors.modbus.fast import LeanModbusClient
 from collectors.modbus.poller import CollectorStats, run
 from gridflex.broker import Broker
 from gridflex.config import SiteConfig, parse_site
@@ -27,6 +29,10 @@ from tests.loop_helpers import LoopThread
 from tests.mqtt_helpers import Subscriber
 
 pytestmark = pytest.mark.integration
+
+#: The collector's client, and pymodbus' as the reference it must agree with.
+CLIENTS: list[ConnectionFactory] = [LeanModbusClient, PymodbusConnection]
+CLIENT_IDS = ["lean", "pymodbus-oracle"]
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -71,7 +77,7 @@ class Running:
         lt: LoopThread,
         site: SiteConfig,
         fleet: InverterFleet,
-        modbus_client: ModbusClientKind = "lean",
+        connection: ConnectionFactory = LeanModbusClient,
     ) -> None:
         self.lt, self.site, self.fleet = lt, site, fleet
         self.mqtt = MqttClient(site.mqtt.url, f"test-collector-{site.id}", clean_session=True)
@@ -81,9 +87,7 @@ class Running:
 
         async def _start() -> tuple[asyncio.Event, asyncio.Task[CollectorStats]]:
             stop = asyncio.Event()
-            return stop, asyncio.create_task(
-                run(site, self.mqtt, stop, modbus_client=modbus_client)
-            )
+            return stop, asyncio.create_task(run(site, self.mqtt, stop, connection=connection))
 
         self.stop_event, self.task = self.lt.run(_start())
 
@@ -112,9 +116,9 @@ def _collector_offline(sub: Subscriber) -> bool:
     return bool(last) and last[0]["online"] is False
 
 
-@pytest.mark.parametrize("modbus_client", MODBUS_CLIENTS)
+@pytest.mark.parametrize("connection", CLIENTS, ids=CLIENT_IDS)
 def test_collector_publishes_contract_telemetry_with_increasing_seq(
-    mosquitto: Broker, loop_thread: LoopThread, modbus_client: ModbusClientKind
+    mosquitto: Broker, loop_thread: LoopThread, connection: ConnectionFactory
 ) -> None:
     base = free_port_block(3)
     site = _site(mosquitto, base, 3)
@@ -122,7 +126,7 @@ def test_collector_publishes_contract_telemetry_with_increasing_seq(
     fleet.devices[0].model.write_setpoint(True, -3_000.0)  # discharge 3 kW
     fleet.devices[0].model.power_w = -3_000.0
     with Subscriber(mosquitto.url, f"gridflex/v1/{site.id}/#") as sub:
-        running = Running(loop_thread, site, fleet, modbus_client)
+        running = Running(loop_thread, site, fleet, connection)
         try:
             assert sub.wait_for(
                 lambda _m: all(len(_telemetry(sub, site.id, f"inv{i}")) >= 6 for i in range(3))
@@ -159,15 +163,15 @@ def test_collector_publishes_contract_telemetry_with_increasing_seq(
             assert isinstance(last, AssetStatus) and last.state == "offline"
 
 
-@pytest.mark.parametrize("modbus_client", MODBUS_CLIENTS)
+@pytest.mark.parametrize("connection", CLIENTS, ids=CLIENT_IDS)
 def test_killed_device_goes_offline_others_keep_publishing_and_it_comes_back(
-    mosquitto: Broker, loop_thread: LoopThread, modbus_client: ModbusClientKind
+    mosquitto: Broker, loop_thread: LoopThread, connection: ConnectionFactory
 ) -> None:
     base = free_port_block(3)
     site = _site(mosquitto, base, 3)
     fleet = InverterFleet(3, base, seed=6)
     with Subscriber(mosquitto.url, f"gridflex/v1/{site.id}/#") as sub:
-        running = Running(loop_thread, site, fleet, modbus_client)
+        running = Running(loop_thread, site, fleet, connection)
         try:
             assert sub.wait_for(lambda _m: len(_telemetry(sub, site.id, "inv1")) >= 3)
             loop_thread.run(fleet.stop_device(1))
@@ -197,16 +201,16 @@ def test_killed_device_goes_offline_others_keep_publishing_and_it_comes_back(
         assert stats.failures >= 1
 
 
-@pytest.mark.parametrize("modbus_client", MODBUS_CLIENTS)
+@pytest.mark.parametrize("connection", CLIENTS, ids=CLIENT_IDS)
 def test_device_with_a_broken_map_is_marked_error(
-    mosquitto: Broker, loop_thread: LoopThread, modbus_client: ModbusClientKind
+    mosquitto: Broker, loop_thread: LoopThread, connection: ConnectionFactory
 ) -> None:
     base = free_port_block(2)
     site = _site(mosquitto, base, 2)
     fleet = InverterFleet(2, base, seed=8)
     fleet.devices[1].image[0:4] = b"\x00\x00\x00\x00"  # no SunS marker
     with Subscriber(mosquitto.url, f"gridflex/v1/{site.id}/#") as sub:
-        running = Running(loop_thread, site, fleet, modbus_client)
+        running = Running(loop_thread, site, fleet, connection)
         try:
             assert sub.wait_for(lambda _m: len(_statuses(sub, site.id, "inv1")) >= 2)
             assert sub.wait_for(lambda _m: len(_telemetry(sub, site.id, "inv0")) >= 3)
@@ -235,7 +239,7 @@ def test_device_answering_garbage_is_marked_error_and_retried(
     server = loop_thread.run(_serve())
     try:
         with Subscriber(mosquitto.url, f"gridflex/v1/{site.id}/#") as sub:
-            running = Running(loop_thread, site, fleet, "lean")
+            running = Running(loop_thread, site, fleet)
             try:
                 assert sub.wait_for(lambda _m: len(_statuses(sub, site.id, "inv1")) >= 2)
                 assert sub.wait_for(lambda _m: len(_telemetry(sub, site.id, "inv0")) >= 3)
@@ -251,9 +255,18 @@ def test_device_answering_garbage_is_marked_error_and_retried(
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "collector_argv",
+    [
+        ["gridflex.cli", "collect", "modbus"],
+        ["bench.baselines", "collect-modbus", "--modbus", "pymodbus", "--mqtt", "paho"],
+    ],
+    ids=["command", "pymodbus-paho-baseline"],
+)
 def test_collect_modbus_command_exits_0_on_sigterm_with_retained_offline(
-    mosquitto: Broker, tmp_path: Path
+    mosquitto: Broker, tmp_path: Path, collector_argv: list[str]
 ) -> None:
+    """The command, and the benchmarks' library baseline built on the same collector."""
     base = free_port_block(2)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     sim = subprocess.Popen(
@@ -290,9 +303,7 @@ def test_collect_modbus_command_exits_0_on_sigterm_with_retained_offline(
                 [
                     sys.executable,
                     "-m",
-                    "gridflex.cli",
-                    "collect",
-                    "modbus",
+                    *collector_argv,
                     "--site",
                     str(site_file),
                     "--stats-file",

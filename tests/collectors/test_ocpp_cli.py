@@ -35,10 +35,10 @@ def site_file(tmp_path: Path, site: str, mqtt_url: str, port: int, extra_ocpp: s
     return path
 
 
-def gridflex(*args: str) -> subprocess.Popen[bytes]:
+def gridflex(*args: str, module: str = "gridflex.cli") -> subprocess.Popen[bytes]:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.Popen(
-        [sys.executable, "-m", "gridflex.cli", *args],
+        [sys.executable, "-m", module, *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -59,15 +59,21 @@ def stop(proc: subprocess.Popen[bytes]) -> int:
 
 @pytest.mark.integration
 @pytest.mark.slow
-@pytest.mark.parametrize("mqtt_client", ["thread", "asyncio"])
+@pytest.mark.parametrize("baseline", [False, True], ids=["command", "paho-baseline"])
 def test_collect_and_sim_commands_report_and_exit_0_on_sigterm(
-    mosquitto: Broker, tmp_path: Path, mqtt_client: str
+    mosquitto: Broker, tmp_path: Path, baseline: bool
 ) -> None:
+    """The command, and the benchmarks' paho baseline built on the same CSMS."""
     site = f"t{uuid.uuid4().hex[:8]}"
     port = free_port()
     path = site_file(tmp_path, site, mosquitto.url, port)
     with Subscriber(mosquitto.url, f"gridflex/v1/{site}/#") as sub:
-        csms = gridflex("collect", "ocpp", "--site", str(path), "--mqtt-client", mqtt_client)
+        if baseline:
+            csms = gridflex(
+                "collect-ocpp", "--mqtt", "paho", "--site", str(path), module="bench.baselines"
+            )
+        else:
+            csms = gridflex("collect", "ocpp", "--site", str(path))
         sim = None
         try:
             assert wait_for_port("127.0.0.1", port, timeout_s=20)

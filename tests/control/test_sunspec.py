@@ -9,8 +9,9 @@ from collections.abc import Iterator
 import pytest
 from pymodbus.client import AsyncModbusTcpClient
 
+from bench.baselines import open_pymodbus_client
 from collectors.modbus.connection import discover_plan, register_reader
-from control.modbus_client import CONTROL_MODBUS_CLIENTS, ControlModbusClient, open_client
+from control.modbus_client import OpenRegisterClient, open_client
 from control.sunspec import SunSpecDevice, write_setpoint
 from gridflex.net import free_port_block
 from simulators.inverter import InverterFleet
@@ -45,18 +46,21 @@ def test_write_setpoint_is_absolute_and_idempotent(loop_thread: LoopThread) -> N
     assert fleet.devices[0].decode_point(704, "WSet") == 2_500  # SunSpec: + injection
 
 
-@pytest.mark.parametrize("kind", CONTROL_MODBUS_CLIENTS)
+@pytest.mark.parametrize(
+    "opener", [open_client, open_pymodbus_client], ids=["lean", "pymodbus-oracle"]
+)
 def test_the_device_reverts_to_its_default_on_its_own(
-    loop_thread: LoopThread, kind: ControlModbusClient
+    loop_thread: LoopThread, opener: OpenRegisterClient
 ) -> None:
-    """Both clients: setpoint and read-back, then silence -> the device's WSetRvrt default."""
+    """The writer's client and pymodbus' (the reference): setpoint, read-back, then silence
+    -> the device's WSetRvrt default."""
     base = free_port_block(1)
     fleet = InverterFleet(1, base, seed=21)
     sim = fleet.devices[0]
 
     async def scenario() -> tuple[float, float]:
         async with fleet:
-            client = await open_client(kind, "127.0.0.1", base, timeout_s=2.0)
+            client = await opener("127.0.0.1", base, timeout_s=2.0)
             try:
                 plan = await discover_plan(register_reader(client, 1))
                 device = SunSpecDevice(client, plan.model_map, 1, revert_s=1, default_w=1_500.0)
@@ -81,7 +85,7 @@ def test_a_lost_reversion_is_set_again_at_read_back(loop_thread: LoopThread) -> 
 
     async def scenario() -> int:
         async with fleet:
-            client = await open_client("lean", "127.0.0.1", base, timeout_s=2.0)
+            client = await open_client("127.0.0.1", base, timeout_s=2.0)
             try:
                 plan = await discover_plan(register_reader(client, 1))
                 device = SunSpecDevice(client, plan.model_map, 1, revert_s=10)
@@ -105,7 +109,7 @@ def test_the_lean_client_takes_concurrent_requests_in_turn(loop_thread: LoopThre
 
     async def scenario() -> list[float]:
         async with fleet:
-            client = await open_client("lean", "127.0.0.1", base, timeout_s=2.0)
+            client = await open_client("127.0.0.1", base, timeout_s=2.0)
             try:
                 plan = await discover_plan(register_reader(client, 1))
                 device = SunSpecDevice(client, plan.model_map, 1, revert_s=10)

@@ -9,7 +9,29 @@ from pathlib import Path
 import pytest
 
 from gridflex import demo
-from gridflex.cli import EXIT_BROKEN_PIPE, main
+from gridflex.cli import EXIT_BROKEN_PIPE, build_parser, main
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["collect", "modbus", "--site", "s.toml", "--modbus-client=pymodbus"],
+        ["collect", "modbus", "--site", "s.toml", "--mqtt-client=thread"],
+        ["collect", "ocpp", "--site", "s.toml", "--mqtt-client=thread"],
+        ["pipeline", "--site", "s.toml", "--mqtt-client=thread"],
+        ["control", "--site", "s.toml", "--modbus-client=pymodbus"],
+    ],
+    ids=["modbus-pymodbus", "modbus-paho", "ocpp-paho", "pipeline-paho", "control-pymodbus"],
+)
+def test_production_commands_have_no_library_client_option(
+    argv: list[str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One client per hop: the library clients are the benchmarks' baselines
+    (``bench/baselines.py``), not an option of a command."""
+    with pytest.raises(SystemExit) as exc:
+        build_parser(argv).parse_args(argv)
+    assert exc.value.code == 2
+    assert "unrecognized arguments" in capsys.readouterr().err
 
 
 def _into_closed_pipe(argv: list[str]) -> subprocess.CompletedProcess[str]:

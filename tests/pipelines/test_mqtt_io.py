@@ -199,13 +199,10 @@ def test_a_dead_receiver_process_ends_the_source_cleanly_and_says_why(mosquitto:
     assert flow.source.failures and "receiver process exited" in flow.source.failures[0]
 
 
-@pytest.mark.parametrize("client", ["asyncio", "thread"])
-def test_sink_publishes_every_item_before_close_returns(
-    mosquitto: Broker, client: Literal["asyncio", "thread"]
-) -> None:
+def test_sink_publishes_every_item_before_close_returns(mosquitto: Broker) -> None:
     topic = f"gridflex/v1/sink-{uuid.uuid4().hex[:6]}/grid/frequency"
     with Subscriber(mosquitto.url, topic) as sub:
-        sink = MqttSink(mosquitto.url, client_id=f"t-sink-{uuid.uuid4().hex[:8]}", client=client)
+        sink = MqttSink(mosquitto.url, client_id=f"t-sink-{uuid.uuid4().hex[:8]}")
         part = sink.build("mqtt_out", 0, 1)
         part.write_batch([(topic, b"%d" % i) for i in range(500)])
         part.close()
@@ -213,13 +210,10 @@ def test_sink_publishes_every_item_before_close_returns(
         assert [p for _, p in sub.messages] == [b"%d" % i for i in range(500)]
 
 
-@pytest.mark.parametrize("client", ["asyncio", "thread"])
-def test_sink_retains_the_summary_and_nothing_else(
-    mosquitto: Broker, client: Literal["asyncio", "thread"]
-) -> None:
+def test_sink_retains_the_summary_and_nothing_else(mosquitto: Broker) -> None:
     site = f"ret{uuid.uuid4().hex[:6]}"
     summary, frequency = f"gridflex/v1/{site}/summary", f"gridflex/v1/{site}/grid/frequency"
-    part = MqttSink(mosquitto.url, client_id=f"t-ret-{uuid.uuid4().hex[:8]}", client=client).build(
+    part = MqttSink(mosquitto.url, client_id=f"t-ret-{uuid.uuid4().hex[:8]}").build(
         "mqtt_out", 0, 1
     )
     part.write_batch([(summary, b'{"s": 1}'), (frequency, b'{"f": 1}')])
