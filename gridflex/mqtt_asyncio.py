@@ -14,8 +14,10 @@ an ``MQTTMessage`` and an ``MQTTMessageInfo`` with a ``threading.Condition``; re
 objects even on 3.1.1) — 35 % of the collector's CPU, the difference between meeting the
 200 ms schedule and missing it. Here a publish is one packet built with ``bytes.join`` and
 appended to a list; once per loop pass the list goes out in one ``transport.write``; a
-read of the socket parses every PUBACK in it. paho stays the client everywhere else
-(pipeline, demo, tools) and ``--mqtt-client thread`` selects it in the collectors.
+read of the socket parses every PUBACK in it. It is the client of every hop of the data
+path (collectors, CSMS, pipeline, control); paho (``gridflex.mqtt``) serves the demo's
+terminal view and the tools, and is the tests' reference and the benchmarks' baseline
+(``bench/baselines.py``).
 
 Delivery, per MQTT 3.1.1:
 
