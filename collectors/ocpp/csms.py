@@ -111,7 +111,7 @@ def _now_ms() -> int:
 
 
 class Publisher(Protocol):
-    """Where the CSMS sends its messages (``gridflex.mqtt_asyncio.AsyncMqttClient`` in production)."""
+    """Where the CSMS sends its messages (``AsyncMqttClient`` in production)."""
 
     def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
         """Queue one message; False when it was dropped."""
