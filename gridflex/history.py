@@ -331,21 +331,33 @@ def refresh_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
         con.execute(view.format(source=_source(root, stream)))
 
 
-def connect(data_dir: str | Path, *, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+def connect(
+    data_dir: str | Path,
+    *,
+    database: str = ":memory:",
+    interval_min: int = 15,
+    max_gap_s: float = 60.0,
+) -> duckdb.DuckDBPyConnection:
     """Open DuckDB with the history views over ``data_dir``.
 
     Args:
         data_dir: The history directory (``site.history.dir``); it may be empty or missing.
         database: DuckDB database file; the default keeps nothing on disk.
+        interval_min: Settlement interval of the billing views, minutes (``[billing]``).
+        max_gap_s: Readings further apart than this make a flagged gap (``[billing]``).
 
     Returns:
         A connection whose session time zone is UTC, with the views ``telemetry``,
-        ``grid_frequency``, ``forecasts``, ``commands`` and ``acks``.
+        ``grid_frequency``, ``forecasts``, ``commands`` and ``acks``, and the billing views
+        of :mod:`gridflex.billing.views` (``settlements``, ``sessions``, ...).
 
     """
+    from gridflex.billing.views import register  # reads the views made here
+
     con = duckdb.connect(database)
     con.execute("SET TimeZone = 'UTC'")
     refresh_views(con, data_dir)
+    register(con, interval_min=interval_min, max_gap_s=max_gap_s)
     return con
 
 
