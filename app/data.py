@@ -9,6 +9,7 @@ module. Times are epoch milliseconds (``*_ms``) plus UTC timestamps for the char
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -30,11 +31,13 @@ __all__ = [
     "dispatch_timeline",
     "fleet",
     "fleet_response",
+    "fmt",
     "frequency",
     "has_view",
     "history_problem",
     "latencies",
     "open_history",
+    "register_energy",
     "sessions",
     "settlement_totals",
     "settlements",
@@ -65,9 +68,7 @@ def open_history(data_dir: Path) -> duckdb.DuckDBPyConnection:
 
 def has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Whether the connection has the view ``name`` (the billing views came later)."""
-    rows = con.execute(
-        "SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]
-    ).fetchall()
+    rows = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchall()
     return bool(rows[0][0])
 
 
@@ -75,6 +76,13 @@ def _frame(
     con: duckdb.DuckDBPyConnection, sql: str, params: list[object] | None = None
 ) -> pl.DataFrame:
     return con.sql(sql, params=params).pl()
+
+
+def fmt(value: object, spec: str, unit: str = "", *, scale: float = 1.0) -> str:
+    """``value`` (a row value or a polars aggregate) formatted, ``n/a`` when not a number."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+        return "n/a"
+    return f"{value * scale:{spec}}{unit}"
 
 
 # --------------------------------------------------------------------------- fleet
@@ -156,7 +164,7 @@ def deadband(data_dir: Path, nominal_hz: float | None = None) -> Deadband:
         except (ConfigError, OSError) as exc:
             log.warning("app: cannot read %s for the deadband: %s", path, exc)
         else:
-            nominal = float(site.site.nominal_frequency_hz)
+            nominal = float(site.nominal_frequency_hz)
             dispatch = site.dispatch
             if dispatch.mode == "fcr":
                 band = dispatch.fcr.deadband_hz
@@ -167,8 +175,10 @@ def deadband(data_dir: Path, nominal_hz: float | None = None) -> Deadband:
 
 
 def frequency(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """The 1 s frequency windows in time order: ``window_start, window_start_ms, nominal_hz,
-    mean_hz, min_hz, max_hz, deviation_hz, rocof_hz_per_s``.
+    """The 1 s frequency windows in time order.
+
+    Columns ``window_start, window_start_ms, nominal_hz, mean_hz, min_hz, max_hz,
+    deviation_hz, rocof_hz_per_s``.
     """
     return _frame(
         con,
@@ -243,8 +253,9 @@ def clamp_rules(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
 
 
 def latencies(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """Command-to-confirmed-write latencies of the acks that wrote: ``asset, result,
-    latency_from_issued_ms, latency_from_telemetry_ms``.
+    """Command-to-confirmed-write latencies of the acks that wrote something.
+
+    Columns ``asset, result, latency_from_issued_ms, latency_from_telemetry_ms``.
     """
     return _frame(
         con,
@@ -305,8 +316,10 @@ def sessions(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
 
 
 def asset_history(con: duckdb.DuckDBPyConnection, asset: str) -> pl.DataFrame:
-    """One asset's readings in time order: ``ts, ts_ms, power_w, setpoint_w, soc_pct,
-    status, energy_import_wh, energy_export_wh``.
+    """One asset's readings in time order.
+
+    Columns ``ts, ts_ms, power_w, setpoint_w, soc_pct, status, energy_import_wh,
+    energy_export_wh``.
     """
     return _frame(
         con,
@@ -316,9 +329,24 @@ def asset_history(con: duckdb.DuckDBPyConnection, asset: str) -> pl.DataFrame:
     )
 
 
+def register_energy(readings: pl.DataFrame) -> tuple[float, float]:
+    """Import and export Wh the registers counted over one asset's ``readings``.
+
+    The sum of their increases in time order, so a register reset counts 0, not minus the
+    register's value.
+    """
+    row = readings.select(
+        pl.col("energy_import_wh").drop_nulls().diff().clip(lower_bound=0).sum(),
+        pl.col("energy_export_wh").drop_nulls().diff().clip(lower_bound=0).sum(),
+    ).row(0)
+    return float(row[0] or 0.0), float(row[1] or 0.0)
+
+
 def asset_forecast(con: duckdb.DuckDBPyConnection, asset: str) -> pl.DataFrame:
-    """One asset's forecasts in time order: ``ts, ts_ms, soc_pct, soc_at_departure_pct,
-    target_soc_pct, departure, max_charge_w, max_discharge_w, discharge_energy_wh``.
+    """One asset's forecasts in time order.
+
+    Columns ``ts, ts_ms, soc_pct, soc_at_departure_pct, target_soc_pct, departure,
+    max_charge_w, max_discharge_w, discharge_energy_wh``.
     """
     return _frame(
         con,
