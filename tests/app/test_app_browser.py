@@ -64,10 +64,10 @@ def _wait_healthy(url: str, proc: subprocess.Popen[bytes], log: Path) -> None:
 def _start_app(data_dir: Path, log: Path) -> tuple[str, subprocess.Popen[bytes]]:
     port = free_port()
     url = f"http://127.0.0.1:{port}/"
+    argv = ["app", "--data-dir", str(data_dir), "--port", str(port)]
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "gridflex.cli", "app", "--data-dir", str(data_dir)]
-            + ["--port", str(port)],
+            [sys.executable, "-m", "gridflex.cli", *argv],
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
