@@ -356,6 +356,9 @@ def connect(
 
     con = duckdb.connect(database)
     con.execute("SET TimeZone = 'UTC'")
+    # DuckDB draws its progress bar on standard output, in the middle of a CSV being written
+    # there (gridflex query, gridflex billing); query_progress() still reports it.
+    con.execute("SET enable_progress_bar_print = false")
     refresh_views(con, data_dir)
     register(con, interval_min=interval_min, max_gap_s=max_gap_s)
     return con
