@@ -14,7 +14,10 @@ Two layouts of the same rows:
 * ``sink``: what ``gridflex pipeline`` writes at this rate, one file per 5 s flush (the
   sink's ``flush_interval_s``), rows in arrival order;
 * ``compacted``: one file per hour, rows sorted by asset and time, as a compaction that
-  sorts would leave them (``--layouts`` picks).
+  sorts would leave them, written by the same writer (its options: zstd, dictionaries);
+* ``encoded``: the compacted files written with delta encoding for ``ts_ms`` and ``seq``
+  and byte-stream split for the registers (what such a compaction could choose; not the
+  writer's options today). ``--layouts`` picks.
 
 Then, per layout and query, a child process (fresh memory, its own ``getrusage``) opens
 ``gridflex.history.connect`` and runs the query ``--repeat`` times: the **settlement**
@@ -46,6 +49,7 @@ server's processes). Targets (reported, not asserted): 10x faster than PostgreSQ
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import resource
@@ -64,18 +68,19 @@ import numpy as np
 import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._harness import fmt  # noqa: E402
-from gridflex.history import TELEMETRY_SCHEMA  # noqa: E402
+from gridflex.history import TELEMETRY_SCHEMA, partition_dir, utc_date  # noqa: E402
 from gridflex.net import free_port  # noqa: E402
 from pipelines.history_sink import ParquetStreamWriter  # noqa: E402
 
 #: 2026-11-29T23:00:00Z: the run crosses midnight.
-START_MS = 1_796_511_600_000
+START_MS = 1_795_993_200_000
 INTERVAL_MS = 900_000
 MAX_GAP_MS = 60_000
 
@@ -227,8 +232,32 @@ def generate(rows: int, assets: int, hz: int, seed: int = 1) -> pa.Table:
     return table.slice(0, min(rows, table.num_rows))
 
 
-def write_layout(table: pa.Table, data_dir: Path, file_s: int, *, sort: bool) -> int:
-    """Write ``table`` with the pipeline's writer, one file per ``file_s`` of readings."""
+#: Column encodings of the ``encoded`` layout: delta for the integers that grow steadily,
+#: byte-stream split for the registers, dictionaries for the rest.
+_DELTA = ("ts_ms", "seq")
+_SPLIT = ("energy_import_wh", "energy_export_wh")
+
+
+def _write_encoded(part: pa.Table, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        part,
+        path,
+        compression="zstd",
+        use_dictionary=[n for n in part.column_names if n not in (*_DELTA, *_SPLIT)],
+        column_encoding={
+            **dict.fromkeys(_DELTA, "DELTA_BINARY_PACKED"),
+            **dict.fromkeys(_SPLIT, "BYTE_STREAM_SPLIT"),
+        },
+    )
+
+
+def write_layout(table: pa.Table, data_dir: Path, file_s: int, *, sort: bool, encoded: bool) -> int:
+    """Write ``table`` with the pipeline's writer, one file per ``file_s`` of readings.
+
+    ``encoded``: the same files written with :func:`_write_encoded` instead (chunks are
+    aligned to the start, 23:00, so none crosses midnight).
+    """
     writer = ParquetStreamWriter(data_dir, "telemetry", ts_column="ts_ms", name="bench")
     chunk_ms = file_s * 1000
     ts = table.column("ts_ms").to_numpy()
@@ -241,8 +270,13 @@ def write_layout(table: pa.Table, data_dir: Path, file_s: int, *, sort: bool) ->
         part = table.slice(a, b - a)
         if sort:
             part = part.sort_by([("asset", "ascending"), ("ts_ms", "ascending")])
-        writer.write(part.to_batches())
-    return len(writer.files_written)
+        if encoded:
+            first_ms = int(part.column("ts_ms")[0].as_py())
+            day = partition_dir(data_dir, "telemetry", utc_date(first_ms))
+            _write_encoded(part, day / f"part-encoded-{len(starts)}-{a:012d}.parquet")
+        else:
+            writer.write(part.to_batches())
+    return len(starts) if encoded else len(writer.files_written)
 
 
 def dir_bytes(path: Path) -> int:
@@ -367,10 +401,8 @@ class Postgres:
         """Stop the server (fast shutdown) by its PID."""
         if self.proc is None:
             return
-        try:
+        with contextlib.suppress(psutil.Error):
             self.postmaster().terminate()
-        except psutil.Error:
-            pass
         try:
             self.proc.wait(timeout=60)
         except subprocess.TimeoutExpired:
@@ -477,7 +509,9 @@ def main() -> int:
     parser.add_argument("--assets", type=int, default=200)
     parser.add_argument("--hz", type=int, default=5)
     parser.add_argument("--repeat", type=int, default=3)
-    parser.add_argument("--layouts", default="sink,compacted", help="sink, compacted or both")
+    parser.add_argument(
+        "--layouts", default="sink,compacted,encoded", help="comma list: sink, compacted, encoded"
+    )
     parser.add_argument("--no-postgres", action="store_true")
     parser.add_argument("--keep", type=Path, default=None, help="keep the data in this folder")
     args = parser.parse_args()
@@ -502,7 +536,11 @@ def main() -> int:
             data_dir = (args.keep or work) / layout
             started = time.perf_counter()
             files = write_layout(
-                table, data_dir, 5 if layout == "sink" else 3600, sort=layout != "sink"
+                table,
+                data_dir,
+                5 if layout == "sink" else 3600,
+                sort=layout != "sink",
+                encoded=layout == "encoded",
             )
             sizes[layout] = dir_bytes(data_dir)
             dirs[layout] = data_dir
