@@ -23,7 +23,11 @@ Rules (``docs/history.md`` has them for readers of the bill):
   counted (the registers measured it) and apportioned linearly, and every interval it
   touches is flagged ``gap``; nothing is invented in between.
 * **Sessions.** A segment belongs to the transaction of the reading that ends it.
-* **Duplicates.** The ``telemetry`` view keeps one row per ``(site, asset, boot, seq)``.
+* **Duplicates.** Copies of a reading (at-least-once delivery) are the same message, so
+  in time order they are neighbours: the segment from a reading to its own copy is
+  dropped, which counts each reading once as the ``telemetry`` view does, in the window
+  the segments need anyway (``telemetry_copies`` is every stored copy; reading the
+  de-duplicated ``telemetry`` view would cost a second sort of every row).
 """
 
 from __future__ import annotations
@@ -56,13 +60,14 @@ CREATE OR REPLACE VIEW billing_segments AS
 WITH readings AS (
     SELECT site, asset, boot, seq, ts_ms, power_w, transaction_id,
            energy_import_wh, energy_export_wh
-    FROM telemetry
+    FROM telemetry_copies
     WHERE energy_import_wh IS NOT NULL OR energy_export_wh IS NOT NULL
 ), pairs AS (
     SELECT
         site, asset, transaction_id AS session_id,
         lag(ts_ms) OVER w AS start_ms, ts_ms AS end_ms,
         lag(boot) OVER w AS start_boot, boot AS end_boot,
+        lag(seq) OVER w AS start_seq, seq AS end_seq,
         energy_import_wh - lag(energy_import_wh IGNORE NULLS) OVER w AS import_delta_wh,
         energy_export_wh - lag(energy_export_wh IGNORE NULLS) OVER w AS export_delta_wh,
         lag(power_w) OVER w AS start_power_w, power_w AS end_power_w
@@ -78,7 +83,7 @@ SELECT
     start_power_w, end_power_w,
     (start_power_w + end_power_w) / 2 * (end_ms - start_ms) / {ms_per_h} AS power_energy_wh
 FROM pairs
-WHERE start_ms IS NOT NULL
+WHERE start_ms IS NOT NULL AND NOT (start_boot = end_boot AND start_seq = end_seq)
 """
 
 # Each segment cut at the interval boundaries: `share` is the fraction of its duration
