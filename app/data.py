@@ -36,11 +36,13 @@ __all__ = [
     "has_view",
     "history_problem",
     "latencies",
+    "newest_ms",
     "open_history",
     "register_energy",
     "sessions",
     "settlement_totals",
     "settlements",
+    "since",
 ]
 
 log = logging.getLogger(__name__)
@@ -70,6 +72,22 @@ def has_view(con: duckdb.DuckDBPyConnection, name: str) -> bool:
     """Whether the connection has the view ``name`` (the billing views came later)."""
     rows = con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchall()
     return bool(rows[0][0])
+
+
+#: A query's lower time bound: the parameter, or everything when it is NULL.
+_SINCE: Final = "coalesce(?::BIGINT, -9223372036854775807)"
+
+
+def newest_ms(con: duckdb.DuckDBPyConnection, view: str, column: str) -> int | None:
+    """The largest ``column`` of ``view`` (one of the history's time columns), None if empty."""
+    rows = con.execute(f"SELECT max({column}) FROM {view}").fetchall()  # names from the code
+    value = rows[0][0]
+    return None if value is None else int(value)
+
+
+def since(newest: int | None, span_ms: int | None) -> int | None:
+    """The start of a window of ``span_ms`` that ends at ``newest`` (None: no bound)."""
+    return None if newest is None or span_ms is None else newest - span_ms
 
 
 def _frame(
@@ -174,8 +192,8 @@ def deadband(data_dir: Path, nominal_hz: float | None = None) -> Deadband:
     return Deadband(nominal_hz or 50.0, 0.036, 0.036, "IEEE 1547 default (no site file)")
 
 
-def frequency(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """The 1 s frequency windows in time order.
+def frequency(con: duckdb.DuckDBPyConnection, since_ms: int | None = None) -> pl.DataFrame:
+    """The 1 s frequency windows from ``since_ms`` on (None: all), in time order.
 
     Columns ``window_start, window_start_ms, nominal_hz, mean_hz, min_hz, max_hz,
     deviation_hz, rocof_hz_per_s``.
@@ -183,27 +201,32 @@ def frequency(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
     return _frame(
         con,
         "SELECT window_start, window_start_ms, nominal_hz, mean_hz, min_hz, max_hz, "
-        "deviation_hz, rocof_hz_per_s FROM grid_frequency ORDER BY window_start_ms",
+        "deviation_hz, rocof_hz_per_s FROM grid_frequency "
+        f"WHERE window_start_ms >= {_SINCE} ORDER BY window_start_ms",
+        [since_ms],
     )
 
 
-def fleet_response(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+def fleet_response(con: duckdb.DuckDBPyConnection, since_ms: int | None = None) -> pl.DataFrame:
     """The fleet's power per second: each asset's mean in the second, summed over assets.
+
+    From ``since_ms`` on (None: all).
 
     Columns ``t, t_ms, power_w, setpoint_w, assets`` (+ charge, - discharge), in time order.
     """
     return _frame(
         con,
-        """
+        f"""
         WITH per_asset AS (
             SELECT asset, ts_ms // 1000 * 1000 AS t_ms,
                    avg(power_w) AS power_w, avg(setpoint_w) AS setpoint_w
-            FROM telemetry GROUP BY asset, t_ms
+            FROM telemetry WHERE ts_ms >= {_SINCE} GROUP BY asset, t_ms
         )
         SELECT make_timestamptz(t_ms * 1000) AS t, t_ms, sum(power_w) AS power_w,
                sum(setpoint_w) AS setpoint_w, count(*) AS assets
         FROM per_asset GROUP BY t_ms ORDER BY t_ms
         """,
+        [since_ms],
     )
 
 
@@ -214,53 +237,66 @@ SELECT c.issued, c.issued_ms, c.asset, c.command_id, c.mode, c.setpoint_w, c.bas
        c.reason, c.freq_hz,
        coalesce(a.result, 'no ack') AS result, a.applied_w, a.readback_w, a.rules,
        a.reason AS ack_reason, a.latency_from_issued_ms
-FROM commands c
+FROM (SELECT * FROM commands WHERE issued_ms >= {since}) c
 LEFT JOIN (
     SELECT site, command_id, arg_max(result, ts_ms) AS result,
            arg_max(applied_w, ts_ms) AS applied_w, arg_max(readback_w, ts_ms) AS readback_w,
            arg_max(rules, ts_ms) AS rules, arg_max(reason, ts_ms) AS reason,
            arg_max(latency_from_issued_ms, ts_ms) AS latency_from_issued_ms
-    FROM acks GROUP BY site, command_id
+    FROM acks WHERE issued_ms >= {since} GROUP BY site, command_id
 ) a USING (site, command_id)
 ORDER BY c.issued_ms, c.asset
 """
 
 
-def dispatch_timeline(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """Every command with its newest ack (``result`` ``no ack`` when there is none).
+def dispatch_timeline(con: duckdb.DuckDBPyConnection, since_ms: int | None = None) -> pl.DataFrame:
+    """The commands issued from ``since_ms`` on (None: all), each with its newest ack.
+
+    ``result`` is ``no ack`` for a command without one.
 
     Columns ``issued, issued_ms, asset, command_id, mode, setpoint_w, base_setpoint_w,
     reason, freq_hz, result, applied_w, readback_w, rules, ack_reason,
     latency_from_issued_ms``, in issue order.
     """
-    return _frame(con, _TIMELINE)
+    return _frame(con, _TIMELINE.format(since=_SINCE), [since_ms, since_ms])
 
 
-def acks_by_result(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """How many acks of each result: ``result, acks``, most first."""
-    return _frame(
-        con, "SELECT result, count(*) AS acks FROM acks GROUP BY result ORDER BY acks DESC, result"
-    )
-
-
-def clamp_rules(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    """How often each safety rule changed a command: ``rule, acks``, most first."""
+def acks_by_result(con: duckdb.DuckDBPyConnection, since_ms: int | None = None) -> pl.DataFrame:
+    """How many acks of each result (commands issued from ``since_ms`` on): ``result, acks``."""
     return _frame(
         con,
-        "SELECT rule, count(*) AS acks FROM (SELECT unnest(rules) AS rule FROM acks) "
-        "GROUP BY rule ORDER BY acks DESC, rule",
+        f"SELECT result, count(*) AS acks FROM acks WHERE issued_ms >= {_SINCE} "
+        "GROUP BY result ORDER BY acks DESC, result",
+        [since_ms],
     )
 
 
-def latencies(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+def clamp_rules(con: duckdb.DuckDBPyConnection, since_ms: int | None = None) -> pl.DataFrame:
+    """How often each safety rule changed a command (issued from ``since_ms`` on).
+
+    Columns ``rule, acks``, most first.
+    """
+    return _frame(
+        con,
+        "SELECT rule, count(*) AS acks FROM "
+        f"(SELECT unnest(rules) AS rule FROM acks WHERE issued_ms >= {_SINCE}) "
+        "GROUP BY rule ORDER BY acks DESC, rule",
+        [since_ms],
+    )
+
+
+def latencies(con: duckdb.DuckDBPyConnection, since_ms: int | None = None) -> pl.DataFrame:
     """Command-to-confirmed-write latencies of the acks that wrote something.
+
+    Of the commands issued from ``since_ms`` on (None: all).
 
     Columns ``asset, result, latency_from_issued_ms, latency_from_telemetry_ms``.
     """
     return _frame(
         con,
         "SELECT asset, result, latency_from_issued_ms, latency_from_telemetry_ms FROM acks "
-        "WHERE latency_from_issued_ms IS NOT NULL ORDER BY ts_ms",
+        f"WHERE latency_from_issued_ms IS NOT NULL AND issued_ms >= {_SINCE} ORDER BY ts_ms",
+        [since_ms],
     )
 
 
@@ -315,8 +351,10 @@ def sessions(con: duckdb.DuckDBPyConnection) -> pl.DataFrame | None:
 # --------------------------------------------------------------------------- one asset
 
 
-def asset_history(con: duckdb.DuckDBPyConnection, asset: str) -> pl.DataFrame:
-    """One asset's readings in time order.
+def asset_history(
+    con: duckdb.DuckDBPyConnection, asset: str, since_ms: int | None = None
+) -> pl.DataFrame:
+    """One asset's readings from ``since_ms`` on (None: all), in time order.
 
     Columns ``ts, ts_ms, power_w, setpoint_w, soc_pct, status, energy_import_wh,
     energy_export_wh``.
@@ -324,8 +362,8 @@ def asset_history(con: duckdb.DuckDBPyConnection, asset: str) -> pl.DataFrame:
     return _frame(
         con,
         "SELECT ts, ts_ms, power_w, setpoint_w, soc_pct, status, energy_import_wh, "
-        "energy_export_wh FROM telemetry WHERE asset = ? ORDER BY ts_ms",
-        [asset],
+        f"energy_export_wh FROM telemetry WHERE asset = ? AND ts_ms >= {_SINCE} ORDER BY ts_ms",
+        [asset, since_ms],
     )
 
 
@@ -342,8 +380,10 @@ def register_energy(readings: pl.DataFrame) -> tuple[float, float]:
     return float(row[0] or 0.0), float(row[1] or 0.0)
 
 
-def asset_forecast(con: duckdb.DuckDBPyConnection, asset: str) -> pl.DataFrame:
-    """One asset's forecasts in time order.
+def asset_forecast(
+    con: duckdb.DuckDBPyConnection, asset: str, since_ms: int | None = None
+) -> pl.DataFrame:
+    """One asset's forecasts from ``since_ms`` on (None: all), in time order.
 
     Columns ``ts, ts_ms, soc_pct, soc_at_departure_pct, target_soc_pct, departure,
     max_charge_w, max_discharge_w, discharge_energy_wh``.
@@ -352,6 +392,6 @@ def asset_forecast(con: duckdb.DuckDBPyConnection, asset: str) -> pl.DataFrame:
         con,
         "SELECT ts, ts_ms, soc_pct, soc_at_departure_pct, target_soc_pct, departure, "
         "max_charge_w, max_discharge_w, discharge_energy_wh FROM forecasts WHERE asset = ? "
-        "ORDER BY ts_ms",
-        [asset],
+        f"AND ts_ms >= {_SINCE} ORDER BY ts_ms",
+        [asset, since_ms],
     )

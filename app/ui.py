@@ -18,12 +18,29 @@ import streamlit as st
 
 from app import data
 
-__all__ = ["DATA_DIR_ENV", "DATA_DIR_KEY", "default_data_dir", "history", "sidebar"]
+__all__ = [
+    "DATA_DIR_ENV",
+    "DATA_DIR_KEY",
+    "WINDOWS",
+    "default_data_dir",
+    "history",
+    "sidebar",
+    "time_window",
+]
 
 #: Environment variable naming the history folder (the notebooks read it too).
 DATA_DIR_ENV: Final = "GRIDFLEX_DATA_DIR"
 #: Session-state key of the sidebar's folder field.
 DATA_DIR_KEY: Final = "data_dir"
+#: The time windows a page can show, ending at its newest data (None: the whole history).
+WINDOWS: Final[dict[str, int | None]] = {
+    "last 5 min": 300_000,
+    "last 15 min": 900_000,
+    "last hour": 3_600_000,
+    "last 6 hours": 21_600_000,
+    "last day": 86_400_000,
+    "everything": None,
+}
 
 
 def default_data_dir(argv: list[str] | None = None) -> Path:
@@ -60,3 +77,10 @@ def history() -> tuple[Path, duckdb.DuckDBPyConnection] | None:
         st.info(problem)
         return None
     return folder, data.open_history(folder)
+
+
+def time_window(key: str, default: str = "last hour") -> int | None:
+    """A time-window choice on the page; its span in ms (None: the whole history)."""
+    names = list(WINDOWS)
+    choice = st.selectbox("time window", names, index=names.index(default), key=key)
+    return WINDOWS[choice or default]

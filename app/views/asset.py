@@ -23,7 +23,11 @@ def main() -> None:
     asset = st.selectbox("asset", names, key="asset")
     if asset is None:
         return
-    readings = data.asset_history(con, asset)
+    since = data.since(data.newest_ms(con, "telemetry", "ts_ms"), ui.time_window("asset_window"))
+    readings = data.asset_history(con, asset, since)
+    if readings.is_empty():
+        st.info(f"No readings of {asset} in this time window.")
+        return
     last = readings.row(-1, named=True)
     imported, exported = data.register_energy(readings)
     col = st.columns(5)
@@ -44,7 +48,7 @@ def main() -> None:
         width="stretch",
     )
     st.subheader("State of charge: measured and forecast")
-    forecast = data.asset_forecast(con, asset)
+    forecast = data.asset_forecast(con, asset, since)
     soc = readings.select("ts", pl.col("soc_pct").alias("pct"), pl.lit("measured").alias("series"))
     layers = [soc]
     if forecast.is_empty():

@@ -15,12 +15,15 @@ def main() -> None:
     if found is None:
         return
     _, con = found
-    timeline = data.dispatch_timeline(con)
+    since = data.since(
+        data.newest_ms(con, "commands", "issued_ms"), ui.time_window("dispatch_window")
+    )
+    timeline = data.dispatch_timeline(con, since)
     if timeline.is_empty():
         st.info("No dispatch commands in this history (dispatch off, or nothing decided yet).")
         return
-    results = dict(data.acks_by_result(con).iter_rows())
-    lat = data.latencies(con)
+    results = dict(data.acks_by_result(con, since).iter_rows())
+    lat = data.latencies(con, since)
     col = st.columns(5)
     col[0].metric("commands", len(timeline))
     col[1].metric("applied", results.get("applied", 0))
@@ -44,7 +47,7 @@ def main() -> None:
     )
     left, right = st.columns(2)
     left.subheader("Clamps")
-    rules = data.clamp_rules(con)
+    rules = data.clamp_rules(con, since)
     if rules.is_empty():
         left.write("No command was clamped.")
     else:

@@ -20,7 +20,10 @@ def main() -> None:
     if found is None:
         return
     folder, con = found
-    freq = data.frequency(con)
+    since = data.since(
+        data.newest_ms(con, "grid_frequency", "window_start_ms"), ui.time_window("frequency_window")
+    )
+    freq = data.frequency(con, since)
     if freq.is_empty():
         st.info("No grid frequency windows in this history yet.")
         return
@@ -34,9 +37,9 @@ def main() -> None:
     col[1].metric("lowest", data.fmt(freq["min_hz"].min(), ".3f", " Hz"))
     col[2].metric("highest", data.fmt(freq["max_hz"].max(), ".3f", " Hz"))
     col[3].metric("deadband", f"{band.low_hz:.3f} - {band.high_hz:.3f} Hz")
-    st.caption(f"deadband from {band.source}; {len(freq)} windows of 1 s")
+    st.caption(f"deadband from {band.source}; {len(freq)} windows of 1 s shown")
 
-    response = data.fleet_response(con)
+    response = data.fleet_response(con, since)
     x = alt.X("t:T", title="time (UTC)")
     trace = (
         alt.Chart(freq.rename({"window_start": "t"}))

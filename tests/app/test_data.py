@@ -9,7 +9,7 @@ import polars as pl
 
 from app import data
 from gridflex.history import refresh_views
-from tests.history_helpers import add_dispatch, make_history
+from tests.history_helpers import BOUNDARY_MS, add_dispatch, make_history
 
 
 def test_history_problem_tells_a_missing_from_an_empty_folder(tmp_path: Path) -> None:
@@ -72,3 +72,25 @@ def test_fmt_says_n_a_for_what_is_no_number() -> None:
     assert data.fmt(None, ".1f") == "n/a"
     assert data.fmt(float("nan"), ".1f") == "n/a"
     assert data.fmt(1500, ".1f", " kW", scale=1e-3) == "1.5 kW"
+
+
+def test_a_time_window_keeps_what_happened_from_its_start_on(tmp_path: Path) -> None:
+    make_history(tmp_path, readings=20)
+    add_dispatch(tmp_path)
+    con = data.open_history(tmp_path)
+    newest = data.newest_ms(con, "grid_frequency", "window_start_ms")
+    assert newest == BOUNDARY_MS + 9_000
+    assert data.since(newest, 9_000) == BOUNDARY_MS
+    assert data.since(newest, None) is None
+    freq = data.frequency(con, BOUNDARY_MS)
+    assert len(freq) == 10 and set(freq["mean_hz"]) == {49.8}
+    assert len(data.frequency(con)) == 20
+    assert len(data.fleet_response(con, BOUNDARY_MS)) == 10
+    later = BOUNDARY_MS + 1000  # cmd-a1 (applied) is left out
+    assert data.dispatch_timeline(con, later)["command_id"].to_list() == ["cmd-b1", "cmd-b2"]
+    assert data.acks_by_result(con, later).rows() == [("clamped", 1)]
+    assert data.latencies(con, later)["latency_from_issued_ms"].to_list() == [340]
+    assert data.clamp_rules(con, BOUNDARY_MS + 2000).is_empty()
+    assert len(data.asset_history(con, "inv-a", BOUNDARY_MS)) == 10
+    assert len(data.asset_forecast(con, "inv-a", BOUNDARY_MS + 3000)) == 2
+    assert data.newest_ms(data.open_history(tmp_path / "absent"), "commands", "issued_ms") is None
