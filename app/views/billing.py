@@ -35,20 +35,21 @@ def main() -> None:
         "with a gap or a register reset are flagged in `quality`, never filled in."
     )
     st.subheader("Energy per interval (+ import, - export)")
+    interval = pl.col("interval_start").dt.strftime("%Y-%m-%d %H:%M").alias("interval")
     long = pl.concat(
         [
-            table.select("interval_start", "asset", pl.col("energy_import_wh").alias("wh")),
-            table.select("interval_start", "asset", (-pl.col("energy_export_wh")).alias("wh")),
+            table.select(interval, "asset", pl.col("energy_import_wh").alias("wh")),
+            table.select(interval, "asset", (-pl.col("energy_export_wh")).alias("wh")),
         ]
     )
     st.altair_chart(
         alt.Chart(long)
         .mark_bar()
         .encode(
-            x=alt.X("interval_start:T", title="interval start (UTC)"),
+            x=alt.X("interval:O", title="interval start (UTC)"),
             y=alt.Y("sum(wh):Q", title="Wh"),
             color="asset:N",
-            tooltip=["asset", "interval_start", "sum(wh)"],
+            tooltip=["asset", "interval", "sum(wh)"],
         ),
         width="stretch",
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import altair as alt
+import polars as pl
 import streamlit as st
 
 from app import data, ui
@@ -42,6 +43,22 @@ def main() -> None:
             color=alt.Color("result:N"),
             shape=alt.Shape("mode:N"),
             tooltip=["asset", "command_id", "setpoint_w", "applied_w", "result", "reason"],
+        ),
+        width="stretch",
+    )
+    st.subheader("Setpoints: requested and applied")
+    setpoints = timeline.select(
+        "issued", "asset", pl.col("setpoint_w").alias("requested_w"), "applied_w"
+    ).unpivot(index=["issued", "asset"], variable_name="series", value_name="w")
+    st.altair_chart(
+        alt.Chart(setpoints.drop_nulls())
+        .mark_line(interpolate="step-after", point=True)
+        .encode(
+            x=alt.X("issued:T", title="issued (UTC)"),
+            y=alt.Y("w:Q", title="W (+ charge)"),
+            color="asset:N",
+            strokeDash="series:N",
+            tooltip=["asset", "series", "w", "issued"],
         ),
         width="stretch",
     )

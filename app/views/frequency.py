@@ -1,16 +1,21 @@
-"""Grid frequency page: the 1 s windows with the deadband, and the fleet's response below.
+"""Grid frequency page: the 1 s windows with the deadband, and the fleet's response.
 
-Both charts share one time axis, so a frequency excursion lines up with the power the
-fleet moved in answer.
+Frequency (left axis) and the fleet's summed power (right axis) are drawn on one time axis,
+so a frequency excursion lines up with the power the fleet moved in answer.
 """
 
 from __future__ import annotations
+
+from typing import Final
 
 import altair as alt
 import polars as pl
 import streamlit as st
 
 from app import data, ui
+
+FREQ_COLOR: Final = "#1f77b4"
+POWER_COLOR: Final = "#d62728"
 
 
 def main() -> None:
@@ -36,34 +41,56 @@ def main() -> None:
     )
     col[1].metric("lowest", data.fmt(freq["min_hz"].min(), ".3f", " Hz"))
     col[2].metric("highest", data.fmt(freq["max_hz"].max(), ".3f", " Hz"))
-    col[3].metric("deadband", f"{band.low_hz:.3f} - {band.high_hz:.3f} Hz")
-    st.caption(f"deadband from {band.source}; {len(freq)} windows of 1 s shown")
+    if band.under_hz == band.over_hz:
+        width = f"±{band.over_hz * 1000:.0f} mHz"
+    else:
+        width = f"-{band.under_hz * 1000:.0f} / +{band.over_hz * 1000:.0f} mHz"
+    col[3].metric("deadband", width)
+    st.caption(
+        f"deadband {band.low_hz:.3f} - {band.high_hz:.3f} Hz ({band.source}); "
+        f"{len(freq)} windows of 1 s shown"
+    )
 
     response = data.fleet_response(con, since)
     x = alt.X("t:T", title="time (UTC)")
+    hz = alt.Y(
+        "mean_hz:Q",
+        title="frequency Hz",
+        scale=alt.Scale(zero=False),
+        axis=alt.Axis(titleColor=FREQ_COLOR),
+    )
     trace = (
         alt.Chart(freq.rename({"window_start": "t"}))
-        .mark_line()
-        .encode(x=x, y=alt.Y("mean_hz:Q", title="Hz", scale=alt.Scale(zero=False)))
+        .mark_line(color=FREQ_COLOR)
+        .encode(x=x, y=hz, tooltip=["t", "mean_hz", "deviation_hz"])
     )
     lines = pl.DataFrame(
-        {"hz": [band.low_hz, nominal, band.high_hz], "line": ["deadband", "nominal", "deadband"]}
+        {
+            "mean_hz": [band.low_hz, nominal, band.high_hz],
+            "line": ["deadband", "nominal", "deadband"],
+        }
     )
     rules = (
         alt.Chart(lines)
-        .mark_rule(strokeDash=[4, 4])
-        .encode(y="hz:Q", color=alt.Color("line:N", title=None))
+        .mark_rule(color="gray", strokeDash=[4, 4])
+        .encode(y="mean_hz:Q", tooltip=["line", "mean_hz"])
     )
     power = (
         alt.Chart(response)
-        .mark_line(color="#d62728")
-        .encode(x=x, y=alt.Y("power_w:Q", title="fleet power W (+ charge)"))
+        .mark_line(color=POWER_COLOR)
+        .encode(
+            x=x,
+            y=alt.Y(
+                "power_w:Q",
+                title="fleet power W (+ charge)",
+                axis=alt.Axis(titleColor=POWER_COLOR),
+            ),
+            tooltip=["t", "power_w", "assets"],
+        )
     )
-    st.subheader("Frequency and the fleet's response")
+    st.subheader("Frequency, deadband and the fleet's response")
     st.altair_chart(
-        alt.vconcat(
-            (trace + rules).properties(height=260), power.properties(height=200)
-        ).resolve_scale(x="shared"),
+        alt.layer(trace + rules, power).resolve_scale(y="independent").properties(height=360),
         width="stretch",
     )
     st.subheader("Rate of change of frequency")

@@ -70,20 +70,21 @@ def test_fleet_page_shows_each_asset_its_status_v2x_and_flexibility(
     assert len(_charts(at)) == 2  # power and SoC per asset
 
 
-def test_frequency_page_draws_the_trace_the_deadband_and_the_fleet_on_one_axis(
+def test_frequency_page_draws_the_trace_the_deadband_and_the_fleet_on_one_time_axis(
     history: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     at = _app(history, monkeypatch, "views/frequency.py")
     metrics = _metrics(at)
     assert metrics["last window"] == "49.800 Hz"
     assert metrics["lowest"] == "49.800 Hz"
-    assert metrics["deadband"] == "49.964 - 50.036 Hz"
+    assert metrics["deadband"] == "±36 mHz"
+    assert "deadband 49.964 - 50.036 Hz (IEEE 1547 default" in at.caption[0].value
     combined = _charts(at)[0]
-    assert combined["resolve"]["scale"]["x"] == "shared"
-    assert len(combined["vconcat"]) == 2
+    assert combined["resolve"]["scale"]["y"] == "independent"  # Hz left, W right, one x
+    assert len(combined["layer"]) == 2
     frames = _chart_data(at)
     lines = next(f for f in frames if "line" in f.columns)
-    assert sorted(lines["hz"].round(3).to_list()) == [49.964, 50.0, 50.036]
+    assert sorted(lines["mean_hz"].round(3).to_list()) == [49.964, 50.0, 50.036]
     fleet = next(f for f in frames if "power_w" in f.columns)
     assert len(fleet) == 20  # one point a second
 
@@ -96,7 +97,8 @@ def test_frequency_page_takes_the_deadband_from_the_site_file(
         encoding="utf-8",
     )
     at = _app(history, monkeypatch, "views/frequency.py")
-    assert _metrics(at)["deadband"] == "49.980 - 50.020 Hz"
+    assert _metrics(at)["deadband"] == "±20 mHz"
+    assert "site.toml: FCR deadband" in at.caption[0].value
 
 
 def test_dispatch_page_counts_acks_clamps_and_latency(
@@ -114,7 +116,12 @@ def test_dispatch_page_counts_acks_clamps_and_latency(
     frames = _chart_data(at)
     rules = next(f for f in frames if "rule" in f.columns)
     assert rules.rows() == [("max_discharge_w", 1)]
-    assert len(_charts(at)) == 3  # timeline, clamps, latency histogram
+    setpoints = next(f for f in frames if "series" in f.columns)
+    requested = setpoints.filter(pl.col("series") == "requested_w")
+    assert sorted(requested["w"].to_list()) == [-6000.0, -2000.0, -1000.0]
+    applied = setpoints.filter(pl.col("series") == "applied_w")
+    assert sorted(applied["w"].to_list()) == [-5000.0, -2000.0]
+    assert len(_charts(at)) == 4  # timeline, setpoints, clamps, latency histogram
 
 
 def test_billing_page_settles_per_interval_with_totals_and_a_csv(
