@@ -36,6 +36,7 @@ def streamlit_argv(args: argparse.Namespace) -> list[str]:
         "--server.address", args.host,
         "--server.port", str(args.port),
         "--browser.gatherUsageStats", "false",
+        "--client.toolbarMode", "minimal",  # no "Deploy" button
         "--", "--data-dir", str(args.data_dir.resolve()),
     ]  # fmt: skip
 
