@@ -21,8 +21,10 @@ import pytest
 from playwright.sync_api import Browser, Page, expect, sync_playwright
 
 import app
+from gridflex.contract import Telemetry
 from gridflex.net import free_port
-from tests.history_helpers import add_dispatch, make_history
+from pipelines.history_sink import ParquetStreamWriter, telemetry_row
+from tests.history_helpers import BOUNDARY_MS, add_dispatch, make_history
 
 pytestmark = [pytest.mark.slow, pytest.mark.integration]
 
@@ -150,6 +152,31 @@ def test_a_missing_history_is_a_message_in_chromium(browser: Browser, tmp_path: 
             page.goto(url + _route(path), timeout=WAIT_MS)
             expect(page.get_by_text("No history folder at")).to_be_visible(timeout=WAIT_MS)
             expect(page.get_by_test_id("stException")).to_have_count(0)
+    finally:
+        page.close()
+        _stop(proc)
+
+
+def test_the_fleet_page_refreshes_on_its_own_when_new_readings_land(
+    browser: Browser, tmp_path: Path
+) -> None:
+    data_dir = tmp_path / "data"
+    make_history(data_dir, readings=5)
+    url, proc = _start_app(data_dir, tmp_path / "app.log")
+    page = browser.new_page()
+    try:
+        page.goto(url, timeout=WAIT_MS)
+        _metric(page, "assets", "2")
+        # A third asset reports, as the pipeline would write it; the page is not reloaded.
+        writer = ParquetStreamWriter(data_dir, "telemetry", ts_column="ts_ms", name="late")
+        reading = Telemetry(
+            site="s1", asset="inv-c", kind="inverter", ts_ms=BOUNDARY_MS, seq=0, boot="b1",
+            power_w=1000.0, soc_pct=60.0, status="charging",
+        )  # fmt: skip
+        writer.add([telemetry_row(reading)])
+        writer.flush()
+        _metric(page, "assets", "3")
+        _metric(page, "fleet power", "+1.0 kW")
     finally:
         page.close()
         _stop(proc)
