@@ -20,6 +20,7 @@ demo: setup
 
 test: setup
 	sh scripts/ensure-mosquitto.sh
+	sh scripts/ensure-chromium.sh
 	$(MAKE) lint typecheck pytest
 
 lint: setup

@@ -20,6 +20,8 @@ dispatch command, and the pipeline's site summary. ``--dispatch off|droop|fcr`` 
 ``[dispatch]`` mode written into the site file. The site file also gets an ``[api]`` table
 (a free loopback port and a fresh token from ``secrets.token_urlsafe``): ``gridflex
 control`` serves its REST API there, and the view's banner shows the URL and the token.
+Beside the live system it starts the analytics app (``gridflex app`` on a free loopback
+port, over the same history) and prints its URL; ``--no-app`` or ``--no-ui`` leave it out.
 
 Each run starts with a fresh history: what an earlier run wrote into the data directory (the
 history streams, the pipeline's recovery state and write-ahead log, the control ledger, ``logs/``,
@@ -70,9 +72,11 @@ __all__ = [
     "Part",
     "add_arguments",
     "api_banner",
+    "app_banner",
     "clear_history",
     "main",
     "plan_parts",
+    "runs_app",
     "site_toml",
     "stop_order",
 ]
@@ -100,7 +104,7 @@ DEMO_FILES: Final = ("site.toml",)
 #: messages, already acknowledged by the broker, reach the pipeline's subscriber.
 _SETTLE_S: Final = 0.5
 
-Role = Literal["control", "simulator", "collector", "pipeline"]
+Role = Literal["control", "simulator", "collector", "pipeline", "app"]
 
 #: The broker user each kind of part logs in as (simulators do not use MQTT).
 _MQTT_ROLE: Final[dict[Role, BrokerRole | None]] = {
@@ -108,10 +112,17 @@ _MQTT_ROLE: Final[dict[Role, BrokerRole | None]] = {
     "simulator": None,
     "collector": "collector",
     "pipeline": "pipeline",
+    "app": None,  # reads the history only
 }
 #: Stop order by role: the writer first (the devices then revert on their own timers), then
 #: producers before their consumers (see :func:`stop_order`).
-_STOP_RANK: Final[dict[Role, int]] = {"control": 0, "simulator": 1, "collector": 2, "pipeline": 3}
+_STOP_RANK: Final[dict[Role, int]] = {
+    "app": 0,
+    "control": 0,
+    "simulator": 1,
+    "collector": 2,
+    "pipeline": 3,
+}
 
 
 @dataclass(frozen=True)
@@ -134,11 +145,17 @@ class DemoPlan:
     local_droop: bool = False
     api_port: int | None = None
     api_token: str | None = None
+    app_port: int | None = None
 
     @property
     def api_url(self) -> str | None:
         """The REST API that ``gridflex control`` serves (``[api] listen``), or None."""
         return None if self.api_port is None else f"http://127.0.0.1:{self.api_port}/api/v1"
+
+    @property
+    def app_url(self) -> str | None:
+        """The analytics app (``gridflex app``), or None when the demo runs none."""
+        return None if self.app_port is None else f"http://127.0.0.1:{self.app_port}/"
 
     def station_id(self, i: int) -> str:
         """Station identity of the i-th simulated charger (``CS001`` ...)."""
@@ -245,6 +262,16 @@ def api_banner(plan: DemoPlan) -> str | None:
     return f"REST API        {plan.api_url}   token {plan.api_token}"
 
 
+def app_banner(plan: DemoPlan) -> str | None:
+    """The banner line with the analytics app's URL, when the demo runs the app."""
+    return None if plan.app_url is None else f"analytics app   {plan.app_url}"
+
+
+def runs_app(args: argparse.Namespace) -> bool:
+    """Whether the demo starts the analytics app: not with ``--no-app`` or ``--no-ui``."""
+    return not (args.no_app or args.no_ui)
+
+
 def clear_history(data_dir: Path) -> list[Path]:
     """Remove what an earlier demo run wrote into ``data_dir``; return what was removed.
 
@@ -332,6 +359,7 @@ class LiveView:
     site: str
     dispatch_mode: str = "off"
     api_banner: str | None = None
+    app_banner: str | None = None
     assets: dict[str, dict[str, Any]] = field(default_factory=dict)
     grid: dict[str, Any] = field(default_factory=dict)
     summary: dict[str, Any] = field(default_factory=dict)
@@ -401,8 +429,7 @@ class LiveView:
             assets = {k: dict(v) for k, v in sorted(self.assets.items())}
             dead, count = self.deadletters, self.telemetry_count
         out = [f"gridflex demo - site {self.site}   (Ctrl-C stops)", ""]
-        if self.api_banner is not None:
-            out[1:1] = [self.api_banner]
+        out[1:1] = self._banners()
         if grid:
             dev, rocof = _num(grid, "deviation_hz"), _num(grid, "rocof_hz_per_s")
             out.append(
@@ -432,10 +459,13 @@ class LiveView:
             out.append(f"... and {len(assets) - max_rows} more")
         return "\n".join(out)
 
+    def _banners(self) -> list[str]:
+        return [b for b in (self.api_banner, self.app_banner) if b is not None]
+
     def headline(self) -> str:
         """Grid frequency and dispatch in one line, for a log instead of the screen."""
         lines = self.render(max_rows=0).splitlines()
-        skip = 0 if self.api_banner is None else 1
+        skip = len(self._banners())
         return f"{lines[2 + skip]} | {lines[4 + skip]}"
 
 
@@ -520,7 +550,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--frequency-profile", type=existing_file, default=None, help="CSV of t_s,freq_hz to replay"
     )
     parser.add_argument("--mqtt-url", default=None, help="use this broker instead of one's own")
-    parser.add_argument("--no-ui", action="store_true", help="log a summary instead of a view")
+    parser.add_argument(
+        "--no-ui",
+        action="store_true",
+        help="log a summary instead of the live view, and start no analytics app",
+    )
+    parser.add_argument(
+        "--no-app", action="store_true", help="do not start the analytics app (gridflex app)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulators")
 
 
@@ -618,6 +655,10 @@ def plan_parts(
         # The setpoint writer closes the loop: SunSpec 704 for the inverters, OCPP charging
         # profiles through the CSMS for the chargers.
         parts.append(Part("control", "control", ["control", "--site", site]))
+    if plan.app_port is not None:
+        # The history is the site file's folder (`[history] dir = "."`).
+        app = ["app", "--data-dir", str(site_file.parent), "--port", str(plan.app_port)]
+        parts.append(Part("app", "app", app))
     return parts
 
 
@@ -678,6 +719,7 @@ def main(args: argparse.Namespace) -> int:
         local_droop=args.local_droop,
         api_port=free_port(),
         api_token=secrets.token_urlsafe(32),
+        app_port=free_port() if runs_app(args) else None,
     )
     site_file = data_dir / "site.toml"
     site_file.write_text(site_toml(plan), encoding="utf-8")
@@ -685,6 +727,9 @@ def main(args: argparse.Namespace) -> int:
     banner = api_banner(plan)
     if banner is not None:
         sys.stdout.write(banner + "\n")  # the operator's token: printed, never logged
+    app_line = app_banner(plan)
+    if app_line is not None:
+        sys.stdout.write(app_line + "\n")
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -693,7 +738,7 @@ def main(args: argparse.Namespace) -> int:
     creds = broker.credentials if broker is not None else {}
     viewer = read_credentials(creds["integrator"]) if creds else None
     pipeline = read_credentials(creds["pipeline"]) if creds else None
-    view = LiveView(SITE_ID, dispatch_mode=plan.dispatch, api_banner=banner)
+    view = LiveView(SITE_ID, dispatch_mode=plan.dispatch, api_banner=banner, app_banner=app_line)
     watcher = MqttClient(
         mqtt_url,
         f"gridflex-demo-view-{uuid.uuid4().hex[:6]}",
@@ -758,6 +803,7 @@ def main(args: argparse.Namespace) -> int:
         f"\nhistory and site file in {data_dir}\n"
         f"  gridflex query --data-dir {data_dir} "
         f"'select asset, count(*) as n, max(energy_export_wh) from telemetry group by asset'\n"
+        f"  gridflex app --data-dir {data_dir}\n"
     )
     if failed:
         log.error("parts that did not stop cleanly: %s", failed)

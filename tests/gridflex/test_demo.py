@@ -18,9 +18,11 @@ from gridflex.demo import (
     LiveView,
     add_arguments,
     api_banner,
+    app_banner,
     clear_history,
     main,
     plan_parts,
+    runs_app,
     site_toml,
     stop_order,
 )
@@ -375,3 +377,32 @@ def test_banner_shows_the_api_url_and_token_and_the_view_keeps_its_headline() ->
     # The API is served by `gridflex control`, which the demo runs whenever it has assets.
     assert api_banner(dataclasses.replace(plan, inverters=0)) == banner
     assert api_banner(dataclasses.replace(plan, inverters=0, chargers=0)) is None
+
+
+# --------------------------------------------------------------------------- analytics app
+
+
+def test_the_app_runs_over_the_site_files_folder_and_stops_first(tmp_path: Path) -> None:
+    plan = dataclasses.replace(_plan(), app_port=18501)
+    parts = plan_parts(plan, tmp_path / "site.toml")
+    (app,) = [p for p in parts if p.name == "app"]
+    assert app.argv == ["app", "--data-dir", str(tmp_path), "--port", "18501"]
+    assert app.role == "app"
+    assert stop_order(parts)[0].name == "app"
+    assert "app" not in [p.name for p in plan_parts(_plan(), tmp_path / "site.toml")]
+
+
+def test_banner_shows_the_app_url_below_the_api_and_the_headline_stays() -> None:
+    plan = dataclasses.replace(_plan(), api_port=18123, api_token="t" * 43, app_port=18501)
+    line = app_banner(plan)
+    assert line == "analytics app   http://127.0.0.1:18501/"
+    assert app_banner(_plan()) is None
+    view = LiveView("demo", api_banner=api_banner(plan), app_banner=line)
+    assert view.render().splitlines()[1:3] == [api_banner(plan), line]
+    assert view.headline().startswith("grid frequency")
+
+
+def test_the_demo_runs_the_app_unless_no_app_or_no_ui() -> None:
+    assert runs_app(_parse([]))
+    assert not runs_app(_parse(["--no-app"]))
+    assert not runs_app(_parse(["--no-ui"]))  # as the demo's own tests run it
