@@ -46,6 +46,11 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
         "apply dispatch commands to the devices (SunSpec 704), with ledger and clamp",
     ),
     (("query",), "gridflex.history", "run SQL over the Parquet history with DuckDB, print CSV"),
+    (
+        ("billing",),
+        "gridflex.billing.cli",
+        "export settlements per asset, session and interval as CSV or Parquet",
+    ),
     (("app",), "gridflex.app_cmd", "the Streamlit analytics app over the history"),
     (("contract", "export"), "gridflex.contract_docs", "write JSON Schemas and AsyncAPI to docs/"),
 ]

@@ -40,6 +40,7 @@ __all__ = [
     "API_TOKEN_ENV",
     "MQTT_CREDENTIALS_ENV",
     "ApiConfig",
+    "BillingConfig",
     "ConfigError",
     "ControlConfig",
     "DispatchConfig",
@@ -326,6 +327,25 @@ class ControlConfig(_Section):
     retention_days: Annotated[float, Field(ge=1, le=3650)] = 7.0
 
 
+class BillingConfig(_Section):
+    """Settlement of the history (``gridflex billing``, the ``settlements`` view).
+
+    ``interval_min``: settlement interval, minutes, aligned to UTC midnight (so it divides
+    the day). ``max_gap_s``: two register readings of an asset further apart than this make
+    a gap, flagged in the intervals it touches.
+    """
+
+    interval_min: Annotated[int, Field(ge=1, le=1440)] = 15
+    max_gap_s: Annotated[float, Field(gt=0, le=86_400)] = 60.0
+
+    @field_validator("interval_min")
+    @classmethod
+    def _divides_the_day(cls, value: int) -> int:
+        if 1440 % value:
+            raise ValueError("expected a divisor of 1440 (the minutes in a day)")
+        return value
+
+
 class OcppConfig(_Section):
     """The OCPP CSMS (charging station management system) endpoint.
 
@@ -587,6 +607,7 @@ class SiteConfig(_Section):
     ocpp: OcppConfig = OcppConfig()
     dispatch: DispatchConfig = DispatchConfig()
     control: ControlConfig = ControlConfig()
+    billing: BillingConfig = BillingConfig()
     api: ApiConfig | None = Field(
         default=None, description="the REST API of gridflex control; none = not served"
     )

@@ -329,23 +329,43 @@ def refresh_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
     root = Path(data_dir)
     for stream, view in _VIEWS.items():
         con.execute(view.format(source=_source(root, stream)))
+    # Every stored copy of every reading: the billing views drop the copies in the one
+    # window they need anyway, which is several times faster than reading `telemetry`.
+    con.execute(
+        f"CREATE OR REPLACE VIEW telemetry_copies AS SELECT * FROM {_source(root, TELEMETRY)}"
+    )
 
 
-def connect(data_dir: str | Path, *, database: str = ":memory:") -> duckdb.DuckDBPyConnection:
+def connect(
+    data_dir: str | Path,
+    *,
+    database: str = ":memory:",
+    interval_min: int = 15,
+    max_gap_s: float = 60.0,
+) -> duckdb.DuckDBPyConnection:
     """Open DuckDB with the history views over ``data_dir``.
 
     Args:
         data_dir: The history directory (``site.history.dir``); it may be empty or missing.
         database: DuckDB database file; the default keeps nothing on disk.
+        interval_min: Settlement interval of the billing views, minutes (``[billing]``).
+        max_gap_s: Readings further apart than this make a flagged gap (``[billing]``).
 
     Returns:
         A connection whose session time zone is UTC, with the views ``telemetry``,
-        ``grid_frequency``, ``forecasts``, ``commands`` and ``acks``.
+        ``grid_frequency``, ``forecasts``, ``commands`` and ``acks``, and the billing views
+        of :mod:`gridflex.billing.views` (``settlements``, ``sessions``, ...).
 
     """
+    from gridflex.billing.views import register  # reads the views made here
+
     con = duckdb.connect(database)
     con.execute("SET TimeZone = 'UTC'")
+    # DuckDB draws its progress bar on standard output, in the middle of a CSV being written
+    # there (gridflex query, gridflex billing); query_progress() still reports it.
+    con.execute("SET enable_progress_bar_print = false")
     refresh_views(con, data_dir)
+    register(con, interval_min=interval_min, max_gap_s=max_gap_s)
     return con
 
 

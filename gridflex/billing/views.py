@@ -1,0 +1,301 @@
+"""Billing views over the history: segments, settlements, sessions, response, reconciliation.
+
+All of it is SQL (DuckDB window functions over the de-duplicated ``telemetry`` view), so
+a settlement of millions of readings runs in the engine, not in a Python loop. The
+building block is the **segment**: two consecutive register readings of one asset
+(ordered by ``ts_ms``), with the energy between them from the cumulative registers::
+
+    reading r0 (t0, import0, export0) ── segment ──▶ reading r1 (t1, import1, export1)
+    energy_import_wh = import1 - import0        (NULL register: its last known value)
+
+Rules (``docs/history.md`` has them for readers of the bill):
+
+* **Resets.** A register lower than the one before it (a device reboot, a new ``boot``
+  whose meter starts from zero, a swapped meter) makes the energy of that segment unknown:
+  it counts 0 and the segment is flagged ``reset``. A new ``boot`` whose registers go on
+  from where they were (a collector restart; the meter kept counting) is an ordinary
+  segment.
+* **Intervals.** Intervals are ``[k * L, (k + 1) * L)`` in UTC epoch milliseconds, ``L`` =
+  ``interval_min`` minutes, a divisor of the day, so midnight is a boundary. A segment that
+  straddles boundaries is apportioned linearly in time; a reading exactly on a boundary
+  ends the segment before it in the earlier interval and starts the next one in the later.
+* **Gaps.** A segment longer than ``max_gap_s`` is a gap: its register energy is still
+  counted (the registers measured it) and apportioned linearly, and every interval it
+  touches is flagged ``gap``; nothing is invented in between.
+* **Sessions.** A segment belongs to the transaction of the reading that ends it.
+* **Duplicates.** Copies of a reading (at-least-once delivery) are the same message, so
+  in time order they are neighbours: the segment from a reading to its own copy is
+  dropped, which counts each reading once as the ``telemetry`` view does, in the window
+  the segments need anyway (``telemetry_copies`` is every stored copy; reading the
+  de-duplicated ``telemetry`` view would cost a second sort of every row).
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+import duckdb
+
+__all__ = [
+    "DEFAULT_INTERVAL_MIN",
+    "DEFAULT_MAX_GAP_S",
+    "RECONCILIATION_TOLERANCE",
+    "VIEWS",
+    "register",
+]
+
+DEFAULT_INTERVAL_MIN: Final = 15
+DEFAULT_MAX_GAP_S: Final = 60.0
+#: Reconciliation flags an interval whose registers and integrated power differ by more.
+RECONCILIATION_TOLERANCE: Final = 0.01
+#: ... and by at least this much (Wh): the resolution of a meter register.
+RECONCILIATION_FLOOR_WH: Final = 1.0
+
+_MS_PER_H: Final = 3_600_000.0
+
+# Consecutive register readings of one asset. `lag(... IGNORE NULLS)`: a reading without a
+# register leaves its last value in place. Power is integrated with the trapezoid rule.
+_SEGMENTS: Final = """
+CREATE OR REPLACE VIEW billing_segments AS
+WITH readings AS (
+    SELECT site, asset, boot, seq, ts_ms, power_w, transaction_id,
+           energy_import_wh, energy_export_wh
+    FROM telemetry_copies
+    WHERE energy_import_wh IS NOT NULL OR energy_export_wh IS NOT NULL
+), pairs AS (
+    SELECT
+        site, asset, transaction_id AS session_id,
+        lag(ts_ms) OVER w AS start_ms, ts_ms AS end_ms,
+        lag(boot) OVER w AS start_boot, boot AS end_boot,
+        lag(seq) OVER w AS start_seq, seq AS end_seq,
+        energy_import_wh - lag(energy_import_wh IGNORE NULLS) OVER w AS import_delta_wh,
+        energy_export_wh - lag(energy_export_wh IGNORE NULLS) OVER w AS export_delta_wh,
+        lag(power_w) OVER w AS start_power_w, power_w AS end_power_w
+    FROM readings
+    WINDOW w AS (PARTITION BY site, asset ORDER BY ts_ms, boot, seq)
+)
+SELECT
+    site, asset, session_id, start_ms, end_ms, start_boot, end_boot,
+    CASE WHEN import_delta_wh > 0 THEN import_delta_wh ELSE 0.0 END AS energy_import_wh,
+    CASE WHEN export_delta_wh > 0 THEN export_delta_wh ELSE 0.0 END AS energy_export_wh,
+    coalesce(import_delta_wh < 0 OR export_delta_wh < 0, false) AS reset,
+    end_ms - start_ms > {gap_ms} AS gap,
+    start_power_w, end_power_w,
+    (start_power_w + end_power_w) / 2 * (end_ms - start_ms) / {ms_per_h} AS power_energy_wh
+FROM pairs
+WHERE start_ms IS NOT NULL AND NOT (start_boot = end_boot AND start_seq = end_seq)
+"""
+
+# Each segment cut at the interval boundaries: `share` is the fraction of its duration
+# inside interval k. Most segments lie in one interval; only the others are expanded.
+_PIECES: Final = """
+CREATE OR REPLACE VIEW billing_pieces AS
+WITH s AS (
+    SELECT *, start_ms // {interval_ms} AS k0, (end_ms - 1) // {interval_ms} AS k1
+    FROM billing_segments
+)
+SELECT site, asset, session_id, k0 AS k, 1.0::DOUBLE AS share,
+       energy_import_wh, energy_export_wh, power_energy_wh, reset, gap
+FROM s WHERE k1 <= k0
+UNION ALL
+SELECT site, asset, session_id, r.k,
+       (least(end_ms, (r.k + 1) * {interval_ms}) - greatest(start_ms, r.k * {interval_ms}))
+           / (end_ms - start_ms)::DOUBLE AS share,
+       energy_import_wh, energy_export_wh, power_energy_wh, reset, gap
+FROM s, range(k0, k1 + 1) AS r(k)
+WHERE k1 > k0
+"""
+
+_QUALITY: Final = """
+    CASE
+        WHEN bool_or(gap) AND bool_or(reset) THEN 'gap,reset'
+        WHEN bool_or(gap) THEN 'gap'
+        WHEN bool_or(reset) THEN 'reset'
+        ELSE 'ok'
+    END"""
+
+_SETTLEMENTS: Final = f"""
+CREATE OR REPLACE VIEW settlements AS
+SELECT
+    site, asset, session_id,
+    k * {{interval_ms}} AS interval_start_ms, (k + 1) * {{interval_ms}} AS interval_end_ms,
+    sum(energy_import_wh * share) AS energy_import_wh,
+    sum(energy_export_wh * share) AS energy_export_wh,
+    {_QUALITY} AS quality
+FROM billing_pieces
+GROUP BY site, asset, session_id, k
+"""
+
+# The id token is not in the telemetry (the CSMS does not publish it): id_token_hash is
+# NULL until it is, never made up.
+_SESSIONS: Final = f"""
+CREATE OR REPLACE VIEW sessions AS
+WITH readings AS (
+    SELECT site, asset, transaction_id AS session_id,
+           min(ts_ms) AS start_ms, max(ts_ms) AS end_ms,
+           arg_min(soc_pct, ts_ms) FILTER (WHERE soc_pct IS NOT NULL) AS soc_start_pct,
+           arg_max(soc_pct, ts_ms) FILTER (WHERE soc_pct IS NOT NULL) AS soc_end_pct,
+           count(*) AS readings
+    FROM telemetry
+    WHERE transaction_id IS NOT NULL
+    GROUP BY site, asset, transaction_id
+), energy AS (
+    SELECT site, asset, session_id,
+           sum(energy_import_wh) AS energy_import_wh,
+           sum(energy_export_wh) AS energy_export_wh,
+           {_QUALITY} AS quality
+    FROM billing_segments
+    WHERE session_id IS NOT NULL
+    GROUP BY site, asset, session_id
+)
+SELECT
+    r.site, r.asset, r.session_id, r.session_id AS transaction_id,
+    r.start_ms, make_timestamptz(r.start_ms * 1000) AS start,
+    r.end_ms, make_timestamptz(r.end_ms * 1000) AS "end",
+    coalesce(e.energy_import_wh, 0.0) AS energy_import_wh,
+    coalesce(e.energy_export_wh, 0.0) AS energy_export_wh,
+    r.soc_start_pct, r.soc_end_pct, r.readings,
+    CAST(NULL AS VARCHAR) AS id_token_hash,
+    coalesce(e.quality, 'ok') AS quality
+FROM readings r
+LEFT JOIN energy e USING (site, asset, session_id)
+"""
+
+# A command is in force from its issue until its validity ends or the asset's next command,
+# whichever is first. Power between two readings is linear (the trapezoid rule, as in the
+# segments), clipped to that span; gaps are left out (covered_ms tells how much was seen).
+_RESPONSE: Final = f"""
+CREATE OR REPLACE VIEW response_energy AS
+WITH c AS (
+    SELECT site, asset, command_id, mode, reason, setpoint_w, base_setpoint_w,
+           issued_ms AS start_ms,
+           least(valid_until_ms,
+                 coalesce(lead(issued_ms) OVER (PARTITION BY site, asset ORDER BY issued_ms),
+                          valid_until_ms)) AS end_ms
+    FROM commands
+), seg AS (
+    SELECT site, asset, start_ms AS t0, end_ms AS t1, gap,
+           start_power_w AS p0, end_power_w AS p1
+    FROM billing_segments
+), clipped AS (
+    SELECT c.site, c.asset, c.command_id, c.base_setpoint_w, seg.gap,
+           greatest(seg.t0, c.start_ms) AS a, least(seg.t1, c.end_ms) AS b,
+           seg.t0, seg.t1, seg.p0, seg.p1
+    FROM c JOIN seg
+      ON seg.site = c.site AND seg.asset = c.asset
+     AND seg.t1 > c.start_ms AND seg.t0 < c.end_ms
+), pieces AS (
+    SELECT site, asset, command_id, gap, b - a AS ms,
+           (p0 + (p1 - p0) * (a - t0) / (t1 - t0) + p0 + (p1 - p0) * (b - t0) / (t1 - t0)) / 2
+               - base_setpoint_w AS mean_response_w
+    FROM clipped WHERE b > a
+), delivered AS (
+    SELECT site, asset, command_id,
+           sum(mean_response_w * ms) FILTER (WHERE NOT gap) / {_MS_PER_H} AS delivered_wh,
+           coalesce(sum(ms) FILTER (WHERE NOT gap), 0) AS covered_ms,
+           bool_or(gap) AS gap
+    FROM pieces GROUP BY site, asset, command_id
+), acked AS (
+    SELECT site, asset, command_id, arg_max(result, ts_ms) AS ack_result
+    FROM acks GROUP BY site, asset, command_id
+)
+SELECT
+    c.site, c.asset, c.command_id, c.mode, c.reason,
+    c.start_ms, make_timestamptz(c.start_ms * 1000) AS start,
+    c.end_ms, make_timestamptz(c.end_ms * 1000) AS "end",
+    c.setpoint_w, c.base_setpoint_w,
+    (c.setpoint_w - c.base_setpoint_w) * (c.end_ms - c.start_ms) / {_MS_PER_H} AS requested_wh,
+    coalesce(d.delivered_wh, 0.0) AS delivered_wh,
+    coalesce(d.covered_ms, 0) AS covered_ms,
+    CASE WHEN coalesce(d.covered_ms, 0) < c.end_ms - c.start_ms OR d.gap THEN 'gap' ELSE 'ok' END
+        AS quality,
+    a.ack_result
+FROM c
+LEFT JOIN delivered d USING (site, asset, command_id)
+LEFT JOIN acked a USING (site, asset, command_id)
+WHERE c.end_ms > c.start_ms
+"""
+
+# Register energy against integrated power per asset and interval, over the segments whose
+# registers are trustworthy and whose power was sampled (no reset, no gap).
+_RECONCILIATION: Final = """
+CREATE OR REPLACE VIEW reconciliation AS
+WITH sums AS (
+    SELECT site, asset, k,
+           sum(energy_import_wh * share) FILTER (WHERE NOT gap AND NOT reset)
+               AS register_import_wh,
+           sum(energy_export_wh * share) FILTER (WHERE NOT gap AND NOT reset)
+               AS register_export_wh,
+           sum(power_energy_wh * share) FILTER (WHERE NOT gap AND NOT reset)
+               AS integrated_net_wh,
+           count(*) FILTER (WHERE gap OR reset) AS segments_excluded
+    FROM billing_pieces
+    GROUP BY site, asset, k
+), d AS (
+    SELECT *,
+           coalesce(register_import_wh, 0.0) - coalesce(register_export_wh, 0.0)
+               AS register_net_wh
+    FROM sums
+)
+SELECT
+    site, asset, k * {interval_ms} AS interval_start_ms, (k + 1) * {interval_ms} AS interval_end_ms,
+    coalesce(register_import_wh, 0.0) AS register_import_wh,
+    coalesce(register_export_wh, 0.0) AS register_export_wh,
+    register_net_wh,
+    coalesce(integrated_net_wh, 0.0) AS integrated_net_wh,
+    coalesce(integrated_net_wh, 0.0) - register_net_wh AS difference_wh,
+    100 * abs(coalesce(integrated_net_wh, 0.0) - register_net_wh)
+        / nullif(coalesce(register_import_wh, 0.0) + coalesce(register_export_wh, 0.0), 0)
+        AS difference_pct,
+    abs(coalesce(integrated_net_wh, 0.0) - register_net_wh) > {floor_wh}
+        AND abs(coalesce(integrated_net_wh, 0.0) - register_net_wh)
+            > {tolerance} * (coalesce(register_import_wh, 0.0) + coalesce(register_export_wh, 0.0))
+        AS flagged,
+    segments_excluded
+FROM d
+"""
+
+#: The billing views in creation order (each reads the ones before it).
+VIEWS: Final = (
+    "billing_segments",
+    "billing_pieces",
+    "settlements",
+    "sessions",
+    "response_energy",
+    "reconciliation",
+)
+
+
+def register(
+    con: duckdb.DuckDBPyConnection,
+    *,
+    interval_min: int = DEFAULT_INTERVAL_MIN,
+    max_gap_s: float = DEFAULT_MAX_GAP_S,
+) -> None:
+    """Create (or replace) the billing views on a connection that has the history views.
+
+    Args:
+        con: A connection from :func:`gridflex.history.connect` (views ``telemetry``,
+            ``commands``, ``acks``).
+        interval_min: Settlement interval, minutes; a divisor of 1440 (``[billing]``).
+        max_gap_s: Readings further apart than this, seconds, make a flagged gap.
+
+    Raises:
+        ValueError: ``interval_min`` does not divide the day or ``max_gap_s`` is not > 0.
+
+    """
+    if not (isinstance(interval_min, int) and 1 <= interval_min <= 1440):
+        raise ValueError(f"interval_min: expected a whole number 1..1440, got {interval_min!r}")
+    if 1440 % interval_min:
+        raise ValueError(f"interval_min: expected a divisor of 1440, got {interval_min}")
+    if not max_gap_s > 0:
+        raise ValueError(f"max_gap_s: expected > 0, got {max_gap_s!r}")
+    params = {
+        "interval_ms": interval_min * 60_000,
+        "gap_ms": int(max_gap_s * 1000),
+        "ms_per_h": _MS_PER_H,
+        "tolerance": RECONCILIATION_TOLERANCE,
+        "floor_wh": RECONCILIATION_FLOOR_WH,
+    }
+    for sql in (_SEGMENTS, _PIECES, _SETTLEMENTS, _SESSIONS, _RESPONSE, _RECONCILIATION):
+        con.execute(sql.format(**params))

@@ -1,0 +1,149 @@
+"""``gridflex billing`` as a user runs it: a real process over a history the real writer wrote."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from gridflex.billing.cli import parse_time
+from gridflex.contract import Telemetry
+from pipelines.history_sink import ParquetStreamWriter, telemetry_row
+
+#: 2026-11-25T12:00:00Z, a 15-minute boundary, in epoch ms.
+B = 1_795_608_000_000
+MIN15 = 900_000
+HEADER = (
+    "site,asset,session_id,interval_start_ms,interval_end_ms,"
+    "energy_import_wh,energy_export_wh,quality\n"
+)
+
+
+def gridflex(*argv: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "gridflex.cli", *argv],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+@pytest.fixture
+def history(tmp_path: Path) -> Path:
+    """inv-a imports 1 Wh/s from 11:50 to 12:20 (a reading a minute); so 600 Wh from 11:50
+    to 12:00, 900 Wh from 12:00 to 12:15 and 300 Wh after 12:15."""
+    writer = ParquetStreamWriter(tmp_path, "telemetry", ts_column="ts_ms", name="t")
+    start = B - 600_000
+    writer.add([
+        telemetry_row(Telemetry(
+            site="s1", asset="inv-a", kind="inverter", ts_ms=start + i * 60_000, seq=i,
+            boot="b1", power_w=3600.0, energy_import_wh=60.0 * i, energy_export_wh=0.0,
+        ))
+        for i in range(31)
+    ])  # fmt: skip
+    writer.flush()
+    return tmp_path
+
+
+def test_csv_of_the_intervals_that_start_in_the_period(history: Path) -> None:
+    done = gridflex(
+        "billing", "--data-dir", str(history),
+        "--from", "2026-11-25T12:00:00Z", "--to", "2026-11-25T12:15:00+00:00",
+    )  # fmt: skip
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout == HEADER + f"s1,inv-a,,{B},{B + MIN15},900.0,0.0,ok\n"
+
+
+def test_a_date_as_to_means_the_whole_day(history: Path) -> None:
+    done = gridflex(
+        "billing", "--data-dir", str(history), "--from", "2026-11-25", "--to", "2026-11-25"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == [
+        f"s1,inv-a,,{B - MIN15},{B},600.0,0.0,ok",
+        f"s1,inv-a,,{B},{B + MIN15},900.0,0.0,ok",
+        f"s1,inv-a,,{B + MIN15},{B + 2 * MIN15},300.0,0.0,ok",
+    ]
+
+
+def test_parquet_to_a_file(history: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out" / "nov.parquet"
+    out.parent.mkdir()
+    done = gridflex(
+        "billing", "--data-dir", str(history), "--from", "2026-11-25", "--to", "2026-11-26",
+        "--format", "parquet", "--out", str(out),
+    )  # fmt: skip
+    assert (done.returncode, done.stdout) == (0, ""), done.stderr
+    table = pq.read_table(out)
+    assert table.column("energy_import_wh").to_pylist() == [600.0, 900.0, 300.0]
+    assert [p.name for p in out.parent.iterdir()] == ["nov.parquet"]  # no temporary left
+
+
+def test_the_site_file_sets_the_interval(history: Path, tmp_path: Path) -> None:
+    site = tmp_path / "site.toml"
+    site.write_text(
+        f'[site]\nid = "s1"\n[history]\ndir = "{history.as_posix()}"\n'
+        "[billing]\ninterval_min = 30\nmax_gap_s = 30\n",
+        encoding="utf-8",
+    )
+    done = gridflex("billing", "--site", str(site), "--from", "2026-11-25", "--to", "2026-11-25")
+    assert done.returncode == 0, done.stderr
+    # 30-minute intervals, and readings a minute apart are gaps with max_gap_s = 30.
+    assert done.stdout.splitlines()[1:] == [
+        f"s1,inv-a,,{B - 2 * MIN15},{B},600.0,0.0,gap",
+        f"s1,inv-a,,{B},{B + 2 * MIN15},1200.0,0.0,gap",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--from", "yesterday", "--to", "2026-11-26"], "--from"),
+        (["--from", "2026-11-25T12:00:00", "--to", "2026-11-26"], "offset is missing"),
+        (["--from", "2026-11-25", "--to", "2026-13-01"], "RFC 3339"),
+        (["--from", "2026-11-26", "--to", "2026-11-25T00:00:00Z"], "expected a time after"),
+        (["--from", "2026-11-25", "--to", "2026-11-26", "--format", "parquet"], "--out"),
+    ],
+)
+def test_bad_arguments_are_one_line_and_exit_2(
+    history: Path, argv: list[str], message: str
+) -> None:
+    done = gridflex("billing", "--data-dir", str(history), *argv)
+    assert done.returncode == 2
+    assert done.stdout == ""
+    assert len(done.stderr.splitlines()) == 1
+    assert done.stderr.startswith("gridflex billing: ")
+    assert message in done.stderr
+
+
+def test_a_missing_data_dir_is_an_error(tmp_path: Path) -> None:
+    done = gridflex(
+        "billing",
+        "--data-dir",
+        str(tmp_path / "typo"),
+        "--from",
+        "2026-11-25",
+        "--to",
+        "2026-11-26",
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert "expected an existing history directory" in done.stderr
+
+
+@pytest.mark.parametrize(
+    ("text", "end_of_day", "ms"),
+    [
+        ("2026-11-25T12:00:00Z", False, B),
+        ("2026-11-25T13:00:00+01:00", False, B),
+        ("2026-11-25 12:00:00.250Z", False, B + 250),
+        ("2026-11-25", False, B - 12 * 3_600_000),
+        ("2026-11-25", True, B + 12 * 3_600_000),
+        ("2026-11-25T12:00:00Z", True, B),  # a time is a time, also as --to
+    ],
+)
+def test_parse_time(text: str, end_of_day: bool, ms: int) -> None:
+    assert parse_time(text, end_of_day=end_of_day) == ms
