@@ -125,8 +125,7 @@ def open_history(data_dir: str | Path | None = None) -> History:
         )
     else:
         con = connect(root)
-    row = con.execute("select count(*) from telemetry").fetchone()
-    readings = int(row[0]) if row is not None else 0
+    readings = int(con.execute("select count(*) from telemetry").fetchall()[0][0])
     problem = None
     if not root.is_dir():
         problem = (
@@ -249,7 +248,7 @@ class ResponseLaw:
             )
         if self.mode != "droop":
             return 0.0
-        return sum(
+        return 0.0 + sum(
             droop_delta_w(
                 freq_hz,
                 self.nominal_hz,

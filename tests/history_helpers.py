@@ -77,6 +77,7 @@ capacity_wh = 60000
 id = "inv-b"
 kind = "inverter"
 host = "127.0.0.1"
+port = 1503
 max_charge_w = 10000
 max_discharge_w = 10000
 capacity_wh = 60000
