@@ -113,12 +113,14 @@ def open_history(data_dir: str | Path | None = None) -> History:
     site: SiteConfig | None = None
     path = _site_file(root)
     if path is None:
-        notes.append(f"no site file in {root}: dispatch parameters are the defaults")
+        notes.append(f"no site file in {root}: [dispatch] and [billing] take their defaults")
     else:
         try:
             site = load_site(path)
         except (OSError, ValueError) as exc:  # ConfigError, TOMLDecodeError
-            notes.append(f"site file {path} not used ({exc}): dispatch parameters are the defaults")
+            notes.append(
+                f"site file {path} not used ({exc}): [dispatch] and [billing] take their defaults"
+            )
     if site is not None:
         con = connect(
             root, interval_min=site.billing.interval_min, max_gap_s=site.billing.max_gap_s
