@@ -103,16 +103,17 @@ def _window(ts: int, mean_hz: float) -> GridFrequency:
     )  # fmt: skip
 
 
-def make_response_history(data_dir: Path, *, event_s: int = 10) -> None:
+def make_response_history(data_dir: Path, *, event_s: int = 10, site_toml: str = SITE_TOML) -> None:
     """A site file and one under-frequency event: 10 s at 50.00 Hz, ``event_s`` at 49.80 Hz.
 
     Readings every 200 ms from 10 s before ``BOUNDARY_MS``. The law expects
     ``DROOP_10KW_AT_49_80_W`` of each inverter; ``inv-a`` delivers all of it and ``inv-b``
     half, both from the event's second window on (0 W in its first, and before it).
     ``cs-1`` charges a charge-only car at a constant 5 kW (no response expected or given).
-    The event's windows after the first: expected -1312 W, delivered -984 W.
+    The event's windows after the first: expected -1312 W, delivered -984 W. ``site_toml``
+    replaces the site file (``SITE_TOML``: droop with the standard's defaults).
     """
-    (data_dir / "site.toml").write_text(SITE_TOML, encoding="utf-8")
+    (data_dir / "site.toml").write_text(site_toml, encoding="utf-8")
     tel = ParquetStreamWriter(data_dir, "telemetry", ts_column="ts_ms", name="t")
     freq = ParquetStreamWriter(data_dir, "grid_frequency", ts_column="window_start_ms", name="f")
     start = BOUNDARY_MS - 10_000
