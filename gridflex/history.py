@@ -20,6 +20,7 @@ result, ts_ms)``. See ``docs/history.md``.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import datetime as dt
 import logging
@@ -362,8 +363,10 @@ def connect(
     con = duckdb.connect(database)
     con.execute("SET TimeZone = 'UTC'")
     # DuckDB draws its progress bar on standard output, in the middle of a CSV being written
-    # there (gridflex query, gridflex billing); query_progress() still reports it.
-    con.execute("SET enable_progress_bar_print = false")
+    # there (gridflex query, gridflex billing); query_progress() still reports it. In a
+    # Jupyter kernel without ipywidgets DuckDB draws no bar and refuses the setting.
+    with contextlib.suppress(duckdb.InvalidInputException):
+        con.execute("SET enable_progress_bar_print = false")
     refresh_views(con, data_dir)
     register(con, interval_min=interval_min, max_gap_s=max_gap_s)
     return con
