@@ -7,6 +7,8 @@ Layout (hive partitioning by stream and UTC date of the measurement)::
     {data_dir}/forecasts/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/commands/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/acks/date=YYYY-MM-DD/part-*.parquet
+    {data_dir}/status_changes/date=YYYY-MM-DD/part-*.parquet
+    {data_dir}/transactions/date=YYYY-MM-DD/part-*.parquet
 
 Writers (``pipelines.history_sink``) write each file under a hidden temporary name in the
 same directory and rename it into place, so a reader only ever sees whole files; the views
@@ -14,7 +16,13 @@ read ``part-*.parquet`` only and never see the temporary names. The data is
 at-least-once, so the views de-duplicate: ``telemetry`` on ``(site, asset, boot, seq)``,
 ``grid_frequency`` on ``(site, window_start_ms)``, ``forecasts`` on ``(site, asset,
 ts_ms)``, ``commands`` on ``(site, command_id)``, ``acks`` on ``(site, asset, command_id,
-result, ts_ms)``. See ``docs/history.md``.
+result, ts_ms)``, ``status_changes`` on ``(site, asset, ts_ms)`` (and a row equal in
+state to the asset's previous one is not a change), ``transactions`` on ``(site, asset,
+transaction_id)`` (one row per transaction from its ``started`` and ``ended`` events).
+
+Every file carries key-value metadata (:data:`META_STREAM`, :data:`META_SCHEMA_VERSION`,
+:data:`META_WRITER`, :func:`file_metadata`); the views read files without it too.
+Compaction and retention: :mod:`gridflex.history_store`. See ``docs/history.md``.
 """
 
 from __future__ import annotations
@@ -41,12 +49,21 @@ __all__ = [
     "FORECASTS_SCHEMA",
     "GRID_FREQUENCY",
     "GRID_FREQUENCY_SCHEMA",
+    "META_SCHEMA_VERSION",
+    "META_STREAM",
+    "META_WRITER",
     "SCHEMAS",
+    "SCHEMA_VERSIONS",
+    "STATUS_CHANGES",
+    "STATUS_CHANGES_SCHEMA",
     "STREAMS",
     "TELEMETRY",
+    "TRANSACTIONS",
+    "TRANSACTIONS_SCHEMA",
     "TELEMETRY_SCHEMA",
     "add_arguments",
     "connect",
+    "file_metadata",
     "main",
     "partition_dir",
     "refresh_views",
@@ -60,7 +77,17 @@ GRID_FREQUENCY: Final = "grid_frequency"
 FORECASTS: Final = "forecasts"
 COMMANDS: Final = "commands"
 ACKS: Final = "acks"
-STREAMS: Final = (TELEMETRY, GRID_FREQUENCY, FORECASTS, COMMANDS, ACKS)
+STATUS_CHANGES: Final = "status_changes"
+TRANSACTIONS: Final = "transactions"
+STREAMS: Final = (
+    TELEMETRY,
+    GRID_FREQUENCY,
+    FORECASTS,
+    COMMANDS,
+    ACKS,
+    STATUS_CHANGES,
+    TRANSACTIONS,
+)
 
 #: Glob of the finished files of one stream, relative to ``{data_dir}/{stream}``.
 PART_GLOB: Final = "date=*/part-*.parquet"
@@ -178,13 +205,89 @@ ACKS_SCHEMA: Final = pa.schema(
     ]
 )
 
+#: One row per change of an asset's retained ``status/1`` (``gridflex.contract.AssetStatus``):
+#: ``online``, ``state``, ``faults`` or ``transaction_id`` differ from the asset's last row.
+STATUS_CHANGES_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("asset", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("ts_ms", pa.int64(), nullable=False),
+        pa.field("seq", pa.int64()),
+        pa.field("boot", pa.string()),
+        pa.field("online", pa.bool_(), nullable=False),
+        pa.field("state", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("faults", pa.list_(pa.string()), nullable=False),
+        pa.field("transaction_id", pa.string()),
+    ]
+)
+
+#: One row per ``session/1`` event of the CSMS (``gridflex.contract.ChargingSession``):
+#: a transaction's ``started`` and ``ended``.
+TRANSACTIONS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("asset", pa.string(), nullable=False),
+        pa.field("ts_ms", pa.int64(), nullable=False),
+        pa.field("event", pa.string(), nullable=False),
+        pa.field("transaction_id", pa.string(), nullable=False),
+        pa.field("start_ms", pa.int64(), nullable=False),
+        pa.field("end_ms", pa.int64()),
+        pa.field("meter_start_wh", pa.float64()),
+        pa.field("meter_stop_wh", pa.float64()),
+        pa.field("export_start_wh", pa.float64()),
+        pa.field("export_stop_wh", pa.float64()),
+        pa.field("soc_start_pct", pa.float64()),
+        pa.field("soc_end_pct", pa.float64()),
+        pa.field("id_token_hash", pa.string()),
+        pa.field("stopped_reason", pa.string()),
+    ]
+)
+
 SCHEMAS: Final[dict[str, pa.Schema]] = {
     TELEMETRY: TELEMETRY_SCHEMA,
     GRID_FREQUENCY: GRID_FREQUENCY_SCHEMA,
     FORECASTS: FORECASTS_SCHEMA,
     COMMANDS: COMMANDS_SCHEMA,
     ACKS: ACKS_SCHEMA,
+    STATUS_CHANGES: STATUS_CHANGES_SCHEMA,
+    TRANSACTIONS: TRANSACTIONS_SCHEMA,
 }
+
+#: Version of each stream's file schema, raised when a column is added or changes meaning
+#: (telemetry 2: ``device_status`` and ``register_decreased``). Files written before the
+#: versions existed carry no metadata; the views read them by column name.
+SCHEMA_VERSIONS: Final[dict[str, int]] = {
+    TELEMETRY: 2,
+    GRID_FREQUENCY: 1,
+    FORECASTS: 1,
+    COMMANDS: 1,
+    ACKS: 1,
+    STATUS_CHANGES: 1,
+    TRANSACTIONS: 1,
+}
+
+#: Key-value metadata of every history file: its stream, schema version and writer.
+META_STREAM: Final = "gridflex.stream"
+META_SCHEMA_VERSION: Final = "gridflex.schema_version"
+META_WRITER: Final = "gridflex.writer"
+
+
+def file_metadata(stream: str, **extra: str) -> dict[str, str]:
+    """The key-value metadata of a ``stream`` file: stream, schema version, writer.
+
+    ``extra`` adds keys under ``gridflex.`` (``compacted_from=...``).
+    """
+    from gridflex import __version__
+
+    meta = {
+        META_STREAM: stream,
+        META_SCHEMA_VERSION: str(SCHEMA_VERSIONS[stream]),
+        META_WRITER: f"gridflex {__version__}",
+    }
+    meta.update({f"gridflex.{key}": value for key, value in extra.items()})
+    return meta
 
 _DUCKDB_TYPES: Final = {
     pa.string(): "VARCHAR",
@@ -311,17 +414,79 @@ QUALIFY row_number() OVER (
 ) = 1
 """
 
+# A retained status is delivered again on every subscription: one row per (asset, ts_ms),
+# and a row whose state equals the asset's previous row is no change (a pipeline restarted
+# without its memory of the last status).
+_STATUS_CHANGES_VIEW: Final = """
+CREATE OR REPLACE VIEW status_changes AS
+WITH one AS (
+    SELECT * FROM {source}
+    QUALIFY row_number() OVER (
+        PARTITION BY site, asset, ts_ms ORDER BY seq NULLS LAST, state, reason
+    ) = 1
+), marked AS (
+    SELECT *, lag([online::VARCHAR, state, coalesce(transaction_id, ''),
+                   array_to_string(faults, ',')])
+              OVER (PARTITION BY site, asset ORDER BY ts_ms) AS previous
+    FROM one
+)
+SELECT
+    site, asset, kind, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, seq, boot, online, state,
+    reason, faults, transaction_id, date
+FROM marked
+WHERE previous IS NULL OR previous <> [online::VARCHAR, state, coalesce(transaction_id, ''),
+                                       array_to_string(faults, ',')]
+"""
+
+# One row per transaction: its started and ended events (each possibly delivered twice).
+# A transaction not ended yet has end_ms NULL. energy_*_wh are the meter's register
+# differences over the transaction, NULL where a register is unknown.
+_TRANSACTIONS_VIEW: Final = """
+CREATE OR REPLACE VIEW transactions AS
+WITH g AS (
+    SELECT site, asset, transaction_id,
+           min(start_ms) AS start_ms,
+           max(end_ms) AS end_ms,
+           arg_min(meter_start_wh, ts_ms) FILTER (WHERE meter_start_wh IS NOT NULL)
+               AS meter_start_wh,
+           arg_max(meter_stop_wh, ts_ms) FILTER (WHERE meter_stop_wh IS NOT NULL)
+               AS meter_stop_wh,
+           arg_min(export_start_wh, ts_ms) FILTER (WHERE export_start_wh IS NOT NULL)
+               AS export_start_wh,
+           arg_max(export_stop_wh, ts_ms) FILTER (WHERE export_stop_wh IS NOT NULL)
+               AS export_stop_wh,
+           arg_min(soc_start_pct, ts_ms) FILTER (WHERE soc_start_pct IS NOT NULL)
+               AS soc_start_pct,
+           arg_max(soc_end_pct, ts_ms) FILTER (WHERE soc_end_pct IS NOT NULL) AS soc_end_pct,
+           min(id_token_hash) AS id_token_hash,
+           max(stopped_reason) AS stopped_reason,
+           bool_or(event = 'ended') AS ended,
+           min(date) AS date
+    FROM {source}
+    GROUP BY site, asset, transaction_id
+)
+SELECT
+    site, asset, transaction_id, start_ms, make_timestamptz(start_ms * 1000) AS start,
+    end_ms, make_timestamptz(end_ms * 1000) AS "end", ended,
+    meter_start_wh, meter_stop_wh, meter_stop_wh - meter_start_wh AS energy_import_wh,
+    export_start_wh, export_stop_wh, export_stop_wh - export_start_wh AS energy_export_wh,
+    soc_start_pct, soc_end_pct, id_token_hash, stopped_reason, date
+FROM g
+"""
+
 _VIEWS: Final = {
     TELEMETRY: _TELEMETRY_VIEW,
     GRID_FREQUENCY: _GRID_FREQUENCY_VIEW,
     FORECASTS: _FORECASTS_VIEW,
     COMMANDS: _COMMANDS_VIEW,
     ACKS: _ACKS_VIEW,
+    STATUS_CHANGES: _STATUS_CHANGES_VIEW,
+    TRANSACTIONS: _TRANSACTIONS_VIEW,
 }
 
 
 def refresh_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
-    """(Re)create the views of :data:`STREAMS` (``telemetry`` ... ``acks``).
+    """(Re)create the views of :data:`STREAMS` (``telemetry`` ... ``transactions``).
 
     A view over a stream with files re-reads the directory on every query, so new files
     show up by themselves. A stream without files yet gets an empty view with the same
@@ -354,7 +519,8 @@ def connect(
 
     Returns:
         A connection whose session time zone is UTC, with the views ``telemetry``,
-        ``grid_frequency``, ``forecasts``, ``commands`` and ``acks``, and the billing views
+        ``grid_frequency``, ``forecasts``, ``commands``, ``acks``, ``status_changes`` and
+        ``transactions``, and the billing views
         of :mod:`gridflex.billing.views` (``settlements``, ``sessions``, ...).
 
     """
@@ -382,7 +548,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--site", type=Path, help="site file; its history.dir is used")
     parser.add_argument(
         "sql",
-        help="one SQL query over the views telemetry, grid_frequency, forecasts, commands, acks",
+        help="one SQL query over the views telemetry, grid_frequency, forecasts, commands, "
+        "acks, status_changes, transactions and the billing views",
     )
 
 
