@@ -38,6 +38,7 @@ from gridflex.contract import ASSET_ID_PATTERN
 
 __all__ = [
     "API_TOKEN_ENV",
+    "HISTORY_STREAMS",
     "MQTT_CREDENTIALS_ENV",
     "ApiConfig",
     "BillingConfig",
@@ -49,7 +50,6 @@ __all__ = [
     "EvDefaults",
     "EvseAsset",
     "FcrConfig",
-    "HISTORY_STREAMS",
     "HistoryConfig",
     "InverterAsset",
     "ModbusConfig",

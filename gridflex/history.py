@@ -58,9 +58,9 @@ __all__ = [
     "STATUS_CHANGES_SCHEMA",
     "STREAMS",
     "TELEMETRY",
+    "TELEMETRY_SCHEMA",
     "TRANSACTIONS",
     "TRANSACTIONS_SCHEMA",
-    "TELEMETRY_SCHEMA",
     "add_arguments",
     "connect",
     "file_metadata",
@@ -288,6 +288,7 @@ def file_metadata(stream: str, **extra: str) -> dict[str, str]:
     }
     meta.update({f"gridflex.{key}": value for key, value in extra.items()})
     return meta
+
 
 _DUCKDB_TYPES: Final = {
     pa.string(): "VARCHAR",
