@@ -88,10 +88,10 @@ from gridflex.history import (
     TELEMETRY,
     TRANSACTIONS,
 )
+from pipelines import history_events as hev
 from pipelines.assets import AssetTracker, track
 from pipelines.fleet import AssetUpdate, SiteDispatcher
 from pipelines.frequency import FrequencyAccumulator, FrequencySample, summarize_window
-from pipelines import history_events as hev
 from pipelines.history_sink import (
     HistorySink,
     ack_row,
