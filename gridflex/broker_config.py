@@ -148,7 +148,8 @@ def acl_rules(site_id: str) -> dict[Role, list[tuple[Literal["read", "write"], s
 
     A collector publishes telemetry and statuses, its presence, the CSMS's sessions and
     answers to control and its dead letters, and reads the CSMS requests; the pipeline reads
-    telemetry, acks, asset statuses and sessions (for the history) and writes analytics, forecasts, commands, the summary and its dead letters;
+    telemetry, acks, asset statuses and sessions (for the history) and writes analytics,
+    forecasts, commands, the summary and its dead letters;
     control reads commands, telemetry, statuses and CSMS answers and writes acks, CSMS
     requests and its dead letters; an integrator reads everything under ``gridflex/v1/``.
     """
