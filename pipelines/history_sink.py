@@ -396,6 +396,7 @@ class ParquetStreamWriter:
         if not batches:
             return []
         table = pa.Table.from_batches(batches, schema=self.schema)
+        table = table.replace_schema_metadata(self.metadata)  # into every file
         ts = table[self.ts_column]
         bounds = pc.min_max(ts).as_py()
         first, last = utc_date(bounds["min"]), utc_date(bounds["max"])
@@ -412,7 +413,7 @@ class ParquetStreamWriter:
             self._counter += 1
             file_name = f"part-{self.name}-{self._token}-{self._counter:06d}.parquet"
             path = partition_dir(self.data_dir, self.stream, day) / file_name
-            write_parquet_atomic(part, path, self.metadata)
+            write_parquet_atomic(part, path)
             written.append(path)
             log.debug("wrote %d %s rows to %s", part.num_rows, self.stream, path)
         self.rows_written += table.num_rows
