@@ -448,17 +448,12 @@ WITH g AS (
     SELECT site, asset, transaction_id,
            min(start_ms) AS start_ms,
            max(end_ms) AS end_ms,
-           arg_min(meter_start_wh, ts_ms) FILTER (WHERE meter_start_wh IS NOT NULL)
-               AS meter_start_wh,
-           arg_max(meter_stop_wh, ts_ms) FILTER (WHERE meter_stop_wh IS NOT NULL)
-               AS meter_stop_wh,
-           arg_min(export_start_wh, ts_ms) FILTER (WHERE export_start_wh IS NOT NULL)
-               AS export_start_wh,
-           arg_max(export_stop_wh, ts_ms) FILTER (WHERE export_stop_wh IS NOT NULL)
-               AS export_stop_wh,
-           arg_min(soc_start_pct, ts_ms) FILTER (WHERE soc_start_pct IS NOT NULL)
-               AS soc_start_pct,
-           arg_max(soc_end_pct, ts_ms) FILTER (WHERE soc_end_pct IS NOT NULL) AS soc_end_pct,
+           arg_min(meter_start_wh, ts_ms) FILTER (meter_start_wh IS NOT NULL) AS meter_start_wh,
+           arg_max(meter_stop_wh, ts_ms) FILTER (meter_stop_wh IS NOT NULL) AS meter_stop_wh,
+           arg_min(export_start_wh, ts_ms) FILTER (export_start_wh IS NOT NULL) AS export_start_wh,
+           arg_max(export_stop_wh, ts_ms) FILTER (export_stop_wh IS NOT NULL) AS export_stop_wh,
+           arg_min(soc_start_pct, ts_ms) FILTER (soc_start_pct IS NOT NULL) AS soc_start_pct,
+           arg_max(soc_end_pct, ts_ms) FILTER (soc_end_pct IS NOT NULL) AS soc_end_pct,
            min(id_token_hash) AS id_token_hash,
            max(stopped_reason) AS stopped_reason,
            bool_or(event = 'ended') AS ended,

@@ -1,7 +1,8 @@
 """``gridflex history compact`` and ``gridflex history prune`` (:mod:`gridflex.history_store`).
 
 Both subcommands live here; :func:`add_arguments` tells them apart by the parser's name.
-Exit status 0 done, 2 a usage or configuration error, 3 another upkeep run holds the lock.
+Exit status 0 done, 1 a partition could not be compacted (left as it was, logged), 2 a
+usage or configuration error, 3 another upkeep run holds the lock.
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ def main(args: argparse.Namespace) -> int:
                 report.rows_in,
                 report.rows_out,
             )
+            for path in report.failed:
+                sys.stderr.write(f"gridflex history: not compacted (see the log): {path}\n")
+            if report.failed:
+                return 1
         else:
             for path in prune(data_dir, retention, today=args.today):
                 sys.stdout.write(f"removed {path}\n")

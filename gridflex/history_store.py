@@ -76,6 +76,8 @@ CRASH_ENV: Final = "GRIDFLEX_COMPACT_CRASH_AT"
 _TMP_PREFIX: Final = ".compact-"
 _PRUNED_PREFIX: Final = ".pruned-"
 _LOCK_NAME: Final = ".upkeep.lock"
+#: Where DuckDB spills while merging a partition larger than memory (hidden, in DIR).
+_SPILL: Final = ".upkeep-spill"
 
 
 class UpkeepBusy(RuntimeError):
@@ -91,6 +93,8 @@ class CompactReport:
     rows_in: int = 0
     rows_out: int = 0
     merged: list[Path] = field(default_factory=list)
+    #: Partitions left as they were because merging them failed (logged).
+    failed: list[Path] = field(default_factory=list)
 
 
 def _crash_point(step: str) -> None:
@@ -133,48 +137,74 @@ def _partitions(data_dir: Path, stream: str) -> Iterator[tuple[dt.date, Path]]:
             yield day, path
 
 
-def _conform(table: pa.Table, schema: pa.Schema, source: Path) -> pa.Table:
-    """``table`` in ``schema``'s columns and types; a column it lacks is NULL."""
-    extra = set(table.schema.names) - set(schema.names)
-    if extra:
-        raise ValueError(f"{source}: columns {sorted(extra)} are not in the stream's schema")
-    columns = [
-        table[f.name].cast(f.type) if f.name in table.schema.names else pa.nulls(len(table), f.type)
-        for f in schema
-    ]
-    return pa.Table.from_arrays(columns, schema=schema)
+def _sql_str(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
 
 
-def merge_files(files: Sequence[Path], stream: str) -> tuple[pa.Table, int]:
-    """The distinct rows of ``files`` in ``stream``'s schema, ordered by time; rows read."""
+_DUCKDB_TYPES: Final = {
+    pa.string(): "VARCHAR",
+    pa.int64(): "BIGINT",
+    pa.float64(): "DOUBLE",
+    pa.bool_(): "BOOLEAN",
+    pa.list_(pa.string()): "VARCHAR[]",
+}
+
+
+def merge_files(
+    files: Sequence[Path], stream: str, out: Path, *, temp_dir: Path | None = None
+) -> tuple[int, int]:
+    """Write the distinct rows of ``files`` to ``out`` (Parquet, zstd, with its metadata).
+
+    The rows are in ``stream``'s current schema (a column a file lacks is NULL, as the
+    views read it) and ordered by time. DuckDB does the work and spills to ``temp_dir``,
+    so a day of telemetry larger than memory merges too. Returns (rows read, rows
+    written); raises ``ValueError`` for a file with a column the stream does not have.
+    """
     schema = SCHEMAS[stream]
-    tables = [_conform(pq.ParquetFile(f).read(), schema, f) for f in files]
-    merged = pa.concat_tables(tables)
-    ts = "window_start_ms" if stream == GRID_FREQUENCY else "ts_ms"
+    sources = ", ".join(_sql_str(str(f)) for f in files)
+    src = f"read_parquet([{sources}], union_by_name = true, hive_partitioning = false)"
     con = duckdb.connect()
     try:
-        con.register("merged", merged)
-        distinct = con.sql(f"SELECT DISTINCT * FROM merged ORDER BY {ts}").to_arrow_table()
+        if temp_dir is not None:
+            con.execute(f"SET temp_directory = {_sql_str(str(temp_dir))}")
+        present = {row[0] for row in con.execute(f"DESCRIBE SELECT * FROM {src}").fetchall()}
+        extra = present - set(schema.names)
+        if extra:
+            raise ValueError(
+                f"{out.parent}: columns {sorted(extra)} are not in the {stream} schema"
+            )
+        columns = ", ".join(
+            f"CAST({'NULL' if f.name not in present else f.name} AS {_DUCKDB_TYPES[f.type]})"
+            f" AS {f.name}"
+            for f in schema
+        )
+        meta = file_metadata(stream, compacted_from=str(len(files)))
+        kv = ", ".join(f"{_sql_str(k)}: {_sql_str(v)}" for k, v in meta.items())
+        ts = "window_start_ms" if stream == GRID_FREQUENCY else "ts_ms"
+        row = con.execute(
+            f"COPY (SELECT DISTINCT {columns} FROM {src} ORDER BY {ts}) TO {_sql_str(str(out))} "
+            f"(FORMAT parquet, COMPRESSION zstd, KV_METADATA {{{kv}}})"
+        ).fetchone()
     finally:
         con.close()
-    return _conform(distinct, schema, files[0]), merged.num_rows
+    rows_in = sum(pq.read_metadata(f).num_rows for f in files)
+    return rows_in, int(row[0]) if row is not None else 0
 
 
 def _write_merged(part: Path, stream: str, files: list[Path]) -> tuple[Path, int, int]:
     """Steps 1-2: the merged file of ``files``, renamed in; returns it and the row counts."""
-    table, rows_in = merge_files(files, stream)
     token = uuid.uuid4().hex
     tmp = part / f"{_TMP_PREFIX}{token}.tmp"
     final = part / f"{COMPACT_PREFIX}{token}.parquet"
-    meta = file_metadata(stream, compacted_from=str(len(files)))
-    table = table.replace_schema_metadata(meta)
     try:
-        with tmp.open("wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        if pq.read_metadata(tmp).num_rows != table.num_rows:
-            raise OSError(f"{tmp}: merged file does not read back {table.num_rows} rows")
+        rows_in, rows_out = merge_files(files, stream, tmp, temp_dir=part.parent.parent / _SPILL)
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        if pq.read_metadata(tmp).num_rows != rows_out:
+            raise OSError(f"{tmp}: merged file does not read back {rows_out} rows")
         _crash_point("written")
         tmp.rename(final)
     except BaseException:
@@ -182,7 +212,7 @@ def _write_merged(part: Path, stream: str, files: list[Path]) -> tuple[Path, int
         raise
     _fsync_dir(part)
     _crash_point("swapped")
-    return final, rows_in, table.num_rows
+    return final, rows_in, rows_out
 
 
 def _remove(originals: list[Path]) -> None:
@@ -240,7 +270,12 @@ def compact(
                 files = sorted(part.glob("part-*.parquet"))
                 if len(files) < 2:
                     continue
-                merged, rows_in, rows_out = _write_merged(part, stream, files)
+                try:
+                    merged, rows_in, rows_out = _write_merged(part, stream, files)
+                except (OSError, ValueError, duckdb.Error) as exc:
+                    log.error("not compacting %s %s: %s", stream, day.isoformat(), exc)
+                    report.failed.append(part)
+                    continue
                 log.info(
                     "compacted %s %s: %d files, %d rows -> %s, %d rows",
                     stream,
@@ -260,6 +295,7 @@ def compact(
             time.sleep(grace_s)
         for files in pending:
             _remove(files)
+        shutil.rmtree(root / _SPILL, ignore_errors=True)
     return report
 
 

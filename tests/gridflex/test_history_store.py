@@ -215,6 +215,26 @@ def test_a_compaction_killed_mid_way_leaves_whole_files_and_the_same_answers(
     assert len(parts(history, "telemetry", DAY - dt.timedelta(days=1))) == 1
 
 
+def test_a_partition_that_cannot_be_merged_is_left_as_it_was_and_the_others_are(
+    history: Path,
+) -> None:
+    day_dir = history / "acks" / f"date={DAY.isoformat()}"
+    pq.write_table(pa.table({"site": ["s1"], "surprise": [1]}), day_dir / "part-future.parquet")
+    files = parts(history, "acks", DAY)
+    done = subprocess.run(
+        [sys.executable, "-m", "gridflex.cli", "history", "compact",
+         "--data-dir", str(history), "--grace-s", "0"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, capture_output=True,
+        text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 1
+    assert f"not compacted (see the log): {day_dir}" in done.stderr
+    assert "['surprise'] are not in the acks schema" in done.stderr
+    assert parts(history, "acks", DAY) == files
+    assert len(parts(history, "telemetry", DAY)) == 1
+    assert not list(history.rglob(".compact-*"))
+
+
 def test_one_upkeep_at_a_time(history: Path) -> None:
     with _upkeep_lock(history):
         with pytest.raises(UpkeepBusy):
