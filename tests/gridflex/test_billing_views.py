@@ -229,6 +229,28 @@ def test_response_energy_integrates_power_minus_base_while_a_command_holds(
     assert [(r[5], r[6]) for r in rows] == [(15 * S, "ok"), (10 * S, "gap")]
 
 
+def test_response_energy_counts_a_command_across_a_minute_once(tmp_path: Path) -> None:
+    # -1000 W steady from 12:00:40 to 12:01:30; one command from :45 to 12:01:25, across
+    # the minute: 40 s at -1000 W against a base of 0 W.
+    times_s = range(40, 91, 10)
+    write(
+        tmp_path,
+        [reading("inv-a", B + t * S, i, 0.0, power_w=-1000.0) for i, t in enumerate(times_s)],
+    )
+    commands = ParquetStreamWriter(tmp_path, "commands", ts_column="ts_ms", name="c")
+    commands.add([command_row(DispatchCommand(
+        site="s1", asset="inv-a", ts_ms=B + 45 * S, seq=1, boot="b1", command_id="c1",
+        issued_ms=B + 45 * S, setpoint_w=-1000.0, base_setpoint_w=0.0,
+        valid_until_ms=B + 85 * S, mode="manual", reason="test",
+    ))])  # fmt: skip
+    commands.flush()
+    con = connect(tmp_path)
+    row = con.execute("select delivered_wh, covered_ms, quality from response_energy").fetchone()
+    assert row is not None
+    assert row[0] == pytest.approx(-40_000 / 3600)
+    assert row[1:] == (40 * S, "ok")
+
+
 def test_empty_history_has_empty_billing_views(tmp_path: Path) -> None:
     con = connect(tmp_path / "missing")
     for view in ("settlements", "sessions", "response_energy", "reconciliation"):
