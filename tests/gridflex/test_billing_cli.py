@@ -11,6 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from gridflex.billing.cli import parse_time
+from gridflex.config import BillingConfig, ConfigError, parse_site
 from gridflex.contract import Telemetry
 from pipelines.history_sink import ParquetStreamWriter, telemetry_row
 
@@ -151,3 +152,17 @@ def test_a_missing_data_dir_is_an_error(tmp_path: Path) -> None:
 )
 def test_parse_time(text: str, end_of_day: bool, ms: int) -> None:
     assert parse_time(text, end_of_day=end_of_day) == ms
+
+
+def test_billing_section_defaults_and_validation() -> None:
+    assert parse_site({"site": {"id": "s1"}}).billing == BillingConfig(
+        interval_min=15, max_gap_s=60.0
+    )
+    for bad, message in (
+        ({"interval_min": 7}, "billing.interval_min: expected a divisor of 1440"),
+        ({"interval_min": 15.0}, "billing.interval_min: expected a whole number"),
+        ({"max_gap_s": 0}, "billing.max_gap_s: expected > 0"),
+        ({"period": 1}, "billing.period: unknown key"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_site({"site": {"id": "s1"}, "billing": bad})
