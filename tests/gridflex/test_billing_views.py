@@ -14,7 +14,7 @@ import pytest
 
 from gridflex.billing.views import register
 from gridflex.contract import DispatchCommand, Telemetry
-from gridflex.history import connect
+from gridflex.history import connect, refresh_views
 from pipelines.history_sink import ParquetStreamWriter, command_row, telemetry_row
 
 #: A 15-minute boundary, 2026-11-25T12:00:00Z, in epoch ms.
@@ -262,3 +262,11 @@ def test_register_refuses_bad_parameters(interval_min: int, max_gap_s: float) ->
     con = connect(Path("/nonexistent"))
     with pytest.raises(ValueError, match=r"interval_min|max_gap_s"):
         register(con, interval_min=interval_min, max_gap_s=max_gap_s)
+
+
+def test_billing_views_see_files_written_after_connect_once_refreshed(tmp_path: Path) -> None:
+    con = connect(tmp_path)
+    assert con.execute("select count(*) from settlements").fetchone() == (0,)
+    write(tmp_path, [reading("inv-a", B, 1, 0.0), reading("inv-a", B + 10 * S, 2, 10.0)])
+    refresh_views(con, tmp_path)
+    assert con.execute("select energy_import_wh from settlements").fetchall() == [(10.0,)]
