@@ -1,7 +1,8 @@
 """Billing views over the history: segments, settlements, sessions, response, reconciliation.
 
-All of it is SQL (DuckDB window functions over the de-duplicated ``telemetry`` view), so
-a settlement of millions of readings runs in the engine, not in a Python loop. The
+All of it is SQL (one DuckDB window over the stored readings, ``telemetry_copies``; the
+sessions and SoC from the de-duplicated ``telemetry`` view), so a settlement of millions
+of readings runs in the engine, not in a Python loop. The
 building block is the **segment**: two consecutive register readings of one asset
 (ordered by ``ts_ms``), with the energy between them from the cumulative registers::
 
@@ -23,6 +24,9 @@ Rules (``docs/history.md`` has them for readers of the bill):
   counted (the registers measured it) and apportioned linearly, and every interval it
   touches is flagged ``gap``; nothing is invented in between.
 * **Sessions.** A segment belongs to the transaction of the reading that ends it.
+* **Response.** ``response_energy`` integrates measured power minus the base setpoint
+  (trapezoid rule) while a command is in force; ``reconciliation`` compares the registers
+  with integrated power per interval and flags a difference over 1 % (and over 1 Wh).
 * **Duplicates.** Copies of a reading (at-least-once delivery) are the same message, so
   in time order they are neighbours: the segment from a reading to its own copy is
   dropped, which counts each reading once as the ``telemetry`` view does, in the window
