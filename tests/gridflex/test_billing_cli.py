@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
+import logging
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from gridflex.billing import cli as billing_cli
 from gridflex.billing.cli import parse_time
 from gridflex.config import BillingConfig, ConfigError, parse_site
 from gridflex.contract import Telemetry
@@ -166,3 +171,46 @@ def test_billing_section_defaults_and_validation() -> None:
     ):
         with pytest.raises(ConfigError, match=message):
             parse_site({"site": {"id": "s1"}, "billing": bad})
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class _HalfDone:
+    """A connection whose running query is 42 % done."""
+
+    def query_progress(self) -> float:
+        return 42.0
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met within 30 s"
+        time.sleep(0.01)
+
+
+def test_progress_is_drawn_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(billing_cli, "_POLL_S", 0.01)
+    terminal = _Terminal()
+    with billing_cli._Progress(_HalfDone(), terminal):  # type: ignore[arg-type]
+        _wait_for(lambda: "42.0%" in terminal.getvalue())
+    drawn = terminal.getvalue()
+    assert drawn.startswith("\rgridflex billing: [############------------------]")
+    assert drawn.endswith("\n")  # the bar's line is ended when the query is done
+
+
+def test_progress_is_logged_without_a_terminal_once_the_run_is_long(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(billing_cli, "_POLL_S", 0.01)
+    monkeypatch.setattr(billing_cli, "PROGRESS_AFTER_S", 0.0)  # every run counts as long
+    pipe = io.StringIO()
+    with (
+        caplog.at_level(logging.INFO, logger="gridflex.billing.cli"),
+        billing_cli._Progress(_HalfDone(), pipe),  # type: ignore[arg-type]
+    ):
+        _wait_for(lambda: any("42% done" in r.getMessage() for r in caplog.records))
+    assert pipe.getvalue() == ""  # the stream itself gets no bar
