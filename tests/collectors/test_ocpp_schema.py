@@ -213,6 +213,20 @@ def test_schema_defaults_are_not_written_into_the_payload() -> None:
     assert payload == {}
 
 
+def test_a_recursive_reference_is_kept_and_still_validates() -> None:
+    node = {
+        "type": "object",
+        "properties": {"child": {"$ref": "#/definitions/node"}},
+        "additionalProperties": False,
+    }
+    validate = compile_schema({"definitions": {"node": node}, "$ref": "#/definitions/node"})
+    validate({"child": {"child": {}}})
+    with pytest.raises(SchemaViolation) as info:
+        validate({"child": {"child": {"x": 1}}})
+    assert info.value.keyword == "additionalProperties"
+    assert info.value.path == ["child", "child"]
+
+
 def test_validators_are_compiled_once_per_version_action_and_direction() -> None:
     cache = ValidatorCache()
     request = cache.get("2.1", "TransactionEvent", request=True)
