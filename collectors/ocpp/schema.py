@@ -17,6 +17,14 @@ compare against over valid and broken payloads:
 - ``default`` values are never written into the payload (``use_default=False``): the
   station's payload is validated, not changed.
 
+A payload with one violation gets the same verdict and error keyword as from
+``Draft4Validator``. With several, the first one found is reported, and the order differs:
+``fastjsonschema`` checks an object's ``required`` before its ``properties``, where
+``jsonschema`` follows the schema file (``properties`` first). So a ``BootNotification``
+whose ``chargingStation`` lacks ``vendorName`` and has a number as ``model`` is answered
+``OccurrenceConstraintViolation`` (the ``ocpp`` package would say
+``TypeConstraintViolation``): OCPP-J does not say which of several violations to report.
+
 A violation is reported as the OCPP-J error the specification prescribes (OCPP-J 2.0.1 and
 2.1, section 4.3 "RPC framework error codes"):
 

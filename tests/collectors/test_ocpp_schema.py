@@ -200,6 +200,13 @@ def test_integer_field_refuses_a_float_like_draft4(version: str) -> None:
     assert _ours(ValidatorCache(), version, "TransactionEvent", broken) == "type"
 
 
+def test_with_several_violations_a_missing_required_field_is_reported_first() -> None:
+    # documented difference: jsonschema follows the schema file (properties first)
+    broken = _drop(_set(BOOT, ("chargingStation", "model"), 7), ("chargingStation", "vendorName"))
+    assert _reference("2.0.1", "BootNotification", broken) == "type"
+    assert _ours(ValidatorCache(), "2.0.1", "BootNotification", broken) == "required"
+
+
 def test_date_time_format_is_not_checked_like_the_ocpp_package() -> None:
     odd = _set(TX_EVENT, ("timestamp",), "yesterday at noon")
     assert _reference("2.1", "TransactionEvent", odd) is None
