@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
+import logging
 import re
 import tomllib
 from importlib.metadata import version
@@ -89,9 +90,11 @@ def test_schema_files_are_where_the_validator_cache_looks(ocpp_version: str, act
 
 def test_charge_point_init_sets_the_attributes_rpc_and_the_simulator_use() -> None:
     connection = _Connection()
-    cp = ChargePoint("st-1", connection, response_timeout=7)
+    logger = logging.getLogger("test_ocpp_private_api")
+    cp = ChargePoint("st-1", connection, response_timeout=7, logger=logger)
     user = "collectors/ocpp/rpc.py and simulators/charger/station.py"
     assert cp.id == "st-1"
+    assert cp.logger is logger, _update("ChargePoint.__init__'s logger", user)
     assert cp._connection is connection, _update("ChargePoint._connection", user)
     assert cp._response_timeout == 7, _update("ChargePoint._response_timeout", user)
     assert isinstance(cp._call_lock, asyncio.Lock), _update("ChargePoint._call_lock", user)
