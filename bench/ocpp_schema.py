@@ -18,9 +18,11 @@ work). The variants are interleaved in ``--rounds`` rounds so a slower moment of
 machine hits them alike. Per row: p50/p99 of single validations (``perf_counter_ns`` around
 each call), messages/s of a tight loop (one core), CPU µs per message in that loop (thread
 CPU time), what 1,000 messages/s would cost (% of one core) and the CPU per message
-against the validators before. A second table gives each variant's compile time for the
-eight schemas and the memory the compiled validators keep (``tracemalloc``), and the
-process RSS.
+against the validators before. A second table times the CSMS's receive path without
+sockets (``RpcChargePoint.route_message`` of one TransactionEvent frame, median of the
+rounds) with each of the two validator caches. A third table gives each variant's compile
+time for the eight schemas and the memory the compiled validators keep (``tracemalloc``),
+and the process RSS.
 
     .venv/bin/python bench/ocpp_schema.py                    # 20,000 messages per row
     .venv/bin/python bench/ocpp_schema.py -n 5000 --versions 2.1
@@ -29,6 +31,7 @@ process RSS.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import copy
 import gc
 import json
@@ -50,10 +53,12 @@ import psutil
 from fastjsonschema import JsonSchemaValueException
 from jsonschema import Draft4Validator
 from jsonschema.exceptions import ValidationError
+from ocpp.routing import on
 
 from bench import _ocpp_schema_codegen as codegen
 from bench._harness import fmt, percentile
 from collectors.ocpp import schema as fast
+from collectors.ocpp.rpc import RpcChargePoint
 from collectors.ocpp.settings import MEASURANDS
 from simulators.charger.wire import SUPPORTED_MEASURANDS, ocpp_time, sampled_values
 from simulators.ev import EvState
@@ -182,6 +187,41 @@ def loop(check: Check, payload: Any, n: int) -> tuple[float, float]:
     return time.perf_counter() - wall, time.thread_time() - cpu
 
 
+class _Connection:
+    """A WebSocket stand-in that drops what is sent."""
+
+    async def send(self, _message: str) -> None:
+        return None
+
+
+def receive_path(validators: Any, version: str, payload: dict[str, Any], n: int) -> float:
+    """Thread-CPU µs per ``RpcChargePoint.route_message`` of one TransactionEvent frame.
+
+    The CSMS's receive path without sockets: decode the frame, validate the request, a
+    handler answering ``{}``, validate the response, encode and "send" the CALLRESULT.
+    """
+
+    class Station(RpcChargePoint):
+        _ocpp_version = version
+
+        @on("TransactionEvent")
+        def on_transaction_event(self, _payload: dict[str, Any]) -> dict[str, Any]:
+            return {}
+
+    frame = json.dumps([2, "m-1", "TransactionEvent", payload], separators=(",", ":"))
+
+    async def run() -> float:
+        station = Station("st-1", _Connection(), validators=validators)
+        for _ in range(200):
+            await station.route_message(frame)
+        cpu = time.thread_time()
+        for _ in range(n):
+            await station.route_message(frame)
+        return (time.thread_time() - cpu) / n * 1e6
+
+    return asyncio.run(run())
+
+
 def compile_costs(variant: str, cases: list[tuple[str, str]]) -> tuple[float, float]:
     """(ms to compile ``cases``' validators, KiB they keep), each from a fresh compile."""
     gc.collect()
@@ -274,6 +314,23 @@ def main() -> int:
                     f"| {n / wall_s:,.0f} | {cpu_us:.1f} | {cpu_us / 10:.2f} "
                     f"| {cpu_us / base_us:.2f}x |"
                 )
+    print(
+        "\n| receive path (route_message of one TransactionEvent) | OCPP "
+        "| before CPU µs/msg | now CPU µs/msg | difference µs |"
+    )
+    print("| --- | --- | ---: | ---: | ---: |")
+    for version in args.versions:
+        payload = messages[version]["TransactionEvent"]
+        before_us, now_us = [], []
+        for _round in range(args.rounds):
+            n = max(1, args.n // (4 * args.rounds))
+            before_us.append(receive_path(codegen.ValidatorCache(), version, payload, n))
+            now_us.append(receive_path(fast.ValidatorCache(), version, payload, n))
+        before, now = sorted(before_us)[len(before_us) // 2], sorted(now_us)[len(now_us) // 2]
+        print(
+            f"| decode, validate, handler, validate answer, encode | {version} "
+            f"| {before:.1f} | {now:.1f} | {now - before:+.1f} |"
+        )
     print(f"\n| validator | compile {len(cases)} schemas ms | kept by the validators KiB |")
     print("| --- | ---: | ---: |")
     for variant in VARIANTS:
