@@ -234,6 +234,22 @@ def test_a_recursive_reference_is_kept_and_still_validates() -> None:
     assert info.value.path == ["child", "child"]
 
 
+def test_a_property_named_like_an_annotation_is_still_checked() -> None:
+    # the annotations (description, javaType, comment) are left out, a property so named stays
+    validate = compile_schema(
+        {
+            "type": "object",
+            "description": "annotation",
+            "properties": {"description": {"type": "string", "description": "annotation"}},
+            "additionalProperties": False,
+        }
+    )
+    validate({"description": "a field"})
+    with pytest.raises(SchemaViolation) as info:
+        validate({"description": 1})
+    assert (info.value.keyword, info.value.path) == ("type", ["description"])
+
+
 def test_validators_are_compiled_once_per_version_action_and_direction() -> None:
     cache = ValidatorCache()
     request = cache.get("2.1", "TransactionEvent", request=True)
