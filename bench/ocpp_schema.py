@@ -4,8 +4,9 @@ Times, in this one process, the validators the CSMS runs on every CALL it receiv
 (``collectors.ocpp.schema.ValidatorCache``, compiled by ``fastjsonschema``), the generated
 validators it used before (``bench/_ocpp_schema_codegen.py``, kept only as this baseline),
 ``fastjsonschema`` on the schema files as they are, with its default detailed exceptions
-(what ``inline_refs`` and the plain hot-path validator buy) and, for scale, the ``ocpp`` package's own ``jsonschema.Draft4Validator`` (what the stock
-``ocpp.ChargePoint`` runs, without its thread pool), on the messages a station sends:
+(what ``inline_refs`` and the plain hot-path validator buy) and, for scale, the ``ocpp``
+package's own ``jsonschema.Draft4Validator`` (what the stock ``ocpp.ChargePoint`` runs,
+without its thread pool), on the messages a station sends:
 
 - ``TransactionEvent``: an ``Updated`` event with one meter value carrying every measurand
   the CSMS asks for (``collectors.ocpp.settings.MEASURANDS``, as the simulated stations
