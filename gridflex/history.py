@@ -16,8 +16,8 @@ read ``part-*.parquet`` only and never see the temporary names. The data is
 at-least-once, so the views de-duplicate: ``telemetry`` on ``(site, asset, boot, seq)``,
 ``grid_frequency`` on ``(site, window_start_ms)``, ``forecasts`` on ``(site, asset,
 ts_ms)``, ``commands`` on ``(site, command_id)``, ``acks`` on ``(site, asset, command_id,
-result, ts_ms)``, ``status_changes`` on ``(site, asset, ts_ms)`` (and a row equal in
-state to the asset's previous one is not a change), ``transactions`` on ``(site, asset,
+result, ts_ms)``, ``status_changes`` on ``(site, asset, ts_ms)`` and the change (and a row
+equal in state to the asset's previous one is not a change), ``transactions`` on ``(site, asset,
 transaction_id)`` (one row per transaction from its ``started`` and ``ended`` events).
 
 Every file carries key-value metadata (:data:`META_STREAM`, :data:`META_SCHEMA_VERSION`,
@@ -258,15 +258,7 @@ SCHEMAS: Final[dict[str, pa.Schema]] = {
 #: Version of each stream's file schema, raised when a column is added or changes meaning
 #: (telemetry 2: ``device_status`` and ``register_decreased``). Files written before the
 #: versions existed carry no metadata; the views read them by column name.
-SCHEMA_VERSIONS: Final[dict[str, int]] = {
-    TELEMETRY: 2,
-    GRID_FREQUENCY: 1,
-    FORECASTS: 1,
-    COMMANDS: 1,
-    ACKS: 1,
-    STATUS_CHANGES: 1,
-    TRANSACTIONS: 1,
-}
+SCHEMA_VERSIONS: Final[dict[str, int]] = dict.fromkeys(STREAMS, 1) | {TELEMETRY: 2}
 
 #: Key-value metadata of every history file: its stream, schema version and writer.
 META_STREAM: Final = "gridflex.stream"
@@ -415,28 +407,33 @@ QUALIFY row_number() OVER (
 ) = 1
 """
 
-# A retained status is delivered again on every subscription: one row per (asset, ts_ms),
-# and a row whose state equals the asset's previous row is no change (a pipeline restarted
-# without its memory of the last status).
+# A retained status is delivered again on every subscription: one row per (asset, ts_ms,
+# change), and a row whose change equals the asset's previous one is none (a pipeline
+# restarted without its memory of the last status). Two changes stamped in the same
+# millisecond both stay.
 _STATUS_CHANGES_VIEW: Final = """
 CREATE OR REPLACE VIEW status_changes AS
-WITH one AS (
-    SELECT * FROM {source}
+WITH keyed AS (
+    SELECT *, [online::VARCHAR, state, coalesce(transaction_id, ''),
+               array_to_string(list_sort(faults), ',')] AS change
+    FROM {source}
+), one AS (
+    SELECT * FROM keyed
     QUALIFY row_number() OVER (
-        PARTITION BY site, asset, ts_ms ORDER BY seq NULLS LAST, state, reason
+        PARTITION BY site, asset, ts_ms, change
+        ORDER BY seq NULLS LAST, reason NULLS LAST, boot NULLS LAST
     ) = 1
 ), marked AS (
-    SELECT *, lag([online::VARCHAR, state, coalesce(transaction_id, ''),
-                   array_to_string(faults, ',')])
-              OVER (PARTITION BY site, asset ORDER BY ts_ms) AS previous
+    SELECT *, lag(change) OVER (
+        PARTITION BY site, asset ORDER BY ts_ms, seq NULLS LAST, change
+    ) AS previous
     FROM one
 )
 SELECT
     site, asset, kind, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, seq, boot, online, state,
     reason, faults, transaction_id, date
 FROM marked
-WHERE previous IS NULL OR previous <> [online::VARCHAR, state, coalesce(transaction_id, ''),
-                                       array_to_string(faults, ',')]
+WHERE previous IS NULL OR previous <> change
 """
 
 # One row per transaction: its started and ended events (each possibly delivered twice).

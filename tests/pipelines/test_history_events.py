@@ -71,3 +71,16 @@ def test_the_transactions_view_joins_start_and_end_and_shows_a_running_one(
         "from transactions order by 1"
     ).fetchall()
     assert got == [("t1", 890, True, 60.0, 20.0, 30.0), ("t2", None, False, None, None, None)]
+
+
+def test_two_changes_in_one_millisecond_both_stay(tmp_path: Path) -> None:
+    writer = ParquetStreamWriter(tmp_path, "status_changes", ts_column="ts_ms", name="w")
+    rows = [status(1), status(2, transaction_id="t1"), status(2, state="faulted", faults=["F"])]
+    writer.add([status_row(s) for s in rows])
+    writer.add([status_row(rows[1])])  # a copy
+    writer.flush()
+    con = connect(tmp_path)
+    got = con.execute("select ts_ms, state, transaction_id from status_changes").fetchall()
+    assert sorted(got, key=str) == sorted(
+        [(1, "online", None), (2, "online", "t1"), (2, "faulted", None)], key=str
+    )
