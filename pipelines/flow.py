@@ -23,12 +23,10 @@
                                          └─▶ dispatch_json ─▶ merge_out
       refused ─▶ key_reason ─▶ count_rejected ─▶ unkey_rejected ─▶ dead_letter ─▶ merge_out
 
-The source subscribes to the telemetry, the control writer's acks (``…/dispatch/+/ack``),
-the assets' retained statuses (``…/{inverter|evse}/+/status``) and the CSMS's sessions
-(``…/evse/+/session``; :func:`pipeline_filters`); ``validate`` checks each against its
-own schema (:mod:`pipelines.validate`), and these events only go to the history: acks
-de-duplicated on ``(asset, command_id, result, ts_ms)``, statuses when they change
-(:func:`pipelines.history_events.status_change`), sessions as they come.
+The source subscribes to telemetry, acks, asset statuses and CSMS sessions
+(:func:`pipeline_filters`); ``validate`` checks each against its schema
+(:mod:`pipelines.validate`). The events only go to the history: acks de-duplicated, statuses
+when they change, sessions as they come (:mod:`pipelines.history_events`).
 
 Dispatch does not wait for the frequency windows: each reading's decision follows it
 through ``asset_state`` and ``dispatch`` (keyed by asset, then by site).
