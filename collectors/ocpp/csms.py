@@ -105,6 +105,23 @@ COMPONENT = "ocpp"
 SUBPROTOCOLS = {"ocpp2.1": "2.1", "ocpp2.0.1": "2.0.1"}
 """WebSocket subprotocols in order of preference: the server's order wins."""
 
+#: The actions whose schemas the CSMS compiles before it listens: what stations send it
+#: (``StationSession``'s handlers) and what it sends them.
+WARM_ACTIONS = (
+    "Authorize",
+    "BootNotification",
+    "ClearChargingProfile",
+    "Heartbeat",
+    "MeterValues",
+    "NotifyEVChargingNeeds",
+    "NotifyEvent",
+    "NotifyReport",
+    "SetChargingProfile",
+    "SetVariables",
+    "StatusNotification",
+    "TransactionEvent",
+)
+
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -181,6 +198,8 @@ class Csms(ChargingProfiles):
                 self.settings.tls_key,
                 client_ca=self.settings.tls_ca if profile == 3 else None,
             )
+        compiled = self.validators.warm(SUBPROTOCOLS.values(), WARM_ACTIONS)
+        log.debug("CSMS: %d OCPP payload validators compiled", compiled)
         self._server = await serve(
             self._serve_connection,
             self.settings.host,
