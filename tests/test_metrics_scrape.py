@@ -49,20 +49,38 @@ def test_collect_modbus_serves_polls_lateness_and_devices_online(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
     base = free_port_block(2)
-    sim = gridflex(tmp_path / "sim.log", "sim", "inverters", "--count", "2",
-                   "--base-port", str(base), "--seed", "1")  # fmt: skip
+    sim = gridflex(
+        tmp_path / "sim.log",
+        "sim",
+        "inverters",
+        "--count",
+        "2",
+        "--base-port",
+        str(base),
+        "--seed",
+        "1",
+    )
     try:
         assert wait_for_port("127.0.0.1", base + 1, timeout_s=20)
         site = _site_file(tmp_path, f"m{uuid.uuid4().hex[:8]}", mosquitto, _inverters(base, 2))
         port = free_port()
-        collector = gridflex(tmp_path / "collector.log", "collect", "modbus",
-                             "--site", str(site), "--metrics-listen", f"127.0.0.1:{port}")  # fmt: skip
+        collector = gridflex(
+            tmp_path / "collector.log",
+            "collect",
+            "modbus",
+            "--site",
+            str(site),
+            "--metrics-listen",
+            f"127.0.0.1:{port}",
+        )
         try:
             samples = scrape_until(
                 port,
                 collector,
-                lambda s: (value(s, "gridflex_modbus_polls_total") or 0) >= 10
-                and value(s, "gridflex_modbus_devices_online") == 2,
+                lambda s: (
+                    (value(s, "gridflex_modbus_polls_total") or 0) >= 10
+                    and value(s, "gridflex_modbus_devices_online") == 2
+                ),
             )
         finally:
             assert stop(collector) == 0
@@ -96,18 +114,36 @@ def test_collect_ocpp_serves_stations_connected_and_messages(
     body = f"[ocpp]\nport = {ocpp_port}\nmeter_interval_s = 0.5\n\n{assets}"
     site = _site_file(tmp_path, f"o{uuid.uuid4().hex[:8]}", mosquitto, body)
     port = free_port()
-    csms = gridflex(tmp_path / "csms.log", "collect", "ocpp", "--site", str(site),
-                    "--metrics-listen", f"127.0.0.1:{port}")  # fmt: skip
+    csms = gridflex(
+        tmp_path / "csms.log",
+        "collect",
+        "ocpp",
+        "--site",
+        str(site),
+        "--metrics-listen",
+        f"127.0.0.1:{port}",
+    )
     sim = None
     try:
         assert wait_for_port("127.0.0.1", ocpp_port, timeout_s=20)
-        sim = gridflex(tmp_path / "chargers.log", "sim", "chargers", "--site", str(site),
-                       "--csms-url", f"ws://127.0.0.1:{ocpp_port}/ocpp", "--seed", "3")  # fmt: skip
+        sim = gridflex(
+            tmp_path / "chargers.log",
+            "sim",
+            "chargers",
+            "--site",
+            str(site),
+            "--csms-url",
+            f"ws://127.0.0.1:{ocpp_port}/ocpp",
+            "--seed",
+            "3",
+        )
         samples = scrape_until(
             port,
             csms,
-            lambda s: value(s, "gridflex_ocpp_stations_connected") == 2
-            and (value(s, "gridflex_ocpp_readings_published_total") or 0) >= 4,
+            lambda s: (
+                value(s, "gridflex_ocpp_stations_connected") == 2
+                and (value(s, "gridflex_ocpp_readings_published_total") or 0) >= 4
+            ),
         )
     finally:
         if sim is not None:
@@ -130,21 +166,39 @@ def test_pipeline_serves_messages_in_out_and_dead_letters_by_reason(
     site_id = f"p{uuid.uuid4().hex[:8]}"
     site = _site_file(tmp_path, site_id, mosquitto, f'[history]\ndir = "{tmp_path / "h"}"\n')
     port = free_port()
-    pipeline = gridflex(tmp_path / "pipeline.log", "pipeline", "--site", str(site),
-                        "--metrics-listen", f"127.0.0.1:{port}")  # fmt: skip
+    pipeline = gridflex(
+        tmp_path / "pipeline.log",
+        "pipeline",
+        "--site",
+        str(site),
+        "--metrics-listen",
+        f"127.0.0.1:{port}",
+    )
     try:
         # the receiver has subscribed once the source's queue gauge appears
         scrape_until(
-            port, pipeline, lambda s: value(s, "gridflex_pipeline_receive_queue_messages") is not None
+            port,
+            pipeline,
+            lambda s: value(s, "gridflex_pipeline_receive_queue_messages") is not None,
         )
         now = time.time_ns() // 1_000_000
         good = [
             (
                 telemetry_topic(site_id, "inverter", "inv1"),
-                json.dumps({"schema": "telemetry/1", "site": site_id, "asset": "inv1",
-                            "kind": "inverter", "ts_ms": now + i * 200, "seq": i,
-                            "boot": "b1", "power_w": -1500.0, "freq_hz": 50.0}).encode(),
-            )  # fmt: skip
+                json.dumps(
+                    {
+                        "schema": "telemetry/1",
+                        "site": site_id,
+                        "asset": "inv1",
+                        "kind": "inverter",
+                        "ts_ms": now + i * 200,
+                        "seq": i,
+                        "boot": "b1",
+                        "power_w": -1500.0,
+                        "freq_hz": 50.0,
+                    }
+                ).encode(),
+            )
             for i in range(5)
         ]
         bad = [(telemetry_topic(site_id, "inverter", "inv2"), b"not json")] * 2
@@ -152,13 +206,17 @@ def test_pipeline_serves_messages_in_out_and_dead_letters_by_reason(
         samples = scrape_until(
             port,
             pipeline,
-            lambda s: (value(s, "gridflex_pipeline_messages_received_total") or 0) >= 7
-            and value(s, "gridflex_dead_letters_total", reason="not_json") == 2,
+            lambda s: (
+                (value(s, "gridflex_pipeline_messages_received_total") or 0) >= 7
+                and value(s, "gridflex_dead_letters_total", reason="not_json") == 2
+            ),
         )
     finally:
         assert stop(pipeline) == 0
     _common(samples, "pipeline")
-    assert value(samples, "gridflex_dead_letters_total", component="pipeline", reason="invalid") == 0
+    assert (
+        value(samples, "gridflex_dead_letters_total", component="pipeline", reason="invalid") == 0
+    )
     assert value(samples, "gridflex_pipeline_read_pauses_total", partition="0") == 0
     # out: the dead letters at least (and the frequency windows, summaries)
     assert (value(samples, "gridflex_mqtt_published_total", client="out-w0") or 0) >= 2
@@ -168,16 +226,32 @@ def test_control_serves_commands_acks_by_result_and_ack_latency(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
     base = free_port_block(1)
-    sim = gridflex(tmp_path / "sim.log", "sim", "inverters", "--count", "1",
-                   "--base-port", str(base), "--seed", "1")  # fmt: skip
+    sim = gridflex(
+        tmp_path / "sim.log",
+        "sim",
+        "inverters",
+        "--count",
+        "1",
+        "--base-port",
+        str(base),
+        "--seed",
+        "1",
+    )
     try:
         assert wait_for_port("127.0.0.1", base, timeout_s=20)
         site_id = f"c{uuid.uuid4().hex[:8]}"
         site = _site_file(tmp_path, site_id, mosquitto, _inverters(base, 1))
         port = free_port()
-        control = gridflex(tmp_path / "control.log", "control", "--site", str(site), "--ledger",
-                           str(tmp_path / "ledger.sqlite3"), "--metrics-listen",
-                           f"127.0.0.1:{port}")  # fmt: skip
+        control = gridflex(
+            tmp_path / "control.log",
+            "control",
+            "--site",
+            str(site),
+            "--ledger",
+            str(tmp_path / "ledger.sqlite3"),
+            "--metrics-listen",
+            f"127.0.0.1:{port}",
+        )
         try:
             scrape_until(port, control, lambda s: value(s, "gridflex_control_assets") == 1)
             sent = 0
@@ -189,10 +263,17 @@ def test_control_serves_commands_acks_by_result_and_ack_latency(
                     return True
                 now = time.time_ns() // 1_000_000
                 command = DispatchCommand(
-                    site=site_id, asset="inv0", ts_ms=now - 100, seq=sent, command_id=f"c{sent}",
-                    issued_ms=now, setpoint_w=-1000.0, valid_until_ms=now + 30_000, mode="droop",
+                    site=site_id,
+                    asset="inv0",
+                    ts_ms=now - 100,
+                    seq=sent,
+                    command_id=f"c{sent}",
+                    issued_ms=now,
+                    setpoint_w=-1000.0,
+                    valid_until_ms=now + 30_000,
+                    mode="droop",
                     reason="test",
-                )  # fmt: skip
+                )
                 topic = command_topic(site_id, "inv0")
                 publish_all(mosquitto.url, [(topic, command.to_json()), (topic, b"{")])
                 sent += 1
@@ -205,7 +286,9 @@ def test_control_serves_commands_acks_by_result_and_ack_latency(
         stop(sim)
     _common(samples, "control")
     received = value(samples, "gridflex_control_commands_received_total") or 0
-    malformed = value(samples, "gridflex_dead_letters_total", component="control", reason="malformed")
+    malformed = value(
+        samples, "gridflex_dead_letters_total", component="control", reason="malformed"
+    )
     assert malformed is not None and malformed >= 1
     assert received >= 2  # a command and a malformed one per round
     applied = value(samples, "gridflex_control_acks_total", result="applied") or 0
