@@ -17,8 +17,9 @@ import pytest
 from gridflex.broker import Broker
 from gridflex.contract import DispatchCommand, command_topic, telemetry_topic
 from gridflex.net import free_port, free_port_block, wait_for_port
+from pipelines.flow import telemetry_filter
 from tests.metrics_helpers import Samples, gridflex, scrape_until, stop, value
-from tests.pipelines.helpers import publish_all
+from tests.pipelines.helpers import create_session, publish_all
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -165,6 +166,8 @@ def test_pipeline_serves_messages_in_out_and_dead_letters_by_reason(
 ) -> None:
     site_id = f"p{uuid.uuid4().hex[:8]}"
     site = _site_file(tmp_path, site_id, mosquitto, f'[history]\ndir = "{tmp_path / "h"}"\n')
+    # the pipeline's persistent session exists before it runs: nothing published is lost
+    create_session(mosquitto.url, f"gridflex-pipeline-{site_id}-0", telemetry_filter(site_id))
     port = free_port()
     pipeline = gridflex(
         tmp_path / "pipeline.log",
@@ -175,7 +178,6 @@ def test_pipeline_serves_messages_in_out_and_dead_letters_by_reason(
         f"127.0.0.1:{port}",
     )
     try:
-        # the receiver has subscribed once the source's queue gauge appears
         scrape_until(
             port,
             pipeline,
