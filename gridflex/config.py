@@ -38,6 +38,7 @@ from gridflex.contract import ASSET_ID_PATTERN
 
 __all__ = [
     "API_TOKEN_ENV",
+    "METRICS_COMPONENTS",
     "MQTT_CREDENTIALS_ENV",
     "ApiConfig",
     "BillingConfig",
@@ -446,6 +447,10 @@ class ApiConfig(_Section):
         return self.tls_cert is not None and self.tls_key is not None
 
 
+#: The long-running commands, as keys of ``[metrics]`` (and the metrics' ``component``).
+METRICS_COMPONENTS: tuple[str, ...] = ("collect_modbus", "collect_ocpp", "pipeline", "control")
+
+
 class MetricsConfig(_Section):
     """Where each long-running command serves its Prometheus metrics (``HOST:PORT``).
 
@@ -468,7 +473,7 @@ class MetricsConfig(_Section):
     @model_validator(mode="after")
     def _distinct(self) -> MetricsConfig:
         seen: dict[str, str] = {}
-        for key in ("collect_modbus", "collect_ocpp", "pipeline", "control"):
+        for key in METRICS_COMPONENTS:
             value = getattr(self, key)
             if value is not None and seen.setdefault(value, key) != key:
                 raise ValueError(f"{seen[value]} and {key} both listen on {value}")

@@ -77,9 +77,6 @@ LATENCY_BUCKETS_S: tuple[float, ...] = (
     10.0,
 )
 
-#: What each component is called in metric labels and in the site file's ``[metrics]``.
-COMPONENTS = ("collect_modbus", "collect_ocpp", "pipeline", "control")
-
 Families = Callable[[], Iterable[Metric]]
 
 
@@ -222,8 +219,8 @@ class MetricsServer:
 def listen_address(site: SiteConfig, component: str, override: str | None) -> str | None:
     """Where ``component`` serves its metrics: ``override`` (the option), else the site file's.
 
-    ``component`` is one of :data:`COMPONENTS`; ``None``: not served. A malformed
-    ``override`` raises :class:`~gridflex.config.ConfigError`.
+    ``component`` is one of :data:`~gridflex.config.METRICS_COMPONENTS`; ``None``: not
+    served. A malformed ``override`` raises :class:`~gridflex.config.ConfigError`.
     """
     if override is not None:
         try:
