@@ -134,6 +134,8 @@ class CsmsStats:
     readings_refused: int = 0
     missed_transaction_events: int = 0
     profiles_sent: int = 0
+    #: CALLERROR frames sent to stations (refused frames, handler failures).
+    call_errors: int = 0
 
 
 class Csms(ChargingProfiles):
@@ -495,6 +497,10 @@ class Csms(ChargingProfiles):
         )
         topic = collector_topic(self.settings.site_id, COMPONENT)
         self.publisher.publish(topic, status.to_json(), qos=1, retain=True)
+
+    def count_call_error(self) -> None:
+        """Count one CALLERROR sent to a station (``stats.call_errors``)."""
+        self.stats.call_errors += 1
 
     def bad_input(self, station_id: str, reason: str, raw: str) -> None:
         """Count, log once per station and reason, and dead-letter a refused input."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 
-from prometheus_client.core import Metric
+from prometheus_client.core import CounterMetricFamily, Metric
 
 from collectors.ocpp.csms import Csms
 from gridflex.metrics import counter, gauge, mqtt_families
@@ -59,9 +59,17 @@ def families(csms: Csms) -> Iterator[Metric]:
     )
     yield counter(
         "gridflex_ocpp_callerrors_sent",
-        "Frames refused with a CALLERROR (malformed, unknown action, schema violation)",
-        stats.bad_frames,
+        "CALLERROR frames sent to stations (malformed frame, unknown action, schema "
+        "violation, handler failure)",
+        stats.call_errors,
     )
+    dead = CounterMetricFamily(
+        "gridflex_dead_letters",
+        "Messages refused to the dead-letter topic, by component and reason kind",
+        labels=["component", "reason"],
+    )
+    dead.add_metric(["ocpp", "refused_input"], stats.bad_frames)
+    yield dead
     yield counter(
         "gridflex_ocpp_readings_published",
         "Telemetry readings published from meter values",
