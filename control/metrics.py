@@ -10,9 +10,13 @@ from collections.abc import Iterator
 from prometheus_client.core import CounterMetricFamily, Metric
 
 from control.service import ControlService
+from gridflex.contract import ACK_RESULTS
 from gridflex.metrics import counter, gauge, mqtt_families
 
-__all__ = ["families"]
+__all__ = ["DEAD_LETTER_KINDS", "families"]
+
+#: The ``reason`` label of control's dead letters (``ControlService._dead_letter``).
+DEAD_LETTER_KINDS = ("malformed", "not_a_command", "wrong_site", "topic_mismatch", "unknown_asset")
 
 
 def families(service: ControlService) -> Iterator[Metric]:
@@ -27,16 +31,18 @@ def families(service: ControlService) -> Iterator[Metric]:
         "Acks published, by result (applied, clamped, rejected, stale, failed, ...)",
         labels=["result"],
     )
-    for result, count in sorted(dict(service.results).items()):  # dict(): one C-level copy
-        acks.add_metric([result], count)
+    results = dict(service.results)  # dict(): one C-level copy, safe beside the loop
+    for result in sorted(ACK_RESULTS | set(results)):
+        acks.add_metric([result], results.get(result, 0))
     yield acks
     dead = CounterMetricFamily(
         "gridflex_dead_letters",
         "Messages refused to the dead-letter topic, by component and reason kind",
         labels=["component", "reason"],
     )
-    for reason, count in sorted(dict(service.dead_letter_kinds).items()):
-        dead.add_metric(["control", reason], count)
+    kinds = dict(service.dead_letter_kinds)
+    for kind in sorted(set(DEAD_LETTER_KINDS) | set(kinds)):
+        dead.add_metric(["control", kind], kinds.get(kind, 0))
     yield dead
     yield service.ack_latency.family(
         "gridflex_control_ack_latency_seconds",
