@@ -21,6 +21,12 @@ DEAD_LETTER_KINDS = ("malformed", "not_a_command", "wrong_site", "topic_mismatch
 
 def families(service: ControlService) -> Iterator[Metric]:
     """Every metric of ``gridflex control``."""
+    # Before the acks: an ack is counted before its latency, so a scrape never shows
+    # more latencies than acks.
+    latency = service.ack_latency.family(
+        "gridflex_control_ack_latency_seconds",
+        "From the command's issued time to the device's confirmation (acks that carry it)",
+    )
     yield counter(
         "gridflex_control_commands_received",
         "Dispatch commands received over MQTT (valid or not)",
@@ -44,10 +50,7 @@ def families(service: ControlService) -> Iterator[Metric]:
     for kind in sorted(set(DEAD_LETTER_KINDS) | set(kinds)):
         dead.add_metric(["control", kind], kinds.get(kind, 0))
     yield dead
-    yield service.ack_latency.family(
-        "gridflex_control_ack_latency_seconds",
-        "From the command's issued time to the device's confirmation (acks that carry it)",
-    )
+    yield latency
     yield counter(
         "gridflex_control_watchdog_trips",
         "Assets sent back to their default setpoint because no command came in time",

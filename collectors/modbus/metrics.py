@@ -20,13 +20,16 @@ __all__ = ["LATENESS_BUCKETS_S", "families", "lateness_family"]
 LATENESS_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
 
 
-def lateness_family(lateness: LatenessStats) -> HistogramMetricFamily:
+def lateness_family(
+    lateness: LatenessStats, counts: list[int] | None = None
+) -> HistogramMetricFamily:
     """The collector's 0.1 ms lateness buckets summed into the exported bounds.
 
     A poll counts under a bound when its 0.1 ms bucket lies wholly below it (the bounds
     are whole multiples of the bucket); lateness of 1 s and more is only in ``+Inf``.
+    ``counts``: a copy of ``lateness.counts`` already taken (default: taken here).
     """
-    counts = list(lateness.counts)
+    counts = list(lateness.counts) if counts is None else counts
     family = HistogramMetricFamily(
         "gridflex_modbus_poll_lateness_seconds",
         "How long after its due time each poll started",
@@ -42,7 +45,9 @@ def lateness_family(lateness: LatenessStats) -> HistogramMetricFamily:
 
 def families(stats: CollectorStats, mqtt: object) -> Iterator[Metric]:
     """Every metric of ``gridflex collect modbus``."""
-    yield counter("gridflex_modbus_polls", "Polls started", stats.lateness.polls)
+    lateness = stats.lateness
+    counts = list(lateness.counts)  # one copy: polls and the histogram agree
+    yield counter("gridflex_modbus_polls", "Polls started", sum(counts))
     yield counter(
         "gridflex_modbus_missed_polls",
         "Poll slots skipped because the previous poll of the device was still running",
@@ -61,7 +66,7 @@ def families(stats: CollectorStats, mqtt: object) -> Iterator[Metric]:
         "Readings not published because they failed the telemetry schema",
         stats.invalid,
     )
-    yield lateness_family(stats.lateness)
+    yield lateness_family(lateness, counts)
     yield gauge("gridflex_modbus_devices", "Inverters this collector polls", stats.devices)
     yield gauge(
         "gridflex_modbus_devices_online",

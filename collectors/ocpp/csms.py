@@ -240,6 +240,16 @@ class Csms(ChargingProfiles):
         """Ids of the stations connected right now."""
         return sorted(self._sessions)
 
+    @property
+    def connected_count(self) -> int:
+        """How many stations are connected right now (one ``len``: safe from any thread)."""
+        return len(self._sessions)
+
+    @property
+    def evse_states(self) -> list[EvseState]:
+        """Every EVSE of the site (the set is fixed at start; only their fields change)."""
+        return list(self._evses.values())
+
     # -- connections
 
     async def _authenticate(

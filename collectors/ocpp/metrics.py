@@ -34,9 +34,9 @@ def families(csms: Csms) -> Iterator[Metric]:
     yield gauge(
         "gridflex_ocpp_stations_connected",
         "Charging stations connected over OCPP right now",
-        len(csms._sessions),  # len() of a dict is atomic, unlike listing its keys
+        csms.connected_count,
     )
-    evses = list(csms._evses.values())  # fixed at start; only their fields change
+    evses = csms.evse_states
     yield gauge("gridflex_ocpp_evses", "EVSE assets of the site file", len(evses))
     yield gauge(
         "gridflex_ocpp_evses_online",
