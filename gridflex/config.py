@@ -39,6 +39,7 @@ from gridflex.contract import ASSET_ID_PATTERN
 __all__ = [
     "API_TOKEN_ENV",
     "HISTORY_STREAMS",
+    "METRICS_COMPONENTS",
     "MQTT_CREDENTIALS_ENV",
     "ApiConfig",
     "BillingConfig",
@@ -52,6 +53,7 @@ __all__ = [
     "FcrConfig",
     "HistoryConfig",
     "InverterAsset",
+    "MetricsConfig",
     "ModbusConfig",
     "MqttConfig",
     "OcppConfig",
@@ -500,6 +502,39 @@ class ApiConfig(_Section):
         return self.tls_cert is not None and self.tls_key is not None
 
 
+#: The long-running commands, as keys of ``[metrics]`` (and the metrics' ``component``).
+METRICS_COMPONENTS: tuple[str, ...] = ("collect_modbus", "collect_ocpp", "pipeline", "control")
+
+
+class MetricsConfig(_Section):
+    """Where each long-running command serves its Prometheus metrics (``HOST:PORT``).
+
+    A key per command; unset (the default) = not served. ``--metrics-listen`` overrides
+    the command's key. Two commands cannot share an address.
+    """
+
+    collect_modbus: str | None = None
+    collect_ocpp: str | None = None
+    pipeline: str | None = None
+    control: str | None = None
+
+    @field_validator("collect_modbus", "collect_ocpp", "pipeline", "control")
+    @classmethod
+    def _listen_is_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> MetricsConfig:
+        seen: dict[str, str] = {}
+        for key in METRICS_COMPONENTS:
+            value = getattr(self, key)
+            if value is not None and seen.setdefault(value, key) != key:
+                raise ValueError(f"{seen[value]} and {key} both listen on {value}")
+        return self
+
+
 def resolve_api_token(
     api: ApiConfig, source: str | Path | None, environ: Mapping[str, str] = os.environ
 ) -> str:
@@ -666,6 +701,7 @@ class SiteConfig(_Section):
     api: ApiConfig | None = Field(
         default=None, description="the REST API of gridflex control; none = not served"
     )
+    metrics: MetricsConfig = MetricsConfig()
     assets: list[Asset] = Field(default_factory=list)
     source: _FilePath | None = Field(default=None, exclude=True)
 
