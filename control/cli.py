@@ -29,6 +29,7 @@ from control.modbus_client import OpenRegisterClient, open_client
 from control.operator import Operator
 from control.profiles import PROFILES_FILE, ProfileStore
 from control.service import ControlService, default_ledger_path
+from gridflex import systemd
 from gridflex.config import (
     ApiConfig,
     ConfigError,
@@ -160,8 +161,18 @@ def main(args: argparse.Namespace, *, open_modbus: OpenRegisterClient = open_cli
             log.warning(
                 "MQTT broker %s not reachable yet; commands wait until it is", site.mqtt.url
             )
+
+        async def _subscribed() -> None:  # service.run subscribes before its first await
+            while not await mqtt.wait_subscribed(5.0):
+                pass
+
         try:
-            await service.run(stop)
+            async with systemd.supervised(
+                connected=systemd.broker_up(mqtt),
+                ready_when=_subscribed,
+                ready_text="control: subscribed" + ("" if server is None else ", API up"),
+            ):
+                await service.run(stop)
         finally:
             if server is not None:
                 await server.stop()

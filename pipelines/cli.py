@@ -27,6 +27,7 @@ from typing import Any
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
+from gridflex import systemd
 from pipelines.flow import FlowOptions, build_flow, mqtt_source
 from pipelines.site import SiteLike
 
@@ -169,7 +170,14 @@ def run(
     # keep it out of every later full collection, whose pauses every reading waits behind.
     gc.collect()
     gc.freeze()
-    with _StopOnSignal(stop_event):
+    with (
+        _StopOnSignal(stop_event),
+        systemd.supervised_thread(
+            lambda: source.batches,
+            is_ready=lambda: source.batches > 0,
+            ready_text=f"dataflow running for site {site.id}",
+        ),
+    ):
         cli_main(
             flow,
             workers_per_process=workers,
