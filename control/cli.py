@@ -29,7 +29,7 @@ from control.modbus_client import OpenRegisterClient, open_client
 from control.operator import Operator
 from control.profiles import PROFILES_FILE, ProfileStore
 from control.service import ControlService, default_ledger_path
-from gridflex import systemd
+from gridflex import events, systemd
 from gridflex.config import (
     ApiConfig,
     ConfigError,
@@ -181,6 +181,7 @@ def main(args: argparse.Namespace, *, open_modbus: OpenRegisterClient = open_cli
         return 0
 
     log.info("control: ledger %s, charge profiles %s", ledger_path, profiles_path)
+    events.configure(site.history.dir, site.id, "control")  # faults into the history
     with (
         Ledger(ledger_path) as ledger,
         FaultLatch(ledger_path) as faults,

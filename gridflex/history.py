@@ -7,6 +7,7 @@ Layout (hive partitioning by stream and UTC date of the measurement)::
     {data_dir}/forecasts/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/commands/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/acks/date=YYYY-MM-DD/part-*.parquet
+    {data_dir}/events/date=YYYY-MM-DD/part-*.parquet
 
 Writers (``pipelines.history_sink``) write each file under a hidden temporary name in the
 same directory and rename it into place, so a reader only ever sees whole files; the views
@@ -14,7 +15,9 @@ read ``part-*.parquet`` only and never see the temporary names. The data is
 at-least-once, so the views de-duplicate: ``telemetry`` on ``(site, asset, boot, seq)``,
 ``grid_frequency`` on ``(site, window_start_ms)``, ``forecasts`` on ``(site, asset,
 ts_ms)``, ``commands`` on ``(site, command_id)``, ``acks`` on ``(site, asset, command_id,
-result, ts_ms)``. See ``docs/history.md``.
+result, ts_ms)``, ``events`` on ``(site, asset, event, fault_code, ts_ms)``. The
+``events`` stream (faults and other notable events, :mod:`gridflex.events`) is written by
+the process that detects them, not by the pipeline. See ``docs/history.md``.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ __all__ = [
     "ACKS_SCHEMA",
     "COMMANDS",
     "COMMANDS_SCHEMA",
+    "EVENTS",
+    "EVENTS_SCHEMA",
     "FORECASTS",
     "FORECASTS_SCHEMA",
     "GRID_FREQUENCY",
@@ -60,7 +65,8 @@ GRID_FREQUENCY: Final = "grid_frequency"
 FORECASTS: Final = "forecasts"
 COMMANDS: Final = "commands"
 ACKS: Final = "acks"
-STREAMS: Final = (TELEMETRY, GRID_FREQUENCY, FORECASTS, COMMANDS, ACKS)
+EVENTS: Final = "events"
+STREAMS: Final = (TELEMETRY, GRID_FREQUENCY, FORECASTS, COMMANDS, ACKS, EVENTS)
 
 #: Glob of the finished files of one stream, relative to ``{data_dir}/{stream}``.
 PART_GLOB: Final = "date=*/part-*.parquet"
@@ -178,12 +184,26 @@ ACKS_SCHEMA: Final = pa.schema(
     ]
 )
 
+#: One row per event a process recorded (``gridflex.events``): a fault with its code, ...
+EVENTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("asset", pa.string()),
+        pa.field("ts_ms", pa.int64(), nullable=False),
+        pa.field("component", pa.string(), nullable=False),
+        pa.field("event", pa.string(), nullable=False),
+        pa.field("fault_code", pa.string()),
+        pa.field("detail", pa.string()),
+    ]
+)
+
 SCHEMAS: Final[dict[str, pa.Schema]] = {
     TELEMETRY: TELEMETRY_SCHEMA,
     GRID_FREQUENCY: GRID_FREQUENCY_SCHEMA,
     FORECASTS: FORECASTS_SCHEMA,
     COMMANDS: COMMANDS_SCHEMA,
     ACKS: ACKS_SCHEMA,
+    EVENTS: EVENTS_SCHEMA,
 }
 
 _DUCKDB_TYPES: Final = {
@@ -311,17 +331,27 @@ QUALIFY row_number() OVER (
 ) = 1
 """
 
+_EVENTS_VIEW: Final = """
+CREATE OR REPLACE VIEW events AS
+SELECT
+    site, asset, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, component, event, fault_code,
+    detail, date
+FROM {source}
+QUALIFY row_number() OVER (PARTITION BY site, asset, event, fault_code, ts_ms) = 1
+"""
+
 _VIEWS: Final = {
     TELEMETRY: _TELEMETRY_VIEW,
     GRID_FREQUENCY: _GRID_FREQUENCY_VIEW,
     FORECASTS: _FORECASTS_VIEW,
     COMMANDS: _COMMANDS_VIEW,
     ACKS: _ACKS_VIEW,
+    EVENTS: _EVENTS_VIEW,
 }
 
 
 def refresh_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
-    """(Re)create the views of :data:`STREAMS` (``telemetry`` ... ``acks``).
+    """(Re)create the views of :data:`STREAMS` (``telemetry`` ... ``events``).
 
     A view over a stream with files re-reads the directory on every query, so new files
     show up by themselves. A stream without files yet gets an empty view with the same

@@ -20,7 +20,7 @@ from collectors.ocpp import gc_policy
 from collectors.ocpp.csms import Csms, CsmsSettings, collector_will
 from collectors.ocpp.requests import RequestServer
 from collectors.ocpp.security import KeyFileError, check_private_key_file
-from gridflex import systemd
+from gridflex import events, systemd
 from gridflex.config import ConfigError, load_site
 from gridflex.mqtt_asyncio import AsyncMqttClient
 from gridflex.mqtt_drops import DropWatch, dropped_count
@@ -146,6 +146,7 @@ def main(args: argparse.Namespace, *, mqtt_factory: MqttClientFactory = AsyncMqt
         keepalive_s=site.mqtt.keepalive_s,
     )
     csms = Csms(settings, mqtt, boot_id=boot_id)
+    events.configure(site.history.dir, site.id, "collect-ocpp")  # fault codes into the history
     requests = RequestServer(csms, mqtt)
 
     async def _run() -> None:
