@@ -49,23 +49,18 @@ server's processes). Targets (reported, not asserted): 10x faster than PostgreSQ
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
 import resource
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import psutil
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -75,6 +70,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench._harness import fmt  # noqa: E402
+from bench._postgres import Postgres, pg_bin, run_query  # noqa: E402
 from gridflex.history import TELEMETRY_SCHEMA, partition_dir, utc_date  # noqa: E402
 from gridflex.net import free_port  # noqa: E402
 from pipelines.history_sink import ParquetStreamWriter  # noqa: E402
@@ -93,6 +89,13 @@ DUCKDB_QUERIES = {
         FROM telemetry GROUP BY asset, date
     """,
 }
+# The same summary over every stored copy (no de-duplication): what reading the
+# at-least-once history costs, against PostgreSQL's table made unique at load.
+DUCKDB_QUERIES["daily summary, no de-dup"] = DUCKDB_QUERIES["daily summary"].replace(
+    "FROM telemetry ", "FROM telemetry_copies "
+)
+#: The PostgreSQL query each gridflex query is compared with.
+PG_EQUIVALENT = {"daily summary, no de-dup": "daily summary"}
 
 # The settlements view in PostgreSQL's dialect (the rows are unique by the primary key, so
 # no de-duplication step; the registers are never NULL here, so plain lag()).
@@ -300,7 +303,10 @@ def duckdb_child(data_dir: str, query: str, repeat: int) -> None:
         times.append(time.perf_counter() - started)
         after = resource.getrusage(resource.RUSAGE_SELF)
         cpus.append(after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec, so a child would report the
+    # parent's peak (the generated table) instead of its own.
+    status = Path("/proc/self/status").read_text(encoding="ascii").splitlines()
+    peak = next(int(ln.split()[1]) for ln in status if ln.startswith("VmHWM:")) / 1024
     print(json.dumps({"times": times, "cpu": cpus, "rows": rows, "peak_mib": peak}))
 
 
@@ -319,95 +325,6 @@ def run_duckdb(data_dir: Path, query: str, repeat: int) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------- PostgreSQL
-
-
-def pg_bin() -> Path | None:
-    """The folder of PostgreSQL's server binaries, or None."""
-    found = shutil.which("initdb")
-    if found:
-        return Path(os.path.realpath(found)).parent
-    versions = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
-    return versions[-1].parent if versions else None
-
-
-@dataclass
-class Postgres:
-    """A throw-away PostgreSQL cluster on loopback."""
-
-    bin_dir: Path
-    root: Path
-    port: int
-    proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def _as_user(self) -> list[str]:
-        if os.geteuid() == 0:
-            return ["runuser", "-u", "postgres", "--"]
-        return []
-
-    def start(self) -> None:
-        """initdb, then start the server and wait until it answers."""
-        data = self.root / "pgdata"
-        if os.geteuid() == 0:
-            shutil.chown(self.root, "postgres")
-        subprocess.run(
-            [*self._as_user, str(self.bin_dir / "initdb"), "-D", str(data), "-U", "postgres",
-             "--auth=trust", "-E", "UTF8", "--locale=C"],
-            check=True, capture_output=True,
-        )  # fmt: skip
-        options = [
-            "-D", str(data), "-p", str(self.port), "-h", "127.0.0.1", "-k", str(self.root),
-            "-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off",
-            "-c", "work_mem=64MB", "-c", "shared_buffers=512MB",
-            "-c", "maintenance_work_mem=512MB", "-c", "max_wal_size=8GB",
-        ]  # fmt: skip
-        self.proc = subprocess.Popen(
-            [*self._as_user, str(self.bin_dir / "postgres"), *options],
-            stdout=subprocess.DEVNULL,
-            stderr=(self.root / "server.log").open("wb"),
-        )
-        for _ in range(300):
-            ready = subprocess.run(
-                [str(self.bin_dir / "pg_isready"), "-h", "127.0.0.1", "-p", str(self.port)],
-                capture_output=True,
-                check=False,
-            )
-            if ready.returncode == 0:
-                return
-            time.sleep(0.1)
-        raise RuntimeError(f"PostgreSQL did not start; see {self.root / 'server.log'}")
-
-    def postmaster(self) -> psutil.Process:
-        """The server process (the child of ``runuser`` when run as root)."""
-        assert self.proc is not None
-        top = psutil.Process(self.proc.pid)
-        for proc in [top, *top.children(recursive=True)]:
-            if proc.name() == "postgres" and proc.ppid() in (top.pid, top.ppid()):
-                return proc
-        return top
-
-    def psql(self, sql: str, *, stdin: Any = None) -> str:
-        """Run SQL through psql; its standard output."""
-        done = subprocess.run(
-            [str(self.bin_dir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
-             "-p", str(self.port), "-U", "postgres", "-d", "postgres", "-At", "-c", sql],
-            stdin=stdin, capture_output=True, text=True, check=False,
-        )  # fmt: skip
-        if done.returncode:
-            raise RuntimeError(f"psql failed: {done.stderr.strip()}")
-        return done.stdout
-
-    def stop(self) -> None:
-        """Stop the server (fast shutdown) by its PID."""
-        if self.proc is None:
-            return
-        with contextlib.suppress(psutil.Error):
-            self.postmaster().terminate()
-        try:
-            self.proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
 
 
 def load_postgres(pg: Postgres, data_dir: Path, work: Path) -> dict[str, float]:
@@ -434,56 +351,6 @@ def load_postgres(pg: Postgres, data_dir: Path, work: Path) -> dict[str, float]:
     index_s = time.perf_counter() - started
     size = int(pg.psql("SELECT pg_total_relation_size('telemetry')").strip())
     return {"copy_s": copy_s, "index_s": index_s, "bytes": size}
-
-
-def _pg_cpu(postmaster: psutil.Process) -> float:
-    """CPU seconds of the server: itself, its live children and the children it reaped."""
-    times = postmaster.cpu_times()
-    total = times.user + times.system + times.children_user + times.children_system
-    for child in postmaster.children(recursive=True):
-        try:
-            ct = child.cpu_times()
-        except psutil.Error:
-            continue
-        total += ct.user + ct.system
-    return total
-
-
-def run_postgres(pg: Postgres, query: str, repeat: int) -> dict[str, Any]:
-    """Run one query ``repeat`` times (a psql each, output discarded): times, CPU, peak PSS."""
-    postmaster = pg.postmaster()
-    sql = f"\\timing on\n\\o /dev/null\n{PG_QUERIES[query].strip()};\n"
-    times, cpus, peak = [], [], 0.0
-    for _ in range(repeat):
-        stop = threading.Event()
-        peaks: list[float] = [0.0]
-
-        def sample(stop: threading.Event = stop, peaks: list[float] = peaks) -> None:
-            while not stop.wait(0.05):
-                total = 0
-                for proc in [postmaster, *postmaster.children(recursive=True)]:
-                    try:
-                        total += proc.memory_full_info().pss
-                    except psutil.Error:
-                        continue
-                peaks[0] = max(peaks[0], total / 2**20)
-
-        sampler = threading.Thread(target=sample, daemon=True)
-        before = _pg_cpu(postmaster)
-        sampler.start()
-        done = subprocess.run(
-            [str(pg.bin_dir / "psql"), "-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1",
-             "-p", str(pg.port), "-U", "postgres", "-d", "postgres"],
-            input=sql, capture_output=True, text=True, check=True,
-        )  # fmt: skip
-        stop.set()
-        sampler.join()
-        time.sleep(0.2)  # the backend exits and is reaped: its CPU moves to children_*
-        cpus.append(_pg_cpu(postmaster) - before)
-        timing = [ln for ln in done.stdout.splitlines() if ln.startswith("Time:")]
-        times.append(float(timing[-1].split()[1]) / 1000)
-        peak = max(peak, peaks[0])
-    return {"times": times, "cpu": cpus, "peak_mib": peak}
 
 
 # --------------------------------------------------------------------------- main
@@ -580,8 +447,8 @@ def main() -> int:
                     f"VACUUM ANALYZE {load['index_s']:.1f} s, {load['bytes'] / 2**20:.1f} MiB",
                     flush=True,
                 )
-                for query in PG_QUERIES:
-                    result = run_postgres(pg, query, args.repeat)
+                for query, sql in PG_QUERIES.items():
+                    result = run_query(pg, sql, args.repeat)
                     best[("postgres", query)] = min(result["times"])
                     results.append(_row("PostgreSQL", query, result, load["bytes"] / rows))
             finally:
@@ -591,7 +458,7 @@ def main() -> int:
         header.append("x PostgreSQL")
         for row in results:
             layout = row[0].removeprefix("gridflex ")
-            pg_best = best.get(("postgres", row[1]))
+            pg_best = best.get(("postgres", PG_EQUIVALENT.get(row[1], row[1])))
             mine = best.get((layout, row[1]))
             if row[0] == "PostgreSQL" or pg_best is None or mine is None:
                 row.append("-")

@@ -1,7 +1,8 @@
 """Billing views over the history: segments, settlements, sessions, response, reconciliation.
 
-All of it is SQL (DuckDB window functions over the de-duplicated ``telemetry`` view), so
-a settlement of millions of readings runs in the engine, not in a Python loop. The
+All of it is SQL (one DuckDB window over the stored readings, ``telemetry_copies``; the
+sessions and SoC from the de-duplicated ``telemetry`` view), so a settlement of millions
+of readings runs in the engine, not in a Python loop. The
 building block is the **segment**: two consecutive register readings of one asset
 (ordered by ``ts_ms``), with the energy between them from the cumulative registers::
 
@@ -23,6 +24,9 @@ Rules (``docs/history.md`` has them for readers of the bill):
   counted (the registers measured it) and apportioned linearly, and every interval it
   touches is flagged ``gap``; nothing is invented in between.
 * **Sessions.** A segment belongs to the transaction of the reading that ends it.
+* **Response.** ``response_energy`` integrates measured power minus the base setpoint
+  (trapezoid rule) while a command is in force; ``reconciliation`` compares the registers
+  with integrated power per interval and flags a difference over 1 % (and over 1 Wh).
 * **Duplicates.** Copies of a reading (at-least-once delivery) are the same message, so
   in time order they are neighbours: the segment from a reading to its own copy is
   dropped, which counts each reading once as the ``telemetry`` view does, in the window
@@ -52,6 +56,8 @@ RECONCILIATION_TOLERANCE: Final = 0.01
 RECONCILIATION_FLOOR_WH: Final = 1.0
 
 _MS_PER_H: Final = 3_600_000.0
+#: Time buckets in which response_energy meets commands and segments, ms.
+_BUCKET_MS: Final = 60_000
 
 # Consecutive register readings of one asset. `lag(... IGNORE NULLS)`: a reading without a
 # register leaves its last value in place. Power is integrated with the trapezoid rule.
@@ -164,6 +170,9 @@ LEFT JOIN energy e USING (site, asset, session_id)
 # A command is in force from its issue until its validity ends or the asset's next command,
 # whichever is first. Power between two readings is linear (the trapezoid rule, as in the
 # segments), clipped to that span; gaps are left out (covered_ms tells how much was seen).
+# Commands and segments meet in minute buckets (an equi-join; a plain overlap join would
+# compare every command of an asset with every segment of it), each pair clipped to its
+# bucket so a segment or a command spread over two buckets counts once.
 _RESPONSE: Final = f"""
 CREATE OR REPLACE VIEW response_energy AS
 WITH c AS (
@@ -173,17 +182,22 @@ WITH c AS (
                  coalesce(lead(issued_ms) OVER (PARTITION BY site, asset ORDER BY issued_ms),
                           valid_until_ms)) AS end_ms
     FROM commands
-), seg AS (
-    SELECT site, asset, start_ms AS t0, end_ms AS t1, gap,
-           start_power_w AS p0, end_power_w AS p1
-    FROM billing_segments
+), cb AS (
+    SELECT c.site, c.asset, c.command_id, c.base_setpoint_w, c.start_ms, c.end_ms, r.bucket
+    FROM c, range(c.start_ms // {_BUCKET_MS}, (c.end_ms - 1) // {_BUCKET_MS} + 1) AS r(bucket)
+    WHERE c.end_ms > c.start_ms
+), sb AS (
+    SELECT s.site, s.asset, s.start_ms AS t0, s.end_ms AS t1, s.gap,
+           s.start_power_w AS p0, s.end_power_w AS p1, r.bucket
+    FROM billing_segments AS s,
+         range(s.start_ms // {_BUCKET_MS}, (s.end_ms - 1) // {_BUCKET_MS} + 1) AS r(bucket)
+    WHERE s.end_ms > s.start_ms
 ), clipped AS (
-    SELECT c.site, c.asset, c.command_id, c.base_setpoint_w, seg.gap,
-           greatest(seg.t0, c.start_ms) AS a, least(seg.t1, c.end_ms) AS b,
-           seg.t0, seg.t1, seg.p0, seg.p1
-    FROM c JOIN seg
-      ON seg.site = c.site AND seg.asset = c.asset
-     AND seg.t1 > c.start_ms AND seg.t0 < c.end_ms
+    SELECT cb.site, cb.asset, cb.command_id, cb.base_setpoint_w, sb.gap, sb.t0, sb.t1,
+           sb.p0, sb.p1,
+           greatest(sb.t0, cb.start_ms, cb.bucket * {_BUCKET_MS}) AS a,
+           least(sb.t1, cb.end_ms, (cb.bucket + 1) * {_BUCKET_MS}) AS b
+    FROM cb JOIN sb USING (site, asset, bucket)
 ), pieces AS (
     SELECT site, asset, command_id, gap, b - a AS ms,
            (p0 + (p1 - p0) * (a - t0) / (t1 - t0) + p0 + (p1 - p0) * (b - t0) / (t1 - t0)) / 2

@@ -2,14 +2,21 @@
 
 from __future__ import annotations
 
+import io
+import logging
+import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 
+from gridflex.billing import cli as billing_cli
 from gridflex.billing.cli import parse_time
+from gridflex.config import BillingConfig, ConfigError, parse_site
 from gridflex.contract import Telemetry
 from pipelines.history_sink import ParquetStreamWriter, telemetry_row
 
@@ -23,12 +30,15 @@ HEADER = (
 
 
 def gridflex(*argv: str) -> subprocess.CompletedProcess[str]:
+    # WARNING: a run that happens to last over 2 s on a busy machine logs its progress at
+    # INFO; the tests check that standard error has no warning, error or traceback.
     return subprocess.run(
         [sys.executable, "-m", "gridflex.cli", *argv],
         capture_output=True,
         text=True,
         timeout=120,
         check=False,
+        env={**os.environ, "GRIDFLEX_LOG_LEVEL": "WARNING"},
     )
 
 
@@ -147,3 +157,60 @@ def test_a_missing_data_dir_is_an_error(tmp_path: Path) -> None:
 )
 def test_parse_time(text: str, end_of_day: bool, ms: int) -> None:
     assert parse_time(text, end_of_day=end_of_day) == ms
+
+
+def test_billing_section_defaults_and_validation() -> None:
+    assert parse_site({"site": {"id": "s1"}}).billing == BillingConfig(
+        interval_min=15, max_gap_s=60.0
+    )
+    for bad, message in (
+        ({"interval_min": 7}, "billing.interval_min: expected a divisor of 1440"),
+        ({"interval_min": 15.0}, "billing.interval_min: expected a whole number"),
+        ({"max_gap_s": 0}, "billing.max_gap_s: expected > 0"),
+        ({"period": 1}, "billing.period: unknown key"),
+    ):
+        with pytest.raises(ConfigError, match=message):
+            parse_site({"site": {"id": "s1"}, "billing": bad})
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class _HalfDone:
+    """A connection whose running query is 42 % done."""
+
+    def query_progress(self) -> float:
+        return 42.0
+
+
+def _wait_for(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met within 30 s"
+        time.sleep(0.01)
+
+
+def test_progress_is_drawn_on_a_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(billing_cli, "_POLL_S", 0.01)
+    terminal = _Terminal()
+    with billing_cli._Progress(_HalfDone(), terminal):  # type: ignore[arg-type]
+        _wait_for(lambda: "42.0%" in terminal.getvalue())
+    drawn = terminal.getvalue()
+    assert drawn.startswith("\rgridflex billing: [############------------------]")
+    assert drawn.endswith("\n")  # the bar's line is ended when the query is done
+
+
+def test_progress_is_logged_without_a_terminal_once_the_run_is_long(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(billing_cli, "_POLL_S", 0.01)
+    monkeypatch.setattr(billing_cli, "PROGRESS_AFTER_S", 0.0)  # every run counts as long
+    pipe = io.StringIO()
+    with (
+        caplog.at_level(logging.INFO, logger="gridflex.billing.cli"),
+        billing_cli._Progress(_HalfDone(), pipe),  # type: ignore[arg-type]
+    ):
+        _wait_for(lambda: any("42% done" in r.getMessage() for r in caplog.records))
+    assert pipe.getvalue() == ""  # the stream itself gets no bar

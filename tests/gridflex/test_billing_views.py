@@ -14,7 +14,7 @@ import pytest
 
 from gridflex.billing.views import register
 from gridflex.contract import DispatchCommand, Telemetry
-from gridflex.history import connect
+from gridflex.history import connect, refresh_views
 from pipelines.history_sink import ParquetStreamWriter, command_row, telemetry_row
 
 #: A 15-minute boundary, 2026-11-25T12:00:00Z, in epoch ms.
@@ -229,6 +229,28 @@ def test_response_energy_integrates_power_minus_base_while_a_command_holds(
     assert [(r[5], r[6]) for r in rows] == [(15 * S, "ok"), (10 * S, "gap")]
 
 
+def test_response_energy_counts_a_command_across_a_minute_once(tmp_path: Path) -> None:
+    # -1000 W steady from 12:00:40 to 12:01:30; one command from :45 to 12:01:25, across
+    # the minute: 40 s at -1000 W against a base of 0 W.
+    times_s = range(40, 91, 10)
+    write(
+        tmp_path,
+        [reading("inv-a", B + t * S, i, 0.0, power_w=-1000.0) for i, t in enumerate(times_s)],
+    )
+    commands = ParquetStreamWriter(tmp_path, "commands", ts_column="ts_ms", name="c")
+    commands.add([command_row(DispatchCommand(
+        site="s1", asset="inv-a", ts_ms=B + 45 * S, seq=1, boot="b1", command_id="c1",
+        issued_ms=B + 45 * S, setpoint_w=-1000.0, base_setpoint_w=0.0,
+        valid_until_ms=B + 85 * S, mode="manual", reason="test",
+    ))])  # fmt: skip
+    commands.flush()
+    con = connect(tmp_path)
+    row = con.execute("select delivered_wh, covered_ms, quality from response_energy").fetchone()
+    assert row is not None
+    assert row[0] == pytest.approx(-40_000 / 3600)
+    assert row[1:] == (40 * S, "ok")
+
+
 def test_empty_history_has_empty_billing_views(tmp_path: Path) -> None:
     con = connect(tmp_path / "missing")
     for view in ("settlements", "sessions", "response_energy", "reconciliation"):
@@ -240,3 +262,11 @@ def test_register_refuses_bad_parameters(interval_min: int, max_gap_s: float) ->
     con = connect(Path("/nonexistent"))
     with pytest.raises(ValueError, match=r"interval_min|max_gap_s"):
         register(con, interval_min=interval_min, max_gap_s=max_gap_s)
+
+
+def test_billing_views_see_files_written_after_connect_once_refreshed(tmp_path: Path) -> None:
+    con = connect(tmp_path)
+    assert con.execute("select count(*) from settlements").fetchone() == (0,)
+    write(tmp_path, [reading("inv-a", B, 1, 0.0), reading("inv-a", B + 10 * S, 2, 10.0)])
+    refresh_views(con, tmp_path)
+    assert con.execute("select energy_import_wh from settlements").fetchall() == [(10.0,)]
