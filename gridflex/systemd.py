@@ -128,7 +128,10 @@ class Watchdog:
     Args:
         progress: Returns a value that changes whenever the main loop goes round (a
             counter of polls, ticks or batches): unchanged for ``stall_s``, the loop has
-            stalled and the pings stop. None: the count of :meth:`beat` calls.
+            stalled and the pings stop. None: the count of :meth:`beat` calls, once the
+            main loop has beaten at least once; a process that never beats (its main loop
+            is the event loop itself, as in ``gridflex control``) is watched through the
+            pinger, which runs on that loop, and its broker only.
         connected: Returns whether the broker connection is up (None: no broker).
         stall_s: How long the main loop may go without progress (default: the watchdog
             period, ``2 x interval``, at least 10 s).
@@ -151,6 +154,7 @@ class Watchdog:
     ) -> None:
         self.interval_s = interval_s if interval_s is not None else watchdog_interval_s()
         self.beats = 0
+        self._beats_only = progress is None
         self._progress: Callable[[], Hashable] = progress or (lambda: self.beats)
         self._connected = connected
         self._clock = clock
@@ -174,6 +178,8 @@ class Watchdog:
         if value != self._last_value:
             self._last_value = value
             self._last_progress = now
+        elif self._beats_only and self.beats == 0:
+            self._last_progress = now  # nothing beats: no stall to see
         if self._connected is not None and self._connected():
             self._last_connected = now
         if now - self._last_progress > self.stall_s:

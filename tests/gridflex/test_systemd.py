@@ -146,6 +146,22 @@ def test_a_stalled_loop_stops_pinging_and_a_moving_one_pings_again(
     assert any(line.startswith("STATUS=unhealthy: main loop stalled") for line in lines)
 
 
+def test_a_loop_that_never_beats_is_not_a_stall_one_that_stops_beating_is(
+    fake_systemd: FakeSystemd,
+) -> None:
+    clock = FakeClock()
+    idle = systemd.Watchdog(stall_s=10.0, interval_s=5.0, clock=clock)  # control: no beats
+    beating = systemd.Watchdog(stall_s=10.0, interval_s=5.0, clock=clock)
+    beating.beat()
+    assert beating.tick()
+    for _ in range(4):  # 20 s
+        clock.now += 5.0
+        assert idle.tick()
+    assert not beating.tick()  # beat once, then nothing for 20 s
+    beating.beat()
+    assert beating.tick()
+
+
 def test_a_broker_away_longer_than_the_grace_stops_the_pings(fake_systemd: FakeSystemd) -> None:
     clock = FakeClock()
     up = [True]

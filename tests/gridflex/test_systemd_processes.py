@@ -2,7 +2,8 @@
 
 Each command runs as a child with ``$NOTIFY_SOCKET`` pointing at a datagram socket the test
 binds and ``$WATCHDOG_USEC`` set: it must send ``READY=1`` once serving, then
-``WATCHDOG=1`` pings, then ``STOPPING=1`` on SIGTERM, and exit 0.
+``WATCHDOG=1`` pings for longer than the watchdog's stall time without calling itself
+unhealthy, then ``STOPPING=1`` on SIGTERM, and exit 0.
 """
 
 from __future__ import annotations
@@ -61,13 +62,20 @@ def _inverters(base_port: int, count: int) -> str:
     )
 
 
-def _run_and_check(argv: list[str], fake: FakeSystemd) -> None:
+#: Pings that span more than the watchdog's default stall time (10 s at 0.5 s a ping).
+PINGS_PAST_THE_STALL_TIME = 25
+
+
+def _run_and_check(
+    argv: list[str], fake: FakeSystemd, pings: int = PINGS_PAST_THE_STALL_TIME
+) -> None:
     proc = subprocess.Popen([sys.executable, "-m", "gridflex.cli", *argv], cwd=ROOT, env=_env(fake))
     try:
         assert fake.wait_for("READY=1"), f"no READY=1 from {argv[0]}: {fake.lines()}"
         ready_at = len(fake.lines())
-        assert fake.wait_for("WATCHDOG=1", count=fake.lines().count("WATCHDOG=1") + 3)
+        assert fake.wait_for("WATCHDOG=1", count=fake.lines().count("WATCHDOG=1") + pings)
         assert "WATCHDOG=1" in fake.lines()[ready_at:]
+        assert not any(line.startswith("STATUS=unhealthy") for line in fake.lines())
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=60) == 0
         fake.drain(1.0)
@@ -126,6 +134,7 @@ def test_control_is_ready_once_subscribed_and_pings(
     mosquitto: Broker, tmp_path: Path, notify_socket: FakeSystemd
 ) -> None:
     site = _site_file(tmp_path, mosquitto, _inverters(free_port(), 1))
+    # its main loop is the event loop itself: no beats, and still no stall
     _run_and_check(["control", "--site", str(site), "--no-api"], notify_socket)
     ready = next(d for d in notify_socket.received if "READY=1" in d)
     assert "STATUS=control: subscribed" in ready
