@@ -104,6 +104,7 @@ async def run(
                     _mqtt_dropped(csms),
                     stats.bad_frames,
                 )
+                systemd.status(f"{len(csms.connected_stations)} stations connected")
                 last = stats.telemetry_published
     finally:
         if requests is not None:
