@@ -22,6 +22,7 @@ import logging
 import sys
 from pathlib import Path
 
+from control import metrics as control_metrics
 from control.api import ApiClientError, ApiServer, ControlApi, clear_fault, create_app, serve_api
 from control.faults import FaultLatch
 from control.ledger import Ledger
@@ -38,6 +39,7 @@ from gridflex.config import (
     resolve_api_token,
     split_listen,
 )
+from gridflex.metrics import add_metrics_argument, listen_address, serve_metrics
 from gridflex.mqtt_asyncio import AsyncMqttClient
 from gridflex.runtime import stop_on_signals
 
@@ -73,6 +75,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--no-api", action="store_true", help="do not serve the REST API, whatever [api] says"
     )
+    add_metrics_argument(parser)
     actions = parser.add_subparsers(dest="control_action", metavar="ACTION")
     clear = actions.add_parser(
         "clear-fault",
@@ -128,6 +131,7 @@ def main(args: argparse.Namespace, *, open_modbus: OpenRegisterClient = open_cli
     ledger_path: Path = args.ledger or default_ledger_path(site)
     ledger_path.parent.mkdir(parents=True, exist_ok=True)
     profiles_path = ledger_path.parent / PROFILES_FILE  # beside the ledger
+    metrics_listen = listen_address(site, "control", args.metrics_listen)
 
     async def _run(ledger: Ledger, faults: FaultLatch, profiles: ProfileStore) -> int:
         stop = stop_on_signals()
@@ -148,6 +152,9 @@ def main(args: argparse.Namespace, *, open_modbus: OpenRegisterClient = open_cli
             profiles=profiles,
             watchdog_s=args.watchdog_s,
             open_modbus=open_modbus,
+        )
+        metrics = serve_metrics(
+            metrics_listen, "control", lambda: control_metrics.families(service)
         )
         server: ApiServer | None = None
         if api is not None and token is not None:
@@ -177,6 +184,8 @@ def main(args: argparse.Namespace, *, open_modbus: OpenRegisterClient = open_cli
             if server is not None:
                 await server.stop()
             await mqtt.stop(flush_timeout_s=5.0)
+            if metrics is not None:
+                metrics.close()
         log.info("control stopped: %d acks, %d dead letters", service.acks, service.dead_letters)
         return 0
 

@@ -84,6 +84,7 @@ from gridflex.contract import (
     parse_payload,
     parse_topic,
 )
+from gridflex.metrics import Buckets
 from gridflex.mqtt_asyncio import AsyncMqttClient
 from gridflex.runtime import cancel_and_wait
 
@@ -198,6 +199,12 @@ class ControlService:
         }
         self.tasks: list[asyncio.Task[None]] = []
         self.dead_letters = 0
+        #: Dead letters by reason kind (the metrics' ``reason`` label).
+        self.dead_letter_kinds: Counter[str] = Counter()
+        #: Commands received over MQTT (valid or not).
+        self.commands = 0
+        #: Ack latency from the command's ``issued_ms``, s (applied commands that have one).
+        self.ack_latency = Buckets()
         self.acks = 0
         self.watchdog_trips = 0
         self.results: Counter[str] = Counter()
@@ -318,6 +325,7 @@ class ControlService:
             self._latch(status.asset, codes, "status", status.reason)
 
     def _on_command(self, topic: str, payload: bytes) -> None:
+        self.commands += 1
         message: object
         try:  # the common case in one pass; anything else gets parse_payload's reason
             message = DispatchCommand.model_validate_json(payload)
@@ -325,21 +333,26 @@ class ControlService:
             try:
                 message = parse_payload(payload)
             except ContractError as exc:
-                self._dead_letter(topic, payload, str(exc))
+                self._dead_letter(topic, payload, str(exc), kind="malformed")
                 return
         if not isinstance(message, DispatchCommand):
-            self._dead_letter(topic, payload, f"expected command/1, got {type(message).__name__}")
+            reason = f"expected command/1, got {type(message).__name__}"
+            self._dead_letter(topic, payload, reason, kind="not_a_command")
             return
         try:
             topic_asset: str | None = parse_topic(topic).get("asset")
         except ContractError:
             topic_asset = None
         if message.site != self.site.id:
-            self._dead_letter(topic, payload, f"command for site {message.site!r}, not this one")
+            reason = f"command for site {message.site!r}, not this one"
+            self._dead_letter(topic, payload, reason, kind="wrong_site")
         elif message.asset != topic_asset:
-            self._dead_letter(topic, payload, f"asset {message.asset!r} does not match the topic")
+            reason = f"asset {message.asset!r} does not match the topic"
+            self._dead_letter(topic, payload, reason, kind="topic_mismatch")
         elif message.asset not in self.control:
-            self._dead_letter(topic, payload, f"unknown asset {message.asset!r}")
+            self._dead_letter(
+                topic, payload, f"unknown asset {message.asset!r}", kind="unknown_asset"
+            )
         else:
             self._tap(topic, payload)
             self._enqueue(Job("command", message))
@@ -360,8 +373,9 @@ class ControlService:
         for tap in self.taps:
             tap(topic, payload)
 
-    def _dead_letter(self, topic: str, payload: bytes, reason: str) -> None:
+    def _dead_letter(self, topic: str, payload: bytes, reason: str, *, kind: str) -> None:
         self.dead_letters += 1
+        self.dead_letter_kinds[kind] += 1
         log.warning("control: refused a message on %s: %s", topic, reason)
         letter = DeadLetter.of(
             payload,
@@ -442,6 +456,8 @@ class ControlService:
     def _publish_ack(self, asset_id: str, ack: DispatchAck) -> None:
         self.acks += 1
         self.results[ack.result] += 1
+        if ack.latency_from_issued_ms is not None:
+            self.ack_latency.observe(max(0, ack.latency_from_issued_ms) / 1000.0)
         control = self.control[asset_id]
         control.acks[ack.result] += 1
         control.last_ack = ack

@@ -42,6 +42,7 @@ __all__ = [
     "CREDENTIAL_API_TOKEN",
     "CREDENTIAL_MQTT",
     "CREDENTIAL_OCPP_TLS_KEY",
+    "METRICS_COMPONENTS",
     "MQTT_CREDENTIALS_ENV",
     "ApiConfig",
     "BillingConfig",
@@ -55,6 +56,7 @@ __all__ = [
     "FcrConfig",
     "HistoryConfig",
     "InverterAsset",
+    "MetricsConfig",
     "ModbusConfig",
     "MqttConfig",
     "OcppConfig",
@@ -468,6 +470,39 @@ def credential_path(name: str, environ: Mapping[str, str] = os.environ) -> Path 
     return path if path.is_file() else None
 
 
+#: The long-running commands, as keys of ``[metrics]`` (and the metrics' ``component``).
+METRICS_COMPONENTS: tuple[str, ...] = ("collect_modbus", "collect_ocpp", "pipeline", "control")
+
+
+class MetricsConfig(_Section):
+    """Where each long-running command serves its Prometheus metrics (``HOST:PORT``).
+
+    A key per command; unset (the default) = not served. ``--metrics-listen`` overrides
+    the command's key. Two commands cannot share an address.
+    """
+
+    collect_modbus: str | None = None
+    collect_ocpp: str | None = None
+    pipeline: str | None = None
+    control: str | None = None
+
+    @field_validator("collect_modbus", "collect_ocpp", "pipeline", "control")
+    @classmethod
+    def _listen_is_host_port(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_listen(value)
+        return value
+
+    @model_validator(mode="after")
+    def _distinct(self) -> MetricsConfig:
+        seen: dict[str, str] = {}
+        for key in METRICS_COMPONENTS:
+            value = getattr(self, key)
+            if value is not None and seen.setdefault(value, key) != key:
+                raise ValueError(f"{seen[value]} and {key} both listen on {value}")
+        return self
+
+
 def resolve_api_token(
     api: ApiConfig, source: str | Path | None, environ: Mapping[str, str] = os.environ
 ) -> str:
@@ -649,6 +684,7 @@ class SiteConfig(_Section):
     api: ApiConfig | None = Field(
         default=None, description="the REST API of gridflex control; none = not served"
     )
+    metrics: MetricsConfig = MetricsConfig()
     assets: list[Asset] = Field(default_factory=list)
     source: _FilePath | None = Field(default=None, exclude=True)
 

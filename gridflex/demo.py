@@ -57,7 +57,7 @@ from gridflex.broker import Broker, BrokerAuth, find_mosquitto, start_broker
 from gridflex.broker_config import Role as BrokerRole
 from gridflex.broker_config import read_credentials
 from gridflex.cli_args import count, existing_file, positive_seconds
-from gridflex.config import MQTT_CREDENTIALS_ENV
+from gridflex.config import METRICS_COMPONENTS, MQTT_CREDENTIALS_ENV
 from gridflex.contract import PREFIX, DispatchMode
 from gridflex.history import STREAMS
 from gridflex.mqtt import MqttClient, open_session
@@ -146,6 +146,13 @@ class DemoPlan:
     api_port: int | None = None
     api_token: str | None = None
     app_port: int | None = None
+    #: ``(component, port)``: where each long-running part serves its Prometheus metrics.
+    metrics_ports: tuple[tuple[str, int], ...] = ()
+
+    @property
+    def metrics_urls(self) -> list[str]:
+        """``component http://127.0.0.1:P/metrics`` per part that serves metrics."""
+        return [f"{c} http://127.0.0.1:{p}/metrics" for c, p in self.metrics_ports]
 
     @property
     def api_url(self) -> str | None:
@@ -225,6 +232,13 @@ def site_toml(plan: DemoPlan) -> str:
         ]
         if plan.api_token is not None:
             lines.append(f'token = "{plan.api_token}"   # a fresh one each demo run')
+        lines.append("")
+    if plan.metrics_ports:
+        lines.append("[metrics]                      # each process's Prometheus endpoint")
+        lines += [
+            f'{c} = "127.0.0.1:{p}"'.ljust(32) + f"# http://127.0.0.1:{p}/metrics"
+            for c, p in plan.metrics_ports
+        ]
         lines.append("")
     for i in range(plan.inverters):
         lines += [
@@ -720,10 +734,12 @@ def main(args: argparse.Namespace) -> int:
         api_port=free_port(),
         api_token=secrets.token_urlsafe(32),
         app_port=free_port() if runs_app(args) else None,
+        metrics_ports=tuple((c, free_port()) for c in METRICS_COMPONENTS),
     )
     site_file = data_dir / "site.toml"
     site_file.write_text(site_toml(plan), encoding="utf-8")
     log.info("site file: %s (dispatch %s)", site_file, plan.dispatch)
+    log.info("metrics: %s", ", ".join(plan.metrics_urls))
     banner = api_banner(plan)
     if banner is not None:
         sys.stdout.write(banner + "\n")  # the operator's token: printed, never logged

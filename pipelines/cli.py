@@ -19,6 +19,7 @@ import logging
 import signal
 import threading
 import time
+from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 from types import FrameType
@@ -28,7 +29,9 @@ from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from gridflex import systemd
-from pipelines.flow import FlowOptions, build_flow, mqtt_source
+from gridflex.metrics import add_metrics_argument, listen_address, serve_metrics
+from pipelines import metrics as pipeline_metrics
+from pipelines.flow import FlowOptions, build_flow, default_mqtt_sink, mqtt_source
 from pipelines.site import SiteLike
 
 __all__ = ["add_arguments", "main", "recovery_config", "run", "wal_dir"]
@@ -57,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="MQTT client id prefix, names the persistent session "
         "(default gridflex-pipeline-{site})",
     )
+    add_metrics_argument(parser)
     parser.add_argument(
         "--durable-ack",
         choices=("on", "off"),
@@ -133,6 +137,7 @@ def run(
     options: FlowOptions | None = None,
     stop_event: threading.Event | None = None,
     durable_ack: bool | None = None,
+    metrics_listen: str | None = None,
 ) -> list[str]:
     """Run the dataflow in this process until SIGINT/SIGTERM (or ``stop_event``).
 
@@ -141,7 +146,8 @@ def run(
     signal aborts.
 
     ``durable_ack`` overrides ``[pipeline] durable_ack`` when ``options.wal_dir`` is unset
-    (see :func:`wal_dir`).
+    (see :func:`wal_dir`). ``metrics_listen`` (``HOST:PORT``): serve the Prometheus
+    metrics there while the dataflow runs.
 
     Returns:
         Why the input ended early, if it did (a receiver process died); empty after a
@@ -155,7 +161,20 @@ def run(
             options, wal_dir=wal_dir(site, data_dir, durable_ack=durable_ack)
         )
     source = mqtt_source(site, options, stop_event)
-    flow = build_flow(site, data_dir, options=options, source=source, stop_event=stop_event)
+    sink = default_mqtt_sink(site, options)
+    dead_letters: Counter[str] = Counter()
+    flow = build_flow(
+        site,
+        data_dir,
+        options=options,
+        source=source,
+        mqtt_sink=sink,
+        stop_event=stop_event,
+        dead_letters=dead_letters,
+    )
+    metrics = serve_metrics(
+        metrics_listen, "pipeline", lambda: pipeline_metrics.families(source, sink, dead_letters)
+    )
     log.info(
         "pipeline for site %s: broker %s, history in %s, %d worker(s), dispatch %s",
         site.id,
@@ -170,20 +189,24 @@ def run(
     # keep it out of every later full collection, whose pauses every reading waits behind.
     gc.collect()
     gc.freeze()
-    with (
-        _StopOnSignal(stop_event),
-        systemd.supervised_thread(
-            lambda: source.batches,
-            is_ready=lambda: source.batches > 0,
-            ready_text=f"dataflow running for site {site.id}",
-        ),
-    ):
-        cli_main(
-            flow,
-            workers_per_process=workers,
-            epoch_interval=timedelta(seconds=site.pipeline.snapshot_interval_s),
-            recovery_config=recovery,
-        )
+    try:
+        with (
+            _StopOnSignal(stop_event),
+            systemd.supervised_thread(
+                lambda: source.batches,
+                is_ready=lambda: source.batches > 0,
+                ready_text=f"dataflow running for site {site.id}",
+            ),
+        ):
+            cli_main(
+                flow,
+                workers_per_process=workers,
+                epoch_interval=timedelta(seconds=site.pipeline.snapshot_interval_s),
+                recovery_config=recovery,
+            )
+    finally:
+        if metrics is not None:
+            metrics.close()
     if source.failures:
         log.error(
             "pipeline stopped after %.1f s: %s", time.monotonic() - started_s, source.failures
@@ -200,5 +223,12 @@ def main(args: argparse.Namespace) -> int:
     site = load_site(args.site)
     durable = None if args.durable_ack is None else args.durable_ack == "on"
     options = FlowOptions(lateness_ms=args.lateness_ms, client_id=args.client_id)
-    failures = run(site, args.data_dir, workers=args.workers, options=options, durable_ack=durable)
+    failures = run(
+        site,
+        args.data_dir,
+        workers=args.workers,
+        options=options,
+        durable_ack=durable,
+        metrics_listen=listen_address(site, "pipeline", args.metrics_listen),
+    )
     return 1 if failures else 0

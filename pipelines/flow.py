@@ -51,6 +51,7 @@ import functools
 import logging
 import os
 import threading
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, NamedTuple
@@ -117,6 +118,7 @@ __all__ = [
     "asset_profiles",
     "build_flow",
     "car_defaults",
+    "default_mqtt_sink",
     "dispatch_settings",
     "mqtt_source",
     "pipeline_filters",
@@ -220,6 +222,18 @@ def mqtt_source(
     )
 
 
+def default_mqtt_sink(site: SiteLike, options: FlowOptions | None = None) -> MqttSink:
+    """The dataflow's publisher on the site's broker (one client per worker)."""
+    opts = options or FlowOptions()
+    return MqttSink(
+        site.mqtt.url,
+        client_id=f"{_client_id(site, opts)}-out-{os.getpid()}",
+        username=site.mqtt.username,
+        password=site.mqtt.password,
+        queue_limit=site.mqtt.queue_limit,
+    )
+
+
 # --------------------------------------------------------------------------- step functions
 
 
@@ -279,7 +293,11 @@ def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejecte
     return count, rejected
 
 
-def _dead_letter_message(rejected: Rejected, *, site: str) -> tuple[str, bytes]:
+def _dead_letter_message(
+    rejected: Rejected, *, site: str, counts: Counter[str] | None = None
+) -> tuple[str, bytes]:
+    if counts is not None:  # the metrics' dead letters by reason (one per refusal)
+        counts[rejected.kind] += 1
     letter = to_dead_letter(rejected, site=site, component=COMPONENT)
     return deadletter_topic(COMPONENT), letter.to_json()
 
@@ -335,6 +353,7 @@ def build_flow(
     source: Source[Any] | None = None,
     mqtt_sink: Sink[tuple[str, bytes]] | None = None,
     stop_event: threading.Event | None = None,
+    dead_letters: Counter[str] | None = None,
 ) -> Dataflow:
     """Build the pipeline dataflow of one site.
 
@@ -349,6 +368,7 @@ def build_flow(
         mqtt_sink: Output of ``(topic, payload)``; default an :class:`MqttSink` on the
             site's broker.
         stop_event: Ends the default MQTT source when set (clean shutdown).
+        dead_letters: Counts the dead letters by reason kind when given (the metrics).
 
     Returns:
         The dataflow, for ``bytewax.run.cli_main`` or ``bytewax.testing.run_main``.
@@ -360,7 +380,6 @@ def build_flow(
     """
     opts = options or FlowOptions()
     root = Path(data_dir if data_dir is not None else site.history.dir)
-    client_id = _client_id(site, opts)
     window_ms = int(site.pipeline.window_ms)
     lateness_ms = (
         opts.lateness_ms if opts.lateness_ms is not None else site.pipeline.allowed_lateness_ms
@@ -374,13 +393,7 @@ def build_flow(
     if source is None:
         source = mqtt_source(site, opts, stop_event)
     if mqtt_sink is None:
-        mqtt_sink = MqttSink(
-            site.mqtt.url,
-            client_id=f"{client_id}-out-{os.getpid()}",
-            username=site.mqtt.username,
-            password=site.mqtt.password,
-            queue_limit=site.mqtt.queue_limit,
-        )
+        mqtt_sink = default_mqtt_sink(site, opts)
 
     def validate(
         message: RawMessage | Heartbeat,
@@ -556,7 +569,7 @@ def build_flow(
     dead = op.map(
         "dead_letter",
         op.key_rm("unkey_rejected", counted),
-        functools.partial(_dead_letter_message, site=site_id),
+        functools.partial(_dead_letter_message, site=site_id, counts=dead_letters),
     )
 
     op.output(

@@ -61,7 +61,12 @@ from gridflex.contract import is_retained_topic
 from gridflex.loop_thread import LoopThread
 from gridflex.mqtt import parse_url
 from gridflex.mqtt_asyncio import AsyncMqttClient
-from pipelines.mqtt_receiver import MqttReceiver, ReceiverSettings, receiver_main
+from pipelines.mqtt_receiver import (
+    MqttReceiver,
+    ReceiverCounters,
+    ReceiverSettings,
+    receiver_main,
+)
 from pipelines.validate import RawMessage
 from pipelines.wal import replay
 from pipelines.windows import Heartbeat
@@ -172,6 +177,11 @@ class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
         """Disconnect if the dataflow ends for another reason."""
         self._receiver.stop()
 
+    @property
+    def counters(self) -> ReceiverCounters:
+        """The receiver's counters now."""
+        return self._receiver.counters()
+
 
 class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
     """A receiver in a child process, shipping batches over a pipe."""
@@ -212,6 +222,8 @@ class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
         self._finished = False
         self._full = False
         self.received = 0
+        #: The child's receiver counters, as of its last batch (None before the first).
+        self.counters: ReceiverCounters | None = None
 
     def _end(self) -> None:
         self._process.join(10)
@@ -247,7 +259,8 @@ class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
             if chunk is None:
                 self._finished = True
                 break
-            self._through_ms, messages = chunk
+            self._through_ms, messages, counters = chunk
+            self.counters = ReceiverCounters(*counters)
             batch.extend(RawMessage(t, p, r) for t, p, r in messages)
         self.received += len(batch)
         self._full = len(batch) >= self._batch_size
@@ -355,6 +368,8 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         self.wal_segment_s = wal_segment_s
         self.receive_queue = receive_queue
         self.failures: list[str] = []
+        #: The partitions built in this process (their counters feed the metrics).
+        self.parts: list[_ThreadPartition | _ProcessPartition] = []
         #: ``next_batch`` calls of this process's partitions: the dataflow is running
         #: while it grows, also when no message arrives (systemd's watchdog reads it).
         self.batches = 0
@@ -390,23 +405,27 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
             wal_segment_s=self.wal_segment_s,
             receive_queue=self.receive_queue,
         )
+        part: _ThreadPartition | _ProcessPartition
         if self.receiver == "thread":
-            return _ThreadPartition(
+            part = _ThreadPartition(
                 settings,
                 stop_event=self.stop_event,
                 poll_ms=self.poll_ms,
                 heartbeat_ms=self.heartbeat_ms,
                 on_batch=self._count_batch,
             )
-        return _ProcessPartition(
-            settings,
-            stop_event=self.stop_event,
-            poll_ms=self.poll_ms,
-            heartbeat_ms=self.heartbeat_ms,
-            batch_size=self.batch_size,
-            failures=self.failures,
-            on_batch=self._count_batch,
-        )
+        else:
+            part = _ProcessPartition(
+                settings,
+                stop_event=self.stop_event,
+                poll_ms=self.poll_ms,
+                heartbeat_ms=self.heartbeat_ms,
+                batch_size=self.batch_size,
+                failures=self.failures,
+                on_batch=self._count_batch,
+            )
+        self.parts.append(part)
+        return part
 
 
 # --------------------------------------------------------------------------- sink
@@ -490,6 +509,8 @@ class MqttSink(DynamicSink[tuple[str, bytes]]):
         self.qos = qos
         self.queue_limit = queue_limit
         self.flush_timeout_s = flush_timeout_s
+        #: The clients of the partitions built in this process (for the metrics).
+        self.clients: list[AsyncMqttClient] = []
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _NativeSinkPartition:
         """Start the publisher of one worker."""
@@ -501,4 +522,5 @@ class MqttSink(DynamicSink[tuple[str, bytes]]):
             clean_session=True,
             queue_limit=self.queue_limit,
         )
+        self.clients.append(client)
         return _NativeSinkPartition(client, qos=self.qos, flush_timeout_s=self.flush_timeout_s)

@@ -46,13 +46,14 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from pathlib import Path
+from typing import NamedTuple
 
 from gridflex.log import setup_logging
 from gridflex.loop_thread import LoopThread
 from gridflex.mqtt_asyncio import AsyncMqttClient, HeldAcks
 from pipelines.wal import GroupCommitter, WriteAheadLog, encode_record
 
-__all__ = ["Message", "MqttReceiver", "ReceiverSettings", "receiver_main"]
+__all__ = ["Message", "MqttReceiver", "ReceiverCounters", "ReceiverSettings", "receiver_main"]
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +115,16 @@ class ReceiverSettings:
             raise ValueError(f"receive_queue must be >= 1, got {self.receive_queue}")
 
 
+class ReceiverCounters(NamedTuple):
+    """A receiver's counters, as its process ships them to the dataflow's (metrics)."""
+
+    received: int
+    queued: int
+    read_pauses: int
+    max_queued: int
+    acknowledged: int
+
+
 class MqttReceiver:
     """A subscriber that collects messages until :meth:`take` (see the module docstring)."""
 
@@ -165,6 +176,16 @@ class MqttReceiver:
             ", ".join(self.settings.topic_filters),
             self.settings.host,
             self.settings.port,
+        )
+
+    def counters(self) -> ReceiverCounters:
+        """The receiver's counters now (``queued``: messages waiting for :meth:`take`)."""
+        return ReceiverCounters(
+            self.received,
+            len(self._pending),
+            self.read_pauses,
+            self.max_pending,
+            self.acknowledged,
         )
 
     @property
@@ -258,7 +279,10 @@ class MqttReceiver:
 
 
 def receiver_main(settings: ReceiverSettings, conn: Connection, control: Connection) -> None:
-    """Child process: ship ``(through_ms, messages)`` to ``conn`` until ``control`` says stop.
+    """Child process: ship ``(through_ms, messages, counters)`` to ``conn`` until stopped.
+
+    ``counters`` (:class:`ReceiverCounters`) are taken just before the batch, so ``queued``
+    is the queue's depth at the hand-over; the parent's metrics read them.
 
     A batch goes out every ``flush_ms`` when there are messages, and every
     ``heartbeat_ms`` even when there are none (its ``through_ms`` tells the parent that
@@ -275,13 +299,15 @@ def receiver_main(settings: ReceiverSettings, conn: Connection, control: Connect
     last_sent_ms = 0
     try:
         while not control.poll(settings.flush_ms / 1000):
+            counters = receiver.counters()
             batch, through_ms = receiver.take()
             if batch or through_ms - last_sent_ms >= settings.heartbeat_ms:
-                conn.send((through_ms, batch))
+                conn.send((through_ms, batch, tuple(counters)))
                 last_sent_ms = through_ms
         receiver.stop()
+        counters = receiver.counters()
         rest, through_ms = receiver.take()
-        conn.send((through_ms, rest))
+        conn.send((through_ms, rest, tuple(counters)))
         conn.send(None)
     except (BrokenPipeError, EOFError, ConnectionResetError):
         log.warning("MQTT receiver: the pipeline process is gone; exiting")

@@ -15,6 +15,7 @@ import logging
 import uuid
 from pathlib import Path
 
+from collectors.modbus import metrics as modbus_metrics
 from collectors.modbus.connection import ConnectionFactory
 from collectors.modbus.fast import LeanModbusClient
 from collectors.modbus.poller import (
@@ -26,6 +27,7 @@ from collectors.modbus.poller import (
 from gridflex import systemd
 from gridflex.config import load_site
 from gridflex.contract import collector_topic
+from gridflex.metrics import add_metrics_argument, listen_address, serve_metrics
 from gridflex.mqtt_asyncio import AsyncMqttClient
 from gridflex.mqtt_factory import MqttClientFactory
 from gridflex.net import raise_open_file_limit
@@ -39,6 +41,7 @@ log = logging.getLogger(__name__)
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``gridflex collect modbus``."""
     parser.add_argument("--site", type=Path, required=True, help="site file (TOML)")
+    add_metrics_argument(parser)
     parser.add_argument("--stats-file", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stats-warmup-s", type=float, default=0.0, help=argparse.SUPPRESS)
 
@@ -113,6 +116,11 @@ def main(
     )
 
     stats = CollectorStats()
+    metrics = serve_metrics(
+        listen_address(site, "collect_modbus", args.metrics_listen),
+        "collect_modbus",
+        lambda: modbus_metrics.families(stats, mqtt),
+    )
 
     def _discovered() -> None:
         _freeze_gc()
@@ -148,7 +156,11 @@ def main(
         finally:
             await mqtt.stop(flush_timeout_s=5.0)
 
-    asyncio.run(_run())
+    try:
+        asyncio.run(_run())
+    finally:
+        if metrics is not None:
+            metrics.close()
     summary = stats_summary(stats)
     log.info("modbus collector stopped: %s", json.dumps(summary))
     if args.stats_file is not None:

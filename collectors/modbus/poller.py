@@ -74,6 +74,9 @@ class CollectorStats:
     failures: int = 0
     slot_failures: int = 0
     invalid: int = 0
+    #: Devices whose last status was online, and devices polled (for the metrics).
+    online: int = 0
+    devices: int = 0
     counting: bool = True
     window_s: float = 0.0  # length of the counting window (set when the run ends)
 
@@ -126,7 +129,9 @@ class DevicePoller:
         capabilities: Capabilities | None = None,
     ) -> None:
         """Publish this asset's retained status."""
-        self.online = state == "online"
+        online = state == "online"
+        self.stats.online += online - self.online
+        self.online = online
         status = AssetStatus(
             site=self.site.id,
             asset=self.asset.id,
@@ -427,6 +432,7 @@ async def run(
         )
         for i, asset in enumerate(inverters)
     ]
+    stats.devices = len(pollers)
     tasks = [asyncio.create_task(p.run(), name=f"poll-{p.asset.id}") for p in pollers]
     watcher = None
     if on_discovered is not None:

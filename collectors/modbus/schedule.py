@@ -52,6 +52,7 @@ class LatenessStats:
     counts: list[int] = field(default_factory=list)
     polls: int = 0
     max_ms: float = 0.0
+    total_ms: float = 0.0
 
     def __post_init__(self) -> None:
         self.counts = [0] * (self.buckets + 1)
@@ -61,6 +62,7 @@ class LatenessStats:
         ms = lateness_s * 1000.0
         self.counts[min(int(ms / self.bucket_ms), self.buckets)] += 1
         self.polls += 1
+        self.total_ms += ms
         self.max_ms = max(self.max_ms, ms)
 
     def percentile_ms(self, q: float) -> float | None:

@@ -17,11 +17,13 @@ import uuid
 from dataclasses import replace
 
 from collectors.ocpp import gc_policy
+from collectors.ocpp import metrics as ocpp_metrics
 from collectors.ocpp.csms import Csms, CsmsSettings, collector_will
 from collectors.ocpp.requests import RequestServer
 from collectors.ocpp.security import KeyFileError, check_private_key_file
 from gridflex import events, systemd
 from gridflex.config import ConfigError, load_site
+from gridflex.metrics import add_metrics_argument, listen_address, serve_metrics
 from gridflex.mqtt_asyncio import AsyncMqttClient
 from gridflex.mqtt_drops import DropWatch, dropped_count
 from gridflex.mqtt_factory import MqttClientFactory
@@ -40,6 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--site", required=True, help="site file (TOML)")
     parser.add_argument("--host", help="listen address (default: site.ocpp.host)")
     parser.add_argument("--port", type=int, help="listen port (default: site.ocpp.port)")
+    add_metrics_argument(parser)
 
 
 def _mqtt_dropped(csms: Csms) -> int:
@@ -149,6 +152,11 @@ def main(args: argparse.Namespace, *, mqtt_factory: MqttClientFactory = AsyncMqt
     csms = Csms(settings, mqtt, boot_id=boot_id)
     events.configure(site.history.dir, site.id, "collect-ocpp")  # fault codes into the history
     requests = RequestServer(csms, mqtt)
+    metrics = serve_metrics(
+        listen_address(site, "collect_ocpp", args.metrics_listen),
+        "collect_ocpp",
+        lambda: ocpp_metrics.families(csms),
+    )
 
     async def _run() -> None:
         stop = stop_on_signals()
@@ -166,5 +174,8 @@ def main(args: argparse.Namespace, *, mqtt_factory: MqttClientFactory = AsyncMqt
     except OSError as exc:
         log.error("cannot listen on %s:%d: %s", settings.host, settings.port, exc)
         return 1
+    finally:
+        if metrics is not None:
+            metrics.close()
     log.info("ocpp collector stopped: %s", csms.stats)
     return 0

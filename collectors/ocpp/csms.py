@@ -105,6 +105,23 @@ COMPONENT = "ocpp"
 SUBPROTOCOLS = {"ocpp2.1": "2.1", "ocpp2.0.1": "2.0.1"}
 """WebSocket subprotocols in order of preference: the server's order wins."""
 
+#: The actions whose schemas the CSMS compiles before it listens: what stations send it
+#: (``StationSession``'s handlers) and what it sends them.
+WARM_ACTIONS = (
+    "Authorize",
+    "BootNotification",
+    "ClearChargingProfile",
+    "Heartbeat",
+    "MeterValues",
+    "NotifyEVChargingNeeds",
+    "NotifyEvent",
+    "NotifyReport",
+    "SetChargingProfile",
+    "SetVariables",
+    "StatusNotification",
+    "TransactionEvent",
+)
+
 
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
@@ -134,6 +151,8 @@ class CsmsStats:
     readings_refused: int = 0
     missed_transaction_events: int = 0
     profiles_sent: int = 0
+    #: CALLERROR frames sent to stations (refused frames, handler failures).
+    call_errors: int = 0
 
 
 class Csms(ChargingProfiles):
@@ -181,6 +200,8 @@ class Csms(ChargingProfiles):
                 self.settings.tls_key,
                 client_ca=self.settings.tls_ca if profile == 3 else None,
             )
+        compiled = self.validators.warm(SUBPROTOCOLS.values(), WARM_ACTIONS)
+        log.debug("CSMS: %d OCPP payload validators compiled", compiled)
         self._server = await serve(
             self._serve_connection,
             self.settings.host,
@@ -237,6 +258,16 @@ class Csms(ChargingProfiles):
     def connected_stations(self) -> list[str]:
         """Ids of the stations connected right now."""
         return sorted(self._sessions)
+
+    @property
+    def connected_count(self) -> int:
+        """How many stations are connected right now (one ``len``: safe from any thread)."""
+        return len(self._sessions)
+
+    @property
+    def evse_states(self) -> list[EvseState]:
+        """Every EVSE of the site (the set is fixed at start; only their fields change)."""
+        return list(self._evses.values())
 
     # -- connections
 
@@ -495,6 +526,10 @@ class Csms(ChargingProfiles):
         )
         topic = collector_topic(self.settings.site_id, COMPONENT)
         self.publisher.publish(topic, status.to_json(), qos=1, retain=True)
+
+    def count_call_error(self) -> None:
+        """Count one CALLERROR sent to a station (``stats.call_errors``)."""
+        self.stats.call_errors += 1
 
     def bad_input(self, station_id: str, reason: str, raw: str) -> None:
         """Count, log once per station and reason, and dead-letter a refused input."""

@@ -172,12 +172,15 @@ class RpcChargePoint(ChargePoint):
         response_timeout_s: float = 30.0,
         on_bad_input: BadInputHook = _ignore_bad_input,
         frames: Iterator[int] | None = None,
+        on_call_error: Callable[[], object] | None = None,
     ) -> None:
         super().__init__(station_id, connection, response_timeout=response_timeout_s, logger=log)
         self._validators = validators
         self._on_bad_input = on_bad_input
         self._after_tasks: set[asyncio.Task[Any]] = set()
         self._frames = frames if frames is not None else itertools.count(1)
+        #: Called for every CALLERROR this side sends (the CSMS counts them).
+        self._on_call_error = on_call_error
         #: Number of the frame being routed (from ``frames``: increasing across sessions
         #: that share the counter), so handlers can tell what arrived after an answer.
         self.frame_no = 0
@@ -194,6 +197,11 @@ class RpcChargePoint(ChargePoint):
         log.debug("%s: send %s", self.id, message)
         await self._connection.send(message)
 
+    async def _send_call_error(self, message: str) -> None:
+        if self._on_call_error is not None:
+            self._on_call_error()
+        await self._send(message)
+
     async def route_message(self, raw_msg: str | bytes) -> None:
         """Answer one frame (see the module docstring); never raises for bad input."""
         self.frame_no = next(self._frames)
@@ -201,7 +209,7 @@ class RpcChargePoint(ChargePoint):
             msg = decode_frame(raw_msg, self._ocpp_version)
         except FrameError as exc:
             self._refused(str(exc), raw_msg)
-            await self._send(exc.call_error().to_json())
+            await self._send_call_error(exc.call_error().to_json())
             return
         if msg is None:
             self._refused("OCPP 2.1 SEND/CALLRESULTERROR frames are not handled", raw_msg)
@@ -231,7 +239,7 @@ class RpcChargePoint(ChargePoint):
             self._validators.validate(self._ocpp_version, msg.action, msg.payload, request=True)
         except OCPPError as error:
             self._refused(f"{error.code}: {error.details.get('cause', '')}", msg.to_json())
-            await self._send(msg.create_call_error(error).to_json())
+            await self._send_call_error(msg.create_call_error(error).to_json())
             return
 
         try:
@@ -242,11 +250,11 @@ class RpcChargePoint(ChargePoint):
             frame = _JSON.encode([MessageType.CallResult, msg.unique_id, response])
         except OCPPError as error:
             log.exception("%s: %s handler or response failed", self.id, msg.action)
-            await self._send(msg.create_call_error(error).to_json())
+            await self._send_call_error(msg.create_call_error(error).to_json())
             return
         except Exception:
             log.exception("%s: %s handler failed", self.id, msg.action)
-            await self._send(msg.create_call_error(InternalError()).to_json())
+            await self._send_call_error(msg.create_call_error(InternalError()).to_json())
             return
         await self._send(frame)
 

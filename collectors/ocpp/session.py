@@ -178,6 +178,7 @@ class StationSession(RpcChargePoint):
             response_timeout_s=csms.settings.response_timeout_s,
             on_bad_input=lambda reason, raw: csms.bad_input(self.id, reason, raw),
             frames=csms.frames,
+            on_call_error=csms.count_call_error,
         )
         self.csms = csms
         self.state = state

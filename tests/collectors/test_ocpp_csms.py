@@ -455,7 +455,8 @@ def test_malformed_frame_gets_a_callerror_and_the_session_continues(
             for frame in (
                 "{{{ not json",
                 '[2,"u1","NoSuchAction",{}]',
-                '[2,"u2","BootNotification",{"reason":"PowerUp","chargingStation":{"model":7}}]',
+                '[2,"u2","BootNotification",'
+                '{"reason":"PowerUp","chargingStation":{"model":7,"vendorName":"V"}}]',
                 '[2,"u3","Heartbeat",{}]',
             ):
                 await ws.send(frame)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -31,7 +32,9 @@ class FakeConnection:
         raise AssertionError("recv is not used")
 
 
-def make_station(version: str) -> tuple[RpcChargePoint, FakeConnection, list[str]]:
+def make_station(
+    version: str, on_call_error: Callable[[], object] | None = None
+) -> tuple[RpcChargePoint, FakeConnection, list[str]]:
     class Station(RpcChargePoint):
         _ocpp_version = version
 
@@ -51,6 +54,7 @@ def make_station(version: str) -> tuple[RpcChargePoint, FakeConnection, list[str
         validators=ValidatorCache(),
         response_timeout_s=0.2,
         on_bad_input=lambda reason, _raw: refused.append(reason),
+        on_call_error=on_call_error,
     )
     return station, connection, refused
 
@@ -148,6 +152,18 @@ def test_refused_frames_are_reported_to_the_bad_input_hook() -> None:
     assert len(refused) == 2
     assert "RpcFrameworkError" in refused[0]
     assert "FormatViolation" in refused[1]
+
+
+def test_every_callerror_sent_is_reported_to_the_call_error_hook() -> None:
+    counted: list[None] = []
+    station, connection, _refused = make_station("2.1", lambda: counted.append(None))
+    status = (
+        '[2,"m9","StatusNotification",{"timestamp":"2025-03-01T10:00:00Z",'
+        '"connectorStatus":"Available","evseId":1,"connectorId":1}]'
+    )  # the handler raises: an InternalError the bad-input hook does not see
+    route(station, "garbage", '[2,"m4","NoSuchAction",{}]', status, HEARTBEAT)
+    assert [frame[0] for frame in connection.sent] == [4, 4, 4, 3]
+    assert len(counted) == 3
 
 
 def test_an_ocpp21_send_frame_is_never_answered() -> None:

@@ -1,4 +1,4 @@
-"""The generated OCPP schema validators agree with jsonschema's Draft4Validator."""
+"""The fastjsonschema OCPP validators agree with the ``ocpp`` package's Draft4Validator."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from typing import Any
 import ocpp
 import pytest
 from jsonschema.exceptions import ValidationError
+from ocpp.exceptions import OCPPError
 from ocpp.messages import MessageType, get_validator
 
 from collectors.ocpp.schema import SchemaViolation, ValidatorCache, compile_schema, ocpp_error_for
@@ -191,10 +192,70 @@ def test_broken_payloads_get_the_same_verdict_and_first_error_as_jsonschema(
     assert checked > 20
 
 
-def test_integer_field_refuses_a_float_like_draft4() -> None:
+@pytest.mark.parametrize("version", ["2.0.1", "2.1"])
+def test_integer_field_refuses_a_float_like_draft4(version: str) -> None:
+    # the schema files declare draft-06, where 3.0 is an integer; the ocpp package uses Draft 4
     broken = _set(TX_EVENT, ("seqNo",), 3.0)
-    assert _reference("2.1", "TransactionEvent", broken) == "type"
-    assert _ours(ValidatorCache(), "2.1", "TransactionEvent", broken) == "type"
+    assert _reference(version, "TransactionEvent", broken) == "type"
+    assert _ours(ValidatorCache(), version, "TransactionEvent", broken) == "type"
+
+
+def test_with_several_violations_a_missing_required_field_is_reported_first() -> None:
+    # documented difference: jsonschema follows the schema file (properties first)
+    broken = _drop(_set(BOOT, ("chargingStation", "model"), 7), ("chargingStation", "vendorName"))
+    assert _reference("2.0.1", "BootNotification", broken) == "type"
+    assert _ours(ValidatorCache(), "2.0.1", "BootNotification", broken) == "required"
+
+
+def test_date_time_format_is_not_checked_like_the_ocpp_package() -> None:
+    odd = _set(TX_EVENT, ("timestamp",), "yesterday at noon")
+    assert _reference("2.1", "TransactionEvent", odd) is None
+    assert _ours(ValidatorCache(), "2.1", "TransactionEvent", odd) is None
+
+
+def test_schema_defaults_are_not_written_into_the_payload() -> None:
+    validate = compile_schema({"type": "object", "properties": {"a": {"default": "x"}}})
+    payload: dict[str, Any] = {}
+    validate(payload)
+    assert payload == {}
+
+
+def test_a_recursive_reference_is_kept_and_still_validates() -> None:
+    node = {
+        "type": "object",
+        "properties": {"child": {"$ref": "#/definitions/node"}},
+        "additionalProperties": False,
+    }
+    validate = compile_schema({"definitions": {"node": node}, "$ref": "#/definitions/node"})
+    validate({"child": {"child": {}}})
+    with pytest.raises(SchemaViolation) as info:
+        validate({"child": {"child": {"x": 1}}})
+    assert info.value.keyword == "additionalProperties"
+    assert info.value.path == ["child", "child"]
+
+
+def test_a_property_named_like_an_annotation_is_still_checked() -> None:
+    # the annotations (description, javaType, comment) are left out, a property so named stays
+    validate = compile_schema(
+        {
+            "type": "object",
+            "description": "annotation",
+            "properties": {"description": {"type": "string", "description": "annotation"}},
+            "additionalProperties": False,
+        }
+    )
+    validate({"description": "a field"})
+    with pytest.raises(SchemaViolation) as info:
+        validate({"description": 1})
+    assert (info.value.keyword, info.value.path) == ("type", ["description"])
+
+
+def test_validators_are_compiled_once_per_version_action_and_direction() -> None:
+    cache = ValidatorCache()
+    request = cache.get("2.1", "TransactionEvent", request=True)
+    assert request is cache.get("2.1", "TransactionEvent", request=True)
+    assert request is not cache.get("2.1", "TransactionEvent", request=False)
+    assert request is not cache.get("2.0.1", "TransactionEvent", request=True)
 
 
 def test_violation_path_names_the_nested_field() -> None:
@@ -229,6 +290,9 @@ def test_unknown_action_has_no_validator() -> None:
     assert ValidatorCache().get("2.1", "../../etc", request=True) is None
 
 
-def test_unsupported_keyword_is_refused_at_compile_time() -> None:
-    with pytest.raises(ValueError, match="pattern"):
-        compile_schema({"type": "string", "pattern": "^a$"})
+def test_validate_raises_the_mapped_ocpp_error_with_the_field_path() -> None:
+    broken = _drop(TX_EVENT, ("meterValue", 0, "sampledValue"))
+    with pytest.raises(OCPPError) as info:
+        ValidatorCache().validate("2.0.1", "TransactionEvent", broken, request=True)
+    assert info.value.code == "OccurenceConstraintViolation"
+    assert info.value.details["cause"].startswith("meterValue.0: ")

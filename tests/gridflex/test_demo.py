@@ -363,6 +363,29 @@ def test_site_file_carries_the_api_listen_and_token() -> None:
     assert not site.api.tls
 
 
+def test_site_file_lists_each_process_metrics_address_and_url() -> None:
+    ports = (("collect_modbus", 19101), ("collect_ocpp", 19102), ("pipeline", 19103))
+    plan = dataclasses.replace(_plan(), metrics_ports=(*ports, ("control", 19104)))
+    text = site_toml(plan)
+    metrics = parse_site(tomllib.loads(text), "site.toml").metrics
+    assert metrics.collect_modbus == "127.0.0.1:19101"
+    assert metrics.collect_ocpp == "127.0.0.1:19102"
+    assert metrics.pipeline == "127.0.0.1:19103"
+    assert metrics.control == "127.0.0.1:19104"
+    for port in range(19101, 19105):
+        assert f"http://127.0.0.1:{port}/metrics" in text
+
+
+def test_site_file_without_metrics_ports_serves_no_metrics() -> None:
+    metrics = parse_site(tomllib.loads(site_toml(_plan())), "site.toml").metrics
+    assert (metrics.collect_modbus, metrics.collect_ocpp, metrics.pipeline, metrics.control) == (
+        None,
+        None,
+        None,
+        None,
+    )
+
+
 def test_site_file_without_an_api_port_has_no_api_table() -> None:
     assert parse_site(tomllib.loads(site_toml(_plan())), "site.toml").api is None
 
