@@ -47,6 +47,12 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     ),
     (("query",), "gridflex.history", "run SQL over the Parquet history with DuckDB, print CSV"),
     (
+        ("history", "compact"),
+        "gridflex.history_cli",
+        "merge the small Parquet files of each closed day, atomically",
+    ),
+    (("history", "prune"), "gridflex.history_cli", "remove the days older than retention"),
+    (
         ("billing",),
         "gridflex.billing.cli",
         "export settlements per asset, session and interval as CSV or Parquet",

@@ -42,6 +42,7 @@ __all__ = [
     "CREDENTIAL_API_TOKEN",
     "CREDENTIAL_MQTT",
     "CREDENTIAL_OCPP_TLS_KEY",
+    "HISTORY_STREAMS",
     "METRICS_COMPONENTS",
     "MQTT_CREDENTIALS_ENV",
     "ApiConfig",
@@ -174,10 +175,65 @@ class MqttConfig(_Section):
         return value
 
 
+#: The history streams (``gridflex.history.STREAMS``; listed here so that reading a site
+#: file does not import DuckDB).
+HISTORY_STREAMS: tuple[str, ...] = (
+    "telemetry",
+    "grid_frequency",
+    "forecasts",
+    "commands",
+    "acks",
+    "status_changes",
+    "transactions",
+    "events",
+)
+_MAX_RETENTION_DAYS = 36_500
+
+
+def _retention_days(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        raise FieldError(key, f"expected a whole number of days, got {shown}")
+    if not 1 <= value <= _MAX_RETENTION_DAYS:
+        raise FieldError(key, f"expected 1 to {_MAX_RETENTION_DAYS} days, got {value}")
+    return value
+
+
 class HistoryConfig(_Section):
-    """Where the Parquet history lives."""
+    """Where the Parquet history lives and how long it is kept.
+
+    ``retention_days``: unset keeps everything; one number applies to every stream; a
+    table (``[history.retention_days]``, ``telemetry = 400``) sets it per stream and keeps
+    the streams it does not name. ``gridflex history prune`` removes the days older.
+    Stored per stream (a number becomes the same number for each).
+    """
 
     dir: _FilePath = Path("data")
+    retention_days: dict[str, int] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retention_per_stream(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("retention_days") is None:
+            return data
+        value = data["retention_days"]
+        if isinstance(value, dict):
+            per_stream = {}
+            for stream, days in value.items():
+                if stream not in HISTORY_STREAMS:
+                    raise FieldError(
+                        f"retention_days.{stream}",
+                        f"expected one of the streams {', '.join(HISTORY_STREAMS)}",
+                    )
+                per_stream[stream] = _retention_days(f"retention_days.{stream}", days)
+        else:
+            days = _retention_days("retention_days", value)
+            per_stream = dict.fromkeys(HISTORY_STREAMS, days)
+        return {**data, "retention_days": per_stream}
+
+    def retention_for(self, stream: str) -> int | None:
+        """Days ``stream`` is kept, None for ever."""
+        return None if self.retention_days is None else self.retention_days.get(stream)
 
 
 class ModbusConfig(_Section):

@@ -32,7 +32,7 @@ from typing import Any, Final
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from gridflex.history import EVENTS, EVENTS_SCHEMA, partition_dir, utc_date
+from gridflex.history import EVENTS, EVENTS_SCHEMA, file_metadata, partition_dir, utc_date
 
 __all__ = [
     "GRID_SYNC_ERROR",
@@ -174,7 +174,8 @@ class EventLog:
             name = f"part-{self.component}-{self._token}-{self._counter:06d}.parquet"
             path = partition_dir(self.data_dir, EVENTS, day) / name
             try:
-                _write_atomic(pa.Table.from_pylist(day_rows, schema=EVENTS_SCHEMA), path)
+                schema = EVENTS_SCHEMA.with_metadata(file_metadata(EVENTS))
+                _write_atomic(pa.Table.from_pylist(day_rows, schema=schema), path)
             except OSError as exc:
                 log.error("events: cannot write %d rows to %s: %s", len(day_rows), path, exc)
                 continue

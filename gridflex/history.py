@@ -7,6 +7,8 @@ Layout (hive partitioning by stream and UTC date of the measurement)::
     {data_dir}/forecasts/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/commands/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/acks/date=YYYY-MM-DD/part-*.parquet
+    {data_dir}/status_changes/date=YYYY-MM-DD/part-*.parquet
+    {data_dir}/transactions/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/events/date=YYYY-MM-DD/part-*.parquet
 
 Writers (``pipelines.history_sink``) write each file under a hidden temporary name in the
@@ -15,9 +17,16 @@ read ``part-*.parquet`` only and never see the temporary names. The data is
 at-least-once, so the views de-duplicate: ``telemetry`` on ``(site, asset, boot, seq)``,
 ``grid_frequency`` on ``(site, window_start_ms)``, ``forecasts`` on ``(site, asset,
 ts_ms)``, ``commands`` on ``(site, command_id)``, ``acks`` on ``(site, asset, command_id,
-result, ts_ms)``, ``events`` on ``(site, asset, event, fault_code, ts_ms)``. The
-``events`` stream (faults and other notable events, :mod:`gridflex.events`) is written by
-the process that detects them, not by the pipeline. See ``docs/history.md``.
+result, ts_ms)``, ``status_changes`` on ``(site, asset, ts_ms)`` and the change (and a row
+equal in state to the asset's previous one is not a change), ``transactions`` on ``(site, asset,
+transaction_id)`` (one row per transaction from its ``started`` and ``ended`` events),
+``events`` on ``(site, asset, event, fault_code, ts_ms)``. The ``events`` stream (faults
+and other notable events, :mod:`gridflex.events`) is written by the process that
+detects them, not by the pipeline.
+
+Every file carries key-value metadata (:data:`META_STREAM`, :data:`META_SCHEMA_VERSION`,
+:data:`META_WRITER`, :func:`file_metadata`); the views read files without it too.
+Compaction and retention: :mod:`gridflex.history_store`. See ``docs/history.md``.
 """
 
 from __future__ import annotations
@@ -46,12 +55,21 @@ __all__ = [
     "FORECASTS_SCHEMA",
     "GRID_FREQUENCY",
     "GRID_FREQUENCY_SCHEMA",
+    "META_SCHEMA_VERSION",
+    "META_STREAM",
+    "META_WRITER",
     "SCHEMAS",
+    "SCHEMA_VERSIONS",
+    "STATUS_CHANGES",
+    "STATUS_CHANGES_SCHEMA",
     "STREAMS",
     "TELEMETRY",
     "TELEMETRY_SCHEMA",
+    "TRANSACTIONS",
+    "TRANSACTIONS_SCHEMA",
     "add_arguments",
     "connect",
+    "file_metadata",
     "main",
     "partition_dir",
     "refresh_views",
@@ -65,8 +83,19 @@ GRID_FREQUENCY: Final = "grid_frequency"
 FORECASTS: Final = "forecasts"
 COMMANDS: Final = "commands"
 ACKS: Final = "acks"
+STATUS_CHANGES: Final = "status_changes"
+TRANSACTIONS: Final = "transactions"
 EVENTS: Final = "events"
-STREAMS: Final = (TELEMETRY, GRID_FREQUENCY, FORECASTS, COMMANDS, ACKS, EVENTS)
+STREAMS: Final = (
+    TELEMETRY,
+    GRID_FREQUENCY,
+    FORECASTS,
+    COMMANDS,
+    ACKS,
+    STATUS_CHANGES,
+    TRANSACTIONS,
+    EVENTS,
+)
 
 #: Glob of the finished files of one stream, relative to ``{data_dir}/{stream}``.
 PART_GLOB: Final = "date=*/part-*.parquet"
@@ -184,6 +213,46 @@ ACKS_SCHEMA: Final = pa.schema(
     ]
 )
 
+#: One row per change of an asset's retained ``status/1`` (``gridflex.contract.AssetStatus``):
+#: ``online``, ``state``, ``faults`` or ``transaction_id`` differ from the asset's last row.
+STATUS_CHANGES_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("asset", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("ts_ms", pa.int64(), nullable=False),
+        pa.field("seq", pa.int64()),
+        pa.field("boot", pa.string()),
+        pa.field("online", pa.bool_(), nullable=False),
+        pa.field("state", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("faults", pa.list_(pa.string()), nullable=False),
+        pa.field("transaction_id", pa.string()),
+    ]
+)
+
+#: One row per ``session/1`` event of the CSMS (``gridflex.contract.ChargingSession``):
+#: a transaction's ``started`` and ``ended``.
+TRANSACTIONS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("asset", pa.string(), nullable=False),
+        pa.field("ts_ms", pa.int64(), nullable=False),
+        pa.field("event", pa.string(), nullable=False),
+        pa.field("transaction_id", pa.string(), nullable=False),
+        pa.field("start_ms", pa.int64(), nullable=False),
+        pa.field("end_ms", pa.int64()),
+        pa.field("meter_start_wh", pa.float64()),
+        pa.field("meter_stop_wh", pa.float64()),
+        pa.field("export_start_wh", pa.float64()),
+        pa.field("export_stop_wh", pa.float64()),
+        pa.field("soc_start_pct", pa.float64()),
+        pa.field("soc_end_pct", pa.float64()),
+        pa.field("id_token_hash", pa.string()),
+        pa.field("stopped_reason", pa.string()),
+    ]
+)
+
 #: One row per event a process recorded (``gridflex.events``): a fault with its code, ...
 EVENTS_SCHEMA: Final = pa.schema(
     [
@@ -203,8 +272,37 @@ SCHEMAS: Final[dict[str, pa.Schema]] = {
     FORECASTS: FORECASTS_SCHEMA,
     COMMANDS: COMMANDS_SCHEMA,
     ACKS: ACKS_SCHEMA,
+    STATUS_CHANGES: STATUS_CHANGES_SCHEMA,
+    TRANSACTIONS: TRANSACTIONS_SCHEMA,
     EVENTS: EVENTS_SCHEMA,
 }
+
+#: Version of each stream's file schema, raised when a column is added or changes meaning
+#: (telemetry 2: ``device_status`` and ``register_decreased``). Files written before the
+#: versions existed carry no metadata; the views read them by column name.
+SCHEMA_VERSIONS: Final[dict[str, int]] = dict.fromkeys(STREAMS, 1) | {TELEMETRY: 2}
+
+#: Key-value metadata of every history file: its stream, schema version and writer.
+META_STREAM: Final = "gridflex.stream"
+META_SCHEMA_VERSION: Final = "gridflex.schema_version"
+META_WRITER: Final = "gridflex.writer"
+
+
+def file_metadata(stream: str, **extra: str) -> dict[str, str]:
+    """The key-value metadata of a ``stream`` file: stream, schema version, writer.
+
+    ``extra`` adds keys under ``gridflex.`` (``compacted_from=...``).
+    """
+    from gridflex import __version__
+
+    meta = {
+        META_STREAM: stream,
+        META_SCHEMA_VERSION: str(SCHEMA_VERSIONS[stream]),
+        META_WRITER: f"gridflex {__version__}",
+    }
+    meta.update({f"gridflex.{key}": value for key, value in extra.items()})
+    return meta
+
 
 _DUCKDB_TYPES: Final = {
     pa.string(): "VARCHAR",
@@ -331,6 +429,66 @@ QUALIFY row_number() OVER (
 ) = 1
 """
 
+# A retained status is delivered again on every subscription: one row per (asset, ts_ms,
+# change), and a row whose change equals the asset's previous one is none (a pipeline
+# restarted without its memory of the last status). Two changes stamped in the same
+# millisecond both stay.
+_STATUS_CHANGES_VIEW: Final = """
+CREATE OR REPLACE VIEW status_changes AS
+WITH keyed AS (
+    SELECT *, [online::VARCHAR, state, coalesce(transaction_id, ''),
+               array_to_string(list_sort(faults), ',')] AS change
+    FROM {source}
+), one AS (
+    SELECT * FROM keyed
+    QUALIFY row_number() OVER (
+        PARTITION BY site, asset, ts_ms, change
+        ORDER BY seq NULLS LAST, reason NULLS LAST, boot NULLS LAST
+    ) = 1
+), marked AS (
+    SELECT *, lag(change) OVER (
+        PARTITION BY site, asset ORDER BY ts_ms, seq NULLS LAST, change
+    ) AS previous
+    FROM one
+)
+SELECT
+    site, asset, kind, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, seq, boot, online, state,
+    reason, faults, transaction_id, date
+FROM marked
+WHERE previous IS NULL OR previous <> change
+"""
+
+# One row per transaction: its started and ended events (each possibly delivered twice).
+# A transaction not ended yet has end_ms NULL. energy_*_wh are the meter's register
+# differences over the transaction, NULL where a register is unknown.
+_TRANSACTIONS_VIEW: Final = """
+CREATE OR REPLACE VIEW transactions AS
+WITH g AS (
+    SELECT site, asset, transaction_id,
+           min(start_ms) AS start_ms,
+           max(end_ms) AS end_ms,
+           arg_min(meter_start_wh, ts_ms) FILTER (meter_start_wh IS NOT NULL) AS meter_start_wh,
+           arg_max(meter_stop_wh, ts_ms) FILTER (meter_stop_wh IS NOT NULL) AS meter_stop_wh,
+           arg_min(export_start_wh, ts_ms) FILTER (export_start_wh IS NOT NULL) AS export_start_wh,
+           arg_max(export_stop_wh, ts_ms) FILTER (export_stop_wh IS NOT NULL) AS export_stop_wh,
+           arg_min(soc_start_pct, ts_ms) FILTER (soc_start_pct IS NOT NULL) AS soc_start_pct,
+           arg_max(soc_end_pct, ts_ms) FILTER (soc_end_pct IS NOT NULL) AS soc_end_pct,
+           min(id_token_hash) AS id_token_hash,
+           max(stopped_reason) AS stopped_reason,
+           bool_or(event = 'ended') AS ended,
+           min(date) AS date
+    FROM {source}
+    GROUP BY site, asset, transaction_id
+)
+SELECT
+    site, asset, transaction_id, start_ms, make_timestamptz(start_ms * 1000) AS start,
+    end_ms, make_timestamptz(end_ms * 1000) AS "end", ended,
+    meter_start_wh, meter_stop_wh, meter_stop_wh - meter_start_wh AS energy_import_wh,
+    export_start_wh, export_stop_wh, export_stop_wh - export_start_wh AS energy_export_wh,
+    soc_start_pct, soc_end_pct, id_token_hash, stopped_reason, date
+FROM g
+"""
+
 _EVENTS_VIEW: Final = """
 CREATE OR REPLACE VIEW events AS
 SELECT
@@ -346,6 +504,8 @@ _VIEWS: Final = {
     FORECASTS: _FORECASTS_VIEW,
     COMMANDS: _COMMANDS_VIEW,
     ACKS: _ACKS_VIEW,
+    STATUS_CHANGES: _STATUS_CHANGES_VIEW,
+    TRANSACTIONS: _TRANSACTIONS_VIEW,
     EVENTS: _EVENTS_VIEW,
 }
 
@@ -384,7 +544,8 @@ def connect(
 
     Returns:
         A connection whose session time zone is UTC, with the views ``telemetry``,
-        ``grid_frequency``, ``forecasts``, ``commands`` and ``acks``, and the billing views
+        ``grid_frequency``, ``forecasts``, ``commands``, ``acks``, ``status_changes`` and
+        ``transactions``, and the billing views
         of :mod:`gridflex.billing.views` (``settlements``, ``sessions``, ...).
 
     """
@@ -412,7 +573,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--site", type=Path, help="site file; its history.dir is used")
     parser.add_argument(
         "sql",
-        help="one SQL query over the views telemetry, grid_frequency, forecasts, commands, acks",
+        help="one SQL query over the views telemetry, grid_frequency, forecasts, commands, "
+        "acks, status_changes, transactions and the billing views",
     )
 
 

@@ -1,9 +1,11 @@
-"""Validation of raw telemetry and ack messages (pure functions, no I/O).
+"""Validation of raw telemetry, ack, status and session messages (pure functions, no I/O).
 
 ``validate_telemetry`` turns one MQTT message into either a :class:`~gridflex.contract.Telemetry`
 or a :class:`Rejected` that says why, in one of a few reason kinds; ``validate_ack`` does
 the same for the control writer's acks (:class:`~gridflex.contract.DispatchAck` on
-``gridflex/v1/{site}/dispatch/{asset}/ack``), with the same kinds:
+``gridflex/v1/{site}/dispatch/{asset}/ack``), ``validate_status`` for the retained
+asset statuses (:class:`~gridflex.contract.AssetStatus`) and ``validate_session`` for the
+CSMS's sessions (:class:`~gridflex.contract.ChargingSession`), with the same kinds:
 
 =================  =====================================================================
 kind               meaning
@@ -44,6 +46,8 @@ from pydantic import ValidationError
 
 from gridflex import jsonio
 from gridflex.contract import (
+    AssetStatus,
+    ChargingSession,
     ContractError,
     DeadLetter,
     DispatchAck,
@@ -64,6 +68,8 @@ __all__ = [
     "check_registers",
     "to_dead_letter",
     "validate_ack",
+    "validate_session",
+    "validate_status",
     "validate_telemetry",
 ]
 
@@ -183,7 +189,7 @@ def _parse_explained(message: RawMessage, site_id: str) -> Telemetry | Rejected:
     return telemetry
 
 
-_Model = TypeVar("_Model", Telemetry, DispatchAck)
+_Model = TypeVar("_Model", Telemetry, DispatchAck, AssetStatus, ChargingSession)
 
 
 def _decode(message: RawMessage, schema: str, model: type[_Model]) -> _Model | Rejected:
@@ -291,34 +297,58 @@ def validate_ack(message: RawMessage, *, site_id: str) -> DispatchAck | Rejected
         ``unprocessable`` refusal.
 
     """
+    return _validate_event(message, site_id, "ack", "ack/1", DispatchAck)
+
+
+def validate_status(message: RawMessage, *, site_id: str) -> AssetStatus | Rejected:
+    """Validate one retained asset status (``…/{kind}/{asset}/status``), as :func:`validate_ack`."""
+    return _validate_event(message, site_id, "status", "status/1", AssetStatus)
+
+
+def validate_session(message: RawMessage, *, site_id: str) -> ChargingSession | Rejected:
+    """Validate one CSMS session (``…/evse/{asset}/session``), as :func:`validate_ack`."""
+    return _validate_event(message, site_id, "session", "session/1", ChargingSession)
+
+
+_Event = TypeVar("_Event", DispatchAck, AssetStatus, ChargingSession)
+
+
+def _validate_event(
+    message: RawMessage, site_id: str, leaf: str, schema: str, model: type[_Event]
+) -> _Event | Rejected:
     try:
-        return _validate_ack(message, site_id)
+        return _check_event(message, site_id, leaf, schema, model)
     except Exception as exc:  # one message never stops the stream
         return Rejected("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}", message)
 
 
-def _validate_ack(message: RawMessage, site_id: str) -> DispatchAck | Rejected:
+def _check_event(
+    message: RawMessage, site_id: str, leaf: str, schema: str, model: type[_Event]
+) -> _Event | Rejected:
     try:
         parts = parse_topic(message.topic)
     except ContractError as exc:
         return Rejected("bad_topic", str(exc), message)
-    if parts["leaf"] != "ack":
-        return Rejected("bad_topic", f"topic {message.topic!r} is not an ack topic", message)
-    ack = _decode(message, "ack/1", DispatchAck)
-    if isinstance(ack, Rejected):
-        return ack
+    if parts["leaf"] != leaf:
+        return Rejected("bad_topic", f"topic {message.topic!r} is not a {leaf} topic", message)
+    event = _decode(message, schema, model)
+    if isinstance(event, Rejected):
+        return event
+    pairs = [("site", event.site), ("asset", event.asset)]
+    if isinstance(event, AssetStatus):
+        pairs.append(("kind", event.kind))
     mismatches = [
         f"{name} {parts[name]!r} in topic, {value!r} in payload"
-        for name, value in (("site", ack.site), ("asset", ack.asset))
+        for name, value in pairs
         if parts[name] != value
     ]
     if mismatches:
         return Rejected("topic_mismatch", "; ".join(mismatches), message)
-    if ack.site != site_id:
+    if event.site != site_id:
         return Rejected(
-            "topic_mismatch", f"site {ack.site!r} is not this pipeline's {site_id!r}", message
+            "topic_mismatch", f"site {event.site!r} is not this pipeline's {site_id!r}", message
         )
-    return ack
+    return event
 
 
 #: Cumulative meter registers that never go back within one boot of a device.

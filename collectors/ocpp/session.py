@@ -341,6 +341,7 @@ class StationSession(RpcChargePoint):
             evse = self._evse(evse_id, "TransactionEvent", payload)
         if evse is not None:
             self._transaction_event(evse, payload, tx_id)
+            self.csms.publish_transaction(evse, payload)
         if "idToken" in payload:
             return {"idTokenInfo": {"status": "Accepted"}}
         return {}

@@ -39,6 +39,7 @@ from gridflex.contract.payloads import (
     Telemetry,
     TelemetryStatus,
 )
+from gridflex.contract.session import ChargingSession, SessionEvent, hash_id_token
 from gridflex.contract.topics import (
     ack_topic,
     collector_topic,
@@ -50,6 +51,7 @@ from gridflex.contract.topics import (
     grid_frequency_topic,
     is_retained_topic,
     parse_topic,
+    session_topic,
     status_topic,
     summary_topic,
     telemetry_topic,
@@ -66,6 +68,7 @@ __all__ = [
     "AssetKind",
     "AssetStatus",
     "Capabilities",
+    "ChargingSession",
     "CollectorStatus",
     "ContractError",
     "CsmsRequest",
@@ -81,6 +84,7 @@ __all__ = [
     "FreqWattPoint",
     "GridFrequency",
     "Payload",
+    "SessionEvent",
     "SiteSummary",
     "Telemetry",
     "TelemetryStatus",
@@ -93,9 +97,11 @@ __all__ = [
     "describe_validation_error",
     "forecast_topic",
     "grid_frequency_topic",
+    "hash_id_token",
     "is_retained_topic",
     "parse_payload",
     "parse_topic",
+    "session_topic",
     "status_topic",
     "summary_topic",
     "telemetry_topic",

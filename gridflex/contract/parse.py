@@ -19,6 +19,7 @@ from gridflex.contract.payloads import (
     SiteSummary,
     Telemetry,
 )
+from gridflex.contract.session import ChargingSession
 
 #: Every payload model, by its ``schema`` value.
 PAYLOADS: dict[str, type[Payload]] = {
@@ -28,6 +29,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "forecast/1": Forecast,
     "command/1": DispatchCommand,
     "ack/1": DispatchAck,
+    "session/1": ChargingSession,
     "summary/1": SiteSummary,
     "collector/1": CollectorStatus,
     "deadletter/1": DeadLetter,

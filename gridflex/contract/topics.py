@@ -25,6 +25,11 @@ def status_topic(site: str, kind: str, asset: str) -> str:
     return f"{PREFIX}/{_check_id(site, 'site')}/{kind}/{_check_id(asset, 'asset')}/status"
 
 
+def session_topic(site: str, asset: str) -> str:
+    """Return ``gridflex/v1/{site}/evse/{asset}/session`` (the CSMS's transactions)."""
+    return f"{PREFIX}/{_check_id(site, 'site')}/evse/{_check_id(asset, 'asset')}/session"
+
+
 def grid_frequency_topic(site: str) -> str:
     """Return ``gridflex/v1/{site}/grid/frequency``."""
     return f"{PREFIX}/{_check_id(site, 'site')}/grid/frequency"
@@ -102,7 +107,7 @@ def parse_topic(topic: str) -> dict[str, str]:
         site, kind, asset, leaf = rest
         known = {
             "inverter": {"telemetry", "status"},
-            "evse": {"telemetry", "status"},
+            "evse": {"telemetry", "status", "session"},
             "ev": {"forecast"},
             "dispatch": {"command", "ack"},
             "csms": {"setpoint", "result"},
