@@ -69,6 +69,7 @@ from control.mailbox import Job, Mailbox
 from control.modbus_client import OpenRegisterClient, open_client
 from control.ocpp import CsmsClient, OcppDevice
 from control.writer import PreviousSetpoint, SetpointDevice, apply_command, make_ack
+from gridflex import events
 from gridflex.config import EvseAsset, InverterAsset, SiteConfig
 from gridflex.contract import (
     DEAD_LETTER_LIMIT,
@@ -392,9 +393,10 @@ class ControlService:
     def _latch(self, asset_id: str, codes: list[str], source: str, detail: str | None) -> None:
         new = self.faults.latch(asset_id, codes, source=source, detail=detail, now_ms=self.now_ms())
         if new:
-            text = ", ".join(f.describe() for f in new)
-            log.error("%s: fault latched (%s): %s; emergency stop", asset_id, source, text)
-            self._queue_stop(asset_id, text)
+            for f in new:
+                msg = "%s: fault latched (%s): %s; emergency stop"
+                events.report(log, asset_id, f.code, msg, asset_id, source, detail=f.describe())
+            self._queue_stop(asset_id, ", ".join(f.describe() for f in new))
 
     def _queue_stop(self, asset_id: str, reason: str) -> None:
         self.control[asset_id].mailbox.put_front(Job("stop"))

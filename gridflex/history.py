@@ -9,6 +9,7 @@ Layout (hive partitioning by stream and UTC date of the measurement)::
     {data_dir}/acks/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/status_changes/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/transactions/date=YYYY-MM-DD/part-*.parquet
+    {data_dir}/events/date=YYYY-MM-DD/part-*.parquet
 
 Writers (``pipelines.history_sink``) write each file under a hidden temporary name in the
 same directory and rename it into place, so a reader only ever sees whole files; the views
@@ -18,7 +19,10 @@ at-least-once, so the views de-duplicate: ``telemetry`` on ``(site, asset, boot,
 ts_ms)``, ``commands`` on ``(site, command_id)``, ``acks`` on ``(site, asset, command_id,
 result, ts_ms)``, ``status_changes`` on ``(site, asset, ts_ms)`` and the change (and a row
 equal in state to the asset's previous one is not a change), ``transactions`` on ``(site, asset,
-transaction_id)`` (one row per transaction from its ``started`` and ``ended`` events).
+transaction_id)`` (one row per transaction from its ``started`` and ``ended`` events),
+``events`` on ``(site, asset, event, fault_code, ts_ms)``. The ``events`` stream (faults
+and other notable events, :mod:`gridflex.events`) is written by the process that
+detects them, not by the pipeline.
 
 Every file carries key-value metadata (:data:`META_STREAM`, :data:`META_SCHEMA_VERSION`,
 :data:`META_WRITER`, :func:`file_metadata`); the views read files without it too.
@@ -45,6 +49,8 @@ __all__ = [
     "ACKS_SCHEMA",
     "COMMANDS",
     "COMMANDS_SCHEMA",
+    "EVENTS",
+    "EVENTS_SCHEMA",
     "FORECASTS",
     "FORECASTS_SCHEMA",
     "GRID_FREQUENCY",
@@ -79,6 +85,7 @@ COMMANDS: Final = "commands"
 ACKS: Final = "acks"
 STATUS_CHANGES: Final = "status_changes"
 TRANSACTIONS: Final = "transactions"
+EVENTS: Final = "events"
 STREAMS: Final = (
     TELEMETRY,
     GRID_FREQUENCY,
@@ -87,6 +94,7 @@ STREAMS: Final = (
     ACKS,
     STATUS_CHANGES,
     TRANSACTIONS,
+    EVENTS,
 )
 
 #: Glob of the finished files of one stream, relative to ``{data_dir}/{stream}``.
@@ -245,6 +253,19 @@ TRANSACTIONS_SCHEMA: Final = pa.schema(
     ]
 )
 
+#: One row per event a process recorded (``gridflex.events``): a fault with its code, ...
+EVENTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("asset", pa.string()),
+        pa.field("ts_ms", pa.int64(), nullable=False),
+        pa.field("component", pa.string(), nullable=False),
+        pa.field("event", pa.string(), nullable=False),
+        pa.field("fault_code", pa.string()),
+        pa.field("detail", pa.string()),
+    ]
+)
+
 SCHEMAS: Final[dict[str, pa.Schema]] = {
     TELEMETRY: TELEMETRY_SCHEMA,
     GRID_FREQUENCY: GRID_FREQUENCY_SCHEMA,
@@ -253,6 +274,7 @@ SCHEMAS: Final[dict[str, pa.Schema]] = {
     ACKS: ACKS_SCHEMA,
     STATUS_CHANGES: STATUS_CHANGES_SCHEMA,
     TRANSACTIONS: TRANSACTIONS_SCHEMA,
+    EVENTS: EVENTS_SCHEMA,
 }
 
 #: Version of each stream's file schema, raised when a column is added or changes meaning
@@ -467,6 +489,15 @@ SELECT
 FROM g
 """
 
+_EVENTS_VIEW: Final = """
+CREATE OR REPLACE VIEW events AS
+SELECT
+    site, asset, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, component, event, fault_code,
+    detail, date
+FROM {source}
+QUALIFY row_number() OVER (PARTITION BY site, asset, event, fault_code, ts_ms) = 1
+"""
+
 _VIEWS: Final = {
     TELEMETRY: _TELEMETRY_VIEW,
     GRID_FREQUENCY: _GRID_FREQUENCY_VIEW,
@@ -475,11 +506,12 @@ _VIEWS: Final = {
     ACKS: _ACKS_VIEW,
     STATUS_CHANGES: _STATUS_CHANGES_VIEW,
     TRANSACTIONS: _TRANSACTIONS_VIEW,
+    EVENTS: _EVENTS_VIEW,
 }
 
 
 def refresh_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
-    """(Re)create the views of :data:`STREAMS` (``telemetry`` ... ``transactions``).
+    """(Re)create the views of :data:`STREAMS` (``telemetry`` ... ``events``).
 
     A view over a stream with files re-reads the directory on every query, so new files
     show up by themselves. A stream without files yet gets an empty view with the same
