@@ -49,6 +49,7 @@ __all__ = [
     "ACKS_SCHEMA",
     "COMMANDS",
     "COMMANDS_SCHEMA",
+    "COMPACT_PREFIX",
     "EVENTS",
     "EVENTS_SCHEMA",
     "FORECASTS",
@@ -333,41 +334,76 @@ def _has_parts(data_dir: Path, stream: str) -> bool:
     return any((data_dir / stream).glob(PART_GLOB))
 
 
-def _source(data_dir: Path, stream: str) -> str:
+def _source(data_dir: Path, stream: str, *, filename: bool = False) -> str:
     """FROM clause of a stream: its Parquet files, or a typed empty relation.
 
     Files written before a column was added (``device_status``) lack it: the files are
     read by column name and united by name with the typed empty relation, so a missing
-    column reads as NULL instead of failing the view.
+    column reads as NULL instead of failing the view. ``filename`` adds the file of each
+    row as a ``filename`` column.
     """
-    columns = [f"CAST(NULL AS {_DUCKDB_TYPES[f.type]}) AS {f.name}" for f in SCHEMAS[stream]] + [
-        "CAST(NULL AS DATE) AS date"
-    ]
+    columns = (
+        [f"CAST(NULL AS {_DUCKDB_TYPES[f.type]}) AS {f.name}" for f in SCHEMAS[stream]]
+        + ["CAST(NULL AS DATE) AS date"]
+        + (["CAST(NULL AS VARCHAR) AS filename"] if filename else [])
+    )
     empty = f"SELECT {', '.join(columns)} WHERE false"
     if _has_parts(data_dir, stream):
         glob = (data_dir / stream / PART_GLOB).as_posix()
         files = (
             f"read_parquet({_sql_str(glob)}, hive_partitioning = true, "
-            "hive_types = {'date': DATE}, union_by_name = true)"
+            "hive_types = {'date': 'DATE'}, union_by_name = true"
+            + (", filename = true)" if filename else ")")
         )
         return f"(SELECT * FROM {files} UNION ALL BY NAME {empty})"
     return f"({empty})"
 
 
-_TELEMETRY_VIEW: Final = """
-CREATE OR REPLACE VIEW telemetry AS
-SELECT
+#: Name prefix of the one file ``gridflex history compact`` leaves in a partition. For
+#: ``telemetry`` it holds each reading once (de-duplicated on the view's key), so a
+#: partition whose only file it is needs no de-duplication (``gridflex.history_store``).
+COMPACT_PREFIX: Final = "part-compact-"
+
+_TELEMETRY_COLUMNS: Final = """
     site, asset, kind, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, seq, boot,
     power_w, freq_hz, voltage_v, current_a, soc_pct, energy_import_wh, energy_export_wh,
     temp_c, setpoint_w, status, device_status, transaction_id,
     ev_departure_ms, ev_requested_energy_wh, ev_max_charge_w, ev_max_discharge_w,
-    ev_min_soc_pct, ev_target_soc_pct, ev_v2x, ev_energy_transfer_mode,
-    bool_or(register_decreased) OVER reading AS register_decreased,
-    date
+    ev_min_soc_pct, ev_target_soc_pct, ev_v2x, ev_energy_transfer_mode"""
+
+# De-duplication is one sort of every reading, most of the cost of a query over many days.
+# A compacted partition (its one file is the compaction's) is read as it is; any other
+# (files still arriving, or compaction between its steps) goes through the window. The
+# copies of a reading share its `ts_ms`, hence its partition, so the two never overlap.
+_TELEMETRY_VIEW: Final = (
+    """
+CREATE OR REPLACE VIEW telemetry AS
+SELECT"""
+    + _TELEMETRY_COLUMNS
+    + """, register_decreased, date
 FROM {source}
+WHERE starts_with(parse_filename(filename), '{compact}')
+  AND date NOT IN (SELECT date FROM {mixed})
+UNION ALL
+SELECT"""
+    + _TELEMETRY_COLUMNS
+    + """,
+    bool_or(register_decreased) OVER reading AS register_decreased, date
+FROM {source}
+WHERE NOT starts_with(parse_filename(filename), '{compact}')
+   OR date IN (SELECT date FROM {mixed})
 WINDOW reading AS (PARTITION BY site, asset, boot, seq)
 QUALIFY row_number() OVER (PARTITION BY site, asset, boot, seq ORDER BY ts_ms) = 1
 """
+)
+
+#: Partitions of a stream that are not one compacted file alone.
+_MIXED: Final = """(
+    SELECT date FROM {source} GROUP BY date
+    HAVING count(DISTINCT filename) > 1
+        OR NOT bool_and(starts_with(parse_filename(filename), '{compact}'))
+)"""
+
 
 # A window cut by a pipeline restart is written twice (the part before the stop and the
 # part after it); the view keeps the row with the most samples.
@@ -519,7 +555,12 @@ def refresh_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
     """
     root = Path(data_dir)
     for stream, view in _VIEWS.items():
-        con.execute(view.format(source=_source(root, stream)))
+        if stream == TELEMETRY:
+            source = _source(root, stream, filename=True)
+            mixed = _MIXED.format(source=source, compact=COMPACT_PREFIX)
+            con.execute(view.format(source=source, mixed=mixed, compact=COMPACT_PREFIX))
+        else:
+            con.execute(view.format(source=_source(root, stream)))
     # Every stored copy of every reading: the billing views drop the copies in the one
     # window they need anyway, which is several times faster than reading `telemetry`.
     con.execute(

@@ -22,6 +22,7 @@ from gridflex.history import (
     TELEMETRY_SCHEMA,
     connect,
     file_metadata,
+    utc_date,
 )
 from gridflex.history_store import CRASH_ENV, UpkeepBusy, _upkeep_lock, compact, prune
 from pipelines.history_events import session_row, status_row
@@ -346,3 +347,55 @@ def test_views_read_files_without_metadata(tmp_path: Path) -> None:
     assert not path.exists()
     con = connect(tmp_path)
     assert con.execute("select count(*) from telemetry").fetchall() == [(table.num_rows,)]
+
+
+def _telemetry_keys(root: Path) -> list[tuple[Any, ...]]:
+    con = connect(root)
+    try:
+        return con.execute(
+            "select asset, boot, seq, register_decreased from telemetry order by all"
+        ).fetchall()
+    finally:
+        con.close()
+
+
+def test_compacted_telemetry_holds_each_reading_once_even_when_copies_differ(
+    tmp_path: Path,
+) -> None:
+    # A replay after a restart can flag a copy differently (the register check's memory
+    # was lost): the view takes the flag if any copy has it, and so must the merged file.
+    ts = BOUNDARY_MS - DAY_MS
+    writer = ParquetStreamWriter(tmp_path, "telemetry", ts_column="ts_ms", name="t")
+    for flagged in (False, True, False):
+        writer.add([telemetry_row(_reading("cs-1", ts, 7, 5.0), register_decreased=flagged)])
+        writer.flush()
+    before = _telemetry_keys(tmp_path)
+    assert before == [("cs-1", "b1", 7, True)]
+
+    compact(tmp_path, grace_s=0)
+
+    [merged] = parts(tmp_path, "telemetry", utc_date(ts))
+    assert pq.read_table(merged).num_rows == 1
+    assert _telemetry_keys(tmp_path) == before
+
+
+def test_a_late_copy_beside_a_compacted_file_is_still_read_once(tmp_path: Path) -> None:
+    # The compacted file alone is read without de-duplication; a file arriving in the
+    # same day afterwards (a redelivery) must bring the window back for that day.
+    ts = BOUNDARY_MS - DAY_MS
+    writer = ParquetStreamWriter(tmp_path, "telemetry", ts_column="ts_ms", name="t")
+    readings = [_reading("cs-1", ts + i * 1000, i, 5.0 + i) for i in range(3)]
+    writer.add([telemetry_row(r) for r in readings])
+    writer.flush()
+    writer.add([telemetry_row(readings[0])])
+    writer.flush()
+    compact(tmp_path, grace_s=0)
+    once = _telemetry_keys(tmp_path)
+    assert len(once) == 3
+
+    late = ParquetStreamWriter(tmp_path, "telemetry", ts_column="ts_ms", name="late")
+    late.add([telemetry_row(readings[1])])
+    late.flush()
+
+    assert len(parts(tmp_path, "telemetry", utc_date(ts))) == 2
+    assert _telemetry_keys(tmp_path) == once
