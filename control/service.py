@@ -104,6 +104,16 @@ GC_FREEZE_CHECK_S = 10.0
 PRUNE_INTERVAL_S = 3600.0
 
 
+#: The numbers of a command; pydantic reads ``NaN``, ``Infinity`` and ``1e400`` into them.
+_COMMAND_NUMBERS = ("setpoint_w", "base_setpoint_w", "freq_hz")
+
+
+def _not_finite(command: DispatchCommand) -> list[str]:
+    """The numbers of ``command`` that are not finite (its ack could not carry them)."""
+    values = [(name, getattr(command, name)) for name in _COMMAND_NUMBERS]
+    return [name for name, value in values if value is not None and not math.isfinite(value)]
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -324,7 +334,9 @@ class ControlService:
         message: object
         try:  # the common case in one pass; anything else gets parse_payload's reason
             message = DispatchCommand.model_validate_json(payload)
-        except ValidationError:
+            if "schema_" not in message.model_fields_set:  # no "schema": not a command/1
+                raise ValueError("no schema")
+        except (ValidationError, ValueError):
             try:
                 message = parse_payload(payload)
             except ContractError as exc:
@@ -337,7 +349,9 @@ class ControlService:
             topic_asset: str | None = parse_topic(topic).get("asset")
         except ContractError:
             topic_asset = None
-        if message.site != self.site.id:
+        if not_finite := _not_finite(message):
+            self._dead_letter(topic, payload, f"{', '.join(not_finite)}: not a finite number")
+        elif message.site != self.site.id:
             self._dead_letter(topic, payload, f"command for site {message.site!r}, not this one")
         elif message.asset != topic_asset:
             self._dead_letter(topic, payload, f"asset {message.asset!r} does not match the topic")

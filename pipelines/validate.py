@@ -13,7 +13,8 @@ kind               meaning
 ``not_json``       the payload is not UTF-8 JSON (``NaN``/``Infinity`` are not JSON)
 ``wrong_schema``   the JSON is not an object whose ``schema`` is ``"telemetry/1"`` (``"ack/1"``)
 ``invalid``        the object does not validate against the contract (missing field, type)
-``out_of_range``   a value outside its contract bound (``soc_pct`` 0..100, ...) or outside a
+``out_of_range``   a value outside its contract bound (``soc_pct`` 0..100, ...), a number
+                   too large for a double (``1e400`` reads as infinity), or outside a
                    plausible band (``freq_hz`` off nominal by more than 10 %, ``ts_ms`` in
                    the future beyond the allowed clock skew)
 ``topic_mismatch`` site, kind or asset in the topic differ from the payload, or the site is
@@ -40,7 +41,7 @@ import math
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gridflex import jsonio
 from gridflex.contract import (
@@ -134,8 +135,12 @@ def _parse_fast(message: RawMessage, site_id: str) -> Telemetry | None:
         telemetry = Telemetry.model_validate_json(message.payload)
     except ValidationError:
         return None
+    if "schema_" not in telemetry.model_fields_set:  # defaulted: the payload named none
+        return None
     values = telemetry.__dict__
     if not all(math.isfinite(values[name]) for name in _FLOAT_FIELDS if values[name] is not None):
+        return None
+    if telemetry.ev is not None and _not_finite(telemetry.ev) is not None:
         return None
     parts = message.topic.split("/")
     if (
@@ -199,11 +204,27 @@ def _decode(message: RawMessage, schema: str, model: type[_Model]) -> _Model | R
             "wrong_schema", f"schema is {obj.get('schema')!r}, expected {schema!r}", message
         )
     try:
-        return model.model_validate(obj)
+        parsed = model.model_validate(obj)
     except ValidationError as exc:
         errors = exc.errors()
         kind = "out_of_range" if all(e["type"] in _RANGE_ERROR_TYPES for e in errors) else "invalid"
         return Rejected(kind, describe_validation_error(exc), message)
+    overflow = _not_finite(parsed)
+    if overflow is not None:  # 1e400 is JSON, but no double: it reads as infinity
+        return Rejected("out_of_range", f"{overflow}: not a finite number", message)
+    return parsed
+
+
+def _not_finite(model: BaseModel) -> str | None:
+    """The name of the first number of ``model`` (nested models too) that is not finite."""
+    for name, value in model.__dict__.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return name
+        if isinstance(value, BaseModel):
+            inner = _not_finite(value)
+            if inner is not None:
+                return f"{name}.{inner}"
+    return None
 
 
 def validate_telemetry(

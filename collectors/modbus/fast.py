@@ -192,7 +192,7 @@ class FrameBuffer:
         """
         buf = self._buffer
         buf += data
-        frames = []
+        frames: list[tuple[int, int, bytes]] = []
         start = 0
         while len(buf) - start >= _MBAP.size:
             tid, protocol, length, unit = _MBAP.unpack_from(buf, start)
