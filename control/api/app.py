@@ -203,7 +203,7 @@ def create_app(
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         """422 naming each bad field; an echoed NaN or infinity is sent as text."""
-        detail = _json_safe(jsonable_encoder(exc.errors()))
+        detail = jsonable_encoder(_json_safe(exc.errors()))
         return unauthorized(request) or JSONResponse({"detail": detail}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
@@ -436,15 +436,18 @@ async def _pump(
 def _json_safe(value: Any) -> Any:
     """``value`` with every NaN or infinity replaced by its text (JSON has neither).
 
-    Text with a lone surrogate (a body that was not UTF-8, echoed back) gets it escaped.
+    An echoed body that was not UTF-8 (raw ``bytes``, or text with a lone surrogate) gets
+    its bad bytes escaped.
     """
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
     if isinstance(value, str):
         return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
     if isinstance(value, dict):
         return {_json_safe(key): _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, list | tuple):
         return [_json_safe(item) for item in value]
     return value
 

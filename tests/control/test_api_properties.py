@@ -67,19 +67,31 @@ def _dispatch(**changes: Any) -> dict[str, Any]:
     }
 
 
-@given(path=st.sampled_from(POSTS), body=st.binary(max_size=300), token=st.booleans())
-@example(path="/api/v1/dispatch", body=b"[" * 100_000, token=True)
+@given(
+    path=st.sampled_from(POSTS),
+    body=st.binary(max_size=300),
+    token=st.booleans(),
+    content_type=st.sampled_from(["application/json", "text/plain", "application/x-www-form"]),
+)
+@example(path="/api/v1/dispatch", body=b"[" * 100_000, token=True, content_type="application/json")
 # regression: a body that was not UTF-8 was echoed in the 422 and failed with a 500
-@example(path="/api/v1/dispatch", body=b'{"asset": "\xed\xa0\x80"}', token=True)
+@example(
+    path="/api/v1/dispatch",
+    body=b'{"asset": "\xed\xa0\x80"}',
+    token=True,
+    content_type="application/json",
+)
+# regression: a body that is not JSON nor UTF-8, sent as text, was echoed as raw bytes: 500
+@example(path="/api/v1/dispatch", body=b"\xe4\xd6", token=True, content_type="text/plain")
 # regression: a body that is not JSON got 422 before the token was checked
-@example(path="/api/v1/charge-profile", body=b"\x00", token=False)
+@example(path="/api/v1/charge-profile", body=b"\x00", token=False, content_type="application/json")
 @settings(max_examples=200, deadline=None)
 def test_any_body_is_refused_with_4xx_and_without_the_token_with_401(
-    api: tuple[TestClient, FakeControl], path: str, body: bytes, token: bool
+    api: tuple[TestClient, FakeControl], path: str, body: bytes, token: bool, content_type: str
 ) -> None:
     client, fake = api
     calls = len(fake.calls)
-    headers = {"Content-Type": "application/json", **(AUTH if token else {})}
+    headers = {"Content-Type": content_type, **(AUTH if token else {})}
     answer = client.post(path, content=body, headers=headers)
     assert answer.status_code < 500, answer.text
     if not token:
