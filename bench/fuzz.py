@@ -23,8 +23,12 @@ topic they name: ``ocpp/...`` from the CSMS's frames, the MQTT topic otherwise),
 that no process exits, then stops everything, reads the history and prints two tables:
 per target (inputs, crashes, dead letters, CALLERRORs, HTTP 4xx/5xx) and valid traffic
 (telemetry rows and acks into the history per second, before vs during). Exit status 1
-when a process died, the API answered 5xx or the CSMS answered ``InternalError`` (a
-handler raised).
+when a process died, the API answered 5xx (or 2xx without the token) or the CSMS answered
+``InternalError`` (a handler raised).
+
+Modbus inputs come at the poll rate, not at ``--rate``: the collector reads each inverter
+five times a second and a mangled reply costs that device a retry a second later, so
+Modbus gets 1 % of the inputs (1,000 of 100,000, a few minutes at 10 inverters).
 
     .venv/bin/python bench/fuzz.py -n 5000
     .venv/bin/python bench/fuzz.py                # 100,000 inputs
@@ -40,6 +44,7 @@ import http.client
 import json
 import random
 import secrets
+import socket
 import subprocess
 import sys
 import tempfile
@@ -142,6 +147,7 @@ class Campaign:
         while tally.sent < quota:
             topic, payload = mqtt_input(self.rng, SITE_ID, assets, _now_ms())
             client.publish(topic, payload, qos=1)
+            tally.note(f"sent on .../{topic.rsplit('/', 1)[-1]}")
             tally.sent += 1
             await _pace(start, tally.sent, period_s)
         await client.flush(60)
@@ -269,7 +275,7 @@ class Campaign:
         tally, quota = self.tallies["http"], self.quota["http"]
         rng = random.Random(self.args.seed + 1)
         period_s = 1.0 / (self.args.rate * SHARES["http"])
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+        conn = _http_connection(port)
         start = time.monotonic()
         while tally.sent < quota and not self.stop:
             request = http_request(rng, self.token)
@@ -278,17 +284,27 @@ class Campaign:
                 answer = conn.getresponse()
                 answer.read()
                 tally.note(f"HTTP {answer.status}")
-                if not request.authorized and answer.status != 401:
-                    tally.note(f"no 401 without the token: HTTP {answer.status}")
+                if not request.authorized and answer.status < 300:  # a guarded route ran
+                    tally.note(f"ACCEPTED WITHOUT THE TOKEN: HTTP {answer.status}")
             except (OSError, http.client.HTTPException) as exc:
                 tally.note(f"HTTP connection error ({type(exc).__name__})")
                 conn.close()
-                conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+                conn = _http_connection(port)
             tally.sent += 1
             delay_s = start + tally.sent * period_s - time.monotonic()
             if delay_s > 0:
                 time.sleep(delay_s)
         conn.close()
+
+
+def _http_connection(port: int) -> http.client.HTTPConnection:
+    """A keep-alive connection without Nagle's delay (headers and body go in two writes)."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    with contextlib.suppress(OSError):
+        conn.connect()
+        assert conn.sock is not None
+        conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
 
 
 async def _pace(start: float, sent: int, period_s: float) -> None:
@@ -378,12 +394,18 @@ async def run(args: argparse.Namespace) -> int:
     ]
     campaign = Campaign(args, token)
     procs: dict[str, subprocess.Popen[bytes]] = {}
+    servers = []
     try:
         for i in range(args.inverters):
-            await campaign.proxy(plan.inverter_base_port + i, sim_base + i)
+            servers.append(await campaign.proxy(plan.inverter_base_port + i, sim_base + i))
         procs.update({part.name: spawn_part(part, logs) for part in parts})
         result = await _campaign(campaign, plan, procs, data_dir)
     finally:
+        for server in servers:
+            server.close()
+        for task in campaign._connections:
+            task.cancel()
+        await asyncio.sleep(0.1)  # the proxies' connections end
         for part in stop_order(parts):  # as the demo stops: the pipeline last (it flushes)
             if part.name in procs:
                 stop_process(procs[part.name], timeout_s=30)
@@ -486,7 +508,7 @@ def report(
     print()
     print("\n".join(rate_table(traffic["before"], traffic["during"])))
     print()
-    print("| answers | count |")
+    print("| answers and notes | count |")
     print("| --- | ---: |")
     for target, tally in campaign.tallies.items():
         for answer, n in sorted(tally.answers.items(), key=lambda kv: -kv[1]):
@@ -501,7 +523,9 @@ def report(
     print(f"logs and history in {data_dir}")
     fivexx = sum(t.count(lambda a: a.startswith("HTTP 5")) for t in campaign.tallies.values())
     internal = campaign.tallies["ocpp"].answers["CALLERROR InternalError"]
-    return 1 if crashed or broker_rc is not None or fivexx or internal or not api_alive else 0
+    no_token = campaign.tallies["http"].count(lambda a: a.startswith("ACCEPTED WITHOUT"))
+    failed = crashed or broker_rc is not None or fivexx or internal or no_token or not api_alive
+    return 1 if failed else 0
 
 
 def main() -> int:
@@ -509,12 +533,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("-n", type=int, default=100_000, help="malformed inputs in total")
     parser.add_argument("--rate", type=float, default=1_000.0, help="inputs per second, all")
-    parser.add_argument("--mangle", type=float, default=0.3, help="share of replies mangled")
+    parser.add_argument("--mangle", type=float, default=0.1, help="share of replies mangled")
     parser.add_argument("--inverters", type=int, default=10)
     parser.add_argument("--chargers", type=int, default=5)
     parser.add_argument("--settle-s", type=float, default=20.0)
     parser.add_argument("--window-s", type=float, default=20.0, help="valid traffic alone")
-    parser.add_argument("--drain-s", type=float, default=5.0)
+    parser.add_argument("--drain-s", type=float, default=15.0, help="for the pipeline to catch up")
     parser.add_argument("--max-duration-s", type=float, default=1_800.0)
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()

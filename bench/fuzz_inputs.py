@@ -37,7 +37,7 @@ __all__ = [
 
 TARGETS = ("mqtt", "ocpp", "modbus", "http")
 #: Share of the inputs each target gets (Modbus inputs wait for the collector's polls).
-SHARES = {"mqtt": 0.4, "ocpp": 0.3, "modbus": 0.1, "http": 0.2}
+SHARES = {"mqtt": 0.45, "ocpp": 0.3, "modbus": 0.01, "http": 0.24}
 #: Booby traps every mutation may put in place of a value.
 _WEIRD: tuple[Any, ...] = (
     None, True, 0, -1, 2**64, 1.5, "", "x" * 5000, [], {}, [[[[]]]], {"a": {"b": {}}},

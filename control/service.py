@@ -104,14 +104,20 @@ GC_FREEZE_CHECK_S = 10.0
 PRUNE_INTERVAL_S = 3600.0
 
 
-#: The numbers of a command; pydantic reads ``NaN``, ``Infinity`` and ``1e400`` into them.
-_COMMAND_NUMBERS = ("setpoint_w", "base_setpoint_w", "freq_hz")
+def _unfit(command: DispatchCommand) -> list[str]:
+    """The numbers of ``command`` its ack, the ledger or the history could not carry.
 
-
-def _not_finite(command: DispatchCommand) -> list[str]:
-    """The numbers of ``command`` that are not finite (its ack could not carry them)."""
-    values = [(name, getattr(command, name)) for name in _COMMAND_NUMBERS]
-    return [name for name, value in values if value is not None and not math.isfinite(value)]
+    pydantic reads ``NaN``, ``Infinity`` and ``1e400`` into a float, and any integer into
+    an int; acks, the ledger (SQLite) and the history (Arrow) hold finite doubles and
+    64-bit integers.
+    """
+    unfit = []
+    for name, value in command.__dict__.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            unfit.append(f"{name}: not a finite number")
+        elif isinstance(value, int) and not -(2**63) <= value < 2**63:
+            unfit.append(f"{name}: beyond a 64-bit integer")
+    return unfit
 
 
 def _now_ms() -> int:
@@ -349,8 +355,8 @@ class ControlService:
             topic_asset: str | None = parse_topic(topic).get("asset")
         except ContractError:
             topic_asset = None
-        if not_finite := _not_finite(message):
-            self._dead_letter(topic, payload, f"{', '.join(not_finite)}: not a finite number")
+        if unfit := _unfit(message):
+            self._dead_letter(topic, payload, "; ".join(unfit))
         elif message.site != self.site.id:
             self._dead_letter(topic, payload, f"command for site {message.site!r}, not this one")
         elif message.asset != topic_asset:

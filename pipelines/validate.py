@@ -14,7 +14,8 @@ kind               meaning
 ``wrong_schema``   the JSON is not an object whose ``schema`` is ``"telemetry/1"`` (``"ack/1"``)
 ``invalid``        the object does not validate against the contract (missing field, type)
 ``out_of_range``   a value outside its contract bound (``soc_pct`` 0..100, ...), a number
-                   too large for a double (``1e400`` reads as infinity), or outside a
+                   too large for a double (``1e400`` reads as infinity) or an integer
+                   beyond int64 (the history's columns), or outside a
                    plausible band (``freq_hz`` off nominal by more than 10 %, ``ts_ms`` in
                    the future beyond the allowed clock skew)
 ``topic_mismatch`` site, kind or asset in the topic differ from the payload, or the site is
@@ -86,6 +87,8 @@ DEFAULT_MAX_FUTURE_MS: Final = 60_000
 DEFAULT_FREQ_BAND: Final = 0.10
 
 _FLOAT_FIELDS: Final = ("power_w", *NUMBER_FIELDS)
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
 
 _RANGE_ERROR_TYPES: Final = frozenset(
     {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
@@ -140,8 +143,8 @@ def _parse_fast(message: RawMessage, site_id: str) -> Telemetry | None:
     values = telemetry.__dict__
     if not all(math.isfinite(values[name]) for name in _FLOAT_FIELDS if values[name] is not None):
         return None
-    if telemetry.ev is not None and _not_finite(telemetry.ev) is not None:
-        return None
+    if telemetry.seq > _INT64_MAX or (telemetry.ev is not None and _unstorable(telemetry.ev)):
+        return None  # ts_ms beyond int64 is refused as ahead of the clock
     parts = message.topic.split("/")
     if (
         len(parts) == 6
@@ -163,14 +166,16 @@ def _parse_explained(message: RawMessage, site_id: str) -> Telemetry | Rejected:
     except ContractError as exc:
         return Rejected("bad_topic", str(exc), message)
     if parts["leaf"] != "telemetry" or parts["kind"] not in ("inverter", "evse"):
-        return Rejected("bad_topic", f"topic {message.topic!r} is not a telemetry topic", message)
+        return Rejected(
+            "bad_topic", f"topic {message.topic!r:.200} is not a telemetry topic", message
+        )
 
     telemetry = _decode(message, "telemetry/1", Telemetry)
     if isinstance(telemetry, Rejected):
         return telemetry
 
     mismatches = [
-        f"{name} {parts[name]!r} in topic, {value!r} in payload"
+        f"{name} {parts[name]!r:.80} in topic, {value!r:.80} in payload"
         for name, value in (
             ("site", telemetry.site),
             ("kind", telemetry.kind),
@@ -201,7 +206,7 @@ def _decode(message: RawMessage, schema: str, model: type[_Model]) -> _Model | R
         return Rejected("wrong_schema", "payload is not a JSON object", message)
     if obj.get("schema") != schema:
         return Rejected(
-            "wrong_schema", f"schema is {obj.get('schema')!r}, expected {schema!r}", message
+            "wrong_schema", f"schema is {obj.get('schema')!r:.60}, expected {schema!r}", message
         )
     try:
         parsed = model.model_validate(obj)
@@ -209,19 +214,26 @@ def _decode(message: RawMessage, schema: str, model: type[_Model]) -> _Model | R
         errors = exc.errors()
         kind = "out_of_range" if all(e["type"] in _RANGE_ERROR_TYPES for e in errors) else "invalid"
         return Rejected(kind, describe_validation_error(exc), message)
-    overflow = _not_finite(parsed)
-    if overflow is not None:  # 1e400 is JSON, but no double: it reads as infinity
-        return Rejected("out_of_range", f"{overflow}: not a finite number", message)
+    unstorable = _unstorable(parsed)
+    if unstorable is not None:
+        return Rejected("out_of_range", unstorable, message)
     return parsed
 
 
-def _not_finite(model: BaseModel) -> str | None:
-    """The name of the first number of ``model`` (nested models too) that is not finite."""
+def _unstorable(model: BaseModel) -> str | None:
+    """What makes ``model`` unfit for the history, or None.
+
+    A number that is not finite (``1e400`` is JSON, but no double: it reads as infinity)
+    or an integer beyond int64 (the history's integer columns; one such row made the
+    history sink fail and the pipeline abort).
+    """
     for name, value in model.__dict__.items():
         if isinstance(value, float) and not math.isfinite(value):
-            return name
+            return f"{name}: not a finite number"
+        if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+            return f"{name}: beyond a 64-bit integer"
         if isinstance(value, BaseModel):
-            inner = _not_finite(value)
+            inner = _unstorable(value)
             if inner is not None:
                 return f"{name}.{inner}"
     return None
@@ -324,12 +336,12 @@ def _validate_ack(message: RawMessage, site_id: str) -> DispatchAck | Rejected:
     except ContractError as exc:
         return Rejected("bad_topic", str(exc), message)
     if parts["leaf"] != "ack":
-        return Rejected("bad_topic", f"topic {message.topic!r} is not an ack topic", message)
+        return Rejected("bad_topic", f"topic {message.topic!r:.200} is not an ack topic", message)
     ack = _decode(message, "ack/1", DispatchAck)
     if isinstance(ack, Rejected):
         return ack
     mismatches = [
-        f"{name} {parts[name]!r} in topic, {value!r} in payload"
+        f"{name} {parts[name]!r:.80} in topic, {value!r:.80} in payload"
         for name, value in (("site", ack.site), ("asset", ack.asset))
         if parts[name] != value
     ]

@@ -145,7 +145,7 @@ def decode_frame(raw: str | bytes, ocpp_version: str) -> Call | CallResult | Cal
     if ocpp_version == "2.1" and type_id in (_SEND, _CALLRESULTERROR):
         return None
     raise _frame_error(
-        unique_id, MessageTypeNotSupportedError, f"message type {type_id!r} is not supported"
+        unique_id, MessageTypeNotSupportedError, f"message type {type_id!r:.40} is not supported"
     )
 
 

@@ -77,6 +77,7 @@ CSMS_SAMPLES: list[tuple[str, str, dict[str, Any]]] = [
 @example(raw=b"\xff\xfe", version="2.1")
 @example(raw='[2, "\ud800", "Heartbeat", {}]', version="2.0.1")  # a lone surrogate
 @example(raw="[" * 100_000, version="2.1")  # nesting far beyond the parser's limit
+@example(raw=json.dumps(["x" * 100_000, "id", "Heartbeat", {}]), version="2.1")
 @settings(max_examples=300)
 def test_any_input_decodes_to_a_frame_or_a_frame_error_only(raw: str | bytes, version: str) -> None:
     try:
@@ -84,6 +85,7 @@ def test_any_input_decodes_to_a_frame_or_a_frame_error_only(raw: str | bytes, ve
     except FrameError as exc:
         assert isinstance(exc.error, OCPPError)
         json.loads(exc.call_error().to_json())  # the answer is itself a valid frame
+        assert len(str(exc)) <= 200  # logged and dead-lettered: never the whole frame
     else:
         assert frame is None or isinstance(frame, Call | CallResult | CallError)
 
@@ -227,6 +229,8 @@ def _paths(node: Any, path: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
     drop=st.booleans(),
 )
 @example(sample=("2.1", "BootNotification", BOOT), pick=2, value="x" * 60, drop=False)
+# regression: a 300 KB value was echoed whole in the CALLERROR's cause, the log, the dead letter
+@example(sample=("2.1", "BootNotification", BOOT), pick=5, value="x" * 300_000, drop=False)
 @settings(max_examples=300, deadline=None)
 def test_a_fuzzed_payload_is_refused_only_with_a_schema_error_and_as_jsonschema_would(
     sample: tuple[str, str, dict[str, Any]], pick: int, value: Any, drop: bool
@@ -250,6 +254,7 @@ def test_a_fuzzed_payload_is_refused_only_with_a_schema_error_and_as_jsonschema_
         assert cache.validate(version, action, broken, request=True)
         ours_valid = True
     except OCPPError as exc:
+        assert len(str(exc.details["cause"])) <= 400  # goes back in the CALLERROR
         assert exc.code in {
             "FormatViolation",
             "FormationViolation",

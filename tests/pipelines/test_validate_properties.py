@@ -2,9 +2,9 @@
 
 ``validate_telemetry`` and ``validate_ack`` catch everything and call it ``unprocessable``,
 so "never raises" alone proves nothing: these properties ask that no payload reaches that
-catch-all, that whatever is accepted is finite and belongs to its topic, that the fast
-path agrees with the explaining one, and that valid payloads built from the models
-round-trip.
+catch-all, that whatever is accepted fits the history's columns (finite doubles, 64-bit
+integers) and belongs to its topic, that the fast path agrees with the explaining one,
+and that valid payloads built from the models round-trip.
 """
 
 from __future__ import annotations
@@ -31,6 +31,8 @@ from pipelines.validate import (
 SITE = "s1"
 NOW_MS = 1_800_000_000_000
 KINDS = [k for k in REASON_KINDS if k != "unprocessable"]
+#: A refusal reason goes into the log and the dead letter: it never echoes a whole input.
+MAX_REASON = 600
 
 NUMBERS = st.one_of(
     st.floats(),  # NaN and the infinities are written as NaN / Infinity by json.dumps
@@ -47,10 +49,13 @@ JSON_VALUES = st.recursive(
     ),
     max_leaves=12,
 )
+LONG_ASSET = "a" * 60_000
 TOPICS = st.sampled_from(
     [f"gridflex/v1/{SITE}/inverter/inv1/telemetry", f"gridflex/v1/{SITE}/evse/ev1/telemetry",
      f"gridflex/v1/{SITE}/dispatch/inv1/ack", "gridflex/v1/other/inverter/inv1/telemetry",
-     "gridflex/v1/s1/inverter/inv1", "", "#", "gridflex/v1/s1/+/inv1/telemetry"]
+     "gridflex/v1/s1/inverter/inv1", "", "#", "gridflex/v1/s1/+/inv1/telemetry",
+     f"gridflex/v1/{SITE}/inverter/{LONG_ASSET}/telemetry", "x" * 60_000,
+     f"gridflex/v1/{SITE}/dispatch/{LONG_ASSET}/ack"]
 ) | st.text(max_size=40)  # fmt: skip
 
 TELEMETRY_KEYS = st.sampled_from(
@@ -96,11 +101,14 @@ def _ack(**fields: Any) -> dict[str, Any]:
     }
 
 
-def _finite(model: BaseModel) -> bool:
+def _storable(model: BaseModel) -> bool:
+    """Finite doubles and 64-bit integers only: what the history's columns hold."""
     for value in model.__dict__.values():
         if isinstance(value, float) and not math.isfinite(value):
             return False
-        if isinstance(value, BaseModel) and not _finite(value):
+        if isinstance(value, int) and not -(2**63) <= value < 2**63:
+            return False
+        if isinstance(value, BaseModel) and not _storable(value):
             return False
     return True
 
@@ -114,8 +122,9 @@ def _check_telemetry(message: RawMessage) -> None:
     if isinstance(result, Rejected):
         assert result.kind in KINDS, result
         assert "\n" not in result.reason
+        assert len(result.reason) <= MAX_REASON, result.reason[:300]
         return
-    assert _finite(result), result
+    assert _storable(result), result
     assert message.topic == f"gridflex/v1/{SITE}/{result.kind}/{result.asset}/telemetry"
     fast = _parse_fast(message, SITE)
     assert fast is None or fast == _parse_explained(message, SITE)
@@ -124,6 +133,11 @@ def _check_telemetry(message: RawMessage) -> None:
 @given(payload=st.binary(max_size=300), topic=TOPICS)
 @example(payload=b"[" * 50_000, topic=f"gridflex/v1/{SITE}/inverter/inv1/telemetry")
 @example(payload=b"\xed\xa0\x80", topic=f"gridflex/v1/{SITE}/inverter/inv1/telemetry")
+# regression: a refusal echoed a 256 KB "schema" value (or a 60 KB topic) whole
+@example(
+    payload=b'{"schema": "' + b"y" * 262_144 + b'"}',
+    topic=f"gridflex/v1/{SITE}/inverter/{LONG_ASSET}/telemetry",
+)
 @settings(max_examples=300)
 def test_any_bytes_are_a_reading_or_a_named_refusal_never_unprocessable(
     payload: bytes, topic: str
@@ -138,6 +152,8 @@ def test_any_bytes_are_a_reading_or_a_named_refusal_never_unprocessable(
 )
 # regression: 1e400 is JSON, read as infinity, and was accepted into the history
 @example(edits={"power_w": math.inf}, drop=[], topic=f"gridflex/v1/{SITE}/inverter/inv1/telemetry")
+# regression: a seq beyond int64 was accepted and made the history sink abort the pipeline
+@example(edits={"seq": 2**64}, drop=[], topic=f"gridflex/v1/{SITE}/inverter/inv1/telemetry")
 @example(
     edits={"ev": {"max_charge_w": math.inf}, "kind": "evse", "asset": "ev1"},
     drop=[],
@@ -146,7 +162,7 @@ def test_any_bytes_are_a_reading_or_a_named_refusal_never_unprocessable(
 # regression: the fast path took a reading without "schema" (the model's default)
 @example(edits={}, drop=["schema"], topic=f"gridflex/v1/{SITE}/inverter/inv1/telemetry")
 @settings(max_examples=400)
-def test_a_fuzzed_reading_is_accepted_only_finite_and_on_its_own_topic(
+def test_a_fuzzed_reading_is_accepted_only_storable_and_on_its_own_topic(
     edits: dict[str, Any], drop: list[str], topic: str
 ) -> None:
     body = {**_reading(), **edits}
@@ -195,8 +211,9 @@ def _check_ack(message: RawMessage) -> None:
     result = validate_ack(message, site_id=SITE)
     if isinstance(result, Rejected):
         assert result.kind in KINDS, result
+        assert len(result.reason) <= MAX_REASON, result.reason[:300]
         return
-    assert _finite(result), result
+    assert _storable(result), result
     assert message.topic == f"gridflex/v1/{SITE}/dispatch/{result.asset}/ack"
 
 
@@ -214,8 +231,10 @@ def test_any_bytes_are_an_ack_or_a_named_refusal_never_unprocessable(
     topic=TOPICS,
 )
 @example(edits={"requested_w": math.inf}, drop=[], topic=f"gridflex/v1/{SITE}/dispatch/inv1/ack")
+# regression: found by bench/fuzz.py: this ack aborted the pipeline (history sink, int64)
+@example(edits={"seq": 2**64}, drop=[], topic=f"gridflex/v1/{SITE}/dispatch/inv1/ack")
 @settings(max_examples=300)
-def test_a_fuzzed_ack_is_accepted_only_finite_and_on_its_own_topic(
+def test_a_fuzzed_ack_is_accepted_only_storable_and_on_its_own_topic(
     edits: dict[str, Any], drop: list[str], topic: str
 ) -> None:
     body = {**_ack(), **edits}
