@@ -188,6 +188,8 @@ def test_a_call_of_the_wrong_shape_gets_its_prescribed_error(
 @example(raw='[2,"a","Heartbeat",{"x":1}]', version="2.0.1")
 @example(raw='[2,"a","StatusNotification",{}]', version="2.1")
 @example(raw='[2,"a","NoSuchAction",{}]', version="2.1")
+# regression: answers to no CALL were queued and each logged at ERROR level (log flooding)
+@example(raw='[3,"fz1",{}]', version="2.0.1")
 @settings(max_examples=200)
 def test_routing_any_frame_sends_at_most_one_answer_and_never_raises(
     raw: str | bytes, version: str
@@ -204,8 +206,10 @@ def test_routing_any_frame_sends_at_most_one_answer_and_never_raises(
     if isinstance(decoded, Call):
         assert len(connection.sent) == 1
         assert connection.sent[0][:2] in ([3, decoded.unique_id], [4, decoded.unique_id])
-    else:  # an answer to nothing, or an OCPP 2.1 SEND: never answered
+    else:  # an answer to nothing, or an OCPP 2.1 SEND: never answered, never queued
         assert connection.sent == []
+        assert station._response_queue.empty()
+        assert len(refused) == 1
 
 
 # ---------------------------------------------------------------- payloads
