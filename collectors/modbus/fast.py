@@ -125,7 +125,10 @@ def decode_read_response(pdu: bytes, address: int, count: int) -> bytes:
     if len(pdu) < 2 or pdu[0] != READ_HOLDING_REGISTERS:
         raise DeviceError(f"unexpected reply (function {pdu[0] if pdu else None}) to a read")
     if pdu[1] != 2 * count or len(pdu) != 2 + 2 * count:
-        raise DeviceError(f"asked {count} registers at {address}, got {(len(pdu) - 2) // 2}")
+        raise DeviceError(
+            f"asked {count} registers at {address}, got {(len(pdu) - 2) // 2} "
+            f"with a byte count of {pdu[1]}"
+        )
     return pdu[2:]
 
 
