@@ -272,8 +272,7 @@ class Campaign:
     # ---------------------------------------------------------------- HTTP
 
     async def http(self, port: int) -> None:
-        """Send the HTTP quota from a process of its own (blocking I/O, and no GIL shared
-        with this busy event loop: in a thread here each request took ~45 ms)."""
+        """Send the HTTP quota from a process of its own (blocking I/O, off this loop)."""
         tally = self.tallies["http"]
         rate = self.args.rate * SHARES["http"]
         context = multiprocessing.get_context("spawn")
@@ -322,7 +321,7 @@ def _send_http(
 
 
 class _NoDelayConnection(http.client.HTTPConnection):
-    """Without Nagle's delay: headers and body go in two writes (40 ms per request else)."""
+    """Without Nagle's delay on our side: headers and body go in two writes."""
 
     def connect(self) -> None:
         """Connect (also when ``http.client`` reconnects by itself), then TCP_NODELAY."""
