@@ -370,7 +370,7 @@ def _traffic(data_dir: Path, windows: dict[str, tuple[int, int]]) -> dict[str, T
     for name, (lo, hi) in windows.items():
         telemetry = con.execute(
             "select count(*) from telemetry where ts_ms between ? and ? "
-            "and boot not like 'fuzz%' and asset <> 'ghost'",
+            "and boot not like 'fuzz%' and asset not in ('ghost', 'cs-fuzz')",
             [lo, hi],
         ).fetchone()
         acks = con.execute(
