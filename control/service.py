@@ -106,6 +106,22 @@ GC_FREEZE_CHECK_S = 10.0
 PRUNE_INTERVAL_S = 3600.0
 
 
+def _unfit(command: DispatchCommand) -> list[str]:
+    """The numbers of ``command`` its ack, the ledger or the history could not carry.
+
+    pydantic reads ``NaN``, ``Infinity`` and ``1e400`` into a float, and any integer into
+    an int; acks, the ledger (SQLite) and the history (Arrow) hold finite doubles and
+    64-bit integers.
+    """
+    unfit = []
+    for name, value in command.__dict__.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            unfit.append(f"{name}: not a finite number")
+        elif isinstance(value, int) and not -(2**63) <= value < 2**63:
+            unfit.append(f"{name}: beyond a 64-bit integer")
+    return unfit
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -329,7 +345,9 @@ class ControlService:
         message: object
         try:  # the common case in one pass; anything else gets parse_payload's reason
             message = DispatchCommand.model_validate_json(payload)
-        except ValidationError:
+            if "schema_" not in message.model_fields_set:  # no "schema": not a command/1
+                raise ValueError("no schema")
+        except (ValidationError, ValueError):
             try:
                 message = parse_payload(payload)
             except ContractError as exc:
@@ -343,7 +361,9 @@ class ControlService:
             topic_asset: str | None = parse_topic(topic).get("asset")
         except ContractError:
             topic_asset = None
-        if message.site != self.site.id:
+        if unfit := _unfit(message):
+            self._dead_letter(topic, payload, "; ".join(unfit), kind="out_of_range")
+        elif message.site != self.site.id:
             reason = f"command for site {message.site!r}, not this one"
             self._dead_letter(topic, payload, reason, kind="wrong_site")
         elif message.asset != topic_asset:

@@ -816,6 +816,10 @@ def load_site(path: str | Path) -> SiteConfig:
         raise ConfigError(
             f"config error in {path}: cannot read the file ({exc.strerror})"
         ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config error in {path}: expected UTF-8 text, byte {exc.start} is not"
+        ) from None
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:

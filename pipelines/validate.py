@@ -15,7 +15,9 @@ kind               meaning
 ``not_json``       the payload is not UTF-8 JSON (``NaN``/``Infinity`` are not JSON)
 ``wrong_schema``   the JSON is not an object whose ``schema`` is ``"telemetry/1"`` (``"ack/1"``)
 ``invalid``        the object does not validate against the contract (missing field, type)
-``out_of_range``   a value outside its contract bound (``soc_pct`` 0..100, ...) or outside a
+``out_of_range``   a value outside its contract bound (``soc_pct`` 0..100, ...), a number
+                   too large for a double (``1e400`` reads as infinity) or an integer
+                   beyond int64 (the history's columns), or outside a
                    plausible band (``freq_hz`` off nominal by more than 10 %, ``ts_ms`` in
                    the future beyond the allowed clock skew)
 ``topic_mismatch`` site, kind or asset in the topic differ from the payload, or the site is
@@ -42,7 +44,7 @@ import math
 from dataclasses import dataclass
 from typing import Final, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gridflex import jsonio
 from gridflex.contract import (
@@ -91,6 +93,8 @@ DEFAULT_MAX_FUTURE_MS: Final = 60_000
 DEFAULT_FREQ_BAND: Final = 0.10
 
 _FLOAT_FIELDS: Final = ("power_w", *NUMBER_FIELDS)
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
 
 _RANGE_ERROR_TYPES: Final = frozenset(
     {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
@@ -140,9 +144,13 @@ def _parse_fast(message: RawMessage, site_id: str) -> Telemetry | None:
         telemetry = Telemetry.model_validate_json(message.payload)
     except ValidationError:
         return None
+    if "schema_" not in telemetry.model_fields_set:  # defaulted: the payload named none
+        return None
     values = telemetry.__dict__
     if not all(math.isfinite(values[name]) for name in _FLOAT_FIELDS if values[name] is not None):
         return None
+    if telemetry.seq > _INT64_MAX or (telemetry.ev is not None and _unstorable(telemetry.ev)):
+        return None  # ts_ms beyond int64 is refused as ahead of the clock
     parts = message.topic.split("/")
     if (
         len(parts) == 6
@@ -164,14 +172,16 @@ def _parse_explained(message: RawMessage, site_id: str) -> Telemetry | Rejected:
     except ContractError as exc:
         return Rejected("bad_topic", str(exc), message)
     if parts["leaf"] != "telemetry" or parts["kind"] not in ("inverter", "evse"):
-        return Rejected("bad_topic", f"topic {message.topic!r} is not a telemetry topic", message)
+        return Rejected(
+            "bad_topic", f"topic {message.topic!r:.200} is not a telemetry topic", message
+        )
 
     telemetry = _decode(message, "telemetry/1", Telemetry)
     if isinstance(telemetry, Rejected):
         return telemetry
 
     mismatches = [
-        f"{name} {parts[name]!r} in topic, {value!r} in payload"
+        f"{name} {parts[name]!r:.80} in topic, {value!r:.80} in payload"
         for name, value in (
             ("site", telemetry.site),
             ("kind", telemetry.kind),
@@ -202,14 +212,37 @@ def _decode(message: RawMessage, schema: str, model: type[_Model]) -> _Model | R
         return Rejected("wrong_schema", "payload is not a JSON object", message)
     if obj.get("schema") != schema:
         return Rejected(
-            "wrong_schema", f"schema is {obj.get('schema')!r}, expected {schema!r}", message
+            "wrong_schema", f"schema is {obj.get('schema')!r:.60}, expected {schema!r}", message
         )
     try:
-        return model.model_validate(obj)
+        parsed = model.model_validate(obj)
     except ValidationError as exc:
         errors = exc.errors()
         kind = "out_of_range" if all(e["type"] in _RANGE_ERROR_TYPES for e in errors) else "invalid"
         return Rejected(kind, describe_validation_error(exc), message)
+    unstorable = _unstorable(parsed)
+    if unstorable is not None:
+        return Rejected("out_of_range", unstorable, message)
+    return parsed
+
+
+def _unstorable(model: BaseModel) -> str | None:
+    """What makes ``model`` unfit for the history, or None.
+
+    A number that is not finite (``1e400`` is JSON, but no double: it reads as infinity)
+    or an integer beyond int64 (the history's integer columns; one such row made the
+    history sink fail and the pipeline abort).
+    """
+    for name, value in model.__dict__.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{name}: not a finite number"
+        if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+            return f"{name}: beyond a 64-bit integer"
+        if isinstance(value, BaseModel):
+            inner = _unstorable(value)
+            if inner is not None:
+                return f"{name}.{inner}"
+    return None
 
 
 def validate_telemetry(
@@ -330,7 +363,7 @@ def _check_event(
     except ContractError as exc:
         return Rejected("bad_topic", str(exc), message)
     if parts["leaf"] != leaf:
-        return Rejected("bad_topic", f"topic {message.topic!r} is not a {leaf} topic", message)
+        return Rejected("bad_topic", f"topic {message.topic!r:.200} is not a {leaf} topic", message)
     event = _decode(message, schema, model)
     if isinstance(event, Rejected):
         return event
@@ -338,7 +371,7 @@ def _check_event(
     if isinstance(event, AssetStatus):
         pairs.append(("kind", event.kind))
     mismatches = [
-        f"{name} {parts[name]!r} in topic, {value!r} in payload"
+        f"{name} {parts[name]!r:.80} in topic, {value!r:.80} in payload"
         for name, value in pairs
         if parts[name] != value
     ]

@@ -55,7 +55,7 @@ def parse_payload(raw: bytes | str) -> Payload:
     schema = obj.get("schema")
     model = PAYLOADS.get(schema) if isinstance(schema, str) else None
     if model is None:
-        raise ContractError(f"unknown schema {schema!r}")
+        raise ContractError(f"unknown schema {schema!r:.60}")
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
