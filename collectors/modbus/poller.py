@@ -170,6 +170,7 @@ class DevicePoller:
                 )
                 self.tried.set()
                 self.failures = 0
+                self._slot_failures = 0  # a rediscovered device starts afresh
                 self.publish_status("online", capabilities=plan.capabilities)
                 log.info("%s: online, models %s", self.asset.id, plan.model_map.model_ids)
                 schedule.resume(loop.time())
