@@ -44,6 +44,7 @@ from gridflex.history import (
     partition_dir,
     utc_date,
 )
+from pipelines.history_rejects import convert_rows, set_aside
 
 __all__ = [
     "ACK_MEMORY",
@@ -322,6 +323,8 @@ class ParquetStreamWriter:
         self._count = 0
         self._oldest_s: float | None = None
         self.rows_written = 0
+        #: Rows that could not be stored (set aside, ``pipelines.history_rejects``).
+        self.rejected = 0
         self.files_written: list[Path] = []
         self.metadata = file_metadata(stream)
         # pyarrow imports pandas on its first Python-to-Arrow conversion, which takes
@@ -365,7 +368,12 @@ class ParquetStreamWriter:
     def _seal(self) -> None:
         """Turn the pending lists into a record batch."""
         if self._pending:
-            self._batches.append(pa.RecordBatch.from_pydict(self._columns, schema=self.schema))
+            batch, rejected = convert_rows(self._columns, self.schema)
+            if batch is not None:
+                self._batches.append(batch)
+            if rejected:
+                self.rejected += len(rejected)
+                set_aside(self.data_dir, self.stream, rejected)
             self._columns, self._pending = self._empty(), 0
 
     def add(self, rows: Iterable[Row]) -> None:
