@@ -36,6 +36,7 @@ from gridflex.contract.payloads import (
     Forecast,
     GridFrequency,
     SiteSummary,
+    SiteTarget,
     Telemetry,
     TelemetryStatus,
 )
@@ -52,6 +53,7 @@ from gridflex.contract.topics import (
     parse_topic,
     status_topic,
     summary_topic,
+    target_topic,
     telemetry_topic,
 )
 
@@ -82,6 +84,7 @@ __all__ = [
     "GridFrequency",
     "Payload",
     "SiteSummary",
+    "SiteTarget",
     "Telemetry",
     "TelemetryStatus",
     "ack_topic",
@@ -98,5 +101,6 @@ __all__ = [
     "parse_topic",
     "status_topic",
     "summary_topic",
+    "target_topic",
     "telemetry_topic",
 ]

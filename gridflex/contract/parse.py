@@ -17,6 +17,7 @@ from gridflex.contract.payloads import (
     Forecast,
     GridFrequency,
     SiteSummary,
+    SiteTarget,
     Telemetry,
 )
 
@@ -29,6 +30,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "command/1": DispatchCommand,
     "ack/1": DispatchAck,
     "summary/1": SiteSummary,
+    "target/1": SiteTarget,
     "collector/1": CollectorStatus,
     "deadletter/1": DeadLetter,
     "csms-setpoint/1": CsmsRequest,
