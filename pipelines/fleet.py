@@ -37,12 +37,13 @@ the online assets and re-syncs the running sums, so rounding never accumulates.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gridflex.contract import DispatchCommand, SiteSummary
+from gridflex.contract import DispatchCommand, SiteSummary, SiteTarget
 from pipelines.dispatch import (
     DroopParams,
     Participant,
@@ -257,6 +258,33 @@ class SiteDispatcher:
             out.append(command)
         out.extend(self._maybe_summary(update.received_ms))
         return out
+
+    def on_target(self, target: SiteTarget, now_ms: int) -> list[DispatchCommand | SiteSummary]:
+        """Take the central's target: its FCR capacity replaces ``fcr_capacity_w``.
+
+        An expired target (``valid_until_ms`` before ``now_ms``) or one for another site is
+        ignored. The new capacity applies from the next reading on.
+        """
+        s = self.settings
+        if target.site != s.site or target.valid_until_ms < now_ms:
+            log.warning(
+                "target %d for %s ignored (site %s, valid until %d, now %d)",
+                target.seq,
+                target.site,
+                s.site,
+                target.valid_until_ms,
+                now_ms,
+            )
+            return []
+        if target.fcr_capacity_w != s.fcr_capacity_w:
+            log.info(
+                "central target %d: FCR capacity %.0f W (was %.0f W)",
+                target.seq,
+                target.fcr_capacity_w,
+                s.fcr_capacity_w,
+            )
+            self.settings = dataclasses.replace(s, fcr_capacity_w=target.fcr_capacity_w)
+        return []
 
     def on_tick(self, now_ms: int) -> list[DispatchCommand | SiteSummary]:
         """The source's heartbeat: publish the summary when due.

@@ -68,12 +68,14 @@ from gridflex.contract import (
     Forecast,
     GridFrequency,
     SiteSummary,
+    SiteTarget,
     Telemetry,
     command_topic,
     deadletter_topic,
     forecast_topic,
     grid_frequency_topic,
     summary_topic,
+    target_topic,
     telemetry_topic,
 )
 from gridflex.history import ACKS, COMMANDS, FORECASTS, GRID_FREQUENCY, TELEMETRY
@@ -99,6 +101,7 @@ from pipelines.validate import (
     check_registers,
     to_dead_letter,
     validate_ack,
+    validate_target,
     validate_telemetry,
 )
 from pipelines.windows import (
@@ -192,9 +195,13 @@ def ack_filter(site_id: str) -> str:
     return f"{PREFIX}/{site_id}/dispatch/+/ack"
 
 
-def pipeline_filters(site_id: str) -> tuple[str, str]:
-    """What the pipeline subscribes to: :func:`telemetry_filter` and :func:`ack_filter`."""
-    return telemetry_filter(site_id), ack_filter(site_id)
+def pipeline_filters(site_id: str) -> tuple[str, str, str]:
+    """What the pipeline subscribes to: telemetry, acks and the central's target.
+
+    :func:`telemetry_filter`, :func:`ack_filter` and ``gridflex/v1/{site}/target`` (from
+    ``gridflex central`` through the site broker's bridge).
+    """
+    return telemetry_filter(site_id), ack_filter(site_id), target_topic(site_id)
 
 
 def _client_id(site: SiteLike, opts: FlowOptions) -> str:
@@ -306,8 +313,12 @@ def _is_not_rejected(item: Accepted | Heartbeat | Rejected) -> bool:
     return not isinstance(item, Rejected)
 
 
-def _is_ack(item: Accepted | Heartbeat | Rejected | DispatchAck) -> bool:
+def _is_ack(item: Accepted | Heartbeat | Rejected | DispatchAck | Arrived) -> bool:
     return isinstance(item, DispatchAck)
+
+
+def _is_target(item: Accepted | Heartbeat | Rejected | Arrived) -> bool:
+    return isinstance(item, Arrived)
 
 
 def _reading(item: Accepted | Heartbeat) -> Accepted | None:
@@ -316,6 +327,13 @@ def _reading(item: Accepted | Heartbeat) -> Accepted | None:
 
 def _tick(item: Accepted | Heartbeat) -> Heartbeat | None:
     return item if isinstance(item, Heartbeat) else None
+
+
+class Arrived(NamedTuple):
+    """The central's target (:func:`~gridflex.contract.target_topic`) and when it came."""
+
+    target: SiteTarget
+    received_ms: int
 
 
 class Tracked(NamedTuple):
@@ -397,11 +415,14 @@ def build_flow(
 
     def validate(
         message: RawMessage | Heartbeat,
-    ) -> Accepted | Heartbeat | Rejected | DispatchAck:
+    ) -> Accepted | Heartbeat | Rejected | DispatchAck | Arrived:
         if isinstance(message, Heartbeat):
             return message
         if message.topic.endswith("/ack"):
             return validate_ack(message, site_id=site_id)
+        if message.topic.endswith("/target"):
+            target = validate_target(message, site_id=site_id)
+            return target if isinstance(target, Rejected) else Arrived(target, message.received_ms)
         result = validate_telemetry(
             message,
             site_id=site_id,
@@ -428,12 +449,14 @@ def build_flow(
         return new_state, Tracked(update, fc, None)
 
     def dispatch(
-        state: SiteDispatcher | None, item: AssetUpdate | Heartbeat
+        state: SiteDispatcher | None, item: AssetUpdate | Heartbeat | Arrived
     ) -> tuple[SiteDispatcher, list[DispatchCommand | SiteSummary]]:
         state = state or SiteDispatcher(settings)
         try:
             if isinstance(item, Heartbeat):
                 return state, state.on_tick(item.wall_ms)
+            if isinstance(item, Arrived):
+                return state, state.on_target(item.target, item.received_ms)
             return state, state.on_update(item)
         except Exception:
             log.exception("dispatch failed on %r; skipped", item)
@@ -487,7 +510,10 @@ def build_flow(
         op.map("ack_row", acks, lambda a: (a.asset, ack_row(a))),
         history(ACKS),
     )
-    readings_in: Stream[Accepted | Heartbeat | Rejected] = by_kind.falses  # type: ignore[assignment]
+    not_acks: Stream[Accepted | Heartbeat | Rejected | Arrived] = by_kind.falses  # type: ignore[assignment]
+    by_target = op.branch("split_targets", not_acks, _is_target)
+    arrived: Stream[Arrived] = by_target.trues  # type: ignore[assignment]
+    readings_in: Stream[Accepted | Heartbeat | Rejected] = by_target.falses  # type: ignore[assignment]
     split = op.branch("split_valid", readings_in, _is_not_rejected)
     valid: Stream[Accepted | Heartbeat] = split.trues  # type: ignore[assignment]
     refused: Stream[Rejected] = split.falses  # type: ignore[assignment]
@@ -549,7 +575,9 @@ def build_flow(
     )
     updates = op.filter_map("asset_update", tracked_out, lambda t: t.update)
     ticks = op.filter_map("ticks", valid, _tick)
-    to_dispatch: Stream[AssetUpdate | Heartbeat] = op.merge("dispatch_in", updates, ticks)
+    to_dispatch: Stream[AssetUpdate | Heartbeat | Arrived] = op.merge(
+        "dispatch_in", updates, ticks, arrived
+    )
     decided = op.stateful_map(
         "dispatch", op.key_on("key_dispatch", to_dispatch, lambda _: site_id), dispatch
     )

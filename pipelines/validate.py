@@ -47,9 +47,11 @@ from gridflex.contract import (
     ContractError,
     DeadLetter,
     DispatchAck,
+    SiteTarget,
     Telemetry,
     describe_validation_error,
     parse_topic,
+    target_topic,
 )
 from gridflex.telemetry_json import NUMBER_FIELDS
 
@@ -64,6 +66,7 @@ __all__ = [
     "check_registers",
     "to_dead_letter",
     "validate_ack",
+    "validate_target",
     "validate_telemetry",
 ]
 
@@ -183,7 +186,7 @@ def _parse_explained(message: RawMessage, site_id: str) -> Telemetry | Rejected:
     return telemetry
 
 
-_Model = TypeVar("_Model", Telemetry, DispatchAck)
+_Model = TypeVar("_Model", Telemetry, DispatchAck, SiteTarget)
 
 
 def _decode(message: RawMessage, schema: str, model: type[_Model]) -> _Model | Rejected:
@@ -396,3 +399,22 @@ def to_dead_letter(rejected: Rejected, *, site: str, component: str = "pipeline"
         reason=f"{rejected.kind}: {rejected.reason}",
         topic=rejected.message.topic,
     )
+
+
+def validate_target(message: RawMessage, *, site_id: str) -> SiteTarget | Rejected:
+    """Validate the central's target (``gridflex/v1/{site}/target``) for this site.
+
+    Returns the parsed target, or a :class:`Rejected` (another site's target, a payload
+    that is not ``target/1``, or one naming another site than its topic).
+    """
+    try:
+        if message.topic != target_topic(site_id):
+            return Rejected(
+                "bad_topic", f"topic {message.topic!r} is not this site's target", message
+            )
+        target = _decode(message, "target/1", SiteTarget)
+        if isinstance(target, Rejected) or target.site == site_id:
+            return target
+        return Rejected("topic_mismatch", f"site {target.site!r} in payload", message)
+    except Exception as exc:  # one message never stops the stream
+        return Rejected("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}", message)
