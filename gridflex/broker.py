@@ -92,6 +92,7 @@ class BrokerAuth:
     config_dir: Path
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    bridge: str = ""  # a bridge section (gridflex.broker_config.bridge_conf), or none
 
 
 @dataclass
@@ -171,6 +172,7 @@ def _start_mosquitto(
             persistence_dir=persistence_dir,
             extra_conf=as_root,
             limits=limits,
+            bridge=auth.bridge,
         )
         conf = files.conf
         credentials = dict(files.credentials)
