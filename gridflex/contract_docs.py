@@ -75,7 +75,7 @@ CHANNELS: dict[str, tuple[str, str, bool, str]] = {
         "target/1",
         True,
         "From `gridflex central` (through the site's broker bridge): the FCR capacity the "
-        "site is to hold, its share of the fleet's by flexibility; ignored once expired.",
+        "site is to hold, its share of the fleet's by flexibility, until valid_until_ms.",
     ),
     "csmsSetpoint": (
         PREFIX + "/{site}/csms/{asset}/setpoint",

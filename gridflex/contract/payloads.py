@@ -490,7 +490,8 @@ class SiteTarget(Payload):
 
     The site's pipeline takes ``fcr_capacity_w`` as its ``[dispatch.fcr] capacity_w`` while
     the target is valid, and shares it across its assets as it shares its own. A target
-    received after ``valid_until_ms`` is ignored (the site keeps what it had).
+    received after ``valid_until_ms`` is ignored; past ``valid_until_ms`` with no newer
+    target, the site goes back to its own ``capacity_w``.
     """
 
     schema_: Literal["target/1"] = Field(default="target/1", alias="schema")
@@ -506,7 +507,9 @@ class SiteTarget(Payload):
     flex_w: Annotated[float, Field(ge=0)] = Field(
         description="the site's symmetric flexibility the share was based on, W"
     )
-    valid_until_ms: EpochMs
+    valid_until_ms: EpochMs = Field(
+        description="after this the site goes back to its own capacity (unless a newer target)"
+    )
     reason: Annotated[str, Field(min_length=1, max_length=256)]
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
