@@ -23,7 +23,9 @@
 The source subscribes to the telemetry and to the control writer's acks
 (``…/dispatch/+/ack``, :func:`pipeline_filters`); ``validate`` checks each against its
 own schema (:func:`pipelines.validate.validate_ack` for acks), and a valid ack only goes to
-the ``acks`` history, de-duplicated on ``(asset, command_id, result, ts_ms)``.
+the ``acks`` history, de-duplicated on ``(asset, command_id, result, ts_ms)``. The
+central's target (``…/target``, :func:`pipelines.validate.validate_target`) goes straight
+to ``dispatch``: its FCR capacity replaces the site file's while valid.
 
 Dispatch does not wait for the frequency windows: each reading's decision follows it
 through ``asset_state`` and ``dispatch`` (keyed by asset, then by site).
@@ -68,7 +70,6 @@ from gridflex.contract import (
     Forecast,
     GridFrequency,
     SiteSummary,
-    SiteTarget,
     Telemetry,
     command_topic,
     deadletter_topic,
@@ -95,6 +96,7 @@ from pipelines.site import SiteLike, asset_profiles, car_defaults, dispatch_sett
 from pipelines.validate import (
     DEFAULT_MAX_FUTURE_MS,
     REGISTER_FIELDS,
+    Arrived,
     RawMessage,
     RegisterState,
     Rejected,
@@ -329,13 +331,6 @@ def _tick(item: Accepted | Heartbeat) -> Heartbeat | None:
     return item if isinstance(item, Heartbeat) else None
 
 
-class Arrived(NamedTuple):
-    """The central's target (:func:`~gridflex.contract.target_topic`) and when it came."""
-
-    target: SiteTarget
-    received_ms: int
-
-
 class Tracked(NamedTuple):
     """What ``asset_state`` makes of one reading: an update, maybe a forecast, or a refusal."""
 
@@ -421,8 +416,7 @@ def build_flow(
         if message.topic.endswith("/ack"):
             return validate_ack(message, site_id=site_id)
         if message.topic.endswith("/target"):
-            target = validate_target(message, site_id=site_id)
-            return target if isinstance(target, Rejected) else Arrived(target, message.received_ms)
+            return validate_target(message, site_id=site_id)
         result = validate_telemetry(
             message,
             site_id=site_id,

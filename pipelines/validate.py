@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 from pydantic import ValidationError
 
@@ -60,6 +60,7 @@ __all__ = [
     "DEFAULT_MAX_FUTURE_MS",
     "REASON_KINDS",
     "REGISTER_FIELDS",
+    "Arrived",
     "RawMessage",
     "RegisterState",
     "Rejected",
@@ -401,11 +402,19 @@ def to_dead_letter(rejected: Rejected, *, site: str, component: str = "pipeline"
     )
 
 
-def validate_target(message: RawMessage, *, site_id: str) -> SiteTarget | Rejected:
+class Arrived(NamedTuple):
+    """The central's target (``gridflex/v1/{site}/target``) and when it came (epoch ms)."""
+
+    target: SiteTarget
+    received_ms: int
+
+
+def validate_target(message: RawMessage, *, site_id: str) -> Arrived | Rejected:
     """Validate the central's target (``gridflex/v1/{site}/target``) for this site.
 
-    Returns the parsed target, or a :class:`Rejected` (another site's target, a payload
-    that is not ``target/1``, or one naming another site than its topic).
+    Returns the parsed target with its receive time, or a :class:`Rejected` (another
+    site's target, a payload that is not ``target/1``, or one naming another site than its
+    topic).
     """
     try:
         if message.topic != target_topic(site_id):
@@ -413,8 +422,10 @@ def validate_target(message: RawMessage, *, site_id: str) -> SiteTarget | Reject
                 "bad_topic", f"topic {message.topic!r} is not this site's target", message
             )
         target = _decode(message, "target/1", SiteTarget)
-        if isinstance(target, Rejected) or target.site == site_id:
+        if isinstance(target, Rejected):
             return target
+        if target.site == site_id:
+            return Arrived(target, message.received_ms)
         return Rejected("topic_mismatch", f"site {target.site!r} in payload", message)
     except Exception as exc:  # one message never stops the stream
         return Rejected("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}", message)
