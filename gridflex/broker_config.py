@@ -386,7 +386,14 @@ def write_broker_config(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``gridflex broker-config``."""
-    parser.add_argument("--site", required=True, type=Path, help="the site file (TOML)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--site", type=Path, help="the site file (TOML)")
+    which.add_argument(
+        "--central",
+        type=Path,
+        help="a central.toml: the central broker's users (gridflex central, a bridge per "
+        "site, an integrator) instead of a site's",
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder to write the files to")
     parser.add_argument(
         "--bind",
@@ -426,6 +433,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     """Write the broker configuration of a site; 2 on a config or key-file error."""
+    if args.central is not None:
+        return _main_central(args)
     site = load_site(args.site)
     url = urlsplit(site.mqtt.url)
     tls = url.scheme == "mqtts"
@@ -460,4 +469,38 @@ def main(args: argparse.Namespace) -> int:
     log.info("wrote %s, %s and %s", files.conf, files.password_file, files.acl_file)
     for role, path in files.credentials.items():
         log.info("%s credentials: GRIDFLEX_MQTT_CREDENTIALS=%s", role, path)
+    return 0
+
+
+def _main_central(args: argparse.Namespace) -> int:
+    """``--central``: the central broker's configuration (:mod:`gridflex.central_broker`)."""
+    from gridflex.central import load_central
+    from gridflex.central_broker import write_central_broker_config
+
+    config = load_central(args.central)
+    url = urlsplit(config.mqtt.url)
+    tls = url.scheme == "mqtts"
+    if tls and (args.tls_cert is None or args.tls_key is None):
+        raise ConfigError(
+            f"config error in {args.central}: mqtt.url: {config.mqtt.url} is a TLS URL: "
+            "give --tls-cert and --tls-key"
+        )
+    try:
+        files = write_central_broker_config(
+            config.central.id,
+            list(config.central.sites),
+            args.out,
+            bind=args.bind or url.hostname or "127.0.0.1",
+            port=url.port or (8883 if tls else 1883),
+            tls_cert=args.tls_cert if tls else None,
+            tls_key=args.tls_key if tls else None,
+            persistence_dir=args.persistence_dir,
+            rotate=args.rotate,
+        )
+    except PrivateFileError as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("wrote %s", files.conf)
+    for name, path in files.credentials.items():
+        log.info("%s credentials: %s", name, path)
     return 0
