@@ -9,12 +9,12 @@ default half the fleet's discharge rating) across the sites by their flexibility
 site's pipeline runs ``[dispatch] mode = "fcr"`` with a capacity of 0 W of its own, so
 what it holds is what the central gives it.
 
-The central broker is anonymous and listens on loopback only (a demo); in the field it runs
-``gridflex broker-config``'s users and TLS, and each bridge logs in
-(``--central-credentials``). Every site's history goes to the one ``--data-dir`` (each
-history file has a unique name, each row its site), so one ``gridflex query`` sees every
-site; a site's recovery state, write-ahead log, ledger and logs stay under
-``DATA/sites/{site}/``.
+The central broker runs ``gridflex broker-config --central``'s users and ACL
+(``DATA/central-broker/``): each site's bridge logs in as ``{site}-bridge`` and may only
+write its summary and read its target; ``gridflex central`` logs in as ``demo-central``.
+Every site's history goes to the one ``--data-dir`` (each history file has a unique name,
+each row its site), so one ``gridflex query`` sees every site; a site's recovery state,
+write-ahead log, ledger and logs stay under ``DATA/sites/{site}/``.
 """
 
 from __future__ import annotations
@@ -29,8 +29,16 @@ import time
 import uuid
 from pathlib import Path
 
-from gridflex.broker import Broker, BrokerAuth, find_mosquitto, start_broker
-from gridflex.broker_config import bridge_conf, read_credentials
+from gridflex.broker import (
+    Broker,
+    BrokerAuth,
+    find_mosquitto,
+    root_conf,
+    start_broker,
+    start_mosquitto_conf,
+)
+from gridflex.broker_config import Credentials, bridge_conf, read_credentials
+from gridflex.central_broker import write_central_broker_config
 from gridflex.contract import PREFIX, ContractError, SiteSummary, SiteTarget, parse_payload
 from gridflex.demo import (
     EVSE_RATING_W,
@@ -93,9 +101,12 @@ def sites_site_toml(plan: DemoPlan, site_dir: Path) -> str:
     )
 
 
-def central_toml(sites: list[str], url: str, fcr_capacity_w: float) -> str:
-    """The ``central.toml`` of the demo."""
+def central_toml(
+    sites: list[str], url: str, fcr_capacity_w: float, credentials: Path | None = None
+) -> str:
+    """The ``central.toml`` of the demo (``credentials``: the central's MQTT user file)."""
     listed = ", ".join(f'"{s}"' for s in sites)
+    login = "" if credentials is None else f'credentials = "{credentials}"\n'
     return (
         "# written by `gridflex demo --sites N`: gridflex central --config central.toml\n"
         "[central]\n"
@@ -105,7 +116,8 @@ def central_toml(sites: list[str], url: str, fcr_capacity_w: float) -> str:
         "target_valid_s = 30.0\n"
         f"sites = [{listed}]\n\n"
         "[mqtt]\n"
-        f'url = "{url}"\n\n'
+        f'url = "{url}"\n'
+        f"{login}\n"
         "[service]\n"
         f"fcr_capacity_w = {fcr_capacity_w:.1f}\n"
     )
@@ -144,7 +156,7 @@ class _CentralView:
 
 def _clear(data_dir: Path) -> None:
     clear_history(data_dir)
-    for path in (data_dir / "sites", data_dir / "central.toml"):
+    for path in (data_dir / "sites", data_dir / "central-broker", data_dir / "central.toml"):
         if path.is_symlink():
             continue
         if path.is_dir():
@@ -177,18 +189,41 @@ def run_sites(args: argparse.Namespace) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.set())
     try:
-        central = start_broker("mosquitto")
+        port = free_port()
+        central_files = write_central_broker_config(
+            "demo",
+            plan.sites,
+            data_dir / "central-broker",
+            bind="127.0.0.1",
+            port=port,
+            extra_conf=root_conf(),
+        )
+        central = start_mosquitto_conf(central_files.conf, "127.0.0.1", port)
         brokers.append(central)
-        log.info("central broker: %s (anonymous, loopback)", central.url)
+        log.info("central broker: %s (users and ACL in %s)", central.url, central_files.conf)
         for site in plan.sites:
-            parts += _start_site(site, plan, central, brokers, args)
+            bridge = read_credentials(central_files.credentials[f"bridge-{site}"])
+            parts += _start_site(
+                site, plan, central=central, bridge=bridge, brokers=brokers, args=args
+            )
         central_file = data_dir / "central.toml"
         central_file.write_text(
-            central_toml(plan.sites, central.url, plan.fcr_capacity_w), encoding="utf-8"
+            central_toml(
+                plan.sites,
+                central.url,
+                plan.fcr_capacity_w,
+                central_files.credentials["central"],
+            ),
+            encoding="utf-8",
         )
         view = _CentralView()
+        viewer = read_credentials(central_files.credentials["integrator"])
         watcher = MqttClient(
-            central.url, f"gridflex-demo-central-view-{uuid.uuid4().hex[:6]}", clean_session=True
+            central.url,
+            f"gridflex-demo-central-view-{uuid.uuid4().hex[:6]}",
+            username=viewer.username,
+            password=viewer.password,
+            clean_session=True,
         )
         watcher.subscribe(f"{PREFIX}/+/summary", view.on_message, qos=0)
         watcher.subscribe(f"{PREFIX}/+/target", view.on_message, qos=0)
@@ -240,16 +275,22 @@ def run_sites(args: argparse.Namespace) -> int:
 def _start_site(
     site: str,
     plan: MultiSitePlan,
+    *,
     central: Broker,
+    bridge: Credentials,
     brokers: list[Broker],
     args: argparse.Namespace,
 ) -> list[Part]:
-    """Start one site's broker (bridged to ``central``); return its parts, not yet started."""
+    """Start one site's broker (bridged to ``central`` as ``bridge``); return its parts."""
     site_dir = plan.site_dir(site)
     site_dir.mkdir(parents=True, exist_ok=True)
     broker = start_broker(
         "mosquitto",
-        auth=BrokerAuth(site, site_dir / "broker", bridge=bridge_conf(site, central.url)),
+        auth=BrokerAuth(
+            site,
+            site_dir / "broker",
+            bridge=bridge_conf(site, central.url, credentials=bridge),
+        ),
     )
     brokers.append(broker)
     log.info("site %s: broker %s, bridged to %s", site, broker.url, central.url)
