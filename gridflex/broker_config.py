@@ -154,9 +154,10 @@ def mosquitto_password_hash(
 def acl_rules(site_id: str) -> dict[Role, list[tuple[Literal["read", "write"], str]]]:
     """Per role, the topics it may read or write (Mosquitto ``topic read|write`` lines).
 
-    A collector publishes telemetry and statuses, its presence, the CSMS's answers to
-    control and its dead letters, and reads the CSMS requests; the pipeline reads telemetry
-    and acks and writes analytics, forecasts, commands, the summary and its dead letters;
+    A collector publishes telemetry and statuses, its presence, the CSMS's sessions and
+    answers to control and its dead letters, and reads the CSMS requests; the pipeline reads
+    telemetry, acks, asset statuses and sessions (for the history) and writes analytics,
+    forecasts, commands, the summary and its dead letters;
     control reads commands, telemetry, statuses and CSMS answers and writes acks, CSMS
     requests and its dead letters; an integrator reads everything under ``gridflex/v1/``.
     """
@@ -169,6 +170,7 @@ def acl_rules(site_id: str) -> dict[Role, list[tuple[Literal["read", "write"], s
             ("write", f"{site}/inverter/+/status"),
             ("write", f"{site}/evse/+/status"),
             ("write", f"{site}/collector/+/status"),
+            ("write", f"{site}/evse/+/session"),
             ("write", f"{site}/csms/+/result"),
             ("read", f"{site}/csms/+/setpoint"),
             ("write", f"{dead}/modbus"),
@@ -177,6 +179,9 @@ def acl_rules(site_id: str) -> dict[Role, list[tuple[Literal["read", "write"], s
         "pipeline": [
             ("read", f"{site}/+/+/telemetry"),
             ("read", f"{site}/dispatch/+/ack"),
+            ("read", f"{site}/inverter/+/status"),
+            ("read", f"{site}/evse/+/status"),
+            ("read", f"{site}/evse/+/session"),
             ("write", f"{site}/grid/frequency"),
             ("write", f"{site}/ev/+/forecast"),
             ("write", f"{site}/dispatch/+/command"),

@@ -37,6 +37,13 @@ CHANNELS: dict[str, tuple[str, str, bool, str]] = {
         True,
         "Retained collector presence; its last will says online=false.",
     ),
+    "session": (
+        PREFIX + "/{site}/evse/{asset}/session",
+        "session/1",
+        False,
+        "A charging transaction started or ended (the CSMS): id, start/end, meter registers, "
+        "SoC, the id token's SHA-256 (never the token). QoS 1.",
+    ),
     "gridFrequency": (
         PREFIX + "/{site}/grid/frequency",
         "grid_frequency/1",

@@ -3,7 +3,10 @@
 ::
 
     mqtt_in ─▶ validate ─▶ split_acks
-      acks ───▶ ack_row ─▶ history_acks (Parquet)
+      events ─┬─▶ acks_only ─▶ ack_row ─▶ history_acks (Parquet)
+              ├─▶ statuses_only ─▶ key_status ─▶ status_change (a change of the asset's
+              │     status, not a repeat) ─▶ status_row ─▶ history_status_changes
+              └─▶ sessions_only ─▶ session_row ─▶ history_transactions
       rest ───▶ split_valid
       valid ──┬─▶ frequency_sample ─▶ key_site ─▶ frequency_window (pipelines.windows)
               │     ─▶ frequency_stats ─┬─▶ grid_frequency_row ─▶ history_grid_frequency
@@ -20,12 +23,12 @@
                                          └─▶ dispatch_json ─▶ merge_out
       refused ─▶ key_reason ─▶ count_rejected ─▶ unkey_rejected ─▶ dead_letter ─▶ merge_out
 
-The source subscribes to the telemetry and to the control writer's acks
-(``…/dispatch/+/ack``, :func:`pipeline_filters`); ``validate`` checks each against its
-own schema (:func:`pipelines.validate.validate_ack` for acks), and a valid ack only goes to
-the ``acks`` history, de-duplicated on ``(asset, command_id, result, ts_ms)``. The
-central's target (``…/target``, :func:`pipelines.validate.validate_target`) goes straight
-to ``dispatch``: its FCR capacity replaces the site file's while valid.
+The source subscribes to telemetry, acks, asset statuses and CSMS sessions
+(:func:`pipeline_filters`); ``validate`` checks each against its schema
+(:mod:`pipelines.validate`). The events only go to the history: acks de-duplicated, statuses
+when they change, sessions as they come (:mod:`pipelines.history_events`). The central's
+target (``…/target``, :func:`pipelines.validate.validate_target`) goes straight to
+``dispatch``: its FCR capacity replaces the site file's while valid.
 
 Dispatch does not wait for the frequency windows: each reading's decision follows it
 through ``asset_state`` and ``dispatch`` (keyed by asset, then by site).
@@ -65,7 +68,6 @@ from bytewax.outputs import Sink
 
 from gridflex.contract import (
     PREFIX,
-    DispatchAck,
     DispatchCommand,
     Forecast,
     GridFrequency,
@@ -79,7 +81,16 @@ from gridflex.contract import (
     target_topic,
     telemetry_topic,
 )
-from gridflex.history import ACKS, COMMANDS, FORECASTS, GRID_FREQUENCY, TELEMETRY
+from gridflex.history import (
+    ACKS,
+    COMMANDS,
+    FORECASTS,
+    GRID_FREQUENCY,
+    STATUS_CHANGES,
+    TELEMETRY,
+    TRANSACTIONS,
+)
+from pipelines import history_events as hev
 from pipelines.assets import AssetTracker, track
 from pipelines.fleet import AssetUpdate, SiteDispatcher
 from pipelines.frequency import FrequencyAccumulator, FrequencySample, summarize_window
@@ -103,6 +114,8 @@ from pipelines.validate import (
     check_registers,
     to_dead_letter,
     validate_ack,
+    validate_session,
+    validate_status,
     validate_target,
     validate_telemetry,
 )
@@ -125,6 +138,7 @@ __all__ = [
     "car_defaults",
     "default_mqtt_sink",
     "dispatch_settings",
+    "event_filters",
     "mqtt_source",
     "pipeline_filters",
     "telemetry_filter",
@@ -197,13 +211,24 @@ def ack_filter(site_id: str) -> str:
     return f"{PREFIX}/{site_id}/dispatch/+/ack"
 
 
-def pipeline_filters(site_id: str) -> tuple[str, str, str]:
-    """What the pipeline subscribes to: telemetry, acks and the central's target.
+def event_filters(site_id: str) -> tuple[str, ...]:
+    """The asset statuses and the CSMS's sessions: history only."""
+    site = f"{PREFIX}/{site_id}"
+    return f"{site}/inverter/+/status", f"{site}/evse/+/status", f"{site}/evse/+/session"
 
-    :func:`telemetry_filter`, :func:`ack_filter` and ``gridflex/v1/{site}/target`` (from
-    ``gridflex central`` through the site broker's bridge).
+
+def pipeline_filters(site_id: str) -> tuple[str, ...]:
+    """What the pipeline subscribes to: telemetry, acks, statuses, sessions, the target.
+
+    The target, ``gridflex/v1/{site}/target``, comes from ``gridflex central`` through the
+    site broker's bridge.
     """
-    return telemetry_filter(site_id), ack_filter(site_id), target_topic(site_id)
+    return (
+        telemetry_filter(site_id),
+        ack_filter(site_id),
+        *event_filters(site_id),
+        target_topic(site_id),
+    )
 
 
 def _client_id(site: SiteLike, opts: FlowOptions) -> str:
@@ -315,10 +340,6 @@ def _is_not_rejected(item: Accepted | Heartbeat | Rejected) -> bool:
     return not isinstance(item, Rejected)
 
 
-def _is_ack(item: Accepted | Heartbeat | Rejected | DispatchAck | Arrived) -> bool:
-    return isinstance(item, DispatchAck)
-
-
 def _is_target(item: Accepted | Heartbeat | Rejected | Arrived) -> bool:
     return isinstance(item, Arrived)
 
@@ -410,11 +431,15 @@ def build_flow(
 
     def validate(
         message: RawMessage | Heartbeat,
-    ) -> Accepted | Heartbeat | Rejected | DispatchAck | Arrived:
+    ) -> Accepted | Heartbeat | Rejected | hev.Event | Arrived:
         if isinstance(message, Heartbeat):
             return message
         if message.topic.endswith("/ack"):
             return validate_ack(message, site_id=site_id)
+        if message.topic.endswith("/status"):
+            return validate_status(message, site_id=site_id)
+        if message.topic.endswith("/session"):
+            return validate_session(message, site_id=site_id)
         if message.topic.endswith("/target"):
             return validate_target(message, site_id=site_id)
         result = validate_telemetry(
@@ -497,15 +522,31 @@ def build_flow(
     flow = Dataflow(FLOW_ID)
     inp: Stream[RawMessage | Heartbeat] = op.input("mqtt_in", flow, source)
     checked = op.map("validate", inp, validate)
-    by_kind = op.branch("split_acks", checked, _is_ack)
-    acks: Stream[DispatchAck] = by_kind.trues  # type: ignore[assignment]
+    by_kind = op.branch("split_acks", checked, hev.is_event)
+    events: Stream[hev.Event] = by_kind.trues  # type: ignore[assignment]
+    acks = op.filter_map("acks_only", events, hev.ack_only)
     op.output(
         "history_acks",
         op.map("ack_row", acks, lambda a: (a.asset, ack_row(a))),
         history(ACKS),
     )
-    not_acks: Stream[Accepted | Heartbeat | Rejected | Arrived] = by_kind.falses  # type: ignore[assignment]
-    by_target = op.branch("split_targets", not_acks, _is_target)
+    statuses = op.filter_map("statuses_only", events, hev.status_only)
+    changes = op.stateful_map(
+        "status_change", op.key_on("key_status", statuses, lambda s: s.asset), hev.status_change
+    )
+    op.output(
+        "history_status_changes",
+        op.filter_map("status_row", changes, hev.changed_only),
+        history(STATUS_CHANGES),
+    )
+    sessions = op.filter_map("sessions_only", events, hev.session_only)
+    op.output(
+        "history_transactions",
+        op.map("session_row", sessions, lambda x: (x.asset, hev.session_row(x))),
+        history(TRANSACTIONS),
+    )
+    not_events: Stream[Accepted | Heartbeat | Rejected | Arrived] = by_kind.falses  # type: ignore[assignment]
+    by_target = op.branch("split_targets", not_events, _is_target)
     arrived: Stream[Arrived] = by_target.trues  # type: ignore[assignment]
     readings_in: Stream[Accepted | Heartbeat | Rejected] = by_target.falses  # type: ignore[assignment]
     split = op.branch("split_valid", readings_in, _is_not_rejected)

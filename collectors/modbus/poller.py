@@ -261,6 +261,8 @@ class DevicePoller:
             if delay > 0:
                 await asyncio.sleep(delay)
             last = self._begin_poll(plan, schedule, loop.time())
+            if not blocks[-1]:  # the slow blocks were never read: the first poll lost its slot
+                last = len(plan.reads)
             try:
                 for i in range(last):
                     blocks[i] = await read(*plan.reads[i])
@@ -299,6 +301,8 @@ class DevicePoller:
                 done.set_result(None)
                 return
             last = self._begin_poll(plan, schedule, loop.time())
+            if not data[-1]:  # the slow blocks were never read: the first poll lost its slot
+                last = len(reads)
             index = 0
             client.request(*reads[0], unit_id, on_reply)
 

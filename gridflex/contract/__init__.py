@@ -40,6 +40,7 @@ from gridflex.contract.payloads import (
     Telemetry,
     TelemetryStatus,
 )
+from gridflex.contract.session import ChargingSession, SessionEvent, hash_id_token
 from gridflex.contract.topics import (
     ack_topic,
     collector_topic,
@@ -51,6 +52,7 @@ from gridflex.contract.topics import (
     grid_frequency_topic,
     is_retained_topic,
     parse_topic,
+    session_topic,
     status_topic,
     summary_topic,
     target_topic,
@@ -68,6 +70,7 @@ __all__ = [
     "AssetKind",
     "AssetStatus",
     "Capabilities",
+    "ChargingSession",
     "CollectorStatus",
     "ContractError",
     "CsmsRequest",
@@ -83,6 +86,7 @@ __all__ = [
     "FreqWattPoint",
     "GridFrequency",
     "Payload",
+    "SessionEvent",
     "SiteSummary",
     "SiteTarget",
     "Telemetry",
@@ -96,9 +100,11 @@ __all__ = [
     "describe_validation_error",
     "forecast_topic",
     "grid_frequency_topic",
+    "hash_id_token",
     "is_retained_topic",
     "parse_payload",
     "parse_topic",
+    "session_topic",
     "status_topic",
     "summary_topic",
     "target_topic",

@@ -11,7 +11,7 @@ _ASSET_ID_RE = re.compile(ASSET_ID_PATTERN)
 
 def _check_id(value: str, what: str) -> str:
     if not _ASSET_ID_RE.match(value):
-        raise ContractError(f"{what} {value!r} does not match {ASSET_ID_PATTERN}")
+        raise ContractError(f"{what} {value!r:.80} does not match {ASSET_ID_PATTERN}")
     return value
 
 
@@ -23,6 +23,11 @@ def telemetry_topic(site: str, kind: str, asset: str) -> str:
 def status_topic(site: str, kind: str, asset: str) -> str:
     """Return ``gridflex/v1/{site}/{kind}/{asset}/status`` (retained)."""
     return f"{PREFIX}/{_check_id(site, 'site')}/{kind}/{_check_id(asset, 'asset')}/status"
+
+
+def session_topic(site: str, asset: str) -> str:
+    """Return ``gridflex/v1/{site}/evse/{asset}/session`` (the CSMS's transactions)."""
+    return f"{PREFIX}/{_check_id(site, 'site')}/evse/{_check_id(asset, 'asset')}/session"
 
 
 def grid_frequency_topic(site: str) -> str:
@@ -95,7 +100,7 @@ def parse_topic(topic: str) -> dict[str, str]:
     """
     parts = topic.split("/")
     if len(parts) < 3 or f"{parts[0]}/{parts[1]}" != PREFIX:
-        raise ContractError(f"topic {topic!r} is not under {PREFIX}/")
+        raise ContractError(f"topic {topic!r:.200} is not under {PREFIX}/")
     rest = parts[2:]
     if rest[0] == "deadletter" and len(rest) == 2:
         return {"kind": "deadletter", "component": rest[1], "leaf": "deadletter"}
@@ -107,7 +112,7 @@ def parse_topic(topic: str) -> dict[str, str]:
         site, kind, asset, leaf = rest
         known = {
             "inverter": {"telemetry", "status"},
-            "evse": {"telemetry", "status"},
+            "evse": {"telemetry", "status", "session"},
             "ev": {"forecast"},
             "dispatch": {"command", "ack"},
             "csms": {"setpoint", "result"},
@@ -115,4 +120,4 @@ def parse_topic(topic: str) -> dict[str, str]:
         }
         if leaf in known.get(kind, set()) and _ASSET_ID_RE.match(asset):
             return {"site": site, "kind": kind, "asset": asset, "leaf": leaf}
-    raise ContractError(f"topic {topic!r} is not in the gridflex/v1 topic tree")
+    raise ContractError(f"topic {topic!r:.200} is not in the gridflex/v1 topic tree")
