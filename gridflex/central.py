@@ -24,6 +24,11 @@ The configuration (``examples/central.toml``)::
     [service]
     fcr_capacity_w = 30000    # the fleet's FCR capacity, W
     min_duration_s = 0        # energy limit per site (when a summary states an energy)
+
+With ``--metrics-listen HOST:PORT`` (or ``[central] metrics_listen``) it serves Prometheus
+metrics (:func:`central_families`): summaries received and refused, allocation rounds and
+their duration, targets published, fresh and stale sites, the fleet's requested, allocated
+and short watts, and its MQTT client's counters.
 """
 
 from __future__ import annotations
@@ -34,6 +39,7 @@ import signal
 import threading
 import time
 import tomllib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Annotated, Any
@@ -53,6 +59,14 @@ from gridflex.contract import (
     parse_topic,
     target_topic,
 )
+from gridflex.metrics import (
+    Buckets,
+    add_metrics_argument,
+    counter,
+    gauge,
+    mqtt_families,
+    serve_metrics,
+)
 
 __all__ = [
     "SUMMARY_FILTER",
@@ -61,6 +75,7 @@ __all__ = [
     "CentralSection",
     "ServiceConfig",
     "add_arguments",
+    "central_families",
     "load_central",
     "main",
     "parse_central",
@@ -87,6 +102,7 @@ class CentralSection(_Table):
     stale_after_s: Annotated[float, Field(gt=0)] = 5.0
     target_valid_s: Annotated[float, Field(gt=0)] = 30.0
     sites: Annotated[list[_SiteId], Field(min_length=1)]
+    metrics_listen: str | None = None  # HOST:PORT of /metrics; --metrics-listen wins
 
 
 class ServiceConfig(_Table):
@@ -142,11 +158,19 @@ class CentralDispatcher:
     latest: dict[str, SiteFlex] = field(default_factory=dict)
     seq: int = 0
     last: CentralAllocation | None = None
+    summaries: int = 0  # summaries kept (of listed sites)
+    refused: int = 0  # messages on the summary topics that were not a listed site's summary
+    published: int = 0  # targets handed to the MQTT client
+    round_s: Buckets = field(
+        default_factory=lambda: Buckets((0.0001, 0.0005, 0.001, 0.005, 0.01, 0.05, 0.1))
+    )
 
     def on_summary(self, summary: SiteSummary, received_ms: int) -> bool:
         """Keep a site's summary (its receive time decides staleness); False if unknown."""
         if summary.site not in self.config.central.sites:
+            self.refused += 1
             return False
+        self.summaries += 1
         self.latest[summary.site] = SiteFlex(
             summary.site, received_ms, summary.flex_charge_w, summary.flex_discharge_w
         )
@@ -193,11 +217,52 @@ class CentralDispatcher:
         return targets
 
 
+def central_families(state: CentralDispatcher, client: Any) -> Iterator[Any]:
+    """The central's Prometheus metrics (read at scrape time)."""
+    yield counter("gridflex_central_summaries", "Site summaries received", state.summaries)
+    yield counter(
+        "gridflex_central_summaries_refused",
+        "Messages on the summary topics refused (not a listed site's summary/1)",
+        state.refused,
+    )
+    yield counter("gridflex_central_rounds", "Allocation rounds", state.seq)
+    yield counter("gridflex_central_targets_published", "Targets published", state.published)
+    yield state.round_s.family(
+        "gridflex_central_round_seconds", "Duration of one allocation round (CPU, no I/O)"
+    )
+    last = state.last
+    fresh = len(last.shares_w) if last else 0
+    yield gauge("gridflex_central_sites_fresh", "Sites with a fresh summary", fresh)
+    yield gauge(
+        "gridflex_central_sites_stale",
+        "Listed sites without a fresh summary",
+        len(state.config.central.sites) - fresh,
+    )
+    yield gauge(
+        "gridflex_central_requested_watts",
+        "The fleet FCR capacity asked for",
+        last.requested_w if last else 0.0,
+    )
+    yield gauge(
+        "gridflex_central_allocated_watts",
+        "The fleet FCR capacity shared out",
+        last.allocated_w if last else 0.0,
+    )
+    yield gauge(
+        "gridflex_central_shortfall_watts",
+        "What the fresh sites cannot hold",
+        last.shortfall_w if last else 0.0,
+    )
+    yield from mqtt_families([("central", client.stats, client)])
+
+
 def _now_ms() -> int:
     return time.time_ns() // 1_000_000
 
 
-def run_central(config: CentralConfig, stop: threading.Event) -> CentralDispatcher:
+def run_central(
+    config: CentralConfig, stop: threading.Event, *, metrics_listen: str | None = None
+) -> CentralDispatcher:
     """Subscribe to the summaries and publish targets every ``interval_s`` until ``stop``."""
     from gridflex.mqtt import MqttClient
 
@@ -211,9 +276,13 @@ def run_central(config: CentralConfig, stop: threading.Event) -> CentralDispatch
             summary = parse_payload(payload)
         except ContractError as exc:
             log.warning("refused a message on %s: %s", topic, exc)
+            with lock:
+                state.refused += 1
             return
         if not isinstance(summary, SiteSummary) or summary.site != parts.get("site"):
             log.warning("refused a message on %s: not this site's summary/1", topic)
+            with lock:
+                state.refused += 1
             return
         with lock:
             known = state.on_summary(summary, received)
@@ -230,6 +299,11 @@ def run_central(config: CentralConfig, stop: threading.Event) -> CentralDispatch
         keepalive_s=config.mqtt.keepalive_s,
     )
     client.subscribe(SUMMARY_FILTER, on_summary)
+    metrics = serve_metrics(
+        metrics_listen or config.central.metrics_listen,
+        "central",
+        lambda: central_families(state, client),
+    )
     client.start()
     log.info(
         "central %s: %d site(s), fleet FCR %.0f W, broker %s",
@@ -241,10 +315,13 @@ def run_central(config: CentralConfig, stop: threading.Event) -> CentralDispatch
     try:
         while not stop.wait(config.central.interval_s):
             with lock:
+                started = time.perf_counter()
                 targets = state.allocate(_now_ms())
+                state.round_s.observe(time.perf_counter() - started)
                 last = state.last
             for target in targets:
                 client.publish(target_topic(target.site), target.to_json(), qos=1, retain=True)
+            state.published += len(targets)
             if last is not None:
                 log.debug(
                     "round %d: %.0f W allocated, %.0f W short, stale %s",
@@ -255,12 +332,15 @@ def run_central(config: CentralConfig, stop: threading.Event) -> CentralDispatch
                 )
     finally:
         client.stop()
+        if metrics is not None:
+            metrics.close()
     return state
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``gridflex central``."""
     parser.add_argument("--config", required=True, type=Path, help="the central.toml")
+    add_metrics_argument(parser)
 
 
 def main(args: argparse.Namespace) -> int:
@@ -269,5 +349,5 @@ def main(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
-    run_central(config, stop)
+    run_central(config, stop, metrics_listen=args.metrics_listen)
     return 0

@@ -12,7 +12,10 @@ from gridflex.broker import Broker
 from gridflex.central import CentralDispatcher, load_central, parse_central, run_central
 from gridflex.config import ConfigError
 from gridflex.contract import SiteSummary, SiteTarget, parse_payload, summary_topic
+from gridflex.demo_sites import central_toml
 from gridflex.mqtt import MqttClient
+from gridflex.net import free_port
+from tests.metrics_helpers import gridflex, scrape_until, stop, value
 from tests.mqtt_helpers import Subscriber
 
 
@@ -92,3 +95,52 @@ def test_central_publishes_targets_that_sum_to_the_fleet_capacity(mosquitto: Bro
                 publisher.publish(f"gridflex/v1/{site}/target", b"", retain=True)
             publisher.stop()
     assert got == {sites[0]: 2_000, sites[1]: 4_000, sites[2]: 6_000}
+
+
+def test_the_central_process_serves_its_metrics(mosquitto: Broker, tmp_path: Path) -> None:
+    tag = uuid.uuid4().hex[:6]
+    sites = [f"m{tag}-{i}" for i in range(2)]
+    path = tmp_path / "central.toml"
+    path.write_text(
+        central_toml(sites, mosquitto.url, 3_000).replace("interval_s = 1.0", "interval_s = 0.2"),
+        encoding="utf-8",
+    )
+    publisher = MqttClient(mosquitto.url, f"test-msites-{tag}", clean_session=True)
+    publisher.start()
+    assert publisher.wait_connected(10)
+    for site in sites:
+        publisher.publish(summary_topic(site), summary(site, 10_000).to_json(), retain=True)
+    publisher.publish(summary_topic(f"x{tag}"), summary(f"x{tag}", 1).to_json(), retain=True)
+    assert publisher.flush(10)
+    port = free_port()
+    proc = gridflex(
+        tmp_path / "central.log",
+        "central",
+        "--config",
+        str(path),
+        "--metrics-listen",
+        f"127.0.0.1:{port}",
+    )
+    try:
+        samples = scrape_until(
+            port,
+            proc,
+            lambda s: (
+                (value(s, "gridflex_central_targets_published_total") or 0) >= 4
+                and value(s, "gridflex_central_sites_fresh") == 2
+            ),
+        )
+    finally:
+        assert stop(proc) == 0
+        for site in [*sites, f"x{tag}"]:
+            publisher.publish(summary_topic(site), b"", retain=True)
+            publisher.publish(f"gridflex/v1/{site}/target", b"", retain=True)
+        publisher.stop()
+    assert value(samples, "gridflex_central_summaries_total") == 2
+    assert value(samples, "gridflex_central_summaries_refused_total") == 1  # not listed
+    assert value(samples, "gridflex_central_sites_stale") == 0
+    assert value(samples, "gridflex_central_allocated_watts") == 3_000
+    assert value(samples, "gridflex_central_shortfall_watts") == 0
+    assert (value(samples, "gridflex_central_round_seconds_count") or 0) >= 2
+    assert value(samples, "gridflex_mqtt_received_total", client="central") == 3
+    assert value(samples, "gridflex_build_info", component="central") == 1
