@@ -46,6 +46,7 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from gridflex import systemd
 from gridflex.central_alloc import CentralAllocation, SiteFlex, allocate_fcr
 from gridflex.config import ConfigError, MqttConfig, resolve_mqtt_credentials
 from gridflex.config_errors import format_validation_error
@@ -305,6 +306,11 @@ def run_central(
         lambda: central_families(state, client),
     )
     client.start()
+    supervised = systemd.supervised_thread(
+        lambda: state.seq,  # a round a second: the watchdog pings while rounds go on
+        is_ready=systemd.broker_up(client) or (lambda: True),
+        ready_text=f"central {config.central.id}: {len(config.central.sites)} site(s)",
+    )
     log.info(
         "central %s: %d site(s), fleet FCR %.0f W, broker %s",
         config.central.id,
@@ -313,23 +319,24 @@ def run_central(
         config.mqtt.url,
     )
     try:
-        while not stop.wait(config.central.interval_s):
-            with lock:
-                started = time.perf_counter()
-                targets = state.allocate(_now_ms())
-                state.round_s.observe(time.perf_counter() - started)
-                last = state.last
-            for target in targets:
-                client.publish(target_topic(target.site), target.to_json(), qos=1, retain=True)
-            state.published += len(targets)
-            if last is not None:
-                log.debug(
-                    "round %d: %.0f W allocated, %.0f W short, stale %s",
-                    state.seq,
-                    last.allocated_w,
-                    last.shortfall_w,
-                    ",".join(last.stale) or "none",
-                )
+        with supervised:
+            while not stop.wait(config.central.interval_s):
+                with lock:
+                    started = time.perf_counter()
+                    targets = state.allocate(_now_ms())
+                    state.round_s.observe(time.perf_counter() - started)
+                    last = state.last
+                for target in targets:
+                    client.publish(target_topic(target.site), target.to_json(), qos=1, retain=True)
+                state.published += len(targets)
+                if last is not None:
+                    log.debug(
+                        "round %d: %.0f W allocated, %.0f W short, stale %s",
+                        state.seq,
+                        last.allocated_w,
+                        last.shortfall_w,
+                        ",".join(last.stale) or "none",
+                    )
     finally:
         client.stop()
         if metrics is not None:
