@@ -34,6 +34,11 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
         "gridflex.broker_config",
         "write a Mosquitto config: TLS, one user per role, an ACL",
     ),
+    (
+        ("central",),
+        "gridflex.central",
+        "share a fleet-level FCR capacity across sites by their summaries",
+    ),
     (("demo",), "gridflex.demo", "run broker, simulators, collectors and the dataflow together"),
     (("sim", "inverters"), "simulators.inverter", "simulated SunSpec inverters over Modbus TCP"),
     (("sim", "chargers"), "simulators.charger", "simulated OCPP charging stations with EVs"),

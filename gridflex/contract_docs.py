@@ -77,6 +77,13 @@ CHANNELS: dict[str, tuple[str, str, bool, str]] = {
         "Site aggregate for a higher level (hierarchical scaling): online assets, power, "
         "flexibility, site frequency, requested/allocated response and shortfall; >= 1/s.",
     ),
+    "target": (
+        PREFIX + "/{site}/target",
+        "target/1",
+        True,
+        "From `gridflex central` (through the site's broker bridge): the FCR capacity the "
+        "site is to hold, its share of the fleet's by flexibility, until valid_until_ms.",
+    ),
     "csmsSetpoint": (
         PREFIX + "/{site}/csms/{asset}/setpoint",
         "csms-setpoint/1",

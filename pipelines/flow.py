@@ -26,7 +26,9 @@
 The source subscribes to telemetry, acks, asset statuses and CSMS sessions
 (:func:`pipeline_filters`); ``validate`` checks each against its schema
 (:mod:`pipelines.validate`). The events only go to the history: acks de-duplicated, statuses
-when they change, sessions as they come (:mod:`pipelines.history_events`).
+when they change, sessions as they come (:mod:`pipelines.history_events`). The central's
+target (``…/target``, :func:`pipelines.validate.validate_target`) goes straight to
+``dispatch``: its FCR capacity replaces the site file's while valid.
 
 Dispatch does not wait for the frequency windows: each reading's decision follows it
 through ``asset_state`` and ``dispatch`` (keyed by asset, then by site).
@@ -76,6 +78,7 @@ from gridflex.contract import (
     forecast_topic,
     grid_frequency_topic,
     summary_topic,
+    target_topic,
     telemetry_topic,
 )
 from gridflex.history import (
@@ -104,6 +107,7 @@ from pipelines.site import SiteLike, asset_profiles, car_defaults, dispatch_sett
 from pipelines.validate import (
     DEFAULT_MAX_FUTURE_MS,
     REGISTER_FIELDS,
+    Arrived,
     RawMessage,
     RegisterState,
     Rejected,
@@ -112,6 +116,7 @@ from pipelines.validate import (
     validate_ack,
     validate_session,
     validate_status,
+    validate_target,
     validate_telemetry,
 )
 from pipelines.windows import (
@@ -213,8 +218,17 @@ def event_filters(site_id: str) -> tuple[str, ...]:
 
 
 def pipeline_filters(site_id: str) -> tuple[str, ...]:
-    """What the pipeline subscribes to: telemetry, acks, statuses, sessions."""
-    return telemetry_filter(site_id), ack_filter(site_id), *event_filters(site_id)
+    """What the pipeline subscribes to: telemetry, acks, statuses, sessions, the target.
+
+    The target, ``gridflex/v1/{site}/target``, comes from ``gridflex central`` through the
+    site broker's bridge.
+    """
+    return (
+        telemetry_filter(site_id),
+        ack_filter(site_id),
+        *event_filters(site_id),
+        target_topic(site_id),
+    )
 
 
 def _client_id(site: SiteLike, opts: FlowOptions) -> str:
@@ -326,6 +340,10 @@ def _is_not_rejected(item: Accepted | Heartbeat | Rejected) -> bool:
     return not isinstance(item, Rejected)
 
 
+def _is_target(item: Accepted | Heartbeat | Rejected | Arrived) -> bool:
+    return isinstance(item, Arrived)
+
+
 def _reading(item: Accepted | Heartbeat) -> Accepted | None:
     return None if isinstance(item, Heartbeat) else item
 
@@ -413,7 +431,7 @@ def build_flow(
 
     def validate(
         message: RawMessage | Heartbeat,
-    ) -> Accepted | Heartbeat | Rejected | hev.Event:
+    ) -> Accepted | Heartbeat | Rejected | hev.Event | Arrived:
         if isinstance(message, Heartbeat):
             return message
         if message.topic.endswith("/ack"):
@@ -422,6 +440,8 @@ def build_flow(
             return validate_status(message, site_id=site_id)
         if message.topic.endswith("/session"):
             return validate_session(message, site_id=site_id)
+        if message.topic.endswith("/target"):
+            return validate_target(message, site_id=site_id)
         result = validate_telemetry(
             message,
             site_id=site_id,
@@ -448,12 +468,14 @@ def build_flow(
         return new_state, Tracked(update, fc, None)
 
     def dispatch(
-        state: SiteDispatcher | None, item: AssetUpdate | Heartbeat
+        state: SiteDispatcher | None, item: AssetUpdate | Heartbeat | Arrived
     ) -> tuple[SiteDispatcher, list[DispatchCommand | SiteSummary]]:
         state = state or SiteDispatcher(settings)
         try:
             if isinstance(item, Heartbeat):
                 return state, state.on_tick(item.wall_ms)
+            if isinstance(item, Arrived):
+                return state, state.on_target(item.target, item.received_ms)
             return state, state.on_update(item)
         except Exception:
             log.exception("dispatch failed on %r; skipped", item)
@@ -523,7 +545,10 @@ def build_flow(
         op.map("session_row", sessions, lambda x: (x.asset, hev.session_row(x))),
         history(TRANSACTIONS),
     )
-    readings_in: Stream[Accepted | Heartbeat | Rejected] = by_kind.falses  # type: ignore[assignment]
+    not_events: Stream[Accepted | Heartbeat | Rejected | Arrived] = by_kind.falses  # type: ignore[assignment]
+    by_target = op.branch("split_targets", not_events, _is_target)
+    arrived: Stream[Arrived] = by_target.trues  # type: ignore[assignment]
+    readings_in: Stream[Accepted | Heartbeat | Rejected] = by_target.falses  # type: ignore[assignment]
     split = op.branch("split_valid", readings_in, _is_not_rejected)
     valid: Stream[Accepted | Heartbeat] = split.trues  # type: ignore[assignment]
     refused: Stream[Rejected] = split.falses  # type: ignore[assignment]
@@ -585,7 +610,9 @@ def build_flow(
     )
     updates = op.filter_map("asset_update", tracked_out, lambda t: t.update)
     ticks = op.filter_map("ticks", valid, _tick)
-    to_dispatch: Stream[AssetUpdate | Heartbeat] = op.merge("dispatch_in", updates, ticks)
+    to_dispatch: Stream[AssetUpdate | Heartbeat | Arrived] = op.merge(
+        "dispatch_in", updates, ticks, arrived
+    )
     decided = op.stateful_map(
         "dispatch", op.key_on("key_dispatch", to_dispatch, lambda _: site_id), dispatch
     )

@@ -42,7 +42,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ValidationError
 
@@ -53,9 +53,11 @@ from gridflex.contract import (
     ContractError,
     DeadLetter,
     DispatchAck,
+    SiteTarget,
     Telemetry,
     describe_validation_error,
     parse_topic,
+    target_topic,
 )
 from gridflex.telemetry_json import NUMBER_FIELDS
 
@@ -64,6 +66,7 @@ __all__ = [
     "DEFAULT_MAX_FUTURE_MS",
     "REASON_KINDS",
     "REGISTER_FIELDS",
+    "Arrived",
     "RawMessage",
     "RegisterState",
     "Rejected",
@@ -72,6 +75,7 @@ __all__ = [
     "validate_ack",
     "validate_session",
     "validate_status",
+    "validate_target",
     "validate_telemetry",
 ]
 
@@ -199,7 +203,7 @@ def _parse_explained(message: RawMessage, site_id: str) -> Telemetry | Rejected:
     return telemetry
 
 
-_Model = TypeVar("_Model", Telemetry, DispatchAck, AssetStatus, ChargingSession)
+_Model = TypeVar("_Model", Telemetry, DispatchAck, AssetStatus, ChargingSession, SiteTarget)
 
 
 def _decode(message: RawMessage, schema: str, model: type[_Model]) -> _Model | Rejected:
@@ -459,3 +463,32 @@ def to_dead_letter(rejected: Rejected, *, site: str, component: str = "pipeline"
         reason=f"{rejected.kind}: {rejected.reason}",
         topic=rejected.message.topic,
     )
+
+
+class Arrived(NamedTuple):
+    """The central's target (``gridflex/v1/{site}/target``) and when it came (epoch ms)."""
+
+    target: SiteTarget
+    received_ms: int
+
+
+def validate_target(message: RawMessage, *, site_id: str) -> Arrived | Rejected:
+    """Validate the central's target (``gridflex/v1/{site}/target``) for this site.
+
+    Returns the parsed target with its receive time, or a :class:`Rejected` (another
+    site's target, a payload that is not ``target/1``, or one naming another site than its
+    topic).
+    """
+    try:
+        if message.topic != target_topic(site_id):
+            return Rejected(
+                "bad_topic", f"topic {message.topic!r} is not this site's target", message
+            )
+        target = _decode(message, "target/1", SiteTarget)
+        if isinstance(target, Rejected):
+            return target
+        if target.site == site_id:
+            return Arrived(target, message.received_ms)
+        return Rejected("topic_mismatch", f"site {target.site!r} in payload", message)
+    except Exception as exc:  # one message never stops the stream
+        return Rejected("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}", message)

@@ -36,6 +36,7 @@ from gridflex.contract.payloads import (
     Forecast,
     GridFrequency,
     SiteSummary,
+    SiteTarget,
     Telemetry,
     TelemetryStatus,
 )
@@ -54,6 +55,7 @@ from gridflex.contract.topics import (
     session_topic,
     status_topic,
     summary_topic,
+    target_topic,
     telemetry_topic,
 )
 
@@ -86,6 +88,7 @@ __all__ = [
     "Payload",
     "SessionEvent",
     "SiteSummary",
+    "SiteTarget",
     "Telemetry",
     "TelemetryStatus",
     "ack_topic",
@@ -104,5 +107,6 @@ __all__ = [
     "session_topic",
     "status_topic",
     "summary_topic",
+    "target_topic",
     "telemetry_topic",
 ]

@@ -17,6 +17,7 @@ from gridflex.contract.payloads import (
     Forecast,
     GridFrequency,
     SiteSummary,
+    SiteTarget,
     Telemetry,
 )
 from gridflex.contract.session import ChargingSession
@@ -31,6 +32,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "ack/1": DispatchAck,
     "session/1": ChargingSession,
     "summary/1": SiteSummary,
+    "target/1": SiteTarget,
     "collector/1": CollectorStatus,
     "deadletter/1": DeadLetter,
     "csms-setpoint/1": CsmsRequest,

@@ -65,6 +65,11 @@ def summary_topic(site: str) -> str:
     return f"{PREFIX}/{_check_id(site, 'site')}/summary"
 
 
+def target_topic(site: str) -> str:
+    """Return ``gridflex/v1/{site}/target`` (retained): the central's target for a site."""
+    return f"{PREFIX}/{_check_id(site, 'site')}/target"
+
+
 def collector_topic(site: str, component: str) -> str:
     """Return ``gridflex/v1/{site}/collector/{component}/status`` (retained, last will).
 
@@ -81,15 +86,15 @@ def deadletter_topic(component: str) -> str:
 
 
 def is_retained_topic(topic: str) -> bool:
-    """Whether the contract publishes ``topic`` retained (statuses and the site summary)."""
-    return topic.endswith(("/status", "/summary")) and topic.startswith(PREFIX + "/")
+    """Whether the contract publishes ``topic`` retained (statuses, summary and target)."""
+    return topic.endswith(("/status", "/summary", "/target")) and topic.startswith(PREFIX + "/")
 
 
 def parse_topic(topic: str) -> dict[str, str]:
     """Split a contract topic into its parts.
 
     Returns a dict with ``site``, ``kind`` (``inverter``/``evse``/``grid``/``ev``/
-    ``dispatch``/``summary``/``deadletter``), ``asset`` where the topic has one, and
+    ``dispatch``/``summary``/``target``/``deadletter``), ``asset`` where the topic has one, and
     ``leaf`` (``telemetry``, ``status``, ``frequency``, ...). Raises ``ContractError`` for a
     topic outside the tree.
     """
@@ -99,8 +104,8 @@ def parse_topic(topic: str) -> dict[str, str]:
     rest = parts[2:]
     if rest[0] == "deadletter" and len(rest) == 2:
         return {"kind": "deadletter", "component": rest[1], "leaf": "deadletter"}
-    if len(rest) == 2 and rest[1] == "summary":
-        return {"site": rest[0], "kind": "summary", "leaf": "summary"}
+    if len(rest) == 2 and rest[1] in ("summary", "target"):
+        return {"site": rest[0], "kind": rest[1], "leaf": rest[1]}
     if len(rest) == 3 and rest[1:] == ["grid", "frequency"]:
         return {"site": rest[0], "kind": "grid", "leaf": "frequency"}
     if len(rest) == 4:
