@@ -31,7 +31,7 @@ typecheck: setup
 	$(VENV)/bin/mypy
 
 pytest: setup
-	$(VENV)/bin/pytest
+	$(VENV)/bin/pytest -n 2 --dist loadfile --durations=15
 
 bench: setup
 	sh scripts/ensure-mosquitto.sh
