@@ -57,6 +57,7 @@ import pyarrow.parquet as pq
 
 from gridflex.history import (
     COMPACT_PREFIX,
+    DUCKDB_TYPES,
     GRID_FREQUENCY,
     SCHEMAS,
     STREAMS,
@@ -148,15 +149,6 @@ def _sql_str(text: str) -> str:
     return "'" + text.replace("'", "''") + "'"
 
 
-_DUCKDB_TYPES: Final = {
-    pa.string(): "VARCHAR",
-    pa.int64(): "BIGINT",
-    pa.float64(): "DOUBLE",
-    pa.bool_(): "BOOLEAN",
-    pa.list_(pa.string()): "VARCHAR[]",
-}
-
-
 #: Rows per batch from DuckDB to the Parquet writer; each batch is one row group.
 _BATCH_ROWS: Final = 131_072
 #: Columns stored with delta encoding: integers that climb steadily within an asset.
@@ -206,7 +198,7 @@ def merge_files(
                 f"{out.parent}: columns {sorted(extra)} are not in the {stream} schema"
             )
         columns = ", ".join(
-            f"CAST({'NULL' if f.name not in present else f.name} AS {_DUCKDB_TYPES[f.type]})"
+            f"CAST({'NULL' if f.name not in present else f.name} AS {DUCKDB_TYPES[f.type]})"
             f" AS {f.name}"
             for f in schema
         )
