@@ -130,7 +130,8 @@ class CsmsClient:
     def start(self) -> None:
         """Subscribe to the results and the CSMS's presence."""
         self.mqtt.subscribe(result_filter(self.site_id), self._on_result, qos=1)
-        shards = collector_topic(self.site_id, "ocpp").replace("/ocpp/", "/+/")
+        head, _component, tail = collector_topic(self.site_id, "ocpp").rsplit("/", 2)
+        shards = f"{head}/+/{tail}"  # ocpp, or every CSMS shard's ocpp-{i}of{n}
         self.mqtt.subscribe(shards, self._on_collector, qos=1)
 
     # -- input

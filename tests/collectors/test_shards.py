@@ -9,13 +9,17 @@ import subprocess
 import sys
 import uuid
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from collectors.ocpp.requests import RequestServer
+from control.ocpp import CsmsClient
 from gridflex.broker import Broker
+from gridflex.contract import CsmsRequest, csms_request_topic, csms_result_topic
 from gridflex.net import free_port, free_port_block, wait_for_port
 from gridflex.shard import Shard, parse_shard, shard_of
 from tests.collectors.test_ocpp_cli import PASSWORD, gridflex, stop
@@ -193,3 +197,54 @@ def test_two_csms_shards_serve_every_station_exactly_once(
     for i in (1, 2):
         expected = {f"evse{n}" for n in numbers if owner[n] == i}
         assert set(presences[f"ocpp-{i}of2"]["assets"]) == expected
+
+
+class _Recorder:
+    """An MQTT client that records what is published (``RequestServer`` and ``CsmsClient``)."""
+
+    def __init__(self) -> None:
+        self.published: list[tuple[str, bytes]] = []
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> bool:
+        self.published.append((topic, payload))
+        return True
+
+    def subscribe(self, *_args: object, **_kwargs: object) -> None:
+        return None
+
+
+def _expired_request(site: str, asset: str) -> tuple[str, bytes]:
+    request = CsmsRequest(
+        site=site, asset=asset, ts_ms=1_000, request_id="r1", kind="setpoint",
+        power_w=1000.0, valid_until_ms=2_000,
+    )  # fmt: skip
+    return csms_request_topic(site, asset), request.to_json()
+
+
+def test_a_csms_shard_leaves_requests_for_another_shards_evses_unanswered() -> None:
+    """An expired request is refused at once by its owner; another shard stays silent."""
+    mqtt = _Recorder()
+    csms = SimpleNamespace(settings=SimpleNamespace(site_id="s1"))
+    server = RequestServer(csms, mqtt, foreign=frozenset({"evse2"}))  # type: ignore[arg-type]
+    server.handle(*_expired_request("s1", "evse2"))
+    assert mqtt.published == []
+    server.handle(*_expired_request("s1", "evse1"))
+    assert [topic for topic, _ in mqtt.published] == [csms_result_topic("s1", "evse1")]
+
+
+def _presence(component: str, online: bool, assets: list[str]) -> bytes:
+    status = {"component": component, "online": online, "site": "s1", "ts_ms": 1}
+    return json.dumps(status | ({"assets": assets} if assets else {})).encode()
+
+
+def test_control_fails_only_the_evses_of_an_offline_csms_shard() -> None:
+    client = CsmsClient(_Recorder(), "s1")  # type: ignore[arg-type]
+    topic = "gridflex/v1/s1/collector/ocpp-1of2/status"
+    client._on_collector(topic, _presence("ocpp-1of2", True, ["evse1"]))
+    client._on_collector(topic, _presence("ocpp-2of2", True, ["evse2"]))
+    client._on_collector(topic, _presence("modbus", False, ["inv1"]))  # not a CSMS
+    assert not client.csms_offline("evse1")
+    assert not client.csms_offline("evse2")
+    client._on_collector(topic, _presence("ocpp-1of2", False, []))  # its last will: no assets
+    assert client.csms_offline("evse1")
+    assert not client.csms_offline("evse2")
