@@ -32,6 +32,7 @@ import argparse
 import asyncio
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -207,6 +208,18 @@ def start_cluster(url: str, site: Path, processes: int) -> list[subprocess.Popen
     return procs
 
 
+def stop_together(procs: list[subprocess.Popen[bytes]]) -> list[int]:
+    """SIGTERM every process of the cluster, then wait: the dataflow ends when all have.
+
+    Stopping them one after the other would wait for the first to finish a dataflow that
+    the others still feed, and killing it then makes the others panic.
+    """
+    for proc in procs:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+    return [stop_process(p, timeout_s=60) for p in procs]
+
+
 def run_pipeline(
     processes: int, n: int, warmup_s: float, duration_s: float, drain_s: float
 ) -> dict[str, Any]:
@@ -242,7 +255,7 @@ def run_pipeline(
                 time.sleep(drain_s)
             delays = probe.delays_ms(from_ms, until_ms - 1000)
         finally:
-            codes = [stop_process(p, timeout_s=60) for p in procs]
+            codes = stop_together(procs)
         files = str(data_dir / "telemetry" / "**" / "*.parquet")
         distinct = f"select distinct asset, boot, seq from read_parquet('{files}')"
         rows = duckdb.connect().execute(f"select count(*) from ({distinct})").fetchall()[0][0]
