@@ -17,6 +17,7 @@ from typing import Any
 import psutil
 
 from gridflex.contract import telemetry_topic
+from gridflex.demo import Part
 from gridflex.mqtt import open_session
 from gridflex.mqtt_asyncio import AsyncMqttClient
 
@@ -33,6 +34,7 @@ __all__ = [
     "publish_telemetry",
     "pyspy_record",
     "rss_mib",
+    "spawn_part",
     "start_pipeline",
     "stop_process",
     "tree",
@@ -53,6 +55,18 @@ def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:
             proc.kill()
             proc.wait()
     return proc.returncode
+
+
+def spawn_part(part: Part, logs: Path) -> subprocess.Popen[bytes]:
+    """Start ``gridflex {part.argv}`` in its own session, its output to ``logs/{name}.log``."""
+    log = (logs / f"{part.name}.log").open("ab")
+    return subprocess.Popen(
+        [sys.executable, "-m", "gridflex.cli", "--log-level=WARNING", *part.argv],
+        cwd=ROOT,
+        stdout=log,
+        stderr=log,
+        start_new_session=True,
+    )
 
 
 def tree(pid: int) -> list[psutil.Process]:

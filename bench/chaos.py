@@ -42,6 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench._harness import spawn_part  # noqa: E402
 from bench.chaos_analysis import (  # noqa: E402
     Recovery,
     double_applications,
@@ -54,7 +55,6 @@ from gridflex.demo import (  # noqa: E402
     PIPELINE_CLIENT_ID,
     SITE_ID,
     DemoPlan,
-    Part,
     plan_parts,
     site_toml,
     stop_order,
@@ -65,17 +65,6 @@ from gridflex.net import free_port, free_port_block, wait_for_port  # noqa: E402
 from pipelines.flow import pipeline_filters  # noqa: E402
 
 TARGETS = ("collect-modbus", "collect-ocpp", "pipeline", "control", "broker")
-
-
-def _spawn(part: Part, logs: Path) -> subprocess.Popen[bytes]:
-    log = (logs / f"{part.name}.log").open("ab")
-    return subprocess.Popen(
-        [sys.executable, "-m", "gridflex.cli", "--log-level=WARNING", *part.argv],
-        cwd=ROOT,
-        stdout=log,
-        stderr=log,
-        start_new_session=True,
-    )
 
 
 class Watcher:
@@ -134,7 +123,7 @@ def run(args: argparse.Namespace) -> None:
     for topic_filter in pipeline_filters(SITE_ID):
         open_session(broker.url, f"{PIPELINE_CLIENT_ID}-0", topic_filter)
     parts = {p.name: p for p in plan_parts(plan, site_file)}
-    procs = {name: _spawn(part, logs) for name, part in parts.items()}
+    procs = {name: spawn_part(part, logs) for name, part in parts.items()}
     watcher = Watcher(broker.url)
     print(f"site in {data_dir}; settling {args.settle_s:.0f} s", flush=True)
     time.sleep(args.settle_s)
@@ -158,7 +147,7 @@ def run(args: argparse.Namespace) -> None:
         if target == "broker":
             broker = start_broker(port=broker.port, persistence_dir=store)
         else:
-            procs[target] = _spawn(parts[target], logs)
+            procs[target] = spawn_part(parts[target], logs)
         back_after_s: float | None = None
         while time.monotonic() - restarted < 30.0:
             if _back(target, since_ms, watcher, plan, broker):

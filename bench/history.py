@@ -13,11 +13,12 @@ Two layouts of the same rows:
 
 * ``sink``: what ``gridflex pipeline`` writes at this rate, one file per 5 s flush (the
   sink's ``flush_interval_s``), rows in arrival order;
-* ``compacted``: one file per hour, rows sorted by asset and time, as a compaction that
-  sorts would leave them, written by the same writer (its options: zstd, dictionaries);
-* ``encoded``: the compacted files written with delta encoding for ``ts_ms`` and ``seq``
-  and byte-stream split for the registers (what such a compaction could choose; not the
-  writer's options today). ``--layouts`` picks.
+* ``compacted``: the ``sink`` layout after ``gridflex history compact`` (one file per day,
+  each reading once, ordered by time; the ``telemetry`` view then reads it without
+  de-duplicating);
+* ``encoded``: hourly files sorted by asset and time, written with delta encoding for
+  ``ts_ms`` and ``seq`` and byte-stream split for the registers (what a compaction could
+  choose; not the writer's options today). ``--layouts`` picks.
 
 Then, per layout and query, a child process (fresh memory, its own ``getrusage``) opens
 ``gridflex.history.connect`` and runs the query ``--repeat`` times: the **settlement**
@@ -49,6 +50,7 @@ server's processes). Targets (reported, not asserted): 10x faster than PostgreSQ
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import json
 import resource
 import shutil
@@ -72,11 +74,12 @@ if str(ROOT) not in sys.path:
 from bench._harness import fmt  # noqa: E402
 from bench._postgres import Postgres, pg_bin, run_query  # noqa: E402
 from gridflex.history import TELEMETRY_SCHEMA, partition_dir, utc_date  # noqa: E402
+from gridflex.history_store import compact  # noqa: E402
 from gridflex.net import free_port  # noqa: E402
 from pipelines.history_sink import ParquetStreamWriter  # noqa: E402
 
-#: 2026-11-29T23:00:00Z: the run crosses midnight.
-START_MS = 1_795_993_200_000
+#: 2025-11-29T23:00:00Z: the run crosses midnight, on closed days (compaction merges them).
+START_MS = 1_764_457_200_000
 INTERVAL_MS = 900_000
 MAX_GAP_MS = 60_000
 
@@ -402,13 +405,17 @@ def main() -> int:
         for layout in layouts:
             data_dir = (args.keep or work) / layout
             started = time.perf_counter()
-            files = write_layout(
-                table,
-                data_dir,
-                5 if layout == "sink" else 3600,
-                sort=layout != "sink",
-                encoded=layout == "encoded",
-            )
+            if layout == "compacted":  # what `gridflex history compact` leaves of the sink's
+                write_layout(table, data_dir, 5, sort=False, encoded=False)
+                files = compact(data_dir, before=dt.date(2100, 1, 1), grace_s=0).partitions
+            else:
+                files = write_layout(
+                    table,
+                    data_dir,
+                    5 if layout == "sink" else 3600,
+                    sort=layout != "sink",
+                    encoded=layout == "encoded",
+                )
             sizes[layout] = dir_bytes(data_dir)
             dirs[layout] = data_dir
             print(

@@ -21,9 +21,9 @@ written to the history (de-duplicated), the grid-frequency windows' end-to-end d
     .venv/bin/python bench/scale.py --collectors 1 --collectors 2 --pipelines 0
 
 The machine's cores are shared by the simulators, the broker, the publisher and what is
-measured: more processes than cores measure contention, not scale. Central level (3, 10
-and 30 sites: summary bytes upward, allocation latency): ``--central``, the section
-:func:`central_rows` (issue 11 point 5; filled by the hierarchy work).
+measured: more processes than cores measure contention, not scale. ``--central`` adds the
+central level (3, 10 and 30 sites: summary bytes upward, allocation latency) by running
+``bench/central.py`` (:func:`central_rows`).
 """
 
 from __future__ import annotations
@@ -300,16 +300,16 @@ def pipeline_rows(
 # --------------------------------------------------------------------------- central
 
 
-def central_rows(sites: list[int]) -> list[dict[str, Any]]:
-    """The central level: 3, 10, 30 simulated sites and ``gridflex central``.
+def central_rows(sites: list[int]) -> int:
+    """The central level: ``bench/central.py`` with 3, 10, 30 simulated sites; its exit code.
 
-    Not measured here yet (issue 11 point 5, the hierarchy across sites): per site count,
-    the summary bytes per second going up against the raw telemetry they replace, and
-    the allocation latency (a fleet target in, every site's target out).
+    Its own table: the summary bytes per second going up against the raw telemetry they
+    replace, and the allocation latency (issue 11 point 5).
     """
-    raise NotImplementedError(
-        f"central level ({sites} sites): comes with `gridflex central` (issue 11 point 5)"
-    )
+    argv = [sys.executable, str(ROOT / "bench" / "central.py")]
+    for n in sites:
+        argv += ["-n", str(n)]
+    return subprocess.run(argv, cwd=ROOT, env=ENV, check=False).returncode
 
 
 # --------------------------------------------------------------------------- main
@@ -356,7 +356,7 @@ def main() -> int:
     if clusters:
         pipeline_rows(n, clusters, warmup_s, duration_s, args.drain_s)
     if args.central:
-        central_rows([3, 10, 30])
+        return central_rows([3, 10, 30])
     return 0
 
 

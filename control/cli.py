@@ -30,6 +30,7 @@ from control.modbus_client import OpenRegisterClient, open_client
 from control.operator import Operator
 from control.profiles import PROFILES_FILE, ProfileStore
 from control.service import ControlService, default_ledger_path
+from gridflex import events, systemd
 from gridflex.config import (
     ApiConfig,
     ConfigError,
@@ -167,8 +168,18 @@ def main(args: argparse.Namespace, *, open_modbus: OpenRegisterClient = open_cli
             log.warning(
                 "MQTT broker %s not reachable yet; commands wait until it is", site.mqtt.url
             )
+
+        async def _subscribed() -> None:  # service.run subscribes before its first await
+            while not await mqtt.wait_subscribed(5.0):
+                pass
+
         try:
-            await service.run(stop)
+            async with systemd.supervised(
+                connected=systemd.broker_up(mqtt),
+                ready_when=_subscribed,
+                ready_text="control: subscribed" + ("" if server is None else ", API up"),
+            ):
+                await service.run(stop)
         finally:
             if server is not None:
                 await server.stop()
@@ -179,6 +190,7 @@ def main(args: argparse.Namespace, *, open_modbus: OpenRegisterClient = open_cli
         return 0
 
     log.info("control: ledger %s, charge profiles %s", ledger_path, profiles_path)
+    events.configure(site.history.dir, site.id, "control")  # faults into the history
     with (
         Ledger(ledger_path) as ledger,
         FaultLatch(ledger_path) as faults,

@@ -16,7 +16,14 @@ from gridflex.metrics import counter, gauge, mqtt_families
 __all__ = ["DEAD_LETTER_KINDS", "families"]
 
 #: The ``reason`` label of control's dead letters (``ControlService._dead_letter``).
-DEAD_LETTER_KINDS = ("malformed", "not_a_command", "wrong_site", "topic_mismatch", "unknown_asset")
+DEAD_LETTER_KINDS = (
+    "malformed",
+    "not_a_command",
+    "out_of_range",
+    "wrong_site",
+    "topic_mismatch",
+    "unknown_asset",
+)
 
 
 def families(service: ControlService) -> Iterator[Metric]:

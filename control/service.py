@@ -69,6 +69,7 @@ from control.mailbox import Job, Mailbox
 from control.modbus_client import OpenRegisterClient, open_client
 from control.ocpp import CsmsClient, OcppDevice
 from control.writer import PreviousSetpoint, SetpointDevice, apply_command, make_ack
+from gridflex import events
 from gridflex.config import EvseAsset, InverterAsset, SiteConfig
 from gridflex.contract import (
     DEAD_LETTER_LIMIT,
@@ -103,6 +104,22 @@ COMPONENT = "control"
 GC_FREEZE_CHECK_S = 10.0
 #: How often the ledger forgets command ids older than ``[control] retention_days``.
 PRUNE_INTERVAL_S = 3600.0
+
+
+def _unfit(command: DispatchCommand) -> list[str]:
+    """The numbers of ``command`` its ack, the ledger or the history could not carry.
+
+    pydantic reads ``NaN``, ``Infinity`` and ``1e400`` into a float, and any integer into
+    an int; acks, the ledger (SQLite) and the history (Arrow) hold finite doubles and
+    64-bit integers.
+    """
+    unfit = []
+    for name, value in command.__dict__.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            unfit.append(f"{name}: not a finite number")
+        elif isinstance(value, int) and not -(2**63) <= value < 2**63:
+            unfit.append(f"{name}: beyond a 64-bit integer")
+    return unfit
 
 
 def _now_ms() -> int:
@@ -328,7 +345,9 @@ class ControlService:
         message: object
         try:  # the common case in one pass; anything else gets parse_payload's reason
             message = DispatchCommand.model_validate_json(payload)
-        except ValidationError:
+            if "schema_" not in message.model_fields_set:  # no "schema": not a command/1
+                raise ValueError("no schema")
+        except (ValidationError, ValueError):
             try:
                 message = parse_payload(payload)
             except ContractError as exc:
@@ -342,7 +361,9 @@ class ControlService:
             topic_asset: str | None = parse_topic(topic).get("asset")
         except ContractError:
             topic_asset = None
-        if message.site != self.site.id:
+        if unfit := _unfit(message):
+            self._dead_letter(topic, payload, "; ".join(unfit), kind="out_of_range")
+        elif message.site != self.site.id:
             reason = f"command for site {message.site!r}, not this one"
             self._dead_letter(topic, payload, reason, kind="wrong_site")
         elif message.asset != topic_asset:
@@ -392,9 +413,10 @@ class ControlService:
     def _latch(self, asset_id: str, codes: list[str], source: str, detail: str | None) -> None:
         new = self.faults.latch(asset_id, codes, source=source, detail=detail, now_ms=self.now_ms())
         if new:
-            text = ", ".join(f.describe() for f in new)
-            log.error("%s: fault latched (%s): %s; emergency stop", asset_id, source, text)
-            self._queue_stop(asset_id, text)
+            for f in new:
+                msg = "%s: fault latched (%s): %s; emergency stop"
+                events.report(log, asset_id, f.code, msg, asset_id, source, detail=f.describe())
+            self._queue_stop(asset_id, ", ".join(f.describe() for f in new))
 
     def _queue_stop(self, asset_id: str, reason: str) -> None:
         self.control[asset_id].mailbox.put_front(Job("stop"))

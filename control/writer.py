@@ -49,8 +49,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from control.clamp import Clamped, Limits, SiteHeadroom, clamp
+from control.clamp import MAX_CAPACITY_REACHED, Clamped, Limits, SiteHeadroom, clamp
 from control.ledger import CommandRecord, Decision, Ledger
+from gridflex import events
 from gridflex.contract import AckResult, DispatchAck, DispatchCommand
 
 __all__ = [
@@ -198,6 +199,10 @@ async def apply_command(
         faulted=faulted,
     )
     if clamped.result == "rejected" or clamped.applied_w is None:
+        if clamped.reason == MAX_CAPACITY_REACHED:
+            msg = "%s: command %s rejected: %s"
+            events.report(log, command.asset, clamped.reason, msg, command.asset,
+                          command.command_id, event="limit", level=logging.WARNING)  # fmt: skip
         await _record(ledger, command, clamped, None, decided_ms)
         return make_ack(
             command,

@@ -6,7 +6,9 @@ Two small rules every gridflex listener and every secret follow:
   listed networks is refused (HTTP 403) before any authentication; an empty list allows
   every peer that can reach the listen address.
 - A private key, a password file or a credentials file that group or others may read is
-  refused with the fix in the message (``chmod 600``), never used.
+  refused with the fix in the message (``chmod 600``), never used. A file that systemd
+  passes in ``$CREDENTIALS_DIRECTORY`` (``LoadCredential=``) is exempt: systemd restricts
+  it to the service's user, with an ACL that shows in the group bits.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import stat
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 __all__ = [
@@ -22,6 +24,7 @@ __all__ = [
     "PrivateFileError",
     "address_allowed",
     "check_private_file",
+    "systemd_credential",
     "write_private",
 ]
 
@@ -52,16 +55,25 @@ def address_allowed(address: str | None, allow_from: Sequence[IpNetwork]) -> boo
     return any(ip.version == net.version and ip in net for net in allow_from)
 
 
+def systemd_credential(path: Path, environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether ``path`` is a file systemd passed in ``$CREDENTIALS_DIRECTORY``."""
+    directory = environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        return False
+    return Path(os.path.abspath(path)).parent == Path(os.path.abspath(directory))
+
+
 def check_private_file(path: Path, what: str = "private file") -> None:
     """Refuse ``path`` when it is missing or group or others have any access to it.
 
-    Raises ``PrivateFileError`` naming the file, its mode and the fix.
+    Raises ``PrivateFileError`` naming the file, its mode and the fix. A systemd
+    credential (:func:`systemd_credential`) is only checked to exist.
     """
     try:
         mode = stat.S_IMODE(os.stat(path).st_mode)
     except OSError as exc:
         raise PrivateFileError(f"{path}: cannot read the {what} ({exc.strerror})") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode & (stat.S_IRWXG | stat.S_IRWXO) and not systemd_credential(path):
         raise PrivateFileError(
             f"{path}: the {what} is accessible to group or others (mode {mode:04o}); "
             f"run `chmod 600 {path}`"

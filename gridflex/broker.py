@@ -29,7 +29,15 @@ from typing import Any, Literal
 from gridflex.broker_config import BrokerLimits, Role, write_broker_config
 from gridflex.net import free_port, wait_for_port
 
-__all__ = ["Broker", "BrokerAuth", "anonymous_conf", "find_mosquitto", "start_broker"]
+__all__ = [
+    "Broker",
+    "BrokerAuth",
+    "anonymous_conf",
+    "find_mosquitto",
+    "root_conf",
+    "start_broker",
+    "start_mosquitto_conf",
+]
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +100,7 @@ class BrokerAuth:
     config_dir: Path
     tls_cert: Path | None = None
     tls_key: Path | None = None
+    bridge: str = ""  # a bridge section (gridflex.broker_config.bridge_conf), or none
 
 
 @dataclass
@@ -171,6 +180,7 @@ def _start_mosquitto(
             persistence_dir=persistence_dir,
             extra_conf=as_root,
             limits=limits,
+            bridge=auth.bridge,
         )
         conf = files.conf
         credentials = dict(files.credentials)
@@ -198,6 +208,33 @@ def _start_mosquitto(
         port,
         " (users and ACL)" if auth is not None else "",
     )
+    return broker
+
+
+def root_conf() -> str:
+    """``user root`` when running as root (Mosquitto would switch to its own user), else ""."""
+    return "user root\n" if os.geteuid() == 0 else ""
+
+
+def start_mosquitto_conf(conf: Path, host: str, port: int) -> Broker:
+    """Run Mosquitto on a configuration written elsewhere (the central broker's, say).
+
+    ``conf`` listens on ``host:port``; it includes :func:`root_conf` when needed.
+    """
+    binary = find_mosquitto()
+    if binary is None:
+        raise RuntimeError("needs Mosquitto (apt-get install mosquitto)")
+    proc = subprocess.Popen(
+        [binary, "-c", str(conf)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    broker = Broker(host, port, "mosquitto", process=proc)
+    if not wait_for_port(host, port, timeout_s=10):
+        broker.stop()
+        raise RuntimeError(f"mosquitto did not start listening on {host}:{port}")
+    log.info("mosquitto (pid %d) listening on %s:%d (%s)", proc.pid, host, port, conf)
     return broker
 
 

@@ -12,6 +12,13 @@
   reads its role's file through ``GRIDFLEX_MQTT_CREDENTIALS`` (or ``[mqtt] credentials``),
   so the shared site file holds no secret.
 
+With ``--central-url mqtt[s]://host:port`` the configuration also holds a Mosquitto bridge
+to the central broker of ``gridflex central`` (:func:`bridge_conf`): it publishes the site's
+retained ``gridflex/v1/{site}/summary`` there, and only that, and brings back the site's
+``gridflex/v1/{site}/target``. ``--central-credentials FILE`` (a TOML file with username and
+password, mode 0600) logs the bridge in; the password then sits in ``mosquitto.conf``,
+written mode 0600. ``--central-cafile`` names the CA of an ``mqtts://`` central.
+
 The roles: ``collector`` (the Modbus collector and the OCPP CSMS), ``pipeline``,
 ``control`` and ``integrator`` (read only). Running it again keeps the passwords already in
 ``credentials/`` (running processes keep working); ``--rotate`` makes new ones.
@@ -47,6 +54,7 @@ __all__ = [
     "acl_rules",
     "acl_text",
     "add_arguments",
+    "bridge_conf",
     "main",
     "mosquitto_conf",
     "mosquitto_password_hash",
@@ -146,9 +154,10 @@ def mosquitto_password_hash(
 def acl_rules(site_id: str) -> dict[Role, list[tuple[Literal["read", "write"], str]]]:
     """Per role, the topics it may read or write (Mosquitto ``topic read|write`` lines).
 
-    A collector publishes telemetry and statuses, its presence, the CSMS's answers to
-    control and its dead letters, and reads the CSMS requests; the pipeline reads telemetry
-    and acks and writes analytics, forecasts, commands, the summary and its dead letters;
+    A collector publishes telemetry and statuses, its presence, the CSMS's sessions and
+    answers to control and its dead letters, and reads the CSMS requests; the pipeline reads
+    telemetry, acks, asset statuses and sessions (for the history) and writes analytics,
+    forecasts, commands, the summary and its dead letters;
     control reads commands, telemetry, statuses and CSMS answers and writes acks, CSMS
     requests and its dead letters; an integrator reads everything under ``gridflex/v1/``.
     """
@@ -161,6 +170,7 @@ def acl_rules(site_id: str) -> dict[Role, list[tuple[Literal["read", "write"], s
             ("write", f"{site}/inverter/+/status"),
             ("write", f"{site}/evse/+/status"),
             ("write", f"{site}/collector/+/status"),
+            ("write", f"{site}/evse/+/session"),
             ("write", f"{site}/csms/+/result"),
             ("read", f"{site}/csms/+/setpoint"),
             ("write", f"{dead}/modbus"),
@@ -169,10 +179,14 @@ def acl_rules(site_id: str) -> dict[Role, list[tuple[Literal["read", "write"], s
         "pipeline": [
             ("read", f"{site}/+/+/telemetry"),
             ("read", f"{site}/dispatch/+/ack"),
+            ("read", f"{site}/inverter/+/status"),
+            ("read", f"{site}/evse/+/status"),
+            ("read", f"{site}/evse/+/session"),
             ("write", f"{site}/grid/frequency"),
             ("write", f"{site}/ev/+/forecast"),
             ("write", f"{site}/dispatch/+/command"),
             ("write", f"{site}/summary"),
+            ("read", f"{site}/target"),
             ("write", f"{dead}/pipeline"),
         ],
         "control": [
@@ -233,6 +247,54 @@ def mosquitto_conf(
     return "\n".join(lines) + "\n" + extra
 
 
+def bridge_conf(
+    site_id: str,
+    central_url: str,
+    *,
+    credentials: Credentials | None = None,
+    cafile: Path | None = None,
+) -> str:
+    """The bridge section of a site broker towards the central broker.
+
+    Out: ``gridflex/v1/{site}/summary`` (QoS 1, retained as published); in:
+    ``gridflex/v1/{site}/target``. Nothing else crosses: telemetry, commands and acks stay
+    on the site. The bridge keeps a persistent session (``cleansession false``), so a
+    target published while the link was down arrives when it comes back.
+    """
+    url = urlsplit(central_url)
+    if url.scheme not in ("mqtt", "mqtts") or not url.hostname:
+        raise ConfigError(f"--central-url {central_url!r}: expected mqtt[s]://host:port")
+    tls = url.scheme == "mqtts"
+    port = url.port or (8883 if tls else 1883)
+    site = f"{PREFIX}/{site_id}"
+    lines = [
+        "",
+        "# bridge to the central broker (gridflex central): summary out, target in",
+        f"connection gridflex-{site_id}-central",
+        f"address {url.hostname}:{port}",
+        f"remote_clientid gridflex-bridge-{site_id}",
+        "bridge_protocol_version mqttv311",
+        "cleansession false",
+        "try_private false",
+        "notifications false",
+        "restart_timeout 2 30",
+        f"topic {site}/summary out 1",
+        f"topic {site}/target in 1",
+    ]
+    if credentials is not None:
+        lines += [
+            f"remote_username {credentials.username}",
+            f"remote_password {credentials.password}",
+        ]
+    if tls:
+        if cafile is not None:
+            lines.append(f"bridge_cafile {cafile.resolve()}")
+        else:
+            lines.append("bridge_capath /etc/ssl/certs")
+        lines.append("bridge_tls_version tlsv1.2")
+    return "\n".join(lines) + "\n"
+
+
 def _credentials_toml(site_id: str, role: Role, creds: Credentials) -> str:
     return (
         f"# MQTT credentials of the {role} role of site {site_id}, written by "
@@ -274,8 +336,12 @@ def write_broker_config(
     rotate: bool = False,
     extra_conf: str = "",
     limits: BrokerLimits | None = None,
+    bridge: str = "",
 ) -> BrokerFiles:
     """Write conf, password file, ACL and per-role credentials into ``out_dir``.
+
+    ``bridge`` (:func:`bridge_conf`) goes at the end of ``mosquitto.conf``, after
+    ``extra_conf``; with a remote password the file is written mode 0600.
 
     Keeps the passwords of existing credential files unless ``rotate``. Raises
     ``PrivateFileError`` for a TLS key (or an existing credentials file) that group or
@@ -302,7 +368,7 @@ def write_broker_config(
     acl_file = out_dir / "acl"
     write_private(acl_file, acl_text(site_id))
     conf = out_dir / "mosquitto.conf"
-    conf.write_text(
+    text = (
         mosquitto_conf(
             bind=bind,
             port=port,
@@ -313,15 +379,26 @@ def write_broker_config(
             persistence_dir=persistence_dir.resolve() if persistence_dir else None,
             extra=extra_conf,
             limits=limits,
-        ),
-        encoding="utf-8",
+        )
+        + bridge
     )
+    if "remote_password" in bridge:
+        write_private(conf, text)  # the bridge's password to the central
+    else:
+        conf.write_text(text, encoding="utf-8")
     return BrokerFiles(conf, password_file, acl_file, paths)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``gridflex broker-config``."""
-    parser.add_argument("--site", required=True, type=Path, help="the site file (TOML)")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--site", type=Path, help="the site file (TOML)")
+    which.add_argument(
+        "--central",
+        type=Path,
+        help="a central.toml: the central broker's users (gridflex central, a bridge per "
+        "site, an integrator) instead of a site's",
+    )
     parser.add_argument("--out", required=True, type=Path, help="folder to write the files to")
     parser.add_argument(
         "--bind",
@@ -343,10 +420,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--rotate", action="store_true", help="new passwords for every role (default: keep)"
     )
+    parser.add_argument(
+        "--central-url",
+        default=None,
+        help="bridge to this central broker (mqtt[s]://host:port): summary out, target in",
+    )
+    parser.add_argument(
+        "--central-credentials",
+        type=Path,
+        default=None,
+        help="the bridge's user on the central broker (TOML: username, password; mode 600)",
+    )
+    parser.add_argument(
+        "--central-cafile", type=Path, default=None, help="CA of an mqtts:// central broker"
+    )
 
 
 def main(args: argparse.Namespace) -> int:
     """Write the broker configuration of a site; 2 on a config or key-file error."""
+    if args.central is not None:
+        return _main_central(args)
     site = load_site(args.site)
     url = urlsplit(site.mqtt.url)
     tls = url.scheme == "mqtts"
@@ -358,8 +451,49 @@ def main(args: argparse.Namespace) -> int:
     if not tls and (args.tls_cert is not None or args.tls_key is not None):
         log.warning("--tls-cert/--tls-key ignored: [mqtt] url is mqtt:// (plain TCP)")
     try:
+        bridge = ""
+        if args.central_url:
+            creds = read_credentials(args.central_credentials) if args.central_credentials else None
+            bridge = bridge_conf(
+                site.id, args.central_url, credentials=creds, cafile=args.central_cafile
+            )
         files = write_broker_config(
             site.id,
+            args.out,
+            bind=args.bind or url.hostname or "127.0.0.1",
+            port=url.port or (8883 if tls else 1883),
+            tls_cert=args.tls_cert if tls else None,
+            tls_key=args.tls_key if tls else None,
+            persistence_dir=args.persistence_dir,
+            rotate=args.rotate,
+            bridge=bridge,
+        )
+    except PrivateFileError as exc:
+        log.error("%s", exc)
+        return 2
+    log.info("wrote %s, %s and %s", files.conf, files.password_file, files.acl_file)
+    for role, path in files.credentials.items():
+        log.info("%s credentials: GRIDFLEX_MQTT_CREDENTIALS=%s", role, path)
+    return 0
+
+
+def _main_central(args: argparse.Namespace) -> int:
+    """``--central``: the central broker's configuration (:mod:`gridflex.central_broker`)."""
+    from gridflex.central import load_central
+    from gridflex.central_broker import write_central_broker_config
+
+    config = load_central(args.central)
+    url = urlsplit(config.mqtt.url)
+    tls = url.scheme == "mqtts"
+    if tls and (args.tls_cert is None or args.tls_key is None):
+        raise ConfigError(
+            f"config error in {args.central}: mqtt.url: {config.mqtt.url} is a TLS URL: "
+            "give --tls-cert and --tls-key"
+        )
+    try:
+        files = write_central_broker_config(
+            config.central.id,
+            list(config.central.sites),
             args.out,
             bind=args.bind or url.hostname or "127.0.0.1",
             port=url.port or (8883 if tls else 1883),
@@ -371,7 +505,7 @@ def main(args: argparse.Namespace) -> int:
     except PrivateFileError as exc:
         log.error("%s", exc)
         return 2
-    log.info("wrote %s, %s and %s", files.conf, files.password_file, files.acl_file)
-    for role, path in files.credentials.items():
-        log.info("%s credentials: GRIDFLEX_MQTT_CREDENTIALS=%s", role, path)
+    log.info("wrote %s", files.conf)
+    for name, path in files.credentials.items():
+        log.info("%s credentials: %s", name, path)
     return 0

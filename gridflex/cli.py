@@ -20,7 +20,7 @@ from collections.abc import Sequence
 
 from gridflex import __version__
 from gridflex.config import ConfigError
-from gridflex.log import setup_logging
+from gridflex.log import FORMATS, setup_logging
 
 __all__ = ["COMMANDS", "EXIT_BROKEN_PIPE", "build_parser", "main"]
 
@@ -33,6 +33,11 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
         ("broker-config",),
         "gridflex.broker_config",
         "write a Mosquitto config: TLS, one user per role, an ACL",
+    ),
+    (
+        ("central",),
+        "gridflex.central",
+        "share a fleet-level FCR capacity across sites by their summaries",
     ),
     (("demo",), "gridflex.demo", "run broker, simulators, collectors and the dataflow together"),
     (("sim", "inverters"), "simulators.inverter", "simulated SunSpec inverters over Modbus TCP"),
@@ -47,6 +52,12 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
     ),
     (("query",), "gridflex.history", "run SQL over the Parquet history with DuckDB, print CSV"),
     (
+        ("history", "compact"),
+        "gridflex.history_cli",
+        "merge the small Parquet files of each closed day, atomically",
+    ),
+    (("history", "prune"), "gridflex.history_cli", "remove the days older than retention"),
+    (
         ("billing",),
         "gridflex.billing.cli",
         "export settlements per asset, session and interval as CSV or Parquet",
@@ -60,7 +71,7 @@ COMMANDS: list[tuple[tuple[str, ...], str, str]] = [
 EXIT_BROKEN_PIPE = 141
 
 #: Top-level options that take a value (their value is not a command word).
-_VALUED_OPTIONS = frozenset({"--log-level"})
+_VALUED_OPTIONS = frozenset({"--log-level", "--log-format"})
 
 
 def _chosen(argv: Sequence[str]) -> tuple[str, ...]:
@@ -87,6 +98,12 @@ def build_parser(argv: Sequence[str] = ()) -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"gridflex {__version__}")
     parser.add_argument("--log-level", default=None, help="DEBUG, INFO (default), WARNING or ERROR")
+    parser.add_argument(
+        "--log-format",
+        choices=FORMATS,
+        default=None,
+        help="text (default) or json: one object per line (default: $GRIDFLEX_LOG_FORMAT)",
+    )
     groups: dict[str, argparse._SubParsersAction[argparse.ArgumentParser]] = {}
     top = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     group_parsers: dict[str, argparse.ArgumentParser] = {}
@@ -118,7 +135,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser(argv)
     args = parser.parse_args(argv)
-    setup_logging(args.log_level)
+    try:
+        setup_logging(args.log_level, args.log_format)
+    except ValueError as exc:  # a bad $GRIDFLEX_LOG_FORMAT
+        sys.stderr.write(f"gridflex: GRIDFLEX_LOG_FORMAT: {exc}\n")
+        return 2
     if getattr(args, "_unavailable", None):
         log.error("%s is not available: %s", args._module, args._unavailable)
         return 2

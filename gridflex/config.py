@@ -38,6 +38,11 @@ from gridflex.contract import ASSET_ID_PATTERN
 
 __all__ = [
     "API_TOKEN_ENV",
+    "CREDENTIAL_API_TLS_KEY",
+    "CREDENTIAL_API_TOKEN",
+    "CREDENTIAL_MQTT",
+    "CREDENTIAL_OCPP_TLS_KEY",
+    "HISTORY_STREAMS",
     "METRICS_COMPONENTS",
     "MQTT_CREDENTIALS_ENV",
     "ApiConfig",
@@ -58,6 +63,7 @@ __all__ = [
     "OcppConfig",
     "PipelineConfig",
     "SiteConfig",
+    "credential_path",
     "load_site",
     "parse_site",
     "resolve_api_token",
@@ -169,10 +175,65 @@ class MqttConfig(_Section):
         return value
 
 
+#: The history streams (``gridflex.history.STREAMS``; listed here so that reading a site
+#: file does not import DuckDB).
+HISTORY_STREAMS: tuple[str, ...] = (
+    "telemetry",
+    "grid_frequency",
+    "forecasts",
+    "commands",
+    "acks",
+    "status_changes",
+    "transactions",
+    "events",
+)
+_MAX_RETENTION_DAYS = 36_500
+
+
+def _retention_days(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int):
+        shown = str(value).lower() if isinstance(value, bool) else repr(value)
+        raise FieldError(key, f"expected a whole number of days, got {shown}")
+    if not 1 <= value <= _MAX_RETENTION_DAYS:
+        raise FieldError(key, f"expected 1 to {_MAX_RETENTION_DAYS} days, got {value}")
+    return value
+
+
 class HistoryConfig(_Section):
-    """Where the Parquet history lives."""
+    """Where the Parquet history lives and how long it is kept.
+
+    ``retention_days``: unset keeps everything; one number applies to every stream; a
+    table (``[history.retention_days]``, ``telemetry = 400``) sets it per stream and keeps
+    the streams it does not name. ``gridflex history prune`` removes the days older.
+    Stored per stream (a number becomes the same number for each).
+    """
 
     dir: _FilePath = Path("data")
+    retention_days: dict[str, int] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retention_per_stream(cls, data: Any) -> Any:
+        if not isinstance(data, dict) or data.get("retention_days") is None:
+            return data
+        value = data["retention_days"]
+        if isinstance(value, dict):
+            per_stream = {}
+            for stream, days in value.items():
+                if stream not in HISTORY_STREAMS:
+                    raise FieldError(
+                        f"retention_days.{stream}",
+                        f"expected one of the streams {', '.join(HISTORY_STREAMS)}",
+                    )
+                per_stream[stream] = _retention_days(f"retention_days.{stream}", days)
+        else:
+            days = _retention_days("retention_days", value)
+            per_stream = dict.fromkeys(HISTORY_STREAMS, days)
+        return {**data, "retention_days": per_stream}
+
+    def retention_for(self, stream: str) -> int | None:
+        """Days ``stream`` is kept, None for ever."""
+        return None if self.retention_days is None else self.retention_days.get(stream)
 
 
 class ModbusConfig(_Section):
@@ -447,6 +508,24 @@ class ApiConfig(_Section):
         return self.tls_cert is not None and self.tls_key is not None
 
 
+#: Names of the systemd credentials gridflex reads from ``$CREDENTIALS_DIRECTORY``
+#: (``LoadCredential=NAME:/etc/gridflex/...`` in the unit): the MQTT credentials file
+#: (TOML ``username``/``password``), the API token (its text), the TLS private keys.
+CREDENTIAL_MQTT = "mqtt-credentials"
+CREDENTIAL_API_TOKEN = "api-token"
+CREDENTIAL_OCPP_TLS_KEY = "ocpp-tls-key"
+CREDENTIAL_API_TLS_KEY = "api-tls-key"
+
+
+def credential_path(name: str, environ: Mapping[str, str] = os.environ) -> Path | None:
+    """``$CREDENTIALS_DIRECTORY/name`` when systemd passed that credential, else None."""
+    directory = environ.get("CREDENTIALS_DIRECTORY", "")
+    if not directory:
+        return None
+    path = Path(directory) / name
+    return path if path.is_file() else None
+
+
 #: The long-running commands, as keys of ``[metrics]`` (and the metrics' ``component``).
 METRICS_COMPONENTS: tuple[str, ...] = ("collect_modbus", "collect_ocpp", "pipeline", "control")
 
@@ -483,15 +562,26 @@ class MetricsConfig(_Section):
 def resolve_api_token(
     api: ApiConfig, source: str | Path | None, environ: Mapping[str, str] = os.environ
 ) -> str:
-    """The API's bearer token: ``[api] token`` of the site file, else ``GRIDFLEX_API_TOKEN``.
+    """The API's bearer token: the site file's, a systemd credential's, or the environment's.
 
-    Raises ``ConfigError`` naming the file and the key when neither gives a usable token
-    (16 to 256 visible ASCII characters).
+    ``[api] token`` of the site file, else the systemd credential ``api-token``
+    (:func:`credential_path`), else ``GRIDFLEX_API_TOKEN``. Raises ``ConfigError`` naming
+    the file and the key when none gives a usable token (16 to 256 visible ASCII
+    characters).
     """
     if api.token is not None:
         return api.token
-    value = environ.get(API_TOKEN_ENV, "")
     where = source if source is not None else "<memory>"
+    credential = credential_path(CREDENTIAL_API_TOKEN, environ)
+    if credential is not None:
+        try:
+            return ApiConfig(token=credential.read_text(encoding="utf-8").strip()).token or ""
+        except (OSError, UnicodeDecodeError, ValidationError):
+            raise ConfigError(
+                f"config error in credential {credential}: expected 16 to 256 visible "
+                "ASCII characters"
+            ) from None
+    value = environ.get(API_TOKEN_ENV, "")
     if not value:
         raise ConfigError(
             f"config error in {where}: api.token: required to serve the API "
@@ -517,14 +607,18 @@ def resolve_mqtt_credentials(
 ) -> MqttConfig:
     """``mqtt`` with ``username``/``password`` read from the process's credentials file.
 
-    The file is ``$GRIDFLEX_MQTT_CREDENTIALS`` when set, else ``[mqtt] credentials``; a
-    TOML document with ``username`` and ``password``. Without either, ``mqtt`` is returned
+    The file is ``$GRIDFLEX_MQTT_CREDENTIALS`` when set, else the systemd credential
+    ``mqtt-credentials`` (:func:`credential_path`), else ``[mqtt] credentials``; a TOML
+    document with ``username`` and ``password``. Without either, ``mqtt`` is returned
     as it is. Raises ``ConfigError`` (naming the file, never the password) when the file is
     missing, readable by group or others, or incomplete.
     """
     env_path = environ.get(MQTT_CREDENTIALS_ENV, "")
+    credential = credential_path(CREDENTIAL_MQTT, environ)
     if env_path:
         path, where = Path(env_path), f"environment: {MQTT_CREDENTIALS_ENV}"
+    elif credential is not None:
+        path, where = credential, f"systemd credential {CREDENTIAL_MQTT}"
     elif mqtt.credentials is not None:
         path, where = mqtt.credentials, f"{source or '<memory>'}: mqtt.credentials"
     else:
@@ -712,7 +806,8 @@ def load_site(path: str | Path) -> SiteConfig:
     """Read and validate a site file; relative history/TLS paths resolve against its folder.
 
     The MQTT credentials come from the process's credentials file when there is one
-    (:func:`resolve_mqtt_credentials`).
+    (:func:`resolve_mqtt_credentials`); the systemd credentials ``ocpp-tls-key`` and
+    ``api-tls-key`` (:func:`credential_path`) replace ``[ocpp] tls_key`` / ``[api] tls_key``.
     """
     path = Path(path)
     try:
@@ -720,6 +815,10 @@ def load_site(path: str | Path) -> SiteConfig:
     except OSError as exc:
         raise ConfigError(
             f"config error in {path}: cannot read the file ({exc.strerror})"
+        ) from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"config error in {path}: expected UTF-8 text, byte {exc.start} is not"
         ) from None
     try:
         raw = tomllib.loads(text)
@@ -737,14 +836,15 @@ def load_site(path: str | Path) -> SiteConfig:
     ocpp = site.ocpp.model_copy(
         update={
             "tls_cert": _abs(site.ocpp.tls_cert),
-            "tls_key": _abs(site.ocpp.tls_key),
+            "tls_key": credential_path(CREDENTIAL_OCPP_TLS_KEY) or _abs(site.ocpp.tls_key),
             "tls_ca": _abs(site.ocpp.tls_ca),
         }
     )
     pipeline = site.pipeline.model_copy(update={"recovery_dir": _abs(site.pipeline.recovery_dir)})
     api = site.api
     if api is not None:
-        api = api.model_copy(update={"tls_cert": _abs(api.tls_cert), "tls_key": _abs(api.tls_key)})
+        key = credential_path(CREDENTIAL_API_TLS_KEY) or _abs(api.tls_key)
+        api = api.model_copy(update={"tls_cert": _abs(api.tls_cert), "tls_key": key})
     return site.model_copy(
         update={"mqtt": mqtt, "history": history, "ocpp": ocpp, "pipeline": pipeline, "api": api}
     )

@@ -37,6 +37,13 @@ CHANNELS: dict[str, tuple[str, str, bool, str]] = {
         True,
         "Retained collector presence; its last will says online=false.",
     ),
+    "session": (
+        PREFIX + "/{site}/evse/{asset}/session",
+        "session/1",
+        False,
+        "A charging transaction started or ended (the CSMS): id, start/end, meter registers, "
+        "SoC, the id token's SHA-256 (never the token). QoS 1.",
+    ),
     "gridFrequency": (
         PREFIX + "/{site}/grid/frequency",
         "grid_frequency/1",
@@ -69,6 +76,13 @@ CHANNELS: dict[str, tuple[str, str, bool, str]] = {
         True,
         "Site aggregate for a higher level (hierarchical scaling): online assets, power, "
         "flexibility, site frequency, requested/allocated response and shortfall; >= 1/s.",
+    ),
+    "target": (
+        PREFIX + "/{site}/target",
+        "target/1",
+        True,
+        "From `gridflex central` (through the site's broker bridge): the FCR capacity the "
+        "site is to hold, its share of the fleet's by flexibility, until valid_until_ms.",
     ),
     "csmsSetpoint": (
         PREFIX + "/{site}/csms/{asset}/setpoint",

@@ -148,6 +148,9 @@ class DemoPlan:
     app_port: int | None = None
     #: ``(component, port)``: where each long-running part serves its Prometheus metrics.
     metrics_ports: tuple[tuple[str, int], ...] = ()
+    #: the site id and history folder written (``gridflex demo --sites N`` runs several)
+    site_id: str = SITE_ID
+    history_dir: str = "."
 
     @property
     def metrics_urls(self) -> list[str]:
@@ -196,7 +199,7 @@ def site_toml(plan: DemoPlan) -> str:
         "# written by `gridflex demo`; rerun any part against this file, e.g.",
         "#   gridflex query --data-dir . 'select count(*) from telemetry'",
         "[site]",
-        f'id = "{SITE_ID}"',
+        f'id = "{plan.site_id}"',
         f"nominal_frequency_hz = {plan.nominal_hz}",
     ]
     if plan.dispatch == "fcr" and plan.fleet_charge_w > 0 and plan.fleet_discharge_w > 0:
@@ -211,7 +214,7 @@ def site_toml(plan: DemoPlan) -> str:
         f'url = "{plan.mqtt_url}"',
         "",
         "[history]",
-        'dir = "."',
+        f'dir = "{plan.history_dir}"',
         "",
         "[ocpp]",
         'host = "127.0.0.1"',
@@ -573,6 +576,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--no-app", action="store_true", help="do not start the analytics app (gridflex app)"
     )
     parser.add_argument("--seed", type=int, default=1, help="seed of the simulators")
+    parser.add_argument(
+        "--sites",
+        type=count(26),
+        default=1,
+        help="run N sites (each its own broker bridged to a central one, --dispatch fcr) "
+        "and `gridflex central` sharing --fcr-capacity-w across them (default: %(default)s)",
+    )
 
 
 def _spawn(part: Part, logs: Path) -> None:
@@ -690,6 +700,10 @@ def main(args: argparse.Namespace) -> int:
     if args.local_droop and args.dispatch == "fcr":
         log.error("--local-droop adds the devices' own droop: use it with --dispatch droop or off")
         return 2
+    if args.sites > 1:
+        from gridflex.demo_sites import run_sites
+
+        return run_sites(args)
     data_dir: Path = args.data_dir.resolve()
     if args.keep_history:
         log.info("keeping the history in %s (--keep-history)", data_dir)

@@ -7,6 +7,9 @@ Layout (hive partitioning by stream and UTC date of the measurement)::
     {data_dir}/forecasts/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/commands/date=YYYY-MM-DD/part-*.parquet
     {data_dir}/acks/date=YYYY-MM-DD/part-*.parquet
+    {data_dir}/status_changes/date=YYYY-MM-DD/part-*.parquet
+    {data_dir}/transactions/date=YYYY-MM-DD/part-*.parquet
+    {data_dir}/events/date=YYYY-MM-DD/part-*.parquet
 
 Writers (``pipelines.history_sink``) write each file under a hidden temporary name in the
 same directory and rename it into place, so a reader only ever sees whole files; the views
@@ -14,7 +17,16 @@ read ``part-*.parquet`` only and never see the temporary names. The data is
 at-least-once, so the views de-duplicate: ``telemetry`` on ``(site, asset, boot, seq)``,
 ``grid_frequency`` on ``(site, window_start_ms)``, ``forecasts`` on ``(site, asset,
 ts_ms)``, ``commands`` on ``(site, command_id)``, ``acks`` on ``(site, asset, command_id,
-result, ts_ms)``. See ``docs/history.md``.
+result, ts_ms)``, ``status_changes`` on ``(site, asset, ts_ms)`` and the change (and a row
+equal in state to the asset's previous one is not a change), ``transactions`` on ``(site, asset,
+transaction_id)`` (one row per transaction from its ``started`` and ``ended`` events),
+``events`` on ``(site, asset, event, fault_code, ts_ms)``. The ``events`` stream (faults
+and other notable events, :mod:`gridflex.events`) is written by the process that
+detects them, not by the pipeline.
+
+Every file carries key-value metadata (:data:`META_STREAM`, :data:`META_SCHEMA_VERSION`,
+:data:`META_WRITER`, :func:`file_metadata`); the views read files without it too.
+Compaction and retention: :mod:`gridflex.history_store`. See ``docs/history.md``.
 """
 
 from __future__ import annotations
@@ -37,16 +49,28 @@ __all__ = [
     "ACKS_SCHEMA",
     "COMMANDS",
     "COMMANDS_SCHEMA",
+    "COMPACT_PREFIX",
+    "EVENTS",
+    "EVENTS_SCHEMA",
     "FORECASTS",
     "FORECASTS_SCHEMA",
     "GRID_FREQUENCY",
     "GRID_FREQUENCY_SCHEMA",
+    "META_SCHEMA_VERSION",
+    "META_STREAM",
+    "META_WRITER",
     "SCHEMAS",
+    "SCHEMA_VERSIONS",
+    "STATUS_CHANGES",
+    "STATUS_CHANGES_SCHEMA",
     "STREAMS",
     "TELEMETRY",
     "TELEMETRY_SCHEMA",
+    "TRANSACTIONS",
+    "TRANSACTIONS_SCHEMA",
     "add_arguments",
     "connect",
+    "file_metadata",
     "main",
     "partition_dir",
     "refresh_views",
@@ -60,7 +84,19 @@ GRID_FREQUENCY: Final = "grid_frequency"
 FORECASTS: Final = "forecasts"
 COMMANDS: Final = "commands"
 ACKS: Final = "acks"
-STREAMS: Final = (TELEMETRY, GRID_FREQUENCY, FORECASTS, COMMANDS, ACKS)
+STATUS_CHANGES: Final = "status_changes"
+TRANSACTIONS: Final = "transactions"
+EVENTS: Final = "events"
+STREAMS: Final = (
+    TELEMETRY,
+    GRID_FREQUENCY,
+    FORECASTS,
+    COMMANDS,
+    ACKS,
+    STATUS_CHANGES,
+    TRANSACTIONS,
+    EVENTS,
+)
 
 #: Glob of the finished files of one stream, relative to ``{data_dir}/{stream}``.
 PART_GLOB: Final = "date=*/part-*.parquet"
@@ -178,13 +214,96 @@ ACKS_SCHEMA: Final = pa.schema(
     ]
 )
 
+#: One row per change of an asset's retained ``status/1`` (``gridflex.contract.AssetStatus``):
+#: ``online``, ``state``, ``faults`` or ``transaction_id`` differ from the asset's last row.
+STATUS_CHANGES_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("asset", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),
+        pa.field("ts_ms", pa.int64(), nullable=False),
+        pa.field("seq", pa.int64()),
+        pa.field("boot", pa.string()),
+        pa.field("online", pa.bool_(), nullable=False),
+        pa.field("state", pa.string(), nullable=False),
+        pa.field("reason", pa.string()),
+        pa.field("faults", pa.list_(pa.string()), nullable=False),
+        pa.field("transaction_id", pa.string()),
+    ]
+)
+
+#: One row per ``session/1`` event of the CSMS (``gridflex.contract.ChargingSession``):
+#: a transaction's ``started`` and ``ended``.
+TRANSACTIONS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("asset", pa.string(), nullable=False),
+        pa.field("ts_ms", pa.int64(), nullable=False),
+        pa.field("event", pa.string(), nullable=False),
+        pa.field("transaction_id", pa.string(), nullable=False),
+        pa.field("start_ms", pa.int64(), nullable=False),
+        pa.field("end_ms", pa.int64()),
+        pa.field("meter_start_wh", pa.float64()),
+        pa.field("meter_stop_wh", pa.float64()),
+        pa.field("export_start_wh", pa.float64()),
+        pa.field("export_stop_wh", pa.float64()),
+        pa.field("soc_start_pct", pa.float64()),
+        pa.field("soc_end_pct", pa.float64()),
+        pa.field("id_token_hash", pa.string()),
+        pa.field("stopped_reason", pa.string()),
+    ]
+)
+
+#: One row per event a process recorded (``gridflex.events``): a fault with its code, ...
+EVENTS_SCHEMA: Final = pa.schema(
+    [
+        pa.field("site", pa.string(), nullable=False),
+        pa.field("asset", pa.string()),
+        pa.field("ts_ms", pa.int64(), nullable=False),
+        pa.field("component", pa.string(), nullable=False),
+        pa.field("event", pa.string(), nullable=False),
+        pa.field("fault_code", pa.string()),
+        pa.field("detail", pa.string()),
+    ]
+)
+
 SCHEMAS: Final[dict[str, pa.Schema]] = {
     TELEMETRY: TELEMETRY_SCHEMA,
     GRID_FREQUENCY: GRID_FREQUENCY_SCHEMA,
     FORECASTS: FORECASTS_SCHEMA,
     COMMANDS: COMMANDS_SCHEMA,
     ACKS: ACKS_SCHEMA,
+    STATUS_CHANGES: STATUS_CHANGES_SCHEMA,
+    TRANSACTIONS: TRANSACTIONS_SCHEMA,
+    EVENTS: EVENTS_SCHEMA,
 }
+
+#: Version of each stream's file schema, raised when a column is added or changes meaning
+#: (telemetry 2: ``device_status`` and ``register_decreased``). Files written before the
+#: versions existed carry no metadata; the views read them by column name.
+SCHEMA_VERSIONS: Final[dict[str, int]] = dict.fromkeys(STREAMS, 1) | {TELEMETRY: 2}
+
+#: Key-value metadata of every history file: its stream, schema version and writer.
+META_STREAM: Final = "gridflex.stream"
+META_SCHEMA_VERSION: Final = "gridflex.schema_version"
+META_WRITER: Final = "gridflex.writer"
+
+
+def file_metadata(stream: str, **extra: str) -> dict[str, str]:
+    """The key-value metadata of a ``stream`` file: stream, schema version, writer.
+
+    ``extra`` adds keys under ``gridflex.`` (``compacted_from=...``).
+    """
+    from gridflex import __version__
+
+    meta = {
+        META_STREAM: stream,
+        META_SCHEMA_VERSION: str(SCHEMA_VERSIONS[stream]),
+        META_WRITER: f"gridflex {__version__}",
+    }
+    meta.update({f"gridflex.{key}": value for key, value in extra.items()})
+    return meta
+
 
 _DUCKDB_TYPES: Final = {
     pa.string(): "VARCHAR",
@@ -215,41 +334,76 @@ def _has_parts(data_dir: Path, stream: str) -> bool:
     return any((data_dir / stream).glob(PART_GLOB))
 
 
-def _source(data_dir: Path, stream: str) -> str:
+def _source(data_dir: Path, stream: str, *, filename: bool = False) -> str:
     """FROM clause of a stream: its Parquet files, or a typed empty relation.
 
     Files written before a column was added (``device_status``) lack it: the files are
     read by column name and united by name with the typed empty relation, so a missing
-    column reads as NULL instead of failing the view.
+    column reads as NULL instead of failing the view. ``filename`` adds the file of each
+    row as a ``filename`` column.
     """
-    columns = [f"CAST(NULL AS {_DUCKDB_TYPES[f.type]}) AS {f.name}" for f in SCHEMAS[stream]] + [
-        "CAST(NULL AS DATE) AS date"
-    ]
+    columns = (
+        [f"CAST(NULL AS {_DUCKDB_TYPES[f.type]}) AS {f.name}" for f in SCHEMAS[stream]]
+        + ["CAST(NULL AS DATE) AS date"]
+        + (["CAST(NULL AS VARCHAR) AS filename"] if filename else [])
+    )
     empty = f"SELECT {', '.join(columns)} WHERE false"
     if _has_parts(data_dir, stream):
         glob = (data_dir / stream / PART_GLOB).as_posix()
         files = (
             f"read_parquet({_sql_str(glob)}, hive_partitioning = true, "
-            "hive_types = {'date': DATE}, union_by_name = true)"
+            "hive_types = {'date': 'DATE'}, union_by_name = true"
+            + (", filename = true)" if filename else ")")
         )
         return f"(SELECT * FROM {files} UNION ALL BY NAME {empty})"
     return f"({empty})"
 
 
-_TELEMETRY_VIEW: Final = """
-CREATE OR REPLACE VIEW telemetry AS
-SELECT
+#: Name prefix of the one file ``gridflex history compact`` leaves in a partition. For
+#: ``telemetry`` it holds each reading once (de-duplicated on the view's key), so a
+#: partition whose only file it is needs no de-duplication (``gridflex.history_store``).
+COMPACT_PREFIX: Final = "part-compact-"
+
+_TELEMETRY_COLUMNS: Final = """
     site, asset, kind, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, seq, boot,
     power_w, freq_hz, voltage_v, current_a, soc_pct, energy_import_wh, energy_export_wh,
     temp_c, setpoint_w, status, device_status, transaction_id,
     ev_departure_ms, ev_requested_energy_wh, ev_max_charge_w, ev_max_discharge_w,
-    ev_min_soc_pct, ev_target_soc_pct, ev_v2x, ev_energy_transfer_mode,
-    bool_or(register_decreased) OVER reading AS register_decreased,
-    date
+    ev_min_soc_pct, ev_target_soc_pct, ev_v2x, ev_energy_transfer_mode"""
+
+# De-duplication is one sort of every reading, most of the cost of a query over many days.
+# A compacted partition (its one file is the compaction's) is read as it is; any other
+# (files still arriving, or compaction between its steps) goes through the window. The
+# copies of a reading share its `ts_ms`, hence its partition, so the two never overlap.
+_TELEMETRY_VIEW: Final = (
+    """
+CREATE OR REPLACE VIEW telemetry AS
+SELECT"""
+    + _TELEMETRY_COLUMNS
+    + """, register_decreased, date
 FROM {source}
+WHERE starts_with(parse_filename(filename), '{compact}')
+  AND date NOT IN (SELECT date FROM {mixed})
+UNION ALL
+SELECT"""
+    + _TELEMETRY_COLUMNS
+    + """,
+    bool_or(register_decreased) OVER reading AS register_decreased, date
+FROM {source}
+WHERE NOT starts_with(parse_filename(filename), '{compact}')
+   OR date IN (SELECT date FROM {mixed})
 WINDOW reading AS (PARTITION BY site, asset, boot, seq)
 QUALIFY row_number() OVER (PARTITION BY site, asset, boot, seq ORDER BY ts_ms) = 1
 """
+)
+
+#: Partitions of a stream that are not one compacted file alone.
+_MIXED: Final = """(
+    SELECT date FROM {source} GROUP BY date
+    HAVING count(DISTINCT filename) > 1
+        OR NOT bool_and(starts_with(parse_filename(filename), '{compact}'))
+)"""
+
 
 # A window cut by a pipeline restart is written twice (the part before the stop and the
 # part after it); the view keeps the row with the most samples.
@@ -311,17 +465,89 @@ QUALIFY row_number() OVER (
 ) = 1
 """
 
+# A retained status is delivered again on every subscription: one row per (asset, ts_ms,
+# change), and a row whose change equals the asset's previous one is none (a pipeline
+# restarted without its memory of the last status). Two changes stamped in the same
+# millisecond both stay.
+_STATUS_CHANGES_VIEW: Final = """
+CREATE OR REPLACE VIEW status_changes AS
+WITH keyed AS (
+    SELECT *, [online::VARCHAR, state, coalesce(transaction_id, ''),
+               array_to_string(list_sort(faults), ',')] AS change
+    FROM {source}
+), one AS (
+    SELECT * FROM keyed
+    QUALIFY row_number() OVER (
+        PARTITION BY site, asset, ts_ms, change
+        ORDER BY seq NULLS LAST, reason NULLS LAST, boot NULLS LAST
+    ) = 1
+), marked AS (
+    SELECT *, lag(change) OVER (
+        PARTITION BY site, asset ORDER BY ts_ms, seq NULLS LAST, change
+    ) AS previous
+    FROM one
+)
+SELECT
+    site, asset, kind, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, seq, boot, online, state,
+    reason, faults, transaction_id, date
+FROM marked
+WHERE previous IS NULL OR previous <> change
+"""
+
+# One row per transaction: its started and ended events (each possibly delivered twice).
+# A transaction not ended yet has end_ms NULL. energy_*_wh are the meter's register
+# differences over the transaction, NULL where a register is unknown.
+_TRANSACTIONS_VIEW: Final = """
+CREATE OR REPLACE VIEW transactions AS
+WITH g AS (
+    SELECT site, asset, transaction_id,
+           min(start_ms) AS start_ms,
+           max(end_ms) AS end_ms,
+           arg_min(meter_start_wh, ts_ms) FILTER (meter_start_wh IS NOT NULL) AS meter_start_wh,
+           arg_max(meter_stop_wh, ts_ms) FILTER (meter_stop_wh IS NOT NULL) AS meter_stop_wh,
+           arg_min(export_start_wh, ts_ms) FILTER (export_start_wh IS NOT NULL) AS export_start_wh,
+           arg_max(export_stop_wh, ts_ms) FILTER (export_stop_wh IS NOT NULL) AS export_stop_wh,
+           arg_min(soc_start_pct, ts_ms) FILTER (soc_start_pct IS NOT NULL) AS soc_start_pct,
+           arg_max(soc_end_pct, ts_ms) FILTER (soc_end_pct IS NOT NULL) AS soc_end_pct,
+           min(id_token_hash) AS id_token_hash,
+           max(stopped_reason) AS stopped_reason,
+           bool_or(event = 'ended') AS ended,
+           min(date) AS date
+    FROM {source}
+    GROUP BY site, asset, transaction_id
+)
+SELECT
+    site, asset, transaction_id, start_ms, make_timestamptz(start_ms * 1000) AS start,
+    end_ms, make_timestamptz(end_ms * 1000) AS "end", ended,
+    meter_start_wh, meter_stop_wh, meter_stop_wh - meter_start_wh AS energy_import_wh,
+    export_start_wh, export_stop_wh, export_stop_wh - export_start_wh AS energy_export_wh,
+    soc_start_pct, soc_end_pct, id_token_hash, stopped_reason, date
+FROM g
+"""
+
+_EVENTS_VIEW: Final = """
+CREATE OR REPLACE VIEW events AS
+SELECT
+    site, asset, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, component, event, fault_code,
+    detail, date
+FROM {source}
+QUALIFY row_number() OVER (PARTITION BY site, asset, event, fault_code, ts_ms) = 1
+"""
+
 _VIEWS: Final = {
     TELEMETRY: _TELEMETRY_VIEW,
     GRID_FREQUENCY: _GRID_FREQUENCY_VIEW,
     FORECASTS: _FORECASTS_VIEW,
     COMMANDS: _COMMANDS_VIEW,
     ACKS: _ACKS_VIEW,
+    STATUS_CHANGES: _STATUS_CHANGES_VIEW,
+    TRANSACTIONS: _TRANSACTIONS_VIEW,
+    EVENTS: _EVENTS_VIEW,
 }
 
 
 def refresh_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
-    """(Re)create the views of :data:`STREAMS` (``telemetry`` ... ``acks``).
+    """(Re)create the views of :data:`STREAMS` (``telemetry`` ... ``events``).
 
     A view over a stream with files re-reads the directory on every query, so new files
     show up by themselves. A stream without files yet gets an empty view with the same
@@ -329,7 +555,12 @@ def refresh_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
     """
     root = Path(data_dir)
     for stream, view in _VIEWS.items():
-        con.execute(view.format(source=_source(root, stream)))
+        if stream == TELEMETRY:
+            source = _source(root, stream, filename=True)
+            mixed = _MIXED.format(source=source, compact=COMPACT_PREFIX)
+            con.execute(view.format(source=source, mixed=mixed, compact=COMPACT_PREFIX))
+        else:
+            con.execute(view.format(source=_source(root, stream)))
     # Every stored copy of every reading: the billing views drop the copies in the one
     # window they need anyway, which is several times faster than reading `telemetry`.
     con.execute(
@@ -354,7 +585,8 @@ def connect(
 
     Returns:
         A connection whose session time zone is UTC, with the views ``telemetry``,
-        ``grid_frequency``, ``forecasts``, ``commands`` and ``acks``, and the billing views
+        ``grid_frequency``, ``forecasts``, ``commands``, ``acks``, ``status_changes`` and
+        ``transactions``, and the billing views
         of :mod:`gridflex.billing.views` (``settlements``, ``sessions``, ...).
 
     """
@@ -382,7 +614,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument("--site", type=Path, help="site file; its history.dir is used")
     parser.add_argument(
         "sql",
-        help="one SQL query over the views telemetry, grid_frequency, forecasts, commands, acks",
+        help="one SQL query over the views telemetry, grid_frequency, forecasts, commands, "
+        "acks, status_changes, transactions and the billing views",
     )
 
 

@@ -37,6 +37,7 @@ from typing import Any
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
+from gridflex import systemd
 from gridflex.metrics import add_metrics_argument, listen_address, serve_metrics
 from pipelines import metrics as pipeline_metrics
 from pipelines.flow import FlowOptions, build_flow, default_mqtt_sink, mqtt_source
@@ -269,7 +270,14 @@ def run(
     gc.collect()
     gc.freeze()
     try:
-        with _StopOnSignal(stop_event):
+        with (
+            _StopOnSignal(stop_event),
+            systemd.supervised_thread(
+                lambda: source.batches,
+                is_ready=lambda: source.batches > 0,
+                ready_text=f"dataflow running for site {site.id}",
+            ),
+        ):
             cli_main(
                 flow,
                 workers_per_process=workers,

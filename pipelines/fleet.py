@@ -37,12 +37,13 @@ the online assets and re-syncs the running sums, so rounding never accumulates.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import logging
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
 
-from gridflex.contract import DispatchCommand, SiteSummary
+from gridflex.contract import DispatchCommand, SiteSummary, SiteTarget
 from pipelines.dispatch import (
     DroopParams,
     Participant,
@@ -155,6 +156,10 @@ class SiteDispatcher:
     summary_seq: int = 0
     #: Per asset: the last setpoint sent and the time of the reading that sent it.
     sent: dict[str, tuple[float, int]] = field(default_factory=dict)
+    #: The central's target in force: until when (wall ms; 0 = none), and the site file's
+    #: own ``fcr_capacity_w`` to go back to when it expires.
+    target_until_ms: int = 0
+    own_fcr_capacity_w: float | None = None
 
     # ------------------------------------------------------------------ recovery
 
@@ -171,6 +176,8 @@ class SiteDispatcher:
             "sent": dict(self.sent),
             "last_summary_ms": self.last_summary_ms,
             "summary_seq": self.summary_seq,
+            "target_until_ms": self.target_until_ms,
+            "own_fcr_capacity_w": self.own_fcr_capacity_w,
         }
 
     def __setstate__(self, state: dict[str, object]) -> None:
@@ -181,6 +188,9 @@ class SiteDispatcher:
         self.sent = dict(state["sent"])  # type: ignore[call-overload]
         self.last_summary_ms = int(state["last_summary_ms"])  # type: ignore[call-overload]
         self.summary_seq = int(state["summary_seq"])  # type: ignore[call-overload]
+        self.target_until_ms = int(state.get("target_until_ms", 0))  # type: ignore[call-overload]
+        own = state.get("own_fcr_capacity_w")
+        self.own_fcr_capacity_w = None if own is None else float(own)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ membership
 
@@ -257,6 +267,52 @@ class SiteDispatcher:
             out.append(command)
         out.extend(self._maybe_summary(update.received_ms))
         return out
+
+    def on_target(self, target: SiteTarget, now_ms: int) -> list[DispatchCommand | SiteSummary]:
+        """Take the central's target: its FCR capacity replaces ``fcr_capacity_w``.
+
+        An expired target (``valid_until_ms`` before ``now_ms``) or one for another site is
+        ignored. The new capacity applies from the next reading on, until the target's
+        ``valid_until_ms`` (wall clock): then, unless a newer target came, the site file's
+        own capacity is back (:meth:`_expire_target`).
+        """
+        s = self.settings
+        if target.site != s.site or target.valid_until_ms < now_ms:
+            log.warning(
+                "target %d for %s ignored (site %s, valid until %d, now %d)",
+                target.seq,
+                target.site,
+                s.site,
+                target.valid_until_ms,
+                now_ms,
+            )
+            return []
+        if self.own_fcr_capacity_w is None:
+            self.own_fcr_capacity_w = s.fcr_capacity_w
+        self.target_until_ms = target.valid_until_ms
+        if target.fcr_capacity_w != s.fcr_capacity_w:
+            log.info(
+                "central target %d: FCR capacity %.0f W (was %.0f W)",
+                target.seq,
+                target.fcr_capacity_w,
+                s.fcr_capacity_w,
+            )
+            self.settings = dataclasses.replace(s, fcr_capacity_w=target.fcr_capacity_w)
+        return []
+
+    def _expire_target(self, now_ms: int) -> None:
+        """Past the target's ``valid_until_ms``: back to the site file's own capacity."""
+        if not self.target_until_ms or now_ms <= self.target_until_ms:
+            return
+        own = self.own_fcr_capacity_w
+        log.warning(
+            "central target expired at %d (no newer one): FCR capacity back to %.0f W",
+            self.target_until_ms,
+            own or 0.0,
+        )
+        self.target_until_ms = 0
+        if own is not None:
+            self.settings = dataclasses.replace(self.settings, fcr_capacity_w=own)
 
     def on_tick(self, now_ms: int) -> list[DispatchCommand | SiteSummary]:
         """The source's heartbeat: publish the summary when due.
@@ -381,6 +437,7 @@ class SiteDispatcher:
     # ------------------------------------------------------------------ summary
 
     def _maybe_summary(self, now_ms: int) -> list[DispatchCommand | SiteSummary]:
+        self._expire_target(now_ms)  # now_ms is a receive time or the wall clock
         if now_ms - self.last_summary_ms < self.settings.summary_interval_ms:
             return []
         self.last_summary_ms = now_ms

@@ -3,7 +3,10 @@
 ::
 
     mqtt_in ─▶ validate ─▶ split_acks
-      acks ───▶ ack_row ─▶ history_acks (Parquet)
+      events ─┬─▶ acks_only ─▶ ack_row ─▶ history_acks (Parquet)
+              ├─▶ statuses_only ─▶ key_status ─▶ status_change (a change of the asset's
+              │     status, not a repeat) ─▶ status_row ─▶ history_status_changes
+              └─▶ sessions_only ─▶ session_row ─▶ history_transactions
       rest ───▶ split_valid
       valid ──┬─▶ frequency_sample ─▶ key_site ─▶ frequency_window (pipelines.windows)
               │     ─▶ frequency_stats ─┬─▶ grid_frequency_row ─▶ history_grid_frequency
@@ -20,10 +23,12 @@
                                          └─▶ dispatch_json ─▶ merge_out
       refused ─▶ key_reason ─▶ count_rejected ─▶ unkey_rejected ─▶ dead_letter ─▶ merge_out
 
-The source subscribes to the telemetry and to the control writer's acks
-(``…/dispatch/+/ack``, :func:`pipeline_filters`); ``validate`` checks each against its
-own schema (:func:`pipelines.validate.validate_ack` for acks), and a valid ack only goes to
-the ``acks`` history, de-duplicated on ``(asset, command_id, result, ts_ms)``.
+The source subscribes to telemetry, acks, asset statuses and CSMS sessions
+(:func:`pipeline_filters`); ``validate`` checks each against its schema
+(:mod:`pipelines.validate`). The events only go to the history: acks de-duplicated, statuses
+when they change, sessions as they come (:mod:`pipelines.history_events`). The central's
+target (``…/target``, :func:`pipelines.validate.validate_target`) goes straight to
+``dispatch``: its FCR capacity replaces the site file's while valid.
 
 Dispatch does not wait for the frequency windows: each reading's decision follows it
 through ``asset_state`` and ``dispatch`` (keyed by asset, then by site).
@@ -63,7 +68,6 @@ from bytewax.outputs import Sink
 
 from gridflex.contract import (
     PREFIX,
-    DispatchAck,
     DispatchCommand,
     Forecast,
     GridFrequency,
@@ -74,9 +78,19 @@ from gridflex.contract import (
     forecast_topic,
     grid_frequency_topic,
     summary_topic,
+    target_topic,
     telemetry_topic,
 )
-from gridflex.history import ACKS, COMMANDS, FORECASTS, GRID_FREQUENCY, TELEMETRY
+from gridflex.history import (
+    ACKS,
+    COMMANDS,
+    FORECASTS,
+    GRID_FREQUENCY,
+    STATUS_CHANGES,
+    TELEMETRY,
+    TRANSACTIONS,
+)
+from pipelines import history_events as hev
 from pipelines.assets import AssetTracker, track
 from pipelines.fleet import AssetUpdate, SiteDispatcher
 from pipelines.frequency import FrequencyAccumulator, FrequencySample, summarize_window
@@ -93,12 +107,16 @@ from pipelines.site import SiteLike, asset_profiles, car_defaults, dispatch_sett
 from pipelines.validate import (
     DEFAULT_MAX_FUTURE_MS,
     REGISTER_FIELDS,
+    Arrived,
     RawMessage,
     RegisterState,
     Rejected,
     check_registers,
     to_dead_letter,
     validate_ack,
+    validate_session,
+    validate_status,
+    validate_target,
     validate_telemetry,
 )
 from pipelines.windows import (
@@ -120,6 +138,7 @@ __all__ = [
     "car_defaults",
     "default_mqtt_sink",
     "dispatch_settings",
+    "event_filters",
     "mqtt_source",
     "pipeline_filters",
     "telemetry_filter",
@@ -198,9 +217,24 @@ def ack_filter(site_id: str) -> str:
     return f"{PREFIX}/{site_id}/dispatch/+/ack"
 
 
-def pipeline_filters(site_id: str) -> tuple[str, str]:
-    """What the pipeline subscribes to: :func:`telemetry_filter` and :func:`ack_filter`."""
-    return telemetry_filter(site_id), ack_filter(site_id)
+def event_filters(site_id: str) -> tuple[str, ...]:
+    """The asset statuses and the CSMS's sessions: history only."""
+    site = f"{PREFIX}/{site_id}"
+    return f"{site}/inverter/+/status", f"{site}/evse/+/status", f"{site}/evse/+/session"
+
+
+def pipeline_filters(site_id: str) -> tuple[str, ...]:
+    """What the pipeline subscribes to: telemetry, acks, statuses, sessions, the target.
+
+    The target, ``gridflex/v1/{site}/target``, comes from ``gridflex central`` through the
+    site broker's bridge.
+    """
+    return (
+        telemetry_filter(site_id),
+        ack_filter(site_id),
+        *event_filters(site_id),
+        target_topic(site_id),
+    )
 
 
 def _client_id(site: SiteLike, opts: FlowOptions) -> str:
@@ -314,8 +348,8 @@ def _is_not_rejected(item: Accepted | Heartbeat | Rejected) -> bool:
     return not isinstance(item, Rejected)
 
 
-def _is_ack(item: Accepted | Heartbeat | Rejected | DispatchAck) -> bool:
-    return isinstance(item, DispatchAck)
+def _is_target(item: Accepted | Heartbeat | Rejected | Arrived) -> bool:
+    return isinstance(item, Arrived)
 
 
 def _reading(item: Accepted | Heartbeat) -> Accepted | None:
@@ -405,11 +439,17 @@ def build_flow(
 
     def validate(
         message: RawMessage | Heartbeat,
-    ) -> Accepted | Heartbeat | Rejected | DispatchAck:
+    ) -> Accepted | Heartbeat | Rejected | hev.Event | Arrived:
         if isinstance(message, Heartbeat):
             return message
         if message.topic.endswith("/ack"):
             return validate_ack(message, site_id=site_id)
+        if message.topic.endswith("/status"):
+            return validate_status(message, site_id=site_id)
+        if message.topic.endswith("/session"):
+            return validate_session(message, site_id=site_id)
+        if message.topic.endswith("/target"):
+            return validate_target(message, site_id=site_id)
         result = validate_telemetry(
             message,
             site_id=site_id,
@@ -436,12 +476,14 @@ def build_flow(
         return new_state, Tracked(update, fc, None)
 
     def dispatch(
-        state: SiteDispatcher | None, item: AssetUpdate | Heartbeat
+        state: SiteDispatcher | None, item: AssetUpdate | Heartbeat | Arrived
     ) -> tuple[SiteDispatcher, list[DispatchCommand | SiteSummary]]:
         state = state or SiteDispatcher(settings)
         try:
             if isinstance(item, Heartbeat):
                 return state, state.on_tick(item.wall_ms)
+            if isinstance(item, Arrived):
+                return state, state.on_target(item.target, item.received_ms)
             return state, state.on_update(item)
         except Exception:
             log.exception("dispatch failed on %r; skipped", item)
@@ -488,14 +530,33 @@ def build_flow(
     flow = Dataflow(FLOW_ID)
     inp: Stream[RawMessage | Heartbeat] = op.input("mqtt_in", flow, source)
     checked = op.map("validate", inp, validate)
-    by_kind = op.branch("split_acks", checked, _is_ack)
-    acks: Stream[DispatchAck] = by_kind.trues  # type: ignore[assignment]
+    by_kind = op.branch("split_acks", checked, hev.is_event)
+    events: Stream[hev.Event] = by_kind.trues  # type: ignore[assignment]
+    acks = op.filter_map("acks_only", events, hev.ack_only)
     op.output(
         "history_acks",
         op.map("ack_row", acks, lambda a: (a.asset, ack_row(a))),
         history(ACKS),
     )
-    readings_in: Stream[Accepted | Heartbeat | Rejected] = by_kind.falses  # type: ignore[assignment]
+    statuses = op.filter_map("statuses_only", events, hev.status_only)
+    changes = op.stateful_map(
+        "status_change", op.key_on("key_status", statuses, lambda s: s.asset), hev.status_change
+    )
+    op.output(
+        "history_status_changes",
+        op.filter_map("status_row", changes, hev.changed_only),
+        history(STATUS_CHANGES),
+    )
+    sessions = op.filter_map("sessions_only", events, hev.session_only)
+    op.output(
+        "history_transactions",
+        op.map("session_row", sessions, lambda x: (x.asset, hev.session_row(x))),
+        history(TRANSACTIONS),
+    )
+    not_events: Stream[Accepted | Heartbeat | Rejected | Arrived] = by_kind.falses  # type: ignore[assignment]
+    by_target = op.branch("split_targets", not_events, _is_target)
+    arrived: Stream[Arrived] = by_target.trues  # type: ignore[assignment]
+    readings_in: Stream[Accepted | Heartbeat | Rejected] = by_target.falses  # type: ignore[assignment]
     split = op.branch("split_valid", readings_in, _is_not_rejected)
     valid: Stream[Accepted | Heartbeat] = split.trues  # type: ignore[assignment]
     refused: Stream[Rejected] = split.falses  # type: ignore[assignment]
@@ -557,7 +618,9 @@ def build_flow(
     )
     updates = op.filter_map("asset_update", tracked_out, lambda t: t.update)
     ticks = op.filter_map("ticks", valid, _tick)
-    to_dispatch: Stream[AssetUpdate | Heartbeat] = op.merge("dispatch_in", updates, ticks)
+    to_dispatch: Stream[AssetUpdate | Heartbeat | Arrived] = op.merge(
+        "dispatch_in", updates, ticks, arrived
+    )
     decided = op.stateful_map(
         "dispatch", op.key_on("key_dispatch", to_dispatch, lambda _: site_id), dispatch
     )

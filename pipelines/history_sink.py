@@ -40,9 +40,11 @@ from gridflex.history import (
     GRID_FREQUENCY,
     SCHEMAS,
     TELEMETRY,
+    file_metadata,
     partition_dir,
     utc_date,
 )
+from pipelines.history_rejects import convert_rows, set_aside
 
 __all__ = [
     "ACK_MEMORY",
@@ -244,13 +246,18 @@ class RecentAcks:
 # --------------------------------------------------------------------------- files
 
 
-def write_parquet_atomic(table: pa.Table, path: Path) -> None:
+def write_parquet_atomic(
+    table: pa.Table, path: Path, metadata: dict[str, str] | None = None
+) -> None:
     """Write ``table`` to ``path`` so that readers see either no file or the whole file.
 
     The data goes to a hidden temporary name in the same directory (same file system, so
     the rename is atomic), is fsynced, renamed into place, and the directory is fsynced so
-    the rename itself survives a power cut. zstd compression.
+    the rename itself survives a power cut. zstd compression. ``metadata`` becomes the
+    file's key-value metadata (:func:`gridflex.history.file_metadata`).
     """
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -316,7 +323,10 @@ class ParquetStreamWriter:
         self._count = 0
         self._oldest_s: float | None = None
         self.rows_written = 0
+        #: Rows that could not be stored (set aside, ``pipelines.history_rejects``).
+        self.rejected = 0
         self.files_written: list[Path] = []
+        self.metadata = file_metadata(stream)
         # pyarrow imports pandas on its first Python-to-Arrow conversion, which takes
         # seconds; pay it at start-up rather than in the middle of the stream.
         pa.Table.from_pydict({name: [] for name in self.schema.names}, schema=self.schema)
@@ -358,7 +368,12 @@ class ParquetStreamWriter:
     def _seal(self) -> None:
         """Turn the pending lists into a record batch."""
         if self._pending:
-            self._batches.append(pa.RecordBatch.from_pydict(self._columns, schema=self.schema))
+            batch, rejected = convert_rows(self._columns, self.schema)
+            if batch is not None:
+                self._batches.append(batch)
+            if rejected:
+                self.rejected += len(rejected)
+                set_aside(self.data_dir, self.stream, rejected)
             self._columns, self._pending = self._empty(), 0
 
     def add(self, rows: Iterable[Row]) -> None:
@@ -389,6 +404,7 @@ class ParquetStreamWriter:
         if not batches:
             return []
         table = pa.Table.from_batches(batches, schema=self.schema)
+        table = table.replace_schema_metadata(self.metadata)  # into every file
         ts = table[self.ts_column]
         bounds = pc.min_max(ts).as_py()
         first, last = utc_date(bounds["min"]), utc_date(bounds["max"])

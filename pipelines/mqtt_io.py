@@ -49,7 +49,7 @@ import contextlib
 import logging
 import multiprocessing
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Literal
@@ -132,7 +132,9 @@ class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
         stop_event: threading.Event,
         poll_ms: int,
         heartbeat_ms: int,
+        on_batch: Callable[[], None] | None = None,
     ) -> None:
+        self._on_batch = on_batch
         self._replay = _Replay(settings)  # before the receiver opens a new segment
         self._receiver = MqttReceiver(settings)
         self._heartbeats = _Heartbeats(heartbeat_ms)
@@ -144,6 +146,8 @@ class _ThreadPartition(StatefulSourcePartition[Arrival, None]):
 
     def next_batch(self) -> list[Arrival]:
         """Return what has arrived (and a heartbeat now and then); after a stop, the end."""
+        if self._on_batch is not None:
+            self._on_batch()
         if self._replay:
             return self._replay.take(5000)
         if self._stop_event.is_set() and not self._stopped:
@@ -191,7 +195,9 @@ class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
         heartbeat_ms: int,
         batch_size: int,
         failures: list[str],
+        on_batch: Callable[[], None] | None = None,
     ) -> None:
+        self._on_batch = on_batch
         self._replay = _Replay(settings)  # before the receiver opens a new segment
         ctx = multiprocessing.get_context("spawn")
         self._conn, child_conn = ctx.Pipe(duplex=False)
@@ -232,6 +238,8 @@ class _ProcessPartition(StatefulSourcePartition[Arrival, None]):
 
     def next_batch(self) -> list[Arrival]:
         """Return the batches shipped so far (and a heartbeat when drained); then the end."""
+        if self._on_batch is not None:
+            self._on_batch()
         if self._replay:
             return self._replay.take(self._batch_size)
         if self._stop_event.is_set():
@@ -373,6 +381,12 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         self.failures: list[str] = []
         #: The partitions built in this process (their counters feed the metrics).
         self.parts: list[_ThreadPartition | _ProcessPartition] = []
+        #: ``next_batch`` calls of this process's partitions: the dataflow is running
+        #: while it grows, also when no message arrives (systemd's watchdog reads it).
+        self.batches = 0
+
+    def _count_batch(self) -> None:
+        self.batches += 1
 
     def list_parts(self) -> list[str]:
         """The partitions of this process, ``mqtt-{process_id * partitions + j}``.
@@ -415,6 +429,7 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
                 stop_event=self.stop_event,
                 poll_ms=self.poll_ms,
                 heartbeat_ms=self.heartbeat_ms,
+                on_batch=self._count_batch,
             )
         else:
             part = _ProcessPartition(
@@ -424,6 +439,7 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
                 heartbeat_ms=self.heartbeat_ms,
                 batch_size=self.batch_size,
                 failures=self.failures,
+                on_batch=self._count_batch,
             )
         self.parts.append(part)
         return part

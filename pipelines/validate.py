@@ -1,9 +1,11 @@
-"""Validation of raw telemetry and ack messages (pure functions, no I/O).
+"""Validation of raw telemetry, ack, status and session messages (pure functions, no I/O).
 
 ``validate_telemetry`` turns one MQTT message into either a :class:`~gridflex.contract.Telemetry`
 or a :class:`Rejected` that says why, in one of a few reason kinds; ``validate_ack`` does
 the same for the control writer's acks (:class:`~gridflex.contract.DispatchAck` on
-``gridflex/v1/{site}/dispatch/{asset}/ack``), with the same kinds:
+``gridflex/v1/{site}/dispatch/{asset}/ack``), ``validate_status`` for the retained
+asset statuses (:class:`~gridflex.contract.AssetStatus`) and ``validate_session`` for the
+CSMS's sessions (:class:`~gridflex.contract.ChargingSession`), with the same kinds:
 
 =================  =====================================================================
 kind               meaning
@@ -13,7 +15,9 @@ kind               meaning
 ``not_json``       the payload is not UTF-8 JSON (``NaN``/``Infinity`` are not JSON)
 ``wrong_schema``   the JSON is not an object whose ``schema`` is ``"telemetry/1"`` (``"ack/1"``)
 ``invalid``        the object does not validate against the contract (missing field, type)
-``out_of_range``   a value outside its contract bound (``soc_pct`` 0..100, ...) or outside a
+``out_of_range``   a value outside its contract bound (``soc_pct`` 0..100, ...), a number
+                   too large for a double (``1e400`` reads as infinity) or an integer
+                   beyond int64 (the history's columns), or outside a
                    plausible band (``freq_hz`` off nominal by more than 10 %, ``ts_ms`` in
                    the future beyond the allowed clock skew)
 ``topic_mismatch`` site, kind or asset in the topic differ from the payload, or the site is
@@ -38,18 +42,22 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Final, TypeVar
+from typing import Final, NamedTuple, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from gridflex import jsonio
 from gridflex.contract import (
+    AssetStatus,
+    ChargingSession,
     ContractError,
     DeadLetter,
     DispatchAck,
+    SiteTarget,
     Telemetry,
     describe_validation_error,
     parse_topic,
+    target_topic,
 )
 from gridflex.telemetry_json import NUMBER_FIELDS
 
@@ -58,12 +66,16 @@ __all__ = [
     "DEFAULT_MAX_FUTURE_MS",
     "REASON_KINDS",
     "REGISTER_FIELDS",
+    "Arrived",
     "RawMessage",
     "RegisterState",
     "Rejected",
     "check_registers",
     "to_dead_letter",
     "validate_ack",
+    "validate_session",
+    "validate_status",
+    "validate_target",
     "validate_telemetry",
 ]
 
@@ -85,6 +97,8 @@ DEFAULT_MAX_FUTURE_MS: Final = 60_000
 DEFAULT_FREQ_BAND: Final = 0.10
 
 _FLOAT_FIELDS: Final = ("power_w", *NUMBER_FIELDS)
+_INT64_MIN: Final = -(2**63)
+_INT64_MAX: Final = 2**63 - 1
 
 _RANGE_ERROR_TYPES: Final = frozenset(
     {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}
@@ -134,9 +148,13 @@ def _parse_fast(message: RawMessage, site_id: str) -> Telemetry | None:
         telemetry = Telemetry.model_validate_json(message.payload)
     except ValidationError:
         return None
+    if "schema_" not in telemetry.model_fields_set:  # defaulted: the payload named none
+        return None
     values = telemetry.__dict__
     if not all(math.isfinite(values[name]) for name in _FLOAT_FIELDS if values[name] is not None):
         return None
+    if telemetry.seq > _INT64_MAX or (telemetry.ev is not None and _unstorable(telemetry.ev)):
+        return None  # ts_ms beyond int64 is refused as ahead of the clock
     parts = message.topic.split("/")
     if (
         len(parts) == 6
@@ -158,14 +176,16 @@ def _parse_explained(message: RawMessage, site_id: str) -> Telemetry | Rejected:
     except ContractError as exc:
         return Rejected("bad_topic", str(exc), message)
     if parts["leaf"] != "telemetry" or parts["kind"] not in ("inverter", "evse"):
-        return Rejected("bad_topic", f"topic {message.topic!r} is not a telemetry topic", message)
+        return Rejected(
+            "bad_topic", f"topic {message.topic!r:.200} is not a telemetry topic", message
+        )
 
     telemetry = _decode(message, "telemetry/1", Telemetry)
     if isinstance(telemetry, Rejected):
         return telemetry
 
     mismatches = [
-        f"{name} {parts[name]!r} in topic, {value!r} in payload"
+        f"{name} {parts[name]!r:.80} in topic, {value!r:.80} in payload"
         for name, value in (
             ("site", telemetry.site),
             ("kind", telemetry.kind),
@@ -183,7 +203,7 @@ def _parse_explained(message: RawMessage, site_id: str) -> Telemetry | Rejected:
     return telemetry
 
 
-_Model = TypeVar("_Model", Telemetry, DispatchAck)
+_Model = TypeVar("_Model", Telemetry, DispatchAck, AssetStatus, ChargingSession, SiteTarget)
 
 
 def _decode(message: RawMessage, schema: str, model: type[_Model]) -> _Model | Rejected:
@@ -196,14 +216,37 @@ def _decode(message: RawMessage, schema: str, model: type[_Model]) -> _Model | R
         return Rejected("wrong_schema", "payload is not a JSON object", message)
     if obj.get("schema") != schema:
         return Rejected(
-            "wrong_schema", f"schema is {obj.get('schema')!r}, expected {schema!r}", message
+            "wrong_schema", f"schema is {obj.get('schema')!r:.60}, expected {schema!r}", message
         )
     try:
-        return model.model_validate(obj)
+        parsed = model.model_validate(obj)
     except ValidationError as exc:
         errors = exc.errors()
         kind = "out_of_range" if all(e["type"] in _RANGE_ERROR_TYPES for e in errors) else "invalid"
         return Rejected(kind, describe_validation_error(exc), message)
+    unstorable = _unstorable(parsed)
+    if unstorable is not None:
+        return Rejected("out_of_range", unstorable, message)
+    return parsed
+
+
+def _unstorable(model: BaseModel) -> str | None:
+    """What makes ``model`` unfit for the history, or None.
+
+    A number that is not finite (``1e400`` is JSON, but no double: it reads as infinity)
+    or an integer beyond int64 (the history's integer columns; one such row made the
+    history sink fail and the pipeline abort).
+    """
+    for name, value in model.__dict__.items():
+        if isinstance(value, float) and not math.isfinite(value):
+            return f"{name}: not a finite number"
+        if isinstance(value, int) and not _INT64_MIN <= value <= _INT64_MAX:
+            return f"{name}: beyond a 64-bit integer"
+        if isinstance(value, BaseModel):
+            inner = _unstorable(value)
+            if inner is not None:
+                return f"{name}.{inner}"
+    return None
 
 
 def validate_telemetry(
@@ -291,34 +334,58 @@ def validate_ack(message: RawMessage, *, site_id: str) -> DispatchAck | Rejected
         ``unprocessable`` refusal.
 
     """
+    return _validate_event(message, site_id, "ack", "ack/1", DispatchAck)
+
+
+def validate_status(message: RawMessage, *, site_id: str) -> AssetStatus | Rejected:
+    """Validate one retained asset status (``…/{kind}/{asset}/status``), as :func:`validate_ack`."""
+    return _validate_event(message, site_id, "status", "status/1", AssetStatus)
+
+
+def validate_session(message: RawMessage, *, site_id: str) -> ChargingSession | Rejected:
+    """Validate one CSMS session (``…/evse/{asset}/session``), as :func:`validate_ack`."""
+    return _validate_event(message, site_id, "session", "session/1", ChargingSession)
+
+
+_Event = TypeVar("_Event", DispatchAck, AssetStatus, ChargingSession)
+
+
+def _validate_event(
+    message: RawMessage, site_id: str, leaf: str, schema: str, model: type[_Event]
+) -> _Event | Rejected:
     try:
-        return _validate_ack(message, site_id)
+        return _check_event(message, site_id, leaf, schema, model)
     except Exception as exc:  # one message never stops the stream
         return Rejected("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}", message)
 
 
-def _validate_ack(message: RawMessage, site_id: str) -> DispatchAck | Rejected:
+def _check_event(
+    message: RawMessage, site_id: str, leaf: str, schema: str, model: type[_Event]
+) -> _Event | Rejected:
     try:
         parts = parse_topic(message.topic)
     except ContractError as exc:
         return Rejected("bad_topic", str(exc), message)
-    if parts["leaf"] != "ack":
-        return Rejected("bad_topic", f"topic {message.topic!r} is not an ack topic", message)
-    ack = _decode(message, "ack/1", DispatchAck)
-    if isinstance(ack, Rejected):
-        return ack
+    if parts["leaf"] != leaf:
+        return Rejected("bad_topic", f"topic {message.topic!r:.200} is not a {leaf} topic", message)
+    event = _decode(message, schema, model)
+    if isinstance(event, Rejected):
+        return event
+    pairs = [("site", event.site), ("asset", event.asset)]
+    if isinstance(event, AssetStatus):
+        pairs.append(("kind", event.kind))
     mismatches = [
-        f"{name} {parts[name]!r} in topic, {value!r} in payload"
-        for name, value in (("site", ack.site), ("asset", ack.asset))
+        f"{name} {parts[name]!r:.80} in topic, {value!r:.80} in payload"
+        for name, value in pairs
         if parts[name] != value
     ]
     if mismatches:
         return Rejected("topic_mismatch", "; ".join(mismatches), message)
-    if ack.site != site_id:
+    if event.site != site_id:
         return Rejected(
-            "topic_mismatch", f"site {ack.site!r} is not this pipeline's {site_id!r}", message
+            "topic_mismatch", f"site {event.site!r} is not this pipeline's {site_id!r}", message
         )
-    return ack
+    return event
 
 
 #: Cumulative meter registers that never go back within one boot of a device.
@@ -396,3 +463,32 @@ def to_dead_letter(rejected: Rejected, *, site: str, component: str = "pipeline"
         reason=f"{rejected.kind}: {rejected.reason}",
         topic=rejected.message.topic,
     )
+
+
+class Arrived(NamedTuple):
+    """The central's target (``gridflex/v1/{site}/target``) and when it came (epoch ms)."""
+
+    target: SiteTarget
+    received_ms: int
+
+
+def validate_target(message: RawMessage, *, site_id: str) -> Arrived | Rejected:
+    """Validate the central's target (``gridflex/v1/{site}/target``) for this site.
+
+    Returns the parsed target with its receive time, or a :class:`Rejected` (another
+    site's target, a payload that is not ``target/1``, or one naming another site than its
+    topic).
+    """
+    try:
+        if message.topic != target_topic(site_id):
+            return Rejected(
+                "bad_topic", f"topic {message.topic!r} is not this site's target", message
+            )
+        target = _decode(message, "target/1", SiteTarget)
+        if isinstance(target, Rejected):
+            return target
+        if target.site == site_id:
+            return Arrived(target, message.received_ms)
+        return Rejected("topic_mismatch", f"site {target.site!r} in payload", message)
+    except Exception as exc:  # one message never stops the stream
+        return Rejected("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}", message)

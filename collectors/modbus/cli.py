@@ -24,6 +24,7 @@ from collectors.modbus.poller import (
     collector_status,
     run,
 )
+from gridflex import systemd
 from gridflex.config import load_site
 from gridflex.contract import collector_topic
 from gridflex.metrics import add_metrics_argument, listen_address, serve_metrics
@@ -132,28 +133,43 @@ def main(
         lambda: modbus_metrics.families(stats, mqtt),
     )
 
+    def _discovered() -> None:
+        _freeze_gc()
+        systemd.ready(f"polling {len(site.inverters)} inverters")
+
     async def _run() -> CollectorStats:
         stop = stop_on_signals()
         await mqtt.start()
         if not await mqtt.wait_connected(10.0):
             log.warning(_BROKER_NOT_YET, site.mqtt.url)
         try:
-            return await run(
-                site,
-                mqtt,
-                stop,
-                boot=boot,
-                stats=stats,
-                warmup_s=args.stats_warmup_s,
-                connection=connection,
-                on_discovered=_freeze_gc,
-                component=component,
-            )
+            async with systemd.supervised(
+                lambda: (
+                    stats.lateness.polls,
+                    stats.published,
+                    stats.failures,
+                    stats.slot_failures,
+                ),
+                connected=systemd.broker_up(mqtt),
+                # a device down for good is retried every backoff_max_s: not a stall
+                stall_s=max(30.0, 2 * site.modbus.backoff_max_s + site.modbus.timeout_s),
+            ):
+                return await run(
+                    site,
+                    mqtt,
+                    stop,
+                    boot=boot,
+                    stats=stats,
+                    warmup_s=args.stats_warmup_s,
+                    connection=connection,
+                    on_discovered=_discovered,
+                    component=component,
+                )
         finally:
             await mqtt.stop(flush_timeout_s=5.0)
 
     try:
-        stats = asyncio.run(_run())
+        asyncio.run(_run())
     finally:
         if metrics is not None:
             metrics.close()

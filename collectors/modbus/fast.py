@@ -57,6 +57,7 @@ __all__ = [
     "DeviceError",
     "FrameBuffer",
     "LeanModbusClient",
+    "NotModbusTcp",
     "Reply",
     "ReplyCallback",
     "Ticker",
@@ -124,7 +125,10 @@ def decode_read_response(pdu: bytes, address: int, count: int) -> bytes:
     if len(pdu) < 2 or pdu[0] != READ_HOLDING_REGISTERS:
         raise DeviceError(f"unexpected reply (function {pdu[0] if pdu else None}) to a read")
     if pdu[1] != 2 * count or len(pdu) != 2 + 2 * count:
-        raise DeviceError(f"asked {count} registers at {address}, got {(len(pdu) - 2) // 2}")
+        raise DeviceError(
+            f"asked {count} registers at {address}, got {(len(pdu) - 2) // 2} "
+            f"with a byte count of {pdu[1]}"
+        )
     return pdu[2:]
 
 
@@ -167,6 +171,14 @@ def registers(data: bytes) -> list[int]:
     return list(_REGISTERS[len(data) // 2].unpack(data))
 
 
+class NotModbusTcp(DeviceError):
+    """The byte stream broke off: ``frames`` are the complete frames that came before."""
+
+    def __init__(self, message: str, frames: list[tuple[int, int, bytes]]) -> None:
+        super().__init__(message)
+        self.frames = frames
+
+
 class FrameBuffer:
     """Reassembles MBAP frames from a TCP byte stream (pure: bytes in, frames out)."""
 
@@ -176,19 +188,22 @@ class FrameBuffer:
     def feed(self, data: bytes) -> list[tuple[int, int, bytes]]:
         """Add ``data``; return the complete frames as ``(transaction id, unit id, PDU)``.
 
-        An incomplete frame stays buffered for the next call. Raises ``DeviceError`` when
-        the stream is not Modbus TCP (protocol id not 0 or an impossible length): the
-        connection cannot be resynchronised after that, and the buffer is dropped.
+        An incomplete frame stays buffered for the next call. Raises ``NotModbusTcp`` (a
+        ``DeviceError``) when the stream is not Modbus TCP (protocol id not 0 or an
+        impossible length): the connection cannot be resynchronised after that, and the
+        buffer is dropped; the frames complete before the bad bytes are on the exception.
         """
         buf = self._buffer
         buf += data
-        frames = []
+        frames: list[tuple[int, int, bytes]] = []
         start = 0
         while len(buf) - start >= _MBAP.size:
             tid, protocol, length, unit = _MBAP.unpack_from(buf, start)
             if protocol != 0 or not 2 <= length <= _MAX_MBAP_LENGTH:
                 buf.clear()
-                raise DeviceError(f"not a Modbus TCP reply (protocol {protocol}, length {length})")
+                raise NotModbusTcp(
+                    f"not a Modbus TCP reply (protocol {protocol}, length {length})", frames
+                )
             end = start + 6 + length
             if len(buf) < end:
                 break
@@ -453,7 +468,9 @@ class LeanModbusClient(asyncio.Protocol):
         """Match each complete reply to the request in flight (called by asyncio)."""
         try:
             frames = self._frames.feed(data)
-        except DeviceError as exc:
+        except NotModbusTcp as exc:
+            for tid, unit, pdu in exc.frames:  # replies that came before the bad bytes
+                self._on_frame(tid, unit, pdu)
             self._fail(exc)
             if self._transport is not None:
                 self._transport.abort()

@@ -170,6 +170,7 @@ class DevicePoller:
                 )
                 self.tried.set()
                 self.failures = 0
+                self._slot_failures = 0  # a rediscovered device starts afresh
                 self.publish_status("online", capabilities=plan.capabilities)
                 log.info("%s: online, models %s", self.asset.id, plan.model_map.model_ids)
                 schedule.resume(loop.time())
@@ -261,6 +262,8 @@ class DevicePoller:
             if delay > 0:
                 await asyncio.sleep(delay)
             last = self._begin_poll(plan, schedule, loop.time())
+            if not blocks[-1]:  # the slow blocks were never read: the first poll lost its slot
+                last = len(plan.reads)
             try:
                 for i in range(last):
                     blocks[i] = await read(*plan.reads[i])
@@ -299,6 +302,8 @@ class DevicePoller:
                 done.set_result(None)
                 return
             last = self._begin_poll(plan, schedule, loop.time())
+            if not data[-1]:  # the slow blocks were never read: the first poll lost its slot
+                last = len(reads)
             index = 0
             client.request(*reads[0], unit_id, on_reply)
 

@@ -21,6 +21,7 @@ from collectors.ocpp import metrics as ocpp_metrics
 from collectors.ocpp.csms import COMPONENT, Csms, CsmsSettings, collector_will
 from collectors.ocpp.requests import RequestServer
 from collectors.ocpp.security import KeyFileError, check_private_key_file
+from gridflex import events, systemd
 from gridflex.config import ConfigError, load_site
 from gridflex.metrics import add_metrics_argument, listen_address, serve_metrics
 from gridflex.mqtt_asyncio import AsyncMqttClient
@@ -59,10 +60,13 @@ async def run(
     policy: gc_policy.FreezePolicy | None = None,
     tick_s: float = _TICK_S,
     requests: RequestServer | None = None,
+    watchdog: systemd.Watchdog | None = None,
 ) -> None:
     """Serve until ``stop`` is set, then stop cleanly.
 
     ``requests`` (when given) takes control's setpoint requests from MQTT while serving.
+    ``watchdog`` (when given) hears a beat every tick (systemd's watchdog, READY=1 once
+    the CSMS listens).
 
     Logs counters every minute and keeps full garbage collections short
     (``collectors.ocpp.gc_policy``, checked every ``tick_s``): what start-up built is
@@ -71,6 +75,7 @@ async def run(
     await csms.start()
     if requests is not None:
         requests.start()
+    systemd.ready(f"CSMS listening on {csms.settings.host}:{csms.settings.port}")
     gc_policy.apply("freeze")
     policy = policy or gc_policy.FreezePolicy()
     try:
@@ -80,6 +85,8 @@ async def run(
         while not stop.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), timeout=tick_s)
+            if watchdog is not None:
+                watchdog.beat()
             stats = csms.stats
             now = time.monotonic()
             action = policy.decide(
@@ -102,6 +109,7 @@ async def run(
                     _mqtt_dropped(csms),
                     stats.bad_frames,
                 )
+                systemd.status(f"{len(csms.connected_stations)} stations connected")
                 last = stats.telemetry_published
     finally:
         if requests is not None:
@@ -163,6 +171,7 @@ def main(args: argparse.Namespace, *, mqtt_factory: MqttClientFactory = AsyncMqt
         keepalive_s=site.mqtt.keepalive_s,
     )
     csms = Csms(settings, mqtt, boot_id=boot_id, component=component)
+    events.configure(site.history.dir, site.id, "collect-ocpp")  # fault codes into the history
     requests = RequestServer(csms, mqtt, foreign=foreign)
     metrics = serve_metrics(
         listen_address(site, "collect_ocpp", args.metrics_listen),
@@ -174,7 +183,8 @@ def main(args: argparse.Namespace, *, mqtt_factory: MqttClientFactory = AsyncMqt
         stop = stop_on_signals()
         await mqtt.start()  # no wait: stations are served while the broker is unreachable
         try:
-            await run(csms, stop, requests=requests)
+            async with systemd.supervised(connected=systemd.broker_up(mqtt)) as watchdog:
+                await run(csms, stop, requests=requests, watchdog=watchdog)
         finally:
             await mqtt.stop(flush_timeout_s=5.0)
 

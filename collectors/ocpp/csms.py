@@ -25,7 +25,7 @@ import logging
 import time
 import uuid
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from pydantic import ValidationError
 from websockets.asyncio.server import Server, ServerConnection, serve
@@ -64,6 +64,7 @@ from collectors.ocpp.settings import (
     sampling_variables,
 )
 from collectors.ocpp.telemetry import StationFields, TelemetryEncoder
+from collectors.ocpp.transactions import TransactionLog
 from gridflex.access import address_allowed
 from gridflex.config import ConfigError
 from gridflex.contract import (
@@ -74,6 +75,7 @@ from gridflex.contract import (
     collector_topic,
     deadletter_topic,
     describe_validation_error,
+    session_topic,
     status_topic,
 )
 from gridflex.mqtt_drops import dropped_count
@@ -151,6 +153,7 @@ class CsmsStats:
     readings_refused: int = 0
     missed_transaction_events: int = 0
     profiles_sent: int = 0
+    sessions_published: int = 0
     #: CALLERROR frames sent to stations (refused frames, handler failures).
     call_errors: int = 0
 
@@ -186,6 +189,8 @@ class Csms(ChargingProfiles):
             evse.asset_id: evse for state in self._states.values() for evse in state.evses.values()
         }
         self._sessions: dict[str, StationSession] = {}
+        #: Each EVSE's running transaction, published as ``session/1`` at start and end.
+        self.transactions = TransactionLog(settings.site_id)
         self._server: Server | None = None
         self._logged_reasons: set[tuple[str, str]] = set()
         #: Delays the answer to stations and addresses that keep failing authentication.
@@ -466,6 +471,25 @@ class Csms(ChargingProfiles):
         else:
             self.stats.telemetry_dropped += 1
         return True
+
+    def publish_transaction(self, evse: EvseState, payload: dict[str, Any]) -> None:
+        """Publish ``session/1`` when a ``TransactionEvent`` starts or ends a transaction.
+
+        QoS 1, not retained. A refused event is dead-lettered without its payload (which
+        holds the id token): only the transaction id and why.
+        """
+        station_id = evse.station.config.station_id
+        tx_id = str(payload["transactionInfo"]["transactionId"])
+        try:
+            sessions = self.transactions.on_event(evse.asset_id, payload, now_ms=_now_ms())
+        except ValueError as exc:  # pydantic's ValidationError, an unreadable timestamp
+            why = describe_validation_error(exc) if isinstance(exc, ValidationError) else str(exc)
+            self.bad_input(station_id, f"transaction not usable: {why}", f"transaction {tx_id}")
+            return
+        topic = session_topic(self.settings.site_id, evse.asset_id)
+        for session in sessions:
+            if self.publisher.publish(topic, session.to_json(), qos=1, retain=False):
+                self.stats.sessions_published += 1
 
     def publish_station_status(
         self, state: StationState, reason: str, *, ts_ms: int | None = None

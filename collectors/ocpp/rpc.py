@@ -15,7 +15,9 @@ receive side:
 - an action the OCPP version does not define gets ``NotImplemented``, a defined action
   without a handler ``NotSupported`` (OCPP-J 2.0.1/2.1, section 4.3);
 - a payload that breaks the action's JSON schema gets the matching constraint violation
-  (``collectors.ocpp.schema``); a handler that raises gets ``InternalError``.
+  (``collectors.ocpp.schema``); a handler that raises gets ``InternalError``;
+- a CALLRESULT or CALLERROR that answers no CALL of ours (unknown id, or too late) is
+  refused as bad input and never queued (the library logged each at ERROR level).
 
 In every case the connection stays up. Handlers registered with ``@on(action)`` receive the
 validated wire payload as one camelCase ``dict`` (as in the specification) and return the
@@ -145,7 +147,7 @@ def decode_frame(raw: str | bytes, ocpp_version: str) -> Call | CallResult | Cal
     if ocpp_version == "2.1" and type_id in (_SEND, _CALLRESULTERROR):
         return None
     raise _frame_error(
-        unique_id, MessageTypeNotSupportedError, f"message type {type_id!r} is not supported"
+        unique_id, MessageTypeNotSupportedError, f"message type {type_id!r:.40} is not supported"
     )
 
 
@@ -215,9 +217,10 @@ class RpcChargePoint(ChargePoint):
             self._refused("OCPP 2.1 SEND/CALLRESULTERROR frames are not handled", raw_msg)
         elif isinstance(msg, Call):
             await self._handle_call(msg)
+        elif msg.unique_id not in self._answer_frames:  # no CALL of ours waits for it
+            self._refused(f"an answer to no pending CALL ({msg.unique_id!r:.40})", raw_msg)
         else:
-            if msg.unique_id in self._answer_frames:
-                self._answer_frames[msg.unique_id] = self.frame_no
+            self._answer_frames[msg.unique_id] = self.frame_no
             self._response_queue.put_nowait(msg)
 
     def _refused(self, reason: str, raw: str | bytes) -> None:

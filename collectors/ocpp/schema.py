@@ -101,8 +101,13 @@ class SchemaViolation(Exception):
     path: list[str | int] = field(default_factory=list)
 
     def __str__(self) -> str:
+        """``path: message``, a message echoing a huge value cut to 200 characters.
+
+        It goes back to the station in the CALLERROR, into the log and the dead letter.
+        """
         where = ".".join(str(p) for p in self.path) or "(payload)"
-        return f"{where}: {self.message}"
+        message = self.message if len(self.message) <= 200 else self.message[:199] + "…"
+        return f"{where}: {message}"
 
 
 def _violation(exc: JsonSchemaValueException) -> SchemaViolation:

@@ -25,6 +25,8 @@ from urllib.parse import unquote, urlsplit
 from websockets.exceptions import InvalidHeader
 from websockets.headers import parse_authorization_basic
 
+from gridflex.access import systemd_credential
+
 __all__ = [
     "FailedAuthDelay",
     "KeyFileError",
@@ -76,13 +78,14 @@ def check_basic_auth(authorization: str | None, station_id: str, password: str |
 def check_private_key_file(key_path: Path) -> None:
     """Refuse a private key file that is missing or that group or others may access.
 
-    Raises ``KeyFileError`` with the fix in the message (``chmod 600``).
+    Raises ``KeyFileError`` with the fix in the message (``chmod 600``). A key systemd
+    passes in ``$CREDENTIALS_DIRECTORY`` is only checked to exist.
     """
     try:
         mode = stat.S_IMODE(os.stat(key_path).st_mode)
     except OSError as exc:
         raise KeyFileError(f"{key_path}: cannot read the private key ({exc.strerror})") from None
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+    if mode & (stat.S_IRWXG | stat.S_IRWXO) and not systemd_credential(key_path):
         raise KeyFileError(
             f"{key_path}: the private key is readable by group or others (mode {mode:04o}); "
             f"run `chmod 600 {key_path}`"

@@ -27,6 +27,7 @@ from collectors.ocpp.mapping import charging_needs, format_ocpp_time
 from collectors.ocpp.rpc import RpcChargePoint
 from collectors.ocpp.settings import EvseConfig, StationConfig, sampling_variables
 from collectors.ocpp.telemetry import TelemetryEncoder
+from gridflex import events
 from gridflex.contract import EvChargingNeeds
 
 if TYPE_CHECKING:
@@ -277,6 +278,9 @@ class StationSession(RpcChargePoint):
         evse.connector_status = status
         if was_faulted and status != "Faulted":
             evse.faults.clear()
+        elif status == "Faulted" and not was_faulted:
+            msg = "%s: connector Faulted (StatusNotification): %s"
+            events.report(log, evse.asset_id, "ConnectorFaulted", msg, evse.asset_id)
         self.csms.publish_status(evse, f"connector {status}")
         return {}
 
@@ -316,6 +320,8 @@ class StationSession(RpcChargePoint):
                 elif not cleared and code not in evse.faults:
                     evse.faults.add(code)
                     changed.add(evse.config.evse_id)
+                    msg = "%s: fault code (NotifyEvent): %s"
+                    events.report(log, evse.asset_id, code, msg, evse.asset_id)
         for evse_id in sorted(changed):
             self.csms.publish_status(self.state.evses[evse_id], "fault codes changed")
         return {}
@@ -335,6 +341,7 @@ class StationSession(RpcChargePoint):
             evse = self._evse(evse_id, "TransactionEvent", payload)
         if evse is not None:
             self._transaction_event(evse, payload, tx_id)
+            self.csms.publish_transaction(evse, payload)
         if "idToken" in payload:
             return {"idTokenInfo": {"status": "Accepted"}}
         return {}
@@ -357,8 +364,10 @@ class StationSession(RpcChargePoint):
         if started and not ended:
             self.csms.publish_status(evse, f"transaction {tx_id} started")
         reason = info.get("stoppedReason")
-        if ended and reason in FAULT_REASONS:
+        if ended and reason in FAULT_REASONS and reason not in evse.faults:
             evse.faults.add(reason)
+            msg = "%s: transaction stopped by a fault: %s"
+            events.report(log, evse.asset_id, reason, msg, evse.asset_id, detail=reason)
         for meter_value in payload.get("meterValue", ()):
             self.csms.publish_reading(evse, meter_value, ended=ended, frame_no=self.frame_no)
         if ended:

@@ -45,14 +45,17 @@ from fastapi import (
     HTTPException,
     Query,
     Request,
+    Response,
     WebSocket,
     status,
 )
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from control.api.protocol import ControlApi
 from control.profiles import ActiveLimits, ChargeProfile, ProfileStore
@@ -183,11 +186,34 @@ def create_app(
         redoc_url=None,
     )
 
+    def unauthorized(request: Request) -> JSONResponse | None:
+        """401 when ``request`` lacks the token, else None.
+
+        A body that is not JSON (or not UTF-8) fails before the token is checked: the
+        handlers below make 401 win then too.
+        """
+        if _same_token(_bearer_of(request.headers.get("Authorization")), expected):
+            return None
+        return JSONResponse(
+            {"detail": "missing or wrong bearer token"},
+            status_code=status.HTTP_401_UNAUTHORIZED,
+            headers=_UNAUTHORIZED,
+        )
+
     @app.exception_handler(RequestValidationError)
-    async def validation_error(_request: Request, exc: RequestValidationError) -> JSONResponse:
+    async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
         """422 naming each bad field; an echoed NaN or infinity is sent as text."""
-        detail = _json_safe(jsonable_encoder(exc.errors()))
-        return JSONResponse({"detail": detail}, status_code=422)
+        detail = jsonable_encoder(_json_safe(exc.errors()))
+        return unauthorized(request) or JSONResponse({"detail": detail}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        """FastAPI's own answers; a body it could not read (400) without the token is 401."""
+        if exc.status_code == status.HTTP_400_BAD_REQUEST:
+            refused = unauthorized(request)
+            if refused is not None:
+                return refused
+        return await http_exception_handler(request, exc)
 
     open_routes = APIRouter(prefix=PREFIX)
     routes = APIRouter(prefix=PREFIX, dependencies=[Depends(require_token)])
@@ -408,12 +434,20 @@ async def _pump(
 
 
 def _json_safe(value: Any) -> Any:
-    """``value`` with every NaN or infinity replaced by its text (JSON has neither)."""
+    """``value`` with every NaN or infinity replaced by its text (JSON has neither).
+
+    An echoed body that was not UTF-8 (raw ``bytes``, or text with a lone surrogate) gets
+    its bad bytes escaped.
+    """
     if isinstance(value, float) and not math.isfinite(value):
         return str(value)
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "backslashreplace")
     if isinstance(value, dict):
-        return {key: _json_safe(item) for key, item in value.items()}
-    if isinstance(value, list):
+        return {_json_safe(key): _json_safe(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
         return [_json_safe(item) for item in value]
     return value
 

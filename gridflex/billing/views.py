@@ -132,8 +132,9 @@ FROM billing_pieces
 GROUP BY site, asset, session_id, k
 """
 
-# The id token is not in the telemetry (the CSMS does not publish it): id_token_hash is
-# NULL until it is, never made up.
+# Start, end and the id token's hash come from the CSMS's own record of the transaction
+# (the `transactions` view, `session/1` messages) when it has one; otherwise start and end
+# are the first and last reading and id_token_hash is NULL, never made up.
 _SESSIONS: Final = f"""
 CREATE OR REPLACE VIEW sessions AS
 WITH readings AS (
@@ -156,15 +157,21 @@ WITH readings AS (
 )
 SELECT
     r.site, r.asset, r.session_id, r.session_id AS transaction_id,
-    r.start_ms, make_timestamptz(r.start_ms * 1000) AS start,
-    r.end_ms, make_timestamptz(r.end_ms * 1000) AS "end",
+    coalesce(t.start_ms, r.start_ms) AS start_ms,
+    make_timestamptz(coalesce(t.start_ms, r.start_ms) * 1000) AS start,
+    coalesce(t.end_ms, r.end_ms) AS end_ms,
+    make_timestamptz(coalesce(t.end_ms, r.end_ms) * 1000) AS "end",
     coalesce(e.energy_import_wh, 0.0) AS energy_import_wh,
     coalesce(e.energy_export_wh, 0.0) AS energy_export_wh,
-    r.soc_start_pct, r.soc_end_pct, r.readings,
-    CAST(NULL AS VARCHAR) AS id_token_hash,
+    coalesce(r.soc_start_pct, t.soc_start_pct) AS soc_start_pct,
+    coalesce(r.soc_end_pct, t.soc_end_pct) AS soc_end_pct,
+    r.readings,
+    t.id_token_hash,
     coalesce(e.quality, 'ok') AS quality
 FROM readings r
 LEFT JOIN energy e USING (site, asset, session_id)
+LEFT JOIN transactions t
+    ON t.site = r.site AND t.asset = r.asset AND t.transaction_id = r.session_id
 """
 
 # A command is in force from its issue until its validity ends or the asset's next command,

@@ -36,9 +36,11 @@ from gridflex.contract.payloads import (
     Forecast,
     GridFrequency,
     SiteSummary,
+    SiteTarget,
     Telemetry,
     TelemetryStatus,
 )
+from gridflex.contract.session import ChargingSession, SessionEvent, hash_id_token
 from gridflex.contract.topics import (
     ack_topic,
     collector_topic,
@@ -50,8 +52,10 @@ from gridflex.contract.topics import (
     grid_frequency_topic,
     is_retained_topic,
     parse_topic,
+    session_topic,
     status_topic,
     summary_topic,
+    target_topic,
     telemetry_topic,
 )
 
@@ -66,6 +70,7 @@ __all__ = [
     "AssetKind",
     "AssetStatus",
     "Capabilities",
+    "ChargingSession",
     "CollectorStatus",
     "ContractError",
     "CsmsRequest",
@@ -81,7 +86,9 @@ __all__ = [
     "FreqWattPoint",
     "GridFrequency",
     "Payload",
+    "SessionEvent",
     "SiteSummary",
+    "SiteTarget",
     "Telemetry",
     "TelemetryStatus",
     "ack_topic",
@@ -93,10 +100,13 @@ __all__ = [
     "describe_validation_error",
     "forecast_topic",
     "grid_frequency_topic",
+    "hash_id_token",
     "is_retained_topic",
     "parse_payload",
     "parse_topic",
+    "session_topic",
     "status_topic",
     "summary_topic",
+    "target_topic",
     "telemetry_topic",
 ]

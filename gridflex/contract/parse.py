@@ -17,8 +17,10 @@ from gridflex.contract.payloads import (
     Forecast,
     GridFrequency,
     SiteSummary,
+    SiteTarget,
     Telemetry,
 )
+from gridflex.contract.session import ChargingSession
 
 #: Every payload model, by its ``schema`` value.
 PAYLOADS: dict[str, type[Payload]] = {
@@ -28,7 +30,9 @@ PAYLOADS: dict[str, type[Payload]] = {
     "forecast/1": Forecast,
     "command/1": DispatchCommand,
     "ack/1": DispatchAck,
+    "session/1": ChargingSession,
     "summary/1": SiteSummary,
+    "target/1": SiteTarget,
     "collector/1": CollectorStatus,
     "deadletter/1": DeadLetter,
     "csms-setpoint/1": CsmsRequest,
@@ -53,7 +57,7 @@ def parse_payload(raw: bytes | str) -> Payload:
     schema = obj.get("schema")
     model = PAYLOADS.get(schema) if isinstance(schema, str) else None
     if model is None:
-        raise ContractError(f"unknown schema {schema!r}")
+        raise ContractError(f"unknown schema {schema!r:.60}")
     try:
         return model.model_validate(obj)
     except ValidationError as exc:

@@ -483,3 +483,37 @@ class DeadLetter(Payload):
             payload=text,
             payload_encoding=encoding,
         )
+
+
+class SiteTarget(Payload):
+    """What the central dispatcher asks of one site (``gridflex central``, retained).
+
+    The site's pipeline takes ``fcr_capacity_w`` as its ``[dispatch.fcr] capacity_w`` while
+    the target is valid, and shares it across its assets as it shares its own. A target
+    received after ``valid_until_ms`` is ignored; past ``valid_until_ms`` with no newer
+    target, the site goes back to its own ``capacity_w``.
+    """
+
+    schema_: Literal["target/1"] = Field(default="target/1", alias="schema")
+    site: SiteId
+    ts_ms: EpochMs = Field(description="when the central made the allocation")
+    seq: Annotated[int, Field(ge=0)] = Field(description="allocation round of the central")
+    fcr_capacity_w: Annotated[float, Field(ge=0)] = Field(
+        description="FCR capacity the site is to hold, W (full activation at full deviation)"
+    )
+    fleet_fcr_capacity_w: Annotated[float, Field(ge=0)] = Field(
+        description="the fleet-level FCR capacity the central shares across its sites, W"
+    )
+    flex_w: Annotated[float, Field(ge=0)] = Field(
+        description="the site's symmetric flexibility the share was based on, W"
+    )
+    valid_until_ms: EpochMs = Field(
+        description="after this the site goes back to its own capacity (unless a newer target)"
+    )
+    reason: Annotated[str, Field(min_length=1, max_length=256)]
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    def to_json(self) -> bytes:
+        """Serialise with the ``schema`` alias."""
+        return self.model_dump_json(exclude_none=True, by_alias=True).encode()

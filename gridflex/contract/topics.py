@@ -11,7 +11,7 @@ _ASSET_ID_RE = re.compile(ASSET_ID_PATTERN)
 
 def _check_id(value: str, what: str) -> str:
     if not _ASSET_ID_RE.match(value):
-        raise ContractError(f"{what} {value!r} does not match {ASSET_ID_PATTERN}")
+        raise ContractError(f"{what} {value!r:.80} does not match {ASSET_ID_PATTERN}")
     return value
 
 
@@ -23,6 +23,11 @@ def telemetry_topic(site: str, kind: str, asset: str) -> str:
 def status_topic(site: str, kind: str, asset: str) -> str:
     """Return ``gridflex/v1/{site}/{kind}/{asset}/status`` (retained)."""
     return f"{PREFIX}/{_check_id(site, 'site')}/{kind}/{_check_id(asset, 'asset')}/status"
+
+
+def session_topic(site: str, asset: str) -> str:
+    """Return ``gridflex/v1/{site}/evse/{asset}/session`` (the CSMS's transactions)."""
+    return f"{PREFIX}/{_check_id(site, 'site')}/evse/{_check_id(asset, 'asset')}/session"
 
 
 def grid_frequency_topic(site: str) -> str:
@@ -60,6 +65,11 @@ def summary_topic(site: str) -> str:
     return f"{PREFIX}/{_check_id(site, 'site')}/summary"
 
 
+def target_topic(site: str) -> str:
+    """Return ``gridflex/v1/{site}/target`` (retained): the central's target for a site."""
+    return f"{PREFIX}/{_check_id(site, 'site')}/target"
+
+
 def collector_topic(site: str, component: str) -> str:
     """Return ``gridflex/v1/{site}/collector/{component}/status`` (retained, last will).
 
@@ -76,33 +86,33 @@ def deadletter_topic(component: str) -> str:
 
 
 def is_retained_topic(topic: str) -> bool:
-    """Whether the contract publishes ``topic`` retained (statuses and the site summary)."""
-    return topic.endswith(("/status", "/summary")) and topic.startswith(PREFIX + "/")
+    """Whether the contract publishes ``topic`` retained (statuses, summary and target)."""
+    return topic.endswith(("/status", "/summary", "/target")) and topic.startswith(PREFIX + "/")
 
 
 def parse_topic(topic: str) -> dict[str, str]:
     """Split a contract topic into its parts.
 
     Returns a dict with ``site``, ``kind`` (``inverter``/``evse``/``grid``/``ev``/
-    ``dispatch``/``summary``/``deadletter``), ``asset`` where the topic has one, and
+    ``dispatch``/``summary``/``target``/``deadletter``), ``asset`` where the topic has one, and
     ``leaf`` (``telemetry``, ``status``, ``frequency``, ...). Raises ``ContractError`` for a
     topic outside the tree.
     """
     parts = topic.split("/")
     if len(parts) < 3 or f"{parts[0]}/{parts[1]}" != PREFIX:
-        raise ContractError(f"topic {topic!r} is not under {PREFIX}/")
+        raise ContractError(f"topic {topic!r:.200} is not under {PREFIX}/")
     rest = parts[2:]
     if rest[0] == "deadletter" and len(rest) == 2:
         return {"kind": "deadletter", "component": rest[1], "leaf": "deadletter"}
-    if len(rest) == 2 and rest[1] == "summary":
-        return {"site": rest[0], "kind": "summary", "leaf": "summary"}
+    if len(rest) == 2 and rest[1] in ("summary", "target"):
+        return {"site": rest[0], "kind": rest[1], "leaf": rest[1]}
     if len(rest) == 3 and rest[1:] == ["grid", "frequency"]:
         return {"site": rest[0], "kind": "grid", "leaf": "frequency"}
     if len(rest) == 4:
         site, kind, asset, leaf = rest
         known = {
             "inverter": {"telemetry", "status"},
-            "evse": {"telemetry", "status"},
+            "evse": {"telemetry", "status", "session"},
             "ev": {"forecast"},
             "dispatch": {"command", "ack"},
             "csms": {"setpoint", "result"},
@@ -110,4 +120,4 @@ def parse_topic(topic: str) -> dict[str, str]:
         }
         if leaf in known.get(kind, set()) and _ASSET_ID_RE.match(asset):
             return {"site": site, "kind": kind, "asset": asset, "leaf": leaf}
-    raise ContractError(f"topic {topic!r} is not in the gridflex/v1 topic tree")
+    raise ContractError(f"topic {topic!r:.200} is not in the gridflex/v1 topic tree")

@@ -119,6 +119,9 @@ class SimEvse:
             "transactionInfo": info,
             "evse": {"id": self.evse_id, "connectorId": 1},
         }
+        if event_type == "Started" and self.transaction_id is not None:
+            # The driver's RFID card (a made-up UID derived from the transaction).
+            payload["idToken"] = {"idToken": self.transaction_id[:8].upper(), "type": "ISO14443"}
         if self.ev is not None:
             setpoint = None
             if version == "2.1" and control is not None:

@@ -151,6 +151,36 @@ def test_failures_in_a_row_take_the_device_offline_and_it_is_rediscovered(
     _run(mosquitto, body)
 
 
+def test_a_rediscovered_device_starts_with_no_slot_failures_counted(mosquitto: Broker) -> None:
+    # Three lost replies take the device offline; the first poll after its rediscovery
+    # then gets a busy reply: that is one failure of the new connection, not the fourth.
+    async def body(fleet: InverterFleet, watch: Watch, stats: CollectorStats) -> None:
+        device = fleet.devices[0]
+        answer = device.handle_pdu
+        common = device.model_address(1)  # discovery's last read: all of the common model
+        last_reads = {a.to_bytes(2, "big") for a in (common, common + 2)}
+        phase = {"armed": False, "busy": 0}
+
+        def busy_after_rediscovery(unit_id: int, pdu: bytes) -> bytes:
+            if phase["armed"]:
+                phase["armed"], phase["busy"] = False, phase["busy"] + 1
+                return bytes((pdu[0] | 0x80, 6))  # exception 6: server device busy
+            whole_model = pdu[1:3] in last_reads and int.from_bytes(pdu[3:5], "big") > 2
+            if stats.slot_failures >= 3 and not phase["busy"] and whole_model:
+                phase["armed"] = True  # the rediscovery is done: next is the first poll
+            return answer(unit_id, pdu)
+
+        device.handle_pdu = busy_after_rediscovery  # type: ignore[method-assign]
+        device.unanswered = 3  # = failures_before_offline
+        await _until(lambda: phase["busy"] == 1, "no busy reply after the rediscovery", 15)
+        seen = len(watch.seqs)
+        await _until(lambda: len(watch.seqs) >= seen + 5, "polling did not go on")
+        assert [state for state, _ in watch.states] == ["online", "offline", "online"]
+        assert stats.failures == 1 and stats.slot_failures == 4
+
+    _run(mosquitto, body)
+
+
 def test_an_unexpected_error_marks_the_device_and_it_is_retried(
     mosquitto: Broker, monkeypatch: pytest.MonkeyPatch
 ) -> None:

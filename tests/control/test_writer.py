@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,6 +163,19 @@ def test_rejected_by_the_site_writes_nothing(ledger: Ledger, device: FakeDevice)
     again = apply(command(), ledger, device)
     assert (again.result, again.reason) == ("duplicate", "already handled: rejected")
     assert device.writes == [] and ledger.last_applied("inv1") is None
+
+
+def test_max_capacity_reached_is_logged_with_its_fault_code(
+    ledger: Ledger, device: FakeDevice, caplog: pytest.LogCaptureFixture
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="control.writer"):
+        apply(command(), ledger, device, site=SiteHeadroom(import_w=None, export_w=2_000.0))
+    (record,) = [r for r in caplog.records if getattr(r, "fault_code", None)]
+    assert (record.asset, record.event, record.fault_code) == (  # type: ignore[attr-defined]
+        "inv1",
+        "limit",
+        "Max Capacity Reached",
+    )
 
 
 def test_duplicate_answers_with_the_first_result(ledger: Ledger, device: FakeDevice) -> None:

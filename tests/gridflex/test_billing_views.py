@@ -13,8 +13,10 @@ from typing import Any
 import pytest
 
 from gridflex.billing.views import register
-from gridflex.contract import DispatchCommand, Telemetry
+from gridflex.contract import ChargingSession, DispatchCommand, Telemetry
+from gridflex.contract.session import hash_id_token
 from gridflex.history import connect, refresh_views
+from pipelines.history_events import session_row
 from pipelines.history_sink import ParquetStreamWriter, command_row, telemetry_row
 
 #: A 15-minute boundary, 2026-11-25T12:00:00Z, in epoch ms.
@@ -113,6 +115,34 @@ def test_a_session_across_intervals_and_midnight(tmp_path: Path) -> None:
         ("tx-1", start, start + 31 * 60 * S, pytest.approx(3720.0), 0.0, 40.0, 71.0, 32,
          None, "ok"),
     ]  # fmt: skip
+
+
+def test_a_session_takes_start_end_and_token_hash_from_the_csms_record(tmp_path: Path) -> None:
+    # Readings 10:00:30-10:02:30 of tx-9; the CSMS recorded the transaction 10:00:10-10:03:00.
+    readings = [
+        reading("evse-1", B + (30 + 60 * i) * S, i, 500.0 + 100.0 * i, kind="evse",
+                power_w=6000.0, transaction_id="tx-9", soc_pct=50.0 + i)
+        for i in range(3)
+    ]  # fmt: skip
+    write(tmp_path, readings)
+    token = hash_id_token("04A2B3C4", "ISO14443")
+    events = ParquetStreamWriter(tmp_path, "transactions", ts_column="ts_ms", name="s")
+    for event, end_ms in (("started", None), ("ended", B + 180 * S)):
+        events.add([session_row(ChargingSession(
+            site="s1", asset="evse-1", ts_ms=end_ms or B + 10 * S, event=event,
+            transaction_id="tx-9", start_ms=B + 10 * S, end_ms=end_ms, id_token_hash=token,
+        ))])  # fmt: skip
+    events.flush()
+
+    session = (
+        connect(tmp_path)
+        .execute(
+            "select start_ms, end_ms, energy_import_wh, soc_start_pct, soc_end_pct, id_token_hash"
+            " from sessions"
+        )
+        .fetchall()
+    )
+    assert session == [(B + 10 * S, B + 180 * S, pytest.approx(200.0), 50.0, 52.0, token)]
 
 
 def test_duplicate_deliveries_count_once(tmp_path: Path) -> None:

@@ -136,6 +136,7 @@ def test_acl_grants_every_topic_the_parts_publish_and_subscribe() -> None:
             c.status_topic("s1", "evse", "a"),
             c.collector_topic("s1", "modbus"),
             c.collector_topic("s1", "ocpp"),
+            c.session_topic("s1", "a"),
             c.csms_result_topic("s1", "a"),
             c.deadletter_topic("modbus"),
             c.deadletter_topic("ocpp"),
@@ -177,3 +178,5 @@ def test_acl_grants_every_topic_the_parts_publish_and_subscribe() -> None:
     assert not _grants("pipeline", "write", c.telemetry_topic("s1", "inverter", "a"))
     assert not _grants("control", "write", c.command_topic("s1", "a"))
     assert not _grants("collector", "read", c.telemetry_topic("s1", "inverter", "a"))
+    assert not _grants("control", "write", c.session_topic("s1", "a"))
+    assert not _grants("pipeline", "write", c.status_topic("s1", "evse", "a"))

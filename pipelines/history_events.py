@@ -1,0 +1,98 @@
+"""History rows of the event streams: asset status changes and the CSMS's sessions.
+
+* :func:`status_change`, the state of the ``status_change`` step (keyed by asset): a
+  retained ``status/1`` becomes a ``status_changes`` row only when the asset's
+  ``online``, ``state``, ``faults`` or ``transaction_id`` differ from its last one. The
+  broker delivers the retained status again on every subscription and the collectors
+  publish a status for events that change none of these (``charging needs received``);
+  neither is a change. The memory is in the dataflow's recovery snapshots; a pipeline
+  started without it writes the current status once more, which the ``status_changes``
+  view drops (it compares each row with the asset's previous one).
+* :func:`session_row`: a ``session/1`` as a ``transactions`` row (the view joins an
+  ``ended`` with its ``started``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gridflex.contract import AssetStatus, ChargingSession, DispatchAck
+from gridflex.history import SCHEMAS, STATUS_CHANGES, TRANSACTIONS
+
+__all__ = [
+    "Event",
+    "StatusKey",
+    "ack_only",
+    "changed_only",
+    "is_event",
+    "session_only",
+    "session_row",
+    "status_change",
+    "status_key",
+    "status_only",
+    "status_row",
+]
+
+Row = dict[str, Any]
+#: What makes a status a change: online, state, faults, transaction id.
+StatusKey = tuple[bool, str, tuple[str, ...], str | None]
+
+_STATUS_FIELDS = tuple(n for n in SCHEMAS[STATUS_CHANGES].names if n != "faults")
+_SESSION_FIELDS = SCHEMAS[TRANSACTIONS].names
+
+
+def status_key(status: AssetStatus) -> StatusKey:
+    """The part of a status whose change is recorded."""
+    return status.online, status.state, tuple(sorted(status.faults)), status.transaction_id
+
+
+def status_row(status: AssetStatus) -> Row:
+    """A ``status_changes`` history row."""
+    values = status.__dict__
+    row = {name: values[name] for name in _STATUS_FIELDS}
+    row["faults"] = list(status.faults)
+    return row
+
+
+def status_change(last: StatusKey | None, status: AssetStatus) -> tuple[StatusKey, Row | None]:
+    """Step of ``status_change``: the row when ``status`` changes the asset's last one."""
+    key = status_key(status)
+    return key, (status_row(status) if key != last else None)
+
+
+def session_row(session: ChargingSession) -> Row:
+    """A ``transactions`` history row."""
+    values = session.__dict__
+    return {name: values[name] for name in _SESSION_FIELDS}
+
+
+# --------------------------------------------------------------------------- routing
+
+#: The messages that only go to the history (after validation).
+Event = DispatchAck | AssetStatus | ChargingSession
+
+
+def is_event(item: object) -> bool:
+    """Whether a validated item is an :data:`Event` (not a reading, heartbeat, refusal)."""
+    return isinstance(item, DispatchAck | AssetStatus | ChargingSession)
+
+
+def ack_only(item: Event) -> DispatchAck | None:
+    """The item if it is an ack."""
+    return item if isinstance(item, DispatchAck) else None
+
+
+def status_only(item: Event) -> AssetStatus | None:
+    """The item if it is an asset status."""
+    return item if isinstance(item, AssetStatus) else None
+
+
+def session_only(item: Event) -> ChargingSession | None:
+    """The item if it is a session."""
+    return item if isinstance(item, ChargingSession) else None
+
+
+def changed_only(item: tuple[str, Row | None]) -> tuple[str, Row] | None:
+    """A keyed ``status_change`` output that is a change (``None`` rows dropped)."""
+    key, row = item
+    return None if row is None else (key, row)

@@ -1,0 +1,127 @@
+"""The units in deploy/systemd: systemd-analyze accepts them, and they say what they must."""
+
+from __future__ import annotations
+
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gridflex.cli import build_parser
+
+ROOT = Path(__file__).resolve().parents[2]
+UNITS = ROOT / "deploy" / "systemd"
+SERVICES = (
+    "gridflex-collect-modbus",
+    "gridflex-collect-ocpp",
+    "gridflex-pipeline",
+    "gridflex-control",
+    "gridflex-app",
+)
+TARGET = "v2g-gateway.target"
+INSTALLED_BIN = "/opt/gridflex/venv/bin/gridflex"
+
+Unit = dict[str, dict[str, list[str]]]
+
+
+def parse_unit(path: Path) -> Unit:
+    """Sections → key → every value (a key may repeat, as systemd allows)."""
+    unit: Unit = {}
+    section: dict[str, list[str]] | None = None
+    for raw in path.read_text(encoding="utf-8").splitlines():
+        line = raw.strip()
+        if not line or line.startswith(("#", ";")):
+            continue
+        if line.startswith("[") and line.endswith("]"):
+            section = unit.setdefault(line[1:-1], {})
+            continue
+        assert section is not None, f"{path.name}: {line!r} outside a section"
+        key, sep, value = line.partition("=")
+        assert sep, f"{path.name}: {line!r} is not key=value"
+        section.setdefault(key.strip(), []).append(value.strip())
+    return unit
+
+
+def _one(unit: Unit, section: str, key: str) -> str:
+    values = unit.get(section, {}).get(key, [])
+    assert values, f"[{section}] {key} missing"
+    return values[-1]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_each_service_is_notify_with_watchdog_restart_and_hardening(name: str) -> None:
+    unit = parse_unit(UNITS / f"{name}.service")
+    expected = {
+        ("Service", "Type"): "notify",
+        ("Service", "NotifyAccess"): "main",
+        ("Service", "Restart"): "on-failure",
+        ("Service", "DynamicUser"): "yes",
+        ("Service", "ProtectSystem"): "strict",
+        ("Service", "ProtectHome"): "yes",
+        ("Service", "NoNewPrivileges"): "yes",
+        ("Service", "PrivateTmp"): "yes",
+        ("Service", "ConfigurationDirectory"): "gridflex",
+        ("Service", "CapabilityBoundingSet"): "",
+        ("Unit", "PartOf"): TARGET,
+        ("Install", "WantedBy"): TARGET,
+    }
+    for (section, key), value in expected.items():
+        assert _one(unit, section, key) == value, f"{name}: [{section}] {key}"
+    assert _one(unit, "Service", "WatchdogSec").endswith("s")
+    assert "gridflex" in _one(unit, "Service", "StateDirectory").split()
+    assert int(_one(unit, "Unit", "StartLimitBurst")) > 0
+    assert int(_one(unit, "Unit", "StartLimitIntervalSec")) > 0
+
+
+@pytest.mark.parametrize("name", [s for s in SERVICES if s != "gridflex-app"])
+def test_mqtt_services_come_after_mosquitto_and_load_their_credentials(name: str) -> None:
+    unit = parse_unit(UNITS / f"{name}.service")
+    assert "mosquitto.service" in _one(unit, "Unit", "After").split()
+    credentials = unit["Service"].get("LoadCredential", [])
+    assert any(c.startswith("mqtt-credentials:/etc/gridflex/credentials/") for c in credentials)
+
+
+def test_control_loads_the_api_token_credential() -> None:
+    unit = parse_unit(UNITS / "gridflex-control.service")
+    assert "api-token:/etc/gridflex/credentials/api-token" in unit["Service"]["LoadCredential"]
+
+
+@pytest.mark.parametrize("name", SERVICES)
+def test_exec_start_is_a_valid_gridflex_command_line(name: str) -> None:
+    argv = shlex.split(_one(parse_unit(UNITS / f"{name}.service"), "Service", "ExecStart"))
+    assert argv[0] == INSTALLED_BIN
+    args = build_parser(argv[1:]).parse_args(argv[1:])  # exits (fails the test) when invalid
+    assert args._module in {
+        "collectors.modbus",
+        "collectors.ocpp",
+        "pipelines.cli",
+        "control.cli",
+        "gridflex.app_cmd",
+    }
+
+
+def test_the_target_wants_every_service() -> None:
+    target = parse_unit(UNITS / TARGET)
+    wanted = set(" ".join(target["Unit"]["Wants"]).split())
+    assert wanted == {f"{s}.service" for s in SERVICES}
+
+
+def test_systemd_analyze_verify_accepts_the_units(tmp_path: Path) -> None:
+    analyze = shutil.which("systemd-analyze")
+    if analyze is None:
+        pytest.skip("systemd-analyze is not installed (Debian package systemd)")
+    gridflex = Path(sys.executable).with_name("gridflex")
+    assert gridflex.exists(), "the venv's gridflex script stands in for the installed one"
+    for unit in [*(f"{s}.service" for s in SERVICES), TARGET]:
+        text = (UNITS / unit).read_text(encoding="utf-8")
+        (tmp_path / unit).write_text(text.replace(INSTALLED_BIN, str(gridflex)), encoding="utf-8")
+    units = sorted(str(p) for p in tmp_path.iterdir())
+    result = subprocess.run(
+        [analyze, "verify", "--man=no", *units], capture_output=True, text=True, check=False
+    )
+    # unknown keys and bad values are only warnings: any output is a failure here
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.strip() == "", result.stderr
