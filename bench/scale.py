@@ -348,8 +348,9 @@ def main() -> int:
         f"{'part':<8} {'procs':>3} {'assets/pr':>9} {'rate/s':>8} {'expected':>8} "
         f"{'missed':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} {'%/1000':>8} {'exit':>4}"
     )
-    print(header)
-    print("-" * len(header))
+    if shards or clusters:
+        print(header)
+        print("-" * len(header))
     if shards:
         with start_broker("mosquitto") as broker:
             collector_rows(n, shards, broker, warmup_s, duration_s)
