@@ -9,8 +9,9 @@ carries the setpoint is decided in ``control.ocpp_plan``.
 
 - :class:`CsmsClient`, one per control process: multiplexes the requests and results of
   every EVSE over the service's MQTT client (one subscription to ``…/csms/+/result``),
-  follows the CSMS's presence (its retained ``collector/ocpp/status``: a request to a CSMS
-  known to be offline fails at once). The EVSEs' SoC comes from the service's telemetry
+  follows the CSMS's presence (its retained ``collector/ocpp/status``, or with CSMS
+  shards each ``collector/ocpp-{i}of{n}/status`` and the EVSEs it lists: a request to a
+  CSMS known to be offline fails at once). The EVSEs' SoC comes from the service's telemetry
   (``control.live``), not from here.
 - :class:`OcppDevice`, one per EVSE asset: a ``control.writer.SetpointDevice``.
   ``write`` sends the request and waits for the station's answer (raises
@@ -102,6 +103,8 @@ class CsmsClient:
         self.now_ms = now_ms
         #: The CSMS's presence from its retained collector status; None until known.
         self.csms_online: bool | None = None
+        #: CSMS shards (``ocpp-{i}of{n}``): whether online, and the EVSEs they last listed.
+        self._shards: dict[str, tuple[bool, frozenset[str]]] = {}
         self._pending: dict[tuple[str, str], _Pending] = {}
 
     @classmethod
@@ -127,7 +130,9 @@ class CsmsClient:
     def start(self) -> None:
         """Subscribe to the results and the CSMS's presence."""
         self.mqtt.subscribe(result_filter(self.site_id), self._on_result, qos=1)
-        self.mqtt.subscribe(collector_topic(self.site_id, "ocpp"), self._on_collector, qos=1)
+        head, _component, tail = collector_topic(self.site_id, "ocpp").rsplit("/", 2)
+        shards = f"{head}/+/{tail}"  # ocpp, or every CSMS shard's ocpp-{i}of{n}
+        self.mqtt.subscribe(shards, self._on_collector, qos=1)
 
     # -- input
 
@@ -150,7 +155,21 @@ class CsmsClient:
 
     def _on_collector(self, _topic: str, payload: bytes) -> None:
         with contextlib.suppress(ValueError, TypeError, AttributeError):
-            self.csms_online = bool(jsonio.loads(payload).get("online"))
+            status = jsonio.loads(payload)
+            component = status.get("component")
+            online = bool(status.get("online"))
+            if component == "ocpp":
+                self.csms_online = online
+            elif isinstance(component, str) and component.startswith("ocpp-"):
+                known = self._shards.get(component, (False, frozenset()))[1]
+                assets = status.get("assets") or ()  # the last will lists none: keep them
+                self._shards[component] = (online, frozenset(map(str, assets)) or known)
+
+    def csms_offline(self, asset: str) -> bool:
+        """Whether the CSMS (or the CSMS shard) that owns ``asset`` is known to be offline."""
+        if self.csms_online is False:
+            return True
+        return any(not online and asset in owned for online, owned in self._shards.values())
 
     # -- requests
 
@@ -160,7 +179,7 @@ class CsmsClient:
         Raises ``CsmsError`` when the CSMS is known to be offline and ``TimeoutError``
         when no answer comes within ``answer_timeout_s``.
         """
-        if self.csms_online is False:
+        if self.csms_offline(request.asset):
             raise CsmsError("the CSMS (gridflex collect ocpp) is offline")
         key = (request.asset, request.request_id)
         for other in [k for k in self._pending if k[0] == request.asset and k != key]:

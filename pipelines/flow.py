@@ -176,6 +176,10 @@ class FlowOptions:
         wal_dir: Durable acknowledgement: the source's write-ahead logs live here, and
             are replayed on start (:mod:`pipelines.wal`); ``None``: PUBACK on receipt.
             ``gridflex pipeline`` sets it from ``[pipeline] durable_ack`` / ``wal_dir``.
+        process_id: This process's index in a Bytewax cluster (``gridflex pipeline
+            --process-id``), from 0.
+        processes: Processes in the cluster; more than one subscribes through a shared
+            subscription, each process with its own subscribers (``MqttSource``).
 
     """
 
@@ -190,6 +194,8 @@ class FlowOptions:
     mqtt_receiver: Literal["process", "thread"] = "process"
     client_id: str | None = None
     wal_dir: Path | None = None
+    process_id: int = 0
+    processes: int = 1
 
 
 def wal_retention_s(site: SiteLike, opts: FlowOptions) -> float:
@@ -253,6 +259,8 @@ def mqtt_source(
         wal_retention_s=wal_retention_s(site, opts),
         wal_segment_s=site.pipeline.snapshot_interval_s,
         receive_queue=site.pipeline.receive_queue,
+        process_id=opts.process_id,
+        processes=opts.processes,
     )
 
 

@@ -301,7 +301,12 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
             client holds them all, and the messages of all arrive in one stream).
         client_id: Stable client id (the session's name); partitions append ``-{i}``.
         stop_event: Set it to end the source (clean shutdown).
-        partitions: Subscribers; more than one uses a shared subscription.
+        partitions: Subscribers in this process; more than one in the whole cluster uses
+            a shared subscription (``$share/{client_id}/{filter}``).
+        process_id: This process's index in a Bytewax cluster (``-i``), from 0.
+        processes: Processes in the cluster. Each process lists only its own partitions,
+            ``mqtt-{process_id * partitions + j}``, so Bytewax builds them there: every
+            process subscribes ``partitions`` times and the broker splits the messages.
         username: Broker user name.
         password: Broker password.
         qos: Subscription QoS.
@@ -342,9 +347,13 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         wal_retention_s: float = 30.0,
         wal_segment_s: float = 5.0,
         receive_queue: int = 10_000,
+        process_id: int = 0,
+        processes: int = 1,
     ) -> None:
         if partitions < 1:
             raise ValueError(f"partitions must be >= 1, got {partitions}")
+        if not 0 <= process_id < processes:
+            raise ValueError(f"expected 0 <= process_id < processes, got {process_id}/{processes}")
         if receiver not in ("process", "thread"):
             raise ValueError(f"receiver must be 'process' or 'thread', got {receiver!r}")
         self.host, self.port, self.tls = parse_url(url)
@@ -356,6 +365,8 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         self.client_id = client_id
         self.stop_event = stop_event
         self.partitions = partitions
+        self.process_id = process_id
+        self.processes = processes
         self.username = username
         self.password = password
         self.qos = qos
@@ -378,8 +389,14 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         self.batches += 1
 
     def list_parts(self) -> list[str]:
-        """Partition names ``mqtt-0`` ... (each worker can reach the broker)."""
-        return [f"mqtt-{i}" for i in range(self.partitions)]
+        """The partitions of this process, ``mqtt-{process_id * partitions + j}``.
+
+        Bytewax builds a partition on a worker that listed it: listing only this
+        process's own keeps one subscriber (or ``partitions``) in every process of a
+        cluster, each with its own client id and write-ahead log.
+        """
+        first = self.process_id * self.partitions
+        return [f"mqtt-{first + j}" for j in range(self.partitions)]
 
     def build_part(
         self, step_id: str, for_part: str, resume_state: None
@@ -387,7 +404,7 @@ class MqttSource(FixedPartitionedSource[Arrival, None]):
         """Start the subscriber of one partition."""
         index = for_part.rsplit("-", 1)[1]
         topic_filters = self.topic_filters
-        if self.partitions > 1:
+        if self.partitions * self.processes > 1:
             topic_filters = tuple(f"$share/{self.client_id}/{f}" for f in topic_filters)
         settings = ReceiverSettings(
             host=self.host,

@@ -32,6 +32,7 @@ from gridflex.mqtt_asyncio import AsyncMqttClient
 from gridflex.mqtt_factory import MqttClientFactory
 from gridflex.net import raise_open_file_limit
 from gridflex.runtime import stop_on_signals
+from gridflex.shard import ONE, add_shard_argument
 
 __all__ = ["MQTT_MAX_INFLIGHT", "add_arguments", "main", "stats_summary"]
 
@@ -42,6 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of ``gridflex collect modbus``."""
     parser.add_argument("--site", type=Path, required=True, help="site file (TOML)")
     add_metrics_argument(parser)
+    add_shard_argument(parser, "inverters")
     parser.add_argument("--stats-file", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--stats-warmup-s", type=float, default=0.0, help=argparse.SUPPRESS)
 
@@ -95,15 +97,24 @@ def main(
     if not site.inverters:
         log.error("%s has no inverter assets to poll", site.source or args.site)
         return 2
+    shard = getattr(args, "shard", ONE)
+    component = shard.component(COMPONENT)
+    if shard.sharded:
+        owned = shard.select(site.inverters, "id")
+        log.info(
+            "shard %s owns %d of the site's %d inverters", shard, len(owned), len(site.inverters)
+        )
+        site = site.model_copy(update={"assets": owned})
     raise_open_file_limit()
     boot = uuid.uuid4().hex[:12]
-    will = collector_status(site, boot, online=False)
+    will = collector_status(site, boot, online=False, component=component)
+    client_suffix = f"-{component}" if shard.sharded else ""
     mqtt = mqtt_factory(
         site.mqtt.url,
-        f"gridflex-collect-modbus-{site.id}",
+        f"gridflex-collect-modbus-{site.id}{client_suffix}",
         username=site.mqtt.username,
         password=site.mqtt.password,
-        will=(collector_topic(site.id, COMPONENT), will.to_json()),
+        will=(collector_topic(site.id, component), will.to_json()),
         queue_limit=site.mqtt.queue_limit,
         keepalive_s=site.mqtt.keepalive_s,
         max_inflight=MQTT_MAX_INFLIGHT,
@@ -152,6 +163,7 @@ def main(
                     warmup_s=args.stats_warmup_s,
                     connection=connection,
                     on_discovered=_discovered,
+                    component=component,
                 )
         finally:
             await mqtt.stop(flush_timeout_s=5.0)

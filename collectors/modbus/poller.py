@@ -341,12 +341,20 @@ class DevicePoller:
 
 
 def collector_status(
-    site: SiteConfig, boot: str, *, online: bool, mqtt_dropped: int | None = None
+    site: SiteConfig,
+    boot: str,
+    *,
+    online: bool,
+    mqtt_dropped: int | None = None,
+    component: str = COMPONENT,
 ) -> CollectorStatus:
-    """Return the collector's retained presence (its last will with ``online=False``)."""
+    """Return the collector's retained presence (its last will with ``online=False``).
+
+    ``component`` is ``modbus``, or a shard's ``modbus-{i}of{n}`` (``gridflex.shard``).
+    """
     return CollectorStatus(
         site=site.id,
-        component=COMPONENT,
+        component=component,
         ts_ms=_now_ms(),
         online=online,
         boot=boot,
@@ -356,17 +364,19 @@ def collector_status(
 
 
 async def _refresh_presence(
-    site: SiteConfig, boot: str, mqtt: Publisher, stop: asyncio.Event
+    site: SiteConfig, boot: str, mqtt: Publisher, stop: asyncio.Event, component: str
 ) -> None:
     """Publish the presence again whenever the MQTT drop count moved (``DropWatch``)."""
     watch = DropWatch(mqtt)
-    topic = collector_topic(site.id, COMPONENT)
+    topic = collector_topic(site.id, component)
     while not stop.is_set():
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), STATUS_REFRESH_S)
         dropped = watch.due()
         if dropped is not None:
-            status = collector_status(site, boot, online=True, mqtt_dropped=dropped)
+            status = collector_status(
+                site, boot, online=True, mqtt_dropped=dropped, component=component
+            )
             mqtt.publish(topic, status.to_json(), qos=1, retain=True)
 
 
@@ -406,6 +416,7 @@ async def run(
     warmup_s: float = 0.0,
     connection: ConnectionFactory = LeanModbusClient,
     on_discovered: Callable[[], object] | None = None,
+    component: str = COMPONENT,
 ) -> CollectorStats:
     """Poll every inverter of ``site`` until ``stop`` is set; publish statuses on the way out.
 
@@ -413,16 +424,21 @@ async def run(
     ``connection`` makes the Modbus TCP connections for discovery and polls (the lean
     client; the benchmarks' pymodbus baseline plugs in here); ``on_discovered`` is called
     once every device has been tried once (discovered, or failed and waiting for its
-    retry).
+    retry). ``component`` names the presence topic: ``modbus``, or a shard's
+    ``modbus-{i}of{n}`` whose ``site`` holds only the inverters it owns.
     """
     boot = boot or uuid.uuid4().hex[:12]
     stats = stats or CollectorStats()
     interval_s = site.modbus.poll_interval_ms / 1000.0
     inverters = site.inverters
-    topic = collector_topic(site.id, COMPONENT)
-    presence = collector_status(site, boot, online=True, mqtt_dropped=dropped_count(mqtt))
+    topic = collector_topic(site.id, component)
+    presence = collector_status(
+        site, boot, online=True, mqtt_dropped=dropped_count(mqtt), component=component
+    )
     mqtt.publish(topic, presence.to_json(), qos=1, retain=True)
-    refresher = asyncio.create_task(_refresh_presence(site, boot, mqtt, stop), name="presence")
+    refresher = asyncio.create_task(
+        _refresh_presence(site, boot, mqtt, stop, component), name="presence"
+    )
     ticker = Ticker(asyncio.get_running_loop())
     pollers = [
         DevicePoller(
@@ -431,7 +447,7 @@ async def run(
             mqtt,
             stats,
             boot=boot,
-            phase_s=interval_s * i / len(inverters),
+            phase_s=interval_s * i / max(1, len(inverters)),
             connection=connection,
             ticker=ticker,
         )
@@ -459,6 +475,8 @@ async def run(
     ticker.close()
     for poller in pollers:
         poller.publish_status("offline", "collector stopped")
-    presence = collector_status(site, boot, online=False, mqtt_dropped=dropped_count(mqtt))
+    presence = collector_status(
+        site, boot, online=False, mqtt_dropped=dropped_count(mqtt), component=component
+    )
     mqtt.publish(topic, presence.to_json(), qos=1, retain=True)
     return stats

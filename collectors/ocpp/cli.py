@@ -18,7 +18,7 @@ from dataclasses import replace
 
 from collectors.ocpp import gc_policy
 from collectors.ocpp import metrics as ocpp_metrics
-from collectors.ocpp.csms import Csms, CsmsSettings, collector_will
+from collectors.ocpp.csms import COMPONENT, Csms, CsmsSettings, collector_will
 from collectors.ocpp.requests import RequestServer
 from collectors.ocpp.security import KeyFileError, check_private_key_file
 from gridflex import events, systemd
@@ -28,6 +28,7 @@ from gridflex.mqtt_asyncio import AsyncMqttClient
 from gridflex.mqtt_drops import DropWatch, dropped_count
 from gridflex.mqtt_factory import MqttClientFactory
 from gridflex.runtime import stop_on_signals
+from gridflex.shard import ONE, add_shard_argument
 
 __all__ = ["add_arguments", "main", "run"]
 
@@ -43,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", help="listen address (default: site.ocpp.host)")
     parser.add_argument("--port", type=int, help="listen port (default: site.ocpp.port)")
     add_metrics_argument(parser)
+    add_shard_argument(parser, "stations (a station's EVSEs stay together)")
 
 
 def _mqtt_dropped(csms: Csms) -> int:
@@ -139,19 +141,38 @@ def main(args: argparse.Namespace, *, mqtt_factory: MqttClientFactory = AsyncMqt
             "readable PEM file (the CA of the station certificates)"
         )
 
+    shard = getattr(args, "shard", ONE)
+    component = shard.component(COMPONENT)
+    foreign: frozenset[str] = frozenset()
+    if shard.sharded:
+        owned = {sid: cfg for sid, cfg in settings.stations.items() if shard.owns(sid)}
+        foreign = frozenset(
+            evse.asset_id
+            for sid, cfg in settings.stations.items()
+            if sid not in owned
+            for evse in cfg.evses
+        )
+        log.info(
+            "shard %s owns %d of the site's %d stations",
+            shard,
+            len(owned),
+            len(settings.stations),
+        )
+        settings = replace(settings, stations=owned)
     boot_id = uuid.uuid4().hex[:12]
+    client_suffix = f"-{component}" if shard.sharded else ""
     mqtt = mqtt_factory(
         site.mqtt.url,
-        f"gridflex-ocpp-{site.id}",
+        f"gridflex-ocpp-{site.id}{client_suffix}",
         username=site.mqtt.username,
         password=site.mqtt.password,
-        will=collector_will(site.id, boot_id),
+        will=collector_will(site.id, boot_id, component),
         queue_limit=site.mqtt.queue_limit,
         keepalive_s=site.mqtt.keepalive_s,
     )
-    csms = Csms(settings, mqtt, boot_id=boot_id)
+    csms = Csms(settings, mqtt, boot_id=boot_id, component=component)
     events.configure(site.history.dir, site.id, "collect-ocpp")  # fault codes into the history
-    requests = RequestServer(csms, mqtt)
+    requests = RequestServer(csms, mqtt, foreign=foreign)
     metrics = serve_metrics(
         listen_address(site, "collect_ocpp", args.metrics_listen),
         "collect_ocpp",

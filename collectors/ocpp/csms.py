@@ -168,9 +168,16 @@ class Csms(ChargingProfiles):
     stats: CsmsStats
 
     def __init__(
-        self, settings: CsmsSettings, publisher: Publisher, *, boot_id: str | None = None
+        self,
+        settings: CsmsSettings,
+        publisher: Publisher,
+        *,
+        boot_id: str | None = None,
+        component: str = COMPONENT,
     ) -> None:
         self.settings = settings
+        #: The presence's component: ``ocpp``, or a shard's ``ocpp-{i}of{n}``.
+        self.component = component
         self.publisher = publisher
         self.boot_id = boot_id or uuid.uuid4().hex[:12]
         self.validators = ValidatorCache()
@@ -541,14 +548,14 @@ class Csms(ChargingProfiles):
     def _publish_collector(self, *, online: bool, mqtt_dropped: int | None = None) -> None:
         status = CollectorStatus(
             site=self.settings.site_id,
-            component=COMPONENT,
+            component=self.component,
             ts_ms=_now_ms(),
             online=online,
             boot=self.boot_id,
             assets=sorted(self._evses),
             mqtt_dropped=dropped_count(self.publisher) if mqtt_dropped is None else mqtt_dropped,
         )
-        topic = collector_topic(self.settings.site_id, COMPONENT)
+        topic = collector_topic(self.settings.site_id, self.component)
         self.publisher.publish(topic, status.to_json(), qos=1, retain=True)
 
     def count_call_error(self) -> None:
@@ -588,9 +595,14 @@ def offered_subprotocols(request: Request) -> list[str]:
     ]
 
 
-def collector_will(site_id: str, boot_id: str | None = None) -> tuple[str, bytes]:
-    """The MQTT last will of the OCPP collector: its ``CollectorStatus`` with online false."""
+def collector_will(
+    site_id: str, boot_id: str | None = None, component: str = COMPONENT
+) -> tuple[str, bytes]:
+    """The MQTT last will of the OCPP collector: its ``CollectorStatus`` with online false.
+
+    ``component`` is ``ocpp``, or a shard's ``ocpp-{i}of{n}`` (``gridflex.shard``).
+    """
     status = CollectorStatus(
-        site=site_id, component=COMPONENT, ts_ms=_now_ms(), online=False, boot=boot_id
+        site=site_id, component=component, ts_ms=_now_ms(), online=False, boot=boot_id
     )
-    return collector_topic(site_id, COMPONENT), status.to_json()
+    return collector_topic(site_id, component), status.to_json()

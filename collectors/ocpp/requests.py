@@ -91,8 +91,11 @@ class RequestServer:
         *,
         now_ms: Callable[[], int] = _now_ms,
         lru_size: int = DEFAULT_LRU_SIZE,
+        foreign: frozenset[str] = frozenset(),
     ) -> None:
         self.csms = csms
+        #: EVSEs of the site that another CSMS shard owns: their requests are its to answer.
+        self.foreign = foreign
         self.mqtt = mqtt
         self.site_id = csms.settings.site_id
         self.now_ms = now_ms
@@ -132,6 +135,9 @@ class RequestServer:
             return
         if request.site != self.site_id or topic != csms_request_topic(self.site_id, request.asset):
             self._dead_letter(topic, payload, "request for another site or asset than its topic")
+            return
+        if request.asset in self.foreign:
+            log.debug("request %s for %s: another shard's", request.request_id, request.asset)
             return
         key = (request.asset, request.request_id)
         known = self._recent.get(key)
