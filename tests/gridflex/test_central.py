@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from pathlib import Path
 
@@ -97,6 +98,17 @@ def test_central_publishes_targets_that_sum_to_the_fleet_capacity(mosquitto: Bro
     assert got == {sites[0]: 2_000, sites[1]: 4_000, sites[2]: 6_000}
 
 
+def _clear_retained_summaries(broker: Broker, publisher: MqttClient) -> None:
+    """Remove the retained summaries earlier tests left, which the central would count."""
+    seen = Subscriber(broker.url, "gridflex/v1/+/summary")
+    time.sleep(0.5)  # the retained ones arrive right after the SUBACK
+    for topic, payload in list(seen.messages):
+        if payload:
+            publisher.publish(topic, b"", retain=True)
+    seen.close()
+    assert publisher.flush(10)
+
+
 def test_the_central_process_serves_its_metrics(mosquitto: Broker, tmp_path: Path) -> None:
     tag = uuid.uuid4().hex[:6]
     sites = [f"m{tag}-{i}" for i in range(2)]
@@ -108,6 +120,7 @@ def test_the_central_process_serves_its_metrics(mosquitto: Broker, tmp_path: Pat
     publisher = MqttClient(mosquitto.url, f"test-msites-{tag}", clean_session=True)
     publisher.start()
     assert publisher.wait_connected(10)
+    _clear_retained_summaries(mosquitto, publisher)  # other tests' on this broker
     for site in sites:
         publisher.publish(summary_topic(site), summary(site, 10_000).to_json(), retain=True)
     publisher.publish(summary_topic(f"x{tag}"), summary(f"x{tag}", 1).to_json(), retain=True)
