@@ -223,7 +223,7 @@ def receiver_capacity(count: int, *, durable_ack: bool) -> float:
         proc.start()
         got, first, last = 0, 0.0, 0.0
         while got < count and conn.poll(60):
-            _through_ms, batch = conn.recv()
+            _through_ms, batch, *_counters = conn.recv()
             if batch:
                 last = time.monotonic()
                 first = first or last
