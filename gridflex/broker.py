@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from gridflex.broker_config import BrokerLimits, Role, write_broker_config
+from gridflex.broker_config import BrokerLimits, write_broker_config
 from gridflex.net import free_port, wait_for_port
 
 __all__ = [
@@ -116,7 +116,7 @@ class Broker:
     kind: Literal["mosquitto", "amqtt"]
     process: subprocess.Popen[bytes] | None = None
     tls: bool = False
-    credentials: dict[Role, Path] = field(default_factory=dict)
+    credentials: dict[str, Path] = field(default_factory=dict)
     _thread: threading.Thread | None = None
     _stop: Any = None
     _workdir: tempfile.TemporaryDirectory[str] | None = field(default=None, repr=False)
@@ -168,7 +168,7 @@ def _start_mosquitto(
     # Started as root, Mosquitto would switch to the `mosquitto` user and could not read
     # our files or write its persistence file into our folder; stay the user that started it.
     as_root = "user root\n" if os.geteuid() == 0 else ""
-    credentials: dict[Role, Path] = {}
+    credentials: dict[str, Path] = {}
     if auth is not None:
         files = write_broker_config(
             auth.site_id,

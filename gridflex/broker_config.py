@@ -32,7 +32,7 @@ import hashlib
 import logging
 import secrets
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal, get_args
@@ -60,12 +60,16 @@ __all__ = [
     "mosquitto_password_hash",
     "read_credentials",
     "role_username",
+    "users_acl_text",
     "write_broker_config",
+    "write_users_config",
 ]
 
 log = logging.getLogger(__name__)
 
 Role = Literal["collector", "pipeline", "control", "integrator"]
+#: One ACL line: ``read`` or ``write`` and a topic filter.
+Rule = tuple[Literal["read", "write"], str]
 ROLES: Final[tuple[Role, ...]] = get_args(Role)
 
 #: The envelope the broker's per-client limits are sized for (docs/operations.md, "Bounds
@@ -130,7 +134,7 @@ class BrokerFiles:
     conf: Path
     password_file: Path
     acl_file: Path
-    credentials: Mapping[Role, Path]
+    credentials: Mapping[str, Path]  # a site's roles, or the central broker's users
 
 
 def role_username(site_id: str, role: Role) -> str:
@@ -151,7 +155,7 @@ def mosquitto_password_hash(
     return f"$7${iterations}${b64(salt).decode()}${b64(digest).decode()}"
 
 
-def acl_rules(site_id: str) -> dict[Role, list[tuple[Literal["read", "write"], str]]]:
+def acl_rules(site_id: str) -> dict[Role, list[Rule]]:
     """Per role, the topics it may read or write (Mosquitto ``topic read|write`` lines).
 
     A collector publishes telemetry and statuses, its presence, the CSMS's sessions and
@@ -204,12 +208,26 @@ def acl_rules(site_id: str) -> dict[Role, list[tuple[Literal["read", "write"], s
 
 def acl_text(site_id: str) -> str:
     """The Mosquitto ACL file for a site (anonymous clients get nothing)."""
-    lines = [f"# written by `gridflex broker-config` for site {site_id}", ""]
-    for role, rules in acl_rules(site_id).items():
-        lines.append(f"user {role_username(site_id, role)}")
+    return users_acl_text(
+        f"written by `gridflex broker-config` for site {site_id}", _site_users(site_id)
+    )
+
+
+def users_acl_text(header: str, users: Mapping[str, tuple[str, list[Rule]]]) -> str:
+    """A Mosquitto ACL file: per ``(username, rules)`` of ``users``, what it may do."""
+    lines = [f"# {header}", ""]
+    for username, rules in users.values():
+        lines.append(f"user {username}")
         lines += [f"topic {access} {topic}" for access, topic in rules]
         lines.append("")
     return "\n".join(lines)
+
+
+def _site_users(site_id: str) -> dict[str, tuple[str, list[Rule]]]:
+    """Per role: its broker user and ACL rules."""
+    return {
+        role: (role_username(site_id, role), rules) for role, rules in acl_rules(site_id).items()
+    }
 
 
 def mosquitto_conf(
@@ -295,7 +313,7 @@ def bridge_conf(
     return "\n".join(lines) + "\n"
 
 
-def _credentials_toml(site_id: str, role: Role, creds: Credentials) -> str:
+def _credentials_toml(site_id: str, role: str, creds: Credentials) -> str:
     return (
         f"# MQTT credentials of the {role} role of site {site_id}, written by "
         "`gridflex broker-config`.\n# Give it to the process with "
@@ -347,26 +365,65 @@ def write_broker_config(
     ``PrivateFileError`` for a TLS key (or an existing credentials file) that group or
     others may read.
     """
+    return write_users_config(
+        out_dir,
+        _site_users(site_id),
+        acl_header=f"written by `gridflex broker-config` for site {site_id}",
+        credentials_text=lambda role, creds: _credentials_toml(site_id, role, creds),
+        bind=bind,
+        port=port,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        persistence_dir=persistence_dir,
+        rotate=rotate,
+        extra_conf=extra_conf,
+        limits=limits,
+        bridge=bridge,
+    )
+
+
+def write_users_config(
+    out_dir: Path,
+    users: Mapping[str, tuple[str, list[Rule]]],
+    *,
+    acl_header: str,
+    credentials_text: Callable[[str, Credentials], str],
+    bind: str,
+    port: int,
+    tls_cert: Path | None = None,
+    tls_key: Path | None = None,
+    persistence_dir: Path | None = None,
+    rotate: bool = False,
+    extra_conf: str = "",
+    limits: BrokerLimits | None = None,
+    bridge: str = "",
+) -> BrokerFiles:
+    """Write a broker's conf, password file, ACL and ``credentials/{name}.toml`` per user.
+
+    ``users`` maps a credentials name to its broker user and ACL rules (a site's roles, or
+    the central broker's users); ``credentials_text`` makes a credentials file's text.
+    The rest as :func:`write_broker_config`, which is this for a site.
+    """
     if tls_key is not None:
         check_private_file(tls_key, "TLS private key")
     out_dir.mkdir(parents=True, exist_ok=True)
     cred_dir = out_dir / "credentials"
     cred_dir.mkdir(mode=0o700, exist_ok=True)
     cred_dir.chmod(0o700)
-    paths: dict[Role, Path] = {}
+    paths: dict[str, Path] = {}
     hashes: list[str] = []
-    for role in ROLES:
-        path = cred_dir / f"{role}.toml"
+    for name, (username, _rules) in users.items():
+        path = cred_dir / f"{name}.toml"
         creds = None if rotate else _existing(path)
-        if creds is None or creds.username != role_username(site_id, role):
-            creds = Credentials(role_username(site_id, role), secrets.token_urlsafe(24))
-            write_private(path, _credentials_toml(site_id, role, creds))
-        paths[role] = path
+        if creds is None or creds.username != username:
+            creds = Credentials(username, secrets.token_urlsafe(24))
+            write_private(path, credentials_text(name, creds))
+        paths[name] = path
         hashes.append(f"{creds.username}:{mosquitto_password_hash(creds.password)}")
     password_file = out_dir / "passwd"
     write_private(password_file, "\n".join(hashes) + "\n")
     acl_file = out_dir / "acl"
-    write_private(acl_file, acl_text(site_id))
+    write_private(acl_file, users_acl_text(acl_header, users))
     conf = out_dir / "mosquitto.conf"
     text = (
         mosquitto_conf(

@@ -318,11 +318,10 @@ def _start_site(
             password=pipeline.password,
         )
     parts = plan_parts(demo_plan, site_file, args.frequency_profile)
-    roles = {"control": "control", "collector": "collector", "pipeline": "pipeline"}
     for part in parts:
         part.name = f"{site}/{part.name}"
-        role = roles.get(part.role)
-        part.mqtt_credentials = broker.credentials[role] if role else None  # type: ignore[index]
+        has_role = part.role in ("control", "collector", "pipeline")
+        part.mqtt_credentials = broker.credentials[part.role] if has_role else None
         if part.role == "control":
             part.argv += ["--ledger", str(site_dir / "control" / "ledger.sqlite3")]
     return parts
