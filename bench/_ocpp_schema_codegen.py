@@ -36,22 +36,12 @@ schema keyword              CALLERROR errorCode
 
 from __future__ import annotations
 
-import json
 import linecache
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ocpp
-from ocpp.exceptions import (
-    FormatViolationError,
-    OccurenceConstraintViolationError,
-    OccurrenceConstraintViolationError,
-    OCPPError,
-    PropertyConstraintViolationError,
-    TypeConstraintViolationError,
-)
+from collectors.ocpp import schema
+from collectors.ocpp.schema import SchemaViolation, Validator, ocpp_error_for
 
 __all__ = [
     "SchemaViolation",
@@ -60,25 +50,6 @@ __all__ = [
     "compile_schema",
     "ocpp_error_for",
 ]
-
-Validator = Callable[[Any], None]
-"""A compiled schema: returns None for a valid instance, raises ``SchemaViolation`` otherwise."""
-
-_SCHEMA_DIRS = {"2.0.1": "v201", "2.1": "v21"}
-
-
-@dataclass
-class SchemaViolation(Exception):
-    """One schema rule that an instance breaks."""
-
-    keyword: str
-    message: str
-    path: list[str | int] = field(default_factory=list)
-
-    def __str__(self) -> str:
-        where = ".".join(str(p) for p in self.path) or "(payload)"
-        return f"{where}: {self.message}"
-
 
 _TYPE_TESTS = {
     "object": "isinstance({v}, dict)",
@@ -315,57 +286,12 @@ def compile_schema(document: dict[str, Any]) -> Validator:
     return validator
 
 
-def ocpp_error_for(violation: SchemaViolation, ocpp_version: str) -> OCPPError:
-    """Map a schema violation to the CALLERROR exception OCPP-J prescribes (module table)."""
-    details = {"cause": str(violation)}
-    keyword = violation.keyword
-    if keyword in ("type", "maxLength"):
-        return TypeConstraintViolationError(details=details)
-    if keyword in ("required", "minItems", "maxItems"):
-        if ocpp_version == "2.0.1":
-            return OccurenceConstraintViolationError(details=details)
-        return OccurrenceConstraintViolationError(details=details)
-    if keyword in ("enum", "minimum", "maximum"):
-        return PropertyConstraintViolationError(details=details)
-    return FormatViolationError(details=details)
-
-
-class ValidatorCache:
-    """Compiled validators per OCPP version, action and direction, loaded on first use."""
+class ValidatorCache(schema.ValidatorCache):
+    """The CSMS's validator cache with these generated validators, in a cache of its own."""
 
     def __init__(self, schema_root: Path | None = None) -> None:
-        self._root = schema_root or Path(ocpp.__file__).parent
-        self._validators: dict[tuple[str, str, bool], Validator | None] = {}
+        super().__init__(schema_root)
+        self._validators = {}  # not the process-wide cache of the production validators
 
-    def get(self, ocpp_version: str, action: str, *, request: bool) -> Validator | None:
-        """The validator of ``action``'s request (or response) schema; None if there is none."""
-        key = (ocpp_version, action, request)
-        if key not in self._validators:
-            self._validators[key] = self._load(ocpp_version, action, request)
-        return self._validators[key]
-
-    def _load(self, ocpp_version: str, action: str, request: bool) -> Validator | None:
-        folder = _SCHEMA_DIRS.get(ocpp_version)
-        if folder is None or not action.isalnum():
-            return None
-        suffix = "Request" if request else "Response"
-        path = self._root / folder / "schemas" / f"{action}{suffix}.json"
-        try:
-            text = path.read_text(encoding="utf-8-sig")
-        except OSError:
-            return None
-        return compile_schema(json.loads(text))
-
-    def validate(self, ocpp_version: str, action: str, payload: Any, *, request: bool) -> bool:
-        """Validate ``payload``; False when no schema exists for the action.
-
-        Raises the OCPP error of the first violation (see ``ocpp_error_for``).
-        """
-        validator = self.get(ocpp_version, action, request=request)
-        if validator is None:
-            return False
-        try:
-            validator(payload)
-        except SchemaViolation as exc:
-            raise ocpp_error_for(exc, ocpp_version) from None
-        return True
+    def _compile(self, document: dict[str, Any]) -> Validator:
+        return compile_schema(document)
