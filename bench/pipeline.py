@@ -43,10 +43,12 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import duckdb
+import psutil
 
 from bench._harness import (
     INTERVAL_S,
@@ -108,6 +110,60 @@ class WindowProbe:
         self.client.stop()
 
 
+@dataclass
+class Load:
+    """What :func:`measure_load` saw over its measured time."""
+
+    counts: dict[str, int]  # the publisher's: sent, dropped
+    cpu_pct: float  # of the processes measured, 100 = one core
+    rss_mib: float
+    delays_ms: list[float]  # each closed window's delay after its end
+
+
+def measure_load(
+    url: str,
+    n: int,
+    procs: list[psutil.Process],
+    *,
+    warmup_s: float,
+    duration_s: float,
+    drain_s: float,
+) -> Load:
+    """Publish N inverters' telemetry for warm-up + duration; measure ``procs`` after warm-up.
+
+    The window delays count the windows that end from the measurement's start to 1 s before
+    the readings stop (a window is closed by readings up to its end + the allowed lateness,
+    500 ms; one that ends later is closed by the idle timeout instead).
+    """
+    counts: dict[str, int] = {}
+    with WindowProbe(url) as probe:
+        publisher = threading.Thread(
+            target=lambda: counts.update(
+                asyncio.run(
+                    publish_telemetry(
+                        url, SITE, n, warmup_s + duration_s, freq_hz=noisy_frequency()
+                    )
+                )
+            )
+        )
+        publisher.start()
+        time.sleep(warmup_s)
+        cpu0, t0, from_ms = busy_s(procs), time.monotonic(), time.time_ns() / 1e6
+        publisher.join()
+        cpu1, t1, until_ms = busy_s(procs), time.monotonic(), time.time_ns() / 1e6
+        rss = rss_mib(procs)
+        time.sleep(drain_s)
+    cpu_pct = 100 * (cpu1 - cpu0) / (t1 - t0)
+    return Load(counts, cpu_pct, rss, probe.delays_ms(from_ms, until_ms - 1000))
+
+
+def readings_in_history(data_dir: Path) -> int:
+    """Distinct readings (asset, boot, seq) in a history folder's telemetry files."""
+    files = str(data_dir / "telemetry" / "**" / "*.parquet")
+    distinct = f"select distinct asset, boot, seq from read_parquet('{files}')"
+    return int(duckdb.connect().execute(f"select count(*) from ({distinct})").fetchall()[0][0])
+
+
 def noisy_frequency() -> Callable[[float], float]:
     """Each message's frequency: 50 Hz with Gaussian noise (sigma 20 mHz)."""
     rng = random.Random(2)
@@ -127,42 +183,20 @@ def run_one(
         )
         # the session exists before the first message: nothing published is missed
         pipeline = start_pipeline(broker.url, SITE, site)
-        counts: dict[str, int] = {}
         try:
             time.sleep(5)  # imports, Bytewax start, receiver connected
-            procs = tree(pipeline.pid)
-            with WindowProbe(broker.url) as probe:
-                publisher = threading.Thread(
-                    target=lambda: counts.update(
-                        asyncio.run(
-                            publish_telemetry(
-                                broker.url,
-                                SITE,
-                                n,
-                                warmup_s + duration_s,
-                                freq_hz=noisy_frequency(),
-                            )
-                        )
-                    )
-                )
-                publisher.start()
-                time.sleep(warmup_s)
-                cpu0, t0, from_ms = busy_s(procs), time.monotonic(), time.time_ns() / 1e6
-                publisher.join()
-                cpu1, t1, until_ms = busy_s(procs), time.monotonic(), time.time_ns() / 1e6
-                rss = rss_mib(procs)
-                time.sleep(drain_s)
-            # a window is closed by readings up to its end + the allowed lateness (500 ms);
-            # one that ends later than 1 s before the readings stop is closed by the idle
-            # timeout instead
-            delays = probe.delays_ms(from_ms, until_ms - 1000)
+            load = measure_load(
+                broker.url,
+                n,
+                tree(pipeline.pid),
+                warmup_s=warmup_s,
+                duration_s=duration_s,
+                drain_s=drain_s,
+            )
         finally:
             rc = stop_process(pipeline, timeout_s=60)
-        con = duckdb.connect()
-        files = str(data_dir / "telemetry" / "**" / "*.parquet")
-        rows = con.execute(
-            f"select count(*) from (select distinct asset, boot, seq from read_parquet('{files}'))"
-        ).fetchall()[0][0]
+        rows = readings_in_history(data_dir)
+    counts, delays = load.counts, load.delays_ms
     return {
         "n": n,
         "durable_ack": durable_ack,
@@ -173,8 +207,8 @@ def run_one(
         "p50_ms": percentile(delays, 0.5),
         "p99_ms": percentile(delays, 0.99),
         "max_ms": max(delays, default=None),
-        "cpu_pct": 100 * (cpu1 - cpu0) / (t1 - t0),
-        "rss_mib": rss,
+        "cpu_pct": load.cpu_pct,
+        "rss_mib": load.rss_mib,
         "dropped": counts["dropped"],
         "exit": rc,
     }

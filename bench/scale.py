@@ -29,19 +29,16 @@ central level (3, 10 and 30 sites: summary bytes upward, allocation latency) by 
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
-import duckdb
 import psutil
 
 from bench._harness import (
@@ -51,15 +48,15 @@ from bench._harness import (
     fmt,
     percentile,
     pipeline_site_toml,
-    publish_telemetry,
+    start_simulators,
     stop_process,
     tree,
 )
-from bench.pipeline import SITE, WindowProbe, noisy_frequency
+from bench.pipeline import SITE, measure_load, readings_in_history
 from bench.poll import site_toml
 from gridflex.broker import Broker, start_broker
 from gridflex.mqtt import open_session
-from gridflex.net import free_port, free_port_block, wait_for_port
+from gridflex.net import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 ENV = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -72,37 +69,6 @@ def per_1000(cpu_pct: float, n: int) -> float:
 
 
 # --------------------------------------------------------------------------- collectors
-
-
-def start_simulators(n: int) -> tuple[list[subprocess.Popen[bytes]], list[int]]:
-    """N simulated inverters, one simulator process per 500; their processes and ports."""
-    sims: list[subprocess.Popen[bytes]] = []
-    ports: list[int] = []
-    per_proc = 500
-    for k in range(-(-n // per_proc)):
-        count = min(per_proc, n - k * per_proc)
-        base = free_port_block(count)
-        ports += range(base, base + count)
-        sims.append(
-            subprocess.Popen(
-                [
-                    *GRIDFLEX,
-                    "sim",
-                    "inverters",
-                    "--count",
-                    str(count),
-                    "--base-port",
-                    str(base),
-                    "--seed",
-                    str(k),
-                ],
-                cwd=ROOT,
-                env=ENV,
-            )
-        )
-        if not wait_for_port("127.0.0.1", base + count - 1, timeout_s=60):
-            raise RuntimeError(f"simulator {k} did not start")
-    return sims, ports
 
 
 def run_collectors(
@@ -164,8 +130,9 @@ def collector_rows(
     rows = []
     with tempfile.TemporaryDirectory(prefix="gridflex-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        sims, ports = start_simulators(n)
+        sims: list[subprocess.Popen[bytes]] = []
         try:
+            ports = start_simulators(n, sims)
             site = tmp / "site.toml"
             site.write_text(site_toml(n, ports, broker.url, 200), encoding="utf-8")
             # the simulators' first minute is slow (the first run of 1,000 inverters missed
@@ -232,37 +199,16 @@ def run_pipeline(
         site = Path(tmp) / "site.toml"
         site.write_text(pipeline_site_toml(SITE, broker.url, data_dir), encoding="utf-8")
         procs = start_cluster(broker.url, site, processes)
-        counts: dict[str, int] = {}
         try:
             time.sleep(5 + 2 * processes)  # imports, Bytewax start, the cluster's handshake
             trees = [p for proc in procs for p in tree(proc.pid)]
-            with WindowProbe(broker.url) as probe:
-                publisher = threading.Thread(
-                    target=lambda: counts.update(
-                        asyncio.run(
-                            publish_telemetry(
-                                broker.url,
-                                SITE,
-                                n,
-                                warmup_s + duration_s,
-                                freq_hz=noisy_frequency(),
-                            )
-                        )
-                    )
-                )
-                publisher.start()
-                time.sleep(warmup_s)
-                cpu0, t0, from_ms = busy_s(trees), time.monotonic(), time.time_ns() / 1e6
-                publisher.join()
-                cpu1, t1, until_ms = busy_s(trees), time.monotonic(), time.time_ns() / 1e6
-                time.sleep(drain_s)
-            delays = probe.delays_ms(from_ms, until_ms - 1000)
+            load = measure_load(
+                broker.url, n, trees, warmup_s=warmup_s, duration_s=duration_s, drain_s=drain_s
+            )
         finally:
             codes = stop_together(procs)
-        files = str(data_dir / "telemetry" / "**" / "*.parquet")
-        distinct = f"select distinct asset, boot, seq from read_parquet('{files}')"
-        rows = duckdb.connect().execute(f"select count(*) from ({distinct})").fetchall()[0][0]
-    cpu_pct = 100 * (cpu1 - cpu0) / (t1 - t0)
+        rows = readings_in_history(data_dir)
+    cpu_pct, counts, delays = load.cpu_pct, load.counts, load.delays_ms
     sent = counts.get("sent", 0)
     return {
         "p": processes,
