@@ -20,6 +20,7 @@ from gridflex.contract import telemetry_topic
 from gridflex.demo import Part
 from gridflex.mqtt import open_session
 from gridflex.mqtt_asyncio import AsyncMqttClient
+from gridflex.net import free_port_block, wait_for_port
 
 __all__ = [
     "INTERVAL_S",
@@ -43,6 +44,33 @@ __all__ = [
 ROOT = Path(__file__).resolve().parents[1]
 #: Telemetry period of every simulated inverter (5 Hz).
 INTERVAL_S = 0.2
+
+
+def start_simulators(
+    n: int, sims: list[subprocess.Popen[bytes]], *, per_proc: int = 500, seed: int = 0
+) -> list[int]:
+    """Start N simulated inverters, ``per_proc`` per simulator process; return their ports.
+
+    Each process is appended to ``sims`` as it starts, so the caller's clean-up stops those
+    that did start when a later one fails (``RuntimeError``).
+    """
+    ports: list[int] = []
+    for k in range(-(-n // per_proc)):
+        count = min(per_proc, n - k * per_proc)
+        base = free_port_block(count)
+        ports += range(base, base + count)
+        argv = ["sim", "inverters", "--count", str(count), "--base-port", str(base)]
+        argv += ["--seed", str(seed + k)]
+        sims.append(
+            subprocess.Popen(
+                [sys.executable, "-m", "gridflex.cli", "--log-level=ERROR", *argv],
+                cwd=ROOT,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+            )
+        )
+        if not wait_for_port("127.0.0.1", base + count - 1, timeout_s=60):
+            raise RuntimeError(f"simulator {k} did not start")
+    return ports
 
 
 def stop_process(proc: subprocess.Popen[bytes], timeout_s: float = 20.0) -> int:

@@ -33,9 +33,15 @@ from pathlib import Path
 
 import psutil
 
-from bench._harness import busiest_processes, busy_s, fmt, machine_busy_s, stop_process
+from bench._harness import (
+    busiest_processes,
+    busy_s,
+    fmt,
+    machine_busy_s,
+    start_simulators,
+    stop_process,
+)
 from gridflex.broker import Broker, start_broker
-from gridflex.net import free_port_block, wait_for_port
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_INTERVAL_MS = 200
@@ -93,37 +99,9 @@ def run_one(case: Case, broker: Broker) -> dict:
     python = sys.executable
     per_proc = -(-n // sim_procs)
     sims: list[subprocess.Popen[bytes]] = []
-    ports: list[int] = []
     with tempfile.TemporaryDirectory(prefix="gridflex-bench-") as tmp:
         try:
-            for k in range(sim_procs):
-                count = min(per_proc, n - k * per_proc)
-                if count <= 0:
-                    break
-                base = free_port_block(count)
-                ports += range(base, base + count)
-                sims.append(
-                    subprocess.Popen(
-                        [
-                            python,
-                            "-m",
-                            "gridflex.cli",
-                            "--log-level=ERROR",
-                            "sim",
-                            "inverters",
-                            "--count",
-                            str(count),
-                            "--base-port",
-                            str(base),
-                            "--seed",
-                            str(k),
-                        ],
-                        cwd=ROOT,
-                        env=env,
-                    )
-                )
-                if not wait_for_port("127.0.0.1", base + count - 1, timeout_s=60):
-                    raise RuntimeError(f"simulator {k} did not start")
+            ports = start_simulators(n, sims, per_proc=per_proc)
             site = Path(tmp) / "site.toml"
             site.write_text(site_toml(n, ports, mqtt_url, case.interval_ms), encoding="utf-8")
             stats_file = Path(tmp) / "stats.json"
