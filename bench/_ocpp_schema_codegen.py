@@ -290,8 +290,7 @@ class ValidatorCache(schema.ValidatorCache):
     """The CSMS's validator cache with these generated validators, in a cache of its own."""
 
     def __init__(self, schema_root: Path | None = None) -> None:
-        super().__init__(schema_root)
-        self._validators = {}  # not the process-wide cache of the production validators
+        super().__init__(schema_root, shared=False)  # not the production validators' cache
 
     def _compile(self, document: dict[str, Any]) -> Validator:
         return compile_schema(document)
