@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +14,7 @@ import paho.mqtt.client as mqtt
 
 from gridflex.config import SiteConfig, parse_site
 from gridflex.contract import ack_topic, telemetry_topic
+from gridflex.history import connect
 from gridflex.mqtt import MqttClient, parse_url
 from pipelines.validate import RawMessage
 
@@ -177,3 +180,22 @@ def publish_all(url: str, messages: list[tuple[str, bytes]]) -> None:
         assert client.publish(topic, payload)
     assert client.flush(10), "broker did not acknowledge every message"
     client.stop()
+
+
+def wait_until(condition: Callable[[], bool], timeout_s: float = 20.0) -> bool:
+    """Poll ``condition`` every 50 ms; whether it held within ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def history_count(data_dir: Path, view: str) -> int:
+    """Rows of a history view."""
+    con = connect(data_dir)
+    try:
+        return int(con.execute(f"select count(*) from {view}").fetchall()[0][0])
+    finally:
+        con.close()

@@ -25,26 +25,9 @@ from gridflex.history import connect
 from gridflex.mqtt import MqttClient
 from pipelines.flow import FlowOptions, build_flow, pipeline_filters
 from tests.mqtt_helpers import Subscriber
-from tests.pipelines.helpers import create_session, make_site
+from tests.pipelines.helpers import create_session, history_count, make_site, wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def wait_until(condition, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def count(data_dir: Path, view: str) -> int:
-    con = connect(data_dir)
-    try:
-        return int(con.execute(f"select count(*) from {view}").fetchall()[0][0])
-    finally:
-        con.close()
 
 
 def publish(url: str, messages: list[tuple[str, bytes, bool]]) -> None:
@@ -108,8 +91,8 @@ def test_status_changes_and_sessions_reach_their_views_once(
     with Subscriber(mosquitto.url, dead_topic) as dl:
         runner.start()
         publish(mosquitto.url, messages)
-        assert wait_until(lambda: count(tmp_path, "status_changes") == 4)
-        assert wait_until(lambda: count(tmp_path, "transactions where ended") == 1)
+        assert wait_until(lambda: history_count(tmp_path, "status_changes") == 4)
+        assert wait_until(lambda: history_count(tmp_path, "transactions where ended") == 1)
         assert dl.wait_for(lambda msgs: len(msgs) >= 1)
         (letter,) = dl.json_on(lambda t: t == dead_topic)
         assert letter["reason"].startswith("topic_mismatch")

@@ -24,10 +24,12 @@ from tests.mqtt_helpers import Subscriber
 from tests.pipelines.helpers import (
     ack,
     create_session,
+    history_count,
     make_site,
     publish_all,
     step_series,
     telemetry,
+    wait_until,
 )
 
 pytestmark = pytest.mark.integration
@@ -45,23 +47,6 @@ def as_messages(payloads: list[dict]) -> list[tuple[str, bytes]]:
         (telemetry_topic(p["site"], p["kind"], p["asset"]), json.dumps(p).encode())
         for p in payloads
     ]
-
-
-def wait_until(condition, timeout_s: float = 20.0) -> bool:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def history_count(data_dir: Path, view: str) -> int:
-    con = connect(data_dir)
-    try:
-        return int(con.execute(f"select count(*) from {view}").fetchall()[0][0])
-    finally:
-        con.close()
 
 
 def test_frequency_step_dead_letter_and_history_end_to_end(
