@@ -9,6 +9,7 @@ sends them and steps the physics.
 
 from __future__ import annotations
 
+import secrets
 import uuid
 from dataclasses import dataclass, replace
 from typing import Any
@@ -47,6 +48,7 @@ class SimEvse:
         self.meter_import_wh = meter_import_wh
         self.meter_export_wh = 0.0
         self.transaction_id: str | None = None
+        self.id_token: str | None = None
         self.tx_seq_no = 0
         self.connector_status = "Available"
         self.departed = False
@@ -76,6 +78,9 @@ class SimEvse:
             energy_export_wh=self.meter_export_wh,
         )
         self.transaction_id = uuid.uuid4().hex[:16]
+        # The driver's RFID card: a made-up 7-byte ISO 14443 UID (NXP's 04 first), drawn on
+        # its own so that nothing else the station sends (the transaction id) reveals it.
+        self.id_token = "04" + secrets.token_hex(6).upper()
         self.tx_seq_no = -1
         self.tx_profile = None
         self.connector_status = "Occupied"
@@ -119,9 +124,8 @@ class SimEvse:
             "transactionInfo": info,
             "evse": {"id": self.evse_id, "connectorId": 1},
         }
-        if event_type == "Started" and self.transaction_id is not None:
-            # The driver's RFID card (a made-up UID derived from the transaction).
-            payload["idToken"] = {"idToken": self.transaction_id[:8].upper(), "type": "ISO14443"}
+        if event_type == "Started" and self.id_token is not None:
+            payload["idToken"] = {"idToken": self.id_token, "type": "ISO14443"}
         if self.ev is not None:
             setpoint = None
             if version == "2.1" and control is not None:
