@@ -283,7 +283,7 @@ def no_broker(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise _BrokerStarted
 
-    monkeypatch.setattr("gridflex.demo.start_broker", refuse)
+    monkeypatch.setattr("gridflex.demo.cli.start_broker", refuse)
 
 
 @pytest.mark.usefixtures("no_broker")
