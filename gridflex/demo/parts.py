@@ -37,7 +37,7 @@ _MQTT_ROLE: Final[dict[Role, BrokerRole | None]] = {
     "simulator": None,
     "collector": "collector",
     "pipeline": "pipeline",
-    "app": None,  # reads the history only
+    "app": "integrator",  # reads the history, and the broker (read only) for the live Fleet
 }
 #: Stop order by role: the writer first (the devices then revert on their own timers), then
 #: producers before their consumers (see :func:`stop_order`).
@@ -168,8 +168,10 @@ def plan_parts(
         # profiles through the CSMS for the chargers.
         parts.append(Part("control", "control", ["control", "--site", site]))
     if plan.app_port is not None:
-        # The history is the site file's folder (`[history] dir = "."`).
-        app = ["app", "--data-dir", str(site_file.parent), "--port", str(plan.app_port)]
+        # The history is the site file's folder (`[history] dir = "."`); the site file's
+        # broker feeds the live Fleet page.
+        app = ["app", "--data-dir", str(site_file.parent), "--site", site]
+        app += ["--port", str(plan.app_port)]
         parts.append(Part("app", "app", app))
     return parts
 
