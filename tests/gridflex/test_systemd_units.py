@@ -80,12 +80,20 @@ def test_each_service_is_notify_with_watchdog_restart_and_hardening(name: str) -
     assert int(_one(unit, "Unit", "StartLimitIntervalSec")) > 0
 
 
-@pytest.mark.parametrize("name", [s for s in SERVICES if s != "gridflex-app"])
+@pytest.mark.parametrize("name", SERVICES)
 def test_mqtt_services_come_after_mosquitto_and_load_their_credentials(name: str) -> None:
     unit = parse_unit(UNITS / f"{name}.service")
     assert "mosquitto.service" in _one(unit, "Unit", "After").split()
     credentials = unit["Service"].get("LoadCredential", [])
     assert any(c.startswith("mqtt-credentials:/etc/gridflex/credentials/") for c in credentials)
+
+
+def test_the_app_reads_the_broker_as_the_read_only_integrator() -> None:
+    unit = parse_unit(UNITS / "gridflex-app.service")
+    credentials = unit["Service"]["LoadCredential"]
+    assert "mqtt-credentials:/etc/gridflex/credentials/integrator.toml" in credentials
+    argv = shlex.split(_one(unit, "Service", "ExecStart"))
+    assert argv[argv.index("--site") + 1] == "/etc/gridflex/site.toml"
 
 
 def test_control_loads_the_api_token_credential() -> None:
