@@ -408,7 +408,16 @@ class ControlService:
     def _dead_letter(self, topic: str, payload: bytes, reason: str, *, kind: str) -> None:
         self.dead_letters += 1
         self.dead_letter_kinds[kind] += 1
-        log.warning("control: refused a message on %s: %s", topic, reason)
+        if self.dead_letter_kinds[kind] == 1:  # logged once per kind, as the pipeline does
+            log.warning(
+                "control: refused a message (%s) on %.200s: %s; further refusals of this kind "
+                "are counted and logged at debug level",
+                kind,
+                topic,
+                reason,
+            )
+        else:
+            log.debug("control: refused a message (%s) on %.200s: %s", kind, topic, reason)
         letter = DeadLetter.of(
             payload,
             site=self.site.id,
