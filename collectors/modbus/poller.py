@@ -3,6 +3,8 @@
 Each poller connects, discovers, polls on its ``PollSchedule`` and publishes one
 ``Telemetry`` per poll (QoS 1); a device that fails is marked in its retained
 ``AssetStatus`` and retried with exponential backoff (``backoff_s``), then re-discovered.
+``run`` starts the pollers phased over one interval, publishes the collector's presence
+and stops them all when asked. The MQTT client is the caller's (``Publisher``).
 
 How a failure is marked (:func:`classify_failure`) matters downstream: control latches a
 *lost device* fault (an emergency stop until an operator clears it) on a device that is
@@ -19,12 +21,10 @@ How a failure is marked (:func:`classify_failure`) matters downstream: control l
 - ``internal`` -> state ``error`` with the reason ``internal error: …``: a bug here.
 
 ``consecutive_failures`` in the status counts the failures in a row *of the kind the
-state names* (a garbled reply among timeouts starts the count afresh), so that one silent
+state names* (a failure of the other kind starts the count afresh), so that one silent
 timeout after a run of garbage is not taken for a lost device; the backoff
 (``retry_in_ms``) counts every failure in a row. ``CollectorStats.failure_kinds`` counts
 them by kind (the metric ``gridflex_modbus_device_failures_total``).
-``run`` starts the pollers phased over one interval, publishes the collector's presence
-and stops them all when asked. The MQTT client is the caller's (``Publisher``).
 """
 
 from __future__ import annotations
