@@ -428,6 +428,7 @@ def build_flow(
     )
     nominal_hz = float(site.nominal_frequency_hz)
     site_id = site.id
+    asset_ids = frozenset(asset.id for asset in site.assets)
     settings = dispatch_settings(site)
     profiles = asset_profiles(site)
     defaults = car_defaults(site)
@@ -443,7 +444,7 @@ def build_flow(
         if isinstance(message, Heartbeat):
             return message
         if message.topic.endswith("/ack"):
-            return validate_ack(message, site_id=site_id)
+            return validate_ack(message, site_id=site_id, assets=asset_ids)
         if message.topic.endswith("/status"):
             return validate_status(message, site_id=site_id)
         if message.topic.endswith("/session"):

@@ -22,6 +22,8 @@ kind               meaning
                    the future beyond the allowed clock skew)
 ``topic_mismatch`` site, kind or asset in the topic differ from the payload, or the site is
                    not the one this pipeline serves
+``unknown_asset``  an ack for an asset that is not one of the site's (``validate_ack`` given
+                   the site's assets): no writer of this site acknowledges for it
 ``unprocessable``  anything else raised while handling the message (a few kilobytes of
                    ``[[[[…]]]]`` exhaust the JSON parser's recursion, say): one message never
                    stops the stream
@@ -41,6 +43,7 @@ the flag beside the reading (``register_decreased``, docs/history.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final, NamedTuple, TypeVar
 
@@ -86,6 +89,7 @@ REASON_KINDS: Final = (
     "invalid",
     "out_of_range",
     "topic_mismatch",
+    "unknown_asset",
     "unprocessable",
 )
 
@@ -321,20 +325,33 @@ def _validate(
     return telemetry
 
 
-def validate_ack(message: RawMessage, *, site_id: str) -> DispatchAck | Rejected:
-    """Validate one ack of the control writer against the contract and its topic.
+def validate_ack(
+    message: RawMessage, *, site_id: str, assets: Collection[str] | None = None
+) -> DispatchAck | Rejected:
+    """Validate one ack of the control writer against the contract, its topic and the site.
+
+    An ack is the writer's word that a device of this site did something; the history
+    keeps it beside the commands, so one for an asset the site does not have (a stray
+    publisher, another site's writer on a shared broker) is refused, not stored.
 
     Args:
         message: The raw message, from ``gridflex/v1/{site}/dispatch/{asset}/ack``.
         site_id: The site this pipeline serves.
+        assets: The site's asset ids; an ack for any other asset is refused as
+            ``unknown_asset``. None: not checked.
 
     Returns:
         The parsed ack, or a :class:`Rejected` naming the first reason (the kinds of
-        :data:`REASON_KINDS`). Nothing raised while validating escapes: it becomes an
-        ``unprocessable`` refusal.
+        :data:`REASON_KINDS`): the topic, then the payload, then topic and payload
+        against each other and the site, then the asset. Nothing raised while validating
+        escapes: it becomes an ``unprocessable`` refusal.
 
     """
-    return _validate_event(message, site_id, "ack", "ack/1", DispatchAck)
+    ack = _validate_event(message, site_id, "ack", "ack/1", DispatchAck)
+    if assets is not None and isinstance(ack, DispatchAck) and ack.asset not in assets:
+        reason = f"asset {ack.asset!r} is not an asset of site {site_id!r}"
+        return Rejected("unknown_asset", reason, message)
+    return ack
 
 
 def validate_status(message: RawMessage, *, site_id: str) -> AssetStatus | Rejected:

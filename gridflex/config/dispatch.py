@@ -114,8 +114,9 @@ class ControlConfig(_Section):
 
     ``watchdog_s``: an asset without a command for this long goes back to its
     ``default_setpoint_w`` (None: the devices' reversion time, ``max(2 x
-    dispatch.refresh_s, 10)`` s). ``lost_after_failures``: a device the collector failed to
-    reach this many times in a row is a lost device, a fault latched until cleared.
+    dispatch.refresh_s, 10)`` s). ``lost_after_failures``: a device the collector could not
+    reach this many times in a row (nothing came back: status ``offline``) is a lost device,
+    a fault latched until cleared; one that answers garbage (``error``) is not.
     ``queue_limit``: commands waiting per asset; beyond it the oldest is dropped and acked
     ``stale`` (a newer absolute setpoint supersedes it). ``telemetry_max_age_s``: readings
     older than this do not count for the SoC, the derating or the site's headroom.

@@ -206,6 +206,31 @@ def test_an_ack_of_another_site_is_refused() -> None:
     assert "s9" in refusal.reason
 
 
+def test_an_ack_for_an_asset_outside_the_site_is_an_unknown_asset() -> None:
+    message = raw_ack(ack("inv-9", "c1"))  # on its own topic, of this site
+    refusal = validate_ack(message, site_id="s1", assets=frozenset({"inv-1", "inv-2"}))
+    assert isinstance(refusal, Rejected), refusal
+    assert refusal.kind == "unknown_asset"
+    assert refusal.reason == "asset 'inv-9' is not an asset of site 's1'"
+    letter = to_dead_letter(refusal, site="s1")
+    assert letter.reason == "unknown_asset: asset 'inv-9' is not an asset of site 's1'"
+    assert letter.topic == "gridflex/v1/s1/dispatch/inv-9/ack"
+
+
+def test_an_ack_for_an_asset_of_the_site_passes_the_asset_check() -> None:
+    message = raw_ack(ack("inv-2", "c1"))
+    result = validate_ack(message, site_id="s1", assets=frozenset({"inv-1", "inv-2"}))
+    assert isinstance(result, DispatchAck)
+    assert result.asset == "inv-2"
+
+
+def test_a_topic_mismatch_is_named_before_the_asset_check() -> None:
+    message = raw_ack(ack("inv-9", "c1"), topic="gridflex/v1/s1/dispatch/inv-1/ack")
+    refusal = validate_ack(message, site_id="s1", assets=frozenset({"inv-1"}))
+    assert isinstance(refusal, Rejected), refusal
+    assert refusal.kind == "topic_mismatch"
+
+
 @pytest.mark.parametrize(
     "topic", ["gridflex/v1/s1/dispatch/inv-1/command", "gridflex/v1/s1/ack", "other/ack"]
 )
