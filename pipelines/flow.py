@@ -11,12 +11,12 @@
       valid ──┬─▶ frequency_sample ─▶ key_site ─▶ frequency_window (pipelines.windows)
               │     ─▶ frequency_stats ─┬─▶ grid_frequency_row ─▶ history_grid_frequency
               │                         └─▶ grid_frequency_json ─▶ merge_out ─▶ mqtt_out
-              ├─▶ readings ─┬─▶ key_register ─▶ register_check (energy registers that went
-              │             │     back in a boot: flagged) ─▶ history_telemetry (Parquet)
-              │             └─▶ key_asset ─▶ asset_state (pipelines.assets: needs, forecast,
-              │                   envelope) ─┬─▶ forecast ─┬─▶ forecast_row ─▶ history_forecasts
-              │                              │             └─▶ forecast_json ─▶ merge_out
-              │                              └─▶ asset_update ─┐
+              ├─▶ readings ─▶ key_asset ─▶ asset_state (pipelines.asset_step: energy
+              │     registers that went back in a boot flagged; needs, forecast, envelope)
+              │       ─┬─▶ telemetry_row ─▶ history_telemetry (Parquet)
+              │        ├─▶ forecast ─┬─▶ forecast_row ─▶ history_forecasts
+              │        │             └─▶ forecast_json ─▶ merge_out
+              │        └─▶ asset_update ───────────────┐
               └─▶ ticks ───────────────────────────────────────┴─▶ key_dispatch ─▶ dispatch
                     (pipelines.fleet: droop / fcr, one decision per reading, summary)
                     ─▶ flatten_dispatch ─┬─▶ command_row ─▶ history_commands
@@ -33,6 +33,10 @@ target (``…/target``, :func:`pipelines.validate.validate_target`) goes straigh
 Dispatch does not wait for the frequency windows: each reading's decision follows it
 through ``asset_state`` and ``dispatch`` (keyed by asset, then by site).
 
+In a Bytewax cluster, the keyed steps (``asset_state``, ``frequency_window``,
+``dispatch``) and the partitioned history sinks take items from every process: what
+crosses there is a plain tuple (:mod:`pipelines.reading`), cheap to pickle.
+
 The source's heartbeats travel with the readings (validate and split_valid pass them on
 the valid side, readings drops them): on one path they keep their place in the
 stream, so a heartbeat never overtakes readings that came before it. The dispatcher uses
@@ -43,8 +47,8 @@ state) sends that message to the dead-letter topic with the reason; the stream g
 
 Step ids are stable (recovery keys on them). The domain logic lives in
 :mod:`pipelines.validate`, :mod:`pipelines.frequency`, :mod:`pipelines.windows`,
-:mod:`pipelines.assets`, :mod:`pipelines.forecast`, :mod:`pipelines.dispatch` and
-:mod:`pipelines.fleet`; this module only wires it.
+:mod:`pipelines.asset_step`, :mod:`pipelines.assets`, :mod:`pipelines.forecast`,
+:mod:`pipelines.dispatch` and :mod:`pipelines.fleet`; this module only wires it.
 
 ``gridflex pipeline`` (:mod:`pipelines.cli`) runs it until SIGINT or SIGTERM, with
 Bytewax recovery.
@@ -59,7 +63,7 @@ import threading
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any, Literal
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -69,17 +73,14 @@ from bytewax.outputs import Sink
 from gridflex.contract import (
     PREFIX,
     DispatchCommand,
-    Forecast,
     GridFrequency,
     SiteSummary,
-    Telemetry,
     command_topic,
     deadletter_topic,
     forecast_topic,
     grid_frequency_topic,
     summary_topic,
     target_topic,
-    telemetry_topic,
 )
 from gridflex.history import (
     ACKS,
@@ -91,27 +92,24 @@ from gridflex.history import (
     TRANSACTIONS,
 )
 from pipelines import history_events as hev
-from pipelines.assets import AssetTracker, track
-from pipelines.fleet import AssetUpdate, SiteDispatcher
-from pipelines.frequency import FrequencyAccumulator, FrequencySample, summarize_window
+from pipelines.asset_step import AssetStep, TelemetryRows
+from pipelines.fleet import AssetUpdate, SiteDispatcher, WireUpdate
+from pipelines.frequency import FrequencyAccumulator, summarize_window
 from pipelines.history_sink import (
     HistorySink,
     ack_row,
     command_row,
     forecast_row,
     frequency_row,
-    telemetry_row,
 )
 from pipelines.mqtt_io import MqttSink, MqttSource
+from pipelines.reading import Reading
 from pipelines.site import SiteLike, asset_profiles, car_defaults, dispatch_settings
 from pipelines.validate import (
     DEFAULT_MAX_FUTURE_MS,
-    REGISTER_FIELDS,
     Arrived,
     RawMessage,
-    RegisterState,
     Rejected,
-    check_registers,
     to_dead_letter,
     validate_ack,
     validate_session,
@@ -120,11 +118,11 @@ from pipelines.validate import (
     validate_telemetry,
 )
 from pipelines.windows import (
-    ArrivedSample,
     FrequencyWindowLogic,
     FrequencyWindows,
     Heartbeat,
     WindowInput,
+    WireSample,
 )
 
 __all__ = [
@@ -279,44 +277,13 @@ def default_mqtt_sink(site: SiteLike, options: FlowOptions | None = None) -> Mqt
 # --------------------------------------------------------------------------- step functions
 
 
-class Accepted(NamedTuple):
-    """A valid reading and when the pipeline received it (UTC epoch ms)."""
-
-    telemetry: Telemetry
-    received_ms: int
-
-
-def _frequency_sample(item: Accepted | Heartbeat) -> WindowInput | None:
+def _frequency_sample(item: Reading | Heartbeat) -> WindowInput | None:
     if isinstance(item, Heartbeat):
         return item
-    t = item.telemetry
-    if t.freq_hz is None:
+    if item.freq_hz is None:
         return None
-    return ArrivedSample(FrequencySample(t.site, t.asset, t.ts_ms, t.freq_hz), item.received_ms)
-
-
-def _check_registers(
-    state: RegisterState | None, item: Accepted
-) -> tuple[RegisterState, dict[str, Any]]:
-    """The history row of a reading, flagged when an energy register went back in its boot.
-
-    The reading is kept either way (it is what the device said); the first flag of each
-    asset and boot is a warning, the others are logged at debug level.
-    """
-    t = item.telemetry
-    new_state, went_back = check_registers(state, t)
-    if went_back and state is not None:
-        before = dict(zip(REGISTER_FIELDS, state.registers, strict=True))
-        (log.warning if new_state.decreases == 1 else log.debug)(
-            "%s (boot %s) seq %d: %s went back (%s); the reading is kept, flagged "
-            "register_decreased in the history; further ones of this boot at debug level",
-            t.asset,
-            t.boot,
-            t.seq,
-            ", ".join(went_back),
-            ", ".join(f"{before[n]:g} -> {getattr(t, n):g} Wh" for n in went_back),
-        )
-    return new_state, telemetry_row(t, register_decreased=bool(went_back))
+    sample: WireSample = (item.site, item.asset, item.ts_ms, item.freq_hz, item.received_ms)
+    return sample
 
 
 def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejected]:
@@ -344,34 +311,20 @@ def _dead_letter_message(
     return deadletter_topic(COMPONENT), letter.to_json()
 
 
-def _is_not_rejected(item: Accepted | Heartbeat | Rejected) -> bool:
+def _is_not_rejected(item: Reading | Heartbeat | Rejected) -> bool:
     return not isinstance(item, Rejected)
 
 
-def _is_target(item: Accepted | Heartbeat | Rejected | Arrived) -> bool:
+def _is_target(item: Reading | Heartbeat | Rejected | Arrived) -> bool:
     return isinstance(item, Arrived)
 
 
-def _reading(item: Accepted | Heartbeat) -> Accepted | None:
+def _reading(item: Reading | Heartbeat) -> Reading | None:
     return None if isinstance(item, Heartbeat) else item
 
 
-def _tick(item: Accepted | Heartbeat) -> Heartbeat | None:
+def _tick(item: Reading | Heartbeat) -> Heartbeat | None:
     return item if isinstance(item, Heartbeat) else None
-
-
-class Tracked(NamedTuple):
-    """What ``asset_state`` makes of one reading: an update, maybe a forecast, or a refusal."""
-
-    update: AssetUpdate | None
-    forecast: Forecast | None
-    rejected: Rejected | None
-
-
-def _unprocessable(item: Accepted, exc: Exception) -> Rejected:
-    t = item.telemetry
-    raw = RawMessage(telemetry_topic(t.site, t.kind, t.asset), t.to_json(), item.received_ms)
-    return Rejected("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}", raw)
 
 
 def _dispatch_message(item: DispatchCommand | SiteSummary) -> tuple[str, bytes]:
@@ -439,7 +392,7 @@ def build_flow(
 
     def validate(
         message: RawMessage | Heartbeat,
-    ) -> Accepted | Heartbeat | Rejected | hev.Event | Arrived:
+    ) -> Reading | Heartbeat | Rejected | hev.Event | Arrived:
         if isinstance(message, Heartbeat):
             return message
         if message.topic.endswith("/ack"):
@@ -457,26 +410,10 @@ def build_flow(
             now_ms=message.received_ms,
             max_future_ms=opts.max_future_ms,
         )
-        return result if isinstance(result, Rejected) else Accepted(result, message.received_ms)
-
-    def asset_state(
-        state: AssetTracker | None, item: Accepted
-    ) -> tuple[AssetTracker | None, Tracked]:
-        try:
-            new_state, update, fc = track(
-                state,
-                item.telemetry,
-                received_ms=item.received_ms,
-                profile=profiles.get(item.telemetry.asset),
-                defaults=defaults,
-                forecast_interval_ms=forecast_interval_ms,
-            )
-        except Exception as exc:  # one message never stops the stream
-            return state, Tracked(None, None, _unprocessable(item, exc))
-        return new_state, Tracked(update, fc, None)
+        return result if isinstance(result, Rejected) else Reading.of(result, message.received_ms)
 
     def dispatch(
-        state: SiteDispatcher | None, item: AssetUpdate | Heartbeat | Arrived
+        state: SiteDispatcher | None, item: WireUpdate | Heartbeat | Arrived
     ) -> tuple[SiteDispatcher, list[DispatchCommand | SiteSummary]]:
         state = state or SiteDispatcher(settings)
         try:
@@ -484,14 +421,10 @@ def build_flow(
                 return state, state.on_tick(item.wall_ms)
             if isinstance(item, Arrived):
                 return state, state.on_target(item.target, item.received_ms)
-            return state, state.on_update(item)
+            return state, state.on_update(AssetUpdate.from_wire(item))
         except Exception:
             log.exception("dispatch failed on %r; skipped", item)
             return state, []
-
-    def window_key(item: WindowInput) -> str:
-        # This dataflow serves one site: a heartbeat goes to its only key.
-        return item.sample.site if isinstance(item, ArrivedSample) else site_id
 
     def frequency_stats(
         item: tuple[str, tuple[int, FrequencyAccumulator]],
@@ -553,31 +486,20 @@ def build_flow(
         op.map("session_row", sessions, lambda x: (x.asset, hev.session_row(x))),
         history(TRANSACTIONS),
     )
-    not_events: Stream[Accepted | Heartbeat | Rejected | Arrived] = by_kind.falses  # type: ignore[assignment]
+    not_events: Stream[Reading | Heartbeat | Rejected | Arrived] = by_kind.falses  # type: ignore[assignment]
     by_target = op.branch("split_targets", not_events, _is_target)
     arrived: Stream[Arrived] = by_target.trues  # type: ignore[assignment]
-    readings_in: Stream[Accepted | Heartbeat | Rejected] = by_target.falses  # type: ignore[assignment]
+    readings_in: Stream[Reading | Heartbeat | Rejected] = by_target.falses  # type: ignore[assignment]
     split = op.branch("split_valid", readings_in, _is_not_rejected)
-    valid: Stream[Accepted | Heartbeat] = split.trues  # type: ignore[assignment]
+    valid: Stream[Reading | Heartbeat] = split.trues  # type: ignore[assignment]
     refused: Stream[Rejected] = split.falses  # type: ignore[assignment]
 
-    # History of every valid reading, keyed by asset so its de-dup memory stays in one place;
-    # on the way, its energy registers are compared with the asset's previous reading.
     readings = op.filter_map("readings", valid, _reading)
-    telemetry_rows = op.stateful_map(
-        "register_check",
-        op.key_on("key_register", readings, lambda a: a.telemetry.asset),
-        _check_registers,
-    )
-    op.output(
-        "history_telemetry",
-        telemetry_rows,
-        history(TELEMETRY, partitions=opts.history_partitions),
-    )
 
-    # Grid frequency per site over epoch-aligned tumbling windows, by event time.
+    # Grid frequency per site over epoch-aligned tumbling windows, by event time. This
+    # dataflow serves one site (validate refuses the others' readings): one key.
     window_in: Stream[WindowInput] = op.filter_map("frequency_sample", valid, _frequency_sample)
-    by_site = op.key_on("key_site", window_in, window_key)
+    by_site = op.key_on("key_site", window_in, lambda _: site_id)
     windows = op.stateful_batch(
         "frequency_window",
         by_site,
@@ -600,10 +522,18 @@ def build_flow(
         "grid_frequency_json", stats, lambda kv: (grid_frequency_topic(kv[0]), kv[1].to_json())
     )
 
-    # Per asset: charging needs, SoC forecast, flexibility envelope; then one decision per
-    # reading at the site's dispatcher (droop or fleet FCR), never waiting for a window.
-    tracked = op.stateful_map(
-        "asset_state", op.key_on("key_asset", readings, lambda a: a.telemetry.asset), asset_state
+    # Per asset, one keyed step: the history row of every valid reading (its energy
+    # registers compared with the asset's previous reading; keyed by asset so the sink's
+    # de-dup memory stays in one place), charging needs, SoC forecast, flexibility
+    # envelope; then one decision per reading at the site's dispatcher (droop or fleet
+    # FCR), never waiting for a window.
+    step = AssetStep(profiles, defaults, forecast_interval_ms)
+    keyed = op.map("key_asset", readings, lambda r: (r.asset, r.to_wire()))
+    tracked = op.stateful_map("asset_state", keyed, step)
+    op.output(
+        "history_telemetry",
+        op.map_value("telemetry_row", tracked, lambda t: t.row),
+        TelemetryRows(history(TELEMETRY, partitions=opts.history_partitions)),
     )
     tracked_out = op.key_rm("unkey_asset", tracked)
     asset_dead = op.filter_map("asset_refused", tracked_out, lambda t: t.rejected)
@@ -618,7 +548,7 @@ def build_flow(
     )
     updates = op.filter_map("asset_update", tracked_out, lambda t: t.update)
     ticks = op.filter_map("ticks", valid, _tick)
-    to_dispatch: Stream[AssetUpdate | Heartbeat | Arrived] = op.merge(
+    to_dispatch: Stream[WireUpdate | Heartbeat | Arrived] = op.merge(
         "dispatch_in", updates, ticks, arrived
     )
     decided = op.stateful_map(
