@@ -63,6 +63,7 @@ from gridflex.contract import (
     target_topic,
 )
 from gridflex.telemetry_json import NUMBER_FIELDS
+from pipelines.reading import ReadingLike
 
 __all__ = [
     "DEFAULT_FREQ_BAND",
@@ -428,7 +429,7 @@ class RegisterState:
 
 
 def check_registers(
-    state: RegisterState | None, telemetry: Telemetry
+    state: RegisterState | None, telemetry: ReadingLike
 ) -> tuple[RegisterState, tuple[str, ...]]:
     """Compare a reading's energy registers with the asset's previous reading of this boot.
 
@@ -439,7 +440,8 @@ def check_registers(
 
     Args:
         state: What the previous call returned for this asset, or None.
-        telemetry: The reading (already valid).
+        telemetry: The reading (already valid): a ``Telemetry`` or a
+            :class:`~pipelines.reading.Reading`.
 
     Returns:
         The new state and the names of the registers that are lower than before (empty
