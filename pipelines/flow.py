@@ -6,7 +6,8 @@
       events ─┬─▶ acks_only ─▶ ack_row ─▶ history_acks (Parquet)
               ├─▶ statuses_only ─▶ key_status ─▶ status_change (a change of the asset's
               │     status, not a repeat) ─▶ status_row ─▶ history_status_changes
-              └─▶ sessions_only ─▶ session_row ─▶ history_transactions
+              ├─▶ sessions_only ─▶ session_row ─▶ history_transactions
+              └─▶ fault_events_only ─▶ event_row ─▶ history_events
       rest ───▶ split_valid
       valid ──┬─▶ frequency_sample ─▶ key_site ─▶ frequency_window (pipelines.windows)
               │     ─▶ frequency_stats ─┬─▶ grid_frequency_row ─▶ history_grid_frequency
@@ -23,10 +24,11 @@
                                          └─▶ dispatch_json ─▶ merge_out
       refused ─▶ key_reason ─▶ count_rejected ─▶ unkey_rejected ─▶ dead_letter ─▶ merge_out
 
-The source subscribes to telemetry, acks, asset statuses and CSMS sessions
-(:func:`pipeline_filters`); ``validate`` checks each against its schema
-(:mod:`pipelines.validate`). The events only go to the history: acks de-duplicated, statuses
-when they change, sessions as they come (:mod:`pipelines.history_events`). The central's
+The source subscribes to telemetry, acks, asset statuses, CSMS sessions and the
+components' fault events (:func:`pipeline_filters`); ``validate`` checks each against its
+schema (:mod:`pipelines.validate`). The events only go to the history: acks
+de-duplicated, statuses when they change, sessions and fault events as they come
+(:mod:`pipelines.history_events`). The central's
 target (``…/target``, :func:`pipelines.validate.validate_target`) goes straight to
 ``dispatch``: its FCR capacity replaces the site file's while valid.
 
@@ -82,6 +84,7 @@ from gridflex.contract import (
 from gridflex.history import (
     ACKS,
     COMMANDS,
+    EVENTS,
     FORECASTS,
     GRID_FREQUENCY,
     STATUS_CHANGES,
@@ -95,7 +98,7 @@ from pipelines.flow_options import (
     FlowOptions,
     ack_filter,
     default_mqtt_sink,
-    event_filters,
+    history_filters,
     mqtt_source,
     pipeline_filters,
     telemetry_filter,
@@ -117,6 +120,7 @@ from pipelines.validate import (
     Rejected,
     to_dead_letter,
     validate_ack,
+    validate_event,
     validate_session,
     validate_status,
     validate_target,
@@ -141,7 +145,7 @@ __all__ = [
     "car_defaults",
     "default_mqtt_sink",
     "dispatch_settings",
-    "event_filters",
+    "history_filters",
     "mqtt_source",
     "pipeline_filters",
     "telemetry_filter",
@@ -193,6 +197,12 @@ def _dead_letter_message(
 
 def _is_not_rejected(item: Reading | Heartbeat | Rejected) -> bool:
     return not isinstance(item, Rejected)
+
+
+def _is_event_topic(topic: str) -> bool:
+    """Whether ``topic`` is ``gridflex/v1/{site}/event/{component}`` (by its levels)."""
+    parts = topic.split("/")
+    return len(parts) == 5 and parts[3] == "event"
 
 
 def _is_target(item: Reading | Heartbeat | Rejected | Arrived) -> bool:
@@ -276,6 +286,8 @@ def build_flow(
     ) -> Reading | Heartbeat | Rejected | hev.Event | Arrived:
         if isinstance(message, Heartbeat):
             return message
+        if _is_event_topic(message.topic):
+            return validate_event(message, site_id=site_id)
         if message.topic.endswith("/ack"):
             return validate_ack(message, site_id=site_id, assets=asset_ids)
         if message.topic.endswith("/status"):
@@ -366,6 +378,12 @@ def build_flow(
         "history_transactions",
         op.map("session_row", sessions, lambda x: (x.asset, hev.session_row(x))),
         history(TRANSACTIONS),
+    )
+    fault_events = op.filter_map("fault_events_only", events, hev.event_only)
+    op.output(
+        "history_events",
+        op.map("event_row", fault_events, lambda e: (e.component, hev.event_row(e))),
+        history(EVENTS),
     )
     not_events: Stream[Reading | Heartbeat | Rejected | Arrived] = by_kind.falses  # type: ignore[assignment]
     by_target = op.branch("split_targets", not_events, _is_target)

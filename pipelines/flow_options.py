@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gridflex.contract import PREFIX, target_topic
+from gridflex.contract import PREFIX, event_filter, target_topic
 from pipelines.mqtt_io import MqttSink, MqttSource
 from pipelines.site import SiteLike
 from pipelines.validate import DEFAULT_MAX_FUTURE_MS
@@ -23,7 +23,7 @@ __all__ = [
     "FlowOptions",
     "ack_filter",
     "default_mqtt_sink",
-    "event_filters",
+    "history_filters",
     "mqtt_source",
     "pipeline_filters",
     "telemetry_filter",
@@ -95,14 +95,23 @@ def ack_filter(site_id: str) -> str:
     return f"{PREFIX}/{site_id}/dispatch/+/ack"
 
 
-def event_filters(site_id: str) -> tuple[str, ...]:
-    """The asset statuses and the CSMS's sessions: history only."""
+def history_filters(site_id: str) -> tuple[str, ...]:
+    """What only goes to the history: asset statuses, the CSMS's sessions, fault events.
+
+    The events (``gridflex/v1/{site}/event/+``, ``event/1``) come from every component
+    that detects faults (``gridflex control``, the CSMS), wherever it runs.
+    """
     site = f"{PREFIX}/{site_id}"
-    return f"{site}/inverter/+/status", f"{site}/evse/+/status", f"{site}/evse/+/session"
+    return (
+        f"{site}/inverter/+/status",
+        f"{site}/evse/+/status",
+        f"{site}/evse/+/session",
+        event_filter(site_id),
+    )
 
 
 def pipeline_filters(site_id: str) -> tuple[str, ...]:
-    """What the pipeline subscribes to: telemetry, acks, statuses, sessions, the target.
+    """What the pipeline subscribes to: telemetry, acks, statuses, sessions, events, target.
 
     The target, ``gridflex/v1/{site}/target``, comes from ``gridflex central`` through the
     site broker's bridge.
@@ -110,7 +119,7 @@ def pipeline_filters(site_id: str) -> tuple[str, ...]:
     return (
         telemetry_filter(site_id),
         ack_filter(site_id),
-        *event_filters(site_id),
+        *history_filters(site_id),
         target_topic(site_id),
     )
 

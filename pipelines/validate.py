@@ -1,11 +1,12 @@
-"""Validation of raw telemetry, ack, status and session messages (pure functions, no I/O).
+"""Validation of raw telemetry, ack, status, session and event messages (pure, no I/O).
 
 ``validate_telemetry`` turns one MQTT message into either a :class:`~gridflex.contract.Telemetry`
 or a :class:`Rejected` that says why, in one of a few reason kinds; ``validate_ack`` does
 the same for the control writer's acks (:class:`~gridflex.contract.DispatchAck` on
 ``gridflex/v1/{site}/dispatch/{asset}/ack``), ``validate_status`` for the retained
-asset statuses (:class:`~gridflex.contract.AssetStatus`) and ``validate_session`` for the
-CSMS's sessions (:class:`~gridflex.contract.ChargingSession`), with the same kinds:
+asset statuses (:class:`~gridflex.contract.AssetStatus`), ``validate_session`` for the
+CSMS's sessions (:class:`~gridflex.contract.ChargingSession`) and ``validate_event`` for
+the components' fault events (:class:`~gridflex.contract.EventReport`), with the same kinds:
 
 =================  =====================================================================
 kind               meaning
@@ -20,8 +21,8 @@ kind               meaning
                    beyond int64 (the history's columns), or outside a
                    plausible band (``freq_hz`` off nominal by more than 10 %, ``ts_ms`` in
                    the future beyond the allowed clock skew)
-``topic_mismatch`` site, kind or asset in the topic differ from the payload, or the site is
-                   not the one this pipeline serves
+``topic_mismatch`` site, kind or asset (an event's component) in the topic differ from
+                   the payload, or the site is not the one this pipeline serves
 ``unknown_asset``  an ack for an asset that is not one of the site's (``validate_ack`` given
                    the site's assets): no writer of this site acknowledges for it
 ``unprocessable``  anything else raised while handling the message (a few kilobytes of
@@ -56,6 +57,7 @@ from gridflex.contract import (
     ContractError,
     DeadLetter,
     DispatchAck,
+    EventReport,
     SiteTarget,
     Telemetry,
     describe_validation_error,
@@ -77,6 +79,7 @@ __all__ = [
     "check_registers",
     "to_dead_letter",
     "validate_ack",
+    "validate_event",
     "validate_session",
     "validate_status",
     "validate_target",
@@ -208,7 +211,9 @@ def _parse_explained(message: RawMessage, site_id: str) -> Telemetry | Rejected:
     return telemetry
 
 
-_Model = TypeVar("_Model", Telemetry, DispatchAck, AssetStatus, ChargingSession, SiteTarget)
+_Model = TypeVar(
+    "_Model", Telemetry, DispatchAck, AssetStatus, ChargingSession, SiteTarget, EventReport
+)
 
 
 def _decode(message: RawMessage, schema: str, model: type[_Model]) -> _Model | Rejected:
@@ -365,7 +370,12 @@ def validate_session(message: RawMessage, *, site_id: str) -> ChargingSession | 
     return _validate_event(message, site_id, "session", "session/1", ChargingSession)
 
 
-_Event = TypeVar("_Event", DispatchAck, AssetStatus, ChargingSession)
+def validate_event(message: RawMessage, *, site_id: str) -> EventReport | Rejected:
+    """Validate one fault event (``…/event/{component}``), as :func:`validate_ack`."""
+    return _validate_event(message, site_id, "event", "event/1", EventReport)
+
+
+_Event = TypeVar("_Event", DispatchAck, AssetStatus, ChargingSession, EventReport)
 
 
 def _validate_event(
@@ -389,7 +399,11 @@ def _check_event(
     event = _decode(message, schema, model)
     if isinstance(event, Rejected):
         return event
-    pairs = [("site", event.site), ("asset", event.asset)]
+    pairs: list[tuple[str, str | None]] = [("site", event.site)]
+    if isinstance(event, EventReport):
+        pairs.append(("component", event.component))
+    else:
+        pairs.append(("asset", event.asset))
     if isinstance(event, AssetStatus):
         pairs.append(("kind", event.kind))
     mismatches = [
