@@ -61,16 +61,57 @@ _BUCKET_MS: Final = 60_000
 
 # Consecutive register readings of one asset. `lag(... IGNORE NULLS)`: a reading without a
 # register leaves its last value in place. Power is integrated with the trapezoid rule.
+#
+# Two paths, one answer (see the module docstring). `fast`: the partitions stored as one
+# compacted file in the window's order, each register in it never or always NULL. Their
+# readings are paired in one streaming pass over `telemetry_compacted` (`lag`/`lead`
+# OVER (): no sort), within a run of one asset in one file. The first and last reading of
+# each run (`edges`) join the readings of every other partition in the general window,
+# which pairs each run's first reading with its true predecessor (a day before, in a file
+# not yet compacted, ...) and carries registers across runs; a run's last reading only
+# serves there as a predecessor. `stream` is read twice (`NOT MATERIALIZED`: two passes
+# cost less than keeping 10 M rows), and nothing but filters stands between the files and
+# its window, which DuckDB only streams over an ordered input.
 _SEGMENTS: Final = """
 CREATE OR REPLACE VIEW billing_segments AS
-WITH readings AS (
+WITH fast AS (
+    SELECT date FROM telemetry_sorted_partitions
+    WHERE energy_import_nulls IN (0, rows) AND energy_export_nulls IN (0, rows)
+), stream AS NOT MATERIALIZED (
     SELECT site, asset, boot, seq, ts_ms, power_w, transaction_id,
-           energy_import_wh, energy_export_wh
-    FROM telemetry_copies
+           energy_import_wh, energy_export_wh, date,
+           coalesce(lag(date) OVER () = date AND lag(site) OVER () = site
+                    AND lag(asset) OVER () = asset, false) AS run_goes_on,
+           coalesce(lead(date) OVER () = date AND lead(site) OVER () = site
+                    AND lead(asset) OVER () = asset, false) AS run_continues,
+           lag(ts_ms) OVER () AS start_ms, lag(boot) OVER () AS start_boot,
+           lag(seq) OVER () AS start_seq, lag(power_w) OVER () AS start_power_w,
+           lag(energy_import_wh) OVER () AS start_import_wh,
+           lag(energy_export_wh) OVER () AS start_export_wh
+    FROM telemetry_compacted
     WHERE energy_import_wh IS NOT NULL OR energy_export_wh IS NOT NULL
-), pairs AS (
+), inner_pairs AS (
+    SELECT site, asset, transaction_id AS session_id, start_ms, ts_ms AS end_ms,
+           start_boot, boot AS end_boot, start_seq, seq AS end_seq,
+           energy_import_wh - start_import_wh AS import_delta_wh,
+           energy_export_wh - start_export_wh AS export_delta_wh,
+           start_power_w, power_w AS end_power_w
+    FROM stream
+    WHERE run_goes_on AND date IN (SELECT date FROM fast)
+), readings AS (
+    SELECT site, asset, boot, seq, ts_ms, power_w, transaction_id,
+           energy_import_wh, energy_export_wh, true AS ends_segment
+    FROM telemetry_copies
+    WHERE (energy_import_wh IS NOT NULL OR energy_export_wh IS NOT NULL)
+      AND date IN (SELECT date FROM telemetry_files EXCEPT SELECT date FROM fast)
+    UNION ALL
+    SELECT site, asset, boot, seq, ts_ms, power_w, transaction_id,
+           energy_import_wh, energy_export_wh, NOT run_goes_on AS ends_segment
+    FROM stream
+    WHERE (NOT run_goes_on OR NOT run_continues) AND date IN (SELECT date FROM fast)
+), outer_pairs AS (
     SELECT
-        site, asset, transaction_id AS session_id,
+        ends_segment, site, asset, transaction_id AS session_id,
         lag(ts_ms) OVER w AS start_ms, ts_ms AS end_ms,
         lag(boot) OVER w AS start_boot, boot AS end_boot,
         lag(seq) OVER w AS start_seq, seq AS end_seq,
@@ -79,6 +120,10 @@ WITH readings AS (
         lag(power_w) OVER w AS start_power_w, power_w AS end_power_w
     FROM readings
     WINDOW w AS (PARTITION BY site, asset ORDER BY ts_ms, boot, seq)
+), pairs AS (
+    SELECT * FROM inner_pairs
+    UNION ALL
+    SELECT * EXCLUDE (ends_segment) FROM outer_pairs WHERE ends_segment
 )
 SELECT
     site, asset, session_id, start_ms, end_ms, start_boot, end_boot,
@@ -93,23 +138,23 @@ WHERE start_ms IS NOT NULL AND NOT (start_boot = end_boot AND start_seq = end_se
 """
 
 # Each segment cut at the interval boundaries: `share` is the fraction of its duration
-# inside interval k. Most segments lie in one interval; only the others are expanded.
+# inside interval k. Most segments lie in one interval (a list of one); only the others
+# are expanded (one `unnest` over the segments: a second reference to them would make
+# DuckDB keep every segment in memory).
 _PIECES: Final = """
 CREATE OR REPLACE VIEW billing_pieces AS
 WITH s AS (
-    SELECT *, start_ms // {interval_ms} AS k0, (end_ms - 1) // {interval_ms} AS k1
-    FROM billing_segments
+    SELECT *, unnest(CASE WHEN k1 <= k0 THEN [k0] ELSE range(k0, k1 + 1) END) AS k
+    FROM (SELECT *, start_ms // {interval_ms} AS k0, (end_ms - 1) // {interval_ms} AS k1
+          FROM billing_segments)
 )
-SELECT site, asset, session_id, k0 AS k, 1.0::DOUBLE AS share,
+SELECT site, asset, session_id, k,
+       CASE WHEN k1 <= k0 THEN 1.0::DOUBLE
+            ELSE (least(end_ms, (k + 1) * {interval_ms}) - greatest(start_ms, k * {interval_ms}))
+                 / (end_ms - start_ms)::DOUBLE
+       END AS share,
        energy_import_wh, energy_export_wh, power_energy_wh, reset, gap
-FROM s WHERE k1 <= k0
-UNION ALL
-SELECT site, asset, session_id, r.k,
-       (least(end_ms, (r.k + 1) * {interval_ms}) - greatest(start_ms, r.k * {interval_ms}))
-           / (end_ms - start_ms)::DOUBLE AS share,
-       energy_import_wh, energy_export_wh, power_energy_wh, reset, gap
-FROM s, range(k0, k1 + 1) AS r(k)
-WHERE k1 > k0
+FROM s
 """
 
 _QUALITY: Final = """
@@ -120,15 +165,47 @@ _QUALITY: Final = """
         ELSE 'ok'
     END"""
 
+# The sums of `billing_pieces` per asset, session and interval, in two steps: the segments
+# inside one interval are summed per interval first (one aggregation of every segment, no
+# pieces made), the few that cross a boundary are kept one by one (their `end_ms` in the
+# key: no two segments of an asset that cross a boundary end at the same time) and cut
+# into their pieces after.
 _SETTLEMENTS: Final = f"""
 CREATE OR REPLACE VIEW settlements AS
+WITH s AS (
+    SELECT site, asset, session_id, energy_import_wh, energy_export_wh, reset, gap,
+           start_ms // {{interval_ms}} AS k0, (end_ms - 1) // {{interval_ms}} AS k1,
+           (end_ms - 1) // {{interval_ms}} > start_ms // {{interval_ms}} AS crosses,
+           start_ms, end_ms
+    FROM billing_segments
+), g AS (
+    SELECT site, asset, session_id, k0, CASE WHEN crosses THEN end_ms END AS crossing_end_ms,
+           max(k1) AS k1, max(start_ms) AS start_ms,
+           sum(energy_import_wh) AS energy_import_wh, sum(energy_export_wh) AS energy_export_wh,
+           bool_or(reset) AS reset, bool_or(gap) AS gap
+    FROM s
+    GROUP BY site, asset, session_id, k0, crossing_end_ms
+), p AS (
+    SELECT site, asset, session_id, k0 AS k, energy_import_wh, energy_export_wh, reset, gap
+    FROM g WHERE crossing_end_ms IS NULL
+    UNION ALL
+    SELECT site, asset, session_id, k, energy_import_wh * share, energy_export_wh * share,
+           reset, gap
+    FROM (
+        SELECT *, (least(crossing_end_ms, (r.k + 1) * {{interval_ms}})
+                   - greatest(start_ms, r.k * {{interval_ms}}))
+                  / (crossing_end_ms - start_ms)::DOUBLE AS share
+        FROM g, range(k0, k1 + 1) AS r(k)
+        WHERE crossing_end_ms IS NOT NULL
+    )
+)
 SELECT
     site, asset, session_id,
     k * {{interval_ms}} AS interval_start_ms, (k + 1) * {{interval_ms}} AS interval_end_ms,
-    sum(energy_import_wh * share) AS energy_import_wh,
-    sum(energy_export_wh * share) AS energy_export_wh,
+    sum(energy_import_wh) AS energy_import_wh,
+    sum(energy_export_wh) AS energy_export_wh,
     {_QUALITY} AS quality
-FROM billing_pieces
+FROM p
 GROUP BY site, asset, session_id, k
 """
 
