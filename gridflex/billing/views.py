@@ -56,6 +56,8 @@ RECONCILIATION_TOLERANCE: Final = 0.01
 RECONCILIATION_FLOOR_WH: Final = 1.0
 
 _MS_PER_H: Final = 3_600_000.0
+#: Most streaming passes ``billing_segments`` splits the sorted partitions over.
+_MAX_STREAMS: Final = 4
 #: Time buckets in which response_energy meets commands and segments, ms.
 _BUCKET_MS: Final = 60_000
 
@@ -71,13 +73,12 @@ _BUCKET_MS: Final = 60_000
 # not yet compacted, ...) and carries registers across runs; a run's last reading only
 # serves there as a predecessor. `stream` is read twice (`NOT MATERIALIZED`: two passes
 # cost less than keeping 10 M rows), and nothing but filters stands between the files and
-# its window, which DuckDB only streams over an ordered input.
-_SEGMENTS: Final = """
-CREATE OR REPLACE VIEW billing_segments AS
-WITH fast AS (
-    SELECT date FROM telemetry_sorted_partitions
-    WHERE energy_import_nulls IN (0, rows) AND energy_export_nulls IN (0, rows)
-), stream AS NOT MATERIALIZED (
+# its window, which DuckDB only streams over an ordered input, in one thread: the assets
+# are split over `parts` passes (by hash) that run side by side.
+
+# One streaming pass over the assets whose hash falls in part {part} of {parts}: each
+# asset's rows are all in it, in file order, so its runs stay whole and contiguous.
+_STREAM: Final = """, stream{part} AS NOT MATERIALIZED (
     SELECT site, asset, boot, seq, ts_ms, power_w, transaction_id,
            energy_import_wh, energy_export_wh, date,
            coalesce(lag(date) OVER () = date AND lag(site) OVER () = site
@@ -89,7 +90,17 @@ WITH fast AS (
            lag(energy_import_wh) OVER () AS start_import_wh,
            lag(energy_export_wh) OVER () AS start_export_wh
     FROM telemetry_compacted
-    WHERE energy_import_wh IS NOT NULL OR energy_export_wh IS NOT NULL
+    WHERE (energy_import_wh IS NOT NULL OR energy_export_wh IS NOT NULL)
+      AND hash(site, asset) % {parts} = {part}
+)"""
+
+_SEGMENTS: Final = """
+CREATE OR REPLACE VIEW billing_segments AS
+WITH fast AS (
+    SELECT date FROM telemetry_sorted_partitions
+    WHERE energy_import_nulls IN (0, rows) AND energy_export_nulls IN (0, rows) AND {streaming}
+){streams}, stream AS NOT MATERIALIZED (
+    {union}
 ), inner_pairs AS (
     SELECT site, asset, transaction_id AS session_id, start_ms, ts_ms AS end_ms,
            start_boot, boot AS end_boot, start_seq, seq AS end_seq,
@@ -369,6 +380,7 @@ def register(
     *,
     interval_min: int = DEFAULT_INTERVAL_MIN,
     max_gap_s: float = DEFAULT_MAX_GAP_S,
+    streams: int | None = None,
 ) -> None:
     """Create (or replace) the billing views on a connection that has the history views.
 
@@ -377,9 +389,14 @@ def register(
             ``commands``, ``acks``).
         interval_min: Settlement interval, minutes; a divisor of 1440 (``[billing]``).
         max_gap_s: Readings further apart than this, seconds, make a flagged gap.
+        streams: Streaming passes over the sorted compacted partitions, side by side
+            (default: DuckDB's threads, at most 4). ``0``: none, every reading goes through
+            the general window (the same answer, slower; the reference the tests compare
+            the streaming path with).
 
     Raises:
-        ValueError: ``interval_min`` does not divide the day or ``max_gap_s`` is not > 0.
+        ValueError: ``interval_min`` does not divide the day, ``max_gap_s`` is not > 0 or
+            ``streams`` is out of range.
 
     """
     if not (isinstance(interval_min, int) and 1 <= interval_min <= 1440):
@@ -388,7 +405,16 @@ def register(
         raise ValueError(f"interval_min: expected a divisor of 1440, got {interval_min}")
     if not max_gap_s > 0:
         raise ValueError(f"max_gap_s: expected > 0, got {max_gap_s!r}")
+    if streams is None:
+        threads = con.execute("SELECT current_setting('threads')").fetchone()
+        streams = min(max(int(threads[0]) if threads else 1, 1), _MAX_STREAMS)
+    if not (isinstance(streams, int) and 0 <= streams <= _MAX_STREAMS):
+        raise ValueError(f"streams: expected a whole number 0..{_MAX_STREAMS}, got {streams!r}")
+    parts = max(streams, 1)
     params = {
+        "streaming": "true" if streams else "false",
+        "streams": "".join(_STREAM.format(part=i, parts=parts) for i in range(parts)),
+        "union": "\n    UNION ALL ".join(f"SELECT * FROM stream{i}" for i in range(parts)),
         "interval_ms": interval_min * 60_000,
         "gap_ms": int(max_gap_s * 1000),
         "ms_per_h": _MS_PER_H,

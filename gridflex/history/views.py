@@ -351,9 +351,11 @@ def refresh_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
 
 
 def _refresh_compacted(con: duckdb.DuckDBPyConnection, root: Path) -> None:
-    """``telemetry_compacted`` and ``telemetry_sorted_partitions`` (both empty, together,
-    while no compacted telemetry file exists: the second never names a partition whose
-    rows the first does not stream)."""
+    """Create ``telemetry_compacted`` and ``telemetry_sorted_partitions``.
+
+    Both are empty, together, while no compacted telemetry file exists: the second never
+    names a partition whose rows the first does not stream.
+    """
     telemetry = root / TELEMETRY
     if any(telemetry.glob(_COMPACT_GLOB)):
         glob = _sql_str((telemetry / _COMPACT_GLOB).as_posix())
