@@ -22,10 +22,12 @@ A crash (even ``kill -9``) at any moment leaves either the originals alone (1), 
 originals and the merged file (2, 3: same answers, and the next run merges them again),
 never a partial file under a visible name; a hidden ``.compact-*.tmp`` left behind is
 removed by the next run. Files a writer adds to a partition while it is compacted (a late
-row, a replay after a restart) are not touched; the next run merges them. The only
-storage-level view, ``telemetry_copies`` (every stored copy of every reading, which the
-billing views de-duplicate themselves), counts copies, so it can differ while 2-3 last
-and loses the exact duplicates compaction drops; no view built on it changes.
+row, a replay after a restart) are not touched; the next run merges them. The
+storage-level views describe the files, so they change with them: ``telemetry_copies``
+(every stored copy of every reading, which the billing views de-duplicate themselves)
+counts copies, so it can differ while 2-3 last and loses the exact duplicates compaction
+drops; ``telemetry_files``, ``telemetry_compacted`` and ``telemetry_sorted_partitions``
+list the files. No view built on them changes.
 
 **Retention** (:func:`prune`) removes whole days: a partition ``date=D`` of a stream kept
 ``N`` days goes once ``D < today - N`` (all of it is older than ``N`` days). The

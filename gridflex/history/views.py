@@ -391,8 +391,10 @@ def connect(
     Returns:
         A connection whose session time zone is UTC, with the views ``telemetry``,
         ``grid_frequency``, ``forecasts``, ``commands``, ``acks``, ``status_changes`` and
-        ``transactions``, and the billing views
-        of :mod:`gridflex.billing.views` (``settlements``, ``sessions``, ...).
+        ``transactions``, the storage-level views ``telemetry_copies``,
+        ``telemetry_files``, ``telemetry_compacted`` and ``telemetry_sorted_partitions``,
+        and the billing views of :mod:`gridflex.billing.views` (``settlements``,
+        ``sessions``, ...).
 
     """
     from gridflex.billing.views import register  # reads the views made here
