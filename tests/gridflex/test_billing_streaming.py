@@ -179,7 +179,7 @@ def check(history: dict[str, Any], layout: str, streams: int) -> None:
         assert same_rows(sessions, want_sessions), (sessions, want_sessions)
 
 
-_SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+_SETTINGS = settings(max_examples=20, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 @_SETTINGS
