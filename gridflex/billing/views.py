@@ -47,10 +47,11 @@ pairs the readings; the first and last reading of each run join the readings of 
 partitions (today's files, a day with a late file, an older compaction) in the general
 window, which pairs each run's first reading with its true predecessor and carries the
 registers across runs. The days are split over parallel passes (``streams``, by day
-number modulo their count: each pass reads only its own files; one pass is one thread). ``register(con, streams=0)`` sends everything through the
-general window: ``tests/gridflex/test_billing_streaming.py`` checks on generated histories
-(resets, NULL registers, gaps, copies, sessions, boundary readings, several days, files
-as written, compacted, with late files) that both give the same rows.
+number modulo their count: each pass reads only its own files; one pass is one thread).
+``register(con, streams=0)`` sends everything through the general window:
+``tests/gridflex/test_billing_streaming.py`` checks on generated histories (resets, NULL
+registers, gaps, copies, sessions, boundary readings, several days, files as written,
+compacted, with late files) that both give the same rows.
 
 Measured on 10 M readings, compacted (``bench/history.py``, 2-core VM shared with other
 jobs, best of 4): the general settlement 2.8-3.1 s of CPU; the streaming one 1.05 s of
