@@ -1,9 +1,9 @@
 """Billing views over the history: segments, settlements, sessions, response, reconciliation.
 
-All of it is SQL (one DuckDB window over the stored readings, ``telemetry_copies``; the
-sessions and SoC from the de-duplicated ``telemetry`` view), so a settlement of millions
-of readings runs in the engine, not in a Python loop. The
-building block is the **segment**: two consecutive register readings of one asset
+All of it is SQL (a DuckDB window over the stored readings, ``telemetry_copies``, or a
+streaming pass over the sorted ones, below; the sessions and SoC from the de-duplicated
+``telemetry`` view), so a settlement of millions of readings runs in the engine, not in a
+Python loop. The building block is the **segment**: two consecutive register readings of one asset
 (ordered by ``ts_ms``), with the energy between them from the cumulative registers::
 
     reading r0 (t0, import0, export0) ── segment ──▶ reading r1 (t1, import1, export1)
@@ -46,8 +46,10 @@ day takes the general path). Within a run (one asset in one file) the streaming 
 pairs the readings; the first and last reading of each run join the readings of all other
 partitions (today's files, a day with a late file, an older compaction) in the general
 window, which pairs each run's first reading with its true predecessor and carries the
-registers across runs. The days are split over parallel passes (``streams``, by day
-number modulo their count: each pass reads only its own files; one pass is one thread).
+registers across runs (a day's readings lie in its own partition, the layout's rule,
+which the footers' ``ts_ms`` bounds check for the sorted files). The days are split over
+parallel passes (``streams``, by day number modulo their count: each pass reads only its
+own files; one pass is one thread).
 ``register(con, streams=0)`` sends everything through the general window:
 ``tests/gridflex/test_billing_streaming.py`` checks on generated histories (resets, NULL
 registers, gaps, copies, sessions, boundary readings, several days, files as written,
@@ -58,13 +60,13 @@ jobs, best of 4): the general settlement 2.8-3.1 s of CPU; the streaming one 1.0
 CPU and wall in one pass, 1.13 s of CPU in 0.71-0.73 s wall in two passes split by day
 (the two days hold 36 % and 64 % of the rows). Splitting by asset hash instead balances
 any number of days but each pass reads every file: 1.36 s of CPU, 0.82 s wall. The
-alternatives tried: **aggregate first** (per asset,
-boot, interval and session, then a window over the aggregates) still needs each
-reading's predecessor to find a register that drops inside a group and the last non-NULL
-register, so it needs the same order: a streaming cumulative ``arg_max`` for the last
-non-NULL value costs 0.25-0.33 s per register on 10 M rows, and the runs' first and last
-readings by a parallel ``arg_min``/``arg_max`` aggregate 0.8 s of CPU against 0.13 s for
-a second streaming pass. **Narrowing the sort** (integers instead of strings) only
+alternatives tried: **aggregate first** (per asset, boot, interval and session, then a
+window over the aggregates) still needs each reading's predecessor to find a register
+that drops inside a group and the last non-NULL register, so it needs the same order: a
+streaming cumulative ``arg_max`` for the last non-NULL value costs 0.25-0.33 s per
+register on 10 M rows, and the runs' first and last readings by a parallel
+``arg_min``/``arg_max`` aggregate 0.8 s of CPU against 0.13 s for a second streaming
+pass. **Narrowing the sort** (integers instead of strings) only
 shortens a sort the compacted days no longer have; today's files keep it. Two more
 costs went with it: ``settlements`` sums the segments that lie within one interval per
 interval first and cuts only the others into pieces (``billing_pieces`` as a CTE used
