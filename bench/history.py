@@ -14,8 +14,8 @@ Two layouts of the same rows:
 * ``sink``: what ``gridflex pipeline`` writes at this rate, one file per 5 s flush (the
   sink's ``flush_interval_s``), rows in arrival order;
 * ``compacted``: the ``sink`` layout after ``gridflex history compact`` (one file per day,
-  each reading once, ordered by time; the ``telemetry`` view then reads it without
-  de-duplicating);
+  each reading once, ordered by asset and time and recorded so; the ``telemetry`` view
+  then reads it without de-duplicating, the settlement without sorting);
 * ``encoded``: hourly files sorted by asset and time, written with delta encoding for
   ``ts_ms`` and ``seq`` and byte-stream split for the registers (what a compaction could
   choose; not the writer's options today). ``--layouts`` picks.
@@ -97,8 +97,16 @@ DUCKDB_QUERIES = {
 DUCKDB_QUERIES["daily summary, no de-dup"] = DUCKDB_QUERIES["daily summary"].replace(
     "FROM telemetry ", "FROM telemetry_copies "
 )
+# The settlement with every reading through the general window (one window over all of
+# them, a sort), as before the compacted days were read in a streaming pass.
+DUCKDB_QUERIES["settlement, no streaming"] = DUCKDB_QUERIES["settlement"]
+#: Queries run with ``register(con, streams=0)``.
+NO_STREAMING = frozenset({"settlement, no streaming"})
 #: The PostgreSQL query each gridflex query is compared with.
-PG_EQUIVALENT = {"daily summary, no de-dup": "daily summary"}
+PG_EQUIVALENT = {
+    "daily summary, no de-dup": "daily summary",
+    "settlement, no streaming": "settlement",
+}
 
 # The settlements view in PostgreSQL's dialect (the rows are unique by the primary key, so
 # no de-duplication step; the registers are never NULL here, so plain lag()).
@@ -295,9 +303,12 @@ def dir_bytes(path: Path) -> int:
 
 def duckdb_child(data_dir: str, query: str, repeat: int) -> None:
     """Run one query ``repeat`` times in this (child) process; print times and CPU as JSON."""
+    from gridflex.billing.views import register
     from gridflex.history import connect
 
     con = connect(data_dir)
+    if query in NO_STREAMING:
+        register(con, streams=0)
     times, cpus, rows = [], [], 0
     for _ in range(repeat):
         before = resource.getrusage(resource.RUSAGE_SELF)

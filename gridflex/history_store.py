@@ -22,10 +22,12 @@ A crash (even ``kill -9``) at any moment leaves either the originals alone (1), 
 originals and the merged file (2, 3: same answers, and the next run merges them again),
 never a partial file under a visible name; a hidden ``.compact-*.tmp`` left behind is
 removed by the next run. Files a writer adds to a partition while it is compacted (a late
-row, a replay after a restart) are not touched; the next run merges them. The only
-storage-level view, ``telemetry_copies`` (every stored copy of every reading, which the
-billing views de-duplicate themselves), counts copies, so it can differ while 2-3 last
-and loses the exact duplicates compaction drops; no view built on it changes.
+row, a replay after a restart) are not touched; the next run merges them. The
+storage-level views describe the files, so they change with them: ``telemetry_copies``
+(every stored copy of every reading, which the billing views de-duplicate themselves)
+counts copies, so it can differ while 2-3 last and loses the exact duplicates compaction
+drops; ``telemetry_files``, ``telemetry_compacted`` and ``telemetry_sorted_partitions``
+list the files. No view built on them changes.
 
 **Retention** (:func:`prune`) removes whole days: a partition ``date=D`` of a stream kept
 ``N`` days goes once ``D < today - N`` (all of it is older than ``N`` days). The
@@ -62,6 +64,7 @@ from gridflex.history import (
     SCHEMAS,
     STREAMS,
     TELEMETRY,
+    TELEMETRY_SORT_KEY,
     file_metadata,
 )
 
@@ -178,7 +181,8 @@ def merge_files(
     """Write the rows of ``files`` to ``out`` once each (Parquet, zstd, with its metadata).
 
     The rows are in ``stream``'s current schema (a column a file lacks is NULL, as the
-    views read it), ordered by time (telemetry: by asset, then time). DuckDB merges,
+    views read it), ordered by time (telemetry: by :data:`TELEMETRY_SORT_KEY`, recorded
+    as ``gridflex.sorted_by``). DuckDB merges,
     spilling to ``temp_dir`` so a day of telemetry larger than memory merges too, and
     streams the rows to pyarrow's writer, which picks an encoding per column. Returns
     (rows read, rows written); raises ``ValueError`` for a file with a column the stream
@@ -206,11 +210,14 @@ def merge_files(
         # Telemetry by asset, then time: each asset's registers, timestamps and sequence
         # numbers climb steadily, which delta and byte-stream-split encodings store in a
         # few bits (about 4 bytes a reading in all, against 9 in the sink's small files).
-        order = "site, asset, ts_ms" if stream == TELEMETRY else ts
+        # The full key (boot, seq after time) is the billing window's order, recorded in
+        # the metadata: the billing views then read the file in one pass without sorting.
+        order = ", ".join(TELEMETRY_SORT_KEY) if stream == TELEMETRY else ts
         reader = con.sql(f"{_merged_rows(stream, columns, src)} ORDER BY {order}").to_arrow_reader(
             _BATCH_ROWS
         )
-        meta = file_metadata(stream, compacted_from=str(len(files)))
+        sorted_by = {"sorted_by": ",".join(TELEMETRY_SORT_KEY)} if stream == TELEMETRY else {}
+        meta = file_metadata(stream, compacted_from=str(len(files)), **sorted_by)
         rows_out = 0
         with pq.ParquetWriter(out, schema.with_metadata(meta), **_writer_options(schema)) as writer:
             for batch in reader:  # DuckDB's Arrow types (string views, ...) cast to ours

@@ -25,7 +25,8 @@ fault_code, ts_ms)``). The ``events`` stream (faults and other notable events,
 :mod:`gridflex.events`) comes over MQTT (``event/1``) like the others.
 
 Every file carries key-value metadata (:data:`META_STREAM`, :data:`META_SCHEMA_VERSION`,
-:data:`META_WRITER`, :func:`file_metadata`); the views read files without it too.
+:data:`META_WRITER`, :func:`file_metadata`; compacted telemetry also :data:`META_SORTED_BY`);
+the views read files without it too.
 Compaction and retention: :mod:`gridflex.history_store`. See ``docs/history.md``.
 """
 
@@ -44,6 +45,7 @@ from gridflex.history.layout import (
     GRID_FREQUENCY,
     GRID_FREQUENCY_SCHEMA,
     META_SCHEMA_VERSION,
+    META_SORTED_BY,
     META_STREAM,
     META_WRITER,
     PART_GLOB,
@@ -54,6 +56,7 @@ from gridflex.history.layout import (
     STREAMS,
     TELEMETRY,
     TELEMETRY_SCHEMA,
+    TELEMETRY_SORT_KEY,
     TRANSACTIONS,
     TRANSACTIONS_SCHEMA,
     file_metadata,
@@ -77,6 +80,7 @@ __all__ = [
     "GRID_FREQUENCY",
     "GRID_FREQUENCY_SCHEMA",
     "META_SCHEMA_VERSION",
+    "META_SORTED_BY",
     "META_STREAM",
     "META_WRITER",
     "PART_GLOB",
@@ -87,6 +91,7 @@ __all__ = [
     "STREAMS",
     "TELEMETRY",
     "TELEMETRY_SCHEMA",
+    "TELEMETRY_SORT_KEY",
     "TRANSACTIONS",
     "TRANSACTIONS_SCHEMA",
     "add_arguments",

@@ -220,6 +220,12 @@ SCHEMA_VERSIONS: Final[dict[str, int]] = dict.fromkeys(STREAMS, 1) | {TELEMETRY:
 META_STREAM: Final = "gridflex.stream"
 META_SCHEMA_VERSION: Final = "gridflex.schema_version"
 META_WRITER: Final = "gridflex.writer"
+#: Metadata key of a file whose rows are stored in an order: the columns, comma-separated
+#: (``site,asset,ts_ms,boot,seq``). Set by compaction on telemetry; absent: no known order.
+META_SORTED_BY: Final = "gridflex.sorted_by"
+#: The order compaction stores telemetry in: each asset's readings in the billing views'
+#: window order (time, then boot and sequence number for readings of one millisecond).
+TELEMETRY_SORT_KEY: Final = ("site", "asset", "ts_ms", "boot", "seq")
 
 
 def file_metadata(stream: str, **extra: str) -> dict[str, str]:

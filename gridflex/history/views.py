@@ -15,10 +15,12 @@ from gridflex.history.layout import (
     EVENTS,
     FORECASTS,
     GRID_FREQUENCY,
+    META_SORTED_BY,
     PART_GLOB,
     SCHEMAS,
     STATUS_CHANGES,
     TELEMETRY,
+    TELEMETRY_SORT_KEY,
     TRANSACTIONS,
 )
 
@@ -31,6 +33,16 @@ def _has_parts(data_dir: Path, stream: str) -> bool:
     return any((data_dir / stream).glob(PART_GLOB))
 
 
+def _empty(stream: str, *, filename: bool = False) -> str:
+    """A typed empty relation with the columns of ``stream`` (and ``date``, ``filename``)."""
+    columns = (
+        [f"CAST(NULL AS {DUCKDB_TYPES[f.type]}) AS {f.name}" for f in SCHEMAS[stream]]
+        + ["CAST(NULL AS DATE) AS date"]
+        + (["CAST(NULL AS VARCHAR) AS filename"] if filename else [])
+    )
+    return f"SELECT {', '.join(columns)} WHERE false"
+
+
 def _source(data_dir: Path, stream: str, *, filename: bool = False) -> str:
     """FROM clause of a stream: its Parquet files, or a typed empty relation.
 
@@ -39,12 +51,7 @@ def _source(data_dir: Path, stream: str, *, filename: bool = False) -> str:
     column reads as NULL instead of failing the view. ``filename`` adds the file of each
     row as a ``filename`` column.
     """
-    columns = (
-        [f"CAST(NULL AS {DUCKDB_TYPES[f.type]}) AS {f.name}" for f in SCHEMAS[stream]]
-        + ["CAST(NULL AS DATE) AS date"]
-        + (["CAST(NULL AS VARCHAR) AS filename"] if filename else [])
-    )
-    empty = f"SELECT {', '.join(columns)} WHERE false"
+    empty = _empty(stream, filename=filename)
     if _has_parts(data_dir, stream):
         glob = (data_dir / stream / PART_GLOB).as_posix()
         files = (
@@ -93,6 +100,75 @@ WINDOW reading AS (PARTITION BY site, asset, boot, seq)
 QUALIFY row_number() OVER (PARTITION BY site, asset, boot, seq ORDER BY ts_ms) = 1
 """
 )
+
+#: Glob of the compacted telemetry files, relative to ``{data_dir}/telemetry``.
+_COMPACT_GLOB: Final = f"date=*/{COMPACT_PREFIX}*.parquet"
+
+# The rows of the compacted files in the order they are stored, file after file (the glob
+# lists them by name, so by date): what a streaming pass (`lag(...) OVER ()`, no sort)
+# reads. Only filters and projections may stand between it and such a window.
+_TELEMETRY_COMPACTED_VIEW: Final = """
+CREATE OR REPLACE VIEW telemetry_compacted AS
+SELECT * FROM read_parquet({glob}, hive_partitioning = true, hive_types = {{'date': 'DATE'}},
+                           union_by_name = true)
+"""
+
+# The partitions whose rows `telemetry_compacted` streams in `TELEMETRY_SORT_KEY` order:
+# the partition is one compacted file alone, the file records that order, and the
+# statistics of its footer put every `ts_ms` in the partition's day (so no other
+# partition holds a reading between two of its own). Per register, the count of NULLs
+# (from the footer's statistics; NULL where a row group has none). Footers only: no row
+# is read.
+_TELEMETRY_SORTED_PARTITIONS_VIEW: Final = """
+CREATE OR REPLACE VIEW telemetry_sorted_partitions AS
+WITH single AS (
+    SELECT date, any_value(file) AS file FROM telemetry_files
+    GROUP BY date
+    HAVING count(*) = 1 AND bool_and(starts_with(parse_filename(file), '{compact}'))
+), sorted AS (
+    SELECT file_name AS file FROM parquet_kv_metadata({glob})
+    WHERE decode(key) = '{meta}' AND decode(value) = '{sort_key}'
+), stats AS (
+    SELECT file_name AS file,
+           sum(num_values) FILTER (WHERE path_in_schema = 'ts_ms') AS rows,
+           CASE WHEN bool_and(stats_min IS NOT NULL AND stats_max IS NOT NULL)
+                         FILTER (WHERE path_in_schema = 'ts_ms')
+                THEN min(TRY_CAST(stats_min AS BIGINT)) FILTER (WHERE path_in_schema = 'ts_ms')
+           END AS ts_min_ms,
+           CASE WHEN bool_and(stats_min IS NOT NULL AND stats_max IS NOT NULL)
+                         FILTER (WHERE path_in_schema = 'ts_ms')
+                THEN max(TRY_CAST(stats_max AS BIGINT)) FILTER (WHERE path_in_schema = 'ts_ms')
+           END AS ts_max_ms,
+           CASE WHEN bool_and(stats_null_count IS NOT NULL)
+                         FILTER (WHERE path_in_schema = 'energy_import_wh')
+                THEN sum(stats_null_count) FILTER (WHERE path_in_schema = 'energy_import_wh')
+           END AS energy_import_nulls,
+           CASE WHEN bool_and(stats_null_count IS NOT NULL)
+                         FILTER (WHERE path_in_schema = 'energy_export_wh')
+                THEN sum(stats_null_count) FILTER (WHERE path_in_schema = 'energy_export_wh')
+           END AS energy_export_nulls
+    FROM parquet_metadata({glob})
+    GROUP BY file_name
+)
+SELECT single.date, stats.rows, stats.energy_import_nulls, stats.energy_export_nulls
+FROM single JOIN sorted USING (file) JOIN stats USING (file)
+WHERE stats.ts_min_ms >= (single.date - DATE '1970-01-01') * 86400000::BIGINT
+  AND stats.ts_max_ms < (single.date - DATE '1970-01-01' + 1) * 86400000::BIGINT
+"""
+
+# The stored telemetry files and their partitions, listed (no file is opened).
+_TELEMETRY_FILES_VIEW: Final = """
+CREATE OR REPLACE VIEW telemetry_files AS
+SELECT TRY_CAST(regexp_extract(file, '/date=([^/]*)/[^/]*$', 1) AS DATE) AS date, file
+FROM glob({glob})
+"""
+
+_NO_SORTED_PARTITIONS: Final = """
+CREATE OR REPLACE VIEW telemetry_sorted_partitions AS
+SELECT CAST(NULL AS DATE) AS date, CAST(NULL AS HUGEINT) AS rows,
+       CAST(NULL AS HUGEINT) AS energy_import_nulls, CAST(NULL AS HUGEINT) AS energy_export_nulls
+WHERE false
+"""
 
 #: Partitions of a stream that are not one compacted file alone.
 _MIXED: Final = """(
@@ -270,6 +346,38 @@ def refresh_views(con: duckdb.DuckDBPyConnection, data_dir: str | Path) -> None:
     con.execute(
         f"CREATE OR REPLACE VIEW telemetry_copies AS SELECT * FROM {_source(root, TELEMETRY)}"
     )
+    if _has_parts(root, TELEMETRY):
+        glob = _sql_str((root / TELEMETRY / PART_GLOB).as_posix())
+        con.execute(_TELEMETRY_FILES_VIEW.format(glob=glob))
+    else:
+        con.execute(
+            "CREATE OR REPLACE VIEW telemetry_files AS"
+            " SELECT CAST(NULL AS DATE) AS date, CAST(NULL AS VARCHAR) AS file WHERE false"
+        )
+    _refresh_compacted(con, root)
+
+
+def _refresh_compacted(con: duckdb.DuckDBPyConnection, root: Path) -> None:
+    """Create ``telemetry_compacted`` and ``telemetry_sorted_partitions``.
+
+    Both are empty, together, while no compacted telemetry file exists: the second never
+    names a partition whose rows the first does not stream.
+    """
+    telemetry = root / TELEMETRY
+    if any(telemetry.glob(_COMPACT_GLOB)):
+        glob = _sql_str((telemetry / _COMPACT_GLOB).as_posix())
+        con.execute(_TELEMETRY_COMPACTED_VIEW.format(glob=glob))
+        con.execute(
+            _TELEMETRY_SORTED_PARTITIONS_VIEW.format(
+                glob=glob,
+                compact=COMPACT_PREFIX,
+                meta=META_SORTED_BY,
+                sort_key=",".join(TELEMETRY_SORT_KEY),
+            )
+        )
+    else:
+        con.execute(f"CREATE OR REPLACE VIEW telemetry_compacted AS {_empty(TELEMETRY)}")
+        con.execute(_NO_SORTED_PARTITIONS)
 
 
 def connect(
@@ -290,8 +398,10 @@ def connect(
     Returns:
         A connection whose session time zone is UTC, with the views ``telemetry``,
         ``grid_frequency``, ``forecasts``, ``commands``, ``acks``, ``status_changes`` and
-        ``transactions``, and the billing views
-        of :mod:`gridflex.billing.views` (``settlements``, ``sessions``, ...).
+        ``transactions``, the storage-level views ``telemetry_copies``,
+        ``telemetry_files``, ``telemetry_compacted`` and ``telemetry_sorted_partitions``,
+        and the billing views of :mod:`gridflex.billing.views` (``settlements``,
+        ``sessions``, ...).
 
     """
     from gridflex.billing.views import register  # reads the views made here

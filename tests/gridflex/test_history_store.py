@@ -33,8 +33,13 @@ ROOT = Path(__file__).resolve().parents[2]
 DAY_MS = 86_400_000
 #: The day of BOUNDARY_MS (2026-11-25) and the one before it.
 DAY = dt.date(2026, 11, 25)
-#: Views whose answer is the stored copies themselves, not the history's content.
-STORAGE_VIEWS = {"telemetry_copies"}
+#: Views whose answer is the stored files themselves, not the history's content.
+STORAGE_VIEWS = {
+    "telemetry_copies",
+    "telemetry_compacted",
+    "telemetry_files",
+    "telemetry_sorted_partitions",
+}
 
 
 def _reading(asset: str, ts: int, seq: int, wh: float, **fields: Any) -> Telemetry:
