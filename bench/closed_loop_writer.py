@@ -1,0 +1,209 @@
+"""Benchmark: the writer alone, bursts of one command per asset, as at a frequency step.
+
+The writer's part of ``bench/closed_loop.py``'s tail without the collector and the
+pipeline: Mosquitto, N simulated SunSpec inverters (``gridflex sim inverters``, 500 per
+process, 50.00 Hz) and ``gridflex control`` on one site file, each its own process. This
+script publishes the commands itself: after a warm-up burst (the writer connects to and
+discovers every device), ``--bursts`` bursts of N commands, one per asset, spread over
+``--spread-ms`` (200: one poll round, as the pipeline issues them at a step), every burst
+alternating the setpoint between -1 and +1 kW, ``--gap-s`` apart. Per burst it waits for
+the N acks.
+
+Printed per N: the acks' ``latency_from_issued_ms`` (the command's ``issued_ms``, stamped
+here just before its publish, to the writer's confirmed read-back) p50 / p99 / max over
+all bursts, the time from a burst's first command to its last ack, and the writer's CPU
+time per command (psutil, user + system, over the bursts: robust to other load on the
+machine, unlike the latencies). It asserts nothing.
+
+    .venv/bin/python bench/closed_loop_writer.py --assets 500,1000
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from bench._harness import fmt, percentile, stop_process
+from bench.closed_loop import SITE, _gridflex, start_simulators
+from bench.closed_loop_analysis import profile_csv, site_toml
+from gridflex.broker import start_broker
+from gridflex.contract import DispatchCommand
+from gridflex.contract.topics import command_topic
+from gridflex.mqtt_asyncio import AsyncMqttClient
+
+ACK_FILTER = f"gridflex/v1/{SITE}/dispatch/+/ack"
+
+
+def _now_ms() -> int:
+    return time.time_ns() // 1_000_000
+
+
+class _Bursts:
+    """Publishes the bursts and collects their acks."""
+
+    def __init__(self, client: AsyncMqttClient, assets: list[str]) -> None:
+        self.client = client
+        self.assets = assets
+        self.acks: dict[str, dict[str, Any]] = {}
+        self.waiting: set[str] = set()
+        self.done = asyncio.Event()
+
+    def on_ack(self, _topic: str, payload: bytes) -> None:
+        ack = json.loads(payload)
+        command_id = ack.get("command_id")
+        if command_id in self.waiting:
+            self.waiting.discard(command_id)
+            self.acks[command_id] = ack
+            if not self.waiting:
+                self.done.set()
+
+    async def burst(self, k: int, spread_ms: float, timeout_s: float) -> float:
+        """Publish burst ``k``; the time from its first command to its last ack, s."""
+        setpoint_w = -1_000.0 if k % 2 else 1_000.0
+        ids = [f"burst{k}-{a}" for a in self.assets]
+        self.waiting = set(ids)
+        self.done.clear()
+        slices = max(1, round(spread_ms / 5))  # one slice of the fleet every 5 ms
+        per_slice = -(-len(self.assets) // slices)
+        t0 = time.monotonic()
+        for start in range(0, len(self.assets), per_slice):
+            now = _now_ms()
+            for asset, command_id in zip(
+                self.assets[start : start + per_slice], ids[start : start + per_slice], strict=True
+            ):
+                command = DispatchCommand(
+                    site=SITE,
+                    asset=asset,
+                    ts_ms=now,
+                    seq=k + 1,
+                    command_id=command_id,
+                    issued_ms=now,
+                    setpoint_w=setpoint_w,
+                    valid_until_ms=now + 5_000,
+                    mode="droop",
+                    reason="bench burst",
+                )
+                self.client.publish(command_topic(SITE, asset), command.to_json(), qos=1)
+            await asyncio.sleep(0.005)
+        await asyncio.wait_for(self.done.wait(), timeout_s)
+        return time.monotonic() - t0
+
+
+@dataclass(frozen=True)
+class Row:
+    """One N's figures (see the module docstring)."""
+
+    warm: list[str]
+    p50: float | None
+    p99: float | None
+    max: float | None
+    span_ms: float
+    cpu_us: float
+    results: dict[str, int]
+
+
+async def _drive(url: str, n: int, control_pid: int, args: argparse.Namespace) -> Row:
+    client = AsyncMqttClient(url, "bench-writer-bursts", clean_session=True)
+    bursts = _Bursts(client, [f"inv{i:05d}" for i in range(n)])
+    client.subscribe(ACK_FILTER, bursts.on_ack, qos=1)
+    await client.start()
+    if not await client.wait_connected(10):
+        raise RuntimeError(f"no broker at {url}")
+    await asyncio.sleep(1.0)  # the writer subscribed (it started before this client)
+    await bursts.burst(0, args.spread_ms, 120.0)  # warm-up: connections and discovery
+    warm = bursts.acks
+    bursts.acks = {}
+    await asyncio.sleep(args.gap_s)
+    control = psutil.Process(control_pid)
+    spans = []
+    cpu_s = 0.0
+    for k in range(1, args.bursts + 1):
+        cpu0 = sum(control.cpu_times()[:2])
+        spans.append(await bursts.burst(k, args.spread_ms, 60.0))
+        cpu_s += sum(control.cpu_times()[:2]) - cpu0
+        await asyncio.sleep(args.gap_s)
+    await client.stop()
+    latencies = [
+        float(a["latency_from_issued_ms"])
+        for a in bursts.acks.values()
+        if a.get("latency_from_issued_ms") is not None
+    ]
+    results: dict[str, int] = {}
+    for a in bursts.acks.values():
+        results[str(a["result"])] = results.get(str(a["result"]), 0) + 1
+    commands = n * args.bursts
+    return Row(
+        warm=sorted({str(a["result"]) for a in warm.values()}),
+        p50=percentile(latencies, 0.5),
+        p99=percentile(latencies, 0.99),
+        max=max(latencies, default=None),
+        span_ms=1000 * max(spans),
+        cpu_us=1e6 * cpu_s / commands,
+        results=results,
+    )
+
+
+def run(n: int, args: argparse.Namespace) -> Row:
+    """One N: start the broker, the simulators and the writer, drive the bursts, stop."""
+    sims: list[subprocess.Popen[bytes]] = []
+    control: subprocess.Popen[bytes] | None = None
+    with tempfile.TemporaryDirectory(prefix="gridflex-writer-") as tmp, start_broker() as broker:
+        profile = Path(tmp) / "frequency.csv"
+        profile.write_text(profile_csv([(0.0, 50.0)]), "utf-8")
+        try:
+            sims, ports, _groups = start_simulators(n, profile)
+            site = Path(tmp) / "site.toml"
+            site.write_text(
+                site_toml(site=SITE, mqtt_url=broker.url, data_dir=Path(tmp), ports=ports),
+                encoding="utf-8",
+            )
+            control = _gridflex("control", "--site", str(site), "--no-api", *args.control_args)
+            time.sleep(2.0)
+            return asyncio.run(_drive(broker.url, n, control.pid, args))
+        finally:
+            if control is not None:
+                stop_process(control)
+            for p in sims:
+                stop_process(p)
+
+
+def main() -> None:
+    """Parse the arguments, run each N, print the table."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--assets", default="1000", help="N,N,...")
+    parser.add_argument("--bursts", type=int, default=6, help="measured bursts per N")
+    parser.add_argument("--spread-ms", type=float, default=200.0, help="one burst's spread")
+    parser.add_argument("--gap-s", type=float, default=2.0, help="pause after each burst")
+    parser.add_argument(
+        "--control-args", nargs="*", default=[], help="more arguments for gridflex control"
+    )
+    args = parser.parse_args()
+    rows = []
+    for n in (int(x) for x in args.assets.split(",")):
+        r = run(n, args)
+        results = " ".join(f"{k} {v}" for k, v in sorted(r.results.items()))
+        rows.append(
+            f"| {n:5d} | {fmt(r.p50, '.0f')} / {fmt(r.p99, '.0f')} / {fmt(r.max, '.0f')} "
+            f"| {r.span_ms:.0f} | {r.cpu_us:.0f} | {results} |"
+        )
+        print(f"N={n}: warm-up acks {r.warm}", flush=True)
+    print(
+        "\n|     N | ack latency from issued p50 / p99 / max ms | burst to last ack ms "
+        "| writer CPU µs / command | acks |"
+    )
+    print("| ----: | ---: | ---: | ---: | --- |")
+    for row in rows:
+        print(row)
+
+
+if __name__ == "__main__":
+    main()
