@@ -7,7 +7,9 @@ script publishes the commands itself: after a warm-up burst (the writer connects
 discovers every device), ``--bursts`` bursts of N commands, one per asset, spread over
 ``--spread-ms`` (200: one poll round, as the pipeline issues them at a step), every burst
 alternating the setpoint between -1 and +1 kW, ``--gap-s`` apart. Per burst it waits for
-the N acks.
+the N acks. Meanwhile it publishes every asset's reading every ``--telemetry-ms`` (200,
+SoC 50 %: the writer takes the SoC from telemetry, as in the closed loop, and receives
+the collector's 5,000 readings a second at N = 1,000).
 
 Printed per N: the acks' ``latency_from_issued_ms`` (the command's ``issued_ms``, stamped
 here just before its publish, to the writer's confirmed read-back) p50 / p99 / max over
@@ -16,6 +18,7 @@ time per command (psutil, user + system, over the bursts: robust to other load o
 machine, unlike the latencies). It asserts nothing.
 
     .venv/bin/python bench/closed_loop_writer.py --assets 500,1000
+    PYSPY=/tmp/pyspy/bin/py-spy .venv/bin/python bench/closed_loop_writer.py --pyspy-dir /tmp/s
 """
 
 from __future__ import annotations
@@ -32,8 +35,8 @@ from typing import Any
 
 import psutil
 
-from bench._harness import fmt, percentile, stop_process
-from bench.closed_loop import SITE, _gridflex, start_simulators
+from bench._harness import fmt, percentile, pyspy_record, stop_process
+from bench.closed_loop import PYSPY, SITE, _gridflex, start_simulators
 from bench.closed_loop_analysis import profile_csv, site_toml
 from gridflex.broker import start_broker
 from gridflex.contract import DispatchCommand
@@ -65,6 +68,23 @@ class _Bursts:
             self.acks[command_id] = ack
             if not self.waiting:
                 self.done.set()
+
+    async def telemetry(self, interval_s: float) -> None:
+        """Every asset's reading every ``interval_s`` (SoC 50 %), as the collector publishes."""
+        slices = max(1, round(interval_s / 0.005))
+        per_slice = -(-len(self.assets) // slices)
+        while True:
+            for start in range(0, len(self.assets), per_slice):
+                now = _now_ms()
+                for asset in self.assets[start : start + per_slice]:
+                    reading = (
+                        f'{{"schema":"telemetry/1","site":"{SITE}","asset":"{asset}",'
+                        f'"ts_ms":{now},"power_w":0.0,"soc_pct":50.0}}'
+                    )
+                    self.client.publish(
+                        f"gridflex/v1/{SITE}/inverter/{asset}/telemetry", reading.encode(), qos=0
+                    )
+                await asyncio.sleep(0.005)
 
     async def burst(self, k: int, spread_ms: float, timeout_s: float) -> float:
         """Publish burst ``k``; the time from its first command to its last ack, s."""
@@ -119,11 +139,17 @@ async def _drive(url: str, n: int, control_pid: int, args: argparse.Namespace) -
     if not await client.wait_connected(10):
         raise RuntimeError(f"no broker at {url}")
     await asyncio.sleep(1.0)  # the writer subscribed (it started before this client)
+    readings = asyncio.create_task(bursts.telemetry(args.telemetry_ms / 1000))
     await bursts.burst(0, args.spread_ms, 120.0)  # warm-up: connections and discovery
     warm = bursts.acks
     bursts.acks = {}
     await asyncio.sleep(args.gap_s)
     control = psutil.Process(control_pid)
+    spy = None
+    if args.pyspy_dir is not None:
+        args.pyspy_dir.mkdir(parents=True, exist_ok=True)
+        out = args.pyspy_dir / f"control-bursts-{n}.txt"
+        spy = pyspy_record(PYSPY, control_pid, out, args.bursts * (args.gap_s + 0.5))
     spans = []
     cpu_s = 0.0
     for k in range(1, args.bursts + 1):
@@ -131,7 +157,10 @@ async def _drive(url: str, n: int, control_pid: int, args: argparse.Namespace) -
         spans.append(await bursts.burst(k, args.spread_ms, 60.0))
         cpu_s += sum(control.cpu_times()[:2]) - cpu0
         await asyncio.sleep(args.gap_s)
+    readings.cancel()
     await client.stop()
+    if spy is not None:
+        spy.wait()
     latencies = [
         float(a["latency_from_issued_ms"])
         for a in bursts.acks.values()
@@ -182,9 +211,15 @@ def main() -> None:
     parser.add_argument("--assets", default="1000", help="N,N,...")
     parser.add_argument("--bursts", type=int, default=6, help="measured bursts per N")
     parser.add_argument("--spread-ms", type=float, default=200.0, help="one burst's spread")
+    parser.add_argument(
+        "--telemetry-ms", type=float, default=200.0, help="each asset's reading every ... ms"
+    )
     parser.add_argument("--gap-s", type=float, default=2.0, help="pause after each burst")
     parser.add_argument(
         "--control-args", nargs="*", default=[], help="more arguments for gridflex control"
+    )
+    parser.add_argument(
+        "--pyspy-dir", type=Path, help="py-spy the writer over the bursts into this folder"
     )
     args = parser.parse_args()
     rows = []
