@@ -9,7 +9,8 @@ discovers every device), ``--bursts`` bursts of N commands, one per asset, sprea
 alternating the setpoint between -1 and +1 kW, ``--gap-s`` apart. Per burst it waits for
 the N acks. Meanwhile it publishes every asset's reading every ``--telemetry-ms`` (200,
 SoC 50 %: the writer takes the SoC from telemetry, as in the closed loop, and receives
-the collector's 5,000 readings a second at N = 1,000).
+the collector's 5,000 readings a second at N = 1,000); ``--telemetry-ms 0``: one reading
+per asset just before each burst (the CPU per command is then the commands' alone).
 
 Printed per N: the acks' ``latency_from_issued_ms`` (the command's ``issued_ms``, stamped
 here just before its publish, to the writer's confirmed read-back) p50 / p99 / max over
@@ -59,6 +60,7 @@ class _Bursts:
         self.acks: dict[str, dict[str, Any]] = {}
         self.waiting: set[str] = set()
         self.done = asyncio.Event()
+        self.streaming = False
 
     def on_ack(self, _topic: str, payload: bytes) -> None:
         ack = json.loads(payload)
@@ -69,26 +71,33 @@ class _Bursts:
             if not self.waiting:
                 self.done.set()
 
+    def readings(self, assets: list[str]) -> None:
+        """Publish a reading of each of ``assets`` (SoC 50 %), as the collector does."""
+        now = _now_ms()
+        for asset in assets:
+            reading = (
+                f'{{"schema":"telemetry/1","site":"{SITE}","asset":"{asset}",'
+                f'"ts_ms":{now},"power_w":0.0,"soc_pct":50.0}}'
+            )
+            self.client.publish(
+                f"gridflex/v1/{SITE}/inverter/{asset}/telemetry", reading.encode(), qos=0
+            )
+
     async def telemetry(self, interval_s: float) -> None:
-        """Every asset's reading every ``interval_s`` (SoC 50 %), as the collector publishes."""
+        """Every asset's reading every ``interval_s``, in slices every 5 ms."""
         slices = max(1, round(interval_s / 0.005))
         per_slice = -(-len(self.assets) // slices)
         while True:
             for start in range(0, len(self.assets), per_slice):
-                now = _now_ms()
-                for asset in self.assets[start : start + per_slice]:
-                    reading = (
-                        f'{{"schema":"telemetry/1","site":"{SITE}","asset":"{asset}",'
-                        f'"ts_ms":{now},"power_w":0.0,"soc_pct":50.0}}'
-                    )
-                    self.client.publish(
-                        f"gridflex/v1/{SITE}/inverter/{asset}/telemetry", reading.encode(), qos=0
-                    )
+                self.readings(self.assets[start : start + per_slice])
                 await asyncio.sleep(0.005)
 
     async def burst(self, k: int, spread_ms: float, timeout_s: float) -> float:
         """Publish burst ``k``; the time from its first command to its last ack, s."""
         setpoint_w = -1_000.0 if k % 2 else 1_000.0
+        if not self.streaming:  # one fresh reading each, just before
+            self.readings(self.assets)
+            await asyncio.sleep(0.2)
         ids = [f"burst{k}-{a}" for a in self.assets]
         self.waiting = set(ids)
         self.done.clear()
@@ -139,7 +148,10 @@ async def _drive(url: str, n: int, control_pid: int, args: argparse.Namespace) -
     if not await client.wait_connected(10):
         raise RuntimeError(f"no broker at {url}")
     await asyncio.sleep(1.0)  # the writer subscribed (it started before this client)
-    readings = asyncio.create_task(bursts.telemetry(args.telemetry_ms / 1000))
+    readings = None
+    if args.telemetry_ms > 0:
+        bursts.streaming = True
+        readings = asyncio.create_task(bursts.telemetry(args.telemetry_ms / 1000))
     await bursts.burst(0, args.spread_ms, 120.0)  # warm-up: connections and discovery
     warm = bursts.acks
     bursts.acks = {}
@@ -157,7 +169,8 @@ async def _drive(url: str, n: int, control_pid: int, args: argparse.Namespace) -
         spans.append(await bursts.burst(k, args.spread_ms, 60.0))
         cpu_s += sum(control.cpu_times()[:2]) - cpu0
         await asyncio.sleep(args.gap_s)
-    readings.cancel()
+    if readings is not None:
+        readings.cancel()
     await client.stop()
     if spy is not None:
         spy.wait()

@@ -70,6 +70,9 @@ class LazySunSpecDevice:
         One connection at a time: the command worker and the local-droop supervisor share
         the device.
         """
+        device, client = self._device, self._client
+        if device is not None and client is not None and client.connected:
+            return device  # connected: no lock to take (nothing awaited since the check)
         async with self._connect_lock:
             return await self._connect()
 

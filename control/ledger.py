@@ -227,7 +227,7 @@ class Ledger:
         )
         return self.record_many([entry])[0]
 
-    def _insert(self, rows: list[tuple[object, ...]]) -> list[bool]:
+    def _insert(self, rows: Sequence[tuple[object, ...]]) -> list[bool]:
         """Insert the command rows (in a transaction); which ones were new.
 
         One ``executemany`` when every id is new (the writer checked each before); row by
