@@ -92,14 +92,34 @@ class _Bursts:
                 self.readings(self.assets[start : start + per_slice])
                 await asyncio.sleep(0.005)
 
-    async def burst(self, k: int, spread_ms: float, timeout_s: float) -> float:
-        """Publish burst ``k``; the time from its first command to its last ack, s."""
+    async def warm_up(self, timeout_s: float) -> None:
+        """Burst 0, its missing commands again every 5 s until each is acked.
+
+        The writer may not have subscribed yet (its start-up takes seconds on a busy
+        machine): what it did not receive is published again (the same command ids).
+        """
+        deadline = time.monotonic() + timeout_s
+        while True:
+            try:
+                await self.burst(0, 200.0, 5.0, only=set(self.waiting) or None)
+                return
+            except RuntimeError:
+                if time.monotonic() > deadline:
+                    raise
+
+    async def burst(
+        self, k: int, spread_ms: float, timeout_s: float, *, only: set[str] | None = None
+    ) -> float:
+        """Publish burst ``k``; the time from its first command to its last ack, s.
+
+        ``only``: publish just these command ids of the burst (the warm-up's retries).
+        """
         setpoint_w = -1_000.0 if k % 2 else 1_000.0
         if not self.streaming:  # one fresh reading each, just before
             self.readings(self.assets)
             await asyncio.sleep(0.2)
         ids = [f"burst{k}-{a}" for a in self.assets]
-        self.waiting = set(ids)
+        self.waiting = set(ids) if only is None else set(only)
         self.done.clear()
         slices = max(1, round(spread_ms / 5))  # one slice of the fleet every 5 ms
         per_slice = -(-len(self.assets) // slices)
@@ -109,6 +129,8 @@ class _Bursts:
             for asset, command_id in zip(
                 self.assets[start : start + per_slice], ids[start : start + per_slice], strict=True
             ):
+                if command_id not in self.waiting:
+                    continue
                 command = DispatchCommand(
                     site=SITE,
                     asset=asset,
@@ -123,7 +145,13 @@ class _Bursts:
                 )
                 self.client.publish(command_topic(SITE, asset), command.to_json(), qos=1)
             await asyncio.sleep(0.005)
-        await asyncio.wait_for(self.done.wait(), timeout_s)
+        try:
+            await asyncio.wait_for(self.done.wait(), timeout_s)
+        except TimeoutError:
+            missing = sorted(self.waiting)
+            raise RuntimeError(
+                f"burst {k}: {len(missing)} acks missing after {timeout_s:.0f} s: {missing[:5]}"
+            ) from None
         return time.monotonic() - t0
 
 
@@ -152,7 +180,7 @@ async def _drive(url: str, n: int, control_pid: int, args: argparse.Namespace) -
     if args.telemetry_ms > 0:
         bursts.streaming = True
         readings = asyncio.create_task(bursts.telemetry(args.telemetry_ms / 1000))
-    await bursts.burst(0, args.spread_ms, 120.0)  # warm-up: connections and discovery
+    await bursts.warm_up(180.0)  # the writer's connections and discovery
     warm = bursts.acks
     bursts.acks = {}
     await asyncio.sleep(args.gap_s)
