@@ -115,9 +115,6 @@ class _Bursts:
         ``only``: publish just these command ids of the burst (the warm-up's retries).
         """
         setpoint_w = -1_000.0 if k % 2 else 1_000.0
-        if not self.streaming:  # one fresh reading each, just before
-            self.readings(self.assets)
-            await asyncio.sleep(0.2)
         ids = [f"burst{k}-{a}" for a in self.assets]
         self.waiting = set(ids) if only is None else set(only)
         self.done.clear()
@@ -193,6 +190,9 @@ async def _drive(url: str, n: int, control_pid: int, args: argparse.Namespace) -
     spans = []
     cpu_s = 0.0
     for k in range(1, args.bursts + 1):
+        if not bursts.streaming:  # one fresh reading each, just before
+            bursts.readings(bursts.assets)
+            await asyncio.sleep(0.5)
         cpu0 = sum(control.cpu_times()[:2])
         spans.append(await bursts.burst(k, args.spread_ms, 60.0))
         cpu_s += sum(control.cpu_times()[:2]) - cpu0
