@@ -181,3 +181,27 @@ def test_a_command_is_one_round_trip_or_a_write_and_a_read_on_a_device_without_2
     else:  # 16 and 3, never 23 again after the first refusal
         assert counts == [Counter({16: 1, 3: 1}), Counter({16: 1, 3: 1})]
         assert device.read_write is False
+
+
+@pytest.mark.parametrize("read_write", [True, False], ids=["function 23", "no function 23"])
+def test_write_read_back_over_pymodbus_the_baseline_client(
+    loop_thread: LoopThread, read_write: bool
+) -> None:
+    base = free_port_block(1)
+    fleet = InverterFleet(1, base, seed=6, read_write=read_write)
+
+    async def scenario() -> tuple[float, bool]:
+        async with fleet:
+            client = AsyncModbusTcpClient("127.0.0.1", port=base, timeout=2)
+            await client.connect()
+            try:
+                plan = await discover_plan(register_reader(client, 1))
+                device = SunSpecDevice(client, plan.model_map, 1, revert_s=10)
+                return await device.write_read_back(-3_000.0), device.read_write
+            finally:
+                client.close()
+
+    readback_w, still_23 = loop_thread.run(scenario())
+    assert readback_w == -3_000.0
+    assert fleet.devices[0].model.setpoint_w == -3_000.0
+    assert still_23 is read_write  # pymodbus hands back exception 1 as the lean client does
