@@ -88,6 +88,8 @@ ILLEGAL_DATA_ADDRESS = 2
 _EXCEPTION_BIT = 0x80
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id (0), length, unit id
 _READ_REQUEST = struct.Struct(">HHHBBHH")  # MBAP + function, address, count
+#: MBAP + function 23, read address and count, write address, count and byte count.
+_READ_WRITE_HEADER = struct.Struct(">HHHBBHHHHB")
 _MAX_MBAP_LENGTH = 254  # unit id + PDU of at most 253 bytes
 _REGISTERS = [struct.Struct(f">{n}H") for n in range(MAX_READ_REGISTERS + 1)]
 #: Default ``Ticker`` granularity: the longest a poll waits to go out with its tick's burst.
@@ -198,10 +200,10 @@ def encode_read_write_request(
     for address, n in ((read_address, read_count), (write_address, count)):
         if not 0 <= address <= 0xFFFF - n + 1:
             raise ValueError(f"registers {address}..{address + n - 1} are outside 0..65535")
-    if any(not 0 <= v <= 0xFFFF for v in values):
+    if min(values) < 0 or max(values) > 0xFFFF:
         raise ValueError(f"register values must be 0..65535, got {values}")
-    header = struct.pack(
-        ">HHHBBHHHHB", tid, 0, 11 + 2 * count, unit_id, READ_WRITE_MULTIPLE_REGISTERS,
+    header = _READ_WRITE_HEADER.pack(
+        tid, 0, 11 + 2 * count, unit_id, READ_WRITE_MULTIPLE_REGISTERS,
         read_address, read_count, write_address, count, 2 * count,
     )  # fmt: skip
     return header + _REGISTERS[count].pack(*values)
