@@ -119,6 +119,9 @@ class AssetJobs:
         """
         loop = asyncio.get_running_loop()
         period_s = min(self.watchdog_s / 4, 1.0)
+        started_s = loop.time()
+        for control in self.control.values():  # idle since the start, not since boot
+            control.idle_since_s = max(control.idle_since_s, started_s)
         while True:
             await asyncio.sleep(period_s)
             now_s = loop.time()
