@@ -40,6 +40,7 @@ from bench._harness import fmt, percentile, pyspy_record, stop_process
 from bench.closed_loop import PYSPY, SITE, _gridflex, start_simulators
 from bench.closed_loop_analysis import profile_csv, site_toml
 from gridflex.broker import start_broker
+from gridflex.broker_config import BrokerLimits
 from gridflex.contract import DispatchCommand
 from gridflex.contract.topics import command_topic
 from gridflex.mqtt_asyncio import AsyncMqttClient
@@ -226,7 +227,11 @@ def run(n: int, args: argparse.Namespace) -> Row:
     """One N: start the broker, the simulators and the writer, drive the bursts, stop."""
     sims: list[subprocess.Popen[bytes]] = []
     control: subprocess.Popen[bytes] | None = None
-    with tempfile.TemporaryDirectory(prefix="gridflex-writer-") as tmp, start_broker() as broker:
+    limits = BrokerLimits(max_inflight_messages=args.broker_inflight)
+    with (
+        tempfile.TemporaryDirectory(prefix="gridflex-writer-") as tmp,
+        start_broker(limits=limits) as broker,
+    ):
         profile = Path(tmp) / "frequency.csv"
         profile.write_text(profile_csv([(0.0, 50.0)]), "utf-8")
         try:
@@ -254,6 +259,12 @@ def main() -> None:
     parser.add_argument("--spread-ms", type=float, default=200.0, help="one burst's spread")
     parser.add_argument(
         "--telemetry-ms", type=float, default=200.0, help="each asset's reading every ... ms"
+    )
+    parser.add_argument(
+        "--broker-inflight",
+        type=int,
+        default=BrokerLimits().max_inflight_messages,
+        help="Mosquitto's max_inflight_messages (QoS 1 sent to a client before its PUBACKs)",
     )
     parser.add_argument("--gap-s", type=float, default=2.0, help="pause after each burst")
     parser.add_argument(
