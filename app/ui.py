@@ -17,6 +17,8 @@ import duckdb
 import streamlit as st
 
 from app import data
+from app.live import LiveFleet, source_from_site
+from gridflex.config import ConfigError
 
 __all__ = [
     "DATA_DIR_ENV",
@@ -24,7 +26,9 @@ __all__ = [
     "WINDOWS",
     "default_data_dir",
     "history",
+    "live_feed",
     "sidebar",
+    "site_file",
     "time_window",
 ]
 
@@ -51,6 +55,34 @@ def default_data_dir(argv: list[str] | None = None) -> Path:
     if args.data_dir is not None:
         return Path(args.data_dir)
     return Path(os.environ.get(DATA_DIR_ENV) or "gridflex-demo")
+
+
+def site_file(argv: list[str] | None = None) -> Path | None:
+    """``--site`` of ``argv`` (default ``sys.argv``): the live feed's site file, or None."""
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--site", type=Path, default=None)
+    args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
+    return None if args.site is None else Path(args.site)
+
+
+@st.cache_resource(show_spinner=False)
+def _started_feed(path: str) -> LiveFleet:
+    """One connected feed per site file for the whole Streamlit server."""
+    feed = LiveFleet(source_from_site(Path(path)))
+    feed.start()
+    return feed
+
+
+def live_feed() -> LiveFleet | None:
+    """The live feed of ``--site``, or None (no site file, or one that does not load: said)."""
+    path = site_file()
+    if path is None:
+        return None
+    try:
+        return _started_feed(str(path.resolve()))
+    except ConfigError as exc:
+        st.warning(f"No live view: {exc}. Showing the history.")
+        return None
 
 
 def sidebar() -> None:

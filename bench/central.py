@@ -42,7 +42,7 @@ from gridflex.contract import (
     summary_topic,
     telemetry_topic,
 )
-from gridflex.demo_sites import central_toml
+from gridflex.demo.sites import central_toml
 from gridflex.mqtt import MqttClient
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -43,7 +43,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -118,6 +118,7 @@ class Load:
     cpu_pct: float  # of the processes measured, 100 = one core
     rss_mib: float
     delays_ms: list[float]  # each closed window's delay after its end
+    cpu_pct_each: list[float] = field(default_factory=list)  # per process, in ``procs`` order
 
 
 def measure_load(
@@ -148,13 +149,14 @@ def measure_load(
         )
         publisher.start()
         time.sleep(warmup_s)
-        cpu0, t0, from_ms = busy_s(procs), time.monotonic(), time.time_ns() / 1e6
+        each0, t0, from_ms = [busy_s([p]) for p in procs], time.monotonic(), time.time_ns() / 1e6
         publisher.join()
-        cpu1, t1, until_ms = busy_s(procs), time.monotonic(), time.time_ns() / 1e6
+        each1, t1, until_ms = [busy_s([p]) for p in procs], time.monotonic(), time.time_ns() / 1e6
         rss = rss_mib(procs)
         time.sleep(drain_s)
-    cpu_pct = 100 * (cpu1 - cpu0) / (t1 - t0)
-    return Load(counts, cpu_pct, rss, probe.delays_ms(from_ms, until_ms - 1000))
+    each = [100 * (b - a) / (t1 - t0) for a, b in zip(each0, each1, strict=True)]
+    delays = probe.delays_ms(from_ms, until_ms - 1000)
+    return Load(counts, sum(each), rss, delays, each)
 
 
 def readings_in_history(data_dir: Path) -> int:

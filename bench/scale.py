@@ -14,7 +14,9 @@ Pipeline. For P = 1, 2 runs ``gridflex pipeline`` as a Bytewax cluster of P proc
 this process (``bench._harness.publish_telemetry``), and prints: messages/s published and
 written to the history (de-duplicated), the grid-frequency windows' end-to-end delay
 (window end to MQTT, p50/p99; the 500 ms allowed lateness is part of it, as in
-``bench/pipeline.py``), the pipeline processes' CPU % together and per 1,000 assets.
+``bench/pipeline.py``), the pipeline processes' CPU % together and per 1,000 assets,
+and each process's own (with its MQTT receiver; the process that holds the site-keyed
+steps and the history sinks' partitions carries more).
 
     .venv/bin/python bench/scale.py --quick          # N = 200, short runs (~2 min)
     .venv/bin/python bench/scale.py -n 1000          # 20 s measured per run
@@ -201,14 +203,22 @@ def run_pipeline(
         procs = start_cluster(broker.url, site, processes)
         try:
             time.sleep(5 + 2 * processes)  # imports, Bytewax start, the cluster's handshake
-            trees = [p for proc in procs for p in tree(proc.pid)]
+            trees = [tree(proc.pid) for proc in procs]
             load = measure_load(
-                broker.url, n, trees, warmup_s=warmup_s, duration_s=duration_s, drain_s=drain_s
+                broker.url,
+                n,
+                [p for t in trees for p in t],
+                warmup_s=warmup_s,
+                duration_s=duration_s,
+                drain_s=drain_s,
             )
         finally:
             codes = stop_together(procs)
         rows = readings_in_history(data_dir)
     cpu_pct, counts, delays = load.cpu_pct, load.counts, load.delays_ms
+    each, by_process = iter(load.cpu_pct_each), []
+    for t in trees:  # each process with its MQTT receiver
+        by_process.append(sum(next(each) for _ in t))
     sent = counts.get("sent", 0)
     return {
         "p": processes,
@@ -220,6 +230,7 @@ def run_pipeline(
         "p99_ms": percentile(delays, 0.99),
         "cpu_pct": cpu_pct,
         "per_1000": per_1000(cpu_pct, n),
+        "cpu_by_process": by_process,
         "exit": max(codes),
     }
 
@@ -237,7 +248,8 @@ def pipeline_rows(
             f"{row['history_per_s']:>8.0f} {row['sent_per_s']:>8.0f} "
             f"{'-':>7} {fmt(row['p50_ms'], '.0f'):>7} {fmt(row['p99_ms'], '.0f'):>7} "
             f"{row['cpu_pct']:>6.0f} {row['per_1000']:>8.1f} {row['exit']:>4}"
-            f"   history {fmt(row['in_history_pct'], '.2f')} %",
+            f"   history {fmt(row['in_history_pct'], '.2f')} %, CPU by process "
+            + " + ".join(f"{c:.0f}" for c in row["cpu_by_process"]),
             flush=True,
         )
     return rows

@@ -144,6 +144,7 @@ def main(args: argparse.Namespace, *, open_modbus: OpenRegisterClient = open_cli
             queue_limit=site.mqtt.queue_limit,
             keepalive_s=site.mqtt.keepalive_s,
         )
+        events.configure(mqtt, site.id, "control")  # faults on MQTT, into the history
         service = ControlService(
             site,
             ledger,
@@ -190,7 +191,6 @@ def main(args: argparse.Namespace, *, open_modbus: OpenRegisterClient = open_cli
         return 0
 
     log.info("control: ledger %s, charge profiles %s", ledger_path, profiles_path)
-    events.configure(site.history.dir, site.id, "control")  # faults into the history
     with (
         Ledger(ledger_path) as ledger,
         FaultLatch(ledger_path) as faults,

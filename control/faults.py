@@ -12,8 +12,22 @@ Where faults come from (:func:`faults_in_telemetry`, :func:`faults_in_status`, p
 - an asset status with fault codes (OCPP ``techCode``s such as ground fault ``Error 0x04``
   or ``Grid_Sync_Error``, transaction stop reasons such as ``GroundFault``, SunSpec 701
   alarms), or in the state ``faulted``;
-- a lost device: the collector could not reach it ``lost_after_failures`` times in a row
-  (its status is ``error``), code ``lost device``.
+- a lost device: the device said nothing ``lost_after_failures`` times in a row (its
+  status is ``offline`` with ``consecutive_failures`` at least that: the connection refused,
+  reset or timed out, no byte in reply within the Modbus timeout), code ``lost device``.
+
+A device that answers garbage is misbehaving, not lost, and latches nothing: its status is
+``error`` (a Modbus exception, a reply that does not parse, another transaction's frame; see
+``collectors.modbus.poller.classify_failure``), the collector retries it with back-off, and
+each command to it is acked ``failed`` (the writer's own connection fails the same way)
+until it answers properly, when the next command is ``applied``. Why not latch it too: the
+latch is an emergency stop that waits for an operator. It is for what makes a device unsafe
+to drive (a ground fault, a lost grid sync) or leaves it out of reach for good (nothing
+comes back); a garbled link (a noisy serial gateway, a flaky switch, a fuzzing campaign)
+heals by itself, and latching it turned every inverter of the campaign into a stopped one
+until someone cleared it by hand (``bench/fuzz.py``, issue 9). The commands' ``failed``
+acks, the ``error`` status and the collector's ``gridflex_modbus_device_failures_total``
+say what is going on meanwhile.
 
 :class:`FaultLatch` keeps the latched faults in SQLite (WAL, ``synchronous=FULL``, in the
 ledger's file by default), so a restart of the writer does not forget a fault nobody
@@ -64,8 +78,8 @@ def faults_in_status(status: AssetStatus, *, lost_after_failures: int) -> list[s
     codes = list(dict.fromkeys(status.faults))
     if status.state == "faulted" and not codes:
         codes.append("faulted")
-    if status.state == "error" and status.consecutive_failures >= lost_after_failures:
-        codes.append(LOST_DEVICE)
+    if status.state == "offline" and status.consecutive_failures >= lost_after_failures:
+        codes.append(LOST_DEVICE)  # silent that often in a row; garbage ("error") is not
     return codes
 
 

@@ -19,6 +19,7 @@ profile (REST API) together into the clamp's :class:`~control.clamp.Limits`.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -75,8 +76,8 @@ def parse_reading(payload: bytes) -> LiveReading | None:
     """The writer's view of a ``telemetry/1`` payload; None when it is not one.
 
     Lenient on purpose and cheap (~5 us): the pipeline validates and dead-letters telemetry;
-    the writer only needs a few numbers and ignores what it cannot read. A SoC outside
-    0..100 counts as unknown.
+    the writer only needs a few numbers (what it cannot read, :class:`LiveState` drops and
+    reports). A SoC outside 0..100 counts as unknown.
     """
     try:
         data = jsonio.loads(payload)
@@ -109,11 +110,16 @@ class LiveState:
     one now and then, so :meth:`offer` keeps the payload as it came and :meth:`reading`
     parses it when asked (once per payload). The last payload to arrive for an asset is its
     latest: one collector publishes an asset's readings, in order (MQTT keeps the order of
-    one publisher's messages).
+    one publisher's messages). A payload that turns out unreadable when asked (or names
+    another asset than the one it was held for) is dropped and handed to
+    ``on_unreadable(asset, payload)``: the service dead-letters it (``control.inbound``).
     """
 
-    def __init__(self, max_age_ms: int) -> None:
+    def __init__(
+        self, max_age_ms: int, on_unreadable: Callable[[str, bytes], None] | None = None
+    ) -> None:
         self.max_age_ms = max_age_ms
+        self.on_unreadable = on_unreadable
         self._latest: dict[str, bytes | LiveReading] = {}
         self._total_at_ms: int | None = None
         self._total_w = 0.0
@@ -133,6 +139,8 @@ class LiveState:
             parsed = parse_reading(held)
             if parsed is None or parsed.asset != asset:
                 del self._latest[asset]
+                if self.on_unreadable is not None:
+                    self.on_unreadable(asset, held)
                 return None
             self._latest[asset] = held = parsed
         return held

@@ -15,7 +15,8 @@ from gridflex.metrics import counter, gauge, mqtt_families
 
 __all__ = ["DEAD_LETTER_KINDS", "families"]
 
-#: The ``reason`` label of control's dead letters (``ControlService._dead_letter``).
+#: The ``reason`` label of control's dead letters (``ControlService._dead_letter``): the
+#: commands' and those of ``control.inbound`` (statuses, CSMS results and presences, readings).
 DEAD_LETTER_KINDS = (
     "malformed",
     "not_a_command",
@@ -23,6 +24,8 @@ DEAD_LETTER_KINDS = (
     "wrong_site",
     "topic_mismatch",
     "unknown_asset",
+    "bad_topic",
+    "wrong_schema",
 )
 
 

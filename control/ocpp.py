@@ -12,7 +12,11 @@ carries the setpoint is decided in ``control.ocpp_plan``.
   follows the CSMS's presence (its retained ``collector/ocpp/status``, or with CSMS
   shards each ``collector/ocpp-{i}of{n}/status`` and the EVSEs it lists: a request to a
   CSMS known to be offline fails at once). The EVSEs' SoC comes from the service's telemetry
-  (``control.live``), not from here.
+  (``control.live``), not from here. A result or a presence it cannot parse, or that is
+  outside the contract (another site, an asset that is not one of the site's EVSEs, a
+  topic that names another asset), is handed to ``on_refused`` (the service dead-letters
+  it, ``control.inbound``) and changes nothing; a valid result nobody waits for any more
+  (a repeat, or the answer to a request given up on) is dropped quietly.
 - :class:`OcppDevice`, one per EVSE asset: a ``control.writer.SetpointDevice``.
   ``write`` sends the request and waits for the station's answer (raises
   :class:`CsmsError` with the reason unless it accepted, ``TimeoutError`` without an
@@ -25,26 +29,23 @@ carries the setpoint is decided in ``control.ocpp_plan``.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
+from control.inbound import Refused, check_csms_result, check_presence
 from control.ocpp_plan import DroopLike, freq_watt_curve
-from gridflex import jsonio
 from gridflex.config import EvseAsset, SiteConfig
 from gridflex.contract import (
     PREFIX,
-    ContractError,
     CsmsRequest,
     CsmsRequestKind,
     CsmsResult,
     FreqWattPoint,
     collector_topic,
     csms_request_topic,
-    parse_payload,
 )
 from gridflex.mqtt_asyncio import AsyncMqttClient
 
@@ -85,6 +86,9 @@ class CsmsClient:
 
     ``answer_timeout_s`` bounds the wait for the station's answer, ``readback_timeout_s``
     the wait for the read-back after it. :meth:`from_site` derives both from ``[ocpp]``.
+    ``evses``: the site's EVSE ids (a result for any other asset is refused; None: not
+    checked); ``on_refused(topic, payload, refused)`` gets what is refused (default: a
+    warning in the log).
     """
 
     def __init__(
@@ -95,9 +99,13 @@ class CsmsClient:
         answer_timeout_s: float = 12.0,
         readback_timeout_s: float = 4.0,
         now_ms: Callable[[], int] = _now_ms,
+        evses: Collection[str] | None = None,
+        on_refused: Callable[[str, bytes, Refused], None] | None = None,
     ) -> None:
         self.mqtt = mqtt
         self.site_id = site_id
+        self.evses = None if evses is None else frozenset(evses)
+        self.on_refused = on_refused
         self.answer_timeout_s = answer_timeout_s
         self.readback_timeout_s = readback_timeout_s
         self.now_ms = now_ms
@@ -109,7 +117,12 @@ class CsmsClient:
 
     @classmethod
     def from_site(
-        cls, mqtt: AsyncMqttClient, site: SiteConfig, *, now_ms: Callable[[], int] = _now_ms
+        cls,
+        mqtt: AsyncMqttClient,
+        site: SiteConfig,
+        *,
+        now_ms: Callable[[], int] = _now_ms,
+        on_refused: Callable[[str, bytes, Refused], None] | None = None,
     ) -> CsmsClient:
         """A client with timeouts after the site's ``[ocpp]`` settings.
 
@@ -125,6 +138,8 @@ class CsmsClient:
             answer_timeout_s=2 * ocpp.response_timeout_s + _MARGIN_S,
             readback_timeout_s=2 * interval_s + _MARGIN_S,
             now_ms=now_ms,
+            evses=[evse.id for evse in site.evses],
+            on_refused=on_refused,
         )
 
     def start(self) -> None:
@@ -136,13 +151,16 @@ class CsmsClient:
 
     # -- input
 
-    def _on_result(self, _topic: str, payload: bytes) -> None:
-        try:
-            result = parse_payload(payload)
-        except ContractError as exc:
-            log.warning("control: unreadable CSMS result: %s", exc)
-            return
-        if not isinstance(result, CsmsResult) or result.site != self.site_id:
+    def _refuse(self, topic: str, payload: bytes, refused: Refused) -> None:
+        if self.on_refused is not None:
+            self.on_refused(topic, payload, refused)
+        else:
+            log.warning("control: refused a message on %.200s: %s", topic, refused.reason)
+
+    def _on_result(self, topic: str, payload: bytes) -> None:
+        result = check_csms_result(topic, payload, site_id=self.site_id, evses=self.evses)
+        if isinstance(result, Refused):
+            self._refuse(topic, payload, result)
             return
         pending = self._pending.get((result.asset, result.request_id))
         if pending is None:
@@ -153,17 +171,20 @@ class CsmsClient:
         if result.phase == "answer" and result.status != "accepted" and not pending.readback.done():
             pending.readback.set_result(result)  # no read-back follows
 
-    def _on_collector(self, _topic: str, payload: bytes) -> None:
-        with contextlib.suppress(ValueError, TypeError, AttributeError):
-            status = jsonio.loads(payload)
-            component = status.get("component")
-            online = bool(status.get("online"))
-            if component == "ocpp":
-                self.csms_online = online
-            elif isinstance(component, str) and component.startswith("ocpp-"):
-                known = self._shards.get(component, (False, frozenset()))[1]
-                assets = status.get("assets") or ()  # the last will lists none: keep them
-                self._shards[component] = (online, frozenset(map(str, assets)) or known)
+    def _on_collector(self, topic: str, payload: bytes) -> None:
+        status = check_presence(topic, payload, site_id=self.site_id)
+        if isinstance(status, Refused):
+            self._refuse(topic, payload, status)
+            return
+        if status is None:  # a retained presence cleared
+            return
+        component, online = status.component, status.online
+        if component == "ocpp":
+            self.csms_online = online
+        elif component.startswith("ocpp-"):
+            known = self._shards.get(component, (False, frozenset()))[1]
+            # the last will lists no assets: keep the ones listed before
+            self._shards[component] = (online, frozenset(status.assets) or known)
 
     def csms_offline(self, asset: str) -> bool:
         """Whether the CSMS (or the CSMS shard) that owns ``asset`` is known to be offline."""

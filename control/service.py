@@ -6,7 +6,9 @@
   ``gridflex-control-{site}``) subscribed to the site's commands (QoS 1), telemetry (QoS 0)
   and asset statuses (retained). A command that is not a valid ``command/1`` for a known
   asset of this site goes to the dead letter topic ``gridflex/v1/deadletter/control`` with
-  the reason, and the service goes on;
+  the reason, and the service goes on; so do statuses, CSMS results and presences, and the
+  readings it uses, that it cannot parse or that are outside the contract
+  (``control.inbound``);
 - per asset a bounded mailbox and one worker task (``control.jobs``): the commands of one
   asset are applied one at a time in arrival order (the ledger's check-then-record relies
   on it), while assets proceed in parallel. Beyond ``[control] queue_limit`` waiting
@@ -63,6 +65,7 @@ from control.clamp import UNLIMITED_SITE, Limits
 from control.devices import LazySunSpecDevice, describe_error
 from control.droop import LocalDroopSupervisor, droop_params_of
 from control.faults import FaultLatch, faults_in_status, faults_in_telemetry
+from control.inbound import Refused, check_status, reading_refusal
 from control.jobs import AssetControl, AssetJobs
 from control.ledger import APPLIED_RESULTS, Ledger
 from control.live import LiveState, ProfileLimits, limits_for
@@ -75,7 +78,6 @@ from gridflex.config import EvseAsset, InverterAsset, SiteConfig
 from gridflex.contract import (
     DEAD_LETTER_LIMIT,
     PREFIX,
-    AssetStatus,
     ContractError,
     DeadLetter,
     DispatchAck,
@@ -83,6 +85,7 @@ from gridflex.contract import (
     ack_topic,
     deadletter_topic,
     parse_payload,
+    telemetry_topic,
 )
 from gridflex.metrics import Buckets
 from gridflex.mqtt_asyncio import AsyncMqttClient
@@ -175,7 +178,9 @@ class ControlService(AssetJobs):
         self.watchdog_s = float(
             watchdog_s if watchdog_s is not None else cfg.watchdog_s or self.revert_s
         )
-        self.live = LiveState(max_age_ms=round(cfg.telemetry_max_age_s * 1000))
+        self.live = LiveState(
+            max_age_ms=round(cfg.telemetry_max_age_s * 1000), on_unreadable=self._unreadable
+        )
         self.assets: dict[str, InverterAsset | EvseAsset] = {a.id: a for a in site.assets}
         self.devices: dict[str, SetpointDevice] = {}
         self.sunspec: dict[str, LazySunSpecDevice] = {}
@@ -188,7 +193,7 @@ class ControlService(AssetJobs):
             )
             self.sunspec[inverter.id] = device
             self.devices[inverter.id] = device
-        self.csms = CsmsClient.from_site(mqtt, site, now_ms=now_ms)
+        self.csms = CsmsClient.from_site(mqtt, site, now_ms=now_ms, on_refused=self._refuse)
         self.ocpp: dict[str, OcppDevice] = {}
         for evse in site.evses:
             station = OcppDevice(
@@ -316,12 +321,12 @@ class ControlService(AssetJobs):
                     self._latch(asset, codes, "telemetry", None)
         self._tap(topic, payload)
 
-    def _on_status(self, _topic: str, payload: bytes) -> None:
-        try:
-            status = parse_payload(payload)
-        except ContractError:
-            return  # the pipeline dead-letters what is malformed
-        if not isinstance(status, AssetStatus) or status.asset not in self.assets:
+    def _on_status(self, topic: str, payload: bytes) -> None:
+        status = check_status(topic, payload, site_id=self.site.id, assets=self.assets)
+        if status is None:  # a retained status cleared, or a collector's presence
+            return
+        if isinstance(status, Refused):
+            self._refuse(topic, payload, status)
             return
         codes = faults_in_status(status, lost_after_failures=self.site.control.lost_after_failures)
         if codes:
@@ -380,10 +385,26 @@ class ControlService(AssetJobs):
         for tap in self.taps:
             tap(topic, payload)
 
+    def _refuse(self, topic: str, payload: bytes, refused: Refused) -> None:
+        self._dead_letter(topic, payload, refused.reason, kind=refused.kind)
+
+    def _unreadable(self, asset_id: str, payload: bytes) -> None:
+        topic = telemetry_topic(self.site.id, self.assets[asset_id].kind, asset_id)
+        self._refuse(topic, payload, reading_refusal(asset_id, payload))
+
     def _dead_letter(self, topic: str, payload: bytes, reason: str, *, kind: str) -> None:
         self.dead_letters += 1
         self.dead_letter_kinds[kind] += 1
-        log.warning("control: refused a message on %s: %s", topic, reason)
+        if self.dead_letter_kinds[kind] == 1:  # logged once per kind, as the pipeline does
+            log.warning(
+                "control: refused a message (%s) on %.200s: %s; further refusals of this kind "
+                "are counted and logged at debug level",
+                kind,
+                topic,
+                reason,
+            )
+        else:
+            log.debug("control: refused a message (%s) on %.200s: %s", kind, topic, reason)
         letter = DeadLetter.of(
             payload,
             site=self.site.id,

@@ -25,6 +25,7 @@ from types import FrameType
 
 from app import MAIN_SCRIPT
 from gridflex import systemd
+from gridflex.config import load_site
 
 __all__ = ["add_arguments", "app_healthy", "main", "streamlit_argv"]
 
@@ -42,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=Path("gridflex-demo"),
         help="history folder (default: %(default)s); a missing one shows a message",
     )
+    parser.add_argument(
+        "--site",
+        type=Path,
+        default=None,
+        help="site file: the Fleet page then shows the assets live from its broker "
+        "([mqtt]; read-only credentials are enough), else the newest history",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="listen address (127.0.0.1)")
     parser.add_argument("--port", type=int, default=8501, help="HTTP port (8501)")
 
@@ -56,6 +64,7 @@ def streamlit_argv(args: argparse.Namespace) -> list[str]:
         "--browser.gatherUsageStats", "false",
         "--client.toolbarMode", "minimal",  # no "Deploy" button
         "--", "--data-dir", str(args.data_dir.resolve()),
+        *(["--site", str(args.site.resolve())] if args.site is not None else []),
     ]  # fmt: skip
 
 
@@ -107,6 +116,8 @@ def _supervise(args: argparse.Namespace) -> int:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``streamlit run`` on the app's main script (see the module docstring)."""
+    if args.site is not None:
+        load_site(args.site)  # a bad site file: ConfigError (file, key, expectation) first
     if os.environ.get("NOTIFY_SOCKET"):
         return _supervise(args)
     os.execv(sys.executable, streamlit_argv(args))

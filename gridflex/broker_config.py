@@ -159,11 +159,14 @@ def acl_rules(site_id: str) -> dict[Role, list[Rule]]:
     """Per role, the topics it may read or write (Mosquitto ``topic read|write`` lines).
 
     A collector publishes telemetry and statuses, its presence, the CSMS's sessions and
-    answers to control and its dead letters, and reads the CSMS requests; the pipeline reads
-    telemetry, acks, asset statuses and sessions (for the history) and writes analytics,
-    forecasts, commands, the summary and its dead letters;
-    control reads commands, telemetry, statuses and CSMS answers and writes acks, CSMS
-    requests and its dead letters; an integrator reads everything under ``gridflex/v1/``.
+    answers to control, its fault events and its dead letters, and reads the CSMS requests;
+    the pipeline reads telemetry, acks, asset statuses, sessions and every component's
+    events (for the history) and writes analytics, forecasts, commands, the summary and its
+    dead letters; control reads commands, telemetry, statuses and CSMS answers and writes
+    acks, CSMS requests, its fault events and its dead letters; an integrator reads
+    everything under ``gridflex/v1/``. Each writer may publish events under its own
+    component only (``…/event/collect-ocpp``, ``…/event/collect-modbus``,
+    ``…/event/control``).
     """
     site = f"{PREFIX}/{site_id}"
     dead = f"{PREFIX}/deadletter"
@@ -177,6 +180,8 @@ def acl_rules(site_id: str) -> dict[Role, list[Rule]]:
             ("write", f"{site}/evse/+/session"),
             ("write", f"{site}/csms/+/result"),
             ("read", f"{site}/csms/+/setpoint"),
+            ("write", f"{site}/event/collect-ocpp"),
+            ("write", f"{site}/event/collect-modbus"),
             ("write", f"{dead}/modbus"),
             ("write", f"{dead}/ocpp"),
         ],
@@ -186,6 +191,7 @@ def acl_rules(site_id: str) -> dict[Role, list[Rule]]:
             ("read", f"{site}/inverter/+/status"),
             ("read", f"{site}/evse/+/status"),
             ("read", f"{site}/evse/+/session"),
+            ("read", f"{site}/event/+"),
             ("write", f"{site}/grid/frequency"),
             ("write", f"{site}/ev/+/forecast"),
             ("write", f"{site}/dispatch/+/command"),
@@ -200,6 +206,7 @@ def acl_rules(site_id: str) -> dict[Role, list[Rule]]:
             ("read", f"{site}/csms/+/result"),
             ("write", f"{site}/dispatch/+/ack"),
             ("write", f"{site}/csms/+/setpoint"),
+            ("write", f"{site}/event/control"),
             ("write", f"{dead}/control"),
         ],
         "integrator": [("read", f"{PREFIX}/#")],

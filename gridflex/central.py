@@ -49,7 +49,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from gridflex import systemd
 from gridflex.central_alloc import CentralAllocation, SiteFlex, allocate_fcr
 from gridflex.config import ConfigError, MqttConfig, resolve_mqtt_credentials
-from gridflex.config_errors import format_validation_error
+from gridflex.config.errors import format_validation_error
 from gridflex.contract import (
     ASSET_ID_PATTERN,
     PREFIX,

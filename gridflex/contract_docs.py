@@ -99,6 +99,14 @@ CHANNELS: dict[str, tuple[str, str, bool, str]] = {
         "Internal, the CSMS to control: the station's answer (accepted, rejected, refused, "
         "timeout, offline, error) and then, as read-back, the power of its next meter value.",
     ),
+    "event": (
+        PREFIX + "/{site}/event/{component}",
+        "event/1",
+        False,
+        "A fault or notable event (fault code, asset, detail) from the component that "
+        "detected it (control, the CSMS), with a unique event_id; the pipeline writes it "
+        "to the events history. QoS 1.",
+    ),
     "deadletter": (
         PREFIX + "/deadletter/{component}",
         "deadletter/1",
@@ -111,7 +119,7 @@ _PARAM_DOCS = {
     "site": "Site id, [A-Za-z0-9_-]{1,64}.",
     "kind": "Asset kind: inverter or evse.",
     "asset": "Asset id, [A-Za-z0-9_-]{1,64}.",
-    "component": "The component that refused the input or the collector name.",
+    "component": "The component that refused the input, reported the event, or the collector.",
 }
 
 

@@ -1,4 +1,4 @@
-"""Faults and other notable events: logged with their fault code and kept in the history.
+"""Faults and other notable events: logged with their fault code and published on MQTT.
 
 The standard fault codes of an EV/V2G gateway (:data:`STANDARD_FAULT_CODES`):
 ``ISO_V2G_MSG_TIMEOUT`` (ISO 15118 message timeout), ``Grid_Sync_Error`` (the inverter
@@ -8,31 +8,30 @@ refused a command). :func:`fault_code` maps a device's own spelling onto them; a
 code is kept as the device wrote it.
 
 :func:`report` is what a detection point calls: it logs one line carrying ``asset``,
-``event`` and ``fault_code`` (``extra=``, shown by ``--log-format json``) and appends a row
-to the ``events`` history stream (:data:`gridflex.history.EVENTS`) when the process has
-an :class:`EventLog` (:func:`configure`, once at start-up). The rows are written by a
-background thread, one Parquet file per flush, under a temporary name renamed into place,
-so ``gridflex query "select * from events"`` finds them. A repeat of the same ``(asset,
-event, fault_code)`` within ``repeat_s`` is neither logged at the event's level nor
-recorded again (a refused command is refused at every refresh).
+``event`` and ``fault_code`` (``extra=``, shown by ``--log-format json``) and, when the
+process has an :class:`EventPublisher` (:func:`configure`, once at start-up, with the
+process's MQTT client), publishes an ``event/1`` on ``gridflex/v1/{site}/event/{component}``
+(QoS 1, not retained). The pipeline writes it to the ``events`` history stream
+(:data:`gridflex.history.EVENTS`), wherever the detecting process runs, so ``gridflex
+query "select * from events"`` on the pipeline's history finds it. Publishing only queues
+the message in the client's bounded queue (never blocks); each event carries a fresh
+``event_id``, so the history keeps one row per event however often the broker delivers it.
+A process without a publisher (a library caller) only logs. A repeat of the same
+``(asset, event, fault_code)`` within ``repeat_s`` is neither logged at the event's level
+nor published again (a refused command is refused at every refresh).
 """
 
 from __future__ import annotations
 
-import atexit
-import datetime as dt
+import asyncio
 import logging
-import os
 import threading
 import time
 import uuid
-from pathlib import Path
-from typing import Any, Final
+from typing import Final
 
-import pyarrow as pa
-import pyarrow.parquet as pq
-
-from gridflex.history import EVENTS, EVENTS_SCHEMA, file_metadata, partition_dir, utc_date
+from gridflex.contract import DETAIL_LIMIT, EventReport, event_topic
+from gridflex.mqtt_factory import MqttPublisher
 
 __all__ = [
     "GRID_SYNC_ERROR",
@@ -40,7 +39,7 @@ __all__ = [
     "ISO_V2G_MSG_TIMEOUT",
     "MAX_CAPACITY_REACHED",
     "STANDARD_FAULT_CODES",
-    "EventLog",
+    "EventPublisher",
     "configure",
     "fault_code",
     "report",
@@ -77,57 +76,40 @@ def fault_code(code: str) -> str:
     return _ALIASES.get(key, code)
 
 
-def _write_atomic(table: pa.Table, path: Path) -> None:
-    """Write ``table`` under a hidden name, fsync, rename into place (readers see whole files)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            pq.write_table(table, fh, compression="zstd")
-            fh.flush()
-            os.fsync(fh.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-class EventLog:
-    """Appends rows to the ``events`` stream of one history, from a background thread.
+class EventPublisher:
+    """Publishes the events of one process as ``event/1`` through its MQTT client.
 
     Args:
-        data_dir: The history folder (``[history] dir``).
-        site: The site id of every row.
-        component: Who records (``control``, ``collect-ocpp``), part of each row and file name.
-        flush_s: Rows wait at most this long before they are written.
+        publisher: The process's MQTT client (its ``publish`` queues, bounded, never blocks).
+        site: The site id of every event.
+        component: Who reports (``control``, ``collect-ocpp``): the payload's ``component``
+            and the topic's last level.
         repeat_s: A repeat of the same ``(asset, event, fault_code)`` within this is dropped.
+        loop: The event loop that owns ``publisher`` (an asyncio client must be called from
+            it); a report from another thread is handed to it. None: called directly.
 
     """
 
     def __init__(
         self,
-        data_dir: str | Path,
+        publisher: MqttPublisher,
         site: str,
         component: str,
         *,
-        flush_s: float = 1.0,
         repeat_s: float = 60.0,
+        loop: asyncio.AbstractEventLoop | None = None,
     ) -> None:
-        self.data_dir = Path(data_dir)
+        self.publisher = publisher
         self.site = site
         self.component = component
-        self.flush_s = flush_s
+        self.topic = event_topic(site, component)
         self.repeat_ms = round(repeat_s * 1000)
-        self._rows: list[dict[str, Any]] = []
+        self.loop = loop
         self._last: dict[tuple[str | None, str, str | None], int] = {}
         self._lock = threading.Lock()
-        self._wake = threading.Event()
-        self._closed = False
-        self._token = uuid.uuid4().hex[:8]
-        self._counter = 0
-        self.written = 0
-        self._thread = threading.Thread(target=self._loop, name="events-writer", daemon=True)
-        self._thread.start()
+        #: Events handed to the client, and those its full queue refused.
+        self.published = 0
+        self.dropped = 0
 
     def fresh(self, asset: str | None, event: str, code: str | None, ts_ms: int) -> bool:
         """Whether this event is new (not a repeat within ``repeat_s``); remembers it."""
@@ -147,68 +129,67 @@ class EventLog:
         code: str | None = None,
         detail: str | None = None,
         ts_ms: int | None = None,
-    ) -> None:
-        """Queue one row (written within ``flush_s``)."""
-        row = {
-            "site": self.site,
-            "asset": asset,
-            "ts_ms": ts_ms if ts_ms is not None else time.time_ns() // 1_000_000,
-            "component": self.component,
-            "event": event,
-            "fault_code": code,
-            "detail": detail,
-        }
-        with self._lock:
-            self._rows.append(row)
-        self._wake.set()
+    ) -> EventReport | None:
+        """Publish one event (queued in the client); the payload sent, None if none could be.
 
-    def flush(self) -> None:
-        """Write what is queued now (one file per UTC day of the rows)."""
-        with self._lock:
-            rows, self._rows = self._rows, []
-        by_day: dict[dt.date, list[dict[str, Any]]] = {}
-        for row in rows:
-            by_day.setdefault(utc_date(row["ts_ms"]), []).append(row)
-        for day, day_rows in by_day.items():
-            self._counter += 1
-            name = f"part-{self.component}-{self._token}-{self._counter:06d}.parquet"
-            path = partition_dir(self.data_dir, EVENTS, day) / name
+        Texts longer than the contract allows are cut; an asset id outside the contract's
+        pattern leaves the event unpublished (logged), never raised to the caller.
+        """
+        try:
+            report = EventReport(
+                site=self.site,
+                component=self.component,
+                asset=asset,
+                ts_ms=ts_ms if ts_ms is not None else time.time_ns() // 1_000_000,
+                event=event[:64],
+                fault_code=code[:128] if code else None,
+                detail=detail[:DETAIL_LIMIT] if detail is not None else None,
+                event_id=uuid.uuid4().hex,
+            )
+        except ValueError as exc:  # pydantic's ValidationError
+            log.warning("events: %r of %r not published: %s", event, asset, exc)
+            return None
+        payload = report.to_json()
+        if self.loop is None or _running_loop() is self.loop:
+            self._publish(payload)
+        else:
             try:
-                schema = EVENTS_SCHEMA.with_metadata(file_metadata(EVENTS))
-                _write_atomic(pa.Table.from_pylist(day_rows, schema=schema), path)
-            except OSError as exc:
-                log.error("events: cannot write %d rows to %s: %s", len(day_rows), path, exc)
-                continue
-            self.written += len(day_rows)
+                self.loop.call_soon_threadsafe(self._publish, payload)
+            except RuntimeError:  # the loop is closed: the process is on its way out
+                log.warning("events: %s not published, the event loop is closed", report.event_id)
+        return report
 
-    def _loop(self) -> None:
-        while not self._closed:
-            self._wake.wait()
-            if self._closed:
-                break
-            time.sleep(self.flush_s)  # gather what comes with it
-            self._wake.clear()
-            self.flush()
-
-    def close(self) -> None:
-        """Write what is queued and stop the writer thread."""
-        self._closed = True
-        self._wake.set()
-        self._thread.join(5.0)
-        self.flush()
+    def _publish(self, payload: bytes) -> None:
+        if self.publisher.publish(self.topic, payload, qos=1, retain=False):
+            self.published += 1
+        else:
+            self.dropped += 1
 
 
-_current: EventLog | None = None
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
-def configure(data_dir: str | Path | None, site: str, component: str) -> EventLog | None:
-    """Give this process an :class:`EventLog` (None ``data_dir``: log only); returns it."""
+_current: EventPublisher | None = None
+
+
+def configure(
+    publisher: MqttPublisher | None, site: str, component: str, *, repeat_s: float = 60.0
+) -> EventPublisher | None:
+    """Give this process an :class:`EventPublisher` (None ``publisher``: log only); returns it.
+
+    Called from a running event loop, that loop is the publisher's (an asyncio client is
+    only called from it).
+    """
     global _current
-    if _current is not None:
-        _current.close()
-    _current = None if data_dir is None else EventLog(data_dir, site, component)
-    if _current is not None:
-        atexit.register(_current.close)  # what is queued is written on the way out
+    _current = (
+        None
+        if publisher is None
+        else EventPublisher(publisher, site, component, repeat_s=repeat_s, loop=_running_loop())
+    )
     return _current
 
 
@@ -223,14 +204,14 @@ def report(
     detail: str | None = None,
     ts_ms: int | None = None,
 ) -> str:
-    """Log ``message % (*args, fault_code)`` with ``asset``/``event``/``fault_code``; record it.
+    """Log ``message % (*args, fault_code)`` with ``asset``/``event``/``fault_code``; publish it.
 
     ``code`` is mapped by :func:`fault_code` and is the message's last argument
     (``report(log, "inv1", "Error 0x04", "%s: fault latched: %s", "inv1")``). A repeat
-    within the event log's ``repeat_s`` is logged at DEBUG only and not recorded.
+    within the publisher's ``repeat_s`` is logged at DEBUG only and not published.
 
     Returns:
-        The fault code as recorded.
+        The fault code as published.
 
     """
     standard = fault_code(code)

@@ -25,11 +25,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final, Literal
 
-from gridflex.contract import EvChargingNeeds, Forecast, Telemetry
+from gridflex.contract import EvChargingNeeds, Forecast
 from gridflex.derating import DERATE_START_C, DERATE_STOP_C, derate_factor
 from pipelines.dispatch import DroopParams
 from pipelines.fleet import AssetUpdate
 from pipelines.forecast import BatteryModel, ChargingGoal, ForecastResult, forecast
+from pipelines.reading import ReadingLike
+from pipelines.validate import RegisterState
 
 __all__ = [
     "DERATE_START_C",
@@ -73,16 +75,25 @@ class CarDefaults:
 
 @dataclass
 class AssetTracker:
-    """What the ``asset_state`` step remembers of one asset (picklable for recovery)."""
+    """What the ``asset_state`` step remembers of one asset (picklable for recovery).
+
+    ``registers`` is the state of :func:`~pipelines.validate.check_registers`, which the
+    same step applies (:mod:`pipelines.asset_step`); :func:`track` leaves it alone.
+    """
 
     transaction_id: str | None = None
     needs: EvChargingNeeds | None = None
     plugged_ms: int | None = None
     soc_pct: float | None = None
     last_forecast_ms: int | None = None
+    registers: RegisterState | None = None
 
     def __reduce__(self) -> tuple[type[AssetTracker], tuple[object, ...]]:
-        """Copy and pickle as one flat tuple (a recovery snapshot copies every asset's)."""
+        """Copy and pickle as one flat tuple (a recovery snapshot copies every asset's).
+
+        A snapshot of an older version (five fields, no ``registers``) loads with
+        ``registers`` None: the first reading after the upgrade is not compared.
+        """
         return (
             AssetTracker,
             (
@@ -91,6 +102,7 @@ class AssetTracker:
                 self.plugged_ms,
                 self.soc_pct,
                 self.last_forecast_ms,
+                self.registers,
             ),
         )
 
@@ -104,7 +116,7 @@ def _car_capacity_wh(needs: EvChargingNeeds | None, soc_pct: float, default_wh: 
     return needs.requested_energy_wh * 100.0 / span
 
 
-def _update_needs(state: AssetTracker, t: Telemetry) -> None:
+def _update_needs(state: AssetTracker, t: ReadingLike) -> None:
     if t.transaction_id != state.transaction_id:
         state.transaction_id = t.transaction_id
         state.needs = None
@@ -117,7 +129,7 @@ def _update_needs(state: AssetTracker, t: Telemetry) -> None:
 
 def track(
     state: AssetTracker | None,
-    telemetry: Telemetry,
+    telemetry: ReadingLike,
     *,
     received_ms: int,
     profile: AssetProfile | None,
@@ -259,7 +271,7 @@ def _battery_model(
 
 
 def _goal(
-    state: AssetTracker, t: Telemetry, defaults: CarDefaults
+    state: AssetTracker, t: ReadingLike, defaults: CarDefaults
 ) -> tuple[ChargingGoal, NeedsSource]:
     """A car's departure and target: what it stated, else the site's defaults."""
     needs = state.needs
@@ -278,7 +290,7 @@ def _goal(
 
 
 def _forecast_payload(
-    t: Telemetry,
+    t: ReadingLike,
     result: ForecastResult,
     *,
     soc_pct: float,

@@ -41,7 +41,7 @@ import dataclasses
 import logging
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from gridflex.contract import DispatchCommand, SiteSummary, SiteTarget
 from pipelines.dispatch import (
@@ -55,7 +55,7 @@ from pipelines.dispatch import (
     fcr_request_w,
 )
 
-__all__ = ["AssetUpdate", "DispatchSettings", "SiteDispatcher"]
+__all__ = ["AssetUpdate", "DispatchSettings", "SiteDispatcher", "WireUpdate"]
 
 log = logging.getLogger(__name__)
 
@@ -125,6 +125,34 @@ class AssetUpdate:
     def participant(self) -> Participant:
         """The asset as the fleet allocation sees it."""
         return Participant(self.asset, self.base_w, self.min_w, self.max_w)
+
+    def to_wire(self) -> WireUpdate:
+        """A plain tuple of builtins, droop flattened: cheap to pickle between processes.
+
+        The ``dispatch`` step is keyed by site, so in a cluster most updates reach it from
+        another process (see :mod:`pipelines.reading`).
+        """
+        d = self.droop
+        return (
+            self.asset, self.ts_ms, self.seq, self.boot, self.received_ms, self.freq_hz,
+            self.power_w, self.base_w, self.min_w, self.max_w, self.rated_charge_w,
+            self.rated_discharge_w, (d.db_of_hz, d.db_uf_hz, d.k_of, d.k_uf, d.response_time_s),
+            self.faulted, self.dispatchable,
+        )  # fmt: skip
+
+    @classmethod
+    def from_wire(cls, wire: WireUpdate) -> AssetUpdate:
+        """The update back from :meth:`to_wire`."""
+        (asset, ts_ms, seq, boot, received_ms, freq_hz, power_w, base_w, min_w, max_w,
+         rated_charge_w, rated_discharge_w, droop, faulted, dispatchable) = wire  # fmt: skip
+        return cls(
+            asset, ts_ms, seq, boot, received_ms, freq_hz, power_w, base_w, min_w, max_w,
+            rated_charge_w, rated_discharge_w, DroopParams(*droop), faulted, dispatchable,
+        )  # fmt: skip
+
+
+#: An :class:`AssetUpdate` between processes (:meth:`AssetUpdate.to_wire`).
+WireUpdate = tuple[Any, ...]
 
 
 @dataclass

@@ -6,32 +6,38 @@
       events ─┬─▶ acks_only ─▶ ack_row ─▶ history_acks (Parquet)
               ├─▶ statuses_only ─▶ key_status ─▶ status_change (a change of the asset's
               │     status, not a repeat) ─▶ status_row ─▶ history_status_changes
-              └─▶ sessions_only ─▶ session_row ─▶ history_transactions
+              ├─▶ sessions_only ─▶ session_row ─▶ history_transactions
+              └─▶ fault_events_only ─▶ event_row ─▶ history_events
       rest ───▶ split_valid
       valid ──┬─▶ frequency_sample ─▶ key_site ─▶ frequency_window (pipelines.windows)
               │     ─▶ frequency_stats ─┬─▶ grid_frequency_row ─▶ history_grid_frequency
               │                         └─▶ grid_frequency_json ─▶ merge_out ─▶ mqtt_out
-              ├─▶ readings ─┬─▶ key_register ─▶ register_check (energy registers that went
-              │             │     back in a boot: flagged) ─▶ history_telemetry (Parquet)
-              │             └─▶ key_asset ─▶ asset_state (pipelines.assets: needs, forecast,
-              │                   envelope) ─┬─▶ forecast ─┬─▶ forecast_row ─▶ history_forecasts
-              │                              │             └─▶ forecast_json ─▶ merge_out
-              │                              └─▶ asset_update ─┐
+              ├─▶ readings ─▶ key_asset ─▶ asset_state (pipelines.asset_step: energy
+              │     registers that went back in a boot flagged; needs, forecast, envelope)
+              │       ─┬─▶ telemetry_row ─▶ history_telemetry (Parquet)
+              │        ├─▶ forecast ─┬─▶ forecast_row ─▶ history_forecasts
+              │        │             └─▶ forecast_json ─▶ merge_out
+              │        └─▶ asset_update ───────────────┐
               └─▶ ticks ───────────────────────────────────────┴─▶ key_dispatch ─▶ dispatch
                     (pipelines.fleet: droop / fcr, one decision per reading, summary)
                     ─▶ flatten_dispatch ─┬─▶ command_row ─▶ history_commands
                                          └─▶ dispatch_json ─▶ merge_out
       refused ─▶ key_reason ─▶ count_rejected ─▶ unkey_rejected ─▶ dead_letter ─▶ merge_out
 
-The source subscribes to telemetry, acks, asset statuses and CSMS sessions
-(:func:`pipeline_filters`); ``validate`` checks each against its schema
-(:mod:`pipelines.validate`). The events only go to the history: acks de-duplicated, statuses
-when they change, sessions as they come (:mod:`pipelines.history_events`). The central's
+The source subscribes to telemetry, acks, asset statuses, CSMS sessions and the
+components' fault events (:func:`pipeline_filters`); ``validate`` checks each against its
+schema (:mod:`pipelines.validate`). The events only go to the history: acks
+de-duplicated, statuses when they change, sessions and fault events as they come
+(:mod:`pipelines.history_events`). The central's
 target (``…/target``, :func:`pipelines.validate.validate_target`) goes straight to
 ``dispatch``: its FCR capacity replaces the site file's while valid.
 
 Dispatch does not wait for the frequency windows: each reading's decision follows it
 through ``asset_state`` and ``dispatch`` (keyed by asset, then by site).
+
+In a Bytewax cluster, the keyed steps (``asset_state``, ``frequency_window``,
+``dispatch``) and the partitioned history sinks take items from every process: what
+crosses there is a plain tuple (:mod:`pipelines.reading`), cheap to pickle.
 
 The source's heartbeats travel with the readings (validate and split_valid pass them on
 the valid side, readings drops them): on one path they keep their place in the
@@ -43,10 +49,11 @@ state) sends that message to the dead-letter topic with the reason; the stream g
 
 Step ids are stable (recovery keys on them). The domain logic lives in
 :mod:`pipelines.validate`, :mod:`pipelines.frequency`, :mod:`pipelines.windows`,
-:mod:`pipelines.assets`, :mod:`pipelines.forecast`, :mod:`pipelines.dispatch` and
-:mod:`pipelines.fleet`; this module only wires it.
+:mod:`pipelines.asset_step`, :mod:`pipelines.assets`, :mod:`pipelines.forecast`,
+:mod:`pipelines.dispatch` and :mod:`pipelines.fleet`; this module only wires it.
 
-``gridflex pipeline`` (:mod:`pipelines.cli`) runs it until SIGINT or SIGTERM, with
+The options, subscriptions, source and sink are in :mod:`pipelines.flow_options` (named
+here too). ``gridflex pipeline`` (:mod:`pipelines.cli`) runs it until SIGINT or SIGTERM, with
 Bytewax recovery.
 """
 
@@ -54,12 +61,10 @@ from __future__ import annotations
 
 import functools
 import logging
-import os
 import threading
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, NamedTuple
+from typing import Any
 
 import bytewax.operators as op
 from bytewax.dataflow import Dataflow, Stream
@@ -67,23 +72,19 @@ from bytewax.inputs import Source
 from bytewax.outputs import Sink
 
 from gridflex.contract import (
-    PREFIX,
     DispatchCommand,
-    Forecast,
     GridFrequency,
     SiteSummary,
-    Telemetry,
     command_topic,
     deadletter_topic,
     forecast_topic,
     grid_frequency_topic,
     summary_topic,
-    target_topic,
-    telemetry_topic,
 )
 from gridflex.history import (
     ACKS,
     COMMANDS,
+    EVENTS,
     FORECASTS,
     GRID_FREQUENCY,
     STATUS_CHANGES,
@@ -91,40 +92,46 @@ from gridflex.history import (
     TRANSACTIONS,
 )
 from pipelines import history_events as hev
-from pipelines.assets import AssetTracker, track
-from pipelines.fleet import AssetUpdate, SiteDispatcher
-from pipelines.frequency import FrequencyAccumulator, FrequencySample, summarize_window
+from pipelines.asset_step import AssetStep, TelemetryRows
+from pipelines.fleet import AssetUpdate, SiteDispatcher, WireUpdate
+from pipelines.flow_options import (
+    FlowOptions,
+    ack_filter,
+    default_mqtt_sink,
+    history_filters,
+    mqtt_source,
+    pipeline_filters,
+    telemetry_filter,
+    wal_retention_s,
+)
+from pipelines.frequency import FrequencyAccumulator, summarize_window
 from pipelines.history_sink import (
     HistorySink,
     ack_row,
     command_row,
     forecast_row,
     frequency_row,
-    telemetry_row,
 )
-from pipelines.mqtt_io import MqttSink, MqttSource
+from pipelines.reading import Reading
 from pipelines.site import SiteLike, asset_profiles, car_defaults, dispatch_settings
 from pipelines.validate import (
-    DEFAULT_MAX_FUTURE_MS,
-    REGISTER_FIELDS,
     Arrived,
     RawMessage,
-    RegisterState,
     Rejected,
-    check_registers,
     to_dead_letter,
     validate_ack,
+    validate_event,
     validate_session,
     validate_status,
     validate_target,
     validate_telemetry,
 )
 from pipelines.windows import (
-    ArrivedSample,
     FrequencyWindowLogic,
     FrequencyWindows,
     Heartbeat,
     WindowInput,
+    WireSample,
 )
 
 __all__ = [
@@ -138,10 +145,11 @@ __all__ = [
     "car_defaults",
     "default_mqtt_sink",
     "dispatch_settings",
-    "event_filters",
+    "history_filters",
     "mqtt_source",
     "pipeline_filters",
     "telemetry_filter",
+    "wal_retention_s",
 ]
 
 log = logging.getLogger(__name__)
@@ -150,173 +158,16 @@ FLOW_ID = "gridflex_pipeline"
 COMPONENT = "pipeline"
 
 
-# --------------------------------------------------------------------------- options
-
-
-@dataclass(frozen=True)
-class FlowOptions:
-    """Tuning of the dataflow (defaults suit a live site).
-
-    Attributes:
-        lateness_ms: How far behind the newest reading a reading may arrive and still
-            count in its frequency window, ms; ``None`` = ``site.pipeline.allowed_lateness_ms``.
-        idle_timeout_ms: After this long without a reading (by receive time), the source's
-            heartbeats advance the windows' watermark, so the last window closes when data
-            stops, ms.
-        max_future_ms: Readings further ahead of the pipeline clock are refused, ms.
-        history_partitions: Parallel Parquet writers per stream.
-        flush_rows: Rows buffered before a Parquet file is written.
-        flush_interval_s: Longest time a row waits in memory before it is written, s.
-        dedup_capacity: ``(boot, seq)`` keys remembered per asset by the history sink.
-        mqtt_partitions: MQTT subscribers (> 1 uses a shared subscription).
-        mqtt_receiver: Where paho runs: ``"process"`` (a child process, so it does not
-            compete with the dataflow for the GIL) or ``"thread"``.
-        client_id: MQTT client id prefix; ``None`` = ``gridflex-pipeline-{site}``. The id
-            names the broker's persistent session: keep it stable across restarts.
-        wal_dir: Durable acknowledgement: the source's write-ahead logs live here, and
-            are replayed on start (:mod:`pipelines.wal`); ``None``: PUBACK on receipt.
-            ``gridflex pipeline`` sets it from ``[pipeline] durable_ack`` / ``wal_dir``.
-        process_id: This process's index in a Bytewax cluster (``gridflex pipeline
-            --process-id``), from 0.
-        processes: Processes in the cluster; more than one subscribes through a shared
-            subscription, each process with its own subscribers (``MqttSource``).
-
-    """
-
-    lateness_ms: int | None = None
-    idle_timeout_ms: int = 2000
-    max_future_ms: int = DEFAULT_MAX_FUTURE_MS
-    history_partitions: int = 1
-    flush_rows: int = 50_000
-    flush_interval_s: float = 5.0
-    dedup_capacity: int = 1024
-    mqtt_partitions: int = 1
-    mqtt_receiver: Literal["process", "thread"] = "process"
-    client_id: str | None = None
-    wal_dir: Path | None = None
-    process_id: int = 0
-    processes: int = 1
-
-
-def wal_retention_s(site: SiteLike, opts: FlowOptions) -> float:
-    """When a sealed write-ahead log segment is covered (see :mod:`pipelines.wal`), s.
-
-    Its rows have left the history buffer (``flush_interval_s``) and the epoch that held
-    them is in a completed Bytewax snapshot (at most two snapshot intervals), plus slack.
-    """
-    return opts.flush_interval_s + 2 * site.pipeline.snapshot_interval_s + 5.0
-
-
-def telemetry_filter(site_id: str) -> str:
-    """Return the subscription ``gridflex/v1/{site}/+/+/telemetry``."""
-    return f"{PREFIX}/{site_id}/+/+/telemetry"
-
-
-def ack_filter(site_id: str) -> str:
-    """Return the subscription ``gridflex/v1/{site}/dispatch/+/ack`` (the writer's acks)."""
-    return f"{PREFIX}/{site_id}/dispatch/+/ack"
-
-
-def event_filters(site_id: str) -> tuple[str, ...]:
-    """The asset statuses and the CSMS's sessions: history only."""
-    site = f"{PREFIX}/{site_id}"
-    return f"{site}/inverter/+/status", f"{site}/evse/+/status", f"{site}/evse/+/session"
-
-
-def pipeline_filters(site_id: str) -> tuple[str, ...]:
-    """What the pipeline subscribes to: telemetry, acks, statuses, sessions, the target.
-
-    The target, ``gridflex/v1/{site}/target``, comes from ``gridflex central`` through the
-    site broker's bridge.
-    """
-    return (
-        telemetry_filter(site_id),
-        ack_filter(site_id),
-        *event_filters(site_id),
-        target_topic(site_id),
-    )
-
-
-def _client_id(site: SiteLike, opts: FlowOptions) -> str:
-    return opts.client_id or f"gridflex-pipeline-{site.id}"
-
-
-def mqtt_source(
-    site: SiteLike, options: FlowOptions | None = None, stop_event: threading.Event | None = None
-) -> MqttSource:
-    """The site's telemetry and ack subscriptions as a Bytewax source (ends on ``stop_event``)."""
-    opts = options or FlowOptions()
-    return MqttSource(
-        site.mqtt.url,
-        pipeline_filters(site.id),
-        client_id=_client_id(site, opts),
-        stop_event=stop_event or threading.Event(),
-        partitions=opts.mqtt_partitions,
-        username=site.mqtt.username,
-        password=site.mqtt.password,
-        receiver=opts.mqtt_receiver,
-        wal_dir=opts.wal_dir,
-        wal_retention_s=wal_retention_s(site, opts),
-        wal_segment_s=site.pipeline.snapshot_interval_s,
-        receive_queue=site.pipeline.receive_queue,
-        process_id=opts.process_id,
-        processes=opts.processes,
-    )
-
-
-def default_mqtt_sink(site: SiteLike, options: FlowOptions | None = None) -> MqttSink:
-    """The dataflow's publisher on the site's broker (one client per worker)."""
-    opts = options or FlowOptions()
-    return MqttSink(
-        site.mqtt.url,
-        client_id=f"{_client_id(site, opts)}-out-{os.getpid()}",
-        username=site.mqtt.username,
-        password=site.mqtt.password,
-        queue_limit=site.mqtt.queue_limit,
-    )
-
-
 # --------------------------------------------------------------------------- step functions
 
 
-class Accepted(NamedTuple):
-    """A valid reading and when the pipeline received it (UTC epoch ms)."""
-
-    telemetry: Telemetry
-    received_ms: int
-
-
-def _frequency_sample(item: Accepted | Heartbeat) -> WindowInput | None:
+def _frequency_sample(item: Reading | Heartbeat) -> WindowInput | None:
     if isinstance(item, Heartbeat):
         return item
-    t = item.telemetry
-    if t.freq_hz is None:
+    if item.freq_hz is None:
         return None
-    return ArrivedSample(FrequencySample(t.site, t.asset, t.ts_ms, t.freq_hz), item.received_ms)
-
-
-def _check_registers(
-    state: RegisterState | None, item: Accepted
-) -> tuple[RegisterState, dict[str, Any]]:
-    """The history row of a reading, flagged when an energy register went back in its boot.
-
-    The reading is kept either way (it is what the device said); the first flag of each
-    asset and boot is a warning, the others are logged at debug level.
-    """
-    t = item.telemetry
-    new_state, went_back = check_registers(state, t)
-    if went_back and state is not None:
-        before = dict(zip(REGISTER_FIELDS, state.registers, strict=True))
-        (log.warning if new_state.decreases == 1 else log.debug)(
-            "%s (boot %s) seq %d: %s went back (%s); the reading is kept, flagged "
-            "register_decreased in the history; further ones of this boot at debug level",
-            t.asset,
-            t.boot,
-            t.seq,
-            ", ".join(went_back),
-            ", ".join(f"{before[n]:g} -> {getattr(t, n):g} Wh" for n in went_back),
-        )
-    return new_state, telemetry_row(t, register_decreased=bool(went_back))
+    sample: WireSample = (item.site, item.asset, item.ts_ms, item.freq_hz, item.received_ms)
+    return sample
 
 
 def _count_rejected(count: int | None, rejected: Rejected) -> tuple[int, Rejected]:
@@ -344,34 +195,26 @@ def _dead_letter_message(
     return deadletter_topic(COMPONENT), letter.to_json()
 
 
-def _is_not_rejected(item: Accepted | Heartbeat | Rejected) -> bool:
+def _is_not_rejected(item: Reading | Heartbeat | Rejected) -> bool:
     return not isinstance(item, Rejected)
 
 
-def _is_target(item: Accepted | Heartbeat | Rejected | Arrived) -> bool:
+def _is_event_topic(topic: str) -> bool:
+    """Whether ``topic`` is ``gridflex/v1/{site}/event/{component}`` (by its levels)."""
+    parts = topic.split("/")
+    return len(parts) == 5 and parts[3] == "event"
+
+
+def _is_target(item: Reading | Heartbeat | Rejected | Arrived) -> bool:
     return isinstance(item, Arrived)
 
 
-def _reading(item: Accepted | Heartbeat) -> Accepted | None:
+def _reading(item: Reading | Heartbeat) -> Reading | None:
     return None if isinstance(item, Heartbeat) else item
 
 
-def _tick(item: Accepted | Heartbeat) -> Heartbeat | None:
+def _tick(item: Reading | Heartbeat) -> Heartbeat | None:
     return item if isinstance(item, Heartbeat) else None
-
-
-class Tracked(NamedTuple):
-    """What ``asset_state`` makes of one reading: an update, maybe a forecast, or a refusal."""
-
-    update: AssetUpdate | None
-    forecast: Forecast | None
-    rejected: Rejected | None
-
-
-def _unprocessable(item: Accepted, exc: Exception) -> Rejected:
-    t = item.telemetry
-    raw = RawMessage(telemetry_topic(t.site, t.kind, t.asset), t.to_json(), item.received_ms)
-    return Rejected("unprocessable", f"{type(exc).__name__}: {str(exc)[:200]}", raw)
 
 
 def _dispatch_message(item: DispatchCommand | SiteSummary) -> tuple[str, bytes]:
@@ -428,6 +271,7 @@ def build_flow(
     )
     nominal_hz = float(site.nominal_frequency_hz)
     site_id = site.id
+    asset_ids = frozenset(asset.id for asset in site.assets)
     settings = dispatch_settings(site)
     profiles = asset_profiles(site)
     defaults = car_defaults(site)
@@ -439,11 +283,13 @@ def build_flow(
 
     def validate(
         message: RawMessage | Heartbeat,
-    ) -> Accepted | Heartbeat | Rejected | hev.Event | Arrived:
+    ) -> Reading | Heartbeat | Rejected | hev.Event | Arrived:
         if isinstance(message, Heartbeat):
             return message
+        if _is_event_topic(message.topic):
+            return validate_event(message, site_id=site_id)
         if message.topic.endswith("/ack"):
-            return validate_ack(message, site_id=site_id)
+            return validate_ack(message, site_id=site_id, assets=asset_ids)
         if message.topic.endswith("/status"):
             return validate_status(message, site_id=site_id)
         if message.topic.endswith("/session"):
@@ -457,26 +303,10 @@ def build_flow(
             now_ms=message.received_ms,
             max_future_ms=opts.max_future_ms,
         )
-        return result if isinstance(result, Rejected) else Accepted(result, message.received_ms)
-
-    def asset_state(
-        state: AssetTracker | None, item: Accepted
-    ) -> tuple[AssetTracker | None, Tracked]:
-        try:
-            new_state, update, fc = track(
-                state,
-                item.telemetry,
-                received_ms=item.received_ms,
-                profile=profiles.get(item.telemetry.asset),
-                defaults=defaults,
-                forecast_interval_ms=forecast_interval_ms,
-            )
-        except Exception as exc:  # one message never stops the stream
-            return state, Tracked(None, None, _unprocessable(item, exc))
-        return new_state, Tracked(update, fc, None)
+        return result if isinstance(result, Rejected) else Reading.of(result, message.received_ms)
 
     def dispatch(
-        state: SiteDispatcher | None, item: AssetUpdate | Heartbeat | Arrived
+        state: SiteDispatcher | None, item: WireUpdate | Heartbeat | Arrived
     ) -> tuple[SiteDispatcher, list[DispatchCommand | SiteSummary]]:
         state = state or SiteDispatcher(settings)
         try:
@@ -484,14 +314,10 @@ def build_flow(
                 return state, state.on_tick(item.wall_ms)
             if isinstance(item, Arrived):
                 return state, state.on_target(item.target, item.received_ms)
-            return state, state.on_update(item)
+            return state, state.on_update(AssetUpdate.from_wire(item))
         except Exception:
             log.exception("dispatch failed on %r; skipped", item)
             return state, []
-
-    def window_key(item: WindowInput) -> str:
-        # This dataflow serves one site: a heartbeat goes to its only key.
-        return item.sample.site if isinstance(item, ArrivedSample) else site_id
 
     def frequency_stats(
         item: tuple[str, tuple[int, FrequencyAccumulator]],
@@ -553,31 +379,26 @@ def build_flow(
         op.map("session_row", sessions, lambda x: (x.asset, hev.session_row(x))),
         history(TRANSACTIONS),
     )
-    not_events: Stream[Accepted | Heartbeat | Rejected | Arrived] = by_kind.falses  # type: ignore[assignment]
+    fault_events = op.filter_map("fault_events_only", events, hev.event_only)
+    op.output(
+        "history_events",
+        op.map("event_row", fault_events, lambda e: (e.component, hev.event_row(e))),
+        history(EVENTS),
+    )
+    not_events: Stream[Reading | Heartbeat | Rejected | Arrived] = by_kind.falses  # type: ignore[assignment]
     by_target = op.branch("split_targets", not_events, _is_target)
     arrived: Stream[Arrived] = by_target.trues  # type: ignore[assignment]
-    readings_in: Stream[Accepted | Heartbeat | Rejected] = by_target.falses  # type: ignore[assignment]
+    readings_in: Stream[Reading | Heartbeat | Rejected] = by_target.falses  # type: ignore[assignment]
     split = op.branch("split_valid", readings_in, _is_not_rejected)
-    valid: Stream[Accepted | Heartbeat] = split.trues  # type: ignore[assignment]
+    valid: Stream[Reading | Heartbeat] = split.trues  # type: ignore[assignment]
     refused: Stream[Rejected] = split.falses  # type: ignore[assignment]
 
-    # History of every valid reading, keyed by asset so its de-dup memory stays in one place;
-    # on the way, its energy registers are compared with the asset's previous reading.
     readings = op.filter_map("readings", valid, _reading)
-    telemetry_rows = op.stateful_map(
-        "register_check",
-        op.key_on("key_register", readings, lambda a: a.telemetry.asset),
-        _check_registers,
-    )
-    op.output(
-        "history_telemetry",
-        telemetry_rows,
-        history(TELEMETRY, partitions=opts.history_partitions),
-    )
 
-    # Grid frequency per site over epoch-aligned tumbling windows, by event time.
+    # Grid frequency per site over epoch-aligned tumbling windows, by event time. This
+    # dataflow serves one site (validate refuses the others' readings): one key.
     window_in: Stream[WindowInput] = op.filter_map("frequency_sample", valid, _frequency_sample)
-    by_site = op.key_on("key_site", window_in, window_key)
+    by_site = op.key_on("key_site", window_in, lambda _: site_id)
     windows = op.stateful_batch(
         "frequency_window",
         by_site,
@@ -600,10 +421,18 @@ def build_flow(
         "grid_frequency_json", stats, lambda kv: (grid_frequency_topic(kv[0]), kv[1].to_json())
     )
 
-    # Per asset: charging needs, SoC forecast, flexibility envelope; then one decision per
-    # reading at the site's dispatcher (droop or fleet FCR), never waiting for a window.
-    tracked = op.stateful_map(
-        "asset_state", op.key_on("key_asset", readings, lambda a: a.telemetry.asset), asset_state
+    # Per asset, one keyed step: the history row of every valid reading (its energy
+    # registers compared with the asset's previous reading; keyed by asset so the sink's
+    # de-dup memory stays in one place), charging needs, SoC forecast, flexibility
+    # envelope; then one decision per reading at the site's dispatcher (droop or fleet
+    # FCR), never waiting for a window.
+    step = AssetStep(profiles, defaults, forecast_interval_ms)
+    keyed = op.map("key_asset", readings, lambda r: (r.asset, r.to_wire()))
+    tracked = op.stateful_map("asset_state", keyed, step)
+    op.output(
+        "history_telemetry",
+        op.map_value("telemetry_row", tracked, lambda t: t.row),
+        TelemetryRows(history(TELEMETRY, partitions=opts.history_partitions)),
     )
     tracked_out = op.key_rm("unkey_asset", tracked)
     asset_dead = op.filter_map("asset_refused", tracked_out, lambda t: t.rejected)
@@ -618,7 +447,7 @@ def build_flow(
     )
     updates = op.filter_map("asset_update", tracked_out, lambda t: t.update)
     ticks = op.filter_map("ticks", valid, _tick)
-    to_dispatch: Stream[AssetUpdate | Heartbeat | Arrived] = op.merge(
+    to_dispatch: Stream[WireUpdate | Heartbeat | Arrived] = op.merge(
         "dispatch_in", updates, ticks, arrived
     )
     decided = op.stateful_map(

@@ -1,4 +1,4 @@
-"""History rows of the event streams: asset status changes and the CSMS's sessions.
+"""History rows of the event streams: status changes, the CSMS's sessions, fault events.
 
 * :func:`status_change`, the state of the ``status_change`` step (keyed by asset): a
   retained ``status/1`` becomes a ``status_changes`` row only when the asset's
@@ -10,20 +10,24 @@
   view drops (it compares each row with the asset's previous one).
 * :func:`session_row`: a ``session/1`` as a ``transactions`` row (the view joins an
   ``ended`` with its ``started``).
+* :func:`event_row`: an ``event/1`` as an ``events`` row (the view keeps one row per
+  ``event_id``, so a redelivery is one event).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
-from gridflex.contract import AssetStatus, ChargingSession, DispatchAck
-from gridflex.history import SCHEMAS, STATUS_CHANGES, TRANSACTIONS
+from gridflex.contract import AssetStatus, ChargingSession, DispatchAck, EventReport
+from gridflex.history import EVENTS, SCHEMAS, STATUS_CHANGES, TRANSACTIONS
 
 __all__ = [
     "Event",
     "StatusKey",
     "ack_only",
     "changed_only",
+    "event_only",
+    "event_row",
     "is_event",
     "session_only",
     "session_row",
@@ -39,6 +43,7 @@ StatusKey = tuple[bool, str, tuple[str, ...], str | None]
 
 _STATUS_FIELDS = tuple(n for n in SCHEMAS[STATUS_CHANGES].names if n != "faults")
 _SESSION_FIELDS = SCHEMAS[TRANSACTIONS].names
+_EVENT_FIELDS = SCHEMAS[EVENTS].names
 
 
 def status_key(status: AssetStatus) -> StatusKey:
@@ -66,15 +71,21 @@ def session_row(session: ChargingSession) -> Row:
     return {name: values[name] for name in _SESSION_FIELDS}
 
 
+def event_row(report: EventReport) -> Row:
+    """An ``events`` history row."""
+    values = report.__dict__
+    return {name: values[name] for name in _EVENT_FIELDS}
+
+
 # --------------------------------------------------------------------------- routing
 
 #: The messages that only go to the history (after validation).
-Event = DispatchAck | AssetStatus | ChargingSession
+Event = DispatchAck | AssetStatus | ChargingSession | EventReport
 
 
 def is_event(item: object) -> bool:
     """Whether a validated item is an :data:`Event` (not a reading, heartbeat, refusal)."""
-    return isinstance(item, DispatchAck | AssetStatus | ChargingSession)
+    return isinstance(item, DispatchAck | AssetStatus | ChargingSession | EventReport)
 
 
 def ack_only(item: Event) -> DispatchAck | None:
@@ -90,6 +101,11 @@ def status_only(item: Event) -> AssetStatus | None:
 def session_only(item: Event) -> ChargingSession | None:
     """The item if it is a session."""
     return item if isinstance(item, ChargingSession) else None
+
+
+def event_only(item: Event) -> EventReport | None:
+    """The item if it is a fault event."""
+    return item if isinstance(item, EventReport) else None
 
 
 def changed_only(item: tuple[str, Row | None]) -> tuple[str, Row] | None:

@@ -1,11 +1,12 @@
-"""Validation of raw telemetry, ack, status and session messages (pure functions, no I/O).
+"""Validation of raw telemetry, ack, status, session and event messages (pure, no I/O).
 
 ``validate_telemetry`` turns one MQTT message into either a :class:`~gridflex.contract.Telemetry`
 or a :class:`Rejected` that says why, in one of a few reason kinds; ``validate_ack`` does
 the same for the control writer's acks (:class:`~gridflex.contract.DispatchAck` on
 ``gridflex/v1/{site}/dispatch/{asset}/ack``), ``validate_status`` for the retained
-asset statuses (:class:`~gridflex.contract.AssetStatus`) and ``validate_session`` for the
-CSMS's sessions (:class:`~gridflex.contract.ChargingSession`), with the same kinds:
+asset statuses (:class:`~gridflex.contract.AssetStatus`), ``validate_session`` for the
+CSMS's sessions (:class:`~gridflex.contract.ChargingSession`) and ``validate_event`` for
+the components' fault events (:class:`~gridflex.contract.EventReport`), with the same kinds:
 
 =================  =====================================================================
 kind               meaning
@@ -20,8 +21,10 @@ kind               meaning
                    beyond int64 (the history's columns), or outside a
                    plausible band (``freq_hz`` off nominal by more than 10 %, ``ts_ms`` in
                    the future beyond the allowed clock skew)
-``topic_mismatch`` site, kind or asset in the topic differ from the payload, or the site is
-                   not the one this pipeline serves
+``topic_mismatch`` site, kind or asset (an event's component) in the topic differ from
+                   the payload, or the site is not the one this pipeline serves
+``unknown_asset``  an ack for an asset that is not one of the site's (``validate_ack`` given
+                   the site's assets): no writer of this site acknowledges for it
 ``unprocessable``  anything else raised while handling the message (a few kilobytes of
                    ``[[[[…]]]]`` exhaust the JSON parser's recursion, say): one message never
                    stops the stream
@@ -41,6 +44,7 @@ the flag beside the reading (``register_decreased``, docs/history.md).
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Final, NamedTuple, TypeVar
 
@@ -53,6 +57,7 @@ from gridflex.contract import (
     ContractError,
     DeadLetter,
     DispatchAck,
+    EventReport,
     SiteTarget,
     Telemetry,
     describe_validation_error,
@@ -60,6 +65,7 @@ from gridflex.contract import (
     target_topic,
 )
 from gridflex.telemetry_json import NUMBER_FIELDS
+from pipelines.reading import ReadingLike
 
 __all__ = [
     "DEFAULT_FREQ_BAND",
@@ -73,6 +79,7 @@ __all__ = [
     "check_registers",
     "to_dead_letter",
     "validate_ack",
+    "validate_event",
     "validate_session",
     "validate_status",
     "validate_target",
@@ -86,6 +93,7 @@ REASON_KINDS: Final = (
     "invalid",
     "out_of_range",
     "topic_mismatch",
+    "unknown_asset",
     "unprocessable",
 )
 
@@ -203,7 +211,9 @@ def _parse_explained(message: RawMessage, site_id: str) -> Telemetry | Rejected:
     return telemetry
 
 
-_Model = TypeVar("_Model", Telemetry, DispatchAck, AssetStatus, ChargingSession, SiteTarget)
+_Model = TypeVar(
+    "_Model", Telemetry, DispatchAck, AssetStatus, ChargingSession, SiteTarget, EventReport
+)
 
 
 def _decode(message: RawMessage, schema: str, model: type[_Model]) -> _Model | Rejected:
@@ -321,20 +331,33 @@ def _validate(
     return telemetry
 
 
-def validate_ack(message: RawMessage, *, site_id: str) -> DispatchAck | Rejected:
-    """Validate one ack of the control writer against the contract and its topic.
+def validate_ack(
+    message: RawMessage, *, site_id: str, assets: Collection[str] | None = None
+) -> DispatchAck | Rejected:
+    """Validate one ack of the control writer against the contract, its topic and the site.
+
+    An ack is the writer's word that a device of this site did something; the history
+    keeps it beside the commands, so one for an asset the site does not have (a stray
+    publisher, another site's writer on a shared broker) is refused, not stored.
 
     Args:
         message: The raw message, from ``gridflex/v1/{site}/dispatch/{asset}/ack``.
         site_id: The site this pipeline serves.
+        assets: The site's asset ids; an ack for any other asset is refused as
+            ``unknown_asset``. None: not checked.
 
     Returns:
         The parsed ack, or a :class:`Rejected` naming the first reason (the kinds of
-        :data:`REASON_KINDS`). Nothing raised while validating escapes: it becomes an
-        ``unprocessable`` refusal.
+        :data:`REASON_KINDS`): the topic, then the payload, then topic and payload
+        against each other and the site, then the asset. Nothing raised while validating
+        escapes: it becomes an ``unprocessable`` refusal.
 
     """
-    return _validate_event(message, site_id, "ack", "ack/1", DispatchAck)
+    ack = _validate_event(message, site_id, "ack", "ack/1", DispatchAck)
+    if assets is not None and isinstance(ack, DispatchAck) and ack.asset not in assets:
+        reason = f"asset {ack.asset!r} is not an asset of site {site_id!r}"
+        return Rejected("unknown_asset", reason, message)
+    return ack
 
 
 def validate_status(message: RawMessage, *, site_id: str) -> AssetStatus | Rejected:
@@ -347,7 +370,12 @@ def validate_session(message: RawMessage, *, site_id: str) -> ChargingSession | 
     return _validate_event(message, site_id, "session", "session/1", ChargingSession)
 
 
-_Event = TypeVar("_Event", DispatchAck, AssetStatus, ChargingSession)
+def validate_event(message: RawMessage, *, site_id: str) -> EventReport | Rejected:
+    """Validate one fault event (``…/event/{component}``), as :func:`validate_ack`."""
+    return _validate_event(message, site_id, "event", "event/1", EventReport)
+
+
+_Event = TypeVar("_Event", DispatchAck, AssetStatus, ChargingSession, EventReport)
 
 
 def _validate_event(
@@ -371,7 +399,11 @@ def _check_event(
     event = _decode(message, schema, model)
     if isinstance(event, Rejected):
         return event
-    pairs = [("site", event.site), ("asset", event.asset)]
+    pairs: list[tuple[str, str | None]] = [("site", event.site)]
+    if isinstance(event, EventReport):
+        pairs.append(("component", event.component))
+    else:
+        pairs.append(("asset", event.asset))
     if isinstance(event, AssetStatus):
         pairs.append(("kind", event.kind))
     mismatches = [
@@ -411,7 +443,7 @@ class RegisterState:
 
 
 def check_registers(
-    state: RegisterState | None, telemetry: Telemetry
+    state: RegisterState | None, telemetry: ReadingLike
 ) -> tuple[RegisterState, tuple[str, ...]]:
     """Compare a reading's energy registers with the asset's previous reading of this boot.
 
@@ -422,7 +454,8 @@ def check_registers(
 
     Args:
         state: What the previous call returned for this asset, or None.
-        telemetry: The reading (already valid).
+        telemetry: The reading (already valid): a ``Telemetry`` or a
+            :class:`~pipelines.reading.Reading`.
 
     Returns:
         The new state and the names of the registers that are lower than before (empty

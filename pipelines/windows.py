@@ -45,6 +45,8 @@ __all__ = [
     "FrequencyWindows",
     "Heartbeat",
     "WindowInput",
+    "WireSample",
+    "sample_from_wire",
 ]
 
 log = logging.getLogger(__name__)
@@ -63,7 +65,18 @@ class ArrivedSample(NamedTuple):
     received_ms: int
 
 
-WindowInput = ArrivedSample | Heartbeat
+#: An :class:`ArrivedSample` between processes, a plain tuple (cheap to pickle):
+#: ``(site, asset, ts_ms, freq_hz, received_ms)``.
+WireSample = tuple[str, str, int, float, int]
+
+WindowInput = ArrivedSample | WireSample | Heartbeat
+
+
+def sample_from_wire(wire: WireSample) -> ArrivedSample:
+    """The sample back from its wire tuple."""
+    site, asset, ts_ms, freq_hz, received_ms = wire
+    return ArrivedSample(FrequencySample(site, asset, ts_ms, freq_hz), received_ms)
+
 
 #: A closed window: its start (UTC epoch ms) and what it holds.
 ClosedWindow = tuple[int, FrequencyAccumulator]
@@ -150,10 +163,12 @@ class FrequencyWindowLogic(StatefulBatchLogic[WindowInput, ClosedWindow, Frequen
     def on_batch(self, values: list[WindowInput]) -> tuple[list[ClosedWindow], bool]:
         """Apply a batch in order; emit what closed."""
         state = self.state
-        for value in values:
-            if isinstance(value, Heartbeat):
-                state.heartbeat(value)
-            elif not state.add(value):
+        for item in values:
+            if isinstance(item, Heartbeat):
+                state.heartbeat(item)
+                continue
+            value = item if isinstance(item, ArrivedSample) else sample_from_wire(item)
+            if not state.add(value):
                 if state.late == 1:
                     log.warning(
                         "frequency sample of %s at ts_ms=%d came after its window closed; "

@@ -1,7 +1,10 @@
 """Fleet page: each asset's power, SoC, status, V2X capability and flexibility, live.
 
-The view refreshes on its own every :data:`REFRESH_S` seconds from the newest history (a
-Streamlit fragment: the rest of the page does not rerun).
+With a site file (``gridflex app --site FILE``) the view shows the broker's newest readings
+and forecasts (:mod:`app.live`) and refreshes every :data:`LIVE_REFRESH_S` seconds;
+without one it shows the newest history and refreshes every :data:`REFRESH_S` seconds
+(the history lags by the pipeline's flush interval). Either is a Streamlit fragment: the
+rest of the page does not rerun.
 """
 
 from __future__ import annotations
@@ -13,8 +16,10 @@ import polars as pl
 import streamlit as st
 
 from app import data, ui
+from app.live import LiveFleet
 
 REFRESH_S: Final = 5
+LIVE_REFRESH_S: Final = 1
 #: The per-asset table's columns, in order.
 TABLE_COLUMNS: Final = [
     "asset", "kind", "status", "power_w", "setpoint_w", "soc_pct", "v2x", "max_charge_w",
@@ -22,9 +27,30 @@ TABLE_COLUMNS: Final = [
 ]  # fmt: skip
 
 
-@st.fragment(run_every=REFRESH_S)
 def fleet_view() -> None:
-    """Metrics, power and SoC charts and the per-asset table from the newest readings."""
+    """The live view when the app has a site file, else the history's."""
+    feed = ui.live_feed()
+    if feed is None:
+        history_view()
+    else:
+        live_view(feed)
+
+
+@st.fragment(run_every=LIVE_REFRESH_S)
+def live_view(feed: LiveFleet) -> None:
+    """The fleet from the broker's newest messages."""
+    table = feed.frame()
+    where = feed.source.url
+    if table.is_empty():
+        state = "connected" if feed.connected else "not connected yet"
+        st.info(f"Live from {where} ({state}): no asset has reported yet.")
+        return
+    draw(table, f"live from {where}, refreshes every {LIVE_REFRESH_S} s")
+
+
+@st.fragment(run_every=REFRESH_S)
+def history_view() -> None:
+    """The fleet from the newest history."""
     found = ui.history()
     if found is None:
         return
@@ -33,6 +59,11 @@ def fleet_view() -> None:
     if table.is_empty():
         st.info("No telemetry in this history yet: no asset has reported.")
         return
+    draw(table, f"from the history, refreshes every {REFRESH_S} s")
+
+
+def draw(table: pl.DataFrame, source: str) -> None:
+    """Metrics, power and SoC charts and the per-asset table (``app.data.fleet``'s columns)."""
     col = st.columns(5)
     col[0].metric("assets", len(table))
     col[1].metric("fleet power", data.fmt(table["power_w"].sum(), "+.1f", " kW", scale=1e-3))
@@ -41,7 +72,7 @@ def fleet_view() -> None:
     available = table["max_discharge_w"].fill_null(0).sum()
     col[4].metric("discharge available", data.fmt(available, ".1f", " kW", scale=1e-3))
     newest = table.sort("ts_ms")["last_reading"][-1]
-    st.caption(f"newest reading {newest} (refreshes every {REFRESH_S} s)")
+    st.caption(f"newest reading {newest} ({source})")
     left, right = st.columns(2)
     left.subheader("Power (+ charge, - discharge)")
     left.altair_chart(

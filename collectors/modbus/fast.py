@@ -18,7 +18,9 @@ process' samples (py-spy). This client does only what a SunSpec poll needs:
 - ``LeanModbusClient``: one TCP connection as an ``asyncio.Protocol``, one request in flight
   (Modbus devices answer one at a time per connection), replies matched by transaction
   id (a late reply to a timed-out request is discarded), a timeout per request
-  (``TimeoutError``), and ``ConnectionError`` once the connection is gone. ``read()``
+  (``TimeoutError``; ``GarbledReply``, a ``TimeoutError`` too, when bytes came meanwhile
+  that were not the reply: the device is there but talks nonsense), and
+  ``ConnectionError`` once the connection is gone. ``read()``
   returns an awaitable future (the collector's ``ReadRegisters`` for discovery);
   ``request()`` calls back with the register bytes straight from ``data_received`` (the
   poll loop);
@@ -60,6 +62,7 @@ __all__ = [
     "ILLEGAL_FUNCTION",
     "DeviceError",
     "FrameBuffer",
+    "GarbledReply",
     "LeanModbusClient",
     "NotModbusTcp",
     "Reply",
@@ -108,6 +111,16 @@ class DeviceError(Exception):
     def __init__(self, message: str, code: int | None = None) -> None:
         super().__init__(message)
         self.code = code
+
+
+class GarbledReply(TimeoutError):
+    """No reply to the request in time, but bytes that were not its reply came meanwhile.
+
+    Another transaction's or unit's frame, a truncated frame: the device answered, not
+    usably. A ``TimeoutError`` (the poll loop treats it like one: the next slot is tried on
+    the same connection), told apart so that a device answering garbage is not taken for a
+    silent one (``collectors.modbus.poller.classify_failure``).
+    """
 
 
 # --------------------------------------------------------------------------- pure: codec
@@ -367,6 +380,8 @@ class _Request:
     callback: ReplyCallback
     timer: asyncio.TimerHandle | None
     function: int = READ_HOLDING_REGISTERS
+    #: The connection's ``received`` byte count when the request was sent.
+    received_at_send: int = 0
 
 
 def _settle(future: asyncio.Future[list[int]], reply: Reply) -> None:
@@ -400,6 +415,8 @@ class LeanModbusClient(asyncio.Protocol):
         self.timeout_s = timeout_s
         #: Replies that matched no request in flight (late replies to timed-out requests).
         self.discarded = 0
+        #: Bytes received on this connection.
+        self.received = 0
         self._ticker = ticker
         self._transport: asyncio.Transport | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -463,6 +480,7 @@ class LeanModbusClient(asyncio.Protocol):
             self._ticker.call_at(deadline_s, self._on_timeout, request.tid)
         else:
             request.timer = loop.call_at(deadline_s, self._on_timeout, request.tid)
+        request.received_at_send = self.received
         self._request = request
         transport.write(frame)
 
@@ -566,6 +584,7 @@ class LeanModbusClient(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         """Match each complete reply to the request in flight (called by asyncio)."""
+        self.received += len(data)
         try:
             frames = self._frames.feed(data)
         except NotModbusTcp as exc:
@@ -610,12 +629,15 @@ class LeanModbusClient(asyncio.Protocol):
         what = {WRITE_MULTIPLE_REGISTERS: "write", READ_WRITE_MULTIPLE_REGISTERS: "read/write"}.get(
             request.function, "read"
         )
-        request.callback(
-            TimeoutError(
-                f"no reply from {self.host}:{self.port} to a {what} of {request.count} "
-                f"at {request.address} within {self.timeout_s} s"
-            )
+        text = (
+            f"no reply from {self.host}:{self.port} to a {what} of {request.count} "
+            f"at {request.address} within {self.timeout_s} s"
         )
+        stray = self.received - request.received_at_send
+        if stray:  # the device did answer, with something else
+            request.callback(GarbledReply(f"{text}; {stray} bytes came that were not it"))
+            return
+        request.callback(TimeoutError(text))
 
     def _fail(self, exc: Exception) -> None:
         request = self._request

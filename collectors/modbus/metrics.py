@@ -7,14 +7,17 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from prometheus_client.core import HistogramMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
 
-from collectors.modbus.poller import CollectorStats
+from collectors.modbus.poller import CollectorStats, FailureKind
 from collectors.modbus.schedule import LatenessStats
 from gridflex.metrics import counter, gauge, mqtt_families
 from gridflex.mqtt import MqttStats
 
-__all__ = ["LATENESS_BUCKETS_S", "families", "lateness_family"]
+__all__ = ["FAILURE_KINDS", "LATENESS_BUCKETS_S", "families", "lateness_family"]
+
+#: The ``kind`` label of ``gridflex_modbus_device_failures`` (``classify_failure``).
+FAILURE_KINDS: tuple[FailureKind, ...] = ("silent", "garbage", "internal")
 
 #: Upper bounds of ``gridflex_modbus_poll_lateness_seconds``, s.
 LATENESS_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0)
@@ -61,6 +64,16 @@ def families(stats: CollectorStats, mqtt: object) -> Iterator[Metric]:
         "Polls that failed (timeout, connection lost, Modbus exception)",
         stats.failures,
     )
+    kinds = CounterMetricFamily(
+        "gridflex_modbus_device_failures",
+        "Device failures by kind: silent (offline), garbage (error: answered, not usably), "
+        "internal (error: a bug)",
+        labels=["kind"],
+    )
+    by_kind = dict(stats.failure_kinds)  # one C-level copy
+    for kind in FAILURE_KINDS:
+        kinds.add_metric([kind], by_kind.get(kind, 0))
+    yield kinds
     yield counter(
         "gridflex_modbus_invalid_readings",
         "Readings not published because they failed the telemetry schema",

@@ -5,6 +5,26 @@ Each poller connects, discovers, polls on its ``PollSchedule`` and publishes one
 ``AssetStatus`` and retried with exponential backoff (``backoff_s``), then re-discovered.
 ``run`` starts the pollers phased over one interval, publishes the collector's presence
 and stops them all when asked. The MQTT client is the caller's (``Publisher``).
+
+How a failure is marked (:func:`classify_failure`) matters downstream: control latches a
+*lost device* fault (an emergency stop until an operator clears it) on a device that is
+``offline`` ``[control] lost_after_failures`` times in a row, and only then.
+
+- ``silent`` -> state ``offline``: nothing came back. The connection was refused, reset or
+  timed out, or a request got no byte in reply within ``[modbus] timeout_s``. The device is
+  gone (powered off, unplugged, the network down).
+- ``garbage`` -> state ``error``: the device answered, not usably: a Modbus exception, a
+  reply of the wrong length or function, a byte stream that is not Modbus TCP, a frame of
+  another transaction or unit or a truncated one (``GarbledReply``), a SunSpec map that
+  does not parse. The device is there and misbehaving; it is retried like the rest, and
+  the commands to it fail (``failed`` acks) until it answers properly.
+- ``internal`` -> state ``error`` with the reason ``internal error: …``: a bug here.
+
+``consecutive_failures`` in the status counts the failures in a row *of the kind the
+state names* (a failure of the other kind starts the count afresh), so that one silent
+timeout after a run of garbage is not taken for a lost device; the backoff
+(``retry_in_ms``) counts every failure in a row. ``CollectorStats.failure_kinds`` counts
+them by kind (the metric ``gridflex_modbus_device_failures_total``).
 """
 
 from __future__ import annotations
@@ -14,12 +34,13 @@ import contextlib
 import logging
 import time
 import uuid
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
 from collectors.modbus.connection import ConnectionFactory, discover_plan
-from collectors.modbus.fast import DeviceError, LeanModbusClient, Reply, Ticker
+from collectors.modbus.fast import DeviceError, GarbledReply, LeanModbusClient, Reply, Ticker
 from collectors.modbus.plan import (
     LOW_PRIORITY_EVERY,
     InverterReading,
@@ -46,7 +67,9 @@ __all__ = [
     "COMPONENT",
     "CollectorStats",
     "DevicePoller",
+    "FailureKind",
     "Publisher",
+    "classify_failure",
     "collector_status",
     "run",
 ]
@@ -63,6 +86,28 @@ COMPONENT = "modbus"
 #: What the collector needs of an MQTT client (``AsyncMqttClient`` fits).
 Publisher = MqttPublisher
 
+FailureKind = Literal["silent", "garbage", "internal"]
+"""How a device failed: said nothing, answered garbage, or a bug here (module docstring)."""
+
+_STATE_OF: dict[FailureKind, Literal["offline", "error"]] = {
+    "silent": "offline",
+    "garbage": "error",
+    "internal": "error",
+}
+
+
+def classify_failure(exc: BaseException) -> FailureKind:
+    """``silent``, ``garbage`` or ``internal``: what a failure says of the device.
+
+    Garbage first: ``GarbledReply`` is a ``TimeoutError`` (an ``OSError``) whose device did
+    send bytes. Any other ``OSError`` (refused, reset, timed out) is silence.
+    """
+    if isinstance(exc, GarbledReply | DeviceError | DiscoveryError | IllegalAddress):
+        return "garbage"
+    if isinstance(exc, OSError):
+        return "silent"
+    return "internal"
+
 
 @dataclass
 class CollectorStats:
@@ -73,6 +118,8 @@ class CollectorStats:
     published: int = 0
     failures: int = 0
     slot_failures: int = 0
+    #: Device failures (``failures``) by ``FailureKind``.
+    failure_kinds: Counter[str] = field(default_factory=Counter)
     invalid: int = 0
     #: Devices whose last status was online, and devices polled (for the metrics).
     online: int = 0
@@ -109,7 +156,10 @@ class DevicePoller:
         self.connection = connection
         self.ticker = ticker
         self.seq = 0
+        #: Failures in a row, of any kind (the backoff).
         self.failures = 0
+        #: The kind of the last failure and how many of that kind in a row (the status).
+        self.streak: tuple[FailureKind | None, int] = (None, 0)
         self.online = False
         self._telemetry_topic = telemetry_topic(site.id, KIND, asset.id)
         self._status_topic = status_topic(site.id, KIND, asset.id)
@@ -117,6 +167,7 @@ class DevicePoller:
         self._invalid_logged = False
         self._polls = 0
         self._slot_failures = 0
+        self._slot_garbled = False  # a slot among _slot_failures got a GarbledReply
         self.stopping = False
         #: Set once the first connect-and-discover attempt has ended (either way).
         self.tried = asyncio.Event()
@@ -127,8 +178,9 @@ class DevicePoller:
         reason: str | None = None,
         retry_in_ms: int | None = None,
         capabilities: Capabilities | None = None,
+        failures: int = 0,
     ) -> None:
-        """Publish this asset's retained status."""
+        """Publish this asset's retained status; ``failures``: of the state's kind in a row."""
         online = state == "online"
         self.stats.online += online - self.online
         self.online = online
@@ -141,7 +193,7 @@ class DevicePoller:
             online=self.online,
             state=state,
             reason=reason,
-            consecutive_failures=self.failures,
+            consecutive_failures=failures,
             retry_in_ms=retry_in_ms,
             capabilities=capabilities,
         )
@@ -170,7 +222,9 @@ class DevicePoller:
                 )
                 self.tried.set()
                 self.failures = 0
+                self.streak = (None, 0)
                 self._slot_failures = 0  # a rediscovered device starts afresh
+                self._slot_garbled = False
                 self.publish_status("online", capabilities=plan.capabilities)
                 log.info("%s: online, models %s", self.asset.id, plan.model_map.model_ids)
                 schedule.resume(loop.time())
@@ -180,23 +234,29 @@ class DevicePoller:
                     await self._poll(read, plan, schedule)
             except Exception as exc:  # whatever it is: mark the device and try again
                 self.tried.set()
+                kind = classify_failure(exc)
+                if kind == "silent" and self._slot_garbled:
+                    kind = "garbage"  # the slots lost before it had garbage in reply
+                self._slot_garbled = False
                 self.failures += 1
                 self.stats.failures += 1
-                known = isinstance(exc, DeviceError | DiscoveryError | IllegalAddress | OSError)
-                garbage = not known or isinstance(
-                    exc, DeviceError | DiscoveryError | IllegalAddress
-                )
+                self.stats.failure_kinds[kind] += 1
+                last_kind, in_a_row = self.streak
+                self.streak = (kind, in_a_row + 1 if kind == last_kind else 1)
                 delay_s = backoff_s(self.failures, cfg.backoff_initial_s, cfg.backoff_max_s)
                 reason = f"{type(exc).__name__}: {exc}"[:200]
-                if not known:
+                if kind == "internal":
                     reason = f"internal error: {reason}"[:200]
                     log.error(
                         "%s: %s; retry in %.1f s", self.asset.id, reason, delay_s, exc_info=exc
                     )
-                elif self.failures == 1:
+                elif self.streak[1] == 1:
                     log.warning("%s: %s; retry in %.1f s", self.asset.id, reason, delay_s)
                 self.publish_status(
-                    "error" if garbage else "offline", reason, retry_in_ms=round(delay_s * 1000)
+                    _STATE_OF[kind],
+                    reason,
+                    retry_in_ms=round(delay_s * 1000),
+                    failures=self.streak[1],
                 )
             finally:
                 client.close()
@@ -213,6 +273,7 @@ class DevicePoller:
         busy = isinstance(exc, DeviceError) and exc.code in TRANSIENT_EXCEPTION_CODES
         if not (busy or isinstance(exc, TimeoutError)):
             return False
+        self._slot_garbled = self._slot_garbled or isinstance(exc, GarbledReply)
         self._slot_failures += 1
         self.stats.slot_failures += 1
         if self._slot_failures >= self.site.modbus.failures_before_offline:
@@ -274,6 +335,7 @@ class DevicePoller:
                 continue
             schedule.finish()
             self._slot_failures = 0
+            self._slot_garbled = False
             self._publish_reading(decode_reading(plan, blocks))
 
     async def _poll_chained(
@@ -325,6 +387,7 @@ class DevicePoller:
                 return
             schedule.finish()
             self._slot_failures = 0
+            self._slot_garbled = False
             try:
                 self._publish_reading(decode_data(plan, data))
             except Exception as exc:  # a bug must end the poll loop visibly, not silently

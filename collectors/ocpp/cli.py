@@ -171,7 +171,6 @@ def main(args: argparse.Namespace, *, mqtt_factory: MqttClientFactory = AsyncMqt
         keepalive_s=site.mqtt.keepalive_s,
     )
     csms = Csms(settings, mqtt, boot_id=boot_id, component=component)
-    events.configure(site.history.dir, site.id, "collect-ocpp")  # fault codes into the history
     requests = RequestServer(csms, mqtt, foreign=foreign)
     metrics = serve_metrics(
         listen_address(site, "collect_ocpp", args.metrics_listen),
@@ -181,6 +180,7 @@ def main(args: argparse.Namespace, *, mqtt_factory: MqttClientFactory = AsyncMqt
 
     async def _run() -> None:
         stop = stop_on_signals()
+        events.configure(mqtt, site.id, "collect-ocpp")  # fault codes on MQTT, into the history
         await mqtt.start()  # no wait: stations are served while the broker is unreachable
         try:
             async with systemd.supervised(connected=systemd.broker_up(mqtt)) as watchdog:

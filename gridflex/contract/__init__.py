@@ -19,6 +19,7 @@ from gridflex.contract.csms import (
     CsmsStatus,
     FreqWattPoint,
 )
+from gridflex.contract.event import DETAIL_LIMIT, EventReport
 from gridflex.contract.parse import PAYLOADS, describe_validation_error, parse_payload
 from gridflex.contract.payloads import (
     ACK_RESULTS,
@@ -48,6 +49,8 @@ from gridflex.contract.topics import (
     csms_request_topic,
     csms_result_topic,
     deadletter_topic,
+    event_filter,
+    event_topic,
     forecast_topic,
     grid_frequency_topic,
     is_retained_topic,
@@ -63,6 +66,7 @@ __all__ = [
     "ACK_RESULTS",
     "ASSET_ID_PATTERN",
     "DEAD_LETTER_LIMIT",
+    "DETAIL_LIMIT",
     "PAYLOADS",
     "PREFIX",
     "TELEMETRY_STATUSES",
@@ -82,6 +86,7 @@ __all__ = [
     "DispatchCommand",
     "DispatchMode",
     "EvChargingNeeds",
+    "EventReport",
     "Forecast",
     "FreqWattPoint",
     "GridFrequency",
@@ -98,6 +103,8 @@ __all__ = [
     "csms_result_topic",
     "deadletter_topic",
     "describe_validation_error",
+    "event_filter",
+    "event_topic",
     "forecast_topic",
     "grid_frequency_topic",
     "hash_id_token",

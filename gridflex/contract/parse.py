@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from gridflex.contract.base import ContractError, Payload
 from gridflex.contract.csms import CsmsRequest, CsmsResult
+from gridflex.contract.event import EventReport
 from gridflex.contract.payloads import (
     AssetStatus,
     CollectorStatus,
@@ -34,6 +35,7 @@ PAYLOADS: dict[str, type[Payload]] = {
     "summary/1": SiteSummary,
     "target/1": SiteTarget,
     "collector/1": CollectorStatus,
+    "event/1": EventReport,
     "deadletter/1": DeadLetter,
     "csms-setpoint/1": CsmsRequest,
     "csms-result/1": CsmsResult,

@@ -80,6 +80,17 @@ def collector_topic(site: str, component: str) -> str:
     return f"{PREFIX}/{_check_id(site, 'site')}/collector/{component}/status"
 
 
+def event_topic(site: str, component: str) -> str:
+    """Return ``gridflex/v1/{site}/event/{component}``: its faults and events (QoS 1)."""
+    component = _check_id(component, "component")
+    return f"{PREFIX}/{_check_id(site, 'site')}/event/{component}"
+
+
+def event_filter(site: str) -> str:
+    """Return the subscription ``gridflex/v1/{site}/event/+`` (every component's events)."""
+    return f"{PREFIX}/{_check_id(site, 'site')}/event/+"
+
+
 def deadletter_topic(component: str) -> str:
     """Return ``gridflex/v1/deadletter/{component}``."""
     return f"{PREFIX}/deadletter/{_check_id(component, 'component')}"
@@ -94,9 +105,10 @@ def parse_topic(topic: str) -> dict[str, str]:
     """Split a contract topic into its parts.
 
     Returns a dict with ``site``, ``kind`` (``inverter``/``evse``/``grid``/``ev``/
-    ``dispatch``/``summary``/``target``/``deadletter``), ``asset`` where the topic has one, and
-    ``leaf`` (``telemetry``, ``status``, ``frequency``, ...). Raises ``ContractError`` for a
-    topic outside the tree.
+    ``dispatch``/``summary``/``target``/``event``/``deadletter``), ``asset`` where the topic
+    has one, ``component`` for ``event`` and ``deadletter``, and ``leaf`` (``telemetry``,
+    ``status``, ``frequency``, ``event``, ...). Raises ``ContractError`` for a topic outside
+    the tree.
     """
     parts = topic.split("/")
     if len(parts) < 3 or f"{parts[0]}/{parts[1]}" != PREFIX:
@@ -106,6 +118,8 @@ def parse_topic(topic: str) -> dict[str, str]:
         return {"kind": "deadletter", "component": rest[1], "leaf": "deadletter"}
     if len(rest) == 2 and rest[1] in ("summary", "target"):
         return {"site": rest[0], "kind": rest[1], "leaf": rest[1]}
+    if len(rest) == 3 and rest[1] == "event" and _ASSET_ID_RE.match(rest[2]):
+        return {"site": rest[0], "kind": "event", "component": rest[2], "leaf": "event"}
     if len(rest) == 3 and rest[1:] == ["grid", "frequency"]:
         return {"site": rest[0], "kind": "grid", "leaf": "frequency"}
     if len(rest) == 4:

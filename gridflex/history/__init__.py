@@ -20,9 +20,9 @@ ts_ms)``, ``commands`` on ``(site, command_id)``, ``acks`` on ``(site, asset, co
 result, ts_ms)``, ``status_changes`` on ``(site, asset, ts_ms)`` and the change (and a row
 equal in state to the asset's previous one is not a change), ``transactions`` on ``(site, asset,
 transaction_id)`` (one row per transaction from its ``started`` and ``ended`` events),
-``events`` on ``(site, asset, event, fault_code, ts_ms)``. The ``events`` stream (faults
-and other notable events, :mod:`gridflex.events`) is written by the process that
-detects them, not by the pipeline.
+``events`` on ``(site, event_id)`` (files from before ``event_id``: ``(site, asset, event,
+fault_code, ts_ms)``). The ``events`` stream (faults and other notable events,
+:mod:`gridflex.events`) comes over MQTT (``event/1``) like the others.
 
 Every file carries key-value metadata (:data:`META_STREAM`, :data:`META_SCHEMA_VERSION`,
 :data:`META_WRITER`, :func:`file_metadata`); the views read files without it too.

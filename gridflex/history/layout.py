@@ -183,7 +183,9 @@ TRANSACTIONS_SCHEMA: Final = pa.schema(
     ]
 )
 
-#: One row per event a process recorded (``gridflex.events``): a fault with its code, ...
+#: One row per ``event/1`` the pipeline received (``gridflex.events``): a fault with its
+#: code, ... ``event_id`` (version 2) is unique per event; files of version 1 (written by
+#: the detecting process itself) lack it and read as NULL.
 EVENTS_SCHEMA: Final = pa.schema(
     [
         pa.field("site", pa.string(), nullable=False),
@@ -193,6 +195,7 @@ EVENTS_SCHEMA: Final = pa.schema(
         pa.field("event", pa.string(), nullable=False),
         pa.field("fault_code", pa.string()),
         pa.field("detail", pa.string()),
+        pa.field("event_id", pa.string()),
     ]
 )
 
@@ -208,9 +211,10 @@ SCHEMAS: Final[dict[str, pa.Schema]] = {
 }
 
 #: Version of each stream's file schema, raised when a column is added or changes meaning
-#: (telemetry 2: ``device_status`` and ``register_decreased``). Files written before the
-#: versions existed carry no metadata; the views read them by column name.
-SCHEMA_VERSIONS: Final[dict[str, int]] = dict.fromkeys(STREAMS, 1) | {TELEMETRY: 2}
+#: (telemetry 2: ``device_status`` and ``register_decreased``; events 2: ``event_id``).
+#: Files written before the versions existed carry no metadata; the views read them by
+#: column name.
+SCHEMA_VERSIONS: Final[dict[str, int]] = dict.fromkeys(STREAMS, 1) | {TELEMETRY: 2, EVENTS: 2}
 
 #: Key-value metadata of every history file: its stream, schema version and writer.
 META_STREAM: Final = "gridflex.stream"

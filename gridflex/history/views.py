@@ -222,13 +222,20 @@ SELECT
 FROM g
 """
 
+# One row per event_id: a QoS 1 redelivery, or a copy written again by a pipeline that
+# replayed it after a crash, repeats the id. Rows of files from before event_id (written
+# by the detecting process, schema version 1) keep the old key (asset, event, code, ts_ms).
 _EVENTS_VIEW: Final = """
 CREATE OR REPLACE VIEW events AS
 SELECT
     site, asset, ts_ms, make_timestamptz(ts_ms * 1000) AS ts, component, event, fault_code,
-    detail, date
+    detail, event_id, date
 FROM {source}
-QUALIFY row_number() OVER (PARTITION BY site, asset, event, fault_code, ts_ms) = 1
+QUALIFY row_number() OVER (
+    PARTITION BY site, event_id,
+        CASE WHEN event_id IS NULL THEN [asset, event, fault_code, ts_ms::VARCHAR] END
+    ORDER BY date, component
+) = 1
 """
 
 _VIEWS: Final = {

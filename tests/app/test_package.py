@@ -43,7 +43,7 @@ def test_the_wheel_holds_the_app_and_gridflex_app_runs_the_installed_copy(
     code = (
         "import argparse, pathlib; from gridflex import app_cmd; "
         "argv = app_cmd.streamlit_argv(argparse.Namespace("
-        "data_dir=pathlib.Path('d'), host='127.0.0.1', port=1)); "
+        "data_dir=pathlib.Path('d'), site=None, host='127.0.0.1', port=1)); "
         "print(argv[argv.index('run') + 1])"
     )
     out = subprocess.run(

@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from collectors.modbus.fast import (
     DeviceError,
     FrameBuffer,
+    GarbledReply,
     LeanModbusClient,
+    NotModbusTcp,
     Reply,
     Ticker,
     decode_read_response,
@@ -23,8 +25,9 @@ from collectors.modbus.fast import (
     encode_write_request,
     registers,
 )
+from collectors.modbus.poller import classify_failure
 from gridflex.net import free_port, free_port_block
-from gridflex.sunspec.discovery import IllegalAddress
+from gridflex.sunspec.discovery import DiscoveryError, IllegalAddress
 from simulators.inverter import InverterFleet
 
 # --------------------------------------------------------------------------- codec
@@ -312,6 +315,70 @@ def test_no_reply_times_out_and_the_late_reply_is_discarded() -> None:
             client.close()
 
     asyncio.run(scenario())
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "answer",
+    [
+        lambda tid: _frame(tid + 1, 1, bytes([3, 2, 0, 7])),
+        lambda tid: _frame(tid, 9, bytes([3, 2, 0, 7])),
+        lambda tid: _frame(tid, 1, bytes([3, 2, 0, 7]))[:9],
+    ],
+    ids=["another-transaction", "another-unit", "truncated"],
+)
+def test_a_timeout_with_bytes_that_were_not_the_reply_is_a_garbled_reply(
+    answer: Callable[[int], bytes],
+) -> None:
+    async def scenario() -> None:
+        async with _fake_device() as (port, requests, peer):
+            client = LeanModbusClient("127.0.0.1", port, timeout_s=0.3)
+            await client.connect()
+            pending = client.read(40000, 1)
+            tid, _ = await requests.get()
+            transport = peer().transport
+            assert transport is not None
+            transport.write(answer(tid))
+            with pytest.raises(GarbledReply, match="bytes came that were not it"):
+                await pending
+            assert classify_failure(GarbledReply("x")) == "garbage"
+            client.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.integration
+def test_a_timeout_with_nothing_in_reply_is_plain_silence() -> None:
+    async def scenario() -> None:
+        async with _fake_device() as (port, requests, _peer):
+            client = LeanModbusClient("127.0.0.1", port, timeout_s=0.2)
+            await client.connect()
+            with pytest.raises(TimeoutError) as raised:
+                await client.read(40000, 1)
+            assert not isinstance(raised.value, GarbledReply)
+            assert classify_failure(raised.value) == "silent"
+            await requests.get()
+            client.close()
+
+    asyncio.run(scenario())
+
+
+@pytest.mark.parametrize(
+    ("exc", "kind"),
+    [
+        (TimeoutError("no reply"), "silent"),
+        (ConnectionRefusedError("refused"), "silent"),
+        (ConnectionResetError("reset"), "silent"),
+        (GarbledReply("another transaction's frame"), "garbage"),
+        (DeviceError("Modbus exception 4", 4), "garbage"),
+        (NotModbusTcp("protocol 7", []), "garbage"),
+        (IllegalAddress(40000), "garbage"),
+        (DiscoveryError("no SunSpec marker"), "garbage"),
+        (KeyError("bug"), "internal"),
+    ],
+)
+def test_a_failure_is_silence_garbage_or_a_bug(exc: BaseException, kind: str) -> None:
+    assert classify_failure(exc) == kind
 
 
 @pytest.mark.integration

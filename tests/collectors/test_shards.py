@@ -232,19 +232,20 @@ def test_a_csms_shard_leaves_requests_for_another_shards_evses_unanswered() -> N
     assert [topic for topic, _ in mqtt.published] == [csms_result_topic("s1", "evse1")]
 
 
-def _presence(component: str, online: bool, assets: list[str]) -> bytes:
-    status = {"component": component, "online": online, "site": "s1", "ts_ms": 1}
-    return json.dumps(status | ({"assets": assets} if assets else {})).encode()
+def _presence(component: str, online: bool, assets: list[str]) -> tuple[str, bytes]:
+    status = {"schema": "collector/1", "component": component, "online": online}
+    status |= {"site": "s1", "ts_ms": 1}
+    payload = json.dumps(status | ({"assets": assets} if assets else {})).encode()
+    return f"gridflex/v1/s1/collector/{component}/status", payload
 
 
 def test_control_fails_only_the_evses_of_an_offline_csms_shard() -> None:
     client = CsmsClient(_Recorder(), "s1")  # type: ignore[arg-type]
-    topic = "gridflex/v1/s1/collector/ocpp-1of2/status"
-    client._on_collector(topic, _presence("ocpp-1of2", True, ["evse1"]))
-    client._on_collector(topic, _presence("ocpp-2of2", True, ["evse2"]))
-    client._on_collector(topic, _presence("modbus", False, ["inv1"]))  # not a CSMS
+    client._on_collector(*_presence("ocpp-1of2", True, ["evse1"]))
+    client._on_collector(*_presence("ocpp-2of2", True, ["evse2"]))
+    client._on_collector(*_presence("modbus", False, ["inv1"]))  # not a CSMS
     assert not client.csms_offline("evse1")
     assert not client.csms_offline("evse2")
-    client._on_collector(topic, _presence("ocpp-1of2", False, []))  # its last will: no assets
+    client._on_collector(*_presence("ocpp-1of2", False, []))  # its last will: no assets
     assert client.csms_offline("evse1")
     assert not client.csms_offline("evse2")

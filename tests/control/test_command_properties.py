@@ -3,7 +3,8 @@
 Every message on a command topic is either queued for its asset's worker or dead-lettered,
 exactly one of the two, and never raises; a queued command is one whose ack the pipeline
 accepts (``pipelines.validate.validate_ack``); valid commands round-trip. Statuses,
-readings, CSMS results and the CSMS presence are read leniently and never raise either.
+readings, CSMS results and the CSMS presence never raise either, and each one that is not a
+valid payload of its topic for this site is dead-lettered, once, and only those.
 No broker: the service runs on a recording stand-in for its MQTT client.
 """
 
@@ -19,10 +20,20 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from control.ledger import Ledger
+from control.metrics import DEAD_LETTER_KINDS
 from control.service import ControlService
 from control.writer import make_ack
 from gridflex.config import parse_site
-from gridflex.contract import DeadLetter, DispatchCommand, command_topic
+from gridflex.contract import (
+    AssetStatus,
+    CollectorStatus,
+    ContractError,
+    CsmsResult,
+    DeadLetter,
+    DispatchCommand,
+    command_topic,
+    parse_payload,
+)
 from pipelines.validate import RawMessage, validate_ack
 
 SITE = "fz1"
@@ -254,3 +265,182 @@ def test_statuses_readings_and_csms_messages_never_raise(
     service._on_status(f"gridflex/v1/{SITE}/inverter/{asset}/status", payload)
     service.csms._on_result(f"gridflex/v1/{SITE}/csms/{asset}/result", payload)
     service.csms._on_collector(f"gridflex/v1/{SITE}/collector/ocpp/status", payload)
+
+
+def _valid_for(payload: bytes, model: type, topic_asset: str, assets: tuple[str, ...]) -> bool:
+    """The oracle, written apart from ``control.inbound``: a payload control may use."""
+    try:
+        message = parse_payload(payload)
+    except ContractError:
+        return False
+    if not isinstance(message, model) or getattr(message, "site", None) != SITE:
+        return False
+    if isinstance(message, CollectorStatus):
+        return message.component == topic_asset
+    if isinstance(message, AssetStatus) and message.kind != "inverter":  # the topic's kind
+        return False
+    return getattr(message, "asset", None) == topic_asset and topic_asset in assets
+
+
+def _dead_letters(service: ControlService, handle: Any, topic: str, payload: bytes) -> int:
+    mqtt = _reset(service)
+    before = service.dead_letters
+    handle(topic, payload)  # never raises
+    dead = service.dead_letters - before
+    letters = [DeadLetter.model_validate_json(p) for t, p in mqtt.published if "deadletter" in t]
+    assert len(letters) == dead <= 1, letters
+    for letter in letters:
+        assert letter.topic == topic and letter.component == "control"
+        assert letter.reason.split(":")[0] or letter.reason
+        assert len(letter.reason) <= 600, letter.reason[:300]
+    return dead
+
+
+def _status(asset: str = "inv1", **fields: Any) -> dict[str, Any]:
+    return {"schema": "status/1", "site": SITE, "asset": asset, "kind": "inverter",
+            "ts_ms": 1_700_000_000_000, "online": True, "state": "online", **fields}  # fmt: skip
+
+
+def _result(asset: str = "ev1", **fields: Any) -> dict[str, Any]:
+    return {"schema": "csms-result/1", "site": SITE, "asset": asset, "ts_ms": 1_700_000_000_000,
+            "request_id": "c-1", "kind": "setpoint", "phase": "answer", "status": "accepted",
+            **fields}  # fmt: skip
+
+
+def _presence(component: str = "ocpp", **fields: Any) -> dict[str, Any]:
+    return {"schema": "collector/1", "site": SITE, "component": component,
+            "ts_ms": 1_700_000_000_000, "online": True, **fields}  # fmt: skip
+
+
+STATUS_KEYS = st.sampled_from(
+    ["schema", "site", "asset", "kind", "ts_ms", "online", "state", "faults",
+     "consecutive_failures", "extra"]
+)  # fmt: skip
+RESULT_KEYS = st.sampled_from(
+    ["schema", "site", "asset", "ts_ms", "request_id", "kind", "phase", "status", "sent_w"]
+)
+PRESENCE_KEYS = st.sampled_from(["schema", "site", "component", "online", "assets", "boot"])
+OTHER_PAYLOADS = st.sampled_from(
+    [json.dumps(_valid()), json.dumps(_status()), json.dumps(_result()), json.dumps(_presence())]
+).map(str.encode)
+
+
+def _edited(base: dict[str, Any], edits: dict[str, Any], drop: list[str]) -> bytes:
+    body = {**base, **edits}
+    for name in drop:
+        body.pop(name, None)
+    return json.dumps(body, allow_nan=True).encode()
+
+
+@given(
+    payload=st.binary(max_size=200) | OTHER_PAYLOADS,
+    edits=st.dictionaries(STATUS_KEYS, NUMBERS | JSON_VALUES | st.sampled_from(ASSETS), max_size=3),
+    drop=st.lists(STATUS_KEYS, max_size=2),
+    use_edits=st.booleans(),
+    topic_asset=st.sampled_from([*ASSETS, "nope"]),
+)
+@example(payload=b"", edits={}, drop=[], use_edits=False, topic_asset="inv1")  # a cleared status
+@example(payload=b"", edits={}, drop=[], use_edits=True, topic_asset="inv1")
+@example(payload=b"", edits={"site": "other"}, drop=[], use_edits=True, topic_asset="inv1")
+@example(payload=b"", edits={}, drop=[], use_edits=True, topic_asset="nope")
+@settings(max_examples=300)
+def test_a_status_is_used_or_dead_lettered_never_both(
+    service: ControlService,
+    *,
+    payload: bytes,
+    edits: dict[str, Any],
+    drop: list[str],
+    use_edits: bool,
+    topic_asset: str,
+) -> None:
+    if use_edits:
+        payload = _edited(_status(topic_asset), edits, drop)
+    topic = f"gridflex/v1/{SITE}/inverter/{topic_asset}/status"
+    dead = _dead_letters(service, service._on_status, topic, payload)
+    usable = payload == b"" or _valid_for(payload, AssetStatus, topic_asset, ASSETS)
+    assert dead == (0 if usable else 1), payload[:300]
+
+
+def test_a_collectors_presence_on_the_status_filter_is_not_an_asset_status(
+    service: ControlService,
+) -> None:
+    topic = f"gridflex/v1/{SITE}/collector/modbus/status"
+    payload = json.dumps(_presence("modbus")).encode()
+    assert _dead_letters(service, service._on_status, topic, payload) == 0
+
+
+@given(
+    payload=st.binary(max_size=200) | OTHER_PAYLOADS,
+    edits=st.dictionaries(RESULT_KEYS, NUMBERS | JSON_VALUES | st.sampled_from(ASSETS), max_size=3),
+    drop=st.lists(RESULT_KEYS, max_size=2),
+    use_edits=st.booleans(),
+    topic_asset=st.sampled_from([*ASSETS, "nope"]),
+)
+@example(payload=b"", edits={}, drop=[], use_edits=True, topic_asset="ev1")
+@example(payload=b"", edits={}, drop=[], use_edits=True, topic_asset="inv1")  # not an EVSE
+@example(payload=b"", edits={"asset": "inv1"}, drop=[], use_edits=True, topic_asset="ev1")
+@settings(max_examples=300)
+def test_a_csms_result_is_used_or_dead_lettered_never_both(
+    service: ControlService,
+    *,
+    payload: bytes,
+    edits: dict[str, Any],
+    drop: list[str],
+    use_edits: bool,
+    topic_asset: str,
+) -> None:
+    if use_edits:
+        payload = _edited(_result(topic_asset), edits, drop)
+    topic = f"gridflex/v1/{SITE}/csms/{topic_asset}/result"
+    dead = _dead_letters(service, service.csms._on_result, topic, payload)
+    assert dead == (0 if _valid_for(payload, CsmsResult, topic_asset, ("ev1",)) else 1)
+
+
+@given(
+    payload=st.binary(max_size=200) | OTHER_PAYLOADS,
+    edits=st.dictionaries(PRESENCE_KEYS, NUMBERS | JSON_VALUES, max_size=3),
+    drop=st.lists(PRESENCE_KEYS, max_size=2),
+    use_edits=st.booleans(),
+    component=st.sampled_from(["ocpp", "ocpp-1of2", "modbus"]),
+)
+@example(payload=b"", edits={}, drop=[], use_edits=False, component="ocpp")
+@example(payload=b"", edits={"online": False}, drop=[], use_edits=True, component="ocpp")
+@settings(max_examples=200)
+def test_a_csms_presence_is_used_or_dead_lettered_never_both(
+    service: ControlService,
+    *,
+    payload: bytes,
+    edits: dict[str, Any],
+    drop: list[str],
+    use_edits: bool,
+    component: str,
+) -> None:
+    if use_edits:
+        payload = _edited(_presence(component), edits, drop)
+    topic = f"gridflex/v1/{SITE}/collector/{component}/status"
+    service.csms.csms_online = None
+    dead = _dead_letters(service, service.csms._on_collector, topic, payload)
+    usable = payload == b"" or _valid_for(payload, CollectorStatus, component, ())
+    assert dead == (0 if usable else 1), payload[:300]
+    if dead or payload == b"" or component != "ocpp":
+        assert service.csms.csms_online is None  # a refused presence changes nothing
+    else:
+        assert service.csms.csms_online is parse_payload(payload).online  # type: ignore[attr-defined]
+
+
+@given(payload=st.binary(max_size=200) | OTHER_PAYLOADS)
+@settings(max_examples=150)
+def test_a_reading_control_cannot_use_is_dead_lettered_when_it_is_read(
+    service: ControlService, payload: bytes
+) -> None:
+    topic = f"gridflex/v1/{SITE}/inverter/inv1/telemetry"
+    mqtt = _reset(service)
+    before = service.dead_letters
+    service._on_telemetry(topic, payload)  # parses it at once when it may show a fault
+    reading = service.live.reading("inv1")
+    letters = [DeadLetter.model_validate_json(p) for t, p in mqtt.published if "deadletter" in t]
+    assert len(letters) == service.dead_letters - before == (1 if reading is None else 0)
+    assert all(letter.topic == topic for letter in letters)
+    assert service.live.reading("inv1") is reading  # dead-lettered once, not at every ask
+    kinds = dict(service.dead_letter_kinds)
+    assert set(kinds) <= set(DEAD_LETTER_KINDS), kinds

@@ -32,9 +32,14 @@ def _status(**fields: Any) -> AssetStatus:
             {"state": "online", "faults": ["Grid_Sync_Error", "Grid_Sync_Error"]},
             ["Grid_Sync_Error"],
         ),
-        ({"state": "error", "online": False, "consecutive_failures": 2}, []),
-        ({"state": "error", "online": False, "consecutive_failures": 3}, [LOST_DEVICE]),
-        ({"state": "offline", "online": False, "consecutive_failures": 9}, []),
+        # silent (nothing came back) that often in a row: lost
+        ({"state": "offline", "online": False, "consecutive_failures": 2}, []),
+        ({"state": "offline", "online": False, "consecutive_failures": 3}, [LOST_DEVICE]),
+        # the collector stopped: no failure of the device
+        ({"state": "offline", "online": False, "reason": "collector stopped"}, []),
+        # answering garbage, however long: misbehaving, retried, never latched
+        ({"state": "error", "online": False, "consecutive_failures": 3}, []),
+        ({"state": "error", "online": False, "consecutive_failures": 1000}, []),
     ],
 )
 def test_faults_in_status(fields: dict[str, Any], codes: list[str]) -> None:

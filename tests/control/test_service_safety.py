@@ -193,11 +193,11 @@ def test_a_lost_device_is_a_latched_fault(mosquitto: Broker, tmp_path: Path) -> 
     site = _site(mosquitto, {"inv1": base})
 
     async def body(obs: Observer, collector: Collector, service: ControlService) -> None:
-        collector.status("inv1", online=False, state="error", consecutive_failures=1)
+        collector.status("inv1", online=False, state="offline", consecutive_failures=1)
         await asyncio.sleep(0.3)
         assert service.faults.latched("inv1") == []  # one failed poll is not a lost device
         collector.status(
-            "inv1", online=False, state="error", consecutive_failures=3, reason="timeout"
+            "inv1", online=False, state="offline", consecutive_failures=3, reason="timeout"
         )
         await _until(lambda: service.faults.latched("inv1") != [], "lost device not latched")
         assert service.faults.describe("inv1") == "lost device (timeout)"

@@ -139,6 +139,9 @@ def test_every_role_can_write_and_read_what_its_acl_grants(secured: Broker) -> N
         ("collector", "summary", "evse/a1/status"),
         ("pipeline", "inverter/a1/telemetry", "dispatch/a1/command"),
         ("control", "dispatch/a1/command", "dispatch/a1/ack"),
+        ("control", "event/collect-ocpp", "event/control"),  # events under its own name only
+        ("collector", "event/control", "event/collect-ocpp"),
+        ("pipeline", "event/control", "dispatch/a1/command"),
         ("integrator", "dispatch/a1/command", None),
     ],
 )

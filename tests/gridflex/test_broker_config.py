@@ -140,6 +140,8 @@ def test_acl_grants_every_topic_the_parts_publish_and_subscribe() -> None:
             c.csms_result_topic("s1", "a"),
             c.deadletter_topic("modbus"),
             c.deadletter_topic("ocpp"),
+            c.event_topic("s1", "collect-ocpp"),
+            c.event_topic("s1", "collect-modbus"),
         ],
         "pipeline": [
             c.grid_frequency_topic("s1"),
@@ -152,6 +154,7 @@ def test_acl_grants_every_topic_the_parts_publish_and_subscribe() -> None:
             c.ack_topic("s1", "a"),
             c.csms_request_topic("s1", "a"),
             c.deadletter_topic("control"),
+            c.event_topic("s1", "control"),
         ],
     }
     reads = {
@@ -180,3 +183,9 @@ def test_acl_grants_every_topic_the_parts_publish_and_subscribe() -> None:
     assert not _grants("collector", "read", c.telemetry_topic("s1", "inverter", "a"))
     assert not _grants("control", "write", c.session_topic("s1", "a"))
     assert not _grants("pipeline", "write", c.status_topic("s1", "evse", "a"))
+    # events: each writer under its own component, the pipeline only reads them
+    assert _grants("pipeline", "read", c.event_topic("s1", "control"))
+    assert not _grants("pipeline", "write", c.event_topic("s1", "control"))
+    assert not _grants("collector", "write", c.event_topic("s1", "control"))
+    assert not _grants("control", "write", c.event_topic("s1", "collect-ocpp"))
+    assert not _grants("control", "write", c.event_topic("s2", "control"))

@@ -13,7 +13,7 @@ from gridflex.broker import Broker
 from gridflex.central import CentralDispatcher, load_central, parse_central, run_central
 from gridflex.config import ConfigError
 from gridflex.contract import SiteSummary, SiteTarget, parse_payload, summary_topic
-from gridflex.demo_sites import central_toml
+from gridflex.demo.sites import central_toml
 from gridflex.mqtt import MqttClient
 from gridflex.net import free_port
 from tests.metrics_helpers import gridflex, scrape_until, stop, value

@@ -26,6 +26,7 @@ from gridflex.demo import (
     site_toml,
     stop_order,
 )
+from gridflex.demo.parts import _MQTT_ROLE
 
 
 def _plan(dispatch: str = "droop", fcr_capacity_w: float | None = None) -> DemoPlan:
@@ -283,7 +284,7 @@ def no_broker(monkeypatch: pytest.MonkeyPatch) -> None:
     def refuse(*_args: object, **_kwargs: object) -> None:
         raise _BrokerStarted
 
-    monkeypatch.setattr("gridflex.demo.start_broker", refuse)
+    monkeypatch.setattr("gridflex.demo.cli.start_broker", refuse)
 
 
 @pytest.mark.usefixtures("no_broker")
@@ -405,12 +406,16 @@ def test_banner_shows_the_api_url_and_token_and_the_view_keeps_its_headline() ->
 # --------------------------------------------------------------------------- analytics app
 
 
-def test_the_app_runs_over_the_site_files_folder_and_stops_first(tmp_path: Path) -> None:
+def test_the_app_runs_over_the_site_files_folder_live_from_its_broker_and_stops_first(
+    tmp_path: Path,
+) -> None:
     plan = dataclasses.replace(_plan(), app_port=18501)
-    parts = plan_parts(plan, tmp_path / "site.toml")
+    site = tmp_path / "site.toml"
+    parts = plan_parts(plan, site)
     (app,) = [p for p in parts if p.name == "app"]
-    assert app.argv == ["app", "--data-dir", str(tmp_path), "--port", "18501"]
+    assert app.argv == ["app", "--data-dir", str(tmp_path), "--site", str(site), "--port", "18501"]
     assert app.role == "app"
+    assert _MQTT_ROLE["app"] == "integrator"  # read only: the live Fleet page
     assert stop_order(parts)[0].name == "app"
     assert "app" not in [p.name for p in plan_parts(_plan(), tmp_path / "site.toml")]
 

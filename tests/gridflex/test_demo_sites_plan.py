@@ -11,7 +11,7 @@ import pytest
 from gridflex.central import parse_central
 from gridflex.config import parse_site
 from gridflex.demo import DemoPlan, add_arguments, main
-from gridflex.demo_sites import MultiSitePlan, central_toml, site_ids, sites_site_toml
+from gridflex.demo.sites import MultiSitePlan, central_toml, site_ids, sites_site_toml
 
 
 def _parse(args: list[str]) -> argparse.Namespace:

@@ -16,7 +16,7 @@ import pytest
 
 from gridflex.broker import Broker
 from gridflex.cli import build_parser
-from gridflex.demo_sites import central_toml
+from gridflex.demo.sites import central_toml
 from tests.gridflex.test_systemd import FakeSystemd
 from tests.gridflex.test_systemd_units import INSTALLED_BIN, UNITS, _one, parse_unit
 

@@ -30,13 +30,31 @@ def make_site(
     nominal_hz: int = 50,
     window_ms: int = 1000,
     lateness_ms: int = 500,
+    inverters: tuple[str, ...] = (),
 ) -> SiteConfig:
-    """A site built in code through the real config loader."""
+    """A site built in code through the real config loader.
+
+    ``inverters``: ids of inverter assets in the site file (acks are accepted for the
+    site's assets only); their address is never used by the dataflow.
+    """
     doc: dict[str, Any] = {
         "site": {"id": site_id, "nominal_frequency_hz": nominal_hz},
         "mqtt": {"url": url},
         "pipeline": {"window_ms": window_ms, "allowed_lateness_ms": lateness_ms},
     }
+    if inverters:
+        doc["assets"] = [
+            {
+                "id": a,
+                "kind": "inverter",
+                "host": "127.0.0.1",
+                "unit_id": i + 1,
+                "max_charge_w": 5_000,
+                "max_discharge_w": 5_000,
+                "capacity_wh": 10_000,
+            }
+            for i, a in enumerate(inverters)
+        ]
     if data_dir is not None:
         doc["history"] = {"dir": str(data_dir)}
     return parse_site(doc)

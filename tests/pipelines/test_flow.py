@@ -159,7 +159,7 @@ def test_acks_go_to_the_acks_history_once_and_not_into_the_readings(
     messages[3:3] = [applied, raw_ack(ack("inv-1", "c2", seq=1, result="clamped", rules=["ramp"]))]
     messages[7:7] = [applied, raw_ack(ack("inv-0", "c1", result="duplicate", ts_ms=T0_MS + 700))]
 
-    out = run(messages, tmp_path, workers=workers)
+    out = run(messages, tmp_path, workers=workers, site=make_site(inverters=("inv-0", "inv-1")))
 
     acks = sorted(
         (r["asset"], r["command_id"], r["result"], r["rules"])
@@ -181,14 +181,20 @@ def test_a_bad_ack_is_dead_lettered_and_the_stream_goes_on(tmp_path: Path) -> No
         raw_ack(b'{"schema": "ack/1"}', topic="gridflex/v1/s1/dispatch/inv-1/ack"),
         raw_ack(ack("inv-1", "c1"), topic="gridflex/v1/s1/dispatch/inv-2/ack"),
         raw(telemetry("inv-1", T0_MS + 400, 3)),
+        raw_ack(ack("inv-7", "c3")),  # on its own topic, but no asset of the site
         raw_ack(ack("inv-1", "c2")),
     ]
-    out = run(messages, tmp_path)
+    out = run(messages, tmp_path, site=make_site(inverters=("inv-1", "inv-2")))
     letters = dead_letters(out)
-    assert sorted(d.reason.split(":")[0] for d in letters) == ["invalid", "topic_mismatch"]
+    assert sorted(d.reason.split(":")[0] for d in letters) == [
+        "invalid",
+        "topic_mismatch",
+        "unknown_asset",
+    ]
     assert {d.topic for d in letters} == {
         "gridflex/v1/s1/dispatch/inv-1/ack",
         "gridflex/v1/s1/dispatch/inv-2/ack",
+        "gridflex/v1/s1/dispatch/inv-7/ack",
     }
     assert [r["command_id"] for r in history_rows(tmp_path, "acks")] == ["c2"]
     assert [r["seq"] for r in history_rows(tmp_path, "telemetry")] == [3]

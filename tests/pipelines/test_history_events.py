@@ -1,13 +1,16 @@
-"""Status changes and sessions as history rows, and their views."""
+"""Status changes, sessions and fault events as history rows, and their views."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from gridflex.contract import AssetStatus, ChargingSession
-from gridflex.history import connect
-from pipelines.history_events import session_row, status_change, status_row
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from gridflex.contract import AssetStatus, ChargingSession, EventReport
+from gridflex.history import EVENTS_SCHEMA, connect, partition_dir, utc_date
+from pipelines.history_events import event_row, session_row, status_change, status_row
 from pipelines.history_sink import ParquetStreamWriter
 
 
@@ -84,3 +87,36 @@ def test_two_changes_in_one_millisecond_both_stay(tmp_path: Path) -> None:
     assert sorted(got, key=str) == sorted(
         [(1, "online", None), (2, "online", "t1"), (2, "faulted", None)], key=str
     )
+
+
+def _event(event_id: str, ts_ms: int, **fields: Any) -> EventReport:
+    values: dict[str, Any] = {"asset": "evse1", "event": "fault", "fault_code": "0x04", **fields}
+    return EventReport(site="s1", component="collect-ocpp", ts_ms=ts_ms, event_id=event_id,
+                       **values)  # fmt: skip
+
+
+def test_the_events_view_keeps_one_row_per_event_id_and_reads_files_without_it(
+    tmp_path: Path,
+) -> None:
+    """Copies of one event (a redelivery) are one row; two events in one ms are two."""
+    writer = ParquetStreamWriter(tmp_path, "events", ts_column="ts_ms", name="p")
+    writer.add([event_row(e) for e in (_event("e1", 1000), _event("e1", 1000), _event("e2", 1000))])
+    writer.flush()
+    # A file of schema version 1 (written by the detecting process, no event_id): twice
+    old = [{"site": "s1", "asset": "inv1", "ts_ms": 2000, "component": "control",
+            "event": "fault", "fault_code": "Grid_Sync_Error", "detail": "x"}]  # fmt: skip
+    v1 = pa.schema([f for f in EVENTS_SCHEMA if f.name != "event_id"])
+    for name in ("part-control-a.parquet", "part-control-b.parquet"):
+        path = partition_dir(tmp_path, "events", utc_date(2000)) / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(old, schema=v1), path)
+    rows = (
+        connect(tmp_path)
+        .execute("select asset, component, fault_code, event_id from events order by all")
+        .fetchall()
+    )
+    assert rows == [
+        ("evse1", "collect-ocpp", "0x04", "e1"),
+        ("evse1", "collect-ocpp", "0x04", "e2"),
+        ("inv1", "control", "Grid_Sync_Error", None),
+    ]

@@ -1,4 +1,4 @@
-"""Asset statuses and the CSMS's sessions through real Mosquitto and the real pipeline."""
+"""Asset statuses, sessions and fault events through real Mosquitto and the real pipeline."""
 
 from __future__ import annotations
 
@@ -17,7 +17,9 @@ from gridflex.broker import Broker
 from gridflex.contract import (
     AssetStatus,
     ChargingSession,
+    EventReport,
     deadletter_topic,
+    event_topic,
     session_topic,
     status_topic,
 )
@@ -128,3 +130,66 @@ def test_status_changes_and_sessions_reach_their_views_once(
             assert meta[b"gridflex.stream"] == stream.encode()
             assert meta[b"gridflex.schema_version"] == version.encode()
             assert meta[b"gridflex.writer"].startswith(b"gridflex ")
+
+
+def test_fault_events_reach_the_events_view_once_and_a_mismatch_is_dead_lettered(
+    mosquitto: Broker, tmp_path: Path
+) -> None:
+    site_id = f"fe{uuid.uuid4().hex[:6]}"
+    site = make_site(site_id, url=mosquitto.url, data_dir=tmp_path)
+    client_id = f"gridflex-pipeline-{site_id}"
+    for topic_filter in pipeline_filters(site_id):
+        create_session(mosquitto.url, f"{client_id}-0", topic_filter)
+    t0 = (time.time_ns() // 1_000_000) - 60_000
+    ground = EventReport(
+        site=site_id, component="control", asset="inv-1", ts_ms=t0, event="fault",
+        fault_code="0x04", detail="GroundFault latched", event_id="ev-1",
+    )  # fmt: skip
+    limit = EventReport(
+        site=site_id, component="collect-ocpp", ts_ms=t0, event="limit",
+        fault_code="Max Capacity Reached", event_id="ev-2",
+    )  # fmt: skip
+    wrong_component = event_topic(site_id, "collect-modbus")
+    messages = [
+        (event_topic(site_id, "control"), ground.to_json(), False),
+        (event_topic(site_id, "control"), ground.to_json(), False),  # redelivered
+        (event_topic(site_id, "collect-ocpp"), limit.to_json(), False),
+        (wrong_component, ground.to_json(), False),
+    ]
+    stop_event = threading.Event()
+    flow = build_flow(
+        site, options=FlowOptions(client_id=client_id, flush_interval_s=0.2), stop_event=stop_event
+    )
+    runner = threading.Thread(target=run_main, args=(flow,), daemon=True)
+    dead_topic = deadletter_topic("pipeline")
+    with Subscriber(mosquitto.url, dead_topic) as dl:
+        runner.start()
+        publish(mosquitto.url, messages)
+        assert dl.wait_for(lambda msgs: len(msgs) >= 1)
+        (letter,) = dl.json_on(lambda t: t == dead_topic)
+        assert letter["reason"].startswith("topic_mismatch")
+        assert letter["topic"] == wrong_component
+        stored = tmp_path / "events"
+        assert wait_until(lambda: len(pq.read_table(stored).column("event_id")) == 3
+                          if any(stored.glob("date=*/part-*.parquet")) else False)  # fmt: skip
+    stop_event.set()
+    runner.join(30)
+    assert not runner.is_alive()
+
+    rows = (
+        connect(tmp_path)
+        .execute(
+            "select component, asset, ts_ms - ?, event, fault_code, detail, event_id "
+            "from events order by event_id",
+            [t0],
+        )
+        .fetchall()
+    )
+    assert rows == [
+        ("control", "inv-1", 0, "fault", "0x04", "GroundFault latched", "ev-1"),
+        ("collect-ocpp", None, 0, "limit", "Max Capacity Reached", None, "ev-2"),
+    ]
+    for f in sorted(tmp_path.glob("events/date=*/part-*.parquet")):
+        meta = pq.read_metadata(f).metadata
+        assert meta[b"gridflex.stream"] == b"events"
+        assert meta[b"gridflex.schema_version"] == b"2"

@@ -121,7 +121,7 @@ def test_acks_on_the_broker_reach_the_acks_view_and_bad_ones_the_dead_letters(
     mosquitto: Broker, tmp_path: Path
 ) -> None:
     site_id = f"ack{uuid.uuid4().hex[:6]}"
-    site = make_site(site_id, url=mosquitto.url, data_dir=tmp_path)
+    site = make_site(site_id, url=mosquitto.url, data_dir=tmp_path, inverters=("inv-1",))
     client_id = f"gridflex-pipeline-{site_id}"
     for topic_filter in pipeline_filters(site_id):
         create_session(mosquitto.url, f"{client_id}-0", topic_filter)

@@ -104,7 +104,7 @@ def _station(seq: int, import_wh: float, **extra: Any) -> dict[str, Any]:
 def test_the_pipeline_keeps_a_reading_whose_register_went_back_and_flags_it_in_the_history(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level(logging.DEBUG, logger="pipelines.flow")
+    caplog.set_level(logging.DEBUG, logger="pipelines.asset_step")
     messages = [raw(_station(seq, wh)) for seq, wh in ((1, 0), (2, 800), (3, 1510), (4, 0))]
     messages.append(raw(_station(5, 0)))  # steady after the drop: no second flag
     messages.append(raw(_station(6, 0.0, power_w=0.0)))

@@ -7,12 +7,13 @@ import json
 
 import pytest
 
-from gridflex.contract import DeadLetter, DispatchAck, Telemetry, parse_payload
+from gridflex.contract import DeadLetter, DispatchAck, EventReport, Telemetry, parse_payload
 from pipelines.validate import (
     RawMessage,
     Rejected,
     to_dead_letter,
     validate_ack,
+    validate_event,
     validate_telemetry,
 )
 from tests.pipelines.helpers import T0_MS, ack, raw, raw_ack, telemetry
@@ -206,6 +207,31 @@ def test_an_ack_of_another_site_is_refused() -> None:
     assert "s9" in refusal.reason
 
 
+def test_an_ack_for_an_asset_outside_the_site_is_an_unknown_asset() -> None:
+    message = raw_ack(ack("inv-9", "c1"))  # on its own topic, of this site
+    refusal = validate_ack(message, site_id="s1", assets=frozenset({"inv-1", "inv-2"}))
+    assert isinstance(refusal, Rejected), refusal
+    assert refusal.kind == "unknown_asset"
+    assert refusal.reason == "asset 'inv-9' is not an asset of site 's1'"
+    letter = to_dead_letter(refusal, site="s1")
+    assert letter.reason == "unknown_asset: asset 'inv-9' is not an asset of site 's1'"
+    assert letter.topic == "gridflex/v1/s1/dispatch/inv-9/ack"
+
+
+def test_an_ack_for_an_asset_of_the_site_passes_the_asset_check() -> None:
+    message = raw_ack(ack("inv-2", "c1"))
+    result = validate_ack(message, site_id="s1", assets=frozenset({"inv-1", "inv-2"}))
+    assert isinstance(result, DispatchAck)
+    assert result.asset == "inv-2"
+
+
+def test_a_topic_mismatch_is_named_before_the_asset_check() -> None:
+    message = raw_ack(ack("inv-9", "c1"), topic="gridflex/v1/s1/dispatch/inv-1/ack")
+    refusal = validate_ack(message, site_id="s1", assets=frozenset({"inv-1"}))
+    assert isinstance(refusal, Rejected), refusal
+    assert refusal.kind == "topic_mismatch"
+
+
 @pytest.mark.parametrize(
     "topic", ["gridflex/v1/s1/dispatch/inv-1/command", "gridflex/v1/s1/ack", "other/ack"]
 )
@@ -218,3 +244,36 @@ def test_a_deeply_nested_ack_is_refused_as_not_json_by_the_depth_bound() -> None
     refusal = ack_refusal(message)
     assert refusal.kind == "not_json"
     assert "recursion limit" in refusal.reason
+
+
+def _event_payload(**over: object) -> dict[str, object]:
+    doc: dict[str, object] = {
+        "schema": "event/1", "site": "s1", "component": "control", "asset": "inv1",
+        "ts_ms": T0_MS, "event": "fault", "fault_code": "0x04", "event_id": "e1",
+    }  # fmt: skip
+    doc.update(over)
+    return doc
+
+
+@pytest.mark.parametrize(
+    ("payload", "topic", "kind"),
+    [
+        (_event_payload(), "gridflex/v1/s1/event/control", None),
+        (_event_payload(), "gridflex/v1/s1/event/collect-ocpp", "topic_mismatch"),
+        (_event_payload(site="s2"), "gridflex/v1/s2/event/control", "topic_mismatch"),
+        ({k: v for k, v in _event_payload().items() if k != "event_id"},
+         "gridflex/v1/s1/event/control", "invalid"),
+        (_event_payload(schema="ack/1"), "gridflex/v1/s1/event/control", "wrong_schema"),
+        (_event_payload(), "gridflex/v1/s1/dispatch/inv1/ack", "bad_topic"),
+    ],
+)  # fmt: skip
+def test_an_event_is_checked_against_its_topic_the_contract_and_the_site(
+    payload: dict[str, object], topic: str, kind: str | None
+) -> None:
+    result = validate_event(raw(json.dumps(payload).encode(), topic=topic), site_id="s1")
+    if kind is None:
+        assert isinstance(result, EventReport)
+        assert (result.component, result.fault_code, result.event_id) == ("control", "0x04", "e1")
+    else:
+        assert isinstance(result, Rejected)
+        assert result.kind == kind

@@ -270,3 +270,29 @@ def test_valid_acks_round_trip(
     )
     message = RawMessage(f"gridflex/v1/{SITE}/dispatch/inv1/ack", ack.to_json(), NOW_MS)
     assert validate_ack(message, site_id=SITE) == ack
+
+
+ASSET_IDS = st.from_regex(r"[A-Za-z0-9_-]{1,64}", fullmatch=True)
+
+
+@given(
+    asset=ASSET_IDS,
+    topic_asset=ASSET_IDS,
+    site_assets=st.frozensets(ASSET_IDS, max_size=5),
+)
+@example(asset="inv1", topic_asset="inv1", site_assets=frozenset({"inv2"}))
+@example(asset="inv1", topic_asset="inv2", site_assets=frozenset({"inv1", "inv2"}))
+@settings(max_examples=200)
+def test_an_ack_is_accepted_only_for_an_asset_of_the_site_on_its_own_topic(
+    asset: str, topic_asset: str, site_assets: frozenset[str]
+) -> None:
+    payload = json.dumps(_ack(asset=asset)).encode()
+    message = RawMessage(f"gridflex/v1/{SITE}/dispatch/{topic_asset}/ack", payload, NOW_MS)
+    result = validate_ack(message, site_id=SITE, assets=site_assets)
+    if asset != topic_asset:
+        assert isinstance(result, Rejected) and result.kind == "topic_mismatch", result
+    elif asset not in site_assets:
+        assert isinstance(result, Rejected) and result.kind == "unknown_asset", result
+        assert repr(asset) in result.reason
+    else:
+        assert isinstance(result, DispatchAck) and result.asset == asset, result

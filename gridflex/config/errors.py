@@ -1,7 +1,8 @@
 """One-line site-file error messages: file, key and expectation, never a secret.
 
 ``gridflex.config`` validates a site with pydantic; this module turns pydantic's errors into
-the line the user reads, for example::
+the line the user reads (a site that cannot be used raises :class:`ConfigError` with it),
+for example::
 
     config error in site.toml: assets[id=inv-004].max_charge_w: expected a number, got True
 
@@ -29,7 +30,7 @@ from pydantic import ValidationError
 
 from gridflex.contract import ASSET_ID_PATTERN
 
-__all__ = ["FieldError", "format_validation_error", "is_secret_key", "redact"]
+__all__ = ["ConfigError", "FieldError", "format_validation_error", "is_secret_key", "redact"]
 
 #: Parts of key names whose values an error message never repeats.
 _SECRET_PARTS = ("password", "passwd", "token", "secret", "key", "credential")
@@ -37,6 +38,10 @@ _SECRET_PARTS = ("password", "passwd", "token", "secret", "key", "credential")
 _ASSET_ID = re.compile(ASSET_ID_PATTERN)
 _URL_USERINFO = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)[^/@\s]*@")
 _MAX_SHOWN = 60
+
+
+class ConfigError(ValueError):
+    """A site file that cannot be used; the message names file, key and expectation."""
 
 
 class FieldError(ValueError):

@@ -40,18 +40,14 @@ from gridflex.broker import (
 from gridflex.broker_config import Credentials, bridge_conf, read_credentials
 from gridflex.central_broker import write_central_broker_config
 from gridflex.contract import PREFIX, ContractError, SiteSummary, SiteTarget, parse_payload
-from gridflex.demo import (
+from gridflex.demo.parts import Part, _spawn, _stop, plan_parts, stop_order
+from gridflex.demo.plan import (
     EVSE_RATING_W,
     INVERTER_RATING_W,
     PIPELINE_CLIENT_ID,
     DemoPlan,
-    Part,
-    _spawn,
-    _stop,
     clear_history,
-    plan_parts,
     site_toml,
-    stop_order,
 )
 from gridflex.mqtt import MqttClient, open_session
 from gridflex.net import free_port, free_port_block
