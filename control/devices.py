@@ -55,6 +55,9 @@ class LazySunSpecDevice:
         self._client: RegisterClient | None = None
         self._device: SunSpecDevice | None = None
         self._connect_lock = asyncio.Lock()
+        #: Whether the device serves function 23 (write and read back in one request);
+        #: False once it answered illegal function, across reconnections.
+        self.read_write = True
 
     @property
     def connected(self) -> bool:
@@ -67,6 +70,9 @@ class LazySunSpecDevice:
         One connection at a time: the command worker and the local-droop supervisor share
         the device.
         """
+        device, client = self._device, self._client
+        if device is not None and client is not None and client.connected:
+            return device  # connected: no lock to take (nothing awaited since the check)
         async with self._connect_lock:
             return await self._connect()
 
@@ -85,6 +91,7 @@ class LazySunSpecDevice:
         self._device = SunSpecDevice(
             client, plan.model_map, a.unit_id, self.revert_s, default_w=a.default_setpoint_w
         )
+        self._device.read_write = self.read_write
         log.info("%s: connected to %s:%d", a.id, a.host, a.port)
         return self._device
 
@@ -107,6 +114,24 @@ class LazySunSpecDevice:
         """See ``SunSpecDevice.read_back``."""
         try:
             return await (await self.connect()).read_back()
+        except Exception:
+            self.drop()
+            raise
+
+    async def write_read_back(self, setpoint_w: float) -> float:
+        """See ``SunSpecDevice.write_read_back`` (function 23, or 16 then 3)."""
+        try:
+            device = await self.connect()
+            try:
+                return await device.write_read_back(setpoint_w)
+            finally:
+                if self.read_write and not device.read_write:
+                    log.info(
+                        "%s: no function 23 (illegal function): setpoints are written with "
+                        "function 16 and read back with 3",
+                        self.asset.id,
+                    )
+                self.read_write = device.read_write
         except Exception:
             self.drop()
             raise

@@ -45,7 +45,7 @@ import asyncio
 import sqlite3
 import threading
 from collections.abc import Sequence
-from dataclasses import astuple, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -93,6 +93,17 @@ CREATE TABLE IF NOT EXISTS last_applied (
 """
 
 _COLUMNS = "asset, command_id, issued_ms, result, requested_w, applied_w, reason, recorded_ms"
+_INSERT_COMMAND = f"INSERT OR IGNORE INTO command ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+#: The asset's last-applied row moves to this command unless it holds a later one.
+_UPSERT_LAST = (
+    f"INSERT INTO last_applied ({_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
+    "ON CONFLICT (asset) DO UPDATE SET "
+    "command_id = excluded.command_id, issued_ms = excluded.issued_ms, "
+    "result = excluded.result, requested_w = excluded.requested_w, "
+    "applied_w = excluded.applied_w, reason = excluded.reason, "
+    "recorded_ms = excluded.recorded_ms "
+    "WHERE excluded.issued_ms >= last_applied.issued_ms"
+)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,35 +227,40 @@ class Ledger:
         )
         return self.record_many([entry])[0]
 
+    def _insert(self, rows: Sequence[tuple[object, ...]]) -> list[bool]:
+        """Insert the command rows (in a transaction); which ones were new.
+
+        One ``executemany`` when every id is new (the writer checked each before); row by
+        row, to tell which, when some were there already.
+        """
+        before = self._conn.total_changes
+        self._conn.executemany(_INSERT_COMMAND, rows)
+        if self._conn.total_changes - before == len(rows):
+            return [True] * len(rows)
+        self._conn.execute("ROLLBACK")
+        self._conn.execute("BEGIN IMMEDIATE")
+        return [self._conn.execute(_INSERT_COMMAND, row).rowcount == 1 for row in rows]
+
     def record_many(self, entries: Sequence[CommandRecord]) -> list[bool]:
         """:meth:`record` for several commands in one transaction (one fsync); in order.
 
         Each entry's ``recorded_ms`` is the writer's clock at the decision (``now_ms``).
         """
-        inserted: list[bool] = []
+        rows = [
+            (e.asset, e.command_id, e.issued_ms, e.result, e.requested_w, e.applied_w, e.reason,
+             e.recorded_ms)
+            for e in entries
+        ]  # fmt: skip
         with self._lock:
             self._conn.execute("BEGIN IMMEDIATE")
             try:
-                for e in entries:
-                    values = astuple(e)  # in _COLUMNS order
-                    cursor = self._conn.execute(
-                        f"INSERT OR IGNORE INTO command ({_COLUMNS}) "
-                        "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                        values,
-                    )
-                    inserted.append(cursor.rowcount == 1)
-                    if inserted[-1] and e.result in APPLIED_RESULTS:
-                        self._conn.execute(
-                            f"INSERT INTO last_applied ({_COLUMNS}) "
-                            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) "
-                            "ON CONFLICT (asset) DO UPDATE SET "
-                            "command_id = excluded.command_id, issued_ms = excluded.issued_ms, "
-                            "result = excluded.result, requested_w = excluded.requested_w, "
-                            "applied_w = excluded.applied_w, reason = excluded.reason, "
-                            "recorded_ms = excluded.recorded_ms "
-                            "WHERE excluded.issued_ms >= last_applied.issued_ms",
-                            values,
-                        )
+                inserted = self._insert(rows)
+                applied = [
+                    row for row, new in zip(rows, inserted, strict=True)
+                    if new and row[3] in APPLIED_RESULTS
+                ]  # fmt: skip
+                if applied:
+                    self._conn.executemany(_UPSERT_LAST, applied)
                 self._conn.execute("COMMIT")
             except BaseException:
                 self._conn.execute("ROLLBACK")

@@ -1,7 +1,8 @@
 """Each asset's mailbox in the control service: what its worker does next.
 
 A :class:`Job` is a command (with a ``reply`` future when an operator waits for it), an
-emergency stop, or a re-application of the last command under new limits. The
+emergency stop, a re-application of the last command under new limits, or the watchdog
+(no command came for too long). The
 :class:`Mailbox` keeps them in arrival order, bounded: beyond ``limit`` the oldest waiting
 dataflow command makes room (setpoints are absolute, the newer one supersedes it), while
 an emergency stop goes to the front.
@@ -21,9 +22,9 @@ __all__ = ["Job", "Mailbox"]
 
 @dataclass(slots=True)
 class Job:
-    """One thing for an asset's worker: a command (``reply`` for a manual one) or a stop."""
+    """One thing for an asset's worker: a command (``reply`` for a manual one), a stop, ..."""
 
-    kind: Literal["command", "stop", "reapply"]
+    kind: Literal["command", "stop", "reapply", "watchdog"]
     command: DispatchCommand | None = None
     manual: bool = False
     reply: asyncio.Future[DispatchAck] | None = None
@@ -55,6 +56,13 @@ class Mailbox:
         """Queue ``job`` ahead of everything waiting (an emergency stop)."""
         self.items.appendleft(job)
         self._ready.set()
+
+    async def next(self) -> Job:
+        """The next job, waiting as long as it takes (no timer: the watchdog is a sweep)."""
+        while not self.items:
+            self._ready.clear()
+            await self._ready.wait()
+        return self.items.popleft()
 
     async def get(self, timeout_s: float) -> Job | None:
         """The next job, or None after ``timeout_s`` without one."""

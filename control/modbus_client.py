@@ -1,11 +1,11 @@
 """The control writer's Modbus TCP client: the project's lean client behind pymodbus' interface.
 
 The SunSpec writes (``control.sunspec``) speak pymodbus' client interface
-(``read_holding_registers`` / ``write_registers`` returning a reply with ``isError()``,
-:class:`RegisterClient`). :class:`LeanRegisterClient` is that interface over
-``collectors.modbus.fast.LeanModbusClient`` (function 3 and 16 over an asyncio Protocol,
-one request in flight): at a frequency step every asset gets a command within one poll
-period, so the writer's per-request cost decides its p99.
+(``read_holding_registers`` / ``write_registers`` / ``readwrite_registers`` returning a reply
+with ``isError()``, :class:`RegisterClient`). :class:`LeanRegisterClient` is that interface
+over ``collectors.modbus.fast.LeanModbusClient`` (function 3, 16 and 23 over an asyncio
+Protocol, one request in flight): at a frequency step every asset gets a command within
+one poll period, so the writer's per-request cost decides its p99.
 
 ``open_client`` is the command's only way to a device. ``OpenRegisterClient`` is its type:
 the seam through which the benchmarks' baseline (``bench/baselines.py``, run by
@@ -89,6 +89,27 @@ class LeanRegisterClient:
                 raise
             return _Reply(exception_code=exc.code)
         return _Reply()
+
+    async def readwrite_registers(
+        self,
+        *,
+        read_address: int,
+        read_count: int,
+        write_address: int,
+        values: list[int],
+        device_id: int,
+    ) -> _Reply:
+        """Function 23: write ``values``, then read, in one request."""
+        try:
+            async with self._turn:
+                registers = await self._client.read_write(
+                    read_address, read_count, write_address, values, device_id
+                )
+        except DeviceError as exc:
+            if exc.code is None:
+                raise
+            return _Reply(exception_code=exc.code)
+        return _Reply(registers)
 
     def close(self) -> None:
         """Close the connection."""

@@ -9,10 +9,11 @@
   the reason, and the service goes on; so do statuses, CSMS results and presences, and the
   readings it uses, that it cannot parse or that are outside the contract
   (``control.inbound``);
-- per asset a bounded mailbox and one worker task: the commands of one asset are applied
-  one at a time in arrival order (the ledger's check-then-record relies on it), while
-  assets proceed in parallel. Beyond ``[control] queue_limit`` waiting commands the oldest
-  is dropped and acked ``stale``: setpoints are absolute, the newer one supersedes it;
+- per asset a bounded mailbox and one worker task (``control.jobs``): the commands of one
+  asset are applied one at a time in arrival order (the ledger's check-then-record relies
+  on it), while assets proceed in parallel. Beyond ``[control] queue_limit`` waiting
+  commands the oldest is dropped and acked ``stale``: setpoints are absolute, the newer
+  one supersedes it;
 - every command goes through :func:`control.writer.apply_command` (ledger, clamp, write,
   read-back) and its ack is published on ``gridflex/v1/{site}/dispatch/{asset}/ack``.
 
@@ -37,8 +38,8 @@ station's next meter value as ``measured_w`` and its latencies run to the statio
 Fail-safe: every write restarts the device's own reversion timer (``revert_s`` = ``max(2
 x dispatch.refresh_s, 10)`` s) so a dead writer leaves devices at their default; and a
 watchdog puts an asset back to its ``default_setpoint_w`` when no command came for
-``watchdog_s`` (``[control] watchdog_s``, default ``revert_s``), for a pipeline that went
-silent while the writer runs.
+``watchdog_s`` (``[control] watchdog_s``, default ``revert_s``; checked by one sweep every
+``min(watchdog_s / 4, 1)`` s), for a pipeline that went silent while the writer runs.
 
 The REST API (``control.api``) reaches the service through the methods under "operator":
 manual commands (through the same ledger and clamp; they override automatic dispatch for
@@ -55,17 +56,17 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Protocol
 
 from pydantic import ValidationError
 
-from control.clamp import Limits, clamp
+from control.clamp import UNLIMITED_SITE, Limits
 from control.devices import LazySunSpecDevice, describe_error
 from control.droop import LocalDroopSupervisor, droop_params_of
 from control.faults import FaultLatch, faults_in_status, faults_in_telemetry
 from control.inbound import Refused, check_status, reading_refusal
+from control.jobs import AssetControl, AssetJobs
 from control.ledger import APPLIED_RESULTS, Ledger
 from control.live import LiveState, ProfileLimits, limits_for
 from control.mailbox import Job, Mailbox
@@ -84,7 +85,6 @@ from gridflex.contract import (
     ack_topic,
     deadletter_topic,
     parse_payload,
-    parse_topic,
     telemetry_topic,
 )
 from gridflex.metrics import Buckets
@@ -151,21 +151,7 @@ class ProfileSource(Protocol):
         """The limits of the profiles in force for ``asset`` at ``now_ms``, None if none."""
 
 
-@dataclass(slots=True)
-class _AssetControl:
-    """What the service holds per asset beside its device."""
-
-    mailbox: Mailbox
-    previous: PreviousSetpoint | None = None
-    last_command: DispatchCommand | None = None
-    last_ack: DispatchAck | None = None
-    manual_until_ms: int | None = None
-    manual_command_id: str | None = None
-    estop: dict[str, Any] | None = None
-    acks: Counter[str] = field(default_factory=Counter)
-
-
-class ControlService:
+class ControlService(AssetJobs):
     """Commands in from MQTT, acks out, one worker per asset (see the module docstring)."""
 
     def __init__(
@@ -215,8 +201,8 @@ class ControlService:
             )
             self.ocpp[evse.id] = station
             self.devices[evse.id] = station
-        self.control: dict[str, _AssetControl] = {
-            a: _AssetControl(Mailbox(cfg.queue_limit)) for a in self.assets
+        self.control: dict[str, AssetControl] = {
+            a: AssetControl(Mailbox(cfg.queue_limit)) for a in self.assets
         }
         self.tasks: list[asyncio.Task[None]] = []
         self.dead_letters = 0
@@ -245,6 +231,7 @@ class ControlService:
                 asyncio.create_task(self._worker(asset_id, control), name=f"control-{asset_id}")
             )
         self.tasks.append(asyncio.create_task(self._prune_loop(), name="control-prune"))
+        self.tasks.append(asyncio.create_task(self._watchdog_loop(), name="control-watchdog"))
         self.tasks.append(asyncio.create_task(self._freeze_loop(), name="control-gc"))
         if self.site.evses:
             self.csms.start()
@@ -362,10 +349,10 @@ class ControlService:
             reason = f"expected command/1, got {type(message).__name__}"
             self._dead_letter(topic, payload, reason, kind="not_a_command")
             return
-        try:
-            topic_asset: str | None = parse_topic(topic).get("asset")
-        except ContractError:
-            topic_asset = None
+        # the subscription's filter is gridflex/v1/{site}/dispatch/+/command: the asset is
+        # the fifth level (the command's own asset id is validated)
+        parts = topic.split("/")
+        topic_asset = parts[4] if len(parts) == 6 else None
         if unfit := _unfit(message):
             self._dead_letter(topic, payload, "; ".join(unfit), kind="out_of_range")
         elif message.site != self.site.id:
@@ -443,56 +430,7 @@ class ControlService:
         self.control[asset_id].mailbox.put_front(Job("stop"))
         self.control[asset_id].estop = {"reason": reason, "queued_ms": self.now_ms()}
 
-    async def _emergency_stop(self, asset_id: str) -> None:
-        """Write 0 W at once, whatever was in force (no ramp: it is a stop)."""
-        control = self.control[asset_id]
-        device = self.devices.get(asset_id)
-        estop = control.estop or {}
-        if device is None:
-            estop.update(result="failed", reason="no device to write to")
-            control.estop = estop
-            return
-        try:
-            await device.write(0.0)
-            readback_w = await device.read_back()
-        except Exception as exc:
-            estop.update(result="failed", reason=describe_error(exc), at_ms=self.now_ms())
-            log.error("%s: emergency stop failed: %s", asset_id, describe_error(exc))
-        else:
-            control.previous = PreviousSetpoint(0.0, self.now_ms())
-            estop.update(result="written", readback_w=readback_w, at_ms=self.now_ms())
-            log.warning("%s: emergency stop: 0 W written (read back %.0f W)", asset_id, readback_w)
-        control.estop = estop
-
-    # ------------------------------------------------------------------ per asset
-
-    async def _worker(self, asset_id: str, control: _AssetControl) -> None:
-        while True:
-            job = await control.mailbox.get(self.watchdog_s)
-            if job is None:
-                await self._watchdog(asset_id)
-                continue
-            if job.kind == "stop":
-                await self._emergency_stop(asset_id)
-                continue
-            if job.kind == "reapply":
-                await self._reapply(asset_id)
-                continue
-            command = job.command
-            assert command is not None
-            try:
-                ack = await self.handle(command, manual=job.manual)
-            except Exception as exc:  # a bug must not stop the asset's worker
-                log.exception("%s: command %s crashed", asset_id, command.command_id)
-                ack = make_ack(
-                    command,
-                    "failed",
-                    reason=f"internal error: {describe_error(exc)}",
-                    ts_ms=self.now_ms(),
-                )
-            if job.reply is not None and not job.reply.done():
-                job.reply.set_result(ack)
-            self._publish_ack(asset_id, ack)
+    # ------------------------------------------------------------------ acks
 
     def _publish_ack(self, asset_id: str, ack: DispatchAck) -> None:
         self.acks += 1
@@ -506,87 +444,6 @@ class ControlService:
         payload = ack.to_json()
         self.mqtt.publish(topic, payload, qos=1)
         self._tap(topic, payload)
-
-    async def _watchdog(self, asset_id: str) -> None:
-        """No command within ``watchdog_s``: write the default setpoint once.
-
-        The device's own reversion timer (``revert_s``) covers a writer that died; this
-        covers a pipeline that went silent while the writer runs. Only an asset this writer
-        moved away from its default is written; a failure is logged and tried again at the
-        next timeout. A faulted asset's default is 0 W.
-        """
-        control = self.control[asset_id]
-        last = control.previous
-        device = self.devices.get(asset_id)
-        default_w = (
-            0.0 if self.faults.latched(asset_id) else self.assets[asset_id].default_setpoint_w
-        )
-        if last is None or last.setpoint_w == default_w or device is None:
-            return
-        try:
-            await device.write(default_w)
-        except Exception as exc:
-            log.warning(
-                "%s: watchdog could not write %.0f W: %s", asset_id, default_w, describe_error(exc)
-            )
-            return
-        self.watchdog_trips += 1
-        control.previous = PreviousSetpoint(default_w, self.now_ms())
-        log.warning(
-            "%s: no command for %.0f s: back to the default setpoint %.0f W (was %.0f W)",
-            asset_id,
-            self.watchdog_s,
-            default_w,
-            last.setpoint_w,
-        )
-
-    def queue_reapply(self, asset_id: str) -> None:
-        """Clamp the asset's last command anew with the limits in force (a profile changed).
-
-        It runs after the commands already waiting.
-        """
-        self.control[asset_id].mailbox.put(Job("reapply"))
-
-    async def _reapply(self, asset_id: str) -> None:
-        """Write the last command's setpoint clamped anew, if that changes what is in force.
-
-        Not a command: nothing is recorded in the ledger and no ack is published; the log
-        says what changed. A faulted asset stays at 0 W; a refusal leaves the device as is.
-        """
-        control = self.control[asset_id]
-        last, previous = control.last_command, control.previous
-        if last is None or previous is None or self.faults.latched(asset_id):
-            return
-        now_ms = self.now_ms()
-        clamped = clamp(
-            last.setpoint_w,
-            limits=self.limits_now(asset_id, now_ms),
-            soc_pct=self.live.soc_pct(asset_id, now_ms),
-            previous_w=previous.setpoint_w,
-            elapsed_s=(now_ms - previous.at_ms) / 1000.0,
-            site=self.live.headroom(
-                asset_id, self.site.max_import_w, self.site.max_export_w, now_ms
-            ),
-            faulted=None,
-        )
-        if clamped.applied_w is None or clamped.applied_w == previous.setpoint_w:
-            return
-        device = self.devices[asset_id]
-        try:
-            await device.write(clamped.applied_w)
-            readback_w = await device.read_back()
-        except Exception as exc:
-            log.warning("%s: new limits not applied: %s", asset_id, describe_error(exc))
-            return
-        control.previous = PreviousSetpoint(clamped.applied_w, self.now_ms())
-        log.info(
-            "%s: new limits: %.0f W -> %.0f W (read back %.0f W, %s)",
-            asset_id,
-            previous.setpoint_w,
-            clamped.applied_w,
-            readback_w,
-            ", ".join(clamped.rules) or "no rule",
-        )
 
     def limits_now(self, asset_id: str, now_ms: int) -> Limits:
         """The limits the clamp uses for ``asset_id`` at ``now_ms`` (``control.live``)."""
@@ -634,14 +491,15 @@ class ControlService:
                 return make_ack(command, "failed", reason=reason, ts_ms=self.now_ms())
             if soc_pct is None:
                 soc_pct = await sunspec.read_soc_pct()
+        site = self.site
         ack = await apply_command(
             command,
             ledger=self.ledger,
             device=device,
             limits=self.limits_now(asset.id, now_ms),
-            site_headroom=self.live.headroom(
-                asset.id, self.site.max_import_w, self.site.max_export_w, now_ms
-            ),
+            site_headroom=UNLIMITED_SITE
+            if site.max_import_w is None and site.max_export_w is None
+            else self.live.headroom(asset.id, site.max_import_w, site.max_export_w, now_ms),
             soc_pct=soc_pct,
             faulted=self.faults.describe(asset.id),
             now_ms=self.now_ms,

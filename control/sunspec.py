@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from collectors.modbus.connection import RegisterClient, register_reader
 from collectors.modbus.fast import DeviceError
 from control.droop import DroopReadback
+from control.writer import ReadBackError
 from gridflex.sunspec.codec import Value, apply_sf, decode, unscale
 from gridflex.sunspec.discovery import ModelInstance, ModelMap
 from gridflex.sunspec.sign import power_w_from_sunspec, sunspec_w_from_power_w
@@ -38,8 +39,13 @@ log = logging.getLogger(__name__)
 
 _ENABLED = 1
 _WATTS_MODE = 1
+_ILLEGAL_FUNCTION = 1
 #: 704 points written together with ``WSetEna`` (their offsets from it are asserted).
 _BLOCK = ("WSetMod", "WSet", "WSetRvrt", "WSetEnaRvrt")
+
+
+class SetpointReadBackError(DeviceError, ReadBackError):
+    """The setpoint write went through but its read-back shows no watt setpoint in force."""
 
 
 def _model_704(model_map: ModelMap) -> ModelInstance:
@@ -342,9 +348,10 @@ class SunSpecDevice:
     often than ``revert_s``. A device that reboots drops the connection, and the next one
     sets the reversion again; the read-back checks it too and sets it again if it is gone.
 
-    Per command: one function-16 write (``WSetEna``, ``WSetMod``, ``WSet``, ``WSetRvrt``)
-    and one function-3 read (``WSetEna`` .. ``WSetRvrtTms``). ``WSet_SF`` is read once per
-    connection.
+    Per command (``write_read_back``): one function-23 request that writes ``WSetEna``,
+    ``WSetMod``, ``WSet``, ``WSetRvrt`` and reads ``WSetEna`` .. ``WSetRvrtTms`` back after
+    the write; for a device without function 23, one function-16 write and one function-3
+    read. ``WSet_SF`` is read once per connection.
     """
 
     def __init__(
@@ -365,6 +372,9 @@ class SunSpecDevice:
         self.default_w = default_w
         self._sf: int | None = None
         self._reversion_set = False
+        #: Whether to write and read back in one function-23 request (False once the
+        #: device answered it with illegal function).
+        self.read_write = True
         instance = _model_704(model_map)
         table = load_model(704)
         self._ena = instance.point_address(table.point("WSetEna").offset)
@@ -392,28 +402,77 @@ class SunSpecDevice:
         )
         self._reversion_set = True
 
-    async def write(self, setpoint_w: float) -> None:
-        """Write the setpoint (gridflex sign, W) with the default to revert to."""
+    async def _setpoint_registers(self, setpoint_w: float) -> list[int]:
+        """``WSetEna`` .. ``WSetRvrt`` for ``setpoint_w``; sets the reversion first if needed."""
         sf = await self._scale()
         if not self._reversion_set:
             await self._set_reversion()
         raw = unscale(sunspec_w_from_power_w(setpoint_w), sf) & 0xFFFFFFFF
         rvrt = unscale(sunspec_w_from_power_w(self.default_w), sf) & 0xFFFFFFFF
-        await _write(
-            self.client,
-            self._ena,
-            [_ENABLED, _WATTS_MODE, raw >> 16, raw & 0xFFFF, rvrt >> 16, rvrt & 0xFFFF],
-            self.unit_id,
-            "setpoint write",
-        )
+        return [_ENABLED, _WATTS_MODE, raw >> 16, raw & 0xFFFF, rvrt >> 16, rvrt & 0xFFFF]
+
+    async def write(self, setpoint_w: float) -> None:
+        """Write the setpoint (gridflex sign, W) with the default to revert to."""
+        registers = await self._setpoint_registers(setpoint_w)
+        await _write(self.client, self._ena, registers, self.unit_id, "setpoint write")
 
     async def read_back(self) -> float:
         """The setpoint in force, W; ``DeviceError`` when no watt setpoint is in force."""
-        sf = await self._scale()
         regs = await register_reader(self.client, self.unit_id)(self._ena, self._span)
+        return await self._setpoint_in(regs)
+
+    async def write_read_back(self, setpoint_w: float) -> float:
+        """``write`` then ``read_back`` in one function-23 round trip; the setpoint read, W.
+
+        Function 23 (Read/Write Multiple Registers) writes the block and reads
+        ``WSetEna`` .. ``WSetRvrtTms`` after the write, in one request. A device that
+        answers it with exception 1 (illegal function: real inverters may not implement
+        23) wrote nothing; it gets function 16 then 3 from then on. Raises like ``write``
+        (``DeviceError`` "setpoint write refused") and ``read_back``.
+        """
+        readwrite = getattr(self.client, "readwrite_registers", None)
+        if not self.read_write or readwrite is None:
+            await self.write(setpoint_w)
+            return await self.read_back()
+        registers = await self._setpoint_registers(setpoint_w)
+        reply = await readwrite(
+            read_address=self._ena,
+            read_count=self._span,
+            write_address=self._ena,
+            values=registers,
+            device_id=self.unit_id,
+        )
+        if reply.isError():
+            code = getattr(reply, "exception_code", None)
+            if code == _ILLEGAL_FUNCTION:
+                log.info(
+                    "device %d answers function 23 with illegal function: 16 then 3 from now",
+                    self.unit_id,
+                )
+                self.read_write = False
+                return await self.write_read_back(setpoint_w)
+            raise DeviceError(f"setpoint write refused: Modbus exception {code}", code)
+        regs = reply.registers
+        if len(regs) != self._span:
+            raise SetpointReadBackError(
+                f"asked {self._span} registers at {self._ena}, got {len(regs)}"
+            )
+        try:  # the write went through: whatever fails now fails the read-back
+            return await self._setpoint_in(regs)
+        except ReadBackError:
+            raise
+        except Exception as exc:
+            raise SetpointReadBackError(str(exc)) from exc
+
+    async def _setpoint_in(self, regs: Sequence[int]) -> float:
+        """The setpoint in the 704 block ``regs`` (``WSetEna`` .. ``WSetRvrtTms``), W.
+
+        Sets the reversion again when the block shows it lost (a device restarted).
+        """
+        sf = await self._scale()
         raw = decode("int32", regs, 2)
         if regs[0] != _ENABLED or regs[1] != _WATTS_MODE or not isinstance(raw, int):
-            raise DeviceError("no active-power setpoint in force (704 WSetEna/WSetMod)")
+            raise SetpointReadBackError("no active-power setpoint in force (704 WSetEna/WSetMod)")
         tms = decode("uint32", regs, self._span - 2)
         if regs[8] != _ENABLED or tms != self.revert_s:
             log.warning("704 reversion lost (device restarted?): setting it again")

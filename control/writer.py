@@ -57,6 +57,7 @@ from gridflex.contract import AckResult, DispatchAck, DispatchCommand
 __all__ = [
     "READBACK_TOLERANCE_W",
     "PreviousSetpoint",
+    "ReadBackError",
     "SetpointDevice",
     "apply_command",
     "make_ack",
@@ -70,7 +71,13 @@ with its own scale factor (SunSpec ``WSet_SF``), so it may round it."""
 
 
 class SetpointDevice(Protocol):
-    """A device that takes an absolute active-power setpoint, gridflex sign (+ charge)."""
+    """A device that takes an absolute active-power setpoint, gridflex sign (+ charge).
+
+    A device may also offer ``async write_read_back(setpoint_w) -> float``: the write and
+    the read-back in one round trip (a SunSpec inverter's Modbus function 23);
+    :func:`apply_command` then uses it. It raises :class:`ReadBackError` when the write
+    went through but the read-back failed, anything else when the write may not have.
+    """
 
     async def write(self, setpoint_w: float) -> None:
         """Write the setpoint, W; raises on failure."""
@@ -79,6 +86,10 @@ class SetpointDevice(Protocol):
     async def read_back(self) -> float:
         """The setpoint in force, as the device reports it, W; raises on failure."""
         ...
+
+
+class ReadBackError(Exception):
+    """The write went through, the read-back did not (``write_read_back``'s failure)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -213,14 +224,27 @@ async def apply_command(
         )
 
     applied_w = clamped.applied_w
-    try:
-        await device.write(applied_w)
-    except Exception as exc:  # the device's failure, whatever its kind, becomes the ack
-        return _failed(command, clamped, now_ms(), f"write: {_describe(exc)}", written_w=None)
-    try:
-        readback_w = await device.read_back()
-    except Exception as exc:
-        return _failed(command, clamped, now_ms(), f"read-back: {_describe(exc)}", applied_w)
+    write_read_back = getattr(device, "write_read_back", None)
+    if write_read_back is not None:  # one round trip (SunSpec: Modbus function 23)
+        try:
+            readback_w = await write_read_back(applied_w)
+        except ReadBackError as exc:
+            reason = f"read-back: {_describe(exc)}"
+            return _failed(command, clamped, now_ms(), reason, applied_w)
+        except Exception as exc:  # the device's failure, whatever its kind, becomes the ack
+            reason = f"write: {_describe(exc)}"
+            return _failed(command, clamped, now_ms(), reason, written_w=None)
+    else:
+        try:
+            await device.write(applied_w)
+        except Exception as exc:
+            reason = f"write: {_describe(exc)}"
+            return _failed(command, clamped, now_ms(), reason, written_w=None)
+        try:
+            readback_w = await device.read_back()
+        except Exception as exc:
+            reason = f"read-back: {_describe(exc)}"
+            return _failed(command, clamped, now_ms(), reason, applied_w)
     written_ms = now_ms()
     if not (math.isfinite(readback_w) and abs(readback_w - applied_w) <= readback_tolerance_w):
         reason = f"read back {readback_w:g} W after writing {applied_w:g} W"

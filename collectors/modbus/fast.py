@@ -26,17 +26,20 @@ process' samples (py-spy). This client does only what a SunSpec poll needs:
   poll loop);
 - ``Ticker``: the fleet's poll slots and request deadlines on one loop timer.
 
-It also writes (function 16, ``write()``): at a frequency step every asset gets a command
-within one poll period, and the control writer (``control.modbus_client``) uses this
-client for its one write and one read per command. It is the only Modbus client of the
-commands; pymodbus' client is the reference it is tested against (against pymodbus'
-own server too, ``tests/collectors/test_modbus_fast_vs_pymodbus.py``) and the
+It also writes (function 16, ``write()``) and writes-then-reads in one request (function
+23, Read/Write Multiple Registers, ``read_write()``): at a frequency step every asset gets
+a command within one poll period, and the control writer (``control.modbus_client``) uses
+this client for its one round trip per command (write ``WSet`` and read the 704 block
+back; function 16 then 3 for a device that does not implement 23). It is the only Modbus
+client of the commands; pymodbus' client is the reference it is tested against (against
+pymodbus' own server too, ``tests/collectors/test_modbus_fast_vs_pymodbus.py``) and the
 benchmarks' baseline (``bench/baselines.py``, run by ``bench/poll.py`` and
 ``bench/closed_loop.py``; the tables are in ``bench/README.md``).
 
 Reference: Modbus Application Protocol Specification V1.1b3, sections 4.1 (PDU), 6.3
-(Read Holding Registers) and 7 (exception responses); Modbus Messaging on TCP/IP
-Implementation Guide V1.0b, section 3.1.3 (MBAP header).
+(Read Holding Registers), 6.12 (Write Multiple Registers), 6.17 (Read/Write Multiple
+Registers: the write is performed before the read) and 7 (exception responses); Modbus
+Messaging on TCP/IP Implementation Guide V1.0b, section 3.1.3 (MBAP header).
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from gridflex.sunspec.discovery import MAX_READ_REGISTERS, IllegalAddress, ReadR
 __all__ = [
     "DEFAULT_TICK_S",
     "ILLEGAL_DATA_ADDRESS",
+    "ILLEGAL_FUNCTION",
     "DeviceError",
     "FrameBuffer",
     "GarbledReply",
@@ -65,8 +69,10 @@ __all__ = [
     "ReplyCallback",
     "Ticker",
     "decode_read_response",
+    "decode_read_write_response",
     "decode_write_response",
     "encode_read_request",
+    "encode_read_write_request",
     "encode_write_request",
     "registers",
 ]
@@ -75,12 +81,18 @@ log = logging.getLogger(__name__)
 
 READ_HOLDING_REGISTERS = 3
 WRITE_MULTIPLE_REGISTERS = 16
+READ_WRITE_MULTIPLE_REGISTERS = 23
+ILLEGAL_FUNCTION = 1
 #: Most registers one function-16 request may write (Modbus spec 6.12).
 MAX_WRITE_REGISTERS = 123
+#: Most registers one function-23 request may write (Modbus spec 6.17); it reads up to 125.
+MAX_READ_WRITE_REGISTERS = 121
 ILLEGAL_DATA_ADDRESS = 2
 _EXCEPTION_BIT = 0x80
 _MBAP = struct.Struct(">HHHB")  # transaction id, protocol id (0), length, unit id
 _READ_REQUEST = struct.Struct(">HHHBBHH")  # MBAP + function, address, count
+#: MBAP + function 23, read address and count, write address, count and byte count.
+_READ_WRITE_HEADER = struct.Struct(">HHHBBHHHHB")
 _MAX_MBAP_LENGTH = 254  # unit id + PDU of at most 253 bytes
 _REGISTERS = [struct.Struct(f">{n}H") for n in range(MAX_READ_REGISTERS + 1)]
 #: Default ``Ticker`` granularity: the longest a poll waits to go out with its tick's burst.
@@ -177,6 +189,57 @@ def decode_write_response(pdu: bytes, address: int, count: int) -> None:
         raise DeviceError(
             f"wrote {count} at {address}, the device echoed {echoed_count} at {echoed_address}"
         )
+
+
+def encode_read_write_request(
+    tid: int,
+    unit_id: int,
+    *,
+    read_address: int,
+    read_count: int,
+    write_address: int,
+    values: list[int],
+) -> bytes:
+    """MBAP frame of a function-23 request: write, then read, in one transaction.
+
+    The device writes ``values`` from ``write_address``, then answers with ``read_count``
+    registers from ``read_address`` (spec 6.17: the write is performed before the read).
+    """
+    count = len(values)
+    if not 1 <= read_count <= MAX_READ_REGISTERS:
+        raise ValueError(f"read count {read_count}: a read returns 1..{MAX_READ_REGISTERS}")
+    if not 1 <= count <= MAX_READ_WRITE_REGISTERS:
+        raise ValueError(f"{count} registers: a read/write takes 1..{MAX_READ_WRITE_REGISTERS}")
+    for address, n in ((read_address, read_count), (write_address, count)):
+        if not 0 <= address <= 0xFFFF - n + 1:
+            raise ValueError(f"registers {address}..{address + n - 1} are outside 0..65535")
+    if min(values) < 0 or max(values) > 0xFFFF:
+        raise ValueError(f"register values must be 0..65535, got {values}")
+    header = _READ_WRITE_HEADER.pack(
+        tid, 0, 11 + 2 * count, unit_id, READ_WRITE_MULTIPLE_REGISTERS,
+        read_address, read_count, write_address, count, 2 * count,
+    )  # fmt: skip
+    return header + _REGISTERS[count].pack(*values)
+
+
+def decode_read_write_response(pdu: bytes, address: int, count: int) -> bytes:
+    """Register data (``2 * count`` bytes) of a function-23 response PDU (the read part).
+
+    Raises ``DeviceError`` (with ``code``) for an exception response, exception 2 too (a
+    refused write is not a discovery probe; exception 1, illegal function, is a device
+    without function 23), and for a reply of the wrong function or length.
+    """
+    if len(pdu) == 2 and pdu[0] == READ_WRITE_MULTIPLE_REGISTERS | _EXCEPTION_BIT:
+        code = pdu[1]
+        raise DeviceError(f"Modbus exception {code} to a read/write of {count} at {address}", code)
+    if len(pdu) < 2 or pdu[0] != READ_WRITE_MULTIPLE_REGISTERS:
+        raise DeviceError(f"unexpected reply (function {pdu[0] if pdu else None}) to a read/write")
+    if pdu[1] != 2 * count or len(pdu) != 2 + 2 * count:
+        raise DeviceError(
+            f"asked {count} registers at {address}, got {(len(pdu) - 2) // 2} "
+            f"with a byte count of {pdu[1]}"
+        )
+    return pdu[2:]
 
 
 def registers(data: bytes) -> list[int]:
@@ -452,6 +515,43 @@ class LeanModbusClient(asyncio.Protocol):
         self._send(loop, transport, frame, request)
         return future
 
+    def read_write(
+        self,
+        read_address: int,
+        read_count: int,
+        write_address: int,
+        values: list[int],
+        unit_id: int = 1,
+    ) -> asyncio.Future[list[int]]:
+        """Write ``values``, then read ``read_count`` registers, in one request (function 23).
+
+        Resolves to the registers read (after the write). Fails like ``write`` (a device
+        without function 23 answers exception 1: ``DeviceError`` with ``code`` 1).
+        """
+        loop = self._loop
+        assert loop is not None, "connect() first"
+        future: asyncio.Future[list[int]] = loop.create_future()
+        transport = self._transport
+        if transport is None or transport.is_closing():
+            future.set_exception(self._lost or ConnectionError("not connected to the device"))
+            return future
+        if self._request is not None:
+            raise RuntimeError("one Modbus request at a time per connection")
+        self._tid = tid = (self._tid + 1) & 0xFFFF
+        frame = encode_read_write_request(
+            tid,
+            unit_id,
+            read_address=read_address,
+            read_count=read_count,
+            write_address=write_address,
+            values=values,
+        )
+        callback = functools.partial(_settle, future)
+        request = _Request(tid, unit_id, read_address, read_count, callback, None)
+        request.function = READ_WRITE_MULTIPLE_REGISTERS
+        self._send(loop, transport, frame, request)
+        return future
+
     def read(self, address: int, count: int, unit_id: int = 1) -> asyncio.Future[list[int]]:
         """``request`` as a future: resolves to the registers or fails with the error."""
         assert self._loop is not None, "connect() first"
@@ -513,6 +613,8 @@ class LeanModbusClient(asyncio.Protocol):
             if request.function == WRITE_MULTIPLE_REGISTERS:
                 decode_write_response(pdu, request.address, request.count)
                 reply = b""
+            elif request.function == READ_WRITE_MULTIPLE_REGISTERS:
+                reply = decode_read_write_response(pdu, request.address, request.count)
             else:
                 reply = decode_read_response(pdu, request.address, request.count)
         except (DeviceError, IllegalAddress) as exc:
@@ -524,7 +626,9 @@ class LeanModbusClient(asyncio.Protocol):
         if request is None or request.tid != tid:
             return  # answered (or failed) in time: a stale deadline
         self._request = None
-        what = "write" if request.function == WRITE_MULTIPLE_REGISTERS else "read"
+        what = {WRITE_MULTIPLE_REGISTERS: "write", READ_WRITE_MULTIPLE_REGISTERS: "read/write"}.get(
+            request.function, "read"
+        )
         text = (
             f"no reply from {self.host}:{self.port} to a {what} of {request.count} "
             f"at {request.address} within {self.timeout_s} s"

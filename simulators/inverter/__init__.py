@@ -15,7 +15,7 @@
   ``gridflex.sunspec.sign`` (SunSpec W and WSet are + for injection).
 - ``SimulatedInverter``: the SunSpec register map (``SunS`` at 40000, then models 1, 701,
   702, 704, 711, 713 laid out per the shipped definitions, then ``0xFFFF, 0``) as one
-  big-endian byte image, and ``handle_pdu`` for Modbus function codes 3, 6 and 16 (pure:
+  big-endian byte image, and ``handle_pdu`` for Modbus function codes 3, 6, 16 and 23 (pure:
   bytes in, bytes out). Writes reach only the RW points the simulator implements (704
   power controls; 711 ``Ena``, ``AdptCtlReq`` and the writable control sets); anything
   else is answered with exception 2 (illegal data address), a bad enum value or a droop

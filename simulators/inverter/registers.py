@@ -1,7 +1,9 @@
 """One simulated device: the register map's constants and ``SimulatedInverter``.
 
 A SunSpec register image in front of the physics (``simulators.inverter.model``), and
-``handle_pdu`` for Modbus function codes 3, 6 and 16; see the package docstring.
+``handle_pdu`` for Modbus function codes 3, 6, 16 and 23 (Read/Write Multiple Registers,
+unless built with ``read_write=False``: a device that answers it with exception 1, illegal
+function); see the package docstring.
 """
 
 from __future__ import annotations
@@ -142,6 +144,7 @@ class SimulatedInverter:
         unit_id: int = UNIT_ID,
         *,
         droop_controls: int = DROOP_CONTROLS,
+        read_write: bool = True,
     ) -> None:
         if not 1 <= droop_controls <= 10:
             raise ValueError(f"droop_controls: expected 1..10, got {droop_controls!r}")
@@ -149,6 +152,8 @@ class SimulatedInverter:
         self.unit_id = unit_id
         self.serial = serial
         self.droop_controls = droop_controls
+        #: Whether the device serves function 23 (else: exception 1, illegal function).
+        self.read_write = read_write
         self.writable_points = writable_points(droop_controls)
         #: 711 ``AdptCtlReq`` in force: the active control set, 1-based (0: none).
         self.active_control = 1
@@ -462,7 +467,29 @@ class SimulatedInverter:
             values = list(struct.unpack_from(f">{count}H", pdu, 6))
             code = self.write_registers(address, values)
             return pdu[:5] if code is None else bytes((0x90, code))
+        if fc == 23 and len(pdu) >= 10 and self.read_write:
+            return self._read_write(pdu)
         return bytes((fc | 0x80, ILLEGAL_FUNCTION))
+
+    def _read_write(self, pdu: bytes) -> bytes:
+        """Function 23: write, then read (Modbus spec 6.17), one response."""
+        read_address, read_count, write_address, count, nbytes = struct.unpack_from(
+            ">HHHHB", pdu, 1
+        )
+        if (
+            not 1 <= read_count <= 125
+            or not 1 <= count <= 121
+            or nbytes != 2 * count
+            or len(pdu) != 10 + nbytes
+        ):
+            return bytes((0x97, ILLEGAL_DATA_VALUE))
+        if read_address < BASE_ADDRESS or read_address + read_count > self.end_address:
+            return bytes((0x97, ILLEGAL_DATA_ADDRESS))
+        code = self.write_registers(write_address, list(struct.unpack_from(f">{count}H", pdu, 10)))
+        if code is not None:
+            return bytes((0x97, code))
+        start = 2 * (read_address - BASE_ADDRESS)
+        return bytes((23, 2 * read_count)) + self.image[start : start + 2 * read_count]
 
     def read(self, address: int, count: int) -> list[int]:
         """Registers as a client would read them (for tests and tools)."""

@@ -68,7 +68,8 @@ class InverterFleet:
     """N simulated inverters, device ``i`` on ``host:base_port + i``, one update loop.
 
     Use as ``async with InverterFleet(...) as fleet:``; ``fleet.devices[i]`` is the
-    ``SimulatedInverter`` (its ``model`` the physics) for tests.
+    ``SimulatedInverter`` (its ``model`` the physics) for tests. ``read_write=False``: the
+    devices answer function 23 with exception 1 (illegal function), as some inverters do.
     """
 
     def __init__(
@@ -82,6 +83,7 @@ class InverterFleet:
         seed: int | None = None,
         update_hz: float = 10.0,
         droop_controls: int = DROOP_CONTROLS,
+        read_write: bool = True,
     ) -> None:
         rng = random.Random(seed)
         self.host = host
@@ -96,7 +98,12 @@ class InverterFleet:
                 energy_export_wh=rng.uniform(1e5, 1e7),
                 ambient_c=rng.uniform(20.0, 30.0),
             )
-            device = SimulatedInverter(model, serial=f"SIM{i:06d}", droop_controls=droop_controls)
+            device = SimulatedInverter(
+                model,
+                serial=f"SIM{i:06d}",
+                droop_controls=droop_controls,
+                read_write=read_write,
+            )
             self._endpoints.append(_Endpoint(device=device, port=base_port + i))
         self._updater: asyncio.Task[None] | None = None
         self._t0 = 0.0

@@ -328,3 +328,23 @@ def test_group_commit_records_a_burst_in_few_transactions(tmp_path: Path) -> Non
     with Ledger(tmp_path / "ledger.sqlite3") as again:
         last = again.last_applied("a49")
         assert last is not None and last.command_id == "c499"
+
+
+def test_record_many_with_an_id_already_there_keeps_the_first_and_records_the_others(
+    tmp_path: Path,
+) -> None:
+    def entry(command_id: str, issued_ms: int, applied_w: float) -> CommandRecord:
+        return CommandRecord("a1", command_id, issued_ms, "applied", applied_w, applied_w,
+                             None, issued_ms)  # fmt: skip
+
+    with Ledger(tmp_path / "ledger.sqlite3") as ledger:
+        assert ledger.record_many([entry("c1", 10, 1.0)]) == [True]
+        batch = [entry("c2", 20, 2.0), entry("c1", 30, 9.0), entry("c3", 40, 3.0)]
+        assert ledger.record_many(batch) == [True, False, True]  # row by row: which was new
+    with Ledger(tmp_path / "ledger.sqlite3") as again:
+        first = again.check("a1", "c1", 30, None, 50)
+        assert first.verdict == "duplicate" and first.previous is not None
+        assert first.previous.applied_w == 1.0  # the first record of c1 stays
+        assert again.check("a1", "c2", 20, None, 50).verdict == "duplicate"
+        last = again.last_applied("a1")
+        assert last is not None and (last.command_id, last.applied_w) == ("c3", 3.0)

@@ -13,7 +13,7 @@ import pytest
 
 from control.clamp import UNLIMITED_SITE, Limits, SiteHeadroom
 from control.ledger import Ledger
-from control.writer import PreviousSetpoint, apply_command
+from control.writer import PreviousSetpoint, ReadBackError, apply_command
 from gridflex.contract import DispatchAck, DispatchCommand, parse_payload
 
 T0 = 1_780_000_000_000  # epoch ms
@@ -289,3 +289,50 @@ def test_refusals_are_acked_at_the_decision(
     ack = apply(command(valid_until_ms=T0 - 1), ledger, device)
     assert ack.ts_ms == clock.now == T0
     assert ack.latency_from_issued_ms is None and ack.latency_from_telemetry_ms is None
+
+
+@dataclass
+class OneTripDevice(FakeDevice):
+    """A ``FakeDevice`` that also writes and reads back in one round trip (Modbus 23)."""
+
+    trips: int = 0
+    fail_trip: Exception | None = None
+
+    async def write(self, setpoint_w: float) -> None:
+        raise AssertionError("a device with write_read_back is not written separately")
+
+    async def read_back(self) -> float:
+        raise AssertionError("a device with write_read_back is not read separately")
+
+    async def write_read_back(self, setpoint_w: float) -> float:
+        self.clock.advance(self.write_ms)
+        self.trips += 1
+        if self.fail_trip is not None:
+            raise self.fail_trip
+        self.writes.append(setpoint_w)
+        self.setpoint_w = setpoint_w
+        return setpoint_w + self.readback_offset_w
+
+
+@pytest.mark.parametrize(
+    ("error", "applied_w", "reason"),
+    [
+        (None, -5_000.0, None),
+        (TimeoutError(), None, "write: TimeoutError"),  # maybe written: nothing claimed
+        (ReadBackError("no setpoint"), -5_000.0, "read-back: ReadBackError: no setpoint"),
+    ],
+    ids=["applied", "write failed", "read-back failed"],
+)
+def test_a_device_with_one_round_trip_is_written_once_per_command_through_it(
+    ledger: Ledger, clock: Clock, error: Exception | None, applied_w: float | None,
+    reason: str | None,
+) -> None:  # fmt: skip
+    device = OneTripDevice(clock, fail_trip=error)
+    ack = apply(command(), ledger, device)
+    assert device.trips == 1
+    assert (ack.applied_w, ack.reason) == (applied_w, reason)
+    if error is None:
+        assert (ack.result, ack.readback_w, ack.latency_from_issued_ms) == ("applied", -5_000.0, 80)
+        assert apply(command(), ledger, device).result == "duplicate" and device.trips == 1
+    else:
+        assert ack.result == "failed" and ledger.last_applied("inv1") is None

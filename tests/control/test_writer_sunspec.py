@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,12 +13,15 @@ from pymodbus.client import AsyncModbusTcpClient
 
 from collectors.modbus.connection import discover_plan, register_reader
 from control.clamp import UNLIMITED_SITE, Limits
+from control.devices import LazySunSpecDevice
 from control.ledger import Ledger
 from control.sunspec import SunSpecDevice, read_setpoint
 from control.writer import SetpointDevice, apply_command
+from gridflex.config import InverterAsset
 from gridflex.contract import DispatchAck, DispatchCommand
 from gridflex.net import free_port_block
 from simulators.inverter import InverterFleet
+from simulators.inverter.registers import SimulatedInverter
 from tests.loop_helpers import LoopThread
 
 pytestmark = pytest.mark.integration
@@ -123,3 +127,81 @@ def test_apply_then_duplicate_then_the_device_reverts(
     # reverted about revert_s = 1 s after the write, not before (the sim ticks at 10 Hz)
     assert 0.7 <= reverted_after_s <= 2.0
     assert sim.model.setpoint_w == 0.0 and after_w == 0.0
+
+
+class RequestCounter:
+    """Counts the Modbus requests a simulated device answers, by function code."""
+
+    def __init__(self, sim: SimulatedInverter) -> None:
+        self.by_function: Counter[int] = Counter()
+        handle = sim.handle_pdu
+
+        def counted(unit_id: int, pdu: bytes) -> bytes:
+            self.by_function[pdu[0]] += 1
+            return handle(unit_id, pdu)
+
+        sim.handle_pdu = counted  # type: ignore[method-assign]
+
+
+@pytest.mark.parametrize("read_write", [True, False], ids=["function 23", "no function 23"])
+def test_a_command_is_one_round_trip_or_a_write_and_a_read_on_a_device_without_23(
+    loop_thread: LoopThread, tmp_path: Path, read_write: bool
+) -> None:
+    base = free_port_block(1)
+    fleet = InverterFleet(1, base, seed=5, read_write=read_write)
+    sim = fleet.devices[0]
+    asset = InverterAsset(
+        id="inv1", kind="inverter", host="127.0.0.1", port=base, max_charge_w=10_000.0
+    )
+    device = LazySunSpecDevice(asset, revert_s=10, timeout_s=2.0)
+
+    async def scenario(ledger: Ledger) -> tuple[list[DispatchAck], list[Counter[int]]]:
+        async with fleet:
+            await device.connect()  # discovery, WSet_SF and the reversion are not counted
+            await device.write_read_back(0.0)  # a device without 23 refuses it here, once
+            acks, counts = [], []
+            for i, setpoint_w in enumerate((-4_000.0, 2_500.0)):
+                counter = RequestCounter(sim)
+                acks.append(await _apply(_command(f"c{i}", setpoint_w), ledger, device))
+                counts.append(counter.by_function)
+                del sim.handle_pdu
+            device.drop()
+            return acks, counts
+
+    with Ledger(tmp_path / "ledger.sqlite") as ledger:
+        acks, counts = loop_thread.run(scenario(ledger))
+
+    assert [(a.result, a.applied_w, a.readback_w) for a in acks] == [
+        ("applied", -4_000.0, -4_000.0),
+        ("applied", 2_500.0, 2_500.0),
+    ]
+    assert sim.model.setpoint_w == 2_500.0
+    if read_write:
+        assert counts == [Counter({23: 1}), Counter({23: 1})]
+    else:  # 16 and 3, never 23 again after the first refusal
+        assert counts == [Counter({16: 1, 3: 1}), Counter({16: 1, 3: 1})]
+        assert device.read_write is False
+
+
+@pytest.mark.parametrize("read_write", [True, False], ids=["function 23", "no function 23"])
+def test_write_read_back_over_pymodbus_the_baseline_client(
+    loop_thread: LoopThread, read_write: bool
+) -> None:
+    base = free_port_block(1)
+    fleet = InverterFleet(1, base, seed=6, read_write=read_write)
+
+    async def scenario() -> tuple[float, bool]:
+        async with fleet:
+            client = AsyncModbusTcpClient("127.0.0.1", port=base, timeout=2)
+            await client.connect()
+            try:
+                plan = await discover_plan(register_reader(client, 1))
+                device = SunSpecDevice(client, plan.model_map, 1, revert_s=10)
+                return await device.write_read_back(-3_000.0), device.read_write
+            finally:
+                client.close()
+
+    readback_w, still_23 = loop_thread.run(scenario())
+    assert readback_w == -3_000.0
+    assert fleet.devices[0].model.setpoint_w == -3_000.0
+    assert still_23 is read_write  # pymodbus hands back exception 1 as the lean client does
