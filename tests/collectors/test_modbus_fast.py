@@ -168,40 +168,62 @@ def test_ticker_runs_entries_in_due_order_and_never_early() -> None:
     assert asyncio.run(scenario()) == [("a", True), ("b", True), ("c", True), ("d", True)]
 
 
+class _ManualClock:
+    """The part of an event loop the Ticker uses, on a clock the test moves (no real time)."""
+
+    class _Timer:
+        def __init__(self, clock: _ManualClock, when_s: float, callback: Callable[[], None]):
+            self.when_s, self.callback, self.cancelled = when_s, callback, False
+            clock.timers.append(self)
+
+        def cancel(self) -> None:
+            self.cancelled = True
+
+    def __init__(self) -> None:
+        self.now_s = 0.0
+        self.timers: list[_ManualClock._Timer] = []
+
+    def time(self) -> float:
+        return self.now_s
+
+    def call_at(self, when_s: float, callback: Callable[[], None]) -> _ManualClock._Timer:
+        return self._Timer(self, when_s, callback)
+
+    def armed_s(self) -> float:
+        """When the one live timer fires (the Ticker keeps at most one)."""
+        (live,) = [t for t in self.timers if not t.cancelled]
+        return live.when_s
+
+    def run_until(self, when_s: float) -> None:
+        """Move the clock to ``when_s``, firing every timer due by then in time order."""
+        while True:
+            due = [t for t in self.timers if not t.cancelled and t.when_s <= when_s]
+            if not due:
+                break
+            timer = min(due, key=lambda t: t.when_s)
+            self.timers.remove(timer)
+            self.now_s = max(self.now_s, timer.when_s)
+            timer.callback()
+        self.now_s = when_s
+
+
 def test_ticker_entries_due_within_one_tick_run_together_in_the_next_pass() -> None:
-    async def scenario() -> tuple[list[int], list[bool]]:
-        loop = asyncio.get_running_loop()
-        ticker = Ticker(loop, tick_s=0.05)
-        passes: list[int] = []
-        on_time: list[bool] = []
-        done = asyncio.Event()
-        counter = [0]
-
-        def entry(due_s: float) -> None:
-            # which loop pass (round of call_soon below) it ran in, and not early
-            passes.append(counter[0])
-            on_time.append(loop.time() >= due_s)
-
-        first_s = loop.time() + 0.01
-        ticker.call_at(first_s, entry, first_s)  # opens a pass; the next comes a tick later
-        for i in range(1, 4):
-            ticker.call_at(first_s + i * 0.005, entry, first_s + i * 0.005)
-
-        def tick() -> None:
-            counter[0] += 1
-            if len(passes) < 4:
-                loop.call_soon(tick)
-            else:
-                done.set()
-
-        loop.call_soon(tick)
-        await asyncio.wait_for(done.wait(), 5)
-        ticker.close()
-        return passes, on_time
-
-    passes, on_time = asyncio.run(scenario())
-    assert all(on_time)
-    assert passes[0] < passes[1] == passes[2] == passes[3]  # the three later ones together
+    clock = _ManualClock()
+    ticker = Ticker(clock, tick_s=0.05)  # type: ignore[arg-type]  # the loop's clock part
+    ran: list[tuple[float, float]] = []  # (due, when it ran)
+    first_s = 0.010
+    dues = [first_s + i * 0.005 for i in range(4)]  # 10, 15, 20, 25 ms: within one tick
+    for due_s in dues:
+        ticker.call_at(due_s, lambda d=due_s: ran.append((d, clock.time())))
+    assert clock.armed_s() == first_s
+    clock.run_until(0.030)
+    assert ran == [(first_s, first_s)]  # the first pass: only the entry due then
+    assert clock.armed_s() == pytest.approx(first_s + 0.05)  # the next pass, a tick later
+    clock.run_until(0.100)
+    assert [due for due, _ in ran] == dues
+    assert [when for _, when in ran[1:]] == [pytest.approx(first_s + 0.05)] * 3  # together
+    assert all(when >= due for due, when in ran)  # never early
+    ticker.close()
 
 
 def test_a_failing_ticker_entry_does_not_stop_the_others() -> None:
