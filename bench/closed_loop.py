@@ -2,8 +2,8 @@
 
 Per N (``--assets 100,500,1000``) it starts, each in its own process: Mosquitto
 (``gridflex.broker``), the SunSpec inverter simulator (``gridflex sim inverters``, one
-process per 500 devices, 10 kW, replaying a frequency profile), a recorder (this file,
-below), the writer (``gridflex control``), the pipeline (``gridflex pipeline``, ``[dispatch]
+process per 500 devices, 10 kW, replaying a frequency profile), a recorder
+(``bench/closed_loop_recorder.py``), the writer (``gridflex control``), the pipeline (``gridflex pipeline``, ``[dispatch]
 mode = "droop"``, its persistent session opened first) and the Modbus collector
 (``gridflex collect modbus``, every device every 200 ms), all on one site file.
 
@@ -58,17 +58,12 @@ CPU of its own, so such a run's latencies are not the benchmark's.
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
 import multiprocessing
 import os
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from multiprocessing.synchronize import Event
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +80,6 @@ from bench._harness import (
     tree,
 )
 from bench.closed_loop_analysis import (
-    APPLIED_RESULTS,
     Ack,
     Reading,
     config_problem,
@@ -104,96 +98,15 @@ from bench.closed_loop_analysis import (
     step_times,
     write_latencies,
 )
+from bench.closed_loop_recorder import SITE, Recorded, recorder_main
 from gridflex.broker import start_broker
-from gridflex.contract import ack_topic
 from gridflex.history import connect
 from gridflex.mqtt import open_session
-from gridflex.mqtt_asyncio import AsyncMqttClient
 from gridflex.net import free_port_block, wait_for_port
 from pipelines.flow import pipeline_filters
 
-SITE = "bench"
-COMMAND_FILTER = f"gridflex/v1/{SITE}/dispatch/+/command"
-ACK_FILTER = f"gridflex/v1/{SITE}/dispatch/+/ack"
-PROBE = b"bench-probe"
 PER_SIM_PROCESS = 500
 PYSPY = os.environ.get("PYSPY", str(ROOT / ".venv" / "bin" / "py-spy"))
-
-
-# --------------------------------------------------------------------------- recorder
-
-
-@dataclass(frozen=True)
-class Recorded:
-    """What the recorder saw: commands (first sight), copies it injected, acks by result.
-
-    ``extra`` counts acks ``applied``/``clamped`` of a command id already acked so before.
-    """
-
-    commands: int
-    injected: int
-    acks: dict[str, int]
-    extra: int
-
-
-async def _record(
-    url: str, dup: tuple[int, int], ready: Event, stop: Event, out: Connection
-) -> None:
-    dup_every, copies = dup
-    seen: set[str] = set()
-    acks: dict[str, int] = {}
-    written: set[str] = set()
-    extra = 0
-    injected = 0
-    probed = asyncio.Event()
-    client = AsyncMqttClient(url, f"bench-closed-loop-{os.getpid()}", clean_session=True)
-
-    def on_command(topic: str, payload: bytes) -> None:
-        nonlocal injected
-        try:
-            command_id = json.loads(payload)["command_id"]
-        except (ValueError, KeyError, TypeError):
-            return
-        if command_id in seen:  # a copy (ours, or a redelivery)
-            return
-        seen.add(command_id)
-        if dup_every and len(seen) % dup_every == 0:
-            for _ in range(copies):
-                client.publish(topic, payload)
-            injected += copies
-
-    def on_ack(_topic: str, payload: bytes) -> None:
-        nonlocal extra
-        if payload == PROBE:
-            probed.set()
-            return
-        ack = json.loads(payload)
-        result = ack.get("result", "?")
-        acks[result] = acks.get(result, 0) + 1
-        if result in APPLIED_RESULTS:
-            if ack["command_id"] in written:
-                extra += 1
-            written.add(ack["command_id"])
-
-    client.subscribe(COMMAND_FILTER, on_command)
-    client.subscribe(ACK_FILTER, on_ack)
-    await client.start()
-    if not await client.wait_connected(10):
-        raise RuntimeError(f"recorder: no broker at {url}")
-    client.publish(ack_topic(SITE, "probe"), PROBE)  # a round trip: subscribed
-    await asyncio.wait_for(probed.wait(), 10)
-    ready.set()
-    while not stop.is_set():
-        await asyncio.sleep(0.05)
-    await client.stop()
-    out.send(Recorded(len(seen), injected, acks, extra))
-
-
-def recorder_main(
-    url: str, dup: tuple[int, int], ready: Event, stop: Event, out: Connection
-) -> None:
-    """Entry of the recorder: republish every ``dup[0]``-th command ``dup[1]`` times; count acks."""
-    asyncio.run(_record(url, dup, ready, stop, out))
 
 
 # --------------------------------------------------------------------------- processes

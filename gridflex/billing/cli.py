@@ -41,9 +41,14 @@ PROGRESS_AFTER_S: Final = 2.0
 _POLL_S: Final = 0.2
 _LOG_EVERY_S: Final = 5.0
 
-_QUERY: Final = """
+#: Decimal places of the exported energies: 1 mWh, finer than any meter register, so the
+#: float noise of register differences (``10.369999999995343``) does not reach the bill.
+EXPORT_DECIMALS: Final = 3
+
+_QUERY: Final = f"""
 SELECT site, asset, session_id, interval_start_ms, interval_end_ms,
-       energy_import_wh, energy_export_wh, quality
+       round(energy_import_wh, {EXPORT_DECIMALS}) AS energy_import_wh,
+       round(energy_export_wh, {EXPORT_DECIMALS}) AS energy_export_wh, quality
 FROM settlements
 WHERE interval_start_ms >= $from_ms AND interval_start_ms < $to_ms
 ORDER BY interval_start_ms, site, asset, session_id NULLS FIRST

@@ -80,6 +80,27 @@ def test_a_date_as_to_means_the_whole_day(history: Path) -> None:
     ]
 
 
+def test_exported_energy_is_rounded_to_the_milliwatt_hour_not_float_noise(
+    tmp_path: Path,
+) -> None:
+    writer = ParquetStreamWriter(tmp_path, "telemetry", ts_column="ts_ms", name="t")
+    registers = (1000.1, 1010.47)  # their difference is 10.370000000000005 in floats
+    writer.add([
+        telemetry_row(Telemetry(
+            site="s1", asset="inv-a", kind="inverter", ts_ms=B + (i + 1) * 60_000, seq=i,
+            boot="b1", power_w=600.0, energy_import_wh=wh, energy_export_wh=0.0,
+        ))
+        for i, wh in enumerate(registers)
+    ])  # fmt: skip
+    writer.flush()
+    assert registers[1] - registers[0] != 10.37
+    done = gridflex(
+        "billing", "--data-dir", str(tmp_path), "--from", "2026-11-25", "--to", "2026-11-25"
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.splitlines()[1:] == [f"s1,inv-a,,{B},{B + MIN15},10.37,0.0,ok"]
+
+
 def test_parquet_to_a_file(history: Path, tmp_path: Path) -> None:
     out = tmp_path / "out" / "nov.parquet"
     out.parent.mkdir()
