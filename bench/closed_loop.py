@@ -3,8 +3,9 @@
 Per N (``--assets 100,500,1000``) it starts, each in its own process: Mosquitto
 (``gridflex.broker``), the SunSpec inverter simulator (``gridflex sim inverters``, one
 process per 500 devices, 10 kW, replaying a frequency profile), a recorder
-(``bench/closed_loop_recorder.py``), the writer (``gridflex control``), the pipeline (``gridflex pipeline``, ``[dispatch]
-mode = "droop"``, its persistent session opened first) and the Modbus collector
+(``bench/closed_loop_recorder.py``), the writer (``gridflex control``), the pipeline
+(``gridflex pipeline``, ``[dispatch] mode = "droop"``, its persistent session opened
+first) and the Modbus collector
 (``gridflex collect modbus``, every device every 200 ms), all on one site file.
 
 The simulators hold 50.00 Hz for the lead time (start-up, discovery, the writer's first
