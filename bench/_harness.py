@@ -32,6 +32,7 @@ __all__ = [
     "machine_busy_s",
     "percentile",
     "pipeline_site_toml",
+    "print_busiest_processes",
     "publish_telemetry",
     "pyspy_record",
     "rss_mib",
@@ -150,6 +151,13 @@ def busiest_processes(sample_s: float = 1.0, top: int = 3) -> list[tuple[float, 
             continue
         usage.append((pct, f"{proc.pid} {cmd[:70]}"))
     return sorted(usage, reverse=True)[:top]
+
+
+def print_busiest_processes() -> None:
+    """Print the machine's busiest processes before a benchmark's runs (its noise floor)."""
+    print("busiest processes before the runs (CPU % over 1 s, 100 = one core):")
+    for pct, proc in busiest_processes():
+        print(f"  {pct:5.0f}  {proc}")
 
 
 def fmt(value: float | None, spec: str) -> str:

@@ -75,6 +75,7 @@ from bench._harness import (
     busiest_processes,
     busy_s,
     machine_busy_s,
+    print_busiest_processes,
     pyspy_record,
     rss_mib,
     stop_process,
@@ -521,9 +522,7 @@ def main() -> int:
         f"{args.step_s:g} s for {args.duration_s:g} s, duplicates: every "
         f"{args.dup_every or '-'}th command x {args.dup_copies}"
     )
-    print("busiest processes before the runs (CPU % over 1 s, 100 = one core):")
-    for pct, proc in busiest_processes():
-        print(f"  {pct:5.0f}  {proc}")
+    print_busiest_processes()
     results = []
     for n in args.assets:
         for local in variants:

@@ -66,12 +66,12 @@ from bench._harness import (
     INTERVAL_S,
     ROOT,
     asset_id,
-    busiest_processes,
     busy_s,
     fmt,
     machine_busy_s,
     percentile,
     pipeline_site_toml,
+    print_busiest_processes,
     publish_telemetry,
     pyspy_record,
     rss_mib,
@@ -465,9 +465,7 @@ def main() -> int:
         f"telemetry every {INTERVAL_S * 1000:.0f} ms per inverter, frequency step every "
         f"{args.step_s:g} s, {args.warmup_s:g} s warm-up + {args.duration_s:g} s measured"
     )
-    print("busiest processes before the runs (CPU % over 1 s, 100 = one core):")
-    for pct, proc in busiest_processes():
-        print(f"  {pct:5.0f}  {proc}")
+    print_busiest_processes()
     results = []
     print()
     print(HEADER, flush=True)

@@ -52,11 +52,11 @@ import psutil
 
 from bench._harness import (
     INTERVAL_S,
-    busiest_processes,
     busy_s,
     fmt,
     percentile,
     pipeline_site_toml,
+    print_busiest_processes,
     publish_telemetry,
     rss_mib,
     start_pipeline,
@@ -299,9 +299,7 @@ def main() -> int:
         f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, telemetry every "
         f"{INTERVAL_S * 1000:.0f} ms per inverter, {args.duration_s:.0f} s per run"
     )
-    print("busiest processes before the runs (CPU % over 1 s, 100 = one core):")
-    for pct, proc in busiest_processes():
-        print(f"  {pct:5.0f}  {proc}")
+    print_busiest_processes()
     header = (
         f"{'N':>5} {'ack':>4} {'sent/s':>7} {'hist/s':>7} {'history %':>9} {'windows':>7} "
         f"{'p50 ms':>7} "

@@ -34,10 +34,10 @@ from pathlib import Path
 import psutil
 
 from bench._harness import (
-    busiest_processes,
     busy_s,
     fmt,
     machine_busy_s,
+    print_busiest_processes,
     start_simulators,
     stop_process,
 )
@@ -194,9 +194,7 @@ def main() -> int:
         f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, "
         f"poll every {args.interval_ms} ms, {args.duration_s:.0f} s measured per run"
     )
-    print("busiest processes before the runs (CPU % over 1 s, 100 = one core):")
-    for pct, proc in busiest_processes():
-        print(f"  {pct:5.0f}  {proc}")
+    print_busiest_processes()
     header = (
         f"{'N':>5} {'client':<16} {'polls/s':>8} {'expected':>8} {'missed':>7} {'p50 ms':>7} "
         f"{'p99 ms':>7} {'max ms':>7} {'fail':>5} {'CPU %':>6} {'RSS MiB':>8} {'exit':>4} "

@@ -45,11 +45,11 @@ import psutil
 
 from bench._harness import (
     INTERVAL_S,
-    busiest_processes,
     busy_s,
     fmt,
     percentile,
     pipeline_site_toml,
+    print_busiest_processes,
     start_simulators,
     stop_process,
     tree,
@@ -299,9 +299,7 @@ def main() -> int:
         f"machine: {os.cpu_count()} cores, python {sys.version.split()[0]}, N = {n} "
         f"inverters every {INTERVAL_S * 1000:.0f} ms, {duration_s:.0f} s measured per run"
     )
-    print("busiest processes before the runs (CPU % over 1 s, 100 = one core):")
-    for pct, proc in busiest_processes():
-        print(f"  {pct:5.0f}  {proc}")
+    print_busiest_processes()
     header = (
         f"{'part':<8} {'procs':>3} {'assets/pr':>9} {'rate/s':>8} {'expected':>8} "
         f"{'missed':>7} {'p50 ms':>7} {'p99 ms':>7} {'CPU %':>6} {'%/1000':>8} {'exit':>4}"
