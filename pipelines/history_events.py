@@ -16,10 +16,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from gridflex.contract import AssetStatus, ChargingSession, DispatchAck, EventReport
 from gridflex.history import EVENTS, SCHEMAS, STATUS_CHANGES, TRANSACTIONS
+from pipelines.history_sink import Row, fields_row
 
 __all__ = [
     "Event",
@@ -37,7 +36,6 @@ __all__ = [
     "status_row",
 ]
 
-Row = dict[str, Any]
 #: What makes a status a change: online, state, faults, transaction id.
 StatusKey = tuple[bool, str, tuple[str, ...], str | None]
 
@@ -53,8 +51,7 @@ def status_key(status: AssetStatus) -> StatusKey:
 
 def status_row(status: AssetStatus) -> Row:
     """A ``status_changes`` history row."""
-    values = status.__dict__
-    row = {name: values[name] for name in _STATUS_FIELDS}
+    row = fields_row(status, _STATUS_FIELDS)
     row["faults"] = list(status.faults)
     return row
 
@@ -67,14 +64,12 @@ def status_change(last: StatusKey | None, status: AssetStatus) -> tuple[StatusKe
 
 def session_row(session: ChargingSession) -> Row:
     """A ``transactions`` history row."""
-    values = session.__dict__
-    return {name: values[name] for name in _SESSION_FIELDS}
+    return fields_row(session, _SESSION_FIELDS)
 
 
 def event_row(report: EventReport) -> Row:
     """An ``events`` history row."""
-    values = report.__dict__
-    return {name: values[name] for name in _EVENT_FIELDS}
+    return fields_row(report, _EVENT_FIELDS)
 
 
 # --------------------------------------------------------------------------- routing
@@ -85,7 +80,7 @@ Event = DispatchAck | AssetStatus | ChargingSession | EventReport
 
 def is_event(item: object) -> bool:
     """Whether a validated item is an :data:`Event` (not a reading, heartbeat, refusal)."""
-    return isinstance(item, DispatchAck | AssetStatus | ChargingSession | EventReport)
+    return isinstance(item, Event)
 
 
 def ack_only(item: Event) -> DispatchAck | None:

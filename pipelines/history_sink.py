@@ -64,6 +64,14 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Row = dict[str, Any]
+
+
+def fields_row(payload: object, fields: Iterable[str]) -> Row:
+    """A parsed payload's attributes named ``fields`` (its stream's columns), as a row."""
+    values = payload.__dict__
+    return {name: values[name] for name in fields}
+
+
 #: Acks remembered per asset by the ``acks`` sink (a QoS 1 redelivery repeats a recent one).
 ACK_MEMORY = 64
 #: Rows being gathered, by column, in the stream's schema order.
@@ -94,8 +102,7 @@ def telemetry_row(telemetry: Telemetry, *, register_decreased: bool | None = Non
     ``register_decreased`` is the flag of :func:`pipelines.validate.check_registers`
     (None: not checked).
     """
-    values = telemetry.__dict__
-    row: Row = {name: values[name] for name in _TELEMETRY_FIELDS}
+    row = fields_row(telemetry, _TELEMETRY_FIELDS)
     ev = telemetry.ev
     for name in _EV_FIELDS:
         row[f"ev_{name}"] = getattr(ev, name) if ev is not None else None
@@ -110,20 +117,17 @@ _ACK_FIELDS = SCHEMAS[ACKS].names
 
 def forecast_row(forecast: Forecast) -> Row:
     """Turn a published forecast into a ``forecasts`` history row."""
-    values = forecast.__dict__
-    return {name: values[name] for name in _FORECAST_FIELDS}
+    return fields_row(forecast, _FORECAST_FIELDS)
 
 
 def command_row(command: DispatchCommand) -> Row:
     """Turn a published command into a ``commands`` history row."""
-    values = command.__dict__
-    return {name: values[name] for name in _COMMAND_FIELDS}
+    return fields_row(command, _COMMAND_FIELDS)
 
 
 def ack_row(ack: DispatchAck) -> Row:
     """Turn an ack of the control writer into an ``acks`` history row (``rules`` a list)."""
-    values = ack.__dict__
-    row = {name: values[name] for name in _ACK_FIELDS}
+    row = fields_row(ack, _ACK_FIELDS)
     row["rules"] = list(ack.rules)
     return row
 
