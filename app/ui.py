@@ -47,22 +47,27 @@ WINDOWS: Final[dict[str, int | None]] = {
 }
 
 
-def default_data_dir(argv: list[str] | None = None) -> Path:
-    """``--data-dir`` of ``argv`` (default ``sys.argv``), else the environment, else the demo's."""
+def _app_args(argv: list[str] | None) -> argparse.Namespace:
+    """What ``gridflex app`` passes after ``--``: ``--data-dir`` and ``--site`` (else None)."""
     parser = argparse.ArgumentParser(add_help=False)
     parser.add_argument("--data-dir", type=Path, default=None)
+    parser.add_argument("--site", type=Path, default=None)
     args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    if args.data_dir is not None:
-        return Path(args.data_dir)
+    return args
+
+
+def default_data_dir(argv: list[str] | None = None) -> Path:
+    """``--data-dir`` of ``argv`` (default ``sys.argv``), else the environment, else the demo's."""
+    data_dir: Path | None = _app_args(argv).data_dir
+    if data_dir is not None:
+        return data_dir
     return Path(os.environ.get(DATA_DIR_ENV) or "gridflex-demo")
 
 
 def site_file(argv: list[str] | None = None) -> Path | None:
     """``--site`` of ``argv`` (default ``sys.argv``): the live feed's site file, or None."""
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--site", type=Path, default=None)
-    args, _ = parser.parse_known_args(sys.argv[1:] if argv is None else argv)
-    return None if args.site is None else Path(args.site)
+    site: Path | None = _app_args(argv).site
+    return site
 
 
 @st.cache_resource(show_spinner=False)

@@ -20,6 +20,7 @@ from gridflex.cli import build_parser
 from gridflex.config import ConfigError
 from gridflex.contract import Forecast, Telemetry, forecast_topic, telemetry_topic
 from gridflex.mqtt import MqttClient
+from tests.pipelines.helpers import wait_until
 
 TIMEOUT_S = 60
 
@@ -108,15 +109,6 @@ def publish(url: str, messages: list[tuple[str, bytes]]) -> None:
         client.stop()
 
 
-def wait_for_assets(feed: LiveFleet, count: int, timeout_s: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if len(feed.frame()) >= count:
-            return True
-        time.sleep(0.05)
-    return False
-
-
 @pytest.mark.integration
 def test_the_feed_follows_its_sites_telemetry_over_mqtt_and_not_another_sites(
     mosquitto: Broker, tmp_path: Path
@@ -138,7 +130,7 @@ def test_the_feed_follows_its_sites_telemetry_over_mqtt_and_not_another_sites(
                 (forecast_topic(site_id, "inv-a"), forecast("inv-a", now, site=site_id).to_json()),
             ],
         )  # fmt: skip
-        assert wait_for_assets(feed, 1)
+        assert wait_until(lambda: len(feed.frame()) >= 1, timeout_s=10)
         time.sleep(0.3)  # the forecast and the other site's reading, had it come
         table = feed.frame()
     finally:
@@ -171,7 +163,7 @@ def test_the_fleet_page_with_a_site_file_shows_the_brokers_newest_readings(
             for a, p in (("inv-a", 3_000.0), ("inv-b", -5_000.0))
         ],
     )
-    assert wait_for_assets(feed, 2)
+    assert wait_until(lambda: len(feed.frame()) >= 2, timeout_s=10)
     at.run()
     assert not at.exception, [e.value for e in at.exception]
     metrics = {m.label: m.value for m in at.metric}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import shlex
 import shutil
 import subprocess
@@ -149,20 +150,22 @@ def test_a_template_unit_is_its_single_unit_but_for_the_instance_options(
     assert ("Service", "ExecStart") in differs
 
 
-def test_a_collector_shard_instance_runs_its_shard() -> None:
-    unit_text = instantiate("gridflex-collect-modbus@", "1-2")
+def parsed_exec_start(unit_text: str) -> argparse.Namespace:
+    """The unit's ``ExecStart`` as ``gridflex``'s parser reads it (exits when invalid)."""
     exec_start = next(line for line in unit_text.splitlines() if line.startswith("ExecStart="))
     argv = shlex.split(exec_start.removeprefix("ExecStart="))
-    args = build_parser(argv[1:]).parse_args(argv[1:])
+    return build_parser(argv[1:]).parse_args(argv[1:])
+
+
+def test_a_collector_shard_instance_runs_its_shard() -> None:
+    args = parsed_exec_start(instantiate("gridflex-collect-modbus@", "1-2"))
     assert args._module == "collectors.modbus"
     assert (args.shard.index, args.shard.count) == (1, 2)
 
 
 def test_a_pipeline_instance_runs_its_cluster_process_and_needs_the_addresses() -> None:
     unit_text = instantiate("gridflex-pipeline@", "1")
-    exec_start = next(line for line in unit_text.splitlines() if line.startswith("ExecStart="))
-    argv = shlex.split(exec_start.removeprefix("ExecStart="))
-    args = build_parser(argv[1:]).parse_args(argv[1:])
+    args = parsed_exec_start(unit_text)
     assert args._module == "pipelines.cli"
     assert (args.process_id, args.addresses) == (1, ADDRESSES)
     # the environment file is required (no "-"): without the addresses the unit does not start
