@@ -19,19 +19,8 @@ is not checked; keywords are checked in the schema's order, so the first error f
 one ``jsonschema`` would report). A test compares both validators over valid and broken
 payloads.
 
-A violation is reported as the OCPP-J error the specification prescribes (OCPP-J 2.0.1 and
-2.1, section 4.3 "RPC framework error codes"):
-
-=========================  ======================================
-schema keyword              CALLERROR errorCode
-=========================  ======================================
-``type``, ``maxLength``     ``TypeConstraintViolation``
-``required``, ``minItems``,  ``OccurrenceConstraintViolation``
-``maxItems``                (2.0.1 spells it ``OccurenceConstraintViolation``)
-``enum``, ``minimum``,      ``PropertyConstraintViolation``
-``maximum``
-``additionalProperties``    ``FormatViolation``
-=========================  ======================================
+A violation is reported as the OCPP-J error of ``collectors.ocpp.schema`` (the table of
+schema keywords and CALLERROR codes is there); this baseline reuses its ``SchemaViolation``.
 """
 
 from __future__ import annotations
